@@ -1,0 +1,44 @@
+//! # cache-core
+//!
+//! The engine of a container-registry pull-through cache, as a library:
+//!
+//! * validated OCI types ([`Digest`], [`RepoName`], [`Tag`], [`Reference`],
+//!   [`Registry`], [`ImageRef`], [`ByteRange`]): inner code never
+//!   re-validates, and never builds a path from a raw request string;
+//! * caching rules ([`RuleSet`]): the allow-list that maps a local
+//!   repository to an upstream one, indexed so a lookup does not scan;
+//! * [`VerifyingStream`], which hashes content as it streams and refuses a
+//!   clean end when the bytes do not match their digest;
+//! * the traits the engine is built on: [`Upstream`] (where content comes
+//!   from) and [`BlobStore`] (where it is kept), each with its contract;
+//! * one error type, [`Error`], mapped to OCI error codes ([`ErrorCode`]).
+//!
+//! `cache-core` depends on no async runtime, HTTP client or filesystem, so
+//! it embeds in any service. Backends live in `cache-store`, the registry
+//! client in `cache-upstream`.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod digest;
+mod error;
+mod names;
+mod range;
+pub mod rules;
+mod store;
+mod upstream;
+mod verify;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use digest::{Algorithm, Digest, Hasher};
+pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result};
+pub use names::{
+    DOCKER_HUB, DOCKER_HUB_API_HOST, ImageRef, MAX_NAME_LEN, Reference, Registry, RepoName, Tag,
+};
+pub use range::ByteRange;
+pub use rules::{Explanation, Resolved, Rule, RuleSet, RuleSpec};
+pub use store::{
+    BlobInfo, BlobRead, BlobStore, BlobStoreExt, ByteStream, MetaKey, StagedBlob, StagedReader,
+};
+pub use upstream::{Manifest, ManifestHead, TagPage, Upstream, manifest_from_bytes, media_types};
+pub use verify::VerifyingStream;

@@ -1,0 +1,350 @@
+//! The [`BlobStore`] conformance suite. Every backend runs all of it, through
+//! [`blob_store_conformance!`](crate::blob_store_conformance), which expands
+//! to one `#[tokio::test]` per check inside the caller's module (so test
+//! names read `memory_store::conformance::ranged_reads`).
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::{BlobStore, BlobStoreExt, ByteRange, Digest, Error, MetaKey};
+
+/// A store under test, with what the suite needs to look behind it.
+pub struct Harness {
+    /// The store.
+    pub store: Arc<dyn BlobStore>,
+    /// Counts what staged writes left behind (staging files, buffers);
+    /// must be 0 whenever no staged write is alive.
+    pub staged_leftovers: Box<dyn Fn() -> usize + Send + Sync>,
+    /// Whether the store records access times given to `touch`.
+    pub tracks_access_time: bool,
+    /// Kept alive for the test's duration (a temporary directory, a server).
+    pub guard: Box<dyn Any + Send + Sync>,
+}
+
+impl fmt::Debug for Harness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Harness")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Deterministic test content of `len` bytes, different for each `seed`.
+pub fn content(seed: u64, len: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    Bytes::from(v)
+}
+
+async fn read_all(
+    store: &dyn BlobStore,
+    d: &Digest,
+    range: Option<ByteRange>,
+) -> crate::Result<Vec<u8>> {
+    let mut r = store.get(d, range).await?;
+    let mut out = Vec::new();
+    while let Some(c) = r.stream.next().await {
+        out.extend_from_slice(&c?);
+    }
+    assert_eq!(
+        out.len() as u64,
+        r.range.end - r.range.start,
+        "stream length matches the announced range"
+    );
+    Ok(out)
+}
+
+/// put, get, stat, list, delete, and delete again.
+pub async fn put_get_stat_delete_list(h: &Harness) {
+    let s = &*h.store;
+    let data = content(1, 100_000);
+    let d = Digest::sha256_of(&data);
+    assert!(s.stat(&d).await.unwrap().is_none());
+    let info = s.put(&d, data.clone()).await.unwrap();
+    assert_eq!((info.digest.clone(), info.size), (d.clone(), 100_000));
+    assert_eq!(s.stat(&d).await.unwrap().unwrap().size, 100_000);
+    assert_eq!(read_all(s, &d, None).await.unwrap(), data);
+    let listed = s.list_all().await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|i| (&i.digest, i.size))
+            .collect::<Vec<_>>(),
+        vec![(&d, 100_000)]
+    );
+    assert!(s.delete(&d).await.unwrap());
+    assert!(!s.delete(&d).await.unwrap(), "delete is idempotent");
+    assert!(s.stat(&d).await.unwrap().is_none());
+    assert!(s.list_all().await.unwrap().is_empty());
+}
+
+/// Unknown digests are `BlobUnknown`, never an empty success.
+pub async fn unknown_blob_is_blob_unknown(h: &Harness) {
+    let d = Digest::sha256_of(b"never stored");
+    let e = h.store.get(&d, None).await.unwrap_err();
+    assert!(matches!(e, Error::BlobUnknown { .. }), "{e}");
+    assert!(!h.store.touch(&d, SystemTime::now()).await.unwrap());
+}
+
+/// Ranged reads, including past the end and of the last byte.
+pub async fn ranged_reads(h: &Harness) {
+    let s = &*h.store;
+    let data = content(2, 10_000);
+    let d = Digest::sha256_of(&data);
+    s.put(&d, data.clone()).await.unwrap();
+    let cases = [
+        (ByteRange::Inclusive(0, 0), 0..1),
+        (ByteRange::Inclusive(10, 19), 10..20),
+        (ByteRange::From(9_999), 9_999..10_000),
+        (ByteRange::Inclusive(9_000, 20_000), 9_000..10_000),
+        (ByteRange::Suffix(100), 9_900..10_000),
+        (ByteRange::Suffix(50_000), 0..10_000),
+    ];
+    for (r, span) in cases {
+        let got = read_all(s, &d, Some(r)).await.unwrap();
+        assert_eq!(got, &data[span.start as usize..span.end as usize], "{r}");
+        assert_eq!(s.get(&d, Some(r)).await.unwrap().range, span, "{r}");
+    }
+    for r in [
+        ByteRange::From(10_000),
+        ByteRange::Inclusive(20_000, 30_000),
+        ByteRange::Suffix(0),
+    ] {
+        let e = s.get(&d, Some(r)).await.unwrap_err();
+        assert!(
+            matches!(e, Error::RangeNotSatisfiable { size: 10_000, .. }),
+            "{r}: {e}"
+        );
+    }
+}
+
+/// A staged write that is never committed is invisible, and dropping it
+/// leaves nothing behind.
+pub async fn uncommitted_write_is_invisible_and_leaves_nothing(h: &Harness) {
+    let s = &*h.store;
+    let data = content(3, 50_000);
+    let d = Digest::sha256_of(&data);
+    let mut w = s.stage(&d, Some(50_000)).await.unwrap();
+    w.write(data.slice(..20_000)).await.unwrap();
+    assert_eq!(w.written(), 20_000);
+    assert!(s.stat(&d).await.unwrap().is_none());
+    assert!(matches!(
+        s.get(&d, None).await,
+        Err(Error::BlobUnknown { .. })
+    ));
+    assert!(
+        s.list_all().await.unwrap().is_empty(),
+        "listing never shows staged data"
+    );
+    drop(w);
+    assert_eq!(
+        (h.staged_leftovers)(),
+        0,
+        "a dropped staged write leaves nothing"
+    );
+    let w = s.stage(&d, None).await.unwrap();
+    w.abort().await.unwrap();
+    assert_eq!(
+        (h.staged_leftovers)(),
+        0,
+        "an aborted staged write leaves nothing"
+    );
+    assert!(s.stat(&d).await.unwrap().is_none());
+}
+
+/// Two writers of one digest, interleaved, both succeed; one blob remains.
+pub async fn concurrent_writers_of_one_digest_both_succeed(h: &Harness) {
+    let s = &*h.store;
+    let data = content(4, 64 * 1024);
+    let d = Digest::sha256_of(&data);
+    let mut a = s.stage(&d, Some(data.len() as u64)).await.unwrap();
+    let mut b = s.stage(&d, Some(data.len() as u64)).await.unwrap();
+    for chunk in 0..4 {
+        let part = data.slice(chunk * 16 * 1024..(chunk + 1) * 16 * 1024);
+        a.write(part.clone()).await.unwrap();
+        b.write(part).await.unwrap();
+    }
+    let (ra, rb) = futures::future::join(a.commit(), b.commit()).await;
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(s.list_all().await.unwrap().len(), 1);
+    assert_eq!(read_all(s, &d, None).await.unwrap(), data);
+    assert_eq!((h.staged_leftovers)(), 0);
+}
+
+/// A commit whose content does not match its digest or announced size is
+/// refused, publishes nothing and leaves nothing.
+pub async fn mismatched_commit_is_refused(h: &Harness) {
+    let s = &*h.store;
+    let data = content(5, 4096);
+    let d = Digest::sha256_of(&data);
+    // Flipped byte.
+    let mut bad = data.to_vec();
+    bad[100] ^= 0x01;
+    let mut w = s.stage(&d, None).await.unwrap();
+    w.write(Bytes::from(bad)).await.unwrap();
+    let e = w.commit().await.unwrap_err();
+    assert!(
+        matches!(&e, Error::DigestMismatch { expected, .. } if *expected == d),
+        "{e}"
+    );
+    // Short.
+    let mut w = s.stage(&d, Some(4096)).await.unwrap();
+    w.write(data.slice(..4000)).await.unwrap();
+    let e = w.commit().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::SizeMismatch {
+                expected: 4096,
+                actual: 4000,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Long: refused at write time.
+    let mut w = s.stage(&d, Some(4000)).await.unwrap();
+    let e = w.write(data.clone()).await.unwrap_err();
+    assert!(matches!(e, Error::SizeMismatch { .. }), "{e}");
+    drop(w);
+    assert!(s.stat(&d).await.unwrap().is_none());
+    assert!(s.list_all().await.unwrap().is_empty());
+    assert_eq!((h.staged_leftovers)(), 0);
+}
+
+/// A staged reader sees what has been written, as it is written, and keeps
+/// working after commit.
+pub async fn staged_reader_follows_the_writer(h: &Harness) {
+    let s = &*h.store;
+    let data = content(6, 30_000);
+    let d = Digest::sha256_of(&data);
+    let mut w = s.stage(&d, Some(30_000)).await.unwrap();
+    let r = w.reader().await.unwrap();
+    assert!(r.read_at(0, 100).await.unwrap().is_empty());
+    w.write(data.slice(..10_000)).await.unwrap();
+    assert_eq!(r.read_at(0, 100).await.unwrap(), data.slice(..100));
+    assert_eq!(
+        r.read_at(9_990, 100).await.unwrap(),
+        data.slice(9_990..10_000)
+    );
+    assert!(r.read_at(10_000, 100).await.unwrap().is_empty());
+    w.write(data.slice(10_000..)).await.unwrap();
+    w.commit().await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        let c = r.read_at(got.len() as u64, 7_000).await.unwrap();
+        assert!(!c.is_empty());
+        got.extend_from_slice(&c);
+    }
+    assert_eq!(got, data);
+}
+
+/// Metadata values round-trip, replace, list by prefix and delete.
+pub async fn metadata_round_trips(h: &Harness) {
+    let s = &*h.store;
+    let k1 = MetaKey::parse("tags/library/nginx/latest").unwrap();
+    let k2 = MetaKey::parse("tags/library/nginx/1.27").unwrap();
+    let k3 = MetaKey::parse("tags/library/nginx-extra/latest").unwrap();
+    assert!(s.get_meta(&k1).await.unwrap().is_none());
+    s.put_meta(&k1, Bytes::from_static(b"one")).await.unwrap();
+    s.put_meta(&k1, Bytes::from_static(b"two")).await.unwrap();
+    s.put_meta(&k2, Bytes::from_static(b"")).await.unwrap();
+    s.put_meta(&k3, Bytes::from_static(b"x")).await.unwrap();
+    assert_eq!(
+        s.get_meta(&k1).await.unwrap().unwrap(),
+        Bytes::from_static(b"two")
+    );
+    assert_eq!(s.get_meta(&k2).await.unwrap().unwrap(), Bytes::new());
+    let mut keys = s
+        .list_meta(Some(&MetaKey::parse("tags/library/nginx").unwrap()))
+        .await
+        .unwrap();
+    keys.sort();
+    assert_eq!(keys, vec![k2.clone(), k1.clone()]);
+    assert_eq!(s.list_meta(None).await.unwrap().len(), 3);
+    assert!(s.delete_meta(&k1).await.unwrap());
+    assert!(!s.delete_meta(&k1).await.unwrap());
+    assert!(s.get_meta(&k1).await.unwrap().is_none());
+    assert!(
+        s.list_all().await.unwrap().is_empty(),
+        "metadata is not listed as blobs"
+    );
+}
+
+/// `touch` records access times that `stat` and `list` report.
+pub async fn touch_records_access_time(h: &Harness) {
+    if !h.tracks_access_time {
+        return;
+    }
+    let s = &*h.store;
+    let data = content(7, 10);
+    let d = Digest::sha256_of(&data);
+    s.put(&d, data).await.unwrap();
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    assert!(s.touch(&d, t).await.unwrap());
+    let at = s.stat(&d).await.unwrap().unwrap().last_access.unwrap();
+    let diff = at.duration_since(t).unwrap_or_else(|e| e.duration());
+    assert!(diff < Duration::from_secs(1), "{at:?} vs {t:?}");
+    assert_eq!(s.list_all().await.unwrap()[0].last_access, Some(at));
+}
+
+/// Empty and sha512-addressed blobs are ordinary blobs.
+pub async fn empty_and_sha512_blobs(h: &Harness) {
+    let s = &*h.store;
+    let e = Digest::sha256_of(b"");
+    s.put(&e, Bytes::new()).await.unwrap();
+    assert_eq!(s.stat(&e).await.unwrap().unwrap().size, 0);
+    assert!(read_all(s, &e, None).await.unwrap().is_empty());
+    assert!(matches!(
+        s.get(&e, Some(ByteRange::From(0))).await,
+        Err(Error::RangeNotSatisfiable { .. })
+    ));
+    let data = content(8, 1000);
+    let d = Digest::compute(crate::Algorithm::Sha512, &data);
+    s.put(&d, data.clone()).await.unwrap();
+    assert_eq!(read_all(s, &d, None).await.unwrap(), data);
+    assert_eq!(s.list_all().await.unwrap().len(), 2);
+}
+
+/// Expands to one `#[tokio::test]` per conformance check. The argument is
+/// an async function returning a [`Harness`]; the caller's crate needs
+/// `tokio` with the `macros` and `rt` features.
+#[macro_export]
+macro_rules! blob_store_conformance {
+    ($harness:path) => {
+        $crate::blob_store_conformance!(@tests $harness;
+            put_get_stat_delete_list,
+            unknown_blob_is_blob_unknown,
+            ranged_reads,
+            uncommitted_write_is_invisible_and_leaves_nothing,
+            concurrent_writers_of_one_digest_both_succeed,
+            mismatched_commit_is_refused,
+            staged_reader_follows_the_writer,
+            metadata_round_trips,
+            touch_records_access_time,
+            empty_and_sha512_blobs,
+        );
+    };
+    (@tests $harness:path; $($name:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let h = $harness().await;
+                $crate::testing::$name(&h).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,145 @@
+//! The `Upstream` trait: where content comes from on a miss.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::names::{Reference, RepoName, Tag};
+use crate::range::ByteRange;
+use crate::store::BlobRead;
+
+/// Manifest media types a pull-through cache asks for.
+pub mod media_types {
+    /// OCI image manifest.
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    /// OCI image index.
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    /// Docker image manifest, schema 2.
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    /// Docker manifest list.
+    pub const DOCKER_MANIFEST_LIST: &str =
+        "application/vnd.docker.distribution.manifest.list.v2+json";
+    /// Every manifest type, for an `Accept` header.
+    pub const ALL_MANIFESTS: &[&str] = &[
+        OCI_INDEX,
+        OCI_MANIFEST,
+        DOCKER_MANIFEST_LIST,
+        DOCKER_MANIFEST,
+    ];
+}
+
+/// A manifest as the upstream sent it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The exact bytes; their digest is `digest`.
+    pub bytes: Bytes,
+    /// The media type the upstream declared (`Content-Type`).
+    pub media_type: String,
+    /// The digest of `bytes`.
+    pub digest: Digest,
+}
+
+impl fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manifest")
+            .field("digest", &self.digest)
+            .field("media_type", &self.media_type)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// What a manifest `HEAD` tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// One page of a tag listing request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagPage {
+    /// At most this many tags (`n`).
+    pub limit: Option<usize>,
+    /// Only tags after this one, in lexical order (`last`).
+    pub last: Option<Tag>,
+}
+
+/// A source of manifests and blobs: a remote registry, a layout directory.
+///
+/// Repository names given to an upstream are upstream names (already mapped
+/// by the caching rules). Implementations must be safe to call concurrently.
+#[async_trait]
+pub trait Upstream: Send + Sync + fmt::Debug {
+    /// Fetches a manifest by tag or digest, asking for the media types in
+    /// `accept`.
+    ///
+    /// The returned `digest` is computed over the returned bytes. When
+    /// `reference` is a digest, bytes that do not hash to it are refused
+    /// with [`Error::DigestMismatch`](crate::Error::DigestMismatch). A
+    /// missing manifest is [`Error::ManifestUnknown`](crate::Error::ManifestUnknown).
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<Manifest>;
+
+    /// Asks for a manifest's digest, media type and size without its body
+    /// (a `HEAD`, which Docker Hub does not count against pull limits).
+    async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<ManifestHead>;
+
+    /// Streams a blob, whole or one range of it.
+    ///
+    /// The stream yields exactly the bytes of the returned `range`; it is
+    /// not verified here (the caller verifies whole blobs against the
+    /// digest). A missing blob is [`Error::BlobUnknown`](crate::Error::BlobUnknown).
+    async fn blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobRead>;
+
+    /// Lists tags of a repository, in lexical order, one page at a time.
+    async fn tags(&self, repo: &RepoName, page: &TagPage) -> Result<Vec<Tag>>;
+}
+
+/// A convenience for implementations: builds a [`Manifest`] from bytes,
+/// checking them against a requested digest.
+pub fn manifest_from_bytes(
+    bytes: Bytes,
+    media_type: String,
+    requested: &Reference,
+) -> Result<Manifest> {
+    let digest = match requested {
+        Reference::Digest(d) => {
+            let actual = Digest::compute(d.algorithm(), &bytes);
+            if actual != *d {
+                return Err(crate::Error::DigestMismatch {
+                    expected: d.clone(),
+                    actual,
+                });
+            }
+            actual
+        }
+        Reference::Tag(_) => Digest::sha256_of(&bytes),
+    };
+    Ok(Manifest {
+        bytes,
+        media_type,
+        digest,
+    })
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The one command that runs every test: installs what the suite needs on a
+# fresh Debian machine when it is missing, then runs formatting, lints and
+# the whole test suite. CI (.ci/run) calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the suite needs: "command-it-provides:package".
+NEEDED=(
+)
+
+missing=()
+for pair in "${NEEDED[@]}"; do
+    bin="${pair%%:*}"; pkg="${pair##*:}"
+    if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/bin/$bin" ]; then
+        missing+=("$pkg")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "==> installing missing Debian packages: ${missing[*]}"
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+echo "==> cargo test"
+cargo test --workspace --all-features --locked
