@@ -160,7 +160,7 @@ impl From<Digest> for oci_spec::image::Digest {
 impl TryFrom<&oci_spec::image::Digest> for Digest {
     type Error = Error;
     fn try_from(d: &oci_spec::image::Digest) -> Result<Self> {
-        Digest::parse(&d.to_string())
+        Digest::parse(d.as_ref())
     }
 }
 
@@ -273,7 +273,7 @@ mod tests {
             let s = if pick { format!("sha256:{hex}") } else { format!("sha512:{long}") };
             let d = Digest::parse(&s).unwrap();
             prop_assert_eq!(d.to_string(), s.clone());
-            prop_assert_eq!(Digest::parse(&d.to_string()).unwrap(), d);
+            prop_assert_eq!(Digest::parse(d.as_ref()).unwrap(), d);
         }
 
         #[test]

@@ -154,10 +154,10 @@ mod tests {
     proptest! {
         #[test]
         fn parse_never_panics_and_resolved_spans_lie_inside(h in "\\PC{0,40}", size in 0u64..1000) {
-            if let Ok(r) = ByteRange::parse_http(&h) {
-                if let Ok(span) = r.resolve(size) {
-                    prop_assert!(span.start < span.end && span.end <= size);
-                }
+            if let Ok(r) = ByteRange::parse_http(&h)
+                && let Ok(span) = r.resolve(size)
+            {
+                prop_assert!(span.start < span.end && span.end <= size);
             }
         }
 

@@ -614,7 +614,8 @@ mod tests {
 
     #[test]
     fn load_errors_name_the_rule() {
-        let cases: &[(&[(&str, &str, &str)], &str)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (
                 &[("a", "docker.io/x", "x"), ("b", "docker.io/y", "x")],
                 "\"b\"",

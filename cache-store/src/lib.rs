@@ -1,1 +1,17 @@
-//! Stores.
+//! # cache-store
+//!
+//! Storage backends implementing [`cache_core::BlobStore`]:
+//!
+//! * [`MemoryStore`]: everything in memory, for tests and small deployments;
+//! * [`FsStore`]: a local directory, the default: staged writes in the same
+//!   filesystem, verified, fsynced and renamed into place, so that nothing
+//!   partial is ever visible, not even after a crash.
+//!
+//! Every backend passes the conformance suite in `cache_core::testing`.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod fs;
+mod memory;
+
+pub use fs::{FsStore, FsStoreOptions};
+pub use memory::MemoryStore;

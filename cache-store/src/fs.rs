@@ -1,0 +1,641 @@
+//! The filesystem [`BlobStore`], the default backend.
+//!
+//! Layout under the root:
+//!
+//! ```text
+//! .lock                         held (flock) while a store is open
+//! blobs/sha256/ab/abcdef...     committed blobs, named by digest
+//! meta/tags/library/nginx/latest@   metadata values ('@' never occurs in a key)
+//! staging/                      writes in progress, same filesystem
+//! ```
+//!
+//! A write goes to a `create_new` file in `staging/`, is hashed as it is
+//! written, and on commit is fsynced, renamed into place, and its directory
+//! fsynced (the fsyncs can be turned off). Opening a store removes whatever
+//! a crashed process left in `staging/`. Blob access times are kept as the
+//! files' modification times, which reads never change.
+
+use std::fs::{self, File, FileTimes, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use cache_core::{
+    Algorithm, BlobInfo, BlobRead, BlobStore, ByteRange, Digest, Error, Hasher, MetaKey, Result,
+    StagedBlob, StagedReader,
+};
+use futures::stream::{self, BoxStream, StreamExt};
+
+/// Size of the reads a blob stream makes.
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// Options of an [`FsStore`].
+#[derive(Debug, Clone)]
+pub struct FsStoreOptions {
+    /// fsync each committed file and its directory (default `true`). Turning
+    /// it off trades crash durability (not atomicity) for speed.
+    pub fsync: bool,
+}
+
+impl Default for FsStoreOptions {
+    fn default() -> Self {
+        FsStoreOptions { fsync: true }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    opts: FsStoreOptions,
+    counter: AtomicU64,
+    /// Holds the advisory lock on `.lock` for the store's lifetime.
+    _lock: File,
+}
+
+/// A [`BlobStore`] on a local filesystem. Cloning shares the store.
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    inner: Arc<Inner>,
+}
+
+fn io_err(op: &'static str, path: &Path, e: io::Error) -> Error {
+    let temporary = matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    );
+    Error::Storage {
+        op,
+        message: path.display().to_string(),
+        temporary,
+        source: Some(Box::new(e)),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Storage {
+            op: "spawn_blocking",
+            message: "a filesystem task failed".into(),
+            temporary: false,
+            source: Some(Box::new(e)),
+        })?
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl FsStore {
+    /// Opens (creating if needed) a store rooted at `root` with default options.
+    pub async fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        Self::open_with(root, FsStoreOptions::default()).await
+    }
+
+    /// Opens (creating if needed) a store rooted at `root`.
+    ///
+    /// Takes an exclusive advisory lock on the root (a second open of the
+    /// same root fails until the first store is dropped), and removes
+    /// leftover staging files of a previous process.
+    pub async fn open_with(root: impl Into<PathBuf>, opts: FsStoreOptions) -> Result<Self> {
+        let root = root.into();
+        blocking(move || {
+            for d in ["blobs/sha256", "blobs/sha512", "meta", "staging"] {
+                let p = root.join(d);
+                fs::create_dir_all(&p).map_err(|e| io_err("open", &p, e))?;
+            }
+            let lock_path = root.join(".lock");
+            let lock = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(|e| io_err("open", &lock_path, e))?;
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Storage {
+                        op: "open",
+                        message: format!("{} is in use by another store", root.display()),
+                        temporary: true,
+                        source: None,
+                    });
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path, e)),
+            }
+            let staging = root.join("staging");
+            let mut removed = 0usize;
+            for entry in fs::read_dir(&staging).map_err(|e| io_err("open", &staging, e))? {
+                let entry = entry.map_err(|e| io_err("open", &staging, e))?;
+                fs::remove_file(entry.path()).map_err(|e| io_err("open", &entry.path(), e))?;
+                removed += 1;
+            }
+            if removed > 0 {
+                tracing::info!(removed, root = %root.display(), "removed leftover staging files");
+            }
+            Ok(FsStore {
+                inner: Arc::new(Inner {
+                    root,
+                    opts,
+                    counter: AtomicU64::new(0),
+                    _lock: lock,
+                }),
+            })
+        })
+        .await
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The path of a committed blob. Built only from a validated [`Digest`].
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        blob_path(&self.inner.root, digest)
+    }
+
+    /// Files currently in the staging directory.
+    pub fn staging_count(&self) -> usize {
+        fs::read_dir(self.inner.root.join("staging")).map_or(0, |d| d.count())
+    }
+
+    fn staging_path(&self, tag: &str) -> PathBuf {
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .root
+            .join("staging")
+            .join(format!("{tag}.{}-{n}.tmp", std::process::id()))
+    }
+
+    fn meta_path(&self, key: &MetaKey) -> PathBuf {
+        // Keys never contain '@', so "a@" (a value) never collides with "a/" (a directory).
+        self.inner.root.join("meta").join(format!("{key}@"))
+    }
+}
+
+fn blob_path(root: &Path, digest: &Digest) -> PathBuf {
+    let hex = digest.hex();
+    root.join("blobs")
+        .join(digest.algorithm().as_str())
+        .join(&hex[..2])
+        .join(hex)
+}
+
+/// Moves a finished staging file into place: fsync the file, rename, fsync
+/// the directory (and the shard's parent if the shard was created). The
+/// one place that publishes.
+fn publish(staging: &Path, file: Option<&File>, target: &Path, fsync: bool) -> io::Result<()> {
+    if fsync && let Some(f) = file {
+        f.sync_all()?;
+    }
+    let dir = target.parent().expect("targets live in a directory");
+    let created = if dir.exists() {
+        false
+    } else {
+        fs::create_dir_all(dir)?;
+        true
+    };
+    fs::rename(staging, target)?;
+    if fsync {
+        fsync_dir(dir)?;
+        if created && let Some(parent) = dir.parent() {
+            fsync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn info_from(digest: Digest, md: &fs::Metadata) -> BlobInfo {
+    BlobInfo {
+        digest,
+        size: md.len(),
+        last_access: md.modified().ok(),
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsStore {
+    async fn stat(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
+        let path = self.blob_path(digest);
+        let d = digest.clone();
+        blocking(move || match fs::metadata(&path) {
+            Ok(md) => Ok(Some(info_from(d, &md))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("stat", &path, e)),
+        })
+        .await
+    }
+
+    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<BlobRead> {
+        let path = self.blob_path(digest);
+        let d = digest.clone();
+        let (file, size) = blocking(move || match File::open(&path) {
+            Ok(f) => {
+                let len = f.metadata().map_err(|e| io_err("get", &path, e))?.len();
+                Ok((f, len))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::BlobUnknown { digest: d }),
+            Err(e) => Err(io_err("get", &path, e)),
+        })
+        .await?;
+        let span = match range {
+            Some(r) => r.resolve(size)?,
+            None => 0..size,
+        };
+        Ok(BlobRead {
+            size,
+            range: span.clone(),
+            stream: file_stream(Arc::new(file), span.start, span.end, self.blob_path(digest)),
+        })
+    }
+
+    async fn stage(&self, digest: &Digest, size: Option<u64>) -> Result<Box<dyn StagedBlob>> {
+        let path = self.staging_path(&format!("{}-{}", digest.algorithm(), digest.hex()));
+        let p = path.clone();
+        let file = blocking(move || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+                .map_err(|e| io_err("stage", &p, e))
+        })
+        .await?;
+        Ok(Box::new(FsStaged {
+            store: self.clone(),
+            digest: digest.clone(),
+            size,
+            state: Some(WriteState {
+                file,
+                hasher: digest.algorithm().hasher(),
+            }),
+            path,
+            written: 0,
+            done: false,
+        }))
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<bool> {
+        let path = self.blob_path(digest);
+        blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("delete", &path, e)),
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<BoxStream<'static, Result<BlobInfo>>> {
+        let root = self.inner.root.clone();
+        let infos = blocking(move || {
+            let mut out = Vec::new();
+            for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+                let dir = root.join("blobs").join(alg.as_str());
+                let shards = match fs::read_dir(&dir) {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err("list", &dir, e)),
+                };
+                for shard in shards {
+                    let shard = shard.map_err(|e| io_err("list", &dir, e))?;
+                    let Ok(files) = fs::read_dir(shard.path()) else {
+                        continue;
+                    };
+                    for f in files {
+                        let f = f.map_err(|e| io_err("list", &shard.path(), e))?;
+                        let name = f.file_name();
+                        // Anything that is not a digest-named file is not ours to list.
+                        let Some(d) = name
+                            .to_str()
+                            .and_then(|n| Digest::parse(&format!("{}:{n}", alg.as_str())).ok())
+                        else {
+                            continue;
+                        };
+                        match f.metadata() {
+                            Ok(md) if md.is_file() => out.push(Ok(info_from(d, &md))),
+                            Ok(_) => {}
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                            Err(e) => out.push(Err(io_err("list", &f.path(), e))),
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(stream::iter(infos).boxed())
+    }
+
+    async fn touch(&self, digest: &Digest, at: SystemTime) -> Result<bool> {
+        let path = self.blob_path(digest);
+        blocking(move || {
+            let f = match File::options().write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io_err("touch", &path, e)),
+            };
+            f.set_times(FileTimes::new().set_modified(at))
+                .map_err(|e| io_err("touch", &path, e))?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn get_meta(&self, key: &MetaKey) -> Result<Option<Bytes>> {
+        let path = self.meta_path(key);
+        blocking(move || match fs::read(&path) {
+            Ok(v) => Ok(Some(Bytes::from(v))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("get_meta", &path, e)),
+        })
+        .await
+    }
+
+    async fn put_meta(&self, key: &MetaKey, value: Bytes) -> Result<()> {
+        let target = self.meta_path(key);
+        let staging = self.staging_path("meta");
+        let fsync = self.inner.opts.fsync;
+        blocking(move || {
+            let write = || -> io::Result<()> {
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&staging)?;
+                f.write_all(&value)?;
+                publish(&staging, Some(&f), &target, fsync)
+            };
+            write().map_err(|e| {
+                let _ = fs::remove_file(&staging);
+                io_err("put_meta", &target, e)
+            })
+        })
+        .await
+    }
+
+    async fn delete_meta(&self, key: &MetaKey) -> Result<bool> {
+        let path = self.meta_path(key);
+        blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("delete_meta", &path, e)),
+        })
+        .await
+    }
+
+    async fn list_meta(&self, prefix: Option<&MetaKey>) -> Result<Vec<MetaKey>> {
+        let base = self.inner.root.join("meta");
+        let prefix = prefix.cloned();
+        blocking(move || {
+            let mut out = Vec::new();
+            let start = match &prefix {
+                Some(p) => {
+                    if base.join(format!("{p}@")).is_file() {
+                        out.push(p.clone());
+                    }
+                    base.join(p.as_str())
+                }
+                None => base.clone(),
+            };
+            let mut stack = vec![start];
+            while let Some(dir) = stack.pop() {
+                let entries = match fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err("list_meta", &dir, e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| io_err("list_meta", &dir, e))?;
+                    let path = entry.path();
+                    let ft = entry
+                        .file_type()
+                        .map_err(|e| io_err("list_meta", &path, e))?;
+                    if ft.is_dir() {
+                        stack.push(path);
+                    } else if let Some(rel) = path
+                        .strip_prefix(&base)
+                        .ok()
+                        .and_then(|r| r.to_str())
+                        .and_then(|r| r.strip_suffix('@'))
+                        && let Ok(k) = MetaKey::parse(rel)
+                    {
+                        out.push(k);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Streams `[start, end)` of a file in `READ_CHUNK` reads off the runtime's
+/// worker threads, one copy (kernel to the chunk's buffer) per byte.
+fn file_stream(
+    file: Arc<File>,
+    start: u64,
+    end: u64,
+    path: PathBuf,
+) -> BoxStream<'static, Result<Bytes>> {
+    stream::try_unfold(start, move |pos| {
+        let file = file.clone();
+        let path = path.clone();
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let want = (end - pos).min(READ_CHUNK as u64) as usize;
+            let chunk = blocking(move || {
+                let mut buf = BytesMut::zeroed(want);
+                let mut filled = 0;
+                while filled < want {
+                    match file.read_at(&mut buf[filled..], pos + filled as u64) {
+                        Ok(0) => {
+                            return Err(Error::Storage {
+                                op: "get",
+                                message: format!("{} ended early", path.display()),
+                                temporary: false,
+                                source: None,
+                            });
+                        }
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(io_err("get", &path, e)),
+                    }
+                }
+                Ok(buf.freeze())
+            })
+            .await?;
+            let next = pos + chunk.len() as u64;
+            Ok(Some((chunk, next)))
+        }
+    })
+    .boxed()
+}
+
+#[derive(Debug)]
+struct WriteState {
+    file: File,
+    hasher: Hasher,
+}
+
+#[derive(Debug)]
+struct FsStaged {
+    store: FsStore,
+    digest: Digest,
+    size: Option<u64>,
+    /// `None` while a write is running on a blocking thread, or after a failure.
+    state: Option<WriteState>,
+    path: PathBuf,
+    written: u64,
+    /// Committed or aborted: nothing left to clean up.
+    done: bool,
+}
+
+impl Drop for FsStaged {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl FsStaged {
+    fn void(&self, why: &str) -> Error {
+        Error::Storage {
+            op: "write",
+            message: format!("staged write of {} is void: {why}", self.digest),
+            temporary: false,
+            source: None,
+        }
+    }
+}
+
+#[async_trait]
+impl StagedBlob for FsStaged {
+    fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        let new_len = self.written + chunk.len() as u64;
+        if let Some(size) = self.size
+            && new_len > size
+        {
+            self.state = None;
+            return Err(Error::SizeMismatch {
+                digest: self.digest.clone(),
+                expected: size,
+                actual: new_len,
+            });
+        }
+        let mut st = self
+            .state
+            .take()
+            .ok_or_else(|| self.void("an earlier write failed"))?;
+        let path = self.path.clone();
+        let st = blocking(move || {
+            st.file
+                .write_all(&chunk)
+                .map_err(|e| io_err("write", &path, e))?;
+            st.hasher.update(&chunk);
+            Ok(st)
+        })
+        .await?;
+        self.state = Some(st);
+        self.written = new_len;
+        Ok(())
+    }
+
+    async fn reader(&self) -> Result<Arc<dyn StagedReader>> {
+        let path = self.path.clone();
+        let file =
+            blocking(move || File::open(&path).map_err(|e| io_err("reader", &path, e))).await?;
+        Ok(Arc::new(FsReader {
+            file: Arc::new(file),
+            path: self.path.clone(),
+        }))
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<BlobInfo> {
+        let st = self
+            .state
+            .take()
+            .ok_or_else(|| self.void("an earlier write failed"))?;
+        if let Some(size) = self.size
+            && size != self.written
+        {
+            return Err(Error::SizeMismatch {
+                digest: self.digest.clone(),
+                expected: size,
+                actual: self.written,
+            });
+        }
+        let actual = st.hasher.finish();
+        if actual != self.digest {
+            return Err(Error::DigestMismatch {
+                expected: self.digest.clone(),
+                actual,
+            });
+        }
+        let target = self.store.blob_path(&self.digest);
+        let staging = self.path.clone();
+        let fsync = self.store.inner.opts.fsync;
+        let digest = self.digest.clone();
+        let info = blocking(move || {
+            publish(&staging, Some(&st.file), &target, fsync)
+                .map_err(|e| io_err("commit", &target, e))?;
+            let md = fs::metadata(&target).map_err(|e| io_err("commit", &target, e))?;
+            Ok(info_from(digest, &md))
+        })
+        .await?;
+        self.done = true;
+        Ok(info)
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.done = true;
+        let path = self.path.clone();
+        blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("abort", &path, e)),
+        })
+        .await
+    }
+}
+
+#[derive(Debug)]
+struct FsReader {
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+#[async_trait]
+impl StagedReader for FsReader {
+    async fn read_at(&self, offset: u64, max: usize) -> Result<Bytes> {
+        let file = self.file.clone();
+        let path = self.path.clone();
+        blocking(move || {
+            let mut buf = BytesMut::zeroed(max);
+            let n = loop {
+                match file.read_at(&mut buf, offset) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_err("read_at", &path, e)),
+                }
+            };
+            buf.truncate(n);
+            Ok(buf.freeze())
+        })
+        .await
+    }
+}

@@ -1,0 +1,61 @@
+//! Every backend runs the whole `cache_core::testing` conformance suite.
+
+use std::sync::Arc;
+
+use cache_core::testing::Harness;
+use cache_store::{FsStore, FsStoreOptions, MemoryStore};
+
+mod memory_store {
+    use super::*;
+
+    async fn harness() -> Harness {
+        let store = MemoryStore::new();
+        let probe = store.clone();
+        Harness {
+            store: Arc::new(store),
+            staged_leftovers: Box::new(move || probe.staged_count()),
+            tracks_access_time: true,
+            guard: Box::new(()),
+        }
+    }
+
+    cache_core::blob_store_conformance!(harness);
+}
+
+mod fs_store {
+    use super::*;
+
+    async fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).await.unwrap();
+        let probe = store.clone();
+        Harness {
+            store: Arc::new(store),
+            staged_leftovers: Box::new(move || probe.staging_count()),
+            tracks_access_time: true,
+            guard: Box::new(dir),
+        }
+    }
+
+    cache_core::blob_store_conformance!(harness);
+}
+
+mod fs_store_without_fsync {
+    use super::*;
+
+    async fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open_with(dir.path(), FsStoreOptions { fsync: false })
+            .await
+            .unwrap();
+        let probe = store.clone();
+        Harness {
+            store: Arc::new(store),
+            staged_leftovers: Box::new(move || probe.staging_count()),
+            tracks_access_time: true,
+            guard: Box::new(dir),
+        }
+    }
+
+    cache_core::blob_store_conformance!(harness);
+}
