@@ -42,3 +42,7 @@ pub use store::{
 };
 pub use upstream::{Manifest, ManifestHead, TagPage, Upstream, manifest_from_bytes, media_types};
 pub use verify::VerifyingStream;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
