@@ -335,6 +335,95 @@ impl Error {
         }
     }
 
+    /// A copy of this error for another caller (one upstream failure
+    /// reaches every reader of a shared fetch). Variants and their fields
+    /// are kept; a lower-layer `source` is kept as its message only.
+    pub fn duplicate(&self) -> Error {
+        let src =
+            |s: &Option<BoxError>| -> Option<BoxError> { s.as_ref().map(|e| e.to_string().into()) };
+        match self {
+            Error::Invalid {
+                kind,
+                value,
+                reason,
+            } => Error::Invalid {
+                kind: *kind,
+                value: value.clone(),
+                reason,
+            },
+            Error::InvalidRule { rule, reason } => Error::InvalidRule {
+                rule: rule.clone(),
+                reason: reason.clone(),
+            },
+            Error::NameUnknown { name } => Error::NameUnknown { name: name.clone() },
+            Error::ManifestUnknown {
+                repository,
+                reference,
+            } => Error::ManifestUnknown {
+                repository: repository.clone(),
+                reference: reference.clone(),
+            },
+            Error::ManifestInvalid { reason } => Error::ManifestInvalid {
+                reason: reason.clone(),
+            },
+            Error::BlobUnknown { digest } => Error::BlobUnknown {
+                digest: digest.clone(),
+            },
+            Error::DigestMismatch { expected, actual } => Error::DigestMismatch {
+                expected: expected.clone(),
+                actual: actual.clone(),
+            },
+            Error::SizeMismatch {
+                digest,
+                expected,
+                actual,
+            } => Error::SizeMismatch {
+                digest: digest.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            Error::RangeNotSatisfiable { range, size } => Error::RangeNotSatisfiable {
+                range: range.clone(),
+                size: *size,
+            },
+            Error::Unauthorized { reason } => Error::Unauthorized {
+                reason: reason.clone(),
+            },
+            Error::Denied { reason } => Error::Denied {
+                reason: reason.clone(),
+            },
+            Error::Unsupported { what } => Error::Unsupported { what: what.clone() },
+            Error::TooManyRequests { retry_after } => Error::TooManyRequests {
+                retry_after: *retry_after,
+            },
+            Error::Upstream {
+                registry,
+                message,
+                code,
+                temporary,
+                source,
+            } => Error::Upstream {
+                registry: registry.clone(),
+                message: message.clone(),
+                code: *code,
+                temporary: *temporary,
+                source: src(source),
+            },
+            Error::Timeout { what } => Error::Timeout { what: what.clone() },
+            Error::Storage {
+                op,
+                message,
+                temporary,
+                source,
+            } => Error::Storage {
+                op,
+                message: message.clone(),
+                temporary: *temporary,
+                source: src(source),
+            },
+        }
+    }
+
     /// The OCI error code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {

@@ -19,10 +19,15 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod digest;
+mod engine;
 mod error;
+pub mod events;
+pub mod manifest;
 mod names;
+pub mod policy;
 mod range;
 pub mod rules;
+pub mod runtime;
 mod store;
 mod upstream;
 mod verify;
@@ -31,12 +36,21 @@ mod verify;
 pub mod testing;
 
 pub use digest::{Algorithm, Digest, Hasher};
+pub use engine::{
+    BlobResponse, CacheBuilder, CacheOptions, GcReport, ManifestResponse, PullThroughCache,
+    ScrubReport, TagList,
+};
 pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result};
+pub use events::{CacheStatus, Event, EventSink};
 pub use names::{
     DOCKER_HUB, DOCKER_HUB_API_HOST, ImageRef, MAX_NAME_LEN, Reference, Registry, RepoName, Tag,
 };
+pub use policy::{
+    Admission, AdmissionRequest, MaxImageSize, PlatformAllowList, RulePolicy, TagFreshness,
+};
 pub use range::ByteRange;
 pub use rules::{Explanation, Resolved, Rule, RuleSet, RuleSpec};
+pub use runtime::{Clock, Spawner};
 pub use store::{
     BlobInfo, BlobRead, BlobStore, BlobStoreExt, ByteStream, MetaKey, StagedBlob, StagedReader,
 };

@@ -113,6 +113,10 @@ pub trait Upstream: Send + Sync + fmt::Debug {
         range: Option<ByteRange>,
     ) -> Result<BlobRead>;
 
+    /// The size of a blob, without its body (a `HEAD`). A missing blob is
+    /// [`Error::BlobUnknown`](crate::Error::BlobUnknown).
+    async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64>;
+
     /// Lists tags of a repository, in lexical order, one page at a time.
     async fn tags(&self, repo: &RepoName, page: &TagPage) -> Result<Vec<Tag>>;
 }

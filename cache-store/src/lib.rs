@@ -7,11 +7,15 @@
 //!   filesystem, verified, fsynced and renamed into place, so that nothing
 //!   partial is ever visible, not even after a crash.
 //!
+//! [`TokioRuntime`] hands the engine tokio's spawner and timers.
+//!
 //! Every backend passes the conformance suite in `cache_core::testing`.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod fs;
 mod memory;
+mod runtime;
 
 pub use fs::{FsStore, FsStoreOptions};
 pub use memory::MemoryStore;
+pub use runtime::TokioRuntime;

@@ -1,3 +1,6 @@
+//! Test support: the [`BlobStore`] conformance suite, an in-process
+//! [`FakeUpstream`] with fault injection, and a [`ManualClock`].
+//!
 //! The [`BlobStore`] conformance suite. Every backend runs all of it, through
 //! [`blob_store_conformance!`](crate::blob_store_conformance), which expands
 //! to one `#[tokio::test]` per check inside the caller's module (so test
@@ -12,6 +15,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::{BlobStore, BlobStoreExt, ByteRange, Digest, Error, MetaKey};
+
+mod clock;
+mod fake;
+
+pub use clock::ManualClock;
+pub use fake::{Calls, FakeUpstream, Fault, PanicUpstream, PushedImage};
 
 /// A store under test, with what the suite needs to look behind it.
 pub struct Harness {

@@ -1,0 +1,388 @@
+//! One upstream fetch per digest, shared by every reader: the leader runs
+//! detached, writes into a staged blob while hashing, and publishes; every
+//! reader (the first included) streams the staged bytes as they arrive.
+
+use std::collections::HashSet;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use super::{InUse, Inner};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::names::RepoName;
+use crate::range::ByteRange;
+use crate::runtime::timeout;
+use crate::store::{StagedBlob, StagedReader};
+use crate::upstream::Upstream;
+
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Verified and published by this fetch.
+    Committed,
+    /// Already in the store when the fetch began: read it from there.
+    InStore,
+    /// Failed; every reader gets this error.
+    Failed(Error),
+}
+
+#[derive(Default)]
+struct State {
+    version: u64,
+    written: u64,
+    total: Option<u64>,
+    reader: Option<Arc<dyn StagedReader>>,
+    outcome: Option<Outcome>,
+    wakers: Vec<Waker>,
+}
+
+/// A fetch in flight.
+pub(crate) struct Fetch {
+    pub(crate) digest: Digest,
+    state: Mutex<State>,
+    /// Local repositories entitled to this blob (the starter's, and those
+    /// that proved it is theirs).
+    pub(crate) repos: Mutex<HashSet<RepoName>>,
+}
+
+impl std::fmt::Debug for Fetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetch")
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a reader waits for before it can stream.
+pub(crate) enum Ready {
+    Size(u64),
+    InStore,
+}
+
+impl Fetch {
+    pub(crate) fn new(digest: Digest, repo: RepoName) -> Self {
+        Fetch {
+            digest,
+            state: Mutex::new(State::default()),
+            repos: Mutex::new(HashSet::from([repo])),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        let wakers = {
+            let mut s = self.lock();
+            f(&mut s);
+            s.version += 1;
+            std::mem::take(&mut s.wakers)
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    async fn changed(&self, seen: u64) {
+        poll_fn(|cx| {
+            let mut s = self.lock();
+            if s.version != seen {
+                Poll::Ready(())
+            } else {
+                s.wakers.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    pub(crate) fn is_entitled(&self, repo: &RepoName) -> bool {
+        self.repos
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(repo)
+    }
+
+    pub(crate) fn entitle(&self, repo: RepoName) {
+        self.repos
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(repo);
+    }
+
+    /// Waits until the blob's size is known, or it is found in the store,
+    /// or the fetch failed.
+    pub(crate) async fn ready(&self) -> Result<Ready> {
+        loop {
+            let seen = {
+                let s = self.lock();
+                match (&s.outcome, s.total) {
+                    (Some(Outcome::Failed(e)), _) => return Err(e.duplicate()),
+                    (Some(Outcome::InStore), _) => return Ok(Ready::InStore),
+                    (_, Some(t)) if s.reader.is_some() => return Ok(Ready::Size(t)),
+                    _ => s.version,
+                }
+            };
+            self.changed(seen).await;
+        }
+    }
+
+    /// A stream of `range` of the blob, following the fetch. It ends
+    /// cleanly only once the whole blob is verified and committed.
+    pub(crate) fn stream(
+        self: Arc<Self>,
+        inner: Arc<Inner>,
+        range: std::ops::Range<u64>,
+        guard: InUse,
+    ) -> BoxStream<'static, Result<Bytes>> {
+        struct St {
+            fetch: Arc<Fetch>,
+            inner: Arc<Inner>,
+            pos: u64,
+            end: u64,
+            done: bool,
+            _guard: InUse,
+        }
+        let st = St {
+            fetch: self,
+            inner,
+            pos: range.start,
+            end: range.end,
+            done: false,
+            _guard: guard,
+        };
+        futures::stream::unfold(st, |mut st| async move {
+            if st.done {
+                return None;
+            }
+            loop {
+                let (seen, written, reader, failed, finished) = {
+                    let s = st.fetch.lock();
+                    let failed = match &s.outcome {
+                        Some(Outcome::Failed(e)) => Some(e.duplicate()),
+                        _ => None,
+                    };
+                    let finished = matches!(s.outcome, Some(Outcome::Committed | Outcome::InStore));
+                    (s.version, s.written, s.reader.clone(), failed, finished)
+                };
+                if st.pos >= st.end {
+                    // Every requested byte is out; end cleanly only once verified.
+                    if finished {
+                        return None;
+                    }
+                    if let Some(e) = failed {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                } else if st.pos < written
+                    && let Some(reader) = reader
+                {
+                    let n = (written.min(st.end) - st.pos).min(st.inner.opts.read_chunk as u64);
+                    match reader.read_at(st.pos, n as usize).await {
+                        Ok(b) if !b.is_empty() => {
+                            st.pos += b.len() as u64;
+                            st.inner.events.event(&Event::BytesServed(b.len() as u64));
+                            return Some((Ok(b), st));
+                        }
+                        Ok(_) => {
+                            st.done = true;
+                            let e = Error::Storage {
+                                op: "read_staged",
+                                message: format!("staged {} shorter than written", st.fetch.digest),
+                                temporary: false,
+                                source: None,
+                            };
+                            return Some((Err(e), st));
+                        }
+                        Err(e) => {
+                            st.done = true;
+                            return Some((Err(e), st));
+                        }
+                    }
+                } else if let Some(e) = failed {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                st.fetch.changed(seen).await;
+            }
+        })
+        .boxed()
+    }
+}
+
+/// Everything the leader needs, owned, so it can run detached.
+pub(crate) struct Job {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) fetch: Arc<Fetch>,
+    pub(crate) upstream: Arc<dyn Upstream>,
+    pub(crate) upstream_repo: RepoName,
+    pub(crate) rule: Arc<str>,
+}
+
+impl Job {
+    /// Runs the fetch to its end and publishes the outcome.
+    pub(crate) async fn run(self) {
+        let inner = self.inner.clone();
+        inner.events.event(&Event::FetchStarted);
+        let limit = inner.opts.fetch_timeout;
+        let outcome = match timeout(&*inner.clock, limit, self.transfer()).await {
+            Some(Ok(o)) => o,
+            Some(Err(e)) => Outcome::Failed(e),
+            None => Outcome::Failed(Error::Timeout {
+                what: format!("fetch of {} exceeded {:?}", self.fetch.digest, limit),
+            }),
+        };
+        let committed = matches!(outcome, Outcome::Committed);
+        if let Outcome::Failed(e) = &outcome {
+            tracing::warn!(rule = %self.rule, digest = %self.fetch.digest, error = %e, "blob fetch failed");
+            inner.events.event(&Event::UpstreamError {
+                rule: &self.rule,
+                code: e.code(),
+            });
+        }
+        if committed {
+            // Access times steer eviction and TTLs, which run on the engine's clock.
+            let _ = inner
+                .store
+                .touch(&self.fetch.digest, inner.clock.now())
+                .await;
+            let repos: Vec<RepoName> = self
+                .fetch
+                .repos
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            for r in repos {
+                // A link that fails to write only costs a HEAD on a later request.
+                let _ = inner.link(&r, &self.fetch.digest).await;
+            }
+        }
+        self.fetch.update(|s| s.outcome = Some(outcome));
+        inner.finish_fetch(&self.fetch);
+        inner.events.event(&Event::FetchFinished { committed });
+    }
+
+    async fn transfer(&self) -> Result<Outcome> {
+        let inner = &*self.inner;
+        let d = &self.fetch.digest;
+        if inner.store.stat(d).await?.is_some() {
+            return Ok(Outcome::InStore);
+        }
+        let opts = &inner.opts;
+        let mut staged: Option<Box<dyn StagedBlob>> = None;
+        let mut total: Option<u64> = None;
+        let mut written: u64 = 0;
+        let mut retries = 0u32;
+        let mut resumes = 0u32;
+        loop {
+            let range = (written > 0).then_some(ByteRange::From(written));
+            let read = match self.upstream.blob(&self.upstream_repo, d, range).await {
+                Ok(r) => r,
+                Err(e)
+                    if e.is_temporary()
+                        && e.code() != crate::ErrorCode::TooManyRequests
+                        && retries < opts.max_retries =>
+                {
+                    retries += 1;
+                    inner.clock.sleep(opts.retry_backoff * retries).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match total {
+                None => total = Some(read.size),
+                Some(t) if t != read.size => {
+                    return Err(Error::Upstream {
+                        registry: self.rule.to_string(),
+                        message: format!(
+                            "size of {d} changed from {t} to {} between requests",
+                            read.size
+                        ),
+                        code: None,
+                        temporary: false,
+                        source: None,
+                    });
+                }
+                Some(_) => {}
+            }
+            let size = read.size;
+            if read.range.start > written || read.range.end != size {
+                return Err(Error::Upstream {
+                    registry: self.rule.to_string(),
+                    message: format!(
+                        "asked for {d} from byte {written}, got bytes {}..{} of {size}",
+                        read.range.start, read.range.end
+                    ),
+                    code: None,
+                    temporary: false,
+                    source: None,
+                });
+            }
+            if staged.is_none() {
+                let w = inner.store.stage(d, Some(size)).await?;
+                let reader = w.reader().await?;
+                staged = Some(w);
+                self.fetch.update(|s| {
+                    s.total = Some(size);
+                    s.reader = Some(reader);
+                });
+            }
+            let w = staged.as_mut().expect("staged above");
+            // An upstream that ignores Range restarts at 0: skip what we have.
+            let mut skip = written - read.range.start;
+            let mut stream = read.stream;
+            loop {
+                // A stall (idle timeout), an error or an early end all mean: resume.
+                match timeout(&*inner.clock, opts.idle_timeout, stream.next()).await {
+                    None | Some(None) | Some(Some(Err(_))) => break,
+                    Some(Some(Ok(mut chunk))) => {
+                        inner
+                            .events
+                            .event(&Event::BytesFromUpstream(chunk.len() as u64));
+                        if skip > 0 {
+                            let n = skip.min(chunk.len() as u64);
+                            skip -= n;
+                            chunk = chunk.slice(n as usize..);
+                            if chunk.is_empty() {
+                                continue;
+                            }
+                        }
+                        // Overflow past the announced size fails here: the write is void.
+                        w.write(chunk.clone()).await?;
+                        written += chunk.len() as u64;
+                        self.fetch.update(|s| s.written = written);
+                    }
+                }
+            }
+            if written == size {
+                break;
+            }
+            resumes += 1;
+            if resumes > opts.max_resumes {
+                return Err(Error::Upstream {
+                    registry: self.rule.to_string(),
+                    message: format!(
+                        "transfer of {d} interrupted at byte {written} of {size}, {} resumptions exhausted",
+                        opts.max_resumes
+                    ),
+                    code: None,
+                    temporary: true,
+                    source: None,
+                });
+            }
+        }
+        staged
+            .expect("a transfer stages before it ends")
+            .commit()
+            .await?;
+        Ok(Outcome::Committed)
+    }
+}

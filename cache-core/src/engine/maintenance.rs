@@ -1,0 +1,180 @@
+//! Eviction (quota by least-recent use, per-rule content TTL) and scrub
+//! (re-verify stored content).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+
+use super::{PullThroughCache, keys};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::store::{BlobInfo, BlobStoreExt, MetaKey};
+use crate::verify::VerifyingStream;
+
+/// What [`PullThroughCache::gc`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs removed because their rule's content TTL passed.
+    pub expired: usize,
+    /// Blobs removed to get under the quota.
+    pub evicted: usize,
+    /// Bytes freed in all.
+    pub freed_bytes: u64,
+    /// Bytes still stored.
+    pub remaining_bytes: u64,
+    /// Blobs that would have been removed but were being read or fetched.
+    pub skipped_in_use: usize,
+}
+
+/// What [`PullThroughCache::scrub`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Blobs re-hashed.
+    pub checked: usize,
+    /// Bytes re-hashed.
+    pub bytes_checked: u64,
+    /// Blobs that did not match their digest (or size) and were removed.
+    pub removed: Vec<Digest>,
+    /// Blobs skipped because they were in use.
+    pub skipped_in_use: usize,
+}
+
+impl PullThroughCache {
+    async fn remove_blob(&self, info: &BlobInfo) -> Result<bool> {
+        let store = &self.inner.store;
+        let existed = store.delete(&info.digest).await?;
+        // A manifest's media type is meaningless once its bytes are gone.
+        store.delete_meta(&keys::manifest(&info.digest)).await?;
+        if existed {
+            self.inner
+                .events
+                .event(&Event::Evicted { bytes: info.size });
+        }
+        Ok(existed)
+    }
+
+    /// Removes content whose rule's TTL has passed since its last access,
+    /// then the least recently used content until at most `quota` bytes
+    /// remain. Never removes a blob that is being fetched or read.
+    pub async fn gc(&self, quota: Option<u64>) -> Result<GcReport> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let mut report = GcReport::default();
+        let mut blobs: HashMap<Digest, BlobInfo> = inner
+            .store
+            .list_all()
+            .await?
+            .into_iter()
+            .map(|i| (i.digest.clone(), i))
+            .collect();
+        let age = |t: Option<SystemTime>| {
+            t.map_or(Duration::MAX, |t| now.duration_since(t).unwrap_or_default())
+        };
+
+        // Per-rule TTLs apply to content known under the rule's repositories.
+        let repos = MetaKey::parse("repos").expect("static key");
+        let meta = inner.store.list_meta(Some(&repos)).await?;
+        for key in &meta {
+            if let Some((repo, d)) = keys::parse_link(key) {
+                let Ok(r) = inner.rules.resolve(&repo) else {
+                    continue;
+                };
+                let Some(ttl) = inner.policy(r.rule).content_ttl else {
+                    continue;
+                };
+                let Some(info) = blobs.get(&d) else { continue };
+                if age(info.last_access) <= ttl {
+                    continue;
+                }
+                if inner.is_busy(&d) {
+                    report.skipped_in_use += 1;
+                    continue;
+                }
+                let info = blobs.remove(&d).expect("checked above");
+                if self.remove_blob(&info).await? {
+                    report.expired += 1;
+                    report.freed_bytes += info.size;
+                }
+                inner.store.delete_meta(key).await?;
+            } else if let Some((repo, _)) = keys::parse_tag(key) {
+                let Ok(r) = inner.rules.resolve(&repo) else {
+                    continue;
+                };
+                let Some(ttl) = inner.policy(r.rule).content_ttl else {
+                    continue;
+                };
+                let stale = inner
+                    .store
+                    .get_meta(key)
+                    .await?
+                    .and_then(|b| keys::TagRecord::decode(&b))
+                    .is_none_or(|rec| age(Some(rec.confirmed)) > ttl);
+                if stale {
+                    inner.store.delete_meta(key).await?;
+                }
+            }
+        }
+
+        let mut total: u64 = blobs.values().map(|i| i.size).sum();
+        if let Some(quota) = quota
+            && total > quota
+        {
+            let mut order: Vec<BlobInfo> = blobs.into_values().collect();
+            // Oldest access first; unknown access times count as oldest.
+            order.sort_by_key(|i| i.last_access.unwrap_or(SystemTime::UNIX_EPOCH));
+            for info in order {
+                if total <= quota {
+                    break;
+                }
+                if inner.is_busy(&info.digest) {
+                    report.skipped_in_use += 1;
+                    continue;
+                }
+                if self.remove_blob(&info).await? {
+                    report.evicted += 1;
+                    report.freed_bytes += info.size;
+                }
+                total -= info.size;
+            }
+        }
+        report.remaining_bytes = total;
+        Ok(report)
+    }
+
+    /// Re-hashes every stored blob that is not in use and removes those that
+    /// do not match their digest.
+    pub async fn scrub(&self) -> Result<ScrubReport> {
+        let inner = &self.inner;
+        let mut report = ScrubReport::default();
+        for info in inner.store.list_all().await? {
+            if inner.is_busy(&info.digest) {
+                report.skipped_in_use += 1;
+                continue;
+            }
+            let read = match inner.store.get(&info.digest, None).await {
+                Ok(r) => r,
+                Err(Error::BlobUnknown { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut v = VerifyingStream::new(read.stream, info.digest.clone(), Some(info.size));
+            let mut bad = false;
+            while let Some(c) = v.next().await {
+                match c {
+                    Ok(_) => {}
+                    Err(Error::DigestMismatch { .. } | Error::SizeMismatch { .. }) => bad = true,
+                    Err(e) => return Err(e),
+                }
+            }
+            report.checked += 1;
+            report.bytes_checked += v.bytes_seen();
+            if bad {
+                tracing::warn!(digest = %info.digest, "scrub: stored content does not match its digest; removing");
+                self.remove_blob(&info).await?;
+                report.removed.push(info.digest.clone());
+            }
+        }
+        Ok(report)
+    }
+}

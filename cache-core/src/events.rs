@@ -1,0 +1,156 @@
+//! Observability: the engine reports what it does to an [`EventSink`]
+//! the embedder connects to any metrics system.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::ErrorCode;
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheStatus {
+    /// Served from the cache without asking the upstream.
+    Hit,
+    /// Fetched from the upstream (and cached).
+    Miss,
+    /// The upstream confirmed the cached tag is current (a `HEAD`).
+    Revalidated,
+    /// Served from the cache because the upstream failed (stale-if-error).
+    Stale,
+}
+
+impl CacheStatus {
+    /// `hit`, `miss`, `revalidated` or `stale`, as in an `X-Cache` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Revalidated => "revalidated",
+            CacheStatus::Stale => "stale",
+        }
+    }
+}
+
+impl fmt::Display for CacheStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something the engine did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// A manifest was answered.
+    Manifest {
+        /// The rule's name.
+        rule: &'a str,
+        /// Where it came from.
+        status: CacheStatus,
+    },
+    /// A blob was answered (the body may still be streaming).
+    Blob {
+        /// The rule's name.
+        rule: &'a str,
+        /// Where it came from.
+        status: CacheStatus,
+    },
+    /// Bytes were delivered to a reader from the store or a staged fetch.
+    BytesServed(u64),
+    /// Bytes arrived from an upstream.
+    BytesFromUpstream(u64),
+    /// An upstream blob fetch started.
+    FetchStarted,
+    /// An upstream blob fetch ended, committed or not.
+    FetchFinished {
+        /// Whether the blob was verified and committed.
+        committed: bool,
+    },
+    /// An upstream call failed.
+    UpstreamError {
+        /// The rule's name.
+        rule: &'a str,
+        /// The error's OCI code.
+        code: ErrorCode,
+    },
+    /// Garbage collection or scrub removed a blob.
+    Evicted {
+        /// Its size.
+        bytes: u64,
+    },
+}
+
+/// Receives engine events. Called inline: keep it cheap and non-blocking.
+pub trait EventSink: Send + Sync + fmt::Debug {
+    /// Records one event.
+    fn event(&self, e: &Event<'_>);
+}
+
+/// Ignores every event.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoEvents;
+
+impl EventSink for NoEvents {
+    fn event(&self, _: &Event<'_>) {}
+}
+
+/// Counts events in atomics; a ready sink for tests and simple exporters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Manifests and blobs served from the cache.
+    pub hits: AtomicU64,
+    /// Manifests and blobs fetched from the upstream.
+    pub misses: AtomicU64,
+    /// Tags confirmed current by the upstream.
+    pub revalidations: AtomicU64,
+    /// Answers served stale because the upstream failed.
+    pub stale: AtomicU64,
+    /// Bytes delivered to readers.
+    pub bytes_served: AtomicU64,
+    /// Bytes received from upstreams.
+    pub bytes_from_upstream: AtomicU64,
+    /// Upstream blob fetches started.
+    pub fetches_started: AtomicU64,
+    /// Upstream blob fetches that ended (committed or not).
+    pub fetches_finished: AtomicU64,
+    /// Upstream blob fetches that failed verification or transfer.
+    pub fetches_failed: AtomicU64,
+    /// Upstream errors.
+    pub upstream_errors: AtomicU64,
+    /// Bytes evicted by gc or scrub.
+    pub evicted_bytes: AtomicU64,
+}
+
+impl Counters {
+    /// Reads one counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+impl EventSink for Counters {
+    fn event(&self, e: &Event<'_>) {
+        let add = |c: &AtomicU64, n: u64| {
+            c.fetch_add(n, Ordering::Relaxed);
+        };
+        match e {
+            Event::Manifest { status, .. } | Event::Blob { status, .. } => match status {
+                CacheStatus::Hit => add(&self.hits, 1),
+                CacheStatus::Miss => add(&self.misses, 1),
+                CacheStatus::Revalidated => add(&self.revalidations, 1),
+                CacheStatus::Stale => add(&self.stale, 1),
+            },
+            Event::BytesServed(n) => add(&self.bytes_served, *n),
+            Event::BytesFromUpstream(n) => add(&self.bytes_from_upstream, *n),
+            Event::FetchStarted => add(&self.fetches_started, 1),
+            Event::FetchFinished { committed } => {
+                add(&self.fetches_finished, 1);
+                if !committed {
+                    add(&self.fetches_failed, 1);
+                }
+            }
+            Event::UpstreamError { .. } => add(&self.upstream_errors, 1),
+            Event::Evicted { bytes } => add(&self.evicted_bytes, *bytes),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Per-rule freshness policies and admission hooks.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::manifest::{ParsedManifest, Platform};
+use crate::names::{Reference, RepoName};
+use crate::rules::Rule;
+use crate::upstream::Manifest;
+
+/// How a cached tag is kept fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagFreshness {
+    /// Ask the upstream for the tag's digest on every request (a `HEAD`,
+    /// which Docker Hub does not count against its pull limit); reuse the
+    /// cached manifest when it is unchanged.
+    Revalidate,
+    /// Trust a cached tag for this long after it was last confirmed.
+    Ttl(Duration),
+    /// Never refresh a cached tag.
+    Pinned,
+}
+
+impl TagFreshness {
+    /// Parses `revalidate`, `pinned` or `ttl:DURATION` (`ttl:10m`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "revalidate" => Some(TagFreshness::Revalidate),
+            "pinned" => Some(TagFreshness::Pinned),
+            _ => s
+                .strip_prefix("ttl:")
+                .and_then(parse_duration)
+                .map(TagFreshness::Ttl),
+        }
+    }
+}
+
+/// Parses `30s`, `10m`, `24h`, `7d` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => return Some(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+/// The caching policy of one rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulePolicy {
+    /// How tags are kept fresh.
+    pub tag_freshness: TagFreshness,
+    /// How long a cached tag may be served while the upstream fails.
+    pub stale_if_error: Duration,
+    /// Content not accessed for this long is removed by `gc`.
+    pub content_ttl: Option<Duration>,
+}
+
+impl Default for RulePolicy {
+    fn default() -> Self {
+        RulePolicy {
+            tag_freshness: TagFreshness::Revalidate,
+            stale_if_error: Duration::from_secs(24 * 3600),
+            content_ttl: None,
+        }
+    }
+}
+
+/// What an admission hook decides about.
+#[derive(Debug)]
+pub struct AdmissionRequest<'a> {
+    /// The rule the request came through.
+    pub rule: &'a Rule,
+    /// The local repository.
+    pub repository: &'a RepoName,
+    /// The reference asked for.
+    pub reference: &'a Reference,
+    /// The manifest, byte-exact.
+    pub manifest: &'a Manifest,
+    /// What it references.
+    pub parsed: &'a ParsedManifest,
+    /// The platform an index declared for this manifest, when known.
+    pub platform: Option<&'a Platform>,
+}
+
+/// Accepts or refuses a manifest before it is cached or served. A refusal
+/// reaches the client as `DENIED` with the reason.
+#[async_trait]
+pub trait Admission: Send + Sync + fmt::Debug {
+    /// `Ok(())` admits; `Err(reason)` refuses.
+    async fn admit(&self, req: &AdmissionRequest<'_>) -> Result<(), String>;
+}
+
+/// Admits only the listed platforms: an index must offer at least one of
+/// them, and a manifest an index declared for another platform is refused.
+#[derive(Debug, Clone)]
+pub struct PlatformAllowList {
+    allowed: Vec<Platform>,
+}
+
+impl PlatformAllowList {
+    /// Admits these platforms (`linux/amd64`, `linux/arm64`; a pattern
+    /// without a variant admits every variant).
+    pub fn new(allowed: Vec<Platform>) -> Self {
+        PlatformAllowList { allowed }
+    }
+
+    fn admitted(&self, p: &Platform) -> bool {
+        self.allowed.iter().any(|a| a.admits(p))
+    }
+
+    fn list(&self) -> String {
+        self.allowed
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[async_trait]
+impl Admission for PlatformAllowList {
+    async fn admit(&self, req: &AdmissionRequest<'_>) -> Result<(), String> {
+        if req.parsed.is_index() {
+            // Entries without a platform, or "unknown/unknown" (attestations), do not count.
+            let platforms: Vec<&Platform> = req
+                .parsed
+                .manifests
+                .iter()
+                .filter_map(|(_, p)| p.as_ref())
+                .filter(|p| p.os != "unknown")
+                .collect();
+            if !platforms.is_empty() && !platforms.iter().any(|p| self.admitted(p)) {
+                return Err(format!(
+                    "index offers none of the allowed platforms ({})",
+                    self.list()
+                ));
+            }
+            return Ok(());
+        }
+        match req.platform {
+            Some(p) if p.os != "unknown" && !self.admitted(p) => Err(format!(
+                "platform {p} is not allowed (allowed: {})",
+                self.list()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Refuses images whose config and layers add up to more than a maximum.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxImageSize {
+    max: u64,
+}
+
+impl MaxImageSize {
+    /// Refuses images larger than `max` bytes.
+    pub fn new(max: u64) -> Self {
+        MaxImageSize { max }
+    }
+}
+
+#[async_trait]
+impl Admission for MaxImageSize {
+    async fn admit(&self, req: &AdmissionRequest<'_>) -> Result<(), String> {
+        let size = req.parsed.image_size();
+        if size > self.max {
+            return Err(format!(
+                "image of {size} bytes exceeds the maximum of {} bytes",
+                self.max
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_freshness_parse() {
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("15"), Some(Duration::from_secs(15)));
+        assert_eq!(parse_duration("1x"), None);
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(
+            TagFreshness::parse("ttl:10m"),
+            Some(TagFreshness::Ttl(Duration::from_secs(600)))
+        );
+        assert_eq!(TagFreshness::parse("pinned"), Some(TagFreshness::Pinned));
+        assert_eq!(TagFreshness::parse("ttl:"), None);
+        assert_eq!(TagFreshness::parse("sometimes"), None);
+    }
+}

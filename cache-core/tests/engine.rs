@@ -1,0 +1,1093 @@
+//! The pull-through engine against an in-process upstream that counts
+//! requests and injects faults.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cache_core::events::Counters;
+use cache_core::manifest::Platform;
+use cache_core::media_types as mt;
+use cache_core::testing::{FakeUpstream, Fault, ManualClock, PanicUpstream, content};
+use cache_core::{
+    BlobStore, BlobStoreExt, ByteRange, CacheOptions, CacheStatus, Clock, Digest, Error, ErrorCode,
+    MaxImageSize, PlatformAllowList, PullThroughCache, Reference, Registry, RepoName, RulePolicy,
+    RuleSet, RuleSpec, Tag, TagFreshness, TagPage,
+};
+use cache_store::{FsStore, MemoryStore, TokioRuntime};
+use futures::StreamExt;
+
+fn n(s: &str) -> RepoName {
+    RepoName::parse(s).unwrap()
+}
+
+fn t(s: &str) -> Tag {
+    Tag::parse(s).unwrap()
+}
+
+struct Env {
+    cache: PullThroughCache,
+    up: Arc<FakeUpstream>,
+    private: Arc<FakeUpstream>,
+    store: Arc<dyn BlobStore>,
+    clock: ManualClock,
+    counters: Arc<Counters>,
+}
+
+struct Setup {
+    policy: RulePolicy,
+    opts: CacheOptions,
+    real_time: bool,
+    store: Option<Arc<dyn BlobStore>>,
+    admission: Vec<Arc<dyn cache_core::Admission>>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            policy: RulePolicy::default(),
+            opts: CacheOptions {
+                retry_backoff: Duration::from_millis(1),
+                idle_timeout: Duration::from_millis(300),
+                ..CacheOptions::default()
+            },
+            real_time: false,
+            store: None,
+            admission: Vec::new(),
+        }
+    }
+}
+
+fn env_with(s: Setup) -> Env {
+    let manual = ManualClock::new();
+    let clock: Arc<dyn Clock> = if s.real_time {
+        Arc::new(TokioRuntime::current())
+    } else {
+        Arc::new(manual.clone())
+    };
+    let up = Arc::new(FakeUpstream::new("up.example", clock.clone()));
+    let private = Arc::new(FakeUpstream::new("private.example", clock.clone()));
+    let rules = RuleSet::new(&[
+        RuleSpec::new("lib", "up.example/library/*", "library/*"),
+        RuleSpec::new("priv", "private.example/team/*", "team/*"),
+    ])
+    .unwrap();
+    let store = s.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+    let counters = Arc::new(Counters::default());
+    let mut b = PullThroughCache::builder(
+        rules,
+        store.clone(),
+        Arc::new(TokioRuntime::current()),
+        clock,
+    )
+    .upstream(Registry::parse("up.example").unwrap(), up.clone())
+    .upstream(Registry::parse("private.example").unwrap(), private.clone())
+    .policy("lib", s.policy.clone())
+    .policy("priv", s.policy)
+    .events(counters.clone())
+    .options(s.opts);
+    for a in s.admission {
+        b = b.admission(a);
+    }
+    Env {
+        cache: b.build().unwrap(),
+        up,
+        private,
+        store,
+        clock: manual,
+        counters,
+    }
+}
+
+fn env() -> Env {
+    env_with(Setup::default())
+}
+
+async fn drain(
+    mut s: futures::stream::BoxStream<'static, cache_core::Result<Bytes>>,
+) -> (Vec<u8>, Option<Error>) {
+    let mut out = Vec::new();
+    while let Some(c) = s.next().await {
+        match c {
+            Ok(b) => out.extend_from_slice(&b),
+            Err(e) => {
+                assert!(s.next().await.is_none(), "a stream ends after its error");
+                return (out, Some(e));
+            }
+        }
+    }
+    (out, None)
+}
+
+fn gets(up: &FakeUpstream) -> u64 {
+    up.calls.blob_gets.load(Ordering::SeqCst)
+}
+
+async fn wait_until(mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmatched_name_is_name_unknown_and_contacts_no_upstream() {
+    let rules = RuleSet::new(&[RuleSpec::new("lib", "up.example/library/*", "library/*")]).unwrap();
+    let cache = PullThroughCache::builder(
+        rules,
+        Arc::new(MemoryStore::new()),
+        Arc::new(TokioRuntime::current()),
+        Arc::new(ManualClock::new()),
+    )
+    .upstream(
+        Registry::parse("up.example").unwrap(),
+        Arc::new(PanicUpstream),
+    )
+    .build()
+    .unwrap();
+    let d = Digest::sha256_of(b"x");
+    let e = cache
+        .manifest(&n("other/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NameUnknown);
+    assert!(e.to_string().contains("other/app"));
+    assert_eq!(
+        cache.blob(&n("nginx"), &d, None).await.unwrap_err().code(),
+        ErrorCode::NameUnknown
+    );
+    assert_eq!(
+        cache.head_blob(&n("x/y"), &d).await.unwrap_err().code(),
+        ErrorCode::NameUnknown
+    );
+    assert_eq!(
+        cache
+            .tags(&n("x"), &TagPage::default())
+            .await
+            .unwrap_err()
+            .code(),
+        ErrorCode::NameUnknown
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_without_an_upstream_is_a_build_error_naming_it() {
+    let rules = RuleSet::new(&[RuleSpec::new("lonely", "nowhere.example/*", "nw/*")]).unwrap();
+    let e = PullThroughCache::builder(
+        rules,
+        Arc::new(MemoryStore::new()),
+        Arc::new(TokioRuntime::current()),
+        Arc::new(ManualClock::new()),
+    )
+    .build()
+    .unwrap_err();
+    assert!(e.to_string().contains("lonely"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_by_tag_is_fetched_once_then_revalidated_with_head() {
+    let e = env();
+    let img =
+        e.up.push_image(&n("library/app"), &t("v1"), &[content(1, 1000)]);
+    let r = e
+        .cache
+        .manifest(
+            &n("library/app"),
+            &Reference::Tag(t("v1")),
+            mt::ALL_MANIFESTS,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, &r.digest, &r.bytes),
+        (CacheStatus::Miss, &img.manifest, &img.manifest_bytes)
+    );
+    assert_eq!(r.media_type, mt::OCI_MANIFEST);
+    let r = e
+        .cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, CacheStatus::Revalidated);
+    assert_eq!(e.up.calls.manifest_gets.load(Ordering::SeqCst), 1);
+    assert_eq!(e.up.calls.manifest_heads.load(Ordering::SeqCst), 1);
+    // The tag moves upstream: the next request sees the new manifest.
+    let img2 =
+        e.up.push_image(&n("library/app"), &t("v1"), &[content(2, 1000)]);
+    let r = e
+        .cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    assert_eq!((r.status, &r.digest), (CacheStatus::Miss, &img2.manifest));
+    // By digest: immutable, served without asking.
+    let before = e.up.calls.total();
+    let r = e
+        .cache
+        .manifest(
+            &n("library/app"),
+            &Reference::Digest(img.manifest.clone()),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.bytes), (CacheStatus::Hit, img.manifest_bytes));
+    assert_eq!(e.up.calls.total(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_tags_never_refresh_and_ttl_tags_refresh_after_their_ttl() {
+    let e = env_with(Setup {
+        policy: RulePolicy {
+            tag_freshness: TagFreshness::Pinned,
+            ..RulePolicy::default()
+        },
+        ..Setup::default()
+    });
+    e.up.push_image(&n("library/app"), &t("v1"), &[content(1, 10)]);
+    let first = e
+        .cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    e.up.push_image(&n("library/app"), &t("v1"), &[content(2, 10)]);
+    e.clock.advance(Duration::from_secs(365 * 86_400));
+    let r = e
+        .cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.digest), (CacheStatus::Hit, first.digest));
+    assert_eq!(e.up.calls.total(), 1);
+
+    let e = env_with(Setup {
+        policy: RulePolicy {
+            tag_freshness: TagFreshness::Ttl(Duration::from_secs(600)),
+            ..RulePolicy::default()
+        },
+        ..Setup::default()
+    });
+    e.up.push_image(&n("library/app"), &t("v1"), &[content(1, 10)]);
+    e.cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    e.clock.advance(Duration::from_secs(599));
+    let r = e
+        .cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, CacheStatus::Hit);
+    assert_eq!(e.up.calls.total(), 1);
+    e.clock.advance(Duration::from_secs(2));
+    let r = e
+        .cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, CacheStatus::Revalidated);
+    assert_eq!(e.up.calls.manifest_heads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_serves_cached_tag_within_stale_if_error_then_errors() {
+    let e = env_with(Setup {
+        policy: RulePolicy {
+            stale_if_error: Duration::from_secs(3600),
+            ..RulePolicy::default()
+        },
+        ..Setup::default()
+    });
+    let img =
+        e.up.push_image(&n("library/app"), &t("v1"), &[content(1, 10)]);
+    e.cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    e.up.set_down(true);
+    e.clock.advance(Duration::from_secs(3000));
+    let r = e
+        .cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.digest), (CacheStatus::Stale, img.manifest));
+    assert_eq!(Counters::get(&e.counters.stale), 1);
+    e.clock.advance(Duration::from_secs(601));
+    let err = e
+        .cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Upstream {
+                temporary: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.code().http_status(),
+        503,
+        "an outage is not hidden behind a 404"
+    );
+    // An uncached tag is an explicit upstream error too.
+    let err = e
+        .cache
+        .manifest(&n("library/other"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().http_status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_manifest_requests_make_one_upstream_get() {
+    let e = env();
+    e.up.push_image(&n("library/app"), &t("v1"), &[content(1, 10)]);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let c = e.cache.clone();
+        tasks.push(tokio::spawn(async move {
+            c.manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+                .await
+                .unwrap()
+                .digest
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(e.up.calls.manifest_gets.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_concurrent_cold_readers_share_one_upstream_fetch() {
+    let e = env_with(Setup {
+        real_time: true,
+        ..Setup::default()
+    });
+    let layer = content(7, 3 * 1024 * 1024 + 17);
+    let img =
+        e.up.push_image(&n("library/big"), &t("v1"), std::slice::from_ref(&layer));
+    e.cache
+        .manifest(&n("library/big"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    // Slow the upstream so every reader arrives while the fetch runs.
+    e.up.fail_next_blob(Fault::Drip {
+        chunk: 256 * 1024,
+        delay: Duration::from_millis(5),
+    });
+    let d = img.layers[0].0.clone();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let c = e.cache.clone();
+        let d = d.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = c.blob(&n("library/big"), &d, None).await.unwrap();
+            drain(r.stream).await
+        }));
+    }
+    for task in tasks {
+        let (bytes, err) = task.await.unwrap();
+        assert!(err.is_none(), "{err:?}");
+        assert!(bytes == layer, "every reader gets the exact bytes");
+    }
+    assert_eq!(gets(&e.up), 1, "exactly one upstream blob GET");
+    assert_eq!(e.store.get_bytes(&d).await.unwrap(), layer);
+    let r = e.cache.blob(&n("library/big"), &d, None).await.unwrap();
+    assert_eq!(r.status, CacheStatus::Hit);
+    assert_eq!(gets(&e.up), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_receive_bytes_before_the_fetch_finishes() {
+    let e = env_with(Setup {
+        real_time: true,
+        ..Setup::default()
+    });
+    let layer = content(8, 1024 * 1024);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    e.up.fail_next_blob(Fault::Drip {
+        chunk: 64 * 1024,
+        delay: Duration::from_millis(20),
+    });
+    let r = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
+    assert_eq!(r.status, CacheStatus::Miss);
+    let mut s = r.stream;
+    let first = s.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    assert_eq!(
+        e.cache.inflight(),
+        1,
+        "the first bytes arrived while the fetch was still running"
+    );
+    let (rest, err) = drain(s).await;
+    assert!(err.is_none());
+    assert_eq!([first.to_vec(), rest].concat(), layer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_dropped_after_one_byte_does_not_stop_the_fetch() {
+    let e = env_with(Setup {
+        real_time: true,
+        ..Setup::default()
+    });
+    let layer = content(9, 2 * 1024 * 1024);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    e.up.fail_next_blob(Fault::Drip {
+        chunk: 128 * 1024,
+        delay: Duration::from_millis(5),
+    });
+    let r = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
+    let mut s = r.stream;
+    let first = s.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(s);
+    let store = e.store.clone();
+    let cache = e.cache.clone();
+    wait_until(move || cache.inflight() == 0).await;
+    assert_eq!(
+        store.get_bytes(&d).await.unwrap(),
+        layer,
+        "the blob landed, verified"
+    );
+    assert_eq!(gets(&e.up), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_commits_nothing_fails_every_reader_and_is_fetched_again() {
+    let e = env_with(Setup {
+        real_time: true,
+        ..Setup::default()
+    });
+    let layer = content(10, 512 * 1024);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    // Slow enough that all four readers join the one failing fetch.
+    e.up.set_drip(Some((64 * 1024, Duration::from_millis(20))));
+    e.up.fail_next_blob(Fault::FlipByte(1000));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let c = e.cache.clone();
+        let d = d.clone();
+        readers.push(tokio::spawn(async move {
+            match c.blob(&n("library/app"), &d, None).await {
+                Ok(r) => drain(r.stream).await,
+                Err(e) => (Vec::new(), Some(e)),
+            }
+        }));
+    }
+    for r in readers {
+        let (_, err) = r.await.unwrap();
+        assert!(
+            matches!(err, Some(Error::DigestMismatch { .. })),
+            "every reader errors: {err:?}"
+        );
+    }
+    assert!(
+        e.store.stat(&d).await.unwrap().is_none(),
+        "nothing committed"
+    );
+    assert_eq!(gets(&e.up), 1, "the four readers shared one fetch");
+    let (bytes, err) = drain(
+        e.cache
+            .blob(&n("library/app"), &d, None)
+            .await
+            .unwrap()
+            .stream,
+    )
+    .await;
+    assert!(
+        err.is_none() && bytes == layer,
+        "the next request fetches again, correctly"
+    );
+    assert_eq!(gets(&e.up), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_transfer_is_resumed_with_range() {
+    let e = env();
+    let layer = content(11, 700_000);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    e.up.fail_next_blob(Fault::Truncate(300_000));
+    let (bytes, err) = drain(
+        e.cache
+            .blob(&n("library/app"), &d, None)
+            .await
+            .unwrap()
+            .stream,
+    )
+    .await;
+    assert!(err.is_none(), "{err:?}");
+    assert!(bytes == layer);
+    assert_eq!(gets(&e.up), 2);
+    assert_eq!(e.up.calls.ranged_blob_gets.load(Ordering::SeqCst), 1);
+    assert_eq!(e.store.get_bytes(&d).await.unwrap(), layer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_transfer_is_resumed_after_the_idle_timeout() {
+    let e = env_with(Setup {
+        real_time: true,
+        ..Setup::default()
+    });
+    let layer = content(12, 400_000);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    e.up.fail_next_blob(Fault::Stall(100_000));
+    let (bytes, err) = drain(
+        e.cache
+            .blob(&n("library/app"), &d, None)
+            .await
+            .unwrap()
+            .stream,
+    )
+    .await;
+    assert!(err.is_none(), "{err:?}");
+    assert!(bytes == layer);
+    assert_eq!(e.up.calls.ranged_blob_gets.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_truncation_gives_up_after_the_resume_limit_and_commits_nothing() {
+    let e = env();
+    let layer = content(13, 100_000);
+    let d = e.up.add_blob(&n("library/app"), layer);
+    for _ in 0..10 {
+        e.up.fail_next_blob(Fault::Truncate(10));
+    }
+    // A fetch that fails before the reader starts reports its error from
+    // `blob`; one that fails later, at the end of the stream. Either is right.
+    let err = match e.cache.blob(&n("library/app"), &d, None).await {
+        Ok(r) => drain(r.stream).await.1,
+        Err(e) => Some(e),
+    };
+    assert!(matches!(err, Some(Error::Upstream { .. })), "{err:?}");
+    assert_eq!(gets(&e.up), 4, "the first GET and three resumptions");
+    assert!(e.store.stat(&d).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_and_404_and_429_are_not() {
+    // Back-off sleeps on the engine's clock: real time here, 1 ms units.
+    let e = env_with(Setup {
+        real_time: true,
+        ..Setup::default()
+    });
+    let layer = content(14, 1000);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    e.up.fail_next_blob(Fault::ServerError);
+    let (bytes, err) = drain(
+        e.cache
+            .blob(&n("library/app"), &d, None)
+            .await
+            .unwrap()
+            .stream,
+    )
+    .await;
+    assert!(err.is_none() && bytes == layer);
+    assert_eq!(gets(&e.up), 2);
+
+    let missing = Digest::sha256_of(b"missing");
+    let err = e
+        .cache
+        .blob(&n("library/app"), &missing, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BlobUnknown);
+
+    let d2 = e.up.add_blob(&n("library/app"), content(15, 10));
+    e.up.fail_next_blob(Fault::TooManyRequests);
+    let before = gets(&e.up);
+    let err = e
+        .cache
+        .blob(&n("library/app"), &d2, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::TooManyRequests);
+    assert_eq!(gets(&e.up), before + 1, "429 is surfaced, not hammered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ranged_request_on_a_miss_makes_one_whole_blob_fetch() {
+    let e = env();
+    let layer = content(16, 500_000);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let r = e
+        .cache
+        .blob(
+            &n("library/app"),
+            &d,
+            Some(ByteRange::Inclusive(1000, 1999)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.size, r.range.clone()), (500_000, 1000..2000));
+    let (bytes, err) = drain(r.stream).await;
+    assert!(err.is_none());
+    assert_eq!(bytes, &layer[1000..2000]);
+    let r = e
+        .cache
+        .blob(&n("library/app"), &d, Some(ByteRange::Suffix(10)))
+        .await
+        .unwrap();
+    assert_eq!(drain(r.stream).await.0, &layer[499_990..]);
+    assert_eq!(gets(&e.up), 1);
+    let err = e
+        .cache
+        .blob(&n("library/app"), &d, Some(ByteRange::From(500_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::RangeInvalid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_cached_through_another_rule_is_blob_unknown() {
+    let e = env();
+    let secret = content(17, 5000);
+    let d = e.private.add_blob(&n("team/secret"), secret.clone());
+    let (bytes, _) = drain(
+        e.cache
+            .blob(&n("team/secret"), &d, None)
+            .await
+            .unwrap()
+            .stream,
+    )
+    .await;
+    assert_eq!(bytes, secret);
+    // Guessing the digest through the public rule: its upstream does not vouch for it.
+    let err = e.cache.blob(&n("library/app"), &d, None).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BlobUnknown);
+    assert_eq!(
+        e.cache
+            .head_blob(&n("library/app"), &d)
+            .await
+            .unwrap_err()
+            .code(),
+        ErrorCode::BlobUnknown
+    );
+    // Another repository under the same rule is vouched for by the upstream, not by the cache.
+    assert_eq!(
+        e.cache
+            .blob(&n("team/other"), &d, None)
+            .await
+            .unwrap_err()
+            .code(),
+        ErrorCode::BlobUnknown
+    );
+    // And a manifest by digest likewise.
+    let m = e
+        .private
+        .push_image(&n("team/secret"), &t("v1"), &[content(18, 10)]);
+    e.cache
+        .manifest(&n("team/secret"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    let err = e
+        .cache
+        .manifest(&n("library/app"), &Reference::Digest(m.manifest), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ManifestUnknown);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_named_by_a_pulled_manifest_need_no_extra_upstream_check() {
+    let e = env();
+    let img =
+        e.up.push_image(&n("library/app"), &t("v1"), &[content(19, 20_000)]);
+    e.cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    let d = &img.layers[0].0;
+    drain(
+        e.cache
+            .blob(&n("library/app"), d, None)
+            .await
+            .unwrap()
+            .stream,
+    )
+    .await;
+    let r = e.cache.blob(&n("library/app"), d, None).await.unwrap();
+    assert_eq!(r.status, CacheStatus::Hit);
+    assert_eq!(e.up.calls.blob_heads.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        e.cache.head_blob(&n("library/app"), d).await.unwrap(),
+        (20_000, CacheStatus::Hit)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_is_stored_byte_exact_and_platform_manifests_when_requested() {
+    let e = env();
+    let a =
+        e.up.push_image(&n("library/multi"), &t("amd64"), &[content(20, 100)]);
+    let b =
+        e.up.push_image(&n("library/multi"), &t("arm64"), &[content(21, 100)]);
+    let index = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","digest":"{}","size":{},"platform":{{"os":"linux","architecture":"amd64"}}}},{{"mediaType":"{}","digest":"{}","size":{},"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}]}}"#,
+        mt::OCI_INDEX,
+        mt::OCI_MANIFEST,
+        a.manifest,
+        a.manifest_bytes.len(),
+        mt::OCI_MANIFEST,
+        b.manifest,
+        b.manifest_bytes.len()
+    ));
+    let id = e.up.add_manifest(
+        &n("library/multi"),
+        Some(&t("latest")),
+        index.clone(),
+        mt::OCI_INDEX,
+    );
+    let r = e
+        .cache
+        .manifest(&n("library/multi"), &Reference::Tag(t("latest")), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.digest, r.bytes, r.media_type.as_str()),
+        (id, index, mt::OCI_INDEX)
+    );
+    assert!(
+        e.store.stat(&a.manifest).await.unwrap().is_none(),
+        "children are cached when requested"
+    );
+    let r = e
+        .cache
+        .manifest(
+            &n("library/multi"),
+            &Reference::Digest(b.manifest.clone()),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.bytes), (CacheStatus::Miss, b.manifest_bytes));
+    assert!(e.store.stat(&b.manifest).await.unwrap().is_some());
+    // A client that does not accept indexes is told so, as distribution does.
+    let err = e
+        .cache
+        .manifest(
+            &n("library/multi"),
+            &Reference::Tag(t("latest")),
+            &[mt::DOCKER_MANIFEST],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ManifestUnknown);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_manifests_are_manifest_invalid_and_not_cached() {
+    let e = env_with(Setup {
+        opts: CacheOptions {
+            max_manifest_size: 100,
+            ..CacheOptions::default()
+        },
+        ..Setup::default()
+    });
+    let img =
+        e.up.push_image(&n("library/app"), &t("v1"), &[content(22, 10)]);
+    let err = e
+        .cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ManifestInvalid);
+    assert!(err.to_string().contains("limit"), "{err}");
+    assert!(e.store.stat(&img.manifest).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_hooks_refuse_with_denied_and_nothing_is_cached() {
+    let e = env_with(Setup {
+        admission: vec![
+            Arc::new(MaxImageSize::new(1000)),
+            Arc::new(PlatformAllowList::new(vec![
+                Platform::parse("linux/amd64").unwrap(),
+            ])),
+        ],
+        ..Setup::default()
+    });
+    let big =
+        e.up.push_image(&n("library/big"), &t("v1"), &[content(23, 5000)]);
+    let err = e
+        .cache
+        .manifest(&n("library/big"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Denied);
+    assert!(err.to_string().contains("exceeds"), "{err}");
+    assert!(e.store.stat(&big.manifest).await.unwrap().is_none());
+
+    let arm =
+        e.up.push_image(&n("library/multi"), &t("arm"), &[content(24, 10)]);
+    let amd =
+        e.up.push_image(&n("library/multi"), &t("amd"), &[content(25, 10)]);
+    let index = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"digest":"{}","size":{},"platform":{{"os":"linux","architecture":"arm64"}}}},{{"digest":"{}","size":{},"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
+        arm.manifest,
+        arm.manifest_bytes.len(),
+        amd.manifest,
+        amd.manifest_bytes.len()
+    ));
+    e.up.add_manifest(
+        &n("library/multi"),
+        Some(&t("latest")),
+        index,
+        mt::OCI_INDEX,
+    );
+    e.cache
+        .manifest(&n("library/multi"), &Reference::Tag(t("latest")), &[])
+        .await
+        .unwrap();
+    e.cache
+        .manifest(&n("library/multi"), &Reference::Digest(amd.manifest), &[])
+        .await
+        .unwrap();
+    let err = e
+        .cache
+        .manifest(
+            &n("library/multi"),
+            &Reference::Digest(arm.manifest.clone()),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Denied);
+    assert!(err.to_string().contains("linux/arm64"), "{err}");
+    assert!(e.store.stat(&arm.manifest).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_list_falls_back_to_cached_tags_when_the_upstream_fails() {
+    let e = env();
+    for tag in ["v1", "v2", "v3"] {
+        e.up.push_image(&n("library/app"), &t(tag), &[content(26, 10)]);
+    }
+    let page = TagPage::default();
+    let l = e.cache.tags(&n("library/app"), &page).await.unwrap();
+    assert_eq!((l.tags.len(), l.status), (3, CacheStatus::Miss));
+    for tag in ["v1", "v3"] {
+        e.cache
+            .manifest(&n("library/app"), &Reference::Tag(t(tag)), &[])
+            .await
+            .unwrap();
+    }
+    e.up.set_down(true);
+    let l = e.cache.tags(&n("library/app"), &page).await.unwrap();
+    assert_eq!(
+        (l.tags, l.status),
+        (vec![t("v1"), t("v3")], CacheStatus::Stale)
+    );
+    let l = e
+        .cache
+        .tags(
+            &n("library/app"),
+            &TagPage {
+                limit: Some(1),
+                last: Some(t("v1")),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(l.tags, vec![t("v3")]);
+    let err = e.cache.tags(&n("library/never"), &page).await.unwrap_err();
+    assert_eq!(err.code().http_status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_keeps_the_quota_by_least_recent_use_and_spares_blobs_in_use() {
+    let e = env();
+    let mut ds = Vec::new();
+    for i in 0..4 {
+        let d = e.up.add_blob(&n("library/app"), content(30 + i, 10_000));
+        drain(
+            e.cache
+                .blob(&n("library/app"), &d, None)
+                .await
+                .unwrap()
+                .stream,
+        )
+        .await;
+        e.clock.advance(Duration::from_secs(3600));
+        ds.push(d);
+    }
+    // Least recently used first: 0 and 1 go, 2 and 3 stay.
+    let report = e.cache.gc(Some(25_000)).await.unwrap();
+    assert_eq!(
+        (report.evicted, report.freed_bytes, report.remaining_bytes),
+        (2, 20_000, 20_000)
+    );
+    assert!(e.store.stat(&ds[0]).await.unwrap().is_none());
+    assert!(e.store.stat(&ds[1]).await.unwrap().is_none());
+    assert!(e.store.stat(&ds[2]).await.unwrap().is_some());
+    // A blob being read survives even a quota of zero.
+    let reading = e.cache.blob(&n("library/app"), &ds[3], None).await.unwrap();
+    let report = e.cache.gc(Some(0)).await.unwrap();
+    assert_eq!((report.evicted, report.skipped_in_use), (1, 1));
+    assert!(e.store.stat(&ds[2]).await.unwrap().is_none());
+    assert!(
+        e.store.stat(&ds[3]).await.unwrap().is_some(),
+        "in-use blob spared"
+    );
+    assert_eq!(drain(reading.stream).await.0.len(), 10_000);
+    // Evicted content is fetched again on demand.
+    drain(
+        e.cache
+            .blob(&n("library/app"), &ds[1], None)
+            .await
+            .unwrap()
+            .stream,
+    )
+    .await;
+    assert!(e.store.stat(&ds[1]).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_removes_content_past_its_rules_ttl() {
+    let e = env_with(Setup {
+        policy: RulePolicy {
+            content_ttl: Some(Duration::from_secs(86_400)),
+            ..RulePolicy::default()
+        },
+        ..Setup::default()
+    });
+    let old = e.up.add_blob(&n("library/app"), content(40, 100));
+    drain(
+        e.cache
+            .blob(&n("library/app"), &old, None)
+            .await
+            .unwrap()
+            .stream,
+    )
+    .await;
+    e.clock.advance(Duration::from_secs(2 * 86_400));
+    let new = e.up.add_blob(&n("library/app"), content(41, 100));
+    drain(
+        e.cache
+            .blob(&n("library/app"), &new, None)
+            .await
+            .unwrap()
+            .stream,
+    )
+    .await;
+    let report = e.cache.gc(None).await.unwrap();
+    assert_eq!(report.expired, 1);
+    assert!(e.store.stat(&old).await.unwrap().is_none());
+    assert!(e.store.stat(&new).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrub_removes_a_corrupted_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FsStore::open(dir.path()).await.unwrap();
+    let e = env_with(Setup {
+        store: Some(Arc::new(fs.clone())),
+        ..Setup::default()
+    });
+    let good = e.up.add_blob(&n("library/app"), content(50, 50_000));
+    let bad = e.up.add_blob(&n("library/app"), content(51, 50_000));
+    for d in [&good, &bad] {
+        drain(
+            e.cache
+                .blob(&n("library/app"), d, None)
+                .await
+                .unwrap()
+                .stream,
+        )
+        .await;
+    }
+    let path = fs.blob_path(&bad);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[12_345] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let report = e.cache.scrub().await.unwrap();
+    assert_eq!(
+        (report.checked, report.removed.clone()),
+        (2, vec![bad.clone()])
+    );
+    assert!(fs.stat(&bad).await.unwrap().is_none());
+    assert!(fs.stat(&good).await.unwrap().is_some());
+    // The next request fetches a good copy.
+    let (bytes, err) = drain(
+        e.cache
+            .blob(&n("library/app"), &bad, None)
+            .await
+            .unwrap()
+            .stream,
+    )
+    .await;
+    assert!(err.is_none() && bytes == content(51, 50_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_works_on_the_filesystem_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env_with(Setup {
+        store: Some(Arc::new(FsStore::open(dir.path()).await.unwrap())),
+        real_time: true,
+        ..Setup::default()
+    });
+    let layer = content(60, 2 * 1024 * 1024 + 3);
+    let img =
+        e.up.push_image(&n("library/app"), &t("v1"), std::slice::from_ref(&layer));
+    e.cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    e.up.fail_next_blob(Fault::Drip {
+        chunk: 256 * 1024,
+        delay: Duration::from_millis(2),
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let c = e.cache.clone();
+        let d = img.layers[0].0.clone();
+        tasks.push(tokio::spawn(async move {
+            drain(c.blob(&n("library/app"), &d, None).await.unwrap().stream).await
+        }));
+    }
+    for task in tasks {
+        let (bytes, err) = task.await.unwrap();
+        assert!(err.is_none() && bytes == layer);
+    }
+    assert_eq!(gets(&e.up), 1);
+    assert_eq!(e.up.calls.blob_heads.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_events_count_hits_misses_and_bytes() {
+    let e = env();
+    let d = e.up.add_blob(&n("library/app"), content(70, 1000));
+    drain(
+        e.cache
+            .blob(&n("library/app"), &d, None)
+            .await
+            .unwrap()
+            .stream,
+    )
+    .await;
+    drain(
+        e.cache
+            .blob(&n("library/app"), &d, None)
+            .await
+            .unwrap()
+            .stream,
+    )
+    .await;
+    let c = &e.counters;
+    assert_eq!((Counters::get(&c.misses), Counters::get(&c.hits)), (1, 1));
+    assert_eq!(Counters::get(&c.bytes_from_upstream), 1000);
+    assert_eq!(Counters::get(&c.bytes_served), 2000);
+    assert_eq!(Counters::get(&c.fetches_started), 1);
+    assert_eq!(Counters::get(&c.fetches_finished), 1);
+}
