@@ -28,7 +28,7 @@ use crate::policy::{Admission, AdmissionRequest, RulePolicy, TagFreshness};
 use crate::range::ByteRange;
 use crate::rules::{Rule, RuleSet};
 use crate::runtime::{Clock, Spawner};
-use crate::store::{BlobStore, BlobStoreExt};
+use crate::store::{BlobInfo, BlobStore, BlobStoreExt};
 use crate::upstream::{Manifest, TagPage, Upstream, media_types};
 
 /// Tunables of a [`PullThroughCache`].
@@ -726,6 +726,18 @@ impl PullThroughCache {
         self.inner.link(&ctx.local, d).await
     }
 
+    /// Whether the blob is linked to the request's repository, and its
+    /// stored facts if it is stored and this repository may see it: stored
+    /// content not yet linked here must be vouched for by the upstream.
+    async fn stored_under(&self, ctx: &Ctx, digest: &Digest) -> Result<(bool, Option<BlobInfo>)> {
+        let linked = self.inner.is_linked(&ctx.local, digest).await?;
+        let stored = self.inner.store.stat(digest).await?;
+        if stored.is_some() && !linked {
+            self.vouch(ctx, digest).await?;
+        }
+        Ok((linked, stored))
+    }
+
     /// A blob, whole or one range, from the store or through one shared
     /// upstream fetch.
     pub async fn blob(
@@ -736,11 +748,8 @@ impl PullThroughCache {
     ) -> Result<BlobResponse> {
         let ctx = self.ctx(name)?;
         let inner = &self.inner;
-        let linked = inner.is_linked(name, digest).await?;
-        if let Some(info) = inner.store.stat(digest).await? {
-            if !linked {
-                self.vouch(&ctx, digest).await?;
-            }
+        let (linked, stored) = self.stored_under(&ctx, digest).await?;
+        if let Some(info) = stored {
             return self
                 .serve_stored(&ctx, digest, info.last_access, range)
                 .await;
@@ -831,16 +840,12 @@ impl PullThroughCache {
         })
     }
 
-    /// A blob's size without its body: from the store, a fetch in flight, or
-    /// a `HEAD` to the upstream (which does not start a download).
+    /// A blob's size without its body: from the store, or from a `HEAD` to
+    /// the upstream (which does not start a download).
     pub async fn head_blob(&self, name: &RepoName, digest: &Digest) -> Result<(u64, CacheStatus)> {
         let ctx = self.ctx(name)?;
         let inner = &self.inner;
-        let linked = inner.is_linked(name, digest).await?;
-        if let Some(info) = inner.store.stat(digest).await? {
-            if !linked {
-                self.vouch(&ctx, digest).await?;
-            }
+        if let (_, Some(info)) = self.stored_under(&ctx, digest).await? {
             return Ok((info.size, CacheStatus::Hit));
         }
         match ctx.upstream.head_blob(&ctx.upstream_repo, digest).await {
