@@ -60,3 +60,173 @@ fn cache_core_content(len: usize) -> Bytes {
     }
     Bytes::from(v)
 }
+
+/// An upstream serving one synthetic blob of any size without holding it:
+/// chunks are zero-copy slices of a small pool whose length is not a
+/// multiple of the chunk size, so the content is not trivially periodic.
+/// It counts blob GETs. Manifests and tags are not served.
+#[derive(Debug)]
+pub struct SyntheticUpstream {
+    pool: Bytes,
+    size: u64,
+    chunk: usize,
+    digest: cache_core::Digest,
+    /// Blob GETs received.
+    pub blob_gets: std::sync::atomic::AtomicU64,
+}
+
+impl SyntheticUpstream {
+    /// A blob of `size` bytes served in chunks of `chunk` bytes.
+    pub fn new(size: u64, chunk: usize) -> Self {
+        let pool = cache_core_content(1024 * 1024 + 7);
+        let mut h = cache_core::Algorithm::Sha256.hasher();
+        let mut off = 0u64;
+        while off < size {
+            let c = Self::slice(&pool, off, chunk, size);
+            off += c.len() as u64;
+            h.update(&c);
+        }
+        SyntheticUpstream {
+            pool,
+            size,
+            chunk,
+            digest: h.finish(),
+            blob_gets: Default::default(),
+        }
+    }
+
+    fn slice(pool: &Bytes, off: u64, chunk: usize, size: u64) -> Bytes {
+        let p = (off % pool.len() as u64) as usize;
+        let len = chunk.min(pool.len() - p).min((size - off) as usize);
+        pool.slice(p..p + len)
+    }
+
+    /// The blob's digest.
+    pub fn digest(&self) -> &cache_core::Digest {
+        &self.digest
+    }
+
+    /// The blob as a stream of chunks, as the upstream would send it.
+    pub fn stream(&self, start: u64) -> cache_core::ByteStream {
+        use futures::StreamExt;
+        let (pool, chunk, size) = (self.pool.clone(), self.chunk, self.size);
+        futures::stream::unfold(start, move |off| {
+            let pool = pool.clone();
+            async move {
+                if off >= size {
+                    return None;
+                }
+                let c = Self::slice(&pool, off, chunk, size);
+                let next = off + c.len() as u64;
+                Some((Ok(c), next))
+            }
+        })
+        .boxed()
+    }
+}
+
+fn unsupported<T>() -> cache_core::Result<T> {
+    Err(cache_core::Error::Unsupported {
+        what: "SyntheticUpstream serves one blob only".into(),
+    })
+}
+
+#[async_trait::async_trait]
+impl cache_core::Upstream for SyntheticUpstream {
+    async fn manifest(
+        &self,
+        _: &cache_core::RepoName,
+        _: &cache_core::Reference,
+        _: &[&str],
+    ) -> cache_core::Result<cache_core::Manifest> {
+        unsupported()
+    }
+
+    async fn head_manifest(
+        &self,
+        _: &cache_core::RepoName,
+        _: &cache_core::Reference,
+        _: &[&str],
+    ) -> cache_core::Result<cache_core::ManifestHead> {
+        unsupported()
+    }
+
+    async fn blob(
+        &self,
+        _: &cache_core::RepoName,
+        digest: &cache_core::Digest,
+        range: Option<cache_core::ByteRange>,
+    ) -> cache_core::Result<cache_core::BlobRead> {
+        self.blob_gets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if *digest != self.digest {
+            return Err(cache_core::Error::BlobUnknown {
+                digest: digest.clone(),
+            });
+        }
+        let span = match range {
+            Some(r) => r.resolve(self.size)?,
+            None => 0..self.size,
+        };
+        Ok(cache_core::BlobRead {
+            size: self.size,
+            range: span.clone(),
+            stream: self.stream(span.start),
+        })
+    }
+
+    async fn head_blob(
+        &self,
+        _: &cache_core::RepoName,
+        _: &cache_core::Digest,
+    ) -> cache_core::Result<u64> {
+        Ok(self.size)
+    }
+
+    async fn tags(
+        &self,
+        _: &cache_core::RepoName,
+        _: &cache_core::TagPage,
+    ) -> cache_core::Result<Vec<cache_core::Tag>> {
+        unsupported()
+    }
+}
+
+/// A cache with one rule (`bench/*` on `synthetic.example`) over `store`
+/// and `upstream`, on the current tokio runtime.
+pub fn engine(
+    store: std::sync::Arc<dyn cache_core::BlobStore>,
+    upstream: std::sync::Arc<SyntheticUpstream>,
+) -> cache_core::PullThroughCache {
+    let rt = std::sync::Arc::new(cache_store::TokioRuntime::current());
+    cache_core::PullThroughCache::builder(
+        cache_core::RuleSet::new(&[RuleSpec::new(
+            "bench",
+            "synthetic.example/bench/*",
+            "bench/*",
+        )])
+        .expect("static rule"),
+        store,
+        rt.clone(),
+        rt,
+    )
+    .upstream(
+        cache_core::Registry::parse("synthetic.example").expect("static registry"),
+        upstream,
+    )
+    .build()
+    .expect("every rule has its upstream")
+}
+
+/// Reads a blob through `cache` as repository `bench/app` and returns its length.
+pub async fn pull(cache: &cache_core::PullThroughCache, d: &cache_core::Digest) -> u64 {
+    use futures::StreamExt;
+    let repo = cache_core::RepoName::parse("bench/app").expect("static name");
+    let r = cache.blob(&repo, d, None).await.expect("blob request");
+    let mut s = r.stream;
+    let mut n = 0u64;
+    while let Some(c) = s.next().await {
+        n += c.expect("blob bytes").len() as u64;
+    }
+    n
+}

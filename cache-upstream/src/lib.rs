@@ -1,10 +1,28 @@
 //! # cache-upstream
 //!
-//! Implementations of [`cache_core::Upstream`]: `RegistryClient`, an OCI
-//! Distribution API client with registry token and basic authentication,
-//! and `OciLayout`, which serves an OCI image-layout directory for offline
-//! use and tests. Both arrive with the upstream-client work; this crate is
-//! the place they live.
+//! Implementations of [`cache_core::Upstream`]:
+//!
+//! * [`RegistryClient`]: the OCI Distribution API over HTTP (reqwest with
+//!   rustls): bearer-token and basic authentication with tokens cached per
+//!   repository until they expire, every manifest media type in `Accept`,
+//!   verified manifests, streamed and ranged blobs, redirects that never
+//!   carry credentials to another host, bounded retries with back-off and
+//!   jitter, 429 as `TOOMANYREQUESTS` with its `Retry-After`, timeouts, and
+//!   typed errors from upstream OCI error bodies;
+//! * [`OciLayout`]: an OCI image-layout directory, for offline use,
+//!   air-gapped import and tests.
+//!
+//! With the `testing` feature, [`testing`] starts the Debian distribution
+//! registry on loopback and builds and pushes deterministic test images.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-pub use cache_core::Upstream;
+mod auth;
+mod client;
+mod layout;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use auth::{Challenge, Credentials, PasswordSource, Secret};
+pub use client::{ClientOptions, RateLimit, RegistryClient};
+pub use layout::OciLayout;

@@ -1,0 +1,345 @@
+//! Registry authentication: `WWW-Authenticate` challenges, credentials
+//! that never print, and bearer tokens cached per (repository, action).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cache_core::{Error, Result};
+
+/// A secret string. `Debug` and `Display` print `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself; keep it out of logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where a password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// The value itself.
+    Value(Secret),
+    /// An environment variable's value.
+    Env(String),
+    /// A file's contents (trailing newline removed).
+    File(PathBuf),
+}
+
+impl PasswordSource {
+    /// Reads the password now. Errors name the variable or file, never the value.
+    pub fn resolve(&self) -> Result<Secret> {
+        match self {
+            PasswordSource::Value(s) => Ok(s.clone()),
+            PasswordSource::Env(var) => {
+                std::env::var(var)
+                    .map(Secret)
+                    .map_err(|_| Error::Unauthorized {
+                        reason: format!("environment variable {var} is not set"),
+                    })
+            }
+            PasswordSource::File(p) => std::fs::read_to_string(p)
+                .map(|s| Secret(s.trim_end_matches(['\n', '\r']).to_owned()))
+                .map_err(|e| Error::Unauthorized {
+                    reason: format!("cannot read password file {}: {e}", p.display()),
+                }),
+        }
+    }
+}
+
+/// A username and password for a registry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name.
+    pub username: String,
+    /// The password or token.
+    pub password: Secret,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Credentials from a user name and a password source.
+    pub fn new(username: impl Into<String>, password: &PasswordSource) -> Result<Self> {
+        Ok(Credentials {
+            username: username.into(),
+            password: password.resolve()?,
+        })
+    }
+
+    /// The `Authorization: Basic ...` value.
+    pub(crate) fn basic_header(&self) -> String {
+        use base64::Engine as _;
+        let raw = format!("{}:{}", self.username, self.password.expose());
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// `Basic realm="..."`.
+    Basic,
+    /// `Bearer realm="...",service="...",scope="..."`.
+    Bearer {
+        /// Where to ask for a token.
+        realm: String,
+        /// The `service` parameter, if any.
+        service: Option<String>,
+        /// The `scope` parameter, if any.
+        scope: Option<String>,
+    },
+}
+
+/// Parses the parameters after a scheme: `k="v", k2=v2`, with quoted
+/// strings that may contain commas and escaped quotes.
+fn parse_params(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && (b[i] == b' ' || b[i] == b',' || b[i] == b'\t') {
+            i += 1;
+        }
+        let ks = i;
+        while i < b.len() && b[i] != b'=' && b[i] != b',' {
+            i += 1;
+        }
+        let key = s[ks..i].trim().to_ascii_lowercase();
+        if i >= b.len() || b[i] != b'=' {
+            continue;
+        }
+        i += 1;
+        let mut val = String::new();
+        if i < b.len() && b[i] == b'"' {
+            i += 1;
+            let mut chars = s[i..].char_indices();
+            let mut end = s.len() - i;
+            let mut escaped = false;
+            for (j, c) in chars.by_ref() {
+                if escaped {
+                    val.push(c);
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    end = j + 1;
+                    break;
+                } else {
+                    val.push(c);
+                }
+            }
+            i += end;
+        } else {
+            let vs = i;
+            while i < b.len() && b[i] != b',' {
+                i += 1;
+            }
+            val = s[vs..i].trim().to_owned();
+        }
+        if !key.is_empty() {
+            out.insert(key, val);
+        }
+    }
+    out
+}
+
+impl Challenge {
+    /// Parses a `WWW-Authenticate` value. Returns `None` for schemes this
+    /// client does not speak or a Bearer challenge without a realm.
+    pub fn parse(header: &str) -> Option<Self> {
+        let h = header.trim();
+        let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
+        match scheme.to_ascii_lowercase().as_str() {
+            "basic" => Some(Challenge::Basic),
+            "bearer" => {
+                let mut p = parse_params(rest);
+                let realm = p.remove("realm").filter(|r| !r.is_empty())?;
+                Some(Challenge::Bearer {
+                    realm,
+                    service: p.remove("service"),
+                    scope: p.remove("scope"),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A cached bearer token.
+#[derive(Clone)]
+struct Token {
+    value: Secret,
+    expires: Instant,
+}
+
+/// Tokens cached per (repository, action) until they expire.
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    tokens: Mutex<HashMap<(String, String), Token>>,
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.tokens.lock().map(|t| t.len()).unwrap_or(0);
+        write!(f, "TokenCache({n} tokens)")
+    }
+}
+
+impl TokenCache {
+    pub(crate) fn get(&self, repo: &str, action: &str) -> Option<Secret> {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (repo.to_owned(), action.to_owned());
+        match t.get(&key) {
+            Some(tok) if tok.expires > Instant::now() => Some(tok.value.clone()),
+            Some(_) => {
+                t.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub(crate) fn put(&self, repo: &str, action: &str, value: Secret, ttl: Duration) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                (repo.to_owned(), action.to_owned()),
+                Token {
+                    value,
+                    expires: Instant::now() + ttl,
+                },
+            );
+    }
+
+    pub(crate) fn forget(&self, repo: &str, action: &str) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(repo.to_owned(), action.to_owned()));
+    }
+}
+
+/// A token endpoint's answer: `token` or `access_token`, `expires_in`.
+#[derive(serde::Deserialize)]
+pub(crate) struct TokenResponse {
+    pub(crate) token: Option<String>,
+    pub(crate) access_token: Option<String>,
+    pub(crate) expires_in: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_docker_hub_and_distribution_challenges() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/nginx:pull".into()),
+            }
+        );
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
+        // Quoted commas and escapes, odd spacing and case.
+        let c = Challenge::parse(
+            r#"bearer  Realm="https://a/t", scope="repository:a/b:pull,push", service=reg"#,
+        )
+        .unwrap();
+        assert!(matches!(c, Challenge::Bearer { ref scope, ref service, .. }
+            if scope.as_deref() == Some("repository:a/b:pull,push") && service.as_deref() == Some("reg")));
+        assert_eq!(Challenge::parse("Bearer service=x"), None, "no realm");
+        assert_eq!(Challenge::parse("Negotiate abc"), None);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Credentials {
+            username: "me".into(),
+            password: Secret::new("hunter2"),
+        };
+        let shown = format!("{c:?} {}", c.password);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn password_sources_name_what_is_missing_but_not_the_value() {
+        let e = PasswordSource::Env("SURELY_UNSET_PTC_VAR".into())
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("SURELY_UNSET_PTC_VAR"));
+        let e = PasswordSource::File("/nonexistent/pw".into())
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/pw"));
+    }
+
+    #[test]
+    fn expired_tokens_are_dropped() {
+        let c = TokenCache::default();
+        c.put("a", "pull", Secret::new("t"), Duration::from_secs(60));
+        assert!(c.get("a", "pull").is_some());
+        assert!(c.get("a", "push").is_none());
+        c.put("b", "pull", Secret::new("t"), Duration::ZERO);
+        assert!(c.get("b", "pull").is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn challenge_parser_never_panics(s in "\\PC{0,200}") {
+            let _ = Challenge::parse(&s);
+        }
+
+        #[test]
+        fn quoted_values_round_trip(realm in "[ -~]{1,40}", scope in "[ -~]{0,40}") {
+            let q = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+            let h = format!("Bearer realm=\"{}\",scope=\"{}\"", q(&realm), q(&scope));
+            let c = Challenge::parse(&h).unwrap();
+            prop_assert_eq!(c, Challenge::Bearer { realm, service: None, scope: Some(scope) });
+        }
+    }
+}

@@ -1,0 +1,755 @@
+//! `RegistryClient`: the OCI Distribution API over HTTP, with registry
+//! token and basic authentication, retries and typed errors.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use cache_core::{
+    BlobRead, ByteRange, Digest, Error, ErrorCode, Manifest, ManifestHead, Reference, Registry,
+    RepoName, Result, Tag, TagPage, Upstream, manifest_from_bytes,
+};
+use futures::StreamExt;
+use reqwest::header::{self, HeaderMap};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use url::Url;
+
+use crate::auth::{Challenge, Credentials, Secret, TokenCache, TokenResponse};
+
+/// Tunables of a [`RegistryClient`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Longest wait for a TCP/TLS connection (default 10 s).
+    pub connect_timeout: Duration,
+    /// Longest wait for response headers (default 30 s).
+    pub first_byte_timeout: Duration,
+    /// Longest pause between body bytes (default 60 s).
+    pub idle_timeout: Duration,
+    /// Retries of a request on connection errors and 5xx (default 3).
+    pub max_retries: u32,
+    /// Back-off unit: retry n waits about `backoff * 2^n`, plus jitter (default 200 ms).
+    pub backoff: Duration,
+    /// Largest manifest accepted (default 4 MiB).
+    pub max_manifest_size: usize,
+    /// Token lifetime when the token server does not say (default 60 s).
+    pub default_token_ttl: Duration,
+    /// The `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_retries: 3,
+            backoff: Duration::from_millis(200),
+            max_manifest_size: 4 * 1024 * 1024,
+            default_token_ttl: Duration::from_secs(60),
+            user_agent: concat!("pull-through-cache/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+/// Docker Hub's pull-limit headers, as last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// `ratelimit-limit`, e.g. `100;w=21600`.
+    pub limit: String,
+    /// `ratelimit-remaining`, e.g. `76;w=21600`.
+    pub remaining: String,
+}
+
+/// An OCI Distribution API client for one registry.
+pub struct RegistryClient {
+    registry: Registry,
+    base: Url,
+    http: reqwest::Client,
+    creds: Option<Credentials>,
+    tokens: TokenCache,
+    basic: AtomicBool,
+    opts: ClientOptions,
+    rate: Mutex<Option<RateLimit>>,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("registry", &self.registry)
+            .field("endpoint", &self.base.as_str())
+            .field("credentials", &self.creds)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a request was for, to turn a 404 into the right error.
+#[derive(Clone, Copy)]
+enum What<'a> {
+    Manifest(&'a RepoName, &'a Reference),
+    Blob(&'a Digest),
+    Tags(&'a RepoName),
+}
+
+impl RegistryClient {
+    /// A client for `registry`. The endpoint defaults to `https://HOST`
+    /// (`https://registry-1.docker.io` for Docker Hub); an explicit
+    /// `http://` endpoint is accepted for loopback and test registries.
+    pub fn new(
+        registry: Registry,
+        endpoint: Option<&str>,
+        creds: Option<Credentials>,
+        opts: ClientOptions,
+    ) -> Result<Self> {
+        let ep = endpoint
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("https://{}", registry.api_host()));
+        let invalid = |reason: &str| Error::InvalidRule {
+            rule: registry.to_string(),
+            reason: format!("endpoint {ep:?}: {reason}"),
+        };
+        let mut base = Url::parse(&ep).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
+            return Err(invalid("must be an http:// or https:// URL with a host"));
+        }
+        if !base.path().ends_with('/') {
+            let p = format!("{}/", base.path());
+            base.set_path(&p);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            .read_timeout(opts.idle_timeout)
+            .user_agent(opts.user_agent.clone())
+            // reqwest drops Authorization when a redirect leaves the host.
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|e| invalid(&e.to_string()))?;
+        Ok(RegistryClient {
+            registry,
+            base,
+            http,
+            creds,
+            tokens: TokenCache::default(),
+            basic: AtomicBool::new(false),
+            opts,
+            rate: Mutex::new(None),
+        })
+    }
+
+    /// The registry this client talks to.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Docker Hub's pull-limit headers from the last response that had them.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn url(&self, path: &str) -> Url {
+        self.base
+            .join(path)
+            .expect("paths are built from validated names")
+    }
+
+    fn upstream_err(&self, message: String, temporary: bool, code: Option<ErrorCode>) -> Error {
+        Error::Upstream {
+            registry: self.registry.to_string(),
+            message,
+            code,
+            temporary,
+            source: None,
+        }
+    }
+
+    fn record_rate_limit(&self, h: &HeaderMap) {
+        let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if let (Some(limit), Some(remaining)) = (get("ratelimit-limit"), get("ratelimit-remaining"))
+        {
+            *self.rate.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(RateLimit { limit, remaining });
+        }
+    }
+
+    async fn backoff(&self, attempt: u32) {
+        use rand::Rng;
+        let base = self.opts.backoff * 2u32.saturating_pow(attempt.min(8));
+        let jitter = rand::thread_rng().gen_range(0..=self.opts.backoff.as_millis().max(1) as u64);
+        tokio::time::sleep(base + Duration::from_millis(jitter)).await;
+    }
+
+    /// Sends a request built by `build`, authenticating on a 401 once,
+    /// retrying connection errors and 5xx with back-off.
+    async fn send(
+        &self,
+        repo: &RepoName,
+        build: &(dyn Fn() -> RequestBuilder + Sync),
+    ) -> Result<Response> {
+        let scope_repo = repo.as_str();
+        let mut authed = false;
+        let mut attempt = 0u32;
+        loop {
+            let mut rb = build();
+            if let Some(tok) = self.tokens.get(scope_repo, "pull") {
+                rb = rb.bearer_auth(tok.expose());
+            } else if self.basic.load(Ordering::Relaxed)
+                && let Some(c) = &self.creds
+            {
+                rb = rb.header(header::AUTHORIZATION, c.basic_header());
+            }
+            let sent = tokio::time::timeout(self.opts.first_byte_timeout, rb.send()).await;
+            let resp = match sent {
+                Err(_) => Err(Error::Timeout {
+                    what: format!(
+                        "{}: no response within {:?}",
+                        self.registry, self.opts.first_byte_timeout
+                    ),
+                }),
+                Ok(Err(e)) => Err(Error::Upstream {
+                    registry: self.registry.to_string(),
+                    message: if e.is_connect() {
+                        "cannot connect".to_owned()
+                    } else {
+                        "request failed".to_owned()
+                    },
+                    code: None,
+                    temporary: e.is_connect() || e.is_timeout() || e.is_request(),
+                    source: Some(Box::new(e)),
+                }),
+                Ok(Ok(r)) => Ok(r),
+            };
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) if e.is_temporary() && attempt < self.opts.max_retries => {
+                    tracing::debug!(registry = %self.registry, error = %e, attempt, "retrying");
+                    self.backoff(attempt).await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.record_rate_limit(resp.headers());
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED {
+                if authed {
+                    return Err(Error::Unauthorized {
+                        reason: format!("{} refused the credentials for {repo}", self.registry),
+                    });
+                }
+                authed = true;
+                self.tokens.forget(scope_repo, "pull");
+                let challenge = resp
+                    .headers()
+                    .get_all(header::WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .filter_map(Challenge::parse)
+                    .max_by_key(|c| matches!(c, Challenge::Bearer { .. }));
+                match challenge {
+                    Some(c) => self.authenticate(repo, c).await?,
+                    None => {
+                        return Err(Error::Unauthorized {
+                            reason: format!(
+                                "{} asked for authentication it did not describe",
+                                self.registry
+                            ),
+                        });
+                    }
+                }
+                continue;
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let retry_after = resp
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                return Err(Error::TooManyRequests { retry_after });
+            }
+            if status.is_server_error() {
+                if attempt < self.opts.max_retries {
+                    self.backoff(attempt).await;
+                    attempt += 1;
+                    continue;
+                }
+                return Err(self.upstream_err(format!("HTTP {status}"), true, None));
+            }
+            return Ok(resp);
+        }
+    }
+
+    async fn authenticate(&self, repo: &RepoName, c: Challenge) -> Result<()> {
+        match c {
+            Challenge::Basic => {
+                if self.creds.is_none() {
+                    return Err(Error::Unauthorized {
+                        reason: format!(
+                            "{} requires credentials and none are configured",
+                            self.registry
+                        ),
+                    });
+                }
+                self.basic.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => {
+                let mut url = Url::parse(&realm).map_err(|e| {
+                    self.upstream_err(
+                        format!("token realm {realm:?} is not a URL: {e}"),
+                        false,
+                        None,
+                    )
+                })?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(self.upstream_err(
+                        format!("token realm {realm:?} is not http(s)"),
+                        false,
+                        None,
+                    ));
+                }
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(s) = &service {
+                        q.append_pair("service", s);
+                    }
+                    q.append_pair(
+                        "scope",
+                        &scope.unwrap_or_else(|| format!("repository:{repo}:pull")),
+                    );
+                }
+                let mut rb = self.http.get(url);
+                if let Some(c) = &self.creds {
+                    rb = rb.basic_auth(&c.username, Some(c.password.expose()));
+                }
+                let resp = tokio::time::timeout(self.opts.first_byte_timeout, rb.send())
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        what: format!("token request to {realm}"),
+                    })?
+                    .map_err(|e| Error::Upstream {
+                        registry: self.registry.to_string(),
+                        message: format!("token request to {realm} failed"),
+                        code: None,
+                        temporary: true,
+                        source: Some(Box::new(e)),
+                    })?;
+                let status = resp.status();
+                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                    return Err(Error::Unauthorized {
+                        reason: format!("token server {realm} refused the credentials ({status})"),
+                    });
+                }
+                if !status.is_success() {
+                    return Err(self.upstream_err(
+                        format!("token server {realm} answered {status}"),
+                        status.is_server_error(),
+                        None,
+                    ));
+                }
+                let body = resp.bytes().await.map_err(|e| Error::Upstream {
+                    registry: self.registry.to_string(),
+                    message: "reading the token failed".into(),
+                    code: None,
+                    temporary: true,
+                    source: Some(Box::new(e)),
+                })?;
+                let tr: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+                    self.upstream_err(format!("token response is not JSON: {e}"), false, None)
+                })?;
+                let token = tr
+                    .token
+                    .or(tr.access_token)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        self.upstream_err("token response has no token".into(), false, None)
+                    })?;
+                let ttl = tr
+                    .expires_in
+                    .map(Duration::from_secs)
+                    .unwrap_or(self.opts.default_token_ttl);
+                // Renew a little early so a token does not expire in flight.
+                let ttl = ttl.saturating_sub(ttl / 10);
+                self.tokens
+                    .put(repo.as_str(), "pull", Secret::new(token), ttl);
+                Ok(())
+            }
+        }
+    }
+
+    /// Turns a non-success response into a typed error, reading the OCI error body.
+    async fn error_from(&self, resp: Response, what: What<'_>) -> Error {
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        let (code, message) = oci_error(&body);
+        match (status, what) {
+            (StatusCode::NOT_FOUND, What::Manifest(repo, reference)) => Error::ManifestUnknown {
+                repository: repo.to_string(),
+                reference: reference.to_string(),
+            },
+            (StatusCode::NOT_FOUND, What::Blob(d)) => Error::BlobUnknown { digest: d.clone() },
+            (StatusCode::NOT_FOUND, What::Tags(repo)) => Error::NameUnknown {
+                name: repo.to_string(),
+            },
+            (StatusCode::FORBIDDEN, _) => Error::Denied {
+                reason: format!(
+                    "{} denied access: {}",
+                    self.registry,
+                    message.unwrap_or_default()
+                ),
+            },
+            _ => self.upstream_err(
+                format!(
+                    "HTTP {status}{}",
+                    message.map(|m| format!(": {m}")).unwrap_or_default()
+                ),
+                false,
+                code,
+            ),
+        }
+    }
+
+    async fn read_limited(&self, resp: Response, limit: usize) -> Result<Bytes> {
+        if let Some(len) = resp.content_length()
+            && len > limit as u64
+        {
+            return Err(Error::ManifestInvalid {
+                reason: format!("manifest of {len} bytes exceeds the limit of {limit} bytes"),
+            });
+        }
+        let mut buf = BytesMut::new();
+        let mut s = resp.bytes_stream();
+        while let Some(c) = s.next().await {
+            let c = c.map_err(|e| Error::Upstream {
+                registry: self.registry.to_string(),
+                message: "reading the manifest failed".into(),
+                code: None,
+                temporary: true,
+                source: Some(Box::new(e)),
+            })?;
+            if buf.len() + c.len() > limit {
+                return Err(Error::ManifestInvalid {
+                    reason: format!("manifest exceeds the limit of {limit} bytes"),
+                });
+            }
+            buf.extend_from_slice(&c);
+        }
+        Ok(buf.freeze())
+    }
+
+    fn manifest_request(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> RequestBuilder {
+        let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
+        let accept = if accept.is_empty() {
+            cache_core::media_types::ALL_MANIFESTS.join(", ")
+        } else {
+            accept.join(", ")
+        };
+        self.http
+            .request(method, url)
+            .header(header::ACCEPT, accept)
+    }
+}
+
+/// Reads `{"errors":[{"code":..,"message":..}]}`; unknown codes are tolerated.
+fn oci_error(body: &[u8]) -> (Option<ErrorCode>, Option<String>) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return (None, None);
+    };
+    let first = v
+        .get("errors")
+        .and_then(|e| e.as_array())
+        .and_then(|a| a.first());
+    let code = first
+        .and_then(|e| e.get("code"))
+        .and_then(|c| c.as_str())
+        .and_then(ErrorCode::from_oci_str);
+    let message = first
+        .and_then(|e| e.get("message"))
+        .and_then(|m| m.as_str())
+        .map(|m| m.chars().take(300).collect());
+    (code, message)
+}
+
+fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// Parses `bytes START-END/TOTAL`.
+fn content_range(v: &str) -> Option<(u64, u64, u64)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let (a, b) = span.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?, total.parse().ok()?))
+}
+
+#[async_trait]
+impl Upstream for RegistryClient {
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<Manifest> {
+        let resp = self
+            .send(repo, &|| {
+                self.manifest_request(Method::GET, repo, reference, accept)
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.error_from(resp, What::Manifest(repo, reference)).await);
+        }
+        let h = resp.headers().clone();
+        let bytes = self.read_limited(resp, self.opts.max_manifest_size).await?;
+        let media_type = header_str(&h, "content-type")
+            .map(|ct| ct.split(';').next().unwrap_or("").trim().to_owned())
+            .filter(|ct| !ct.is_empty() && ct != "application/octet-stream")
+            .or_else(|| {
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("mediaType")
+                            .and_then(|m| m.as_str())
+                            .map(str::to_owned)
+                    })
+            })
+            .unwrap_or_else(|| cache_core::media_types::OCI_MANIFEST.to_owned());
+        let m = manifest_from_bytes(bytes, media_type, reference)?;
+        if let Some(announced) =
+            header_str(&h, "docker-content-digest").and_then(|d| Digest::parse(&d).ok())
+        {
+            let actual = Digest::compute(announced.algorithm(), &m.bytes);
+            if actual != announced {
+                return Err(Error::DigestMismatch {
+                    expected: announced,
+                    actual,
+                });
+            }
+        }
+        Ok(m)
+    }
+
+    async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<ManifestHead> {
+        let resp = self
+            .send(repo, &|| {
+                self.manifest_request(Method::HEAD, repo, reference, accept)
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.error_from(resp, What::Manifest(repo, reference)).await);
+        }
+        let h = resp.headers();
+        let digest = header_str(h, "docker-content-digest").and_then(|d| Digest::parse(&d).ok());
+        let media_type = header_str(h, "content-type")
+            .map(|ct| ct.split(';').next().unwrap_or("").trim().to_owned());
+        match (digest, media_type, resp.content_length()) {
+            (Some(digest), Some(media_type), Some(size)) => Ok(ManifestHead {
+                digest,
+                media_type,
+                size,
+            }),
+            _ => {
+                // A registry that does not say: fetch and compute.
+                let m = self.manifest(repo, reference, accept).await?;
+                Ok(ManifestHead {
+                    size: m.bytes.len() as u64,
+                    digest: m.digest,
+                    media_type: m.media_type,
+                })
+            }
+        }
+    }
+
+    async fn blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobRead> {
+        let url = self.url(&format!("v2/{repo}/blobs/{digest}"));
+        let resp = self
+            .send(repo, &|| {
+                let rb = self.http.get(url.clone());
+                match range {
+                    Some(r) => rb.header(header::RANGE, r.to_string()),
+                    None => rb,
+                }
+            })
+            .await?;
+        let status = resp.status();
+        let (size, span) = match status {
+            StatusCode::OK => {
+                let size = resp.content_length().ok_or_else(|| {
+                    self.upstream_err(format!("blob {digest} came without a length"), false, None)
+                })?;
+                (size, 0..size)
+            }
+            StatusCode::PARTIAL_CONTENT => {
+                let (a, b, total) = header_str(resp.headers(), "content-range")
+                    .as_deref()
+                    .and_then(content_range)
+                    .filter(|(a, b, t)| a <= b && b < t)
+                    .ok_or_else(|| {
+                        self.upstream_err(
+                            format!("blob {digest}: 206 without a usable Content-Range"),
+                            false,
+                            None,
+                        )
+                    })?;
+                (total, a..b + 1)
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                return Err(Error::RangeNotSatisfiable {
+                    range: range.map(|r| r.to_string()).unwrap_or_default(),
+                    size: header_str(resp.headers(), "content-range")
+                        .and_then(|v| v.rsplit('/').next().and_then(|t| t.parse().ok()))
+                        .unwrap_or(0),
+                });
+            }
+            _ => return Err(self.error_from(resp, What::Blob(digest)).await),
+        };
+        let registry = self.registry.to_string();
+        let stream = resp
+            .bytes_stream()
+            .map(move |c| {
+                c.map_err(|e| Error::Upstream {
+                    registry: registry.clone(),
+                    message: "blob transfer interrupted".into(),
+                    code: None,
+                    temporary: true,
+                    source: Some(Box::new(e)),
+                })
+            })
+            .boxed();
+        Ok(BlobRead {
+            size,
+            range: span,
+            stream,
+        })
+    }
+
+    async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        let url = self.url(&format!("v2/{repo}/blobs/{digest}"));
+        let resp = self.send(repo, &|| self.http.head(url.clone())).await?;
+        if !resp.status().is_success() {
+            return Err(self.error_from(resp, What::Blob(digest)).await);
+        }
+        resp.content_length().ok_or_else(|| {
+            self.upstream_err(
+                format!("HEAD of blob {digest} came without a length"),
+                false,
+                None,
+            )
+        })
+    }
+
+    async fn tags(&self, repo: &RepoName, page: &TagPage) -> Result<Vec<Tag>> {
+        let mut url = self.url(&format!("v2/{repo}/tags/list"));
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(n) = page.limit {
+                q.append_pair("n", &n.to_string());
+            }
+            if let Some(l) = &page.last {
+                q.append_pair("last", l.as_str());
+            }
+        }
+        let resp = self.send(repo, &|| self.http.get(url.clone())).await?;
+        if !resp.status().is_success() {
+            return Err(self.error_from(resp, What::Tags(repo)).await);
+        }
+        let body = self
+            .read_limited(resp, 16 * 1024 * 1024)
+            .await
+            .map_err(|e| match e {
+                Error::ManifestInvalid { reason } => {
+                    self.upstream_err(format!("tag list: {reason}"), false, None)
+                }
+                e => e,
+            })?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| self.upstream_err(format!("tag list is not JSON: {e}"), false, None))?;
+        let mut tags: Vec<Tag> = v
+            .get("tags")
+            .and_then(|t| t.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str())
+                    .filter_map(|t| Tag::parse(t).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        tags.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(tags)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parses_and_refuses_junk() {
+        assert_eq!(content_range("bytes 0-9/100"), Some((0, 9, 100)));
+        assert_eq!(content_range("bytes */100"), None);
+        assert_eq!(content_range("items 0-9/100"), None);
+    }
+
+    #[test]
+    fn oci_error_bodies_parse_and_unknown_codes_are_tolerated() {
+        let (c, m) = oci_error(br#"{"errors":[{"code":"DENIED","message":"no"}]}"#);
+        assert_eq!((c, m.as_deref()), (Some(ErrorCode::Denied), Some("no")));
+        let (c, m) = oci_error(br#"{"errors":[{"code":"SOMETHING_NEW","message":"x"}]}"#);
+        assert_eq!((c, m.as_deref()), (None, Some("x")));
+        assert_eq!(oci_error(b"<html>"), (None, None));
+    }
+
+    #[test]
+    fn endpoints_default_to_https_and_docker_hub_api_host() {
+        let c = RegistryClient::new(
+            Registry::parse("docker.io").unwrap(),
+            None,
+            None,
+            ClientOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(c.base.as_str(), "https://registry-1.docker.io/");
+        let c = RegistryClient::new(
+            Registry::parse("127.0.0.1:5000").unwrap(),
+            Some("http://127.0.0.1:5000"),
+            None,
+            ClientOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.url("v2/a/manifests/b").as_str(),
+            "http://127.0.0.1:5000/v2/a/manifests/b"
+        );
+        assert!(
+            RegistryClient::new(
+                Registry::parse("x.io").unwrap(),
+                Some("ftp://x.io"),
+                None,
+                ClientOptions::default()
+            )
+            .is_err()
+        );
+    }
+}
