@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the suite needs: "command-it-provides:package".
 NEEDED=(
+    "docker-registry:docker-registry"   # the CNCF distribution registry, as upstream
+    "skopeo:skopeo"                     # pushes test images, pulls through the proxy
+    "htpasswd:apache2-utils"            # bcrypt htpasswd files for registry auth
 )
 
 missing=()

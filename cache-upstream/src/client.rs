@@ -483,6 +483,17 @@ fn oci_error(body: &[u8]) -> (Option<ErrorCode>, Option<String>) {
     (code, message)
 }
 
+/// The `Content-Length` header itself (on a HEAD, reqwest's
+/// `content_length()` is the empty body's length, not the header).
+fn header_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
@@ -559,7 +570,7 @@ impl Upstream for RegistryClient {
         let digest = header_str(h, "docker-content-digest").and_then(|d| Digest::parse(&d).ok());
         let media_type = header_str(h, "content-type")
             .map(|ct| ct.split(';').next().unwrap_or("").trim().to_owned());
-        match (digest, media_type, resp.content_length()) {
+        match (digest, media_type, header_length(h)) {
             (Some(digest), Some(media_type), Some(size)) => Ok(ManifestHead {
                 digest,
                 media_type,
@@ -651,7 +662,7 @@ impl Upstream for RegistryClient {
         if !resp.status().is_success() {
             return Err(self.error_from(resp, What::Blob(digest)).await);
         }
-        resp.content_length().ok_or_else(|| {
+        header_length(resp.headers()).ok_or_else(|| {
             self.upstream_err(
                 format!("HEAD of blob {digest} came without a length"),
                 false,

@@ -1,1 +1,379 @@
+//! Test support with real parts: the CNCF distribution registry from
+//! Debian's `docker-registry` package on 127.0.0.1, deterministic test
+//! images written as OCI layouts, and `skopeo` to push them.
+//!
+//! Everything started here stops when its handle is dropped, also when a
+//! test panics. A missing binary is an error that says how to install it.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cache_core::{Digest, media_types};
+
+/// Finds a binary or says which Debian package provides it.
+pub fn require(bin: &str, package: &str) -> Result<PathBuf, String> {
+    let candidates = [
+        PathBuf::from("/usr/bin").join(bin),
+        PathBuf::from("/usr/sbin").join(bin),
+    ];
+    if let Some(p) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(p.clone());
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join(bin);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(format!(
+        "`{bin}` not found: install it with `apt-get install {package}` (scripts/test.sh installs it)"
+    ))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A running distribution registry on 127.0.0.1.
+#[derive(Debug)]
+pub struct TestRegistry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    auth: Option<(String, String)>,
+}
+
+impl TestRegistry {
+    /// Starts an anonymous registry.
+    pub fn start() -> Result<Self, String> {
+        Self::start_inner(None)
+    }
+
+    /// Starts a registry that requires htpasswd (bcrypt) basic auth.
+    pub fn start_with_auth(user: &str, password: &str) -> Result<Self, String> {
+        Self::start_inner(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_inner(auth: Option<(String, String)>) -> Result<Self, String> {
+        let bin = require("docker-registry", "docker-registry")?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port = free_port();
+        let mut auth_yaml = String::new();
+        if let Some((u, p)) = &auth {
+            let htpasswd = require("htpasswd", "apache2-utils")?;
+            let out = Command::new(htpasswd)
+                .args(["-Bbn", u, p])
+                .output()
+                .map_err(|e| format!("htpasswd: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "htpasswd failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            std::fs::write(dir.path().join("htpasswd"), &out.stdout).map_err(|e| e.to_string())?;
+            auth_yaml = format!(
+                "auth:\n  htpasswd:\n    realm: test-registry\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            );
+        }
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-secret\n{auth_yaml}",
+            dir.path().join("data").display()
+        );
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(&cfg, config).map_err(|e| e.to_string())?;
+        let log =
+            std::fs::File::create(dir.path().join("registry.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting docker-registry: {e}"))?;
+        let reg = TestRegistry {
+            child,
+            port,
+            dir,
+            auth,
+        };
+        reg.wait_ready()?;
+        Ok(reg)
+    }
+
+    fn wait_ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+                let mut buf = [0u8; 32];
+                if let Ok(n) = s.read(&mut buf)
+                    && n > 0
+                    && buf.starts_with(b"HTTP/")
+                {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "docker-registry did not answer on 127.0.0.1:{}; log:\n{}",
+            self.port,
+            self.log()
+        ))
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The registry's log (access log included).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// Access-log lines of requests with `method` whose path contains `part`.
+    pub fn requests(&self, method: &str, part: &str) -> usize {
+        let prefix = format!("\"{method} /v2/");
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&prefix) && l.contains(part))
+            .count()
+    }
+
+    /// Blob GETs seen in the access log.
+    pub fn blob_gets(&self) -> usize {
+        self.requests("GET", "/blobs/")
+    }
+
+    /// Pushes an OCI layout's `tag` (every platform of an index) to `repo:tag` with skopeo.
+    pub fn push(&self, layout: &Path, tag: &str, repo: &str) -> Result<(), String> {
+        let mut args = vec![
+            "copy".to_owned(),
+            "--insecure-policy".to_owned(),
+            "--all".to_owned(),
+            // Byte-identical images: no recompression, no manifest rewrite.
+            "--preserve-digests".to_owned(),
+            "--dest-tls-verify=false".to_owned(),
+        ];
+        if let Some((u, p)) = &self.auth {
+            args.push(format!("--dest-creds={u}:{p}"));
+        }
+        args.push(format!("oci:{}:{tag}", layout.display()));
+        args.push(format!("docker://{}/{repo}:{tag}", self.host()));
+        skopeo(&args)
+    }
+
+    /// Stops the registry (also done on drop).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs skopeo with `args`; an error carries its stderr.
+pub fn skopeo(args: &[String]) -> Result<(), String> {
+    let bin = require("skopeo", "skopeo")?;
+    let out = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("skopeo: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "skopeo {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Deterministic bytes: the same `seed` and `len` give the same content.
+pub fn deterministic(seed: u64, len: usize) -> Vec<u8> {
+    cache_core::testing::content(seed, len).to_vec()
+}
+
+/// A tar archive holding one file of `size` deterministic bytes, with fixed
+/// metadata so that the same seed always gives the same layer digest.
+pub fn tar_layer(seed: u64, size: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(size as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    let data = deterministic(seed, size);
+    b.append_data(&mut h, format!("data-{seed}.bin"), data.as_slice())
+        .expect("writing to a Vec");
+    b.into_inner().expect("writing to a Vec")
+}
+
+/// What [`write_image`] and [`write_index`] wrote.
+#[derive(Debug, Clone)]
+pub struct TestImage {
+    /// The layout directory.
+    pub layout: PathBuf,
+    /// The tag it is annotated with.
+    pub tag: String,
+    /// The top manifest (or index) digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Every layer's digest and size (of every platform, for an index).
+    pub layers: Vec<(Digest, u64)>,
+    /// Platform manifests of an index, with their platform (`os/arch`).
+    pub platforms: Vec<(Digest, String)>,
+}
+
+struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    fn new(root: &Path) -> Self {
+        std::fs::create_dir_all(root.join("blobs/sha256")).expect("layout dir");
+        std::fs::write(
+            root.join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .expect("oci-layout");
+        Layout {
+            root: root.to_owned(),
+        }
+    }
+
+    fn blob(&self, data: &[u8]) -> Digest {
+        let d = Digest::sha256_of(data);
+        std::fs::write(self.root.join("blobs/sha256").join(d.hex()), data).expect("blob");
+        d
+    }
+
+    fn index(&self, entries: &[(Digest, usize, &str, &str)]) {
+        let m: Vec<String> = entries
+            .iter()
+            .map(|(d, size, mt, tag)| {
+                format!(
+                    r#"{{"mediaType":"{mt}","digest":"{d}","size":{size},"annotations":{{"org.opencontainers.image.ref.name":"{tag}"}}}}"#
+                )
+            })
+            .collect();
+        std::fs::write(
+            self.root.join("index.json"),
+            format!(r#"{{"schemaVersion":2,"manifests":[{}]}}"#, m.join(",")),
+        )
+        .expect("index.json");
+    }
+}
+
+fn image_manifest(
+    l: &Layout,
+    seed: u64,
+    layer_sizes: &[usize],
+    arch: &str,
+) -> (Digest, usize, Vec<(Digest, u64)>) {
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    let mut descs = Vec::new();
+    for (i, size) in layer_sizes.iter().enumerate() {
+        let tar = tar_layer(seed * 1000 + i as u64, *size);
+        let d = l.blob(&tar);
+        diff_ids.push(format!("\"{d}\""));
+        descs.push(format!(
+            r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{}}}"#,
+            tar.len()
+        ));
+        layers.push((d, tar.len() as u64));
+    }
+    let config = format!(
+        r#"{{"architecture":"{arch}","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        diff_ids.join(",")
+    );
+    let cd = l.blob(config.as_bytes());
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{}]}}"#,
+        media_types::OCI_MANIFEST,
+        config.len(),
+        descs.join(",")
+    );
+    (l.blob(manifest.as_bytes()), manifest.len(), layers)
+}
+
+/// Writes a single-platform image with layers of the given sizes, tagged `tag`.
+pub fn write_image(dir: &Path, tag: &str, seed: u64, layer_sizes: &[usize]) -> TestImage {
+    let l = Layout::new(dir);
+    let (d, size, layers) = image_manifest(&l, seed, layer_sizes, "amd64");
+    l.index(&[(d.clone(), size, media_types::OCI_MANIFEST, tag)]);
+    TestImage {
+        layout: dir.to_owned(),
+        tag: tag.to_owned(),
+        digest: d,
+        media_type: media_types::OCI_MANIFEST.to_owned(),
+        layers,
+        platforms: Vec::new(),
+    }
+}
+
+/// Writes a two-platform index (linux/amd64, linux/arm64), tagged `tag`.
+pub fn write_index(dir: &Path, tag: &str, seed: u64, layer_size: usize) -> TestImage {
+    let l = Layout::new(dir);
+    let mut platforms = Vec::new();
+    let mut layers = Vec::new();
+    let mut entries = Vec::new();
+    for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
+        let (d, size, ls) = image_manifest(&l, seed * 10 + i as u64, &[layer_size], arch);
+        entries.push(format!(
+            r#"{{"mediaType":"{}","digest":"{d}","size":{size},"platform":{{"os":"linux","architecture":"{arch}"}}}}"#,
+            media_types::OCI_MANIFEST
+        ));
+        platforms.push((d, format!("linux/{arch}")));
+        layers.extend(ls);
+    }
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{}]}}"#,
+        media_types::OCI_INDEX,
+        entries.join(",")
+    );
+    let d = l.blob(index.as_bytes());
+    l.index(&[(d.clone(), index.len(), media_types::OCI_INDEX, tag)]);
+    TestImage {
+        layout: dir.to_owned(),
+        tag: tag.to_owned(),
+        digest: d,
+        media_type: media_types::OCI_INDEX.to_owned(),
+        layers,
+        platforms,
+    }
+}
