@@ -191,9 +191,14 @@ impl RegistryClient {
         let scope_repo = repo.as_str();
         let mut authed = false;
         let mut attempt = 0u32;
+        // The token just obtained is used for the retry even if its lifetime is already over.
+        let mut fresh: Option<Secret> = None;
         loop {
             let mut rb = build();
-            if let Some(tok) = self.tokens.get(scope_repo, "pull") {
+            if let Some(tok) = fresh
+                .clone()
+                .or_else(|| self.tokens.get(scope_repo, "pull"))
+            {
                 rb = rb.bearer_auth(tok.expose());
             } else if self.basic.load(Ordering::Relaxed)
                 && let Some(c) = &self.creds
@@ -249,7 +254,7 @@ impl RegistryClient {
                     .filter_map(Challenge::parse)
                     .max_by_key(|c| matches!(c, Challenge::Bearer { .. }));
                 match challenge {
-                    Some(c) => self.authenticate(repo, c).await?,
+                    Some(c) => fresh = self.authenticate(repo, c).await?,
                     None => {
                         return Err(Error::Unauthorized {
                             reason: format!(
@@ -282,7 +287,8 @@ impl RegistryClient {
         }
     }
 
-    async fn authenticate(&self, repo: &RepoName, c: Challenge) -> Result<()> {
+    /// Answers a challenge; returns the bearer token obtained, if any.
+    async fn authenticate(&self, repo: &RepoName, c: Challenge) -> Result<Option<Secret>> {
         match c {
             Challenge::Basic => {
                 if self.creds.is_none() {
@@ -294,7 +300,7 @@ impl RegistryClient {
                     });
                 }
                 self.basic.store(true, Ordering::Relaxed);
-                Ok(())
+                Ok(None)
             }
             Challenge::Bearer {
                 realm,
@@ -377,9 +383,9 @@ impl RegistryClient {
                     .unwrap_or(self.opts.default_token_ttl);
                 // Renew a little early so a token does not expire in flight.
                 let ttl = ttl.saturating_sub(ttl / 10);
-                self.tokens
-                    .put(repo.as_str(), "pull", Secret::new(token), ttl);
-                Ok(())
+                let token = Secret::new(token);
+                self.tokens.put(repo.as_str(), "pull", token.clone(), ttl);
+                Ok(Some(token))
             }
         }
     }
