@@ -261,6 +261,20 @@ pub(crate) struct TokenResponse {
     pub(crate) expires_in: Option<u64>,
 }
 
+/// The lifetime left on a JWT, from its `exp` claim (seconds since the
+/// epoch). `None` for anything that is not a JWT with an `exp`.
+pub(crate) fn jwt_ttl(token: &str, now: std::time::SystemTime) -> Option<Duration> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    let exp = v.get("exp")?.as_u64()?;
+    let now = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    Some(Duration::from_secs(exp.saturating_sub(now)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +340,21 @@ mod tests {
         assert!(c.get("a", "push").is_none());
         c.put("b", "pull", Secret::new("t"), Duration::ZERO);
         assert!(c.get("b", "pull").is_none());
+    }
+
+    #[test]
+    fn jwt_exp_gives_the_lifetime() {
+        use base64::Engine as _;
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let tok = format!(
+            "{}.{}.sig",
+            enc(r#"{"alg":"none"}"#),
+            enc(r#"{"exp":1000300}"#)
+        );
+        assert_eq!(jwt_ttl(&tok, now), Some(Duration::from_secs(300)));
+        assert_eq!(jwt_ttl("opaque-token", now), None);
+        assert_eq!(jwt_ttl(&format!("a.{}.c", enc("{}")), now), None);
     }
 
     proptest! {

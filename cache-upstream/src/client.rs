@@ -380,6 +380,7 @@ impl RegistryClient {
                 let ttl = tr
                     .expires_in
                     .map(Duration::from_secs)
+                    .or_else(|| crate::auth::jwt_ttl(&token, std::time::SystemTime::now()))
                     .unwrap_or(self.opts.default_token_ttl);
                 // Renew a little early so a token does not expire in flight.
                 let ttl = ttl.saturating_sub(ttl / 10);
