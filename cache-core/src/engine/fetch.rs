@@ -277,6 +277,7 @@ impl Job {
             return Ok(Outcome::InStore);
         }
         let opts = &inner.opts;
+        let _permit = inner.fetch_permits.acquire().await;
         let mut staged: Option<Box<dyn StagedBlob>> = None;
         let mut total: Option<u64> = None;
         let mut written: u64 = 0;

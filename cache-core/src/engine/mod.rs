@@ -50,6 +50,9 @@ pub struct CacheOptions {
     pub touch_interval: Duration,
     /// Size of the reads that stream a blob to a reader (default 1 MiB).
     pub read_chunk: usize,
+    /// Upstream blob transfers running at once, at most (default 64); more
+    /// wait their turn, and their readers with them.
+    pub max_concurrent_fetches: usize,
 }
 
 impl Default for CacheOptions {
@@ -63,6 +66,7 @@ impl Default for CacheOptions {
             retry_backoff: Duration::from_millis(200),
             touch_interval: Duration::from_secs(60),
             read_chunk: 1024 * 1024,
+            max_concurrent_fetches: 64,
         }
     }
 }
@@ -139,6 +143,7 @@ pub(crate) struct Inner {
     inflight: Mutex<HashMap<Digest, Arc<Fetch>>>,
     manifest_flights: Mutex<HashMap<String, SharedManifest>>,
     in_use: Mutex<HashMap<Digest, usize>>,
+    pub(crate) fetch_permits: async_lock::Semaphore,
 }
 
 /// Marks a digest as being read, so gc leaves it alone.
@@ -300,7 +305,6 @@ impl CacheBuilder {
                 store: self.store,
                 spawner: self.spawner,
                 clock: self.clock,
-                opts: self.opts,
                 policies: self.policies,
                 default_policy: self.default_policy,
                 admission: self.admission,
@@ -308,6 +312,8 @@ impl CacheBuilder {
                 inflight: Mutex::new(HashMap::new()),
                 manifest_flights: Mutex::new(HashMap::new()),
                 in_use: Mutex::new(HashMap::new()),
+                fetch_permits: async_lock::Semaphore::new(self.opts.max_concurrent_fetches.max(1)),
+                opts: self.opts,
             }),
         })
     }

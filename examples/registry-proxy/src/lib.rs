@@ -1,0 +1,93 @@
+//! # registry-proxy
+//!
+//! The OCI pull-through registry server built on `cache-core`,
+//! `cache-store` and `cache-upstream`: configuration, HTTP mapping and
+//! wiring only; every caching decision is the library's.
+//!
+//! The library half exists so that `cache-warm` reads the same
+//! configuration and builds the same cache.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+
+use std::sync::Arc;
+
+use cache_core::{BlobStore, CacheOptions, EventSink, PullThroughCache, RuleSet};
+use cache_store::{FsStore, FsStoreOptions, MemoryStore, TokioRuntime};
+use cache_upstream::{ClientOptions, RegistryClient};
+
+use crate::config::{Config, ConfigError, Storage};
+
+/// Opens the configured store.
+pub async fn open_store(cfg: &Config) -> Result<Arc<dyn BlobStore>, ConfigError> {
+    Ok(match &cfg.storage {
+        Storage::Memory => Arc::new(MemoryStore::new()),
+        Storage::Fs { path, fsync } => Arc::new(
+            FsStore::open_with(path, FsStoreOptions { fsync: *fsync })
+                .await
+                .map_err(|e| {
+                    ConfigError(format!(
+                        "storage.path = {:?}: {e}",
+                        path.display().to_string()
+                    ))
+                })?,
+        ),
+    })
+}
+
+/// Builds the cache the configuration describes: one `RegistryClient` per
+/// `[[registry]]`, one more per credential set a rule names.
+pub fn build_cache(
+    cfg: &Config,
+    store: Arc<dyn BlobStore>,
+    events: Arc<dyn EventSink>,
+) -> Result<PullThroughCache, ConfigError> {
+    let rules = RuleSet::new(&cfg.rules).map_err(|e| ConfigError(e.to_string()))?;
+    let rt = Arc::new(TokioRuntime::current());
+    let mut b = PullThroughCache::builder(rules.clone(), store, rt.clone(), rt)
+        .events(events)
+        .options(CacheOptions {
+            max_concurrent_fetches: cfg.max_concurrent_fetches,
+            max_manifest_size: cfg.max_manifest_size,
+            ..CacheOptions::default()
+        });
+    let client = |u: &config::UpstreamConfig, creds| {
+        RegistryClient::new(
+            u.host.clone(),
+            u.endpoint.as_deref(),
+            creds,
+            ClientOptions {
+                max_manifest_size: cfg.max_manifest_size,
+                ..ClientOptions::default()
+            },
+        )
+        .map_err(|e| ConfigError(format!("registry {}: {e}", u.host)))
+    };
+    for u in &cfg.registries {
+        b = b.upstream(u.host.clone(), Arc::new(client(u, u.credentials.clone())?));
+    }
+    for rule in rules.rules() {
+        if let Some(name) = rule.credentials() {
+            let u = cfg
+                .registries
+                .iter()
+                .find(|u| &u.host == rule.registry())
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "rule {:?}: no [[registry]] for {}",
+                        rule.name(),
+                        rule.registry()
+                    ))
+                })?;
+            let creds = cfg.credentials.get(name).cloned();
+            b = b.upstream_with_credentials(u.host.clone(), name, Arc::new(client(u, creds)?));
+        }
+    }
+    for (name, p) in &cfg.policies {
+        b = b.policy(name, p.clone());
+    }
+    b.build().map_err(|e| ConfigError(e.to_string()))
+}

@@ -1,0 +1,141 @@
+//! Prometheus text-format metrics fed by the engine's events and the HTTP layer.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use cache_core::events::{Counters, Event, EventSink};
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    engine: Counters,
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    upstream_errors: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl EventSink for Metrics {
+    fn event(&self, e: &Event<'_>) {
+        self.engine.event(e);
+        if let Event::UpstreamError { code, .. } = e {
+            *self
+                .upstream_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(code.as_str())
+                .or_default() += 1;
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one HTTP response.
+    pub fn request(&self, method: &str, status: u16) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((method.to_owned(), status))
+            .or_default() += 1;
+    }
+
+    /// The engine's counters.
+    pub fn engine(&self) -> &Counters {
+        &self.engine
+    }
+
+    /// Renders every metric; `inflight` is the engine's current fetch count.
+    pub fn render(&self, inflight: usize) -> String {
+        let mut out = String::new();
+        let c = &self.engine;
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        out.push_str("# HELP registry_proxy_requests_total HTTP responses by method and status.\n# TYPE registry_proxy_requests_total counter\n");
+        for ((m, s), v) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "registry_proxy_requests_total{{method=\"{m}\",status=\"{s}\"}} {v}"
+            );
+        }
+        counter(
+            &mut out,
+            "registry_proxy_cache_hits_total",
+            "Manifests and blobs served from the cache.",
+            Counters::get(&c.hits),
+        );
+        counter(
+            &mut out,
+            "registry_proxy_cache_misses_total",
+            "Manifests and blobs fetched from an upstream.",
+            Counters::get(&c.misses),
+        );
+        counter(
+            &mut out,
+            "registry_proxy_revalidations_total",
+            "Tags confirmed current by the upstream.",
+            Counters::get(&c.revalidations),
+        );
+        counter(
+            &mut out,
+            "registry_proxy_stale_served_total",
+            "Answers served stale because the upstream failed.",
+            Counters::get(&c.stale),
+        );
+        counter(
+            &mut out,
+            "registry_proxy_bytes_served_total",
+            "Blob bytes delivered to clients.",
+            Counters::get(&c.bytes_served),
+        );
+        counter(
+            &mut out,
+            "registry_proxy_upstream_bytes_total",
+            "Bytes received from upstreams.",
+            Counters::get(&c.bytes_from_upstream),
+        );
+        counter(
+            &mut out,
+            "registry_proxy_fetches_total",
+            "Upstream blob fetches started.",
+            Counters::get(&c.fetches_started),
+        );
+        counter(
+            &mut out,
+            "registry_proxy_fetches_failed_total",
+            "Upstream blob fetches that failed.",
+            Counters::get(&c.fetches_failed),
+        );
+        counter(
+            &mut out,
+            "registry_proxy_evicted_bytes_total",
+            "Bytes removed by gc and scrub.",
+            Counters::get(&c.evicted_bytes),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP registry_proxy_fetches_in_flight Upstream blob fetches running now.\n# TYPE registry_proxy_fetches_in_flight gauge\nregistry_proxy_fetches_in_flight {inflight}"
+        );
+        out.push_str("# HELP registry_proxy_upstream_errors_total Upstream errors by OCI code.\n# TYPE registry_proxy_upstream_errors_total counter\n");
+        for (code, v) in self
+            .upstream_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "registry_proxy_upstream_errors_total{{code=\"{code}\"}} {v}"
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,509 @@
+//! End to end with real parts: the Debian distribution registry as the
+//! upstream, images pushed with skopeo, `registry-proxy` started as a
+//! separate process on a free loopback port, and skopeo pulling through it.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cache_upstream::testing::{TestRegistry, free_port, skopeo, write_image, write_index};
+
+struct Proxy {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    fn start(body: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cfg = format!("listen = \"127.0.0.1:{port}\"\n{body}");
+        std::fs::write(dir.path().join("proxy.toml"), cfg).unwrap();
+        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_registry-proxy"))
+            .arg("--config")
+            .arg(dir.path().join("proxy.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = Proxy { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+                let mut b = [0u8; 8];
+                if s.read(&mut b).is_ok_and(|n| n > 0) {
+                    return p;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not start:\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("cache-data")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(up: &TestRegistry, extra_rule: &str) -> String {
+    format!(
+        "[storage]\nbackend = \"fs\"\npath = \"cache-data\"\n\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n\n[[rule]]\nname = \"lib\"\nsource = \"{h}/library/*\"\ntarget = \"library/*\"\n{extra_rule}",
+        h = up.host(),
+        u = up.url()
+    )
+}
+
+fn pull(proxy: &Proxy, reference: &str, dest: &Path, all: bool) -> Result<(), String> {
+    let mut args = vec![
+        "copy".to_owned(),
+        "--insecure-policy".to_owned(),
+        "--src-tls-verify=false".to_owned(),
+    ];
+    if all {
+        args.push("--all".to_owned());
+    }
+    args.push(format!("docker://{}/{reference}", proxy.host()));
+    args.push(format!("dir:{}", dest.display()));
+    skopeo(&args)
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().build().unwrap()
+}
+
+async fn code_of(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let v: serde_json::Value =
+        serde_json::from_slice(&resp.bytes().await.unwrap_or_default()).unwrap_or_default();
+    (
+        status,
+        v["errors"][0]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[test]
+fn skopeo_pulls_cold_then_warm_with_the_upstreams_layer_digests() {
+    let up = TestRegistry::start().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let img = write_image(src.path(), "v1", 11, &[300_000, 40_000]);
+    up.push(&img.layout, "v1", "library/demo").unwrap();
+    let proxy = Proxy::start(&config(&up, ""));
+    let before = up.blob_gets();
+
+    let cold = tempfile::tempdir().unwrap();
+    pull(&proxy, "library/demo:v1", cold.path(), false).unwrap();
+    for (d, size) in &img.layers {
+        let f = cold.path().join(d.hex());
+        let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert_eq!(bytes.len() as u64, *size);
+        assert!(d.verifies(&bytes));
+    }
+    let after_cold = up.blob_gets();
+    assert_eq!(
+        after_cold - before,
+        3,
+        "config and two layers, once each:\n{}",
+        up.log()
+    );
+
+    let warm = tempfile::tempdir().unwrap();
+    pull(&proxy, "library/demo:v1", warm.path(), false).unwrap();
+    assert_eq!(
+        up.blob_gets(),
+        after_cold,
+        "a warm pull fetches no blob upstream"
+    );
+    for (d, _) in &img.layers {
+        assert_eq!(
+            std::fs::read(cold.path().join(d.hex())).unwrap(),
+            std::fs::read(warm.path().join(d.hex())).unwrap()
+        );
+    }
+    assert!(proxy.log().contains("cache=\"hit\""), "{}", proxy.log());
+}
+
+#[test]
+fn a_two_platform_index_copied_with_all_comes_through_byte_identical() {
+    let up = TestRegistry::start().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let img = write_index(src.path(), "multi", 12, 20_000);
+    up.push(&img.layout, "multi", "library/multi").unwrap();
+    let proxy = Proxy::start(&config(&up, ""));
+    let out = tempfile::tempdir().unwrap();
+    pull(&proxy, "library/multi:multi", out.path(), true).unwrap();
+    let index = std::fs::read(src.path().join("blobs/sha256").join(img.digest.hex())).unwrap();
+    assert_eq!(
+        std::fs::read(out.path().join("manifest.json")).unwrap(),
+        index
+    );
+    for (d, _) in &img.layers {
+        assert!(d.verifies(&std::fs::read(out.path().join(d.hex())).unwrap()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_upstream_down_cached_images_pull_and_uncached_ones_get_5xx() {
+    let mut up = TestRegistry::start().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let img = write_image(src.path(), "v1", 13, &[50_000]);
+    up.push(&img.layout, "v1", "library/demo").unwrap();
+    let proxy = Proxy::start(&config(&up, ""));
+    let first = tempfile::tempdir().unwrap();
+    pull(&proxy, "library/demo:v1", first.path(), false).unwrap();
+    up.stop();
+    let again = tempfile::tempdir().unwrap();
+    pull(&proxy, "library/demo:v1", again.path(), false)
+        .expect("the cached image pulls while the upstream is down");
+    let r = http()
+        .get(proxy.url("/v2/library/demo/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-cache"], "stale");
+    let (status, code) = code_of(
+        http()
+            .get(proxy.url("/v2/library/other/manifests/v1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        status == 502 || status == 503,
+        "uncached with the upstream down: {status} {code}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmatched_name_is_404_name_unknown_and_the_upstream_sees_nothing() {
+    let up = TestRegistry::start().unwrap();
+    let proxy = Proxy::start(&config(&up, ""));
+    let before = up
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/") || l.contains("\"HEAD /v2/"))
+        .count();
+    for path in [
+        "/v2/acme/app/manifests/v1",
+        "/v2/nginx/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "/v2/x/tags/list",
+    ] {
+        let (status, code) = code_of(http().get(proxy.url(path)).send().await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (404, "NAME_UNKNOWN"), "{path}");
+    }
+    let after = up
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/") || l.contains("\"HEAD /v2/"))
+        .count();
+    assert_eq!(
+        before,
+        after,
+        "no upstream request for undeclared names:\n{}",
+        up.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_cold_gets_of_a_large_blob_make_one_upstream_get() {
+    let up = TestRegistry::start().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let img = write_image(src.path(), "v1", 14, &[24 * 1024 * 1024]);
+    up.push(&img.layout, "v1", "library/big").unwrap();
+    let proxy = Proxy::start(&config(&up, ""));
+    let (d, size) = img.layers[0].clone();
+    let before = up.blob_gets();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let url = proxy.url(&format!("/v2/library/big/blobs/{d}"));
+        tasks.push(tokio::spawn(async move {
+            let r = http().get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap()
+        }));
+    }
+    for t in tasks {
+        let body = t.await.unwrap();
+        assert_eq!(body.len() as u64, size);
+        assert!(d.verifies(&body));
+    }
+    assert_eq!(
+        up.blob_gets() - before,
+        1,
+        "one upstream blob GET for 16 clients:\n{}",
+        up.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_head_if_none_match_and_bad_input_get_the_right_answers() {
+    let up = TestRegistry::start().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let img = write_image(src.path(), "v1", 15, &[100_000]);
+    up.push(&img.layout, "v1", "library/demo").unwrap();
+    let proxy = Proxy::start(&config(&up, ""));
+    let (d, size) = img.layers[0].clone();
+    let blob = proxy.url(&format!("/v2/library/demo/blobs/{d}"));
+    let c = http();
+
+    let r = c
+        .get(&blob)
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 10-19/{size}").as_str()
+    );
+    let part = r.bytes().await.unwrap();
+    let whole = c.get(&blob).send().await.unwrap();
+    assert_eq!(whole.headers()["docker-content-digest"], d.as_str());
+    assert_eq!(whole.headers()["accept-ranges"], "bytes");
+    let whole = whole.bytes().await.unwrap();
+    assert_eq!(part, whole.slice(10..20));
+    let r = c
+        .get(&blob)
+        .header("Range", format!("bytes={size}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+
+    let r = c.head(&blob).send().await.unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["content-length"].to_str().unwrap()
+        ),
+        (200, size.to_string().as_str())
+    );
+    let r = c
+        .get(&blob)
+        .header("If-None-Match", format!("\"{d}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    let m = c
+        .get(proxy.url("/v2/library/demo/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        m.headers()["content-type"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(m.headers()["docker-content-digest"], img.digest.as_str());
+    assert_eq!(
+        m.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+    let h = c
+        .head(proxy.url("/v2/library/demo/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.status(), 200);
+    assert_eq!(h.headers()["docker-content-digest"], img.digest.as_str());
+
+    let cases: &[(&str, u16, &str)] = &[
+        (
+            "/v2/library/demo/blobs/sha256:nothex",
+            400,
+            "DIGEST_INVALID",
+        ),
+        ("/v2/library/demo/blobs/md5:abc", 400, "DIGEST_INVALID"),
+        ("/v2/library/Demo/manifests/v1", 400, "NAME_INVALID"),
+        ("/v2/library/demo/manifests/bad!tag", 400, "TAG_INVALID"),
+        ("/v2/library%2Fdemo/manifests/v1", 400, "NAME_INVALID"),
+        (
+            "/v2/library/demo/tags/list?n=lots",
+            400,
+            "PAGINATION_NUMBER_INVALID",
+        ),
+    ];
+    for (path, status, code) in cases {
+        let got = code_of(c.get(proxy.url(path)).send().await.unwrap()).await;
+        assert_eq!((got.0, got.1.as_str()), (*status, *code), "{path}");
+    }
+    // Traversal attempts that HTTP clients would normalise away, sent as is.
+    for raw in [
+        "/v2/library/../../../etc/passwd/manifests/v1",
+        "/v2/library/%2e%2e/%2e%2e/manifests/v1",
+        "/v2/library/demo/blobs/..%2f..%2fetc",
+        "/v2/library/demo/blobs/sha256:..%2F..%2Fsecret",
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        s.write_all(format!("GET {raw} HTTP/1.0\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(
+            resp.starts_with("HTTP/1.0 400") || resp.starts_with("HTTP/1.1 400"),
+            "{raw}: {resp}"
+        );
+    }
+
+    let (status, code) = code_of(
+        c.put(proxy.url("/v2/library/demo/manifests/v1"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (405, "UNSUPPORTED"));
+    let (status, _) = code_of(
+        c.post(proxy.url("/v2/library/demo/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 405);
+    // Nothing was written outside the store: every file under the proxy's directory is ours.
+    for entry in std::fs::read_dir(proxy.dir.path()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            ["proxy.toml", "proxy.log", "cache-data"].contains(&name.as_str()),
+            "unexpected {name}"
+        );
+    }
+    assert!(proxy.store().join("blobs/sha256").is_dir());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_mode_metrics_and_pull_side_auth() {
+    let up = TestRegistry::start().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let img = write_image(src.path(), "v1", 16, &[10_000]);
+    up.push(&img.layout, "v1", "library/demo").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd =
+        Command::new(cache_upstream::testing::require("htpasswd", "apache2-utils").unwrap())
+            .args(["-Bbn", "puller", "right-pw"])
+            .output()
+            .unwrap();
+    let hp = dir.path().join("htpasswd");
+    std::fs::write(&hp, htpasswd.stdout).unwrap();
+    let proxy = Proxy::start(&format!(
+        "{}\n[auth]\nhtpasswd = \"{}\"\ntokens = [\"tok-123\"]\n",
+        config(&up, ""),
+        hp.display()
+    ));
+    let c = http();
+    let url = proxy.url(&format!("/v2/library/demo/manifests/v1?ns={}", up.host()));
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let r = c
+        .get(&url)
+        .basic_auth("puller", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(&url)
+        .basic_auth("puller", Some("right-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "mirror request with ?ns= resolves through the rule"
+    );
+    assert_eq!(r.headers()["docker-content-digest"], img.digest.as_str());
+    let r = c
+        .get(proxy.url("/v2/"))
+        .bearer_auth("tok-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(proxy.url("/v2/demo/manifests/v1?ns=quay.io"))
+        .bearer_auth("tok-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await.0, 404);
+
+    let m = c
+        .get(proxy.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> u64 {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(value("registry_proxy_cache_misses_total") >= 1, "{m}");
+    assert!(
+        m.contains("registry_proxy_requests_total{method=\"GET\",status=\"401\"}"),
+        "{m}"
+    );
+    assert!(m.contains("registry_proxy_fetches_in_flight 0"), "{m}");
+}
+
+#[test]
+fn an_invalid_configuration_exits_non_zero_naming_the_key_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "listen = \"127.0.0.1:5000\"\n[storage]\nbackend = \"tape\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_registry-proxy"))
+        .arg("--config")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("storage.backend") && err.contains("tape"),
+        "{err}"
+    );
+}
