@@ -1091,3 +1091,34 @@ async fn metrics_events_count_hits_misses_and_bytes() {
     assert_eq!(Counters::get(&c.fetches_started), 1);
     assert_eq!(Counters::get(&c.fetches_finished), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fetch_cap_makes_extra_transfers_wait_their_turn() {
+    let e = env_with(Setup {
+        real_time: true,
+        opts: CacheOptions {
+            max_concurrent_fetches: 1,
+            ..Setup::default().opts
+        },
+        ..Setup::default()
+    });
+    e.up.set_drip(Some((32 * 1024, Duration::from_millis(10))));
+    let a = e.up.add_blob(&n("library/app"), content(80, 256 * 1024));
+    let b = e.up.add_blob(&n("library/app"), content(81, 256 * 1024));
+    let ca = e.cache.clone();
+    let first = tokio::spawn(async move {
+        drain(ca.blob(&n("library/app"), &a, None).await.unwrap().stream).await
+    });
+    let up = e.up.clone();
+    wait_until(move || gets(&up) == 1).await;
+    let cb = e.cache.clone();
+    let second = tokio::spawn(async move {
+        drain(cb.blob(&n("library/app"), &b, None).await.unwrap().stream).await
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(e.cache.inflight(), 2, "both fetches exist");
+    assert_eq!(gets(&e.up), 1, "but only one transfer runs");
+    assert!(first.await.unwrap().1.is_none());
+    assert!(second.await.unwrap().1.is_none());
+    assert_eq!(gets(&e.up), 2);
+}
