@@ -55,15 +55,21 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// Starts an anonymous registry.
     pub fn start() -> Result<Self, String> {
-        Self::start_inner(None)
+        Self::start_inner(None, None)
     }
 
     /// Starts a registry that requires htpasswd (bcrypt) basic auth.
     pub fn start_with_auth(user: &str, password: &str) -> Result<Self, String> {
-        Self::start_inner(Some((user.to_owned(), password.to_owned())))
+        Self::start_inner(Some((user.to_owned(), password.to_owned())), None)
     }
 
-    fn start_inner(auth: Option<(String, String)>) -> Result<Self, String> {
+    /// Starts the distribution registry in proxy mode (`proxy: remoteurl:`),
+    /// a pull-through cache of `remote`, with empty storage.
+    pub fn start_proxy(remote: &str) -> Result<Self, String> {
+        Self::start_inner(None, Some(remote.to_owned()))
+    }
+
+    fn start_inner(auth: Option<(String, String)>, proxy: Option<String>) -> Result<Self, String> {
         let bin = require("docker-registry", "docker-registry")?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let port = free_port();
@@ -86,8 +92,11 @@ impl TestRegistry {
                 dir.path().join("htpasswd").display()
             );
         }
+        let proxy_yaml = proxy
+            .map(|r| format!("proxy:\n  remoteurl: {r}\n"))
+            .unwrap_or_default();
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-secret\n{auth_yaml}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-secret\n{auth_yaml}{proxy_yaml}",
             dir.path().join("data").display()
         );
         let cfg = dir.path().join("config.yml");
@@ -148,6 +157,11 @@ impl TestRegistry {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The registry process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The registry's log (access log included).

@@ -1,0 +1,444 @@
+//! End-to-end comparison on loopback: our `registry-proxy` (release build,
+//! filesystem store) against the CNCF distribution registry in proxy mode,
+//! both in front of the same upstream (the Debian distribution registry),
+//! with nginx serving the same blob file as the ceiling for a warm read.
+//!
+//! Run with `scripts/bench-e2e.sh` (builds, installs what is missing, runs).
+//! Every server listens on 127.0.0.1; every loop is bounded; every process
+//! started here is stopped on exit, also on failure.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use cache_upstream::testing::{TestRegistry, free_port, require, skopeo, write_image};
+use futures::StreamExt;
+
+const RUNS: usize = 5;
+const READERS: usize = 16;
+const LAYER: usize = 256 * 1024 * 1024;
+const REPO: &str = "bench/big";
+
+/// A child process killed on drop.
+struct Proc {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_http(port: u16, path: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+            let mut b = [0u8; 8];
+            if s.read(&mut b).is_ok_and(|n| n > 0) {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    Err(format!("nothing answered on 127.0.0.1:{port}"))
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Which proxy a run measures.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Which {
+    Ours,
+    Distribution,
+}
+
+/// A proxy with a fresh, empty cache.
+struct Running {
+    port: u16,
+    pid: u32,
+    _ours: Option<Proc>,
+    _dist: Option<TestRegistry>,
+}
+
+fn start(which: Which, up: &TestRegistry, bin: &Path) -> Result<Running, String> {
+    match which {
+        Which::Distribution => {
+            let r = TestRegistry::start_proxy(&up.url())?;
+            Ok(Running {
+                port: r.port(),
+                pid: r.pid(),
+                _ours: None,
+                _dist: Some(r),
+            })
+        }
+        Which::Ours => {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let port = free_port();
+            let cfg = format!(
+                "listen = \"127.0.0.1:{port}\"\n[storage]\npath = \"store\"\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n[[rule]]\nname = \"bench\"\nsource = \"{h}/bench/*\"\ntarget = \"bench/*\"\n",
+                h = up.host(),
+                u = up.url()
+            );
+            std::fs::write(dir.path().join("proxy.toml"), cfg).map_err(|e| e.to_string())?;
+            let child = Command::new(bin)
+                .arg("--config")
+                .arg(dir.path().join("proxy.toml"))
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("{}: {e}", bin.display()))?;
+            let pid = child.id();
+            let p = Proc { child, _dir: dir };
+            wait_http(port, "/v2/")?;
+            Ok(Running {
+                port,
+                pid,
+                _ours: Some(p),
+                _dist: None,
+            })
+        }
+    }
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Result<(Duration, u64), String> {
+    let t = Instant::now();
+    let r = client.get(url).send().await.map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("GET {url}: {}", r.status()));
+    }
+    let mut n = 0u64;
+    let mut s = r.bytes_stream();
+    while let Some(c) = s.next().await {
+        n += c.map_err(|e| e.to_string())?.len() as u64;
+    }
+    Ok((t.elapsed(), n))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[derive(Default)]
+struct Series {
+    cold: Vec<f64>,
+    warm: Vec<f64>,
+    conc: Vec<f64>,
+    conc_gets: Vec<f64>,
+    cold_gets: Vec<f64>,
+    rss: Vec<f64>,
+    skopeo_cold: Vec<f64>,
+    skopeo_warm: Vec<f64>,
+}
+
+async fn measure(
+    which: Which,
+    up: &TestRegistry,
+    bin: &Path,
+    blob: &str,
+    s: &mut Series,
+) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let size = LAYER as u64;
+    // (b) cold and (c) warm, on a fresh cache.
+    let p = start(which, up, bin)?;
+    let url = format!("http://127.0.0.1:{}/v2/{REPO}/blobs/{blob}", p.port);
+    let before = up.blob_gets();
+    let (t, n) = get(&client, &url).await?;
+    if n < size {
+        return Err(format!("{which:?} cold GET returned {n} bytes"));
+    }
+    s.cold.push(t.as_secs_f64());
+    // Distribution writes its cache after serving: let both settle before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.cold_gets.push((up.blob_gets() - before) as f64);
+    let (t, _) = get(&client, &url).await?;
+    s.warm.push(t.as_secs_f64());
+    drop(p);
+
+    // (d) 16 concurrent cold GETs, on a fresh cache and process; (f) its peak RSS.
+    let p = start(which, up, bin)?;
+    let url = format!("http://127.0.0.1:{}/v2/{REPO}/blobs/{blob}", p.port);
+    let before = up.blob_gets();
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..READERS {
+        let (c, u) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move { get(&c, &u).await }));
+    }
+    for task in tasks {
+        let (_, n) = task.await.map_err(|e| e.to_string())??;
+        if n < size {
+            return Err(format!("{which:?} concurrent GET returned {n} bytes"));
+        }
+    }
+    s.conc.push(t.elapsed().as_secs_f64());
+    s.rss.push(vm_hwm_kib(p.pid) as f64 / 1024.0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.conc_gets.push((up.blob_gets() - before) as f64);
+    drop(p);
+
+    // (e) skopeo copy of the whole image, cold then warm.
+    let p = start(which, up, bin)?;
+    for cold in [true, false] {
+        let dest = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let args = vec![
+            "copy".to_owned(),
+            "--insecure-policy".to_owned(),
+            "--src-tls-verify=false".to_owned(),
+            format!("docker://127.0.0.1:{}/{REPO}:v1", p.port),
+            format!("dir:{}", dest.path().display()),
+        ];
+        tokio::task::spawn_blocking(move || skopeo(&args))
+            .await
+            .map_err(|e| e.to_string())??;
+        let secs = t.elapsed().as_secs_f64();
+        if cold {
+            s.skopeo_cold.push(secs)
+        } else {
+            s.skopeo_warm.push(secs)
+        }
+    }
+    drop(p);
+    Ok(())
+}
+
+fn nginx(root: &Path) -> Result<(Proc, u16), String> {
+    let bin = require("nginx", "nginx-light")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = free_port();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  server {{\n    listen 127.0.0.1:{port};\n    root {r};\n  }}\n}}\n",
+        d = dir.path().display(),
+        r = root.display()
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).map_err(|e| e.to_string())?;
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("nginx: {e}"))?;
+    let p = Proc { child, _dir: dir };
+    wait_http(port, "/")?;
+    Ok((p, port))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores, loopback")
+}
+
+async fn run() -> Result<String, String> {
+    let started = Instant::now();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe.with_file_name("registry-proxy");
+    if !bin.is_file() {
+        return Err(format!(
+            "{} not found: run scripts/bench-e2e.sh (it builds it)",
+            bin.display()
+        ));
+    }
+    eprintln!(
+        "e2e-compare: building a test image with a {} MiB layer",
+        LAYER >> 20
+    );
+    let src = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let img = write_image(src.path(), "v1", 99, &[LAYER]);
+    let up = TestRegistry::start()?;
+    up.push(&img.layout, "v1", REPO)?;
+    let (blob, size) = img.layers[0].clone();
+    // nginx serves the very same bytes, from the layout.
+    let root = src.path().join("blobs/sha256");
+    let (_nginx, nginx_port) = nginx(&root)?;
+
+    let client = reqwest::Client::new();
+    let mut direct = Vec::new();
+    let mut nginx_warm = Vec::new();
+    let mut ours = Series::default();
+    let mut dist = Series::default();
+    for i in 0..RUNS {
+        eprintln!(
+            "e2e-compare: run {}/{RUNS} ({:.0} s so far)",
+            i + 1,
+            started.elapsed().as_secs_f64()
+        );
+        // (a) direct from the upstream; (g) nginx.
+        let (t, n) = get(&client, &format!("{}/v2/{REPO}/blobs/{blob}", up.url())).await?;
+        if n != size {
+            return Err(format!("direct GET returned {n} of {size} bytes"));
+        }
+        direct.push(t.as_secs_f64());
+        let (t, n) = get(
+            &client,
+            &format!("http://127.0.0.1:{nginx_port}/{}", blob.hex()),
+        )
+        .await?;
+        if n != size {
+            return Err(format!("nginx returned {n} of {size} bytes"));
+        }
+        nginx_warm.push(t.as_secs_f64());
+        // Alternate which proxy goes first.
+        let order = if i % 2 == 0 {
+            [Which::Ours, Which::Distribution]
+        } else {
+            [Which::Distribution, Which::Ours]
+        };
+        for w in order {
+            let s = if w == Which::Ours {
+                &mut ours
+            } else {
+                &mut dist
+            };
+            measure(w, &up, &bin, blob.as_str(), s).await?;
+        }
+        if started.elapsed() > Duration::from_secs(270) {
+            eprintln!(
+                "e2e-compare: stopping after {} runs to stay under 5 minutes",
+                i + 1
+            );
+            break;
+        }
+    }
+    let mib = size as f64 / (1024.0 * 1024.0);
+    let (d, ng) = (median(&mut direct), median(&mut nginx_warm));
+    let m = |v: &mut Vec<f64>| median(v);
+    let (oc, dc) = (m(&mut ours.cold), m(&mut dist.cold));
+    let (ow, dw) = (m(&mut ours.warm), m(&mut dist.warm));
+    let (o16, d16) = (m(&mut ours.conc), m(&mut dist.conc));
+    let (og, dg) = (m(&mut ours.cold_gets), m(&mut dist.cold_gets));
+    let (og16, dg16) = (m(&mut ours.conc_gets), m(&mut dist.conc_gets));
+    let (orss, drss) = (m(&mut ours.rss), m(&mut dist.rss));
+    let (osc, dsc) = (m(&mut ours.skopeo_cold), m(&mut dist.skopeo_cold));
+    let (osw, dsw) = (m(&mut ours.skopeo_warm), m(&mut dist.skopeo_warm));
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Measured {date} on {}, by `scripts/bench-e2e.sh`: a {mib:.0} MiB layer, medians of {} runs, the two proxies alternating run by run, each cold figure on a fresh cache and process. Took {:.0} s.\n",
+        machine(),
+        ours.cold.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "| measurement | registry-proxy | distribution proxy | ours / distribution |\n|---|---|---|---|"
+    );
+    let _ = writeln!(out, "| (a) direct GET from the upstream | {d:.3} s | | |");
+    let _ = writeln!(
+        out,
+        "| (b) cold GET | {oc:.3} s ({:.2}x direct) | {dc:.3} s ({:.2}x direct) | {:.2}x time |",
+        oc / d,
+        dc / d,
+        oc / dc
+    );
+    let _ = writeln!(
+        out,
+        "| (b) upstream blob GETs per cold miss | {og:.0} | {dg:.0} | |"
+    );
+    let _ = writeln!(
+        out,
+        "| (c) warm GET | {ow:.3} s, {:.0} MiB/s | {dw:.3} s, {:.0} MiB/s | {:.2}x throughput |",
+        mib / ow,
+        mib / dw,
+        dw / ow
+    );
+    let _ = writeln!(
+        out,
+        "| (d) {READERS} concurrent cold GETs, wall time | {o16:.3} s | {d16:.3} s | {:.2}x time |",
+        o16 / d16
+    );
+    let _ = writeln!(
+        out,
+        "| (d) upstream blob GETs for {READERS} cold clients | {og16:.0} | {dg16:.0} | |"
+    );
+    let _ = writeln!(
+        out,
+        "| (e) skopeo copy, cold | {osc:.3} s | {dsc:.3} s | {:.2}x time |",
+        osc / dsc
+    );
+    let _ = writeln!(
+        out,
+        "| (e) skopeo copy, warm | {osw:.3} s | {dsw:.3} s | {:.2}x time |",
+        osw / dsw
+    );
+    let _ = writeln!(
+        out,
+        "| (f) peak RSS (VmHWM) during (d) | {orss:.1} MiB | {drss:.1} MiB | {:.2}x |",
+        orss / drss
+    );
+    let _ = writeln!(
+        out,
+        "| (g) warm GET from nginx (sendfile) | {ng:.3} s, {:.0} MiB/s | | ours {:.2}x nginx throughput |",
+        mib / ng,
+        ng / ow
+    );
+    let _ = writeln!(
+        out,
+        "\nTargets: 1 upstream GET per cold miss ({og:.0}) and for {READERS} clients ({og16:.0}); cold <= 1.5x direct ({:.2}x); {READERS}-concurrent <= 0.4x distribution ({:.2}x); warm >= 1.2x distribution ({:.2}x) and >= 0.9x nginx ({:.2}x); peak RSS <= 32 MiB ({orss:.1} MiB).",
+        oc / d,
+        o16 / d16,
+        dw / ow,
+        ng / ow
+    );
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let table = match run().await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("e2e-compare: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{table}");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+    let Ok(doc) = std::fs::read_to_string(&path) else {
+        return ExitCode::SUCCESS;
+    };
+    let (b, e) = ("<!-- e2e:begin -->", "<!-- e2e:end -->");
+    if let (Some(i), Some(j)) = (doc.find(b), doc.find(e)) {
+        let _ = std::fs::write(&path, format!("{}{b}\n{table}{}", &doc[..i], &doc[j..]));
+    }
+    ExitCode::SUCCESS
+}
