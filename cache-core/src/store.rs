@@ -180,6 +180,16 @@ pub trait StagedBlob: Send + Sync + fmt::Debug {
     /// fails with [`Error::SizeMismatch`] and the write is void.
     async fn write(&mut self, chunk: Bytes) -> Result<()>;
 
+    /// Appends several chunks in order, as [`write`](Self::write) would
+    /// one by one, with the same contract. Backends override it to save
+    /// per-call overhead without copying the chunks together.
+    async fn write_chunks(&mut self, chunks: Vec<Bytes>) -> Result<()> {
+        for c in chunks {
+            self.write(c).await?;
+        }
+        Ok(())
+    }
+
     /// A reader of the bytes written so far, for callers that stream a blob
     /// while it is being fetched. It keeps working after commit or abort.
     async fn reader(&self) -> Result<Arc<dyn StagedReader>>;

@@ -59,6 +59,7 @@ proptest! {
         faults in prop::collection::vec(fault(), 0..6),
         readers in 1usize..5,
         rounds in 1usize..3,
+        window in prop_oneof![Just(0usize), 1usize..20_000, Just(4 * 1024 * 1024)],
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async move {
@@ -81,6 +82,7 @@ proptest! {
             .options(CacheOptions {
                 idle_timeout: Duration::from_millis(50),
                 retry_backoff: Duration::from_millis(1),
+                follow_window: window,
                 ..CacheOptions::default()
             })
             .build()

@@ -17,7 +17,14 @@ use std::time::{Duration, Instant};
 use cache_upstream::testing::{TestRegistry, free_port, require, skopeo, write_image};
 use futures::StreamExt;
 
-const RUNS: usize = 5;
+/// Runs per measurement; `E2E_RUNS` overrides it (for quick looks, not for BENCHMARKS.md).
+fn runs() -> usize {
+    std::env::var("E2E_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(5)
+}
 const READERS: usize = 16;
 const LAYER: usize = 256 * 1024 * 1024;
 const REPO: &str = "bench/big";
@@ -93,9 +100,10 @@ fn start(which: Which, up: &TestRegistry, bin: &Path) -> Result<Running, String>
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             let port = free_port();
             let cfg = format!(
-                "listen = \"127.0.0.1:{port}\"\n[storage]\npath = \"store\"\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n[[rule]]\nname = \"bench\"\nsource = \"{h}/bench/*\"\ntarget = \"bench/*\"\n",
+                "listen = \"127.0.0.1:{port}\"\n[storage]\npath = \"store\"\n{extra}[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n[[rule]]\nname = \"bench\"\nsource = \"{h}/bench/*\"\ntarget = \"bench/*\"\n",
                 h = up.host(),
-                u = up.url()
+                u = up.url(),
+                extra = std::env::var("E2E_STORAGE_EXTRA").unwrap_or_default()
             );
             std::fs::write(dir.path().join("proxy.toml"), cfg).map_err(|e| e.to_string())?;
             let child = Command::new(bin)
@@ -291,10 +299,11 @@ async fn run() -> Result<String, String> {
     let mut nginx_warm = Vec::new();
     let mut ours = Series::default();
     let mut dist = Series::default();
-    for i in 0..RUNS {
+    for i in 0..runs() {
         eprintln!(
-            "e2e-compare: run {}/{RUNS} ({:.0} s so far)",
+            "e2e-compare: run {}/{} ({:.0} s so far)",
             i + 1,
+            runs(),
             started.elapsed().as_secs_f64()
         );
         // (a) direct from the upstream; (g) nginx.

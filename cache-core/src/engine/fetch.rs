@@ -35,10 +35,31 @@ pub(crate) enum Outcome {
 struct State {
     version: u64,
     written: u64,
+    /// The most recently written chunks (offset, bytes), at most
+    /// `follow_window` bytes: readers that keep up take zero-copy slices of
+    /// these; readers that fall behind read the staged file.
+    recent: std::collections::VecDeque<(u64, Bytes)>,
+    recent_bytes: usize,
     total: Option<u64>,
     reader: Option<Arc<dyn StagedReader>>,
     outcome: Option<Outcome>,
     wakers: Vec<Waker>,
+}
+
+impl State {
+    /// A slice of the window starting at `pos`, at most up to `end`.
+    fn recent_slice(&self, pos: u64, end: u64) -> Option<Bytes> {
+        let i = self
+            .recent
+            .partition_point(|(off, b)| off + b.len() as u64 <= pos);
+        let (off, b) = self.recent.get(i)?;
+        if *off > pos {
+            return None;
+        }
+        let from = (pos - off) as usize;
+        let to = ((end - off) as usize).min(b.len());
+        (from < to).then(|| b.slice(from..to))
+    }
 }
 
 /// A fetch in flight.
@@ -162,14 +183,24 @@ impl Fetch {
                 return None;
             }
             loop {
-                let (seen, written, reader, failed, finished) = {
+                let (seen, written, reader, failed, finished, recent) = {
                     let s = st.fetch.lock();
                     let failed = match &s.outcome {
                         Some(Outcome::Failed(e)) => Some(e.duplicate()),
                         _ => None,
                     };
                     let finished = matches!(s.outcome, Some(Outcome::Committed | Outcome::InStore));
-                    (s.version, s.written, s.reader.clone(), failed, finished)
+                    let recent = (st.pos < st.end && st.pos < s.written)
+                        .then(|| s.recent_slice(st.pos, st.end.min(s.written)))
+                        .flatten();
+                    (
+                        s.version,
+                        s.written,
+                        s.reader.clone(),
+                        failed,
+                        finished,
+                        recent,
+                    )
                 };
                 if st.pos >= st.end {
                     // Every requested byte is out; end cleanly only once verified.
@@ -180,6 +211,10 @@ impl Fetch {
                         st.done = true;
                         return Some((Err(e), st));
                     }
+                } else if let Some(b) = recent {
+                    st.pos += b.len() as u64;
+                    st.inner.events.event(&Event::BytesServed(b.len() as u64));
+                    return Some((Ok(b), st));
                 } else if st.pos < written
                     && let Some(reader) = reader
                 {
@@ -346,7 +381,7 @@ impl Job {
                     None | Some(None) | Some(Some(Err(_))) => break,
                     Some(Some(Ok(first))) => {
                         // Take whatever else is already there (up to a limit) without
-                        // waiting: fewer, larger writes, and no delay for followers.
+                        // waiting: fewer hops to the store, and no delay for followers.
                         let mut batch = vec![first];
                         let mut batched = batch[0].len();
                         let mut ended = false;
@@ -366,26 +401,47 @@ impl Job {
                         inner
                             .events
                             .event(&Event::BytesFromUpstream(batched as u64));
-                        let mut chunk = if batch.len() == 1 {
-                            batch.pop().expect("one chunk")
-                        } else {
-                            let mut b = BytesMut::with_capacity(batched);
-                            for c in &batch {
+                        // An upstream that ignores Range restarts at 0: drop what we have.
+                        let mut chunks = Vec::with_capacity(batch.len());
+                        for mut c in batch {
+                            if skip > 0 {
+                                let n = skip.min(c.len() as u64);
+                                skip -= n;
+                                c = c.slice(n as usize..);
+                            }
+                            if !c.is_empty() {
+                                chunks.push(c);
+                            }
+                        }
+                        if chunks.len() > 1 {
+                            // One copy here, shared by every reader, buys large
+                            // zero-copy slices for them and one write to the store.
+                            let mut b =
+                                BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+                            for c in &chunks {
                                 b.extend_from_slice(c);
                             }
-                            b.freeze()
-                        };
-                        if skip > 0 {
-                            let n = skip.min(chunk.len() as u64);
-                            skip -= n;
-                            chunk = chunk.slice(n as usize..);
+                            chunks = vec![b.freeze()];
                         }
-                        if !chunk.is_empty() {
+                        if !chunks.is_empty() {
                             // Overflow past the announced size fails here: the write is void.
-                            let len = chunk.len() as u64;
-                            w.write(chunk).await?;
-                            written += len;
-                            self.fetch.update(|s| s.written = written);
+                            w.write_chunks(chunks.clone()).await?;
+                            let window = opts.follow_window;
+                            self.fetch.update(|s| {
+                                for c in chunks {
+                                    let len = c.len();
+                                    s.recent.push_back((s.written, c));
+                                    s.written += len as u64;
+                                    s.recent_bytes += len;
+                                }
+                                while s.recent_bytes > window {
+                                    match s.recent.pop_front() {
+                                        Some((_, old)) => s.recent_bytes -= old.len(),
+                                        None => break,
+                                    }
+                                }
+                            });
+                            written = self.fetch.lock().written;
                         }
                         if ended {
                             break;

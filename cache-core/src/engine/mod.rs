@@ -48,11 +48,16 @@ pub struct CacheOptions {
     pub retry_backoff: Duration,
     /// A blob's access time is updated at most this often (default 60 s).
     pub touch_interval: Duration,
-    /// Size of the reads that stream a blob to a reader (default 1 MiB).
+    /// Size of the pieces a blob is streamed to readers in, and of the
+    /// batches the leader writes (default 256 KiB).
     pub read_chunk: usize,
     /// Upstream blob transfers running at once, at most (default 64); more
     /// wait their turn, and their readers with them.
     pub max_concurrent_fetches: usize,
+    /// Bytes of the latest upstream chunks each fetch keeps in memory for
+    /// its readers to share without copying (default 4 MiB); readers that
+    /// fall further behind read the staged file.
+    pub follow_window: usize,
 }
 
 impl Default for CacheOptions {
@@ -65,8 +70,9 @@ impl Default for CacheOptions {
             max_retries: 2,
             retry_backoff: Duration::from_millis(200),
             touch_interval: Duration::from_secs(60),
-            read_chunk: 1024 * 1024,
+            read_chunk: 256 * 1024,
             max_concurrent_fetches: 64,
+            follow_window: 4 * 1024 * 1024,
         }
     }
 }

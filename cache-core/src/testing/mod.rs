@@ -261,6 +261,31 @@ pub async fn staged_reader_follows_the_writer(h: &Harness) {
     assert_eq!(got, data);
 }
 
+/// `write_chunks` appends in order, like `write` one chunk at a time.
+pub async fn write_chunks_appends_in_order(h: &Harness) {
+    let s = &*h.store;
+    let data = content(9, 70_000);
+    let d = Digest::sha256_of(&data);
+    let mut w = s.stage(&d, Some(70_000)).await.unwrap();
+    w.write(data.slice(..10)).await.unwrap();
+    w.write_chunks(vec![
+        data.slice(10..30_000),
+        Bytes::new(),
+        data.slice(30_000..),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(w.written(), 70_000);
+    w.commit().await.unwrap();
+    assert_eq!(read_all(s, &d, None).await.unwrap(), data);
+    let mut w = s.stage(&d, Some(10)).await.unwrap();
+    let e = w
+        .write_chunks(vec![data.slice(..8), data.slice(8..16)])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::SizeMismatch { .. }), "{e}");
+}
+
 /// Metadata values round-trip, replace, list by prefix and delete.
 pub async fn metadata_round_trips(h: &Harness) {
     let s = &*h.store;
@@ -342,6 +367,7 @@ macro_rules! blob_store_conformance {
             concurrent_writers_of_one_digest_both_succeed,
             mismatched_commit_is_refused,
             staged_reader_follows_the_writer,
+            write_chunks_appends_in_order,
             metadata_round_trips,
             touch_records_access_time,
             empty_and_sha512_blobs,

@@ -62,8 +62,29 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Blob I/O runs on tokio's blocking threads; glibc would give each its
+    // own malloc arena, and peak RSS would grow with the thread count rather
+    // than with anything the server holds. Two arenas keep it flat. This has
+    // to happen before the runtime starts its threads.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator, and no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(serve()),
+        Err(e) => {
+            eprintln!("registry-proxy: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> ExitCode {
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
