@@ -39,6 +39,34 @@ pub fn rule_specs(n: usize) -> Vec<RuleSpec> {
         .collect()
 }
 
+/// Peak resident memory (VmHWM) of a process, in KiB; 0 if unreadable.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The CPU model and core count, for the record.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}
+
 /// Deterministic content of `len` bytes, as 1 MiB `Bytes` chunks.
 pub fn chunks(len: usize, chunk: usize) -> Vec<Bytes> {
     let data = cache_core_content(len);

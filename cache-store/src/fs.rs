@@ -556,33 +556,7 @@ impl StagedBlob for FsStaged {
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        let new_len = self.written + chunk.len() as u64;
-        if let Some(size) = self.size
-            && new_len > size
-        {
-            self.state = None;
-            return Err(Error::SizeMismatch {
-                digest: self.digest.clone(),
-                expected: size,
-                actual: new_len,
-            });
-        }
-        let mut st = self
-            .state
-            .take()
-            .ok_or_else(|| self.void("an earlier write failed"))?;
-        let path = self.path.clone();
-        let st = blocking(move || {
-            st.file
-                .write_all(&chunk)
-                .map_err(|e| io_err("write", &path, e))?;
-            st.hasher.update(&chunk);
-            Ok(st)
-        })
-        .await?;
-        self.state = Some(st);
-        self.written = new_len;
-        Ok(())
+        self.write_chunks(vec![chunk]).await
     }
 
     async fn write_chunks(&mut self, chunks: Vec<Bytes>) -> Result<()> {

@@ -22,19 +22,23 @@ mod memory_store {
     cache_core::blob_store_conformance!(harness);
 }
 
+async fn fs_harness(opts: FsStoreOptions) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open_with(dir.path(), opts).await.unwrap();
+    let probe = store.clone();
+    Harness {
+        store: Arc::new(store),
+        staged_leftovers: Box::new(move || probe.staging_count()),
+        tracks_access_time: true,
+        guard: Box::new(dir),
+    }
+}
+
 mod fs_store {
     use super::*;
 
     async fn harness() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path()).await.unwrap();
-        let probe = store.clone();
-        Harness {
-            store: Arc::new(store),
-            staged_leftovers: Box::new(move || probe.staging_count()),
-            tracks_access_time: true,
-            guard: Box::new(dir),
-        }
+        fs_harness(FsStoreOptions::default()).await
     }
 
     cache_core::blob_store_conformance!(harness);
@@ -44,17 +48,7 @@ mod fs_store_without_fsync {
     use super::*;
 
     async fn harness() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open_with(dir.path(), FsStoreOptions { fsync: false })
-            .await
-            .unwrap();
-        let probe = store.clone();
-        Harness {
-            store: Arc::new(store),
-            staged_leftovers: Box::new(move || probe.staging_count()),
-            tracks_access_time: true,
-            guard: Box::new(dir),
-        }
+        fs_harness(FsStoreOptions { fsync: false }).await
     }
 
     cache_core::blob_store_conformance!(harness);

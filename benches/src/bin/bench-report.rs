@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use benches::machine;
+
 /// The median time of one benchmark, in nanoseconds.
 fn median_ns(criterion: &Path, id: &str) -> Result<f64, String> {
     let path = criterion.join(id).join("new/estimates.json");
@@ -22,20 +24,6 @@ fn median_ns(criterion: &Path, id: &str) -> Result<f64, String> {
     v["median"]["point_estimate"]
         .as_f64()
         .ok_or_else(|| format!("{}: no median", path.display()))
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores")
 }
 
 fn mib_s(ns: f64, bytes: f64) -> f64 {

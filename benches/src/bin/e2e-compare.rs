@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use benches::{machine, vm_hwm_kib};
 use cache_upstream::testing::{TestRegistry, free_port, require, skopeo, write_image};
 use futures::StreamExt;
 
@@ -56,18 +57,6 @@ fn wait_http(port: u16, path: &str) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(30));
     }
     Err(format!("nothing answered on 127.0.0.1:{port}"))
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Which proxy a run measures.
@@ -257,20 +246,6 @@ fn nginx(root: &Path) -> Result<(Proc, u16), String> {
     Ok((p, port))
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores, loopback")
-}
-
 async fn run() -> Result<String, String> {
     let started = Instant::now();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -362,7 +337,7 @@ async fn run() -> Result<String, String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Measured {date} on {}, by `scripts/bench-e2e.sh`: a {mib:.0} MiB layer, medians of {} runs, the two proxies alternating run by run, each cold figure on a fresh cache and process. Took {:.0} s.\n",
+        "Measured {date} on {}, loopback, by `scripts/bench-e2e.sh`: a {mib:.0} MiB layer, medians of {} runs, the two proxies alternating run by run, each cold figure on a fresh cache and process. Took {:.0} s.\n",
         machine(),
         ours.cold.len(),
         started.elapsed().as_secs_f64()

@@ -8,22 +8,10 @@
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
-use benches::{SyntheticUpstream, engine, pull};
+use benches::{SyntheticUpstream, engine, pull, vm_hwm_kib};
 use cache_store::FsStore;
 
 const READERS: usize = 16;
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn child(mib: u64) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -33,7 +21,7 @@ fn child(mib: u64) {
         .unwrap();
     let up = Arc::new(SyntheticUpstream::new(mib * 1024 * 1024, 64 * 1024));
     let d = up.digest().clone();
-    let before = vm_hwm_kib();
+    let before = vm_hwm_kib(std::process::id());
     let dir = tempfile::tempdir().unwrap();
     let start = std::time::Instant::now();
     rt.block_on(async {
@@ -52,7 +40,7 @@ fn child(mib: u64) {
     let gets = up.blob_gets.load(std::sync::atomic::Ordering::SeqCst);
     println!(
         "{mib} {before} {} {gets} {:.3}",
-        vm_hwm_kib(),
+        vm_hwm_kib(std::process::id()),
         start.elapsed().as_secs_f64()
     );
 }
