@@ -575,9 +575,16 @@ mod tests {
 
     #[test]
     fn the_example_file_is_valid() {
-        let text = include_str!("../registry-proxy.example.toml");
-        unsafe { std::env::set_var("HUB_TOKEN", "x") };
-        let c = parse(text).unwrap();
+        // The example names HUB_TOKEN; point it at a file instead of mutating the environment.
+        let dir = std::env::temp_dir().join(format!("ptc-example-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hub-token"), "x\n").unwrap();
+        let text = include_str!("../registry-proxy.example.toml").replace(
+            "password_env = \"HUB_TOKEN\"",
+            &format!("password_file = \"{}\"", dir.join("hub-token").display()),
+        );
+        let c = parse(&text).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
         assert!(c.quota.is_some());
     }
 

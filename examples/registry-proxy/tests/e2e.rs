@@ -507,3 +507,54 @@ fn an_invalid_configuration_exits_non_zero_naming_the_key_and_value() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_htpasswd_upstream_pulls_with_configured_credentials_and_a_wrong_password_is_502() {
+    let up = TestRegistry::start_with_auth("mirror", "upstream-pw").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let img = write_image(src.path(), "v1", 17, &[30_000]);
+    up.push(&img.layout, "v1", "library/private").unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let with = |pw: &str| {
+        // The password reaches the proxy through a file, as a mounted secret would.
+        let file = secrets.path().join(pw);
+        std::fs::write(
+            &file,
+            format!("{}\n", if pw == "good" { "upstream-pw" } else { "nope" }),
+        )
+        .unwrap();
+        format!(
+            "[storage]\npath = \"cache-data\"\n\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\nusername = \"mirror\"\npassword_file = \"{f}\"\n\n[[rule]]\nname = \"lib\"\nsource = \"{h}/library/*\"\ntarget = \"library/*\"\n",
+            h = up.host(),
+            u = up.url(),
+            f = file.display()
+        )
+    };
+    let good = Proxy::start(&with("good"));
+    let out = tempfile::tempdir().unwrap();
+    pull(&good, "library/private:v1", out.path(), false).unwrap();
+    assert!(
+        img.layers[0]
+            .0
+            .verifies(&std::fs::read(out.path().join(img.layers[0].0.hex())).unwrap())
+    );
+    assert!(
+        !good.log().contains("upstream-pw"),
+        "the password never reaches the log"
+    );
+
+    let bad = Proxy::start(&with("bad"));
+    let (status, code) = code_of(
+        http()
+            .get(bad.url("/v2/library/private/manifests/v1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (502, "UNAUTHORIZED"),
+        "the upstream refusing our credentials is not the client's 401"
+    );
+}
