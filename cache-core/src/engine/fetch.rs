@@ -251,6 +251,63 @@ impl Fetch {
     }
 }
 
+/// What the upstream sent next.
+enum Batch {
+    /// Chunks that were ready together (the first one waited for), their
+    /// total size, and whether the body ended right after them.
+    Data {
+        chunks: Vec<Bytes>,
+        bytes: usize,
+        ended: bool,
+    },
+    /// Nothing more: the body ended, failed, or stalled past the idle timeout.
+    Stop,
+}
+
+/// Waits (at most the idle timeout) for the next chunk, then takes whatever
+/// else is already there, up to `read_chunk` bytes, without waiting.
+async fn next_batch(
+    stream: &mut crate::store::ByteStream,
+    clock: &dyn crate::runtime::Clock,
+    opts: &super::CacheOptions,
+) -> Batch {
+    let first = match timeout(clock, opts.idle_timeout, stream.next()).await {
+        Some(Some(Ok(c))) => c,
+        None | Some(None) | Some(Some(Err(_))) => return Batch::Stop,
+    };
+    let mut bytes = first.len();
+    let mut chunks = vec![first];
+    let mut ended = false;
+    // Gather for a moment: a batch of a few KiB costs a store hop and a
+    // frame per reader, while 1 ms is nothing to a follower.
+    let gather = clock.sleep(std::time::Duration::from_millis(1));
+    let mut gather = std::pin::pin!(gather);
+    while bytes < opts.read_chunk {
+        let next = match stream.next().now_or_never() {
+            Some(item) => item,
+            None => match futures::future::select(stream.next(), gather.as_mut()).await {
+                futures::future::Either::Left((item, _)) => item,
+                futures::future::Either::Right(_) => break,
+            },
+        };
+        match next {
+            Some(Ok(c)) => {
+                bytes += c.len();
+                chunks.push(c);
+            }
+            Some(Err(_)) | None => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    Batch::Data {
+        chunks,
+        bytes,
+        ended,
+    }
+}
+
 /// Everything the leader needs, owned, so it can run detached.
 pub(crate) struct Job {
     pub(crate) inner: Arc<Inner>,
@@ -375,79 +432,71 @@ impl Job {
             // An upstream that ignores Range restarts at 0: skip what we have.
             let mut skip = written - read.range.start;
             let mut stream = read.stream;
-            loop {
-                // A stall (idle timeout), an error or an early end all mean: resume.
-                match timeout(&*inner.clock, opts.idle_timeout, stream.next()).await {
-                    None | Some(None) | Some(Some(Err(_))) => break,
-                    Some(Some(Ok(first))) => {
-                        // Take whatever else is already there (up to a limit) without
-                        // waiting: fewer hops to the store, and no delay for followers.
-                        let mut batch = vec![first];
-                        let mut batched = batch[0].len();
-                        let mut ended = false;
-                        while batched < opts.read_chunk {
-                            match stream.next().now_or_never() {
-                                Some(Some(Ok(c))) => {
-                                    batched += c.len();
-                                    batch.push(c);
-                                }
-                                Some(Some(Err(_))) | Some(None) => {
-                                    ended = true;
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                        inner
-                            .events
-                            .event(&Event::BytesFromUpstream(batched as u64));
-                        // An upstream that ignores Range restarts at 0: drop what we have.
-                        let mut chunks = Vec::with_capacity(batch.len());
-                        for mut c in batch {
-                            if skip > 0 {
-                                let n = skip.min(c.len() as u64);
-                                skip -= n;
-                                c = c.slice(n as usize..);
-                            }
-                            if !c.is_empty() {
-                                chunks.push(c);
-                            }
-                        }
-                        if chunks.len() > 1 {
-                            // One copy here, shared by every reader, buys large
-                            // zero-copy slices for them and one write to the store.
-                            let mut b =
-                                BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-                            for c in &chunks {
-                                b.extend_from_slice(c);
-                            }
-                            chunks = vec![b.freeze()];
-                        }
-                        if !chunks.is_empty() {
-                            // Overflow past the announced size fails here: the write is void.
-                            w.write_chunks(chunks.clone()).await?;
-                            let window = opts.follow_window;
-                            self.fetch.update(|s| {
-                                for c in chunks {
-                                    let len = c.len();
-                                    s.recent.push_back((s.written, c));
-                                    s.written += len as u64;
-                                    s.recent_bytes += len;
-                                }
-                                while s.recent_bytes > window {
-                                    match s.recent.pop_front() {
-                                        Some((_, old)) => s.recent_bytes -= old.len(),
-                                        None => break,
-                                    }
-                                }
-                            });
-                            written = self.fetch.lock().written;
-                        }
-                        if ended {
-                            break;
-                        }
+            let mut next = next_batch(&mut stream, &*inner.clock, opts).await;
+            // A stall (idle timeout), an error or an early end all end this
+            // loop; the outer loop then resumes with a Range request.
+            while let Batch::Data {
+                chunks: batch,
+                bytes,
+                ended,
+            } = next
+            {
+                inner.events.event(&Event::BytesFromUpstream(bytes as u64));
+                // An upstream that ignores Range restarts at 0: drop what we have.
+                let mut chunks = Vec::with_capacity(batch.len());
+                for mut c in batch {
+                    if skip > 0 {
+                        let n = skip.min(c.len() as u64);
+                        skip -= n;
+                        c = c.slice(n as usize..);
+                    }
+                    if !c.is_empty() {
+                        chunks.push(c);
                     }
                 }
+                if chunks.len() > 1 {
+                    // One copy here, shared by every reader, buys large
+                    // zero-copy slices for them and one write to the store.
+                    let mut b = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+                    for c in &chunks {
+                        b.extend_from_slice(c);
+                    }
+                    chunks = vec![b.freeze()];
+                }
+                // Write this batch while the next one arrives: hashing and
+                // writing on one core, receiving on the other.
+                let receive = async {
+                    if ended {
+                        Batch::Stop
+                    } else {
+                        next_batch(&mut stream, &*inner.clock, opts).await
+                    }
+                };
+                if chunks.is_empty() {
+                    next = receive.await;
+                    continue;
+                }
+                let (wrote, following) =
+                    futures::future::join(w.write_chunks(chunks.clone()), receive).await;
+                // Overflow past the announced size fails here: the write is void.
+                wrote?;
+                let window = opts.follow_window;
+                self.fetch.update(|s| {
+                    for c in chunks {
+                        let len = c.len();
+                        s.recent.push_back((s.written, c));
+                        s.written += len as u64;
+                        s.recent_bytes += len;
+                    }
+                    while s.recent_bytes > window {
+                        match s.recent.pop_front() {
+                            Some((_, old)) => s.recent_bytes -= old.len(),
+                            None => break,
+                        }
+                    }
+                });
+                written = self.fetch.lock().written;
+                next = following;
             }
             if written == size {
                 break;
