@@ -127,7 +127,11 @@ fn engine_report(criterion: &Path) -> Result<String, String> {
             "cold, FsStore, 16 concurrent readers (16 x 256 MiB delivered)",
             16.0 * BIG,
         ),
-        ("warm_memory", "warm, MemoryStore", BIG),
+        (
+            "warm_memory",
+            "warm, MemoryStore (zero-copy slices of stored bytes: bookkeeping only)",
+            BIG,
+        ),
         ("warm_fs", "warm, FsStore", BIG),
     ] {
         let t = median_ns(criterion, &format!("engine_256MiB/{id}"))?;

@@ -95,9 +95,10 @@ fn main() -> ExitCode {
     }
     let (first, last) = (peaks[0], peaks[peaks.len() - 1]);
     table.push_str(&format!(
-        "\nPeak at 1024 MiB / peak at 64 MiB: {:.2}x by default, {:.2}x with two malloc arenas (flat means memory does not grow with the blob). \
-         The default's extra is glibc's per-thread arenas for tokio's blocking-pool threads, not content: \
-         with MALLOC_ARENA_MAX=2 the same run stays flat. Command: `cargo run --release -p benches --bin engine-memory`.\n",
+        "\nPeak at 1024 MiB / peak at 64 MiB: {:.2}x by default, {:.2}x with two malloc arenas (flat means memory does not grow with the blob: \
+         followers read the shared window or the staged file, never a copy of the blob). \
+         glibc gives blocking-pool threads their own arenas, which can inflate the default column; registry-proxy caps arenas at two. \
+         Command: `cargo run --release -p benches --bin engine-memory`.\n",
         last.0 as f64 / first.0 as f64,
         last.1 as f64 / first.1 as f64
     ));
