@@ -76,6 +76,9 @@ pub struct RawStorage {
 pub struct RawServer {
     /// Time allowed until response headers (default `5m`).
     pub request_timeout: Option<String>,
+    /// Time a client has to send a request's headers, on a new or an idle
+    /// kept-alive connection, before it is closed (default `60s`).
+    pub idle_timeout: Option<String>,
     /// Time given to transfers in progress at shutdown (default `30s`).
     pub shutdown_grace: Option<String>,
     /// Upstream blob transfers at once (default 64).
@@ -198,6 +201,8 @@ pub struct Config {
     pub gc_interval: Duration,
     /// Until-headers timeout.
     pub request_timeout: Duration,
+    /// Header-read (idle connection) timeout.
+    pub idle_timeout: Duration,
     /// Shutdown grace.
     pub shutdown_grace: Duration,
     /// Fetch cap.
@@ -363,6 +368,11 @@ impl Config {
             "server.request_timeout",
             &raw.server.request_timeout,
             Duration::from_secs(300),
+        )?;
+        let idle_timeout = duration(
+            "server.idle_timeout",
+            &raw.server.idle_timeout,
+            Duration::from_secs(60),
         )?;
         let shutdown_grace = duration(
             "server.shutdown_grace",
@@ -539,6 +549,7 @@ impl Config {
             quota,
             gc_interval,
             request_timeout,
+            idle_timeout,
             shutdown_grace,
             max_concurrent_fetches,
             max_manifest_size,

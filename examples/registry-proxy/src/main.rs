@@ -62,6 +62,77 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// Accepts connections until SIGTERM or SIGINT, then lets the requests in
+/// progress finish for up to `grace`. A client must send each request's
+/// headers within `idle` (on a new or a kept-alive connection).
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    idle: std::time::Duration,
+    grace: std::time::Duration,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(idle))
+        .keep_alive_timeout(idle);
+    let graceful = GracefulShutdown::new();
+    let mut signal = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a moment, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = TowerToHyperService::new(app.clone());
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    // hyper's header timer starts with the first byte, and the
+                    // protocol sniffing before it has none: a connection that
+                    // never sends a byte is closed here.
+                    let mut first = [0u8; 1];
+                    if !matches!(tokio::time::timeout(idle, stream.peek(&mut first)).await, Ok(Ok(1..))) {
+                        return;
+                    }
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut signal => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        ?grace,
+        "shutting down; letting transfers in progress finish"
+    );
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; exiting"),
+    }
+}
+
 fn main() -> ExitCode {
     // Blob I/O runs on tokio's blocking threads; glibc would give each its
     // own malloc arena, and peak RSS would grow with the thread count rather
@@ -151,22 +222,6 @@ async fn serve() -> ExitCode {
         }
     };
     tracing::info!(listen = %cfg.listen, rules = cfg.rules.len(), "registry-proxy serving");
-    let grace = cfg.shutdown_grace;
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!(
-            ?grace,
-            "shutting down; letting transfers in progress finish"
-        );
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            tracing::warn!("shutdown grace period over; exiting");
-            std::process::exit(0);
-        });
-    });
-    if let Err(e) = server.await {
-        eprintln!("registry-proxy: {e}");
-        return ExitCode::FAILURE;
-    }
+    serve_connections(listener, app, cfg.idle_timeout, cfg.shutdown_grace).await;
     ExitCode::SUCCESS
 }

@@ -558,3 +558,70 @@ async fn an_htpasswd_upstream_pulls_with_configured_credentials_and_a_wrong_pass
         "the upstream refusing our credentials is not the client's 401"
     );
 }
+
+#[test]
+fn idle_and_slow_header_connections_are_closed_after_the_idle_timeout() {
+    let up = TestRegistry::start().unwrap();
+    let proxy = Proxy::start(&format!(
+        "[server]\nidle_timeout = \"1s\"\n{}",
+        config(&up, "")
+    ));
+    for first in ["", "GET /v2/ HTTP/1.1\r\n"] {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(first.as_bytes()).unwrap();
+        let t = Instant::now();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let waited = t.elapsed();
+        assert!(
+            waited < Duration::from_secs(5),
+            "closed after {waited:?} for {first:?}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&buf).contains("200 OK"),
+            "{first:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_transfer_in_progress_finish_then_exits_cleanly() {
+    let up = TestRegistry::start().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let img = write_image(src.path(), "v1", 18, &[16 * 1024 * 1024]);
+    up.push(&img.layout, "v1", "library/big").unwrap();
+    let mut proxy = Proxy::start(&config(&up, ""));
+    let (d, size) = img.layers[0].clone();
+    let resp = http()
+        .get(proxy.url(&format!("/v2/library/big/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let status = Command::new("kill")
+        .args(["-TERM", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(body.len() as u64, size, "the transfer in progress finished");
+    assert!(d.verifies(&body));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(st) = proxy.child.try_wait().unwrap() {
+            assert!(st.success(), "exit status {st:?}\n{}", proxy.log());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after SIGTERM:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", proxy.port)).is_err(),
+        "no longer listening"
+    );
+}
