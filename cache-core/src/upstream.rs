@@ -52,6 +52,17 @@ impl fmt::Debug for Manifest {
     }
 }
 
+impl Manifest {
+    /// What a `HEAD` of this manifest tells.
+    pub fn head(&self) -> ManifestHead {
+        ManifestHead {
+            digest: self.digest.clone(),
+            media_type: self.media_type.clone(),
+            size: self.bytes.len() as u64,
+        }
+    }
+}
+
 /// What a manifest `HEAD` tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestHead {

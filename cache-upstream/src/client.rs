@@ -585,12 +585,7 @@ impl Upstream for RegistryClient {
             }),
             _ => {
                 // A registry that does not say: fetch and compute.
-                let m = self.manifest(repo, reference, accept).await?;
-                Ok(ManifestHead {
-                    size: m.bytes.len() as u64,
-                    digest: m.digest,
-                    media_type: m.media_type,
-                })
+                Ok(self.manifest(repo, reference, accept).await?.head())
             }
         }
     }

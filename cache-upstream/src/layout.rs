@@ -173,12 +173,7 @@ impl Upstream for OciLayout {
         reference: &Reference,
         accept: &[&str],
     ) -> Result<ManifestHead> {
-        let m = self.manifest(repo, reference, accept).await?;
-        Ok(ManifestHead {
-            size: m.bytes.len() as u64,
-            digest: m.digest,
-            media_type: m.media_type,
-        })
+        Ok(self.manifest(repo, reference, accept).await?.head())
     }
 
     async fn blob(

@@ -677,17 +677,16 @@ impl PullThroughCache {
                 ),
             });
         }
-        let actual = Digest::compute(m.digest.algorithm(), &m.bytes);
-        if let Reference::Digest(d) = reference {
-            if Digest::compute(d.algorithm(), &m.bytes) != *d {
-                return Err(Error::DigestMismatch {
-                    expected: d.clone(),
-                    actual,
-                });
-            }
-        } else if actual != m.digest {
+        // The upstream says which digest the bytes have; never trust it:
+        // hash once, against what was asked for (or what it announced).
+        let expected = match reference {
+            Reference::Digest(d) => d,
+            Reference::Tag(_) => &m.digest,
+        };
+        let actual = Digest::compute(expected.algorithm(), &m.bytes);
+        if actual != *expected {
             return Err(Error::DigestMismatch {
-                expected: m.digest.clone(),
+                expected: expected.clone(),
                 actual,
             });
         }
