@@ -14,7 +14,6 @@ mod memory_store {
         Harness {
             store: Arc::new(store),
             staged_leftovers: Box::new(move || probe.staged_count()),
-            tracks_access_time: true,
             guard: Box::new(()),
         }
     }
@@ -29,7 +28,6 @@ async fn fs_harness(opts: FsStoreOptions) -> Harness {
     Harness {
         store: Arc::new(store),
         staged_leftovers: Box::new(move || probe.staging_count()),
-        tracks_access_time: true,
         guard: Box::new(dir),
     }
 }

@@ -535,13 +535,9 @@ impl Upstream for RegistryClient {
             .map(|ct| ct.split(';').next().unwrap_or("").trim().to_owned())
             .filter(|ct| !ct.is_empty() && ct != "application/octet-stream")
             .or_else(|| {
-                serde_json::from_slice::<serde_json::Value>(&bytes)
+                cache_core::manifest::ParsedManifest::parse(&bytes)
                     .ok()
-                    .and_then(|v| {
-                        v.get("mediaType")
-                            .and_then(|m| m.as_str())
-                            .map(str::to_owned)
-                    })
+                    .and_then(|p| p.media_type)
             })
             .unwrap_or_else(|| cache_core::media_types::OCI_MANIFEST.to_owned());
         let m = manifest_from_bytes(bytes, media_type, reference)?;

@@ -154,13 +154,9 @@ impl Upstream for OciLayout {
         };
         let media_type = mt
             .or_else(|| {
-                serde_json::from_slice::<serde_json::Value>(&bytes)
+                cache_core::manifest::ParsedManifest::parse(&bytes)
                     .ok()
-                    .and_then(|v| {
-                        v.get("mediaType")
-                            .and_then(|m| m.as_str())
-                            .map(str::to_owned)
-                    })
+                    .and_then(|p| p.media_type)
             })
             .unwrap_or_else(|| media_types::OCI_MANIFEST.to_owned());
         // The layout's file is addressed by digest: verify it whatever the reference.

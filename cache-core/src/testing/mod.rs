@@ -29,8 +29,6 @@ pub struct Harness {
     /// Counts what staged writes left behind (staging files, buffers);
     /// must be 0 whenever no staged write is alive.
     pub staged_leftovers: Box<dyn Fn() -> usize + Send + Sync>,
-    /// Whether the store records access times given to `touch`.
-    pub tracks_access_time: bool,
     /// Kept alive for the test's duration (a temporary directory, a server).
     pub guard: Box<dyn Any + Send + Sync>,
 }
@@ -320,9 +318,6 @@ pub async fn metadata_round_trips(h: &Harness) {
 
 /// `touch` records access times that `stat` and `list` report.
 pub async fn touch_records_access_time(h: &Harness) {
-    if !h.tracks_access_time {
-        return;
-    }
     let s = &*h.store;
     let data = content(7, 10);
     let d = Digest::sha256_of(&data);
