@@ -37,8 +37,8 @@ pub mod testing;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{
-    BlobResponse, CacheBuilder, CacheOptions, GcReport, ManifestResponse, PullThroughCache,
-    ScrubReport, TagList,
+    BlobResponse, CacheBuilder, CacheOptions, FileBody, GcReport, ManifestResponse,
+    PullThroughCache, ScrubReport, TagList,
 };
 pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result};
 pub use events::{CacheStatus, Event, EventSink};

@@ -37,6 +37,13 @@ pub struct BlobRead {
     pub range: Range<u64>,
     /// The bytes of `range`, in order.
     pub stream: ByteStream,
+    /// The open local file `stream` reads from, when the blob is kept in
+    /// one: bytes `range` of this file are the bytes `stream` yields. A
+    /// server may send them straight from the file (Linux `sendfile(2)`)
+    /// and drop `stream` unread; stores make `stream` lazy so that costs
+    /// nothing. The open handle keeps the content readable even if the blob
+    /// is deleted meanwhile. `None` for stores that keep no local files.
+    pub file: Option<Arc<std::fs::File>>,
 }
 
 impl fmt::Debug for BlobRead {
@@ -44,6 +51,7 @@ impl fmt::Debug for BlobRead {
         f.debug_struct("BlobRead")
             .field("size", &self.size)
             .field("range", &self.range)
+            .field("file", &self.file.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -1064,6 +1064,60 @@ async fn the_engine_works_on_the_filesystem_store() {
     assert_eq!(e.up.calls.blob_heads.load(Ordering::SeqCst), 0);
 }
 
+/// A hit from a store that keeps files offers the file span for sendfile;
+/// while that is held gc spares the blob, and what it reports counts as served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_on_the_filesystem_store_offers_its_file_span_and_keeps_the_blob_in_use() {
+    use std::os::unix::fs::FileExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let e = env_with(Setup {
+        store: Some(Arc::new(FsStore::open(dir.path()).await.unwrap())),
+        real_time: true,
+        ..Setup::default()
+    });
+    let blob = content(61, 100_000);
+    let d = e.up.add_blob(&n("library/app"), blob.clone());
+    let miss = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
+    assert!(miss.file.is_none(), "a miss streams from the fetch");
+    drain(miss.stream).await;
+    wait_until(|| e.cache.inflight() == 0).await;
+    let range = ByteRange::parse_http("bytes=10-20009").unwrap();
+    let hit = e
+        .cache
+        .blob(&n("library/app"), &d, Some(range))
+        .await
+        .unwrap();
+    assert_eq!(hit.status, CacheStatus::Hit);
+    let file = hit.file.expect("the filesystem store offers its file");
+    assert_eq!(file.range(), 10..20_010);
+    let mut buf = vec![0; 20_000];
+    file.file().read_exact_at(&mut buf, 10).unwrap();
+    assert!(buf[..] == blob[10..20_010]);
+    drop(hit.stream);
+    let served = Counters::get(&e.counters.bytes_served);
+    file.sent(20_000);
+    assert_eq!(Counters::get(&e.counters.bytes_served), served + 20_000);
+    let report = e.cache.gc(Some(0)).await.unwrap();
+    assert_eq!(report.skipped_in_use, 1, "held file span keeps the blob");
+    assert!(e.store.stat(&d).await.unwrap().is_some());
+    drop(file);
+    assert_eq!(e.cache.gc(Some(0)).await.unwrap().evicted, 1);
+    // A store without files offers none.
+    let e = env();
+    let d = e.up.add_blob(&n("library/app"), content(62, 1000));
+    drain(
+        e.cache
+            .blob(&n("library/app"), &d, None)
+            .await
+            .unwrap()
+            .stream,
+    )
+    .await;
+    wait_until(|| e.cache.inflight() == 0).await;
+    let hit = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
+    assert_eq!((hit.status, hit.file.is_none()), (CacheStatus::Hit, true));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_events_count_hits_misses_and_bytes() {
     let e = env();

@@ -247,10 +247,12 @@ impl BlobStore for FsStore {
             Some(r) => r.resolve(size)?,
             None => 0..size,
         };
+        let file = Arc::new(file);
         Ok(BlobRead {
             size,
             range: span.clone(),
-            stream: file_stream(Arc::new(file), span.start, span.end, self.blob_path(digest)),
+            stream: file_stream(file.clone(), span.start, span.end, self.blob_path(digest)),
+            file: Some(file),
         })
     }
 

@@ -92,6 +92,7 @@ impl BlobStore for MemoryStore {
             size,
             range: span,
             stream: stream::iter(chunks).boxed(),
+            file: None,
         })
     }
 

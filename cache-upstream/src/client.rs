@@ -651,6 +651,7 @@ impl Upstream for RegistryClient {
             size,
             range: span,
             stream,
+            file: None,
         })
     }
 

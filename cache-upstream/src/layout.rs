@@ -221,6 +221,7 @@ impl Upstream for OciLayout {
             size,
             range: span,
             stream,
+            file: None,
         })
     }
 

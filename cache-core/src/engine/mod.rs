@@ -112,6 +112,52 @@ pub struct BlobResponse {
     /// The bytes. On a miss, the stream follows the upstream fetch and ends
     /// with an error, never cleanly, if the blob fails verification.
     pub stream: BoxStream<'static, Result<Bytes>>,
+    /// On a hit from a store that keeps blobs in local files, the same
+    /// bytes as a span of an open file, for a server that sends them
+    /// straight from it (Linux `sendfile(2)`) instead of copying them
+    /// through `stream`. Use one or the other: `stream` is lazy, so
+    /// dropping it unread costs nothing.
+    pub file: Option<FileBody>,
+}
+
+/// A stored blob's bytes as a span of an open local file; see
+/// [`BlobResponse::file`].
+///
+/// While it lives, garbage collection leaves the blob alone, as it does
+/// for a stream being read. Report what is sent with
+/// [`sent`](Self::sent) so the served-bytes counter stays true.
+pub struct FileBody {
+    file: Arc<std::fs::File>,
+    range: Range<u64>,
+    events: Arc<dyn EventSink>,
+    _in_use: InUse,
+}
+
+impl FileBody {
+    /// The open file. Its bytes [`range`](Self::range) are the content;
+    /// nothing else of it may be sent. A file shorter than that (cut by
+    /// something outside the store) must fail the transfer, not pad it.
+    pub fn file(&self) -> &Arc<std::fs::File> {
+        &self.file
+    }
+
+    /// The half-open span of the file to send.
+    pub fn range(&self) -> Range<u64> {
+        self.range.clone()
+    }
+
+    /// Records `n` bytes as sent to the client.
+    pub fn sent(&self, n: u64) {
+        self.events.event(&Event::BytesServed(n));
+    }
+}
+
+impl std::fmt::Debug for FileBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileBody")
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for BlobResponse {
@@ -120,6 +166,7 @@ impl std::fmt::Debug for BlobResponse {
             .field("size", &self.size)
             .field("range", &self.range)
             .field("status", &self.status)
+            .field("file", &self.file)
             .finish_non_exhaustive()
     }
 }
@@ -806,6 +853,7 @@ impl PullThroughCache {
                     range: span.clone(),
                     status: CacheStatus::Miss,
                     stream: fetch.stream(inner.clone(), span, guard),
+                    file: None,
                 })
             }
         }
@@ -832,6 +880,12 @@ impl PullThroughCache {
             rule: ctx.rule.name(),
             status: CacheStatus::Hit,
         });
+        let file = read.file.map(|file| FileBody {
+            file,
+            range: read.range.clone(),
+            events: inner.events.clone(),
+            _in_use: InUse::new(inner, digest),
+        });
         let events = inner.events.clone();
         let stream = read
             .stream
@@ -848,6 +902,7 @@ impl PullThroughCache {
             range: read.range,
             status: CacheStatus::Hit,
             stream,
+            file,
         })
     }
 

@@ -392,6 +392,7 @@ impl Upstream for FakeUpstream {
             size,
             range: span,
             stream,
+            file: None,
         })
     }
 

@@ -6,13 +6,13 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cache_core::{
-    ByteRange, CacheStatus, Digest, Error, ErrorCode, InvalidKind, PullThroughCache, Reference,
-    Registry, RepoName, Tag, TagPage,
+    BlobResponse, ByteRange, CacheStatus, Digest, Error, ErrorCode, InvalidKind, PullThroughCache,
+    Reference, Registry, RepoName, Tag, TagPage,
 };
 
 use crate::auth::PullAuth;
@@ -191,6 +191,7 @@ async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
     let query = req.uri().query().map(str::to_owned);
     let path = req.uri().path().to_owned();
     let headers = req.headers().clone();
+    let extensions = req.extensions().clone();
     let r = route(&path);
     let read_only = method == Method::GET || method == Method::HEAD;
     match r {
@@ -227,7 +228,16 @@ async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
             manifest(&st, name, &reference, query.as_deref(), &headers, head).await
         }
         Route::Blob(name, digest) => {
-            blob(&st, name, &digest, query.as_deref(), &headers, head).await
+            blob(
+                &st,
+                name,
+                &digest,
+                query.as_deref(),
+                &headers,
+                &extensions,
+                head,
+            )
+            .await
         }
         Route::Tags(name) => tags(&st, name, query.as_deref()).await,
         Route::Uploads | Route::Unknown => unreachable!("answered above"),
@@ -292,6 +302,7 @@ async fn blob(
     digest: &str,
     query: Option<&str>,
     headers: &HeaderMap,
+    extensions: &Extensions,
     head: bool,
 ) -> Result<Response, Error> {
     let name = local_name(&st.cache, name, query)?;
@@ -335,7 +346,8 @@ async fn blob(
     };
     let b = st.cache.blob(&name, &digest, range).await?;
     let len = b.range.end - b.range.start;
-    let mut r = Response::new(Body::from_stream(b.stream));
+    let (size, span, status) = (b.size, b.range.clone(), b.status);
+    let mut r = Response::new(blob_body(b, extensions));
     common(&mut r, &digest);
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -343,15 +355,23 @@ async fn blob(
         *r.status_mut() = StatusCode::PARTIAL_CONTENT;
         r.headers_mut().insert(
             header::CONTENT_RANGE,
-            hv(&format!(
-                "bytes {}-{}/{}",
-                b.range.start,
-                b.range.end - 1,
-                b.size
-            )),
+            hv(&format!("bytes {}-{}/{size}", span.start, span.end - 1)),
         );
     }
-    Ok(with_common(r, Some(b.status)))
+    Ok(with_common(r, Some(status)))
+}
+
+/// A blob response's body: sent straight from the stored file where the
+/// connection can do that (HTTP/1 on Linux, see [`crate::sendfile`]),
+/// else streamed.
+fn blob_body(b: BlobResponse, extensions: &Extensions) -> Body {
+    #[cfg(unix)]
+    if let (Some(file), Some(spans)) = (b.file, extensions.get::<crate::sendfile::Spans>()) {
+        return Body::from_stream(crate::sendfile::body(file, spans.clone()));
+    }
+    #[cfg(not(unix))]
+    let _ = extensions;
+    Body::from_stream(b.stream)
 }
 
 async fn tags(st: &AppState, name: &str, query: Option<&str>) -> Result<Response, Error> {

@@ -12,6 +12,8 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod metrics;
+#[cfg(unix)]
+pub mod sendfile;
 
 use std::sync::Arc;
 

@@ -11,6 +11,7 @@ use registry_proxy::auth::PullAuth;
 use registry_proxy::config::{Config, DEFAULT_CONFIG};
 use registry_proxy::http::{AppState, router};
 use registry_proxy::metrics::Metrics;
+use registry_proxy::sendfile::SendfileIo;
 use registry_proxy::{build_cache, open_store};
 use tower_http::timeout::TimeoutLayer;
 
@@ -81,7 +82,10 @@ async fn serve_connections(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
-        .keep_alive(true);
+        .keep_alive(true)
+        // Body chunks are queued, not copied, so the sendfile path sees its
+        // placeholders (see registry_proxy::sendfile).
+        .writev(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -102,8 +106,8 @@ async fn serve_connections(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(app.clone());
                 let builder = builder.clone();
+                let app = app.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     // hyper's header timer starts with the first byte, and the
@@ -113,7 +117,17 @@ async fn serve_connections(
                     if !matches!(tokio::time::timeout(idle, stream.peek(&mut first)).await, Ok(Ok(1..))) {
                         return;
                     }
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                    let (io, spans) = SendfileIo::new(stream);
+                    let tower = TowerToHyperService::new(app);
+                    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        // HTTP/2 copies body bytes into frames: only HTTP/1
+                        // responses may be sent from files.
+                        if registry_proxy::sendfile::AVAILABLE && req.version() < hyper::Version::HTTP_2 {
+                            req.extensions_mut().insert(spans.clone());
+                        }
+                        hyper::service::Service::call(&tower, req)
+                    });
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }

@@ -625,3 +625,107 @@ async fn sigterm_lets_a_transfer_in_progress_finish_then_exits_cleanly() {
         "no longer listening"
     );
 }
+
+/// Warm blobs go out from the store's file (`sendfile` on HTTP/1, in 4 MiB
+/// pieces); what arrives must be the blob, whole and in ranges across those
+/// pieces, on a kept-alive connection that then still frames a manifest
+/// right, and over HTTP/2 too (streamed there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_blobs_arrive_byte_exact_over_http1_and_http2_whole_and_in_ranges() {
+    const PIECE: u64 = 4 << 20;
+    let up = TestRegistry::start().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let img = write_image(src.path(), "v1", 21, &[9 * 1024 * 1024 + 123]);
+    up.push(&img.layout, "v1", "library/demo").unwrap();
+    let proxy = Proxy::start(&config(&up, ""));
+    let original = |hex: &str| std::fs::read(src.path().join("blobs/sha256").join(hex)).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&original(img.digest.hex())).unwrap();
+    let config_digest = manifest["config"]["digest"].as_str().unwrap().to_owned();
+    let mut blobs: Vec<String> = img.layers.iter().map(|(d, _)| d.to_string()).collect();
+    blobs.push(config_digest);
+    let h1 = reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut served = 0u64;
+    for d in &blobs {
+        let want = original(d.strip_prefix("sha256:").unwrap());
+        let size = want.len() as u64;
+        let url = proxy.url(&format!("/v2/library/demo/blobs/{d}"));
+        for expect in ["miss", "hit", "hit"] {
+            if expect == "hit" {
+                // The fetch commits (fsync, rename) just after its last byte goes out.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while h1.head(&url).send().await.unwrap().headers()["x-cache"] != "hit" {
+                    assert!(Instant::now() < deadline, "{d} never committed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            let r = h1.get(&url).send().await.unwrap();
+            assert_eq!(
+                (
+                    r.status().as_u16(),
+                    r.headers()["x-cache"].to_str().unwrap()
+                ),
+                (200, expect)
+            );
+            let got = r.bytes().await.unwrap();
+            assert!(
+                got == want,
+                "{d} ({expect}): {} bytes, not the blob",
+                got.len()
+            );
+            served += size;
+        }
+        let mut ranges = vec![(0, 0), (size - 1, size - 1), (1, size - 2)];
+        if size > PIECE + 10 {
+            ranges.push((PIECE - 10, PIECE + 10));
+            ranges.push((PIECE, size - 1));
+        }
+        for (a, b) in ranges {
+            let r = h1
+                .get(&url)
+                .header("Range", format!("bytes={a}-{b}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 206, "{d} bytes={a}-{b}");
+            let got = r.bytes().await.unwrap();
+            assert!(
+                got[..] == want[a as usize..=b as usize],
+                "{d} bytes={a}-{b}: wrong bytes"
+            );
+            served += b - a + 1;
+        }
+        let r = h2.get(&url).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert!(r.bytes().await.unwrap() == want, "{d} over HTTP/2");
+        served += size;
+    }
+    let m = h1
+        .get(proxy.url("/v2/library/demo/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.headers()["docker-content-digest"], img.digest.as_str());
+    assert!(m.bytes().await.unwrap() == original(img.digest.hex()));
+    let metrics = h1
+        .get(proxy.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("registry_proxy_bytes_served_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no bytes-served counter in\n{metrics}"));
+    assert_eq!(counted, served, "bytes served, as counted");
+}
