@@ -39,6 +39,28 @@ pub fn rule_specs(n: usize) -> Vec<RuleSpec> {
         .collect()
 }
 
+/// CPU time (user + system, all threads) a process has used so far, in
+/// seconds; 0 if unreadable. Read before and after a measurement to get the
+/// CPU it cost that process.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th of the whole line, so the 12th and 13th after it.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as f64,
+        _ => 100.0,
+    };
+    (ticks(11) + ticks(12)) / hz
+}
+
 /// Peak resident memory (VmHWM) of a process, in KiB; 0 if unreadable.
 pub fn vm_hwm_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -200,6 +222,7 @@ impl cache_core::Upstream for SyntheticUpstream {
             size: self.size,
             range: span.clone(),
             stream: self.stream(span.start),
+            file: None,
         })
     }
 

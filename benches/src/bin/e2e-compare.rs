@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use benches::{machine, vm_hwm_kib};
+use benches::{cpu_seconds, machine, vm_hwm_kib};
 use cache_upstream::testing::{TestRegistry, free_port, require, skopeo, write_image};
 use futures::StreamExt;
 
@@ -27,6 +27,9 @@ fn runs() -> usize {
         .unwrap_or(5)
 }
 const READERS: usize = 16;
+/// Warm GETs per run, each followed by one from nginx, so both are
+/// measured in the same moments of a run.
+const WARM: usize = 3;
 const LAYER: usize = 256 * 1024 * 1024;
 const REPO: &str = "bench/big";
 
@@ -139,7 +142,11 @@ fn median(v: &mut [f64]) -> f64 {
 #[derive(Default)]
 struct Series {
     cold: Vec<f64>,
+    /// CPU seconds the proxy, the upstream and this client spent on a cold GET.
+    cold_cpu: Vec<[f64; 3]>,
     warm: Vec<f64>,
+    /// nginx's warm GETs, each right after one of `warm`.
+    nginx: Vec<f64>,
     conc: Vec<f64>,
     conc_gets: Vec<f64>,
     cold_gets: Vec<f64>,
@@ -152,25 +159,40 @@ async fn measure(
     which: Which,
     up: &TestRegistry,
     bin: &Path,
-    blob: &str,
+    (blob, size): (&str, u64),
+    nginx_url: &str,
     s: &mut Series,
 ) -> Result<(), String> {
     let client = reqwest::Client::new();
-    let size = LAYER as u64;
     // (b) cold and (c) warm, on a fresh cache.
     let p = start(which, up, bin)?;
     let url = format!("http://127.0.0.1:{}/v2/{REPO}/blobs/{blob}", p.port);
     let before = up.blob_gets();
+    let me = std::process::id();
+    let cpu = || [cpu_seconds(p.pid), cpu_seconds(up.pid()), cpu_seconds(me)];
+    let cpu0 = cpu();
     let (t, n) = get(&client, &url).await?;
-    if n < size {
-        return Err(format!("{which:?} cold GET returned {n} bytes"));
+    if n != size {
+        return Err(format!("{which:?} cold GET returned {n} of {size} bytes"));
     }
     s.cold.push(t.as_secs_f64());
+    let cpu1 = cpu();
+    s.cold_cpu.push(std::array::from_fn(|i| cpu1[i] - cpu0[i]));
     // Distribution writes its cache after serving: let both settle before counting.
     tokio::time::sleep(Duration::from_millis(300)).await;
     s.cold_gets.push((up.blob_gets() - before) as f64);
-    let (t, _) = get(&client, &url).await?;
-    s.warm.push(t.as_secs_f64());
+    for _ in 0..WARM {
+        let (t, n) = get(&client, &url).await?;
+        if n != size {
+            return Err(format!("{which:?} warm GET returned {n} of {size} bytes"));
+        }
+        s.warm.push(t.as_secs_f64());
+        let (t, n) = get(&client, nginx_url).await?;
+        if n != size {
+            return Err(format!("nginx returned {n} of {size} bytes"));
+        }
+        s.nginx.push(t.as_secs_f64());
+    }
     drop(p);
 
     // (d) 16 concurrent cold GETs, on a fresh cache and process; (f) its peak RSS.
@@ -185,8 +207,10 @@ async fn measure(
     }
     for task in tasks {
         let (_, n) = task.await.map_err(|e| e.to_string())??;
-        if n < size {
-            return Err(format!("{which:?} concurrent GET returned {n} bytes"));
+        if n != size {
+            return Err(format!(
+                "{which:?} concurrent GET returned {n} of {size} bytes"
+            ));
         }
     }
     s.conc.push(t.elapsed().as_secs_f64());
@@ -270,8 +294,9 @@ async fn run() -> Result<String, String> {
     let (_nginx, nginx_port) = nginx(&root)?;
 
     let client = reqwest::Client::new();
+    let nginx_url = format!("http://127.0.0.1:{nginx_port}/{}", blob.hex());
     let mut direct = Vec::new();
-    let mut nginx_warm = Vec::new();
+    let mut direct_cpu = Vec::new();
     let mut ours = Series::default();
     let mut dist = Series::default();
     for i in 0..runs() {
@@ -281,21 +306,15 @@ async fn run() -> Result<String, String> {
             runs(),
             started.elapsed().as_secs_f64()
         );
-        // (a) direct from the upstream; (g) nginx.
+        // (a) direct from the upstream.
+        let me = std::process::id();
+        let cpu0 = [cpu_seconds(up.pid()), cpu_seconds(me)];
         let (t, n) = get(&client, &format!("{}/v2/{REPO}/blobs/{blob}", up.url())).await?;
         if n != size {
             return Err(format!("direct GET returned {n} of {size} bytes"));
         }
         direct.push(t.as_secs_f64());
-        let (t, n) = get(
-            &client,
-            &format!("http://127.0.0.1:{nginx_port}/{}", blob.hex()),
-        )
-        .await?;
-        if n != size {
-            return Err(format!("nginx returned {n} of {size} bytes"));
-        }
-        nginx_warm.push(t.as_secs_f64());
+        direct_cpu.push([cpu_seconds(up.pid()) - cpu0[0], cpu_seconds(me) - cpu0[1]]);
         // Alternate which proxy goes first.
         let order = if i % 2 == 0 {
             [Which::Ours, Which::Distribution]
@@ -308,7 +327,7 @@ async fn run() -> Result<String, String> {
             } else {
                 &mut dist
             };
-            measure(w, &up, &bin, blob.as_str(), s).await?;
+            measure(w, &up, &bin, (blob.as_str(), size), &nginx_url, s).await?;
         }
         if started.elapsed() > Duration::from_secs(270) {
             eprintln!(
@@ -319,7 +338,26 @@ async fn run() -> Result<String, String> {
         }
     }
     let mib = size as f64 / (1024.0 * 1024.0);
-    let (d, ng) = (median(&mut direct), median(&mut nginx_warm));
+    let d = median(&mut direct);
+    // nginx's figure is taken from the GETs interleaved with ours.
+    let ng = median(&mut ours.nginx);
+    let col = |v: &[[f64; 3]], i: usize| median(&mut v.iter().map(|c| c[i]).collect::<Vec<_>>());
+    let (d_up, d_client) = (
+        median(&mut direct_cpu.iter().map(|c| c[0]).collect::<Vec<_>>()),
+        median(&mut direct_cpu.iter().map(|c| c[1]).collect::<Vec<_>>()),
+    );
+    let (oc_proxy, oc_up, oc_client) = (
+        col(&ours.cold_cpu, 0),
+        col(&ours.cold_cpu, 1),
+        col(&ours.cold_cpu, 2),
+    );
+    let (dc_proxy, dc_up, dc_client) = (
+        col(&dist.cold_cpu, 0),
+        col(&dist.cold_cpu, 1),
+        col(&dist.cold_cpu, 2),
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let floor = (oc_proxy + oc_up + oc_client) / cores;
     let m = |v: &mut Vec<f64>| median(v);
     let (oc, dc) = (m(&mut ours.cold), m(&mut dist.cold));
     let (ow, dw) = (m(&mut ours.warm), m(&mut dist.warm));
@@ -337,7 +375,7 @@ async fn run() -> Result<String, String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Measured {date} on {}, loopback, by `scripts/bench-e2e.sh`: a {mib:.0} MiB layer, medians of {} runs, the two proxies alternating run by run, each cold figure on a fresh cache and process. Took {:.0} s.\n",
+        "Measured {date} on {}, loopback, by `scripts/bench-e2e.sh`: a {mib:.0} MiB layer, medians of {} runs, the two proxies alternating run by run, each cold figure on a fresh cache and process; warm figures are medians of {WARM} GETs per run, each followed by one from nginx, so ours and nginx's are measured in the same moments. CPU is user + system time of each process (all threads) read from /proc around the GET. Took {:.0} s.\n",
         machine(),
         ours.cold.len(),
         started.elapsed().as_secs_f64()
@@ -353,6 +391,20 @@ async fn run() -> Result<String, String> {
         oc / d,
         dc / d,
         oc / dc
+    );
+    let _ = writeln!(
+        out,
+        "| (a) CPU seconds during a direct GET: upstream + client | {d_up:.2} + {d_client:.2} | | |"
+    );
+    let _ = writeln!(
+        out,
+        "| (b) CPU seconds during a cold GET: proxy + upstream + client | {oc_proxy:.2} + {oc_up:.2} + {oc_client:.2} | {dc_proxy:.2} + {dc_up:.2} + {dc_client:.2} | {:.2}x proxy CPU |",
+        oc_proxy / dc_proxy
+    );
+    let _ = writeln!(
+        out,
+        "| (b) cold GET's CPU floor on {cores:.0} cores (all CPU above / cores) | {floor:.3} s ({:.2}x direct) | | |",
+        floor / d
     );
     let _ = writeln!(
         out,
@@ -391,7 +443,7 @@ async fn run() -> Result<String, String> {
     );
     let _ = writeln!(
         out,
-        "| (g) warm GET from nginx (sendfile) | {ng:.3} s, {:.0} MiB/s | | ours {:.2}x nginx throughput |",
+        "| (g) warm GET from nginx (sendfile), interleaved with ours | {ng:.3} s, {:.0} MiB/s | | ours {:.2}x nginx throughput |",
         mib / ng,
         ng / ow
     );
