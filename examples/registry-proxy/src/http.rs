@@ -187,12 +187,12 @@ fn local_name(
 }
 
 async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
-    let method = req.method().clone();
-    let query = req.uri().query().map(str::to_owned);
-    let path = req.uri().path().to_owned();
-    let headers = req.headers().clone();
-    let extensions = req.extensions().clone();
-    let r = route(&path);
+    // A pull has no body worth reading: keep the head, by value.
+    let (parts, _) = req.into_parts();
+    let (method, headers, extensions) = (parts.method, parts.headers, parts.extensions);
+    let query = parts.uri.query();
+    let path = parts.uri.path();
+    let r = route(path);
     let read_only = method == Method::GET || method == Method::HEAD;
     match r {
         Route::Unknown => {
@@ -225,21 +225,12 @@ async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
             None,
         )),
         Route::Manifest(name, reference) => {
-            manifest(&st, name, &reference, query.as_deref(), &headers, head).await
+            manifest(&st, name, &reference, query, &headers, head).await
         }
         Route::Blob(name, digest) => {
-            blob(
-                &st,
-                name,
-                &digest,
-                query.as_deref(),
-                &headers,
-                &extensions,
-                head,
-            )
-            .await
+            blob(&st, name, &digest, query, &headers, &extensions, head).await
         }
-        Route::Tags(name) => tags(&st, name, query.as_deref()).await,
+        Route::Tags(name) => tags(&st, name, query).await,
         Route::Uploads | Route::Unknown => unreachable!("answered above"),
     };
     result.unwrap_or_else(|e| error_response(&e))
