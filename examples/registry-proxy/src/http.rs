@@ -356,12 +356,9 @@ async fn blob(
 /// connection can do that (HTTP/1 on Linux, see [`crate::sendfile`]),
 /// else streamed.
 fn blob_body(b: BlobResponse, extensions: &Extensions) -> Body {
-    #[cfg(unix)]
     if let (Some(file), Some(spans)) = (b.file, extensions.get::<crate::sendfile::Spans>()) {
         return Body::from_stream(crate::sendfile::body(file, spans.clone()));
     }
-    #[cfg(not(unix))]
-    let _ = extensions;
     Body::from_stream(b.stream)
 }
 

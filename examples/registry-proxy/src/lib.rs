@@ -12,7 +12,6 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod metrics;
-#[cfg(unix)]
 pub mod sendfile;
 
 use std::sync::Arc;
