@@ -41,12 +41,28 @@ use tokio::net::TcpStream;
 /// The largest placeholder chunk, and so the most one `sendfile` call is asked for.
 const CHUNK: usize = 4 << 20;
 
-/// Never read: only its address range matters. An allocation of its own,
-/// so no other slice can point into it; zeroed by the allocator's fresh
-/// pages, which stay untouched and so cost no resident memory (nor, as a
-/// `static` array would, 4 MiB of binary).
-static PLACEHOLDER: LazyLock<&'static [u8]> =
-    LazyLock::new(|| Box::leak(vec![0u8; CHUNK].into_boxed_slice()));
+/// Never read: only its address range matters. A read-only mapping of its
+/// own, so no other slice can point into it, and its zero pages, never
+/// touched, cost no memory (a `static` array would add 4 MiB of binary).
+static PLACEHOLDER: LazyLock<&'static [u8]> = LazyLock::new(|| {
+    // SAFETY: a fresh private anonymous read-only mapping of CHUNK zero
+    // bytes, never unmapped or written, so valid for reads for 'static.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            CHUNK,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Box::leak(vec![0u8; CHUNK].into_boxed_slice());
+    }
+    // SAFETY: as above; the mapping is CHUNK bytes long.
+    unsafe { std::slice::from_raw_parts(p.cast::<u8>(), CHUNK) }
+});
 
 /// Where `b` starts inside the placeholder, if it is a placeholder slice.
 fn placeholder_offset(b: &[u8]) -> Option<usize> {
