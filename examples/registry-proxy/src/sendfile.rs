@@ -23,6 +23,11 @@
 //! its requests never get a [`Spans`] handle and are served from the
 //! stream. A layer that rewrites bodies (compression, say) must not be put
 //! in front of blob responses served this way.
+//!
+//! `sendfile` runs on the connection's runtime thread. A blob that is in
+//! the page cache (the usual case for a hot cache) costs no wait; one that
+//! is not holds that thread while the disk reads the next piece, as nginx
+//! does without `aio threads`.
 
 use std::collections::VecDeque;
 use std::fs::File;
