@@ -10,6 +10,7 @@ NEEDED=(
     "docker-registry:docker-registry"   # the CNCF distribution registry, as upstream
     "skopeo:skopeo"                     # pushes test images, pulls through the proxy
     "htpasswd:apache2-utils"            # bcrypt htpasswd files for registry auth
+    "npm:npm"                           # installs Azurite, the Azure Blob emulator
 )
 
 missing=()
@@ -25,6 +26,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# Azurite (npm), Microsoft's Azure Storage emulator, for the object storage
+# backend's tests; kept in .tools/ (git-ignored). The tests find it there.
+AZURITE_VERSION=3.35.0   # the newest that runs on Node.js 20
+if ! grep -qs "\"version\": \"$AZURITE_VERSION\"" .tools/node_modules/azurite/package.json; then
+    echo "==> installing Azurite $AZURITE_VERSION (npm) into .tools"
+    npm install --prefix .tools --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION"
 fi
 
 echo "==> cargo fmt --check"

@@ -75,7 +75,9 @@ fn io_err(op: &'static str, path: &Path, e: io::Error) -> Error {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Storage {
@@ -437,7 +439,7 @@ impl BlobStore for FsStore {
 /// Reads up to `len` bytes at `pos` into a fresh buffer without zero-filling
 /// it first (the buffer is what a blob read streams out; zeroing 1 MiB per
 /// chunk is measurable). Returns fewer bytes only at end of file.
-fn pread_exact(file: &File, len: usize, pos: u64) -> io::Result<Bytes> {
+pub(crate) fn pread_exact(file: &File, len: usize, pos: u64) -> io::Result<Bytes> {
     use std::os::fd::AsRawFd;
     let mut v: Vec<u8> = Vec::with_capacity(len);
     let mut filled = 0usize;

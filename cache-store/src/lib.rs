@@ -5,7 +5,9 @@
 //! * [`MemoryStore`]: everything in memory, for tests and small deployments;
 //! * [`FsStore`]: a local directory, the default: staged writes in the same
 //!   filesystem, verified, fsynced and renamed into place, so that nothing
-//!   partial is ever visible, not even after a crash.
+//!   partial is ever visible, not even after a crash;
+//! * [`ObjectBlobStore`]: object storage through `object_store` (Azure
+//!   Blob, S3, GCS), so that several cache instances can share one store.
 //!
 //! [`TokioRuntime`] hands the engine tokio's spawner and timers.
 //!
@@ -14,8 +16,12 @@
 
 mod fs;
 mod memory;
+mod object;
 mod runtime;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use fs::{FsStore, FsStoreOptions};
 pub use memory::MemoryStore;
+pub use object::ObjectBlobStore;
 pub use runtime::TokioRuntime;

@@ -51,3 +51,26 @@ mod fs_store_without_fsync {
 
     cache_core::blob_store_conformance!(harness);
 }
+
+mod object_store_in_memory {
+    use super::*;
+    use cache_store::ObjectBlobStore;
+
+    async fn harness() -> Harness {
+        let spool = tempfile::tempdir().unwrap();
+        let store = ObjectBlobStore::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "cache",
+            spool.path(),
+        )
+        .unwrap();
+        let probe = store.clone();
+        Harness {
+            store: Arc::new(store),
+            staged_leftovers: Box::new(move || probe.open_spools()),
+            guard: Box::new(spool),
+        }
+    }
+
+    cache_core::blob_store_conformance!(harness);
+}

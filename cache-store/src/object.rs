@@ -1,0 +1,634 @@
+//! Object storage through the `object_store` crate: Azure Blob, S3 and
+//! GCS, or any other [`ObjectStore`], the way several cache instances
+//! share one store.
+//!
+//! Layout under the store's prefix:
+//!
+//! ```text
+//! blobs/sha256/abcdef...                committed blobs, named by digest
+//! access/sha256/abcdef.../<unix ms>     a blob's last recorded access
+//! meta/tags/library/nginx/latest        metadata values
+//! ```
+//!
+//! A staged write spools to an unnamed local temporary file (gone with the
+//! process, whatever happens to it), hashed as it is written; readers
+//! following a fetch read the spool. Commit verifies digest and size, then
+//! uploads the spool under the blob's name in one `PUT`, or one multipart
+//! upload for large blobs. An object store publishes an object whole or not
+//! at all, so no reader ever sees part of a blob, and two instances
+//! committing one digest write the same bytes.
+//!
+//! Access times are object names rather than object contents, so listing
+//! every blob with its access time takes two listings and no reads.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cache_core::{
+    BlobInfo, BlobRead, BlobStore, ByteRange, Digest, Error, Hasher, MetaKey, Result, StagedBlob,
+    StagedReader,
+};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
+
+use crate::fs::{blocking, pread_exact};
+
+/// Blobs up to this size are uploaded in one `PUT`; larger ones in parts of
+/// this size (S3 needs at least 5 MiB per part but the last).
+const PART: usize = 16 * 1024 * 1024;
+/// Parts in flight at once during a multipart upload.
+const PARTS_IN_FLIGHT: usize = 4;
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    spool_dir: PathBuf,
+    spools: AtomicUsize,
+}
+
+/// A [`BlobStore`] on object storage. Cloning shares the store.
+#[derive(Debug, Clone)]
+pub struct ObjectBlobStore {
+    inner: Arc<Inner>,
+}
+
+impl ObjectBlobStore {
+    /// A store under `prefix` (may be empty) of `store`, spooling staged
+    /// writes to unnamed temporary files in `spool_dir`, which must exist.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        spool_dir: impl Into<PathBuf>,
+    ) -> Result<Self> {
+        let prefix = Path::parse(prefix).map_err(|e| Error::Storage {
+            op: "open",
+            message: format!("object store prefix {prefix:?}"),
+            temporary: false,
+            source: Some(Box::new(e)),
+        })?;
+        Ok(ObjectBlobStore {
+            inner: Arc::new(Inner {
+                store,
+                prefix,
+                spool_dir: spool_dir.into(),
+                spools: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// A store at `url` (`az://container/prefix`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `memory:///`, ...), configured with
+    /// `object_store`'s option names (`azure_storage_account_name`,
+    /// `aws_region`, ...).
+    pub fn from_url(
+        url: &str,
+        options: impl IntoIterator<Item = (String, String)>,
+        spool_dir: impl Into<PathBuf>,
+    ) -> Result<Self> {
+        let bad = |message: String, e: Box<dyn std::error::Error + Send + Sync>| Error::Storage {
+            op: "open",
+            message,
+            temporary: false,
+            source: Some(e),
+        };
+        let parsed =
+            url::Url::parse(url).map_err(|e| bad(format!("object store URL {url:?}"), e.into()))?;
+        let (store, path) = object_store::parse_url_opts(&parsed, options)
+            .map_err(|e| bad(format!("object store URL {url:?}"), e.into()))?;
+        // object_store drops the first path segment of `az://` URLs (it
+        // takes it for the container, while the builder takes the host):
+        // where the host or user names the bucket, the whole path is ours.
+        let prefix = match parsed.scheme() {
+            "http" | "https" => path,
+            _ => Path::from_url_path(parsed.path())
+                .map_err(|e| bad(format!("object store URL {url:?}"), e.into()))?,
+        };
+        ObjectBlobStore::new(Arc::from(store), prefix.as_ref(), spool_dir)
+    }
+
+    /// Staged writes whose spool file is still open (for tests: 0 whenever
+    /// no staged write or reader of one is alive).
+    pub fn open_spools(&self) -> usize {
+        self.inner.spools.load(Ordering::SeqCst)
+    }
+
+    fn path(&self, parts: &[&str]) -> Path {
+        let mut p = self.inner.prefix.clone();
+        for part in parts {
+            p = p.child(*part);
+        }
+        p
+    }
+
+    fn blob_path(&self, d: &Digest) -> Path {
+        self.path(&["blobs", d.algorithm().as_str(), d.hex()])
+    }
+
+    fn access_dir(&self, d: &Digest) -> Path {
+        self.path(&["access", d.algorithm().as_str(), d.hex()])
+    }
+
+    fn meta_path(&self, key: &MetaKey) -> Path {
+        let mut p = self.path(&["meta"]);
+        for seg in key.as_str().split('/') {
+            p = p.child(seg);
+        }
+        p
+    }
+
+    /// Everything under `dir`, as (the path's parts after `dir`, meta).
+    async fn list_under(&self, dir: &Path) -> Result<Vec<(Vec<String>, object_store::ObjectMeta)>> {
+        let depth = dir.parts().count();
+        let metas: Vec<_> = self
+            .inner
+            .store
+            .list(Some(dir))
+            .try_collect()
+            .await
+            .map_err(|e| os_err("list", dir, e))?;
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                let rest = m
+                    .location
+                    .parts()
+                    .skip(depth)
+                    .map(|p| p.as_ref().to_owned())
+                    .collect();
+                (rest, m)
+            })
+            .collect())
+    }
+
+    /// The newest recorded access of `d`, if any.
+    async fn last_access(&self, d: &Digest) -> Result<Option<SystemTime>> {
+        let records = self.list_under(&self.access_dir(d)).await?;
+        Ok(records
+            .iter()
+            .filter_map(|(rest, _)| parse_millis(rest.first()?))
+            .max())
+    }
+}
+
+fn parse_millis(s: &str) -> Option<SystemTime> {
+    let ms: u64 = s.parse().ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
+
+fn os_err(op: &'static str, path: &Path, e: object_store::Error) -> Error {
+    let temporary = matches!(e, object_store::Error::Generic { .. });
+    Error::Storage {
+        op,
+        message: path.to_string(),
+        temporary,
+        source: Some(Box::new(e)),
+    }
+}
+
+fn is_not_found(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+#[async_trait]
+impl BlobStore for ObjectBlobStore {
+    async fn stat(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
+        let path = self.blob_path(digest);
+        let meta = match self.inner.store.head(&path).await {
+            Ok(m) => m,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(os_err("stat", &path, e)),
+        };
+        let written = SystemTime::from(meta.last_modified);
+        Ok(Some(BlobInfo {
+            digest: digest.clone(),
+            size: meta.size,
+            last_access: Some(self.last_access(digest).await?.unwrap_or(written)),
+        }))
+    }
+
+    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<BlobRead> {
+        let path = self.blob_path(digest);
+        let size = match self.inner.store.head(&path).await {
+            Ok(m) => m.size,
+            Err(e) if is_not_found(&e) => {
+                return Err(Error::BlobUnknown {
+                    digest: digest.clone(),
+                });
+            }
+            Err(e) => return Err(os_err("get", &path, e)),
+        };
+        let span = match range {
+            Some(r) => r.resolve(size)?,
+            None => 0..size,
+        };
+        let stream = if span.is_empty() {
+            stream::empty().boxed()
+        } else {
+            let opts = GetOptions {
+                range: Some(GetRange::Bounded(span.clone())),
+                ..GetOptions::default()
+            };
+            let store = self.inner.store.clone();
+            let p = path.clone();
+            // Deferred until read, like the other stores' streams.
+            stream::once(async move { store.get_opts(&p, opts).await })
+                .map_ok(|r| r.into_stream())
+                .try_flatten()
+                .map_err(move |e| os_err("get", &path, e))
+                .boxed()
+        };
+        Ok(BlobRead {
+            size,
+            range: span,
+            stream,
+            file: None,
+        })
+    }
+
+    async fn stage(&self, digest: &Digest, size: Option<u64>) -> Result<Box<dyn StagedBlob>> {
+        let dir = self.inner.spool_dir.clone();
+        let file = blocking(move || {
+            tempfile::tempfile_in(&dir).map_err(|e| Error::Storage {
+                op: "stage",
+                message: format!("spool file in {}", dir.display()),
+                temporary: false,
+                source: Some(Box::new(e)),
+            })
+        })
+        .await?;
+        self.inner.spools.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(ObjectStaged {
+            store: self.clone(),
+            digest: digest.clone(),
+            size,
+            spool: Arc::new(Spool {
+                file,
+                store: self.inner.clone(),
+            }),
+            hasher: Some(digest.algorithm().hasher()),
+            written: 0,
+        }))
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<bool> {
+        let path = self.blob_path(digest);
+        let existed = match self.inner.store.head(&path).await {
+            Ok(_) => true,
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(os_err("delete", &path, e)),
+        };
+        for (_, m) in self.list_under(&self.access_dir(digest)).await? {
+            delete_quietly(&*self.inner.store, &m.location).await?;
+        }
+        delete_quietly(&*self.inner.store, &path).await?;
+        Ok(existed)
+    }
+
+    async fn list(&self) -> Result<BoxStream<'static, Result<BlobInfo>>> {
+        let mut access: HashMap<(String, String), SystemTime> = HashMap::new();
+        for (rest, _) in self.list_under(&self.path(&["access"])).await? {
+            if let [alg, hex, ms] = &rest[..]
+                && let Some(t) = parse_millis(ms)
+            {
+                let e = access.entry((alg.clone(), hex.clone())).or_insert(t);
+                *e = (*e).max(t);
+            }
+        }
+        let mut out = Vec::new();
+        for (rest, m) in self.list_under(&self.path(&["blobs"])).await? {
+            let [alg, hex] = &rest[..] else { continue };
+            // Anything that is not a digest's name is not a blob of ours.
+            let Ok(digest) = Digest::parse(&format!("{alg}:{hex}")) else {
+                continue;
+            };
+            let last = access
+                .get(&(alg.clone(), hex.clone()))
+                .copied()
+                .unwrap_or_else(|| SystemTime::from(m.last_modified));
+            out.push(Ok(BlobInfo {
+                digest,
+                size: m.size,
+                last_access: Some(last),
+            }));
+        }
+        Ok(stream::iter(out).boxed())
+    }
+
+    async fn touch(&self, digest: &Digest, at: SystemTime) -> Result<bool> {
+        if self.stat_exists(digest).await? {
+            let ms = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            let name = format!("{ms:020}");
+            let dir = self.access_dir(digest);
+            let old = self.list_under(&dir).await?;
+            let record = dir.child(name.as_str());
+            self.inner
+                .store
+                .put(&record, PutPayload::new())
+                .await
+                .map_err(|e| os_err("touch", &record, e))?;
+            for (rest, m) in old {
+                if rest.first().map(String::as_str) != Some(name.as_str()) {
+                    delete_quietly(&*self.inner.store, &m.location).await?;
+                }
+            }
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    async fn get_meta(&self, key: &MetaKey) -> Result<Option<Bytes>> {
+        let path = self.meta_path(key);
+        match self.inner.store.get(&path).await {
+            Ok(r) => Ok(Some(
+                r.bytes().await.map_err(|e| os_err("get_meta", &path, e))?,
+            )),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(os_err("get_meta", &path, e)),
+        }
+    }
+
+    async fn put_meta(&self, key: &MetaKey, value: Bytes) -> Result<()> {
+        let path = self.meta_path(key);
+        self.inner
+            .store
+            .put(&path, PutPayload::from(value))
+            .await
+            .map(|_| ())
+            .map_err(|e| os_err("put_meta", &path, e))
+    }
+
+    async fn delete_meta(&self, key: &MetaKey) -> Result<bool> {
+        let path = self.meta_path(key);
+        let existed = match self.inner.store.head(&path).await {
+            Ok(_) => true,
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(os_err("delete_meta", &path, e)),
+        };
+        delete_quietly(&*self.inner.store, &path).await?;
+        Ok(existed)
+    }
+
+    async fn list_meta(&self, prefix: Option<&MetaKey>) -> Result<Vec<MetaKey>> {
+        let root = self.path(&["meta"]);
+        let dir = prefix.map_or_else(|| root.clone(), |p| self.meta_path(p));
+        let mut keys: Vec<MetaKey> = self
+            .list_under(&dir)
+            .await?
+            .into_iter()
+            .filter_map(|(_, m)| {
+                let rest: Vec<String> = m
+                    .location
+                    .parts()
+                    .skip(root.parts().count())
+                    .map(|p| p.as_ref().to_owned())
+                    .collect();
+                MetaKey::parse(&rest.join("/")).ok()
+            })
+            .collect();
+        // A key equal to the prefix is "beneath" it too.
+        if let Some(p) = prefix
+            && !keys.contains(p)
+            && self.get_meta(p).await?.is_some()
+        {
+            keys.push(p.clone());
+        }
+        Ok(keys)
+    }
+}
+
+impl ObjectBlobStore {
+    async fn stat_exists(&self, digest: &Digest) -> Result<bool> {
+        let path = self.blob_path(digest);
+        match self.inner.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(os_err("stat", &path, e)),
+        }
+    }
+}
+
+/// Deletes `path`; an object already gone is not an error.
+async fn delete_quietly(store: &dyn ObjectStore, path: &Path) -> Result<()> {
+    match store.delete(path).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(os_err("delete", path, e)),
+    }
+}
+
+/// A staged write's local spool file, shared with its readers; counted
+/// while open.
+#[derive(Debug)]
+struct Spool {
+    file: File,
+    store: Arc<Inner>,
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.store.spools.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug)]
+struct ObjectStaged {
+    store: ObjectBlobStore,
+    digest: Digest,
+    size: Option<u64>,
+    spool: Arc<Spool>,
+    /// `None` once a write failed: the write is void.
+    hasher: Option<Hasher>,
+    written: u64,
+}
+
+impl ObjectStaged {
+    fn void(&self) -> Error {
+        Error::Storage {
+            op: "write",
+            message: format!(
+                "staged write of {} is void: an earlier write failed",
+                self.digest
+            ),
+            temporary: false,
+            source: None,
+        }
+    }
+
+    /// Uploads the spool under `path`: one PUT, or a multipart upload of
+    /// `PART`-sized parts read one at a time (memory stays bounded).
+    async fn upload(&self, path: &Path) -> Result<()> {
+        let store = &self.store.inner.store;
+        let read = |pos: u64, len: usize| {
+            let spool = self.spool.clone();
+            blocking(move || {
+                pread_exact(&spool.file, len, pos).map_err(|e| Error::Storage {
+                    op: "commit",
+                    message: "reading the spool file".into(),
+                    temporary: false,
+                    source: Some(Box::new(e)),
+                })
+            })
+        };
+        if self.written <= PART as u64 {
+            let body = read(0, self.written as usize).await?;
+            store
+                .put(path, PutPayload::from(body))
+                .await
+                .map_err(|e| os_err("commit", path, e))?;
+            return Ok(());
+        }
+        let upload = store
+            .put_multipart(path)
+            .await
+            .map_err(|e| os_err("commit", path, e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut pos = 0u64;
+        while pos < self.written {
+            let len = (self.written - pos).min(PART as u64) as usize;
+            let part = match read(pos, len).await {
+                Ok(p) if p.len() == len => p,
+                Ok(_) | Err(_) => {
+                    let _ = w.abort().await;
+                    return Err(Error::Storage {
+                        op: "commit",
+                        message: format!("spool file of {} unreadable at {pos}", self.digest),
+                        temporary: false,
+                        source: None,
+                    });
+                }
+            };
+            if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                let _ = w.abort().await;
+                return Err(os_err("commit", path, e));
+            }
+            w.put(part);
+            pos += len as u64;
+        }
+        w.finish()
+            .await
+            .map(|_| ())
+            .map_err(|e| os_err("commit", path, e))
+    }
+}
+
+#[async_trait]
+impl StagedBlob for ObjectStaged {
+    fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.write_chunks(vec![chunk]).await
+    }
+
+    async fn write_chunks(&mut self, chunks: Vec<Bytes>) -> Result<()> {
+        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let new_len = self.written + len;
+        if let Some(size) = self.size
+            && new_len > size
+        {
+            self.hasher = None;
+            return Err(Error::SizeMismatch {
+                digest: self.digest.clone(),
+                expected: size,
+                actual: new_len,
+            });
+        }
+        let mut hasher = self.hasher.take().ok_or_else(|| self.void())?;
+        let spool = self.spool.clone();
+        let hasher = blocking(move || {
+            for c in &chunks {
+                (&spool.file).write_all(c).map_err(|e| Error::Storage {
+                    op: "write",
+                    message: "spool file".into(),
+                    temporary: false,
+                    source: Some(Box::new(e)),
+                })?;
+                hasher.update(c);
+            }
+            Ok(hasher)
+        })
+        .await?;
+        self.hasher = Some(hasher);
+        self.written = new_len;
+        Ok(())
+    }
+
+    async fn reader(&self) -> Result<Arc<dyn StagedReader>> {
+        Ok(Arc::new(SpoolReader {
+            spool: self.spool.clone(),
+        }))
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<BlobInfo> {
+        let hasher = self.hasher.take().ok_or_else(|| self.void())?;
+        if let Some(size) = self.size
+            && size != self.written
+        {
+            return Err(Error::SizeMismatch {
+                digest: self.digest.clone(),
+                expected: size,
+                actual: self.written,
+            });
+        }
+        let actual = hasher.finish();
+        if actual != self.digest {
+            return Err(Error::DigestMismatch {
+                expected: self.digest.clone(),
+                actual,
+            });
+        }
+        let path = self.store.blob_path(&self.digest);
+        // Content-addressed: a blob already stored is this one.
+        if !self.store.stat_exists(&self.digest).await? {
+            self.upload(&path).await?;
+        }
+        Ok(BlobInfo {
+            digest: self.digest.clone(),
+            size: self.written,
+            last_access: Some(SystemTime::now()),
+        })
+    }
+
+    async fn abort(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SpoolReader {
+    spool: Arc<Spool>,
+}
+
+#[async_trait]
+impl StagedReader for SpoolReader {
+    async fn read_at(&self, offset: u64, max: usize) -> Result<Bytes> {
+        let spool = self.spool.clone();
+        blocking(move || {
+            pread_exact(&spool.file, max, offset).map_err(|e| Error::Storage {
+                op: "read_at",
+                message: "spool file".into(),
+                temporary: false,
+                source: Some(Box::new(e)),
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,164 @@
+//! Test support (feature `testing`): Azurite, Microsoft's Azure Storage
+//! emulator from npm, started on a free loopback port for the object
+//! storage backend's tests.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+
+/// The emulator's well-known account.
+pub const ACCOUNT: &str = "devstoreaccount1";
+/// The emulator's well-known account key (public, documented by Microsoft).
+pub const ACCOUNT_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// The Azurite version `scripts/test.sh` installs (the newest that runs on
+/// Node.js 20).
+pub const AZURITE_VERSION: &str = "3.35.0";
+
+/// Where to find `azurite-blob`: `$AZURITE_BLOB`, the repository's
+/// `.tools/node_modules/.bin`, or `PATH`.
+fn azurite_bin() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("AZURITE_BLOB") {
+        return Ok(PathBuf::from(p));
+    }
+    let local =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/node_modules/.bin/azurite-blob");
+    if local.is_file() {
+        return Ok(local);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("azurite-blob"))
+            .find(|p| p.is_file())
+    });
+    on_path.ok_or_else(|| {
+        format!(
+            "azurite-blob not found: install it with `npm install --prefix .tools azurite@{AZURITE_VERSION}` \
+             in the repository (scripts/test.sh does), or set AZURITE_BLOB"
+        )
+    })
+}
+
+/// A running Azurite blob service on 127.0.0.1, stopped on drop.
+#[derive(Debug)]
+pub struct Azurite {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Azurite {
+    /// Starts Azurite's blob service on a free port, in memory.
+    pub fn start() -> Result<Azurite, String> {
+        let bin = azurite_bin()?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let child = Command::new(&bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            // In memory; the directory only takes Azurite's debug and extent
+            // bookkeeping files, so nothing lands in the working directory.
+            .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--silent"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let mut a = Azurite {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = a.child.try_wait() {
+                return Err(format!("azurite exited with {status} before listening"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "azurite did not listen on 127.0.0.1:{port} within 30 s"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(a)
+    }
+
+    /// The blob service endpoint, `http://127.0.0.1:<port>/devstoreaccount1`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+    }
+
+    /// `object_store` options for this emulator.
+    pub fn options(&self) -> Vec<(String, String)> {
+        vec![
+            ("azure_storage_account_name".into(), ACCOUNT.into()),
+            ("azure_storage_account_key".into(), ACCOUNT_KEY.into()),
+            ("azure_storage_endpoint".into(), self.endpoint()),
+            ("azure_allow_http".into(), "true".into()),
+        ]
+    }
+
+    /// Creates a container (object_store cannot): one `PUT`, signed with
+    /// the emulator's shared key.
+    pub fn create_container(&self, name: &str) -> Result<(), String> {
+        let date = httpdate::fmt_http_date(SystemTime::now());
+        let version = "2021-08-06";
+        // Path-style URLs put the account in the path, and the canonical
+        // resource names it once more in front.
+        let to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{ACCOUNT}/{ACCOUNT}/{name}\nrestype:container"
+        );
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(ACCOUNT_KEY)
+            .map_err(|e| e.to_string())?;
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+            to_sign.as_bytes(),
+        );
+        let sig = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+        let req = format!(
+            "PUT /{ACCOUNT}/{name}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nx-ms-date: {date}\r\nx-ms-version: {version}\r\nAuthorization: SharedKey {ACCOUNT}:{sig}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            port = self.port
+        );
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        let status = resp.lines().next().unwrap_or("");
+        if status.contains(" 201 ") {
+            Ok(())
+        } else {
+            Err(format!("creating container {name}: {resp}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_test_script_installs_the_azurite_version_named_here() {
+        let script = include_str!("../../scripts/test.sh");
+        assert!(
+            script.contains(&format!("AZURITE_VERSION={}", super::AZURITE_VERSION)),
+            "scripts/test.sh and AZURITE_VERSION disagree"
+        );
+    }
+}
