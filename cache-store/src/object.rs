@@ -96,7 +96,7 @@ impl ObjectBlobStore {
     ) -> Result<Self> {
         let bad = |message: String, e: Box<dyn std::error::Error + Send + Sync>| Error::Storage {
             op: "open",
-            message,
+            message: format!("{message}: {e}"),
             temporary: false,
             source: Some(e),
         };
@@ -188,7 +188,8 @@ fn os_err(op: &'static str, path: &Path, e: object_store::Error) -> Error {
     let temporary = matches!(e, object_store::Error::Generic { .. });
     Error::Storage {
         op,
-        message: path.to_string(),
+        // The cause in the message too: servers log errors by their Display.
+        message: format!("{path}: {e}"),
         temporary,
         source: Some(Box::new(e)),
     }

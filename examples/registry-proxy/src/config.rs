@@ -58,16 +58,44 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
-    /// `"fs"` (default) or `"memory"`.
+    /// `"fs"` (default), `"object"` or `"memory"`.
     pub backend: Option<String>,
     /// Directory of the filesystem store (default `cache-data`).
     pub path: Option<PathBuf>,
+    /// The object store's URL (`az://container/prefix`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`), for `backend = "object"`.
+    pub url: Option<String>,
+    /// `object_store` options (`azure_storage_account_name`, `aws_region`,
+    /// ...): a value, or `{ env = "VAR" }`, or `{ file = "path" }`.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, RawOption>,
+    /// Where object-store writes are spooled while they are fetched
+    /// (default: the system's temporary directory).
+    pub spool: Option<PathBuf>,
     /// `"50GiB"`: gc keeps the store under this.
     pub quota: Option<String>,
     /// fsync committed files (default true).
     pub fsync: Option<bool>,
     /// How often gc runs when a quota or TTL is set (default `10m`).
     pub gc_interval: Option<String>,
+}
+
+/// One `[storage.options]` value.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawOption {
+    /// The value itself.
+    Value(String),
+    /// `{ env = "VAR" }`: an environment variable's value.
+    Env {
+        /// The variable.
+        env: String,
+    },
+    /// `{ file = "path" }`: a file's contents.
+    File {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 /// `[server]`.
@@ -165,6 +193,16 @@ pub enum Storage {
         path: PathBuf,
         /// fsync on commit.
         fsync: bool,
+    },
+    /// Object storage through `object_store`.
+    Object {
+        /// `az://container/prefix`, `s3://bucket/prefix`, ...
+        url: String,
+        /// `object_store` options; values are read when the store opens
+        /// and print as `<redacted>`.
+        options: Vec<(String, PasswordSource)>,
+        /// Where writes are spooled while they are fetched.
+        spool: PathBuf,
     },
 }
 
@@ -345,12 +383,53 @@ impl Config {
                     .unwrap_or_else(|| "cache-data".into())),
                 fsync: raw.storage.fsync.unwrap_or(true),
             },
+            "object" => {
+                let Some(url) = raw.storage.url.clone() else {
+                    return err("storage.backend = \"object\" needs storage.url (e.g. \"az://container/prefix\")".into());
+                };
+                let options = raw
+                    .storage
+                    .options
+                    .iter()
+                    .map(|(k, v)| {
+                        let source = match v {
+                            RawOption::Value(v) => PasswordSource::Value(Secret::new(v.clone())),
+                            RawOption::Env { env } => PasswordSource::Env(env.clone()),
+                            RawOption::File { file } => PasswordSource::File(abs(file.clone())),
+                        };
+                        (k.clone(), source)
+                    })
+                    .collect();
+                Storage::Object {
+                    url,
+                    options,
+                    spool: raw
+                        .storage
+                        .spool
+                        .clone()
+                        .map_or_else(std::env::temp_dir, abs),
+                }
+            }
             other => {
                 return err(format!(
-                    "storage.backend = {other:?}: use \"fs\" or \"memory\""
+                    "storage.backend = {other:?}: use \"fs\", \"object\" or \"memory\""
                 ));
             }
         };
+        if !matches!(storage, Storage::Object { .. }) {
+            for (key, set) in [
+                ("url", raw.storage.url.is_some()),
+                ("options", !raw.storage.options.is_empty()),
+                ("spool", raw.storage.spool.is_some()),
+            ] {
+                if set {
+                    return err(format!(
+                        "storage.{key} is for backend = \"object\", not {:?}",
+                        raw.storage.backend.as_deref().unwrap_or("fs")
+                    ));
+                }
+            }
+        }
         let quota = match &raw.storage.quota {
             None => None,
             Some(q) => Some(parse_size(q).ok_or_else(|| {
@@ -600,6 +679,65 @@ mod tests {
     }
 
     #[test]
+    fn the_object_backend_reads_its_url_options_and_spool_and_redacts_values() {
+        let text = r#"
+[storage]
+backend = "object"
+url = "az://cache/proxy"
+spool = "spool"
+[storage.options]
+azure_storage_account_name = "acct"
+azure_storage_account_key = { env = "CACHE_KEY" }
+azure_storage_token = { file = "token" }
+[[registry]]
+host = "docker.io"
+[[rule]]
+name = "r"
+source = "docker.io/library/*"
+target = "library/*"
+"#;
+        let c = parse(text).unwrap();
+        let Storage::Object {
+            url,
+            options,
+            spool,
+        } = &c.storage
+        else {
+            panic!("{:?}", c.storage);
+        };
+        assert_eq!(
+            (url.as_str(), spool.as_path()),
+            ("az://cache/proxy", Path::new("/base/spool"))
+        );
+        assert_eq!(
+            options,
+            &vec![
+                (
+                    "azure_storage_account_key".to_owned(),
+                    PasswordSource::Env("CACHE_KEY".into())
+                ),
+                (
+                    "azure_storage_account_name".to_owned(),
+                    PasswordSource::Value(Secret::new("acct"))
+                ),
+                (
+                    "azure_storage_token".to_owned(),
+                    PasswordSource::File("/base/token".into())
+                ),
+            ]
+        );
+        let shown = format!("{:?}", c.storage);
+        assert!(
+            !shown.contains("acct") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        let c = parse(&text.replace("spool = \"spool\"\n", "")).unwrap();
+        assert!(
+            matches!(c.storage, Storage::Object { spool, .. } if spool == std::env::temp_dir())
+        );
+    }
+
+    #[test]
     fn errors_name_the_key_and_the_value() {
         let base = "[[registry]]\nhost = \"docker.io\"\n";
         let rule =
@@ -640,6 +778,14 @@ mod tests {
                 "ftp://x",
             ),
             (base.to_string(), "no [[rule]]"),
+            (
+                format!("[storage]\nbackend = \"object\"\n{base}{rule}"),
+                "needs storage.url",
+            ),
+            (
+                format!("[storage]\nurl = \"az://c/p\"\n{base}{rule}"),
+                "storage.url is for backend = \"object\", not \"fs\"",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse(&text).unwrap_err().to_string();

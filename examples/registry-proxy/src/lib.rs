@@ -17,7 +17,7 @@ pub mod sendfile;
 use std::sync::Arc;
 
 use cache_core::{BlobStore, CacheOptions, EventSink, PullThroughCache, RuleSet};
-use cache_store::{FsStore, FsStoreOptions, MemoryStore, TokioRuntime};
+use cache_store::{FsStore, FsStoreOptions, MemoryStore, ObjectBlobStore, TokioRuntime};
 use cache_upstream::{ClientOptions, RegistryClient};
 
 use crate::config::{Config, ConfigError, Storage};
@@ -36,6 +36,34 @@ pub async fn open_store(cfg: &Config) -> Result<Arc<dyn BlobStore>, ConfigError>
                     ))
                 })?,
         ),
+        Storage::Object {
+            url,
+            options,
+            spool,
+        } => {
+            let mut resolved = Vec::with_capacity(options.len());
+            for (k, v) in options {
+                let value = v
+                    .resolve()
+                    .map_err(|e| ConfigError(format!("storage.options.{k}: {e}")))?;
+                resolved.push((k.clone(), value.expose().to_owned()));
+            }
+            std::fs::create_dir_all(spool).map_err(|e| {
+                ConfigError(format!(
+                    "storage.spool = {:?}: {e}",
+                    spool.display().to_string()
+                ))
+            })?;
+            let store = ObjectBlobStore::from_url(url, resolved, spool)
+                .map_err(|e| ConfigError(format!("storage.url = {url:?}: {e}")))?;
+            // Fail at start, not on the first pull: one HEAD shows that the
+            // store answers and takes the credentials.
+            store
+                .stat(&cache_core::Digest::sha256_of(b""))
+                .await
+                .map_err(|e| ConfigError(format!("storage.url = {url:?}: {e}")))?;
+            Arc::new(store)
+        }
     })
 }
 

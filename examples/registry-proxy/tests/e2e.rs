@@ -506,6 +506,23 @@ fn an_invalid_configuration_exits_non_zero_naming_the_key_and_value() {
         err.contains("storage.backend") && err.contains("tape"),
         "{err}"
     );
+    // A URL no object store answers to is refused at start, named.
+    std::fs::write(
+        &p,
+        "listen = \"127.0.0.1:5000\"\n[storage]\nbackend = \"object\"\nurl = \"ftp://files/cache\"\n[[registry]]\nhost = \"docker.io\"\n[[rule]]\nname = \"r\"\nsource = \"docker.io/library/*\"\ntarget = \"library/*\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_registry-proxy"))
+        .arg("--config")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("storage.url") && err.contains("ftp://files/cache"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -728,4 +745,73 @@ async fn warm_blobs_arrive_byte_exact_over_http1_and_http2_whole_and_in_ranges()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no bytes-served counter in\n{metrics}"));
     assert_eq!(counted, served, "bytes served, as counted");
+}
+
+/// On the object storage backend (Azurite): skopeo pulls cold, every blob
+/// lands verified in the container (the large layer as a multipart upload),
+/// and a second proxy on the same container, as a second instance would be,
+/// serves the image without fetching one blob from the upstream.
+#[test]
+fn two_proxies_on_one_azurite_container_share_what_either_fetched() {
+    let az = cache_store::testing::Azurite::start().unwrap_or_else(|e| panic!("{e}"));
+    az.create_container("proxy").unwrap();
+    let up = TestRegistry::start().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let img = write_image(src.path(), "v1", 31, &[300_000, 20 * 1024 * 1024]);
+    up.push(&img.layout, "v1", "library/demo").unwrap();
+    let options: String = az
+        .options()
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+    let cfg = config(&up, "").replace(
+        "[storage]\nbackend = \"fs\"\npath = \"cache-data\"\n",
+        &format!(
+            "[storage]\nbackend = \"object\"\nurl = \"az://proxy/cache\"\nspool = \"spool\"\n[storage.options]\n{options}"
+        ),
+    );
+    assert!(cfg.contains("az://proxy/cache"), "{cfg}");
+    let first = Proxy::start(&cfg);
+    let before = up.blob_gets();
+    let cold = tempfile::tempdir().unwrap();
+    pull(&first, "library/demo:v1", cold.path(), false).unwrap();
+    let fetched = up.blob_gets() - before;
+    assert_eq!(fetched, 3, "config and two layers, once each");
+    for (d, size) in &img.layers {
+        let bytes = std::fs::read(cold.path().join(d.hex())).unwrap();
+        assert!(bytes.len() as u64 == *size && d.verifies(&bytes));
+    }
+
+    let spool = tempfile::tempdir().unwrap();
+    let stored =
+        cache_store::ObjectBlobStore::from_url("az://proxy/cache", az.options(), spool.path())
+            .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listed = rt.block_on(async {
+        use cache_core::BlobStoreExt as _;
+        stored.list_all().await.unwrap()
+    });
+    for (d, size) in &img.layers {
+        assert!(
+            listed.iter().any(|b| &b.digest == d && b.size == *size),
+            "{d} not in the container: {listed:?}"
+        );
+    }
+
+    let second = Proxy::start(&cfg);
+    let warm = tempfile::tempdir().unwrap();
+    pull(&second, "library/demo:v1", warm.path(), false).unwrap();
+    assert_eq!(
+        up.blob_gets() - before,
+        fetched,
+        "the second instance fetched no blob upstream:\n{}",
+        second.log()
+    );
+    for (d, _) in &img.layers {
+        assert!(
+            std::fs::read(cold.path().join(d.hex())).unwrap()
+                == std::fs::read(warm.path().join(d.hex())).unwrap()
+        );
+    }
+    assert!(second.log().contains("cache=\"hit\""), "{}", second.log());
 }
