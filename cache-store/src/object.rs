@@ -37,7 +37,7 @@ use cache_core::{
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
 
 use crate::fs::{blocking, pread_exact};
 
@@ -46,6 +46,8 @@ use crate::fs::{blocking, pread_exact};
 const PART: usize = 16 * 1024 * 1024;
 /// Parts in flight at once during a multipart upload.
 const PARTS_IN_FLIGHT: usize = 4;
+/// The span of one ranged GET of a blob read.
+const READ_CHUNK: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug)]
 struct Inner {
@@ -231,22 +233,36 @@ impl BlobStore for ObjectBlobStore {
             Some(r) => r.resolve(size)?,
             None => 0..size,
         };
-        let stream = if span.is_empty() {
-            stream::empty().boxed()
-        } else {
-            let opts = GetOptions {
-                range: Some(GetRange::Bounded(span.clone())),
-                ..GetOptions::default()
-            };
-            let store = self.inner.store.clone();
-            let p = path.clone();
-            // Deferred until read, like the other stores' streams.
-            stream::once(async move { store.get_opts(&p, opts).await })
-                .map_ok(|r| r.into_stream())
-                .try_flatten()
-                .map_err(move |e| os_err("get", &path, e))
-                .boxed()
-        };
+        // One ranged GET per READ_CHUNK, each read whole before it is
+        // yielded: a request never waits on a slow client, so none outlives
+        // object_store's request timeout however long the transfer takes,
+        // and a reader holds at most one piece. Nothing is requested until
+        // the stream is polled, like the other stores' streams.
+        let store = self.inner.store.clone();
+        let end = span.end;
+        let stream = stream::try_unfold(span.start, move |pos| {
+            let (store, path) = (store.clone(), path.clone());
+            async move {
+                if pos >= end {
+                    return Ok(None);
+                }
+                let next = end.min(pos + READ_CHUNK);
+                let bytes = store
+                    .get_range(&path, pos..next)
+                    .await
+                    .map_err(|e| os_err("get", &path, e))?;
+                if bytes.len() as u64 != next - pos {
+                    return Err(Error::Storage {
+                        op: "get",
+                        message: format!("{path}: {} bytes for range {pos}..{next}", bytes.len()),
+                        temporary: true,
+                        source: None,
+                    });
+                }
+                Ok(Some((bytes, next)))
+            }
+        })
+        .boxed();
         Ok(BlobRead {
             size,
             range: span,

@@ -132,3 +132,25 @@ async fn each_url_path_is_a_prefix_of_its_own() {
     assert!(root.stat(&d).await.unwrap().is_none());
     assert!(other.list_all().await.unwrap().is_empty());
 }
+
+/// A reader slower than object_store's request timeout still gets the
+/// whole blob: each piece is its own short request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_slower_than_the_request_timeout_still_reads_everything() {
+    let az = azurite();
+    az.create_container("slow").unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let mut options = az.options();
+    options.push(("timeout".into(), "1s".into()));
+    let store = ObjectBlobStore::from_url("az://slow/cache", options, spool.path()).unwrap();
+    let data = content(3, 9 * 1024 * 1024);
+    let d = Digest::sha256_of(&data);
+    store.put(&d, data.clone()).await.unwrap();
+    let mut r = store.get(&d, None).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(c) = r.stream.next().await {
+        got.extend_from_slice(&c.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    }
+    assert!(got == data[..]);
+}
