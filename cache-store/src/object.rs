@@ -49,12 +49,23 @@ const PARTS_IN_FLIGHT: usize = 4;
 /// The span of one ranged GET of a blob read.
 const READ_CHUNK: u64 = 4 * 1024 * 1024;
 
-#[derive(Debug)]
 struct Inner {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     spool_dir: PathBuf,
     spools: AtomicUsize,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The stores' own Debug prints credentials (an Azure key's bytes,
+        // say); their Display names only the account and container.
+        f.debug_struct("ObjectBlobStore")
+            .field("store", &format_args!("{}", self.store))
+            .field("prefix", &self.prefix.as_ref())
+            .field("spool_dir", &self.spool_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A [`BlobStore`] on object storage. Cloning shares the store.

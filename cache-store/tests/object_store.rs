@@ -98,6 +98,24 @@ async fn a_multipart_blob_round_trips_and_a_second_instance_sees_it() {
 }
 
 #[test]
+fn debug_output_names_the_store_but_never_its_key() {
+    let spool = std::env::temp_dir();
+    let options = vec![
+        ("azure_storage_account_name".to_owned(), "acct".to_owned()),
+        (
+            "azure_storage_account_key".to_owned(),
+            cache_store::testing::ACCOUNT_KEY.to_owned(),
+        ),
+    ];
+    let store = ObjectBlobStore::from_url("az://box/p", options, &spool).unwrap();
+    let shown = format!("{store:?}");
+    assert!(shown.contains("acct") && shown.contains("box"), "{shown}");
+    for needle in ["Eby8vdM02x", "AccessKey"] {
+        assert!(!shown.contains(needle), "{shown}");
+    }
+}
+
+#[test]
 fn bad_urls_and_prefixes_are_errors_that_name_them() {
     let spool = std::env::temp_dir();
     let e = ObjectBlobStore::from_url("ftp://host/x", Vec::new(), &spool).unwrap_err();
