@@ -731,6 +731,32 @@ async fn warm_blobs_arrive_byte_exact_over_http1_and_http2_whole_and_in_ranges()
         .unwrap();
     assert_eq!(m.headers()["docker-content-digest"], img.digest.as_str());
     assert!(m.bytes().await.unwrap() == original(img.digest.hex()));
+    // Pipelined: three requests in one write, answered in order, each body
+    // exactly its blob (file bodies queue their spans on one connection).
+    let order = [&blobs[0], &blobs[1], &blobs[0]];
+    let wants: Vec<Vec<u8>> = order
+        .iter()
+        .map(|d| original(d.strip_prefix("sha256:").unwrap()))
+        .collect();
+    let mut req = String::new();
+    for d in order {
+        req.push_str(&format!(
+            "GET /v2/library/demo/blobs/{d} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            proxy.host()
+        ));
+    }
+    let port = proxy.port;
+    let bodies = tokio::task::spawn_blocking(move || pipelined(port, &req, 3))
+        .await
+        .unwrap();
+    for (i, (got, want)) in bodies.iter().zip(&wants).enumerate() {
+        assert!(
+            got == want,
+            "pipelined response {i}: {} bytes, not its blob",
+            got.len()
+        );
+        served += want.len() as u64;
+    }
     let metrics = h1
         .get(proxy.url("/metrics"))
         .send()
@@ -814,4 +840,40 @@ fn two_proxies_on_one_azurite_container_share_what_either_fetched() {
         );
     }
     assert!(second.log().contains("cache=\"hit\""), "{}", second.log());
+}
+
+/// Sends `req` (several requests) in one write and reads `n` responses off
+/// the one connection, returning their bodies (Content-Length framed).
+fn pipelined(port: u16, req: &str, n: usize) -> Vec<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut bodies = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    while bodies.len() < n {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let k = s.read(&mut chunk).unwrap();
+            assert!(k > 0, "connection closed after {} responses", bodies.len());
+            buf.extend_from_slice(&chunk[..k]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no content-length in {head}"));
+        while buf.len() < head_end + len {
+            let k = s.read(&mut chunk).unwrap();
+            assert!(k > 0, "connection closed inside a body");
+            buf.extend_from_slice(&chunk[..k]);
+        }
+        bodies.push(buf[head_end..head_end + len].to_vec());
+        buf.drain(..head_end + len);
+    }
+    bodies
 }
