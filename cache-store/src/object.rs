@@ -309,11 +309,7 @@ impl BlobStore for ObjectBlobStore {
 
     async fn delete(&self, digest: &Digest) -> Result<bool> {
         let path = self.blob_path(digest);
-        let existed = match self.inner.store.head(&path).await {
-            Ok(_) => true,
-            Err(e) if is_not_found(&e) => false,
-            Err(e) => return Err(os_err("delete", &path, e)),
-        };
+        let existed = self.exists("delete", &path).await?;
         for (_, m) in self.list_under(&self.access_dir(digest)).await? {
             delete_quietly(&*self.inner.store, &m.location).await?;
         }
@@ -352,7 +348,7 @@ impl BlobStore for ObjectBlobStore {
     }
 
     async fn touch(&self, digest: &Digest, at: SystemTime) -> Result<bool> {
-        if self.stat_exists(digest).await? {
+        if self.exists("touch", &self.blob_path(digest)).await? {
             let ms = at
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()
@@ -400,11 +396,7 @@ impl BlobStore for ObjectBlobStore {
 
     async fn delete_meta(&self, key: &MetaKey) -> Result<bool> {
         let path = self.meta_path(key);
-        let existed = match self.inner.store.head(&path).await {
-            Ok(_) => true,
-            Err(e) if is_not_found(&e) => false,
-            Err(e) => return Err(os_err("delete_meta", &path, e)),
-        };
+        let existed = self.exists("delete_meta", &path).await?;
         delete_quietly(&*self.inner.store, &path).await?;
         Ok(existed)
     }
@@ -438,12 +430,12 @@ impl BlobStore for ObjectBlobStore {
 }
 
 impl ObjectBlobStore {
-    async fn stat_exists(&self, digest: &Digest) -> Result<bool> {
-        let path = self.blob_path(digest);
-        match self.inner.store.head(&path).await {
+    /// Whether an object is at `path` (one HEAD).
+    async fn exists(&self, op: &'static str, path: &Path) -> Result<bool> {
+        match self.inner.store.head(path).await {
             Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(os_err("stat", &path, e)),
+            Err(e) => Err(os_err(op, path, e)),
         }
     }
 }
@@ -625,7 +617,7 @@ impl StagedBlob for ObjectStaged {
         }
         let path = self.store.blob_path(&self.digest);
         // Content-addressed: a blob already stored is this one.
-        if !self.store.stat_exists(&self.digest).await? {
+        if !self.store.exists("commit", &path).await? {
             self.upload(&path).await?;
         }
         Ok(BlobInfo {
