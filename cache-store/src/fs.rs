@@ -30,6 +30,8 @@ use cache_core::{
 };
 use futures::stream::{self, BoxStream, StreamExt};
 
+use crate::staged;
+
 /// Size of the reads a blob stream makes.
 const READ_CHUNK: usize = 1024 * 1024;
 
@@ -538,17 +540,6 @@ impl Drop for FsStaged {
     }
 }
 
-impl FsStaged {
-    fn void(&self, why: &str) -> Error {
-        Error::Storage {
-            op: "write",
-            message: format!("staged write of {} is void: {why}", self.digest),
-            temporary: false,
-            source: None,
-        }
-    }
-}
-
 #[async_trait]
 impl StagedBlob for FsStaged {
     fn digest(&self) -> &Digest {
@@ -566,20 +557,14 @@ impl StagedBlob for FsStaged {
     async fn write_chunks(&mut self, chunks: Vec<Bytes>) -> Result<()> {
         let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         let new_len = self.written + len;
-        if let Some(size) = self.size
-            && new_len > size
-        {
+        if let Err(e) = staged::check_room(&self.digest, self.size, new_len) {
             self.state = None;
-            return Err(Error::SizeMismatch {
-                digest: self.digest.clone(),
-                expected: size,
-                actual: new_len,
-            });
+            return Err(e);
         }
         let mut st = self
             .state
             .take()
-            .ok_or_else(|| self.void("an earlier write failed"))?;
+            .ok_or_else(|| staged::void(&self.digest))?;
         let path = self.path.clone();
         let st = blocking(move || {
             for c in &chunks {
@@ -607,32 +592,17 @@ impl StagedBlob for FsStaged {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<BlobInfo> {
-        let st = self
+        let WriteState { file, hasher } = self
             .state
             .take()
-            .ok_or_else(|| self.void("an earlier write failed"))?;
-        if let Some(size) = self.size
-            && size != self.written
-        {
-            return Err(Error::SizeMismatch {
-                digest: self.digest.clone(),
-                expected: size,
-                actual: self.written,
-            });
-        }
-        let actual = st.hasher.finish();
-        if actual != self.digest {
-            return Err(Error::DigestMismatch {
-                expected: self.digest.clone(),
-                actual,
-            });
-        }
+            .ok_or_else(|| staged::void(&self.digest))?;
+        staged::verify(&self.digest, self.size, self.written, hasher)?;
         let target = self.store.blob_path(&self.digest);
         let staging = self.path.clone();
         let fsync = self.store.inner.opts.fsync;
         let digest = self.digest.clone();
         let info = blocking(move || {
-            publish(&staging, Some(&st.file), &target, fsync)
+            publish(&staging, Some(&file), &target, fsync)
                 .map_err(|e| io_err("commit", &target, e))?;
             let md = fs::metadata(&target).map_err(|e| io_err("commit", &target, e))?;
             Ok(info_from(digest, &md))

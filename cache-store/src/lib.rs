@@ -18,6 +18,7 @@ mod fs;
 mod memory;
 mod object;
 mod runtime;
+mod staged;
 #[cfg(feature = "testing")]
 pub mod testing;
 

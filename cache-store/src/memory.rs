@@ -13,6 +13,8 @@ use cache_core::{
 };
 use futures::stream::{self, BoxStream, StreamExt};
 
+use crate::staged;
+
 /// Chunk size of the streams [`MemoryStore::get`] returns (slices, not copies).
 const CHUNK: usize = 256 * 1024;
 
@@ -201,15 +203,9 @@ impl StagedBlob for MemStaged {
             });
         }
         let new_len = self.written + chunk.len() as u64;
-        if let Some(size) = self.size
-            && new_len > size
-        {
+        if let Err(e) = staged::check_room(&self.digest, self.size, new_len) {
             self.failed = true;
-            return Err(Error::SizeMismatch {
-                digest: self.digest.clone(),
-                expected: size,
-                actual: new_len,
-            });
+            return Err(e);
         }
         if let Some(h) = self.hasher.as_mut() {
             h.update(&chunk);
@@ -239,26 +235,11 @@ impl StagedBlob for MemStaged {
                 actual: self.written,
             });
         }
-        if let Some(size) = self.size
-            && size != self.written
-        {
-            return Err(Error::SizeMismatch {
-                digest: self.digest.clone(),
-                expected: size,
-                actual: self.written,
-            });
-        }
-        let actual = self
+        let hasher = self
             .hasher
             .take()
-            .expect("hasher present until commit")
-            .finish();
-        if actual != self.digest {
-            return Err(Error::DigestMismatch {
-                expected: self.digest.clone(),
-                actual,
-            });
-        }
+            .ok_or_else(|| staged::void(&self.digest))?;
+        staged::verify(&self.digest, self.size, self.written, hasher)?;
         let data = {
             let b = self.buf.read().unwrap_or_else(|p| p.into_inner());
             match b.chunks.as_slice() {

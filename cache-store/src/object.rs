@@ -40,6 +40,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload, WriteMultipart};
 
 use crate::fs::{blocking, pread_exact};
+use crate::staged;
 
 /// Blobs up to this size are uploaded in one `PUT`; larger ones in parts of
 /// this size (S3 needs at least 5 MiB per part but the last).
@@ -475,18 +476,6 @@ struct ObjectStaged {
 }
 
 impl ObjectStaged {
-    fn void(&self) -> Error {
-        Error::Storage {
-            op: "write",
-            message: format!(
-                "staged write of {} is void: an earlier write failed",
-                self.digest
-            ),
-            temporary: false,
-            source: None,
-        }
-    }
-
     /// Uploads the spool under `path`: one PUT, or a multipart upload of
     /// `PART`-sized parts read one at a time (memory stays bounded).
     async fn upload(&self, path: &Path) -> Result<()> {
@@ -561,17 +550,14 @@ impl StagedBlob for ObjectStaged {
     async fn write_chunks(&mut self, chunks: Vec<Bytes>) -> Result<()> {
         let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         let new_len = self.written + len;
-        if let Some(size) = self.size
-            && new_len > size
-        {
+        if let Err(e) = staged::check_room(&self.digest, self.size, new_len) {
             self.hasher = None;
-            return Err(Error::SizeMismatch {
-                digest: self.digest.clone(),
-                expected: size,
-                actual: new_len,
-            });
+            return Err(e);
         }
-        let mut hasher = self.hasher.take().ok_or_else(|| self.void())?;
+        let mut hasher = self
+            .hasher
+            .take()
+            .ok_or_else(|| staged::void(&self.digest))?;
         let spool = self.spool.clone();
         let hasher = blocking(move || {
             for c in &chunks {
@@ -598,23 +584,11 @@ impl StagedBlob for ObjectStaged {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<BlobInfo> {
-        let hasher = self.hasher.take().ok_or_else(|| self.void())?;
-        if let Some(size) = self.size
-            && size != self.written
-        {
-            return Err(Error::SizeMismatch {
-                digest: self.digest.clone(),
-                expected: size,
-                actual: self.written,
-            });
-        }
-        let actual = hasher.finish();
-        if actual != self.digest {
-            return Err(Error::DigestMismatch {
-                expected: self.digest.clone(),
-                actual,
-            });
-        }
+        let hasher = self
+            .hasher
+            .take()
+            .ok_or_else(|| staged::void(&self.digest))?;
+        staged::verify(&self.digest, self.size, self.written, hasher)?;
         let path = self.store.blob_path(&self.digest);
         // Content-addressed: a blob already stored is this one.
         if !self.store.exists("commit", &path).await? {
