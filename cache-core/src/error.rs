@@ -166,9 +166,13 @@ impl fmt::Display for InvalidKind {
 /// The error type of `cache-core` and of the traits it defines.
 ///
 /// Every variant carries the offending value or enough context to act on it.
-/// [`Error::code`] maps it to an OCI error code, [`Error::is_temporary`]
-/// says whether retrying later can succeed.
-#[derive(Debug, thiserror::Error)]
+/// [`Error::code`] maps it to an OCI error code and so to the HTTP status a
+/// server answers with; [`Error::is_temporary`], [`Error::is_client_error`]
+/// and [`Error::is_not_found`] agree with that status. Errors are cheap to
+/// clone (lower-layer sources are shared), so one upstream failure can reach
+/// every reader of a shared fetch. Build them with the constructors
+/// ([`Error::upstream`], [`Error::storage`], ...), which keep messages uniform.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A value from outside failed validation.
@@ -181,7 +185,7 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
-    /// A caching-rule set could not be built.
+    /// A caching rule, or the engine's wiring for one, is invalid.
     #[error("invalid caching rule {rule:?}: {reason}")]
     InvalidRule {
         /// The rule's name.
@@ -241,7 +245,8 @@ pub enum Error {
         /// The content's size.
         size: u64,
     },
-    /// Authentication is required or was refused.
+    /// The client must authenticate (to this cache, not to an upstream:
+    /// an upstream refusing the cache's credentials is [`Error::Upstream`]).
     #[error("unauthorized: {reason}")]
     Unauthorized {
         /// Details (never a secret).
@@ -278,7 +283,16 @@ pub enum Error {
         temporary: bool,
         /// The underlying error.
         #[source]
-        source: Option<BoxError>,
+        source: Option<SharedError>,
+    },
+    /// This cache cannot take the request now (a full fetch queue, a fetch
+    /// abandoned by its readers); retrying later should succeed.
+    #[error("unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+        /// When to try again, if known.
+        retry_after: Option<Duration>,
     },
     /// An operation did not finish in time.
     #[error("timed out: {what}")]
@@ -297,7 +311,7 @@ pub enum Error {
         temporary: bool,
         /// The underlying error.
         #[source]
-        source: Option<BoxError>,
+        source: Option<SharedError>,
     },
 }
 
@@ -321,8 +335,45 @@ impl Error {
         }
     }
 
-    /// Builds an [`Error::Storage`] from a lower-layer error.
-    pub fn storage(
+    /// An [`Error::Upstream`] for `registry` without a lower-layer source.
+    pub fn upstream(registry: impl fmt::Display, message: impl Into<String>, temporary: bool) -> Self {
+        Error::Upstream {
+            registry: registry.to_string(),
+            message: message.into(),
+            code: None,
+            temporary,
+            source: None,
+        }
+    }
+
+    /// An [`Error::Upstream`] caused by a lower-layer error (HTTP, I/O).
+    pub fn upstream_with(
+        registry: impl fmt::Display,
+        message: impl Into<String>,
+        temporary: bool,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Upstream {
+            registry: registry.to_string(),
+            message: message.into(),
+            code: None,
+            temporary,
+            source: Some(SharedError::from(source.into())),
+        }
+    }
+
+    /// An [`Error::Storage`] caused by a lower-layer error; permanent.
+    pub fn storage(op: &'static str, message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Storage {
+            op,
+            message: message.into(),
+            temporary: false,
+            source: Some(SharedError::from(source.into())),
+        }
+    }
+
+    /// An [`Error::Storage`] caused by a lower-layer error that may pass.
+    pub fn storage_temporary(
         op: &'static str,
         message: impl Into<String>,
         source: impl Into<BoxError>,
@@ -330,101 +381,97 @@ impl Error {
         Error::Storage {
             op,
             message: message.into(),
+            temporary: true,
+            source: Some(SharedError::from(source.into())),
+        }
+    }
+
+    /// An [`Error::Storage`] with a message only; permanent.
+    pub fn storage_msg(op: &'static str, message: impl Into<String>) -> Self {
+        Error::Storage {
+            op,
+            message: message.into(),
             temporary: false,
-            source: Some(source.into()),
+            source: None,
         }
     }
 
-    /// A copy of this error for another caller (one upstream failure
-    /// reaches every reader of a shared fetch). Variants and their fields
-    /// are kept; a lower-layer `source` is kept as its message only.
-    pub fn duplicate(&self) -> Error {
-        let src =
-            |s: &Option<BoxError>| -> Option<BoxError> { s.as_ref().map(|e| e.to_string().into()) };
+    /// An [`Error::Timeout`].
+    pub fn timeout(what: impl Into<String>) -> Self {
+        Error::Timeout { what: what.into() }
+    }
+
+    /// An [`Error::Unavailable`].
+    pub fn unavailable(reason: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        Error::Unavailable {
+            reason: reason.into(),
+            retry_after,
+        }
+    }
+
+    /// An [`Error::Denied`].
+    pub fn denied(reason: impl Into<String>) -> Self {
+        Error::Denied {
+            reason: reason.into(),
+        }
+    }
+
+    /// An [`Error::ManifestInvalid`].
+    pub fn manifest_invalid(reason: impl Into<String>) -> Self {
+        Error::ManifestInvalid {
+            reason: reason.into(),
+        }
+    }
+
+    /// An [`Error::ManifestUnknown`].
+    pub fn manifest_unknown(repository: impl fmt::Display, reference: impl fmt::Display) -> Self {
+        Error::ManifestUnknown {
+            repository: repository.to_string(),
+            reference: reference.to_string(),
+        }
+    }
+
+    /// An [`Error::BlobUnknown`].
+    pub fn blob_unknown(digest: &Digest) -> Self {
+        Error::BlobUnknown {
+            digest: digest.clone(),
+        }
+    }
+
+    /// An [`Error::InvalidRule`].
+    pub fn invalid_rule(rule: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidRule {
+            rule: rule.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// This error as the fault of the upstream `registry` that produced it:
+    /// content that fails verification, or a manifest that does not parse,
+    /// is the upstream's doing (a 502), not the client's (a 400). Other
+    /// errors are returned unchanged.
+    pub fn blame_upstream(self, registry: impl fmt::Display) -> Self {
         match self {
-            Error::Invalid {
-                kind,
-                value,
-                reason,
-            } => Error::Invalid {
-                kind: *kind,
-                value: value.clone(),
-                reason,
-            },
-            Error::InvalidRule { rule, reason } => Error::InvalidRule {
-                rule: rule.clone(),
-                reason: reason.clone(),
-            },
-            Error::NameUnknown { name } => Error::NameUnknown { name: name.clone() },
-            Error::ManifestUnknown {
-                repository,
-                reference,
-            } => Error::ManifestUnknown {
-                repository: repository.clone(),
-                reference: reference.clone(),
-            },
-            Error::ManifestInvalid { reason } => Error::ManifestInvalid {
-                reason: reason.clone(),
-            },
-            Error::BlobUnknown { digest } => Error::BlobUnknown {
-                digest: digest.clone(),
-            },
-            Error::DigestMismatch { expected, actual } => Error::DigestMismatch {
-                expected: expected.clone(),
-                actual: actual.clone(),
-            },
-            Error::SizeMismatch {
-                digest,
-                expected,
-                actual,
-            } => Error::SizeMismatch {
-                digest: digest.clone(),
-                expected: *expected,
-                actual: *actual,
-            },
-            Error::RangeNotSatisfiable { range, size } => Error::RangeNotSatisfiable {
-                range: range.clone(),
-                size: *size,
-            },
-            Error::Unauthorized { reason } => Error::Unauthorized {
-                reason: reason.clone(),
-            },
-            Error::Denied { reason } => Error::Denied {
-                reason: reason.clone(),
-            },
-            Error::Unsupported { what } => Error::Unsupported { what: what.clone() },
-            Error::TooManyRequests { retry_after } => Error::TooManyRequests {
-                retry_after: *retry_after,
-            },
-            Error::Upstream {
-                registry,
-                message,
-                code,
-                temporary,
-                source,
-            } => Error::Upstream {
-                registry: registry.clone(),
-                message: message.clone(),
-                code: *code,
-                temporary: *temporary,
-                source: src(source),
-            },
-            Error::Timeout { what } => Error::Timeout { what: what.clone() },
-            Error::Storage {
-                op,
-                message,
-                temporary,
-                source,
-            } => Error::Storage {
-                op,
-                message: message.clone(),
-                temporary: *temporary,
-                source: src(source),
-            },
+            Error::DigestMismatch { .. }
+            | Error::SizeMismatch { .. }
+            | Error::ManifestInvalid { .. }
+            | Error::Invalid { .. } => Error::upstream(registry, self.to_string(), false),
+            e => e,
         }
     }
 
-    /// The OCI error code for this error.
+    /// How long the client should wait before retrying, when known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::TooManyRequests { retry_after } | Error::Unavailable { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+
+    /// The OCI error code for this error; its
+    /// [`http_status`](ErrorCode::http_status) is what a server answers.
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Invalid { kind, .. } => match kind {
@@ -456,6 +503,7 @@ impl Error {
                 _ if *temporary => ErrorCode::Unavailable,
                 _ => ErrorCode::UpstreamError,
             },
+            Error::Unavailable { .. } => ErrorCode::Unavailable,
             Error::Timeout { .. } => ErrorCode::Timeout,
             Error::Storage { temporary, .. } => {
                 if *temporary {
@@ -469,31 +517,37 @@ impl Error {
 
     /// Whether the same operation may succeed if retried later.
     ///
-    /// True for rate limits, timeouts, and upstream or storage faults marked
-    /// temporary; false for every error caused by the request itself or by
-    /// content that does not verify.
+    /// True for rate limits, timeouts, an overloaded cache, and upstream or
+    /// storage faults marked temporary; false for every error caused by the
+    /// request itself or by content that does not verify.
     pub fn is_temporary(&self) -> bool {
         match self {
-            Error::TooManyRequests { .. } | Error::Timeout { .. } => true,
+            Error::TooManyRequests { .. } | Error::Timeout { .. } | Error::Unavailable { .. } => {
+                true
+            }
             Error::Upstream { temporary, .. } | Error::Storage { temporary, .. } => *temporary,
             _ => false,
         }
     }
 
-    /// Whether this is a "not found" of any kind (name, manifest or blob).
+    /// Whether this is a "not found" of any kind (name, manifest or blob):
+    /// exactly the errors a server answers with 404.
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self,
-            Error::NameUnknown { .. } | Error::ManifestUnknown { .. } | Error::BlobUnknown { .. }
-        )
+        self.code().http_status() == 404
     }
 
-    /// Whether this error is the client's mistake (a 4xx), as opposed to a
-    /// fault of this cache, its store, or the upstream.
+    /// Whether this error is the client's mistake or refusal: exactly the
+    /// errors a server answers with a 4xx. Upstream faults are never
+    /// client errors, whatever the upstream answered (a 429 from the
+    /// upstream is passed on as a 429, and counts as a client error here
+    /// because that is what the client sees).
     pub fn is_client_error(&self) -> bool {
-        (400..500).contains(&self.code().http_status()) && !matches!(self, Error::Upstream { .. })
+        (400..500).contains(&self.code().http_status())
     }
 }
+
+/// A lower-layer error shared by every copy of an [`Error`].
+pub type SharedError = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 #[cfg(test)]
 mod tests {
@@ -516,16 +570,53 @@ mod tests {
         assert_eq!(bad.code(), ErrorCode::DigestInvalid);
         assert_eq!(bad.code().http_status(), 400);
         assert!(bad.is_client_error());
-        let up = Error::Upstream {
-            registry: "r".into(),
-            message: "503".into(),
-            code: None,
-            temporary: true,
-            source: None,
-        };
+        let up = Error::upstream("r", "503", true);
         assert_eq!(up.code().http_status(), 503);
         assert!(up.is_temporary());
         assert!(!up.is_client_error());
+        let refused = Error::upstream("r", "refused our credentials", false);
+        assert_eq!(refused.code().http_status(), 502);
+        assert!(!refused.is_client_error());
+        let full = Error::unavailable("queue full", Some(Duration::from_secs(2)));
+        assert_eq!(full.code().http_status(), 503);
+        assert!(full.is_temporary());
+        assert_eq!(full.retry_after(), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn predicates_agree_with_the_http_status() {
+        let d = Digest::sha256_of(b"x");
+        for e in [
+            Error::invalid(InvalidKind::Name, "A", "upper case"),
+            Error::blob_unknown(&d),
+            Error::manifest_unknown("a", "b"),
+            Error::denied("policy"),
+            Error::upstream("r", "x", true),
+            Error::upstream("r", "x", false),
+            Error::timeout("x"),
+            Error::storage_msg("commit", "disk"),
+            Error::TooManyRequests { retry_after: None },
+        ] {
+            let s = e.code().http_status();
+            assert_eq!(e.is_client_error(), (400..500).contains(&s), "{e}");
+            assert_eq!(e.is_not_found(), s == 404, "{e}");
+            let copy = e.clone();
+            assert_eq!(copy.to_string(), e.to_string());
+        }
+    }
+
+    #[test]
+    fn content_that_fails_verification_is_blamed_on_the_upstream() {
+        let d = Digest::sha256_of(b"x");
+        let e = Error::DigestMismatch {
+            expected: d.clone(),
+            actual: Digest::sha256_of(b"y"),
+        }
+        .blame_upstream("up.example");
+        assert_eq!(e.code().http_status(), 502);
+        assert!(e.to_string().contains("up.example") && e.to_string().contains(d.as_str()));
+        let e = Error::blob_unknown(&d).blame_upstream("up.example");
+        assert_eq!(e.code().http_status(), 404);
     }
 
     #[test]

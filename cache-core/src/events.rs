@@ -37,6 +37,43 @@ impl fmt::Display for CacheStatus {
     }
 }
 
+/// Which kind of request the engine made to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamCall {
+    /// A manifest `GET`.
+    Manifest,
+    /// A manifest `HEAD` (tag revalidation, entitlement checks).
+    ManifestHead,
+    /// A blob `GET`, whole or ranged (first request, retry or resumption).
+    Blob,
+    /// A blob `HEAD`.
+    BlobHead,
+    /// A tag listing.
+    Tags,
+}
+
+impl UpstreamCall {
+    /// Every kind, for exporters that pre-register their series.
+    pub const ALL: [UpstreamCall; 5] = [
+        UpstreamCall::Manifest,
+        UpstreamCall::ManifestHead,
+        UpstreamCall::Blob,
+        UpstreamCall::BlobHead,
+        UpstreamCall::Tags,
+    ];
+
+    /// `manifest`, `manifest_head`, `blob`, `blob_head` or `tags`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamCall::Manifest => "manifest",
+            UpstreamCall::ManifestHead => "manifest_head",
+            UpstreamCall::Blob => "blob",
+            UpstreamCall::BlobHead => "blob_head",
+            UpstreamCall::Tags => "tags",
+        }
+    }
+}
+
 /// Something the engine did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -65,6 +102,12 @@ pub enum Event<'a> {
     FetchFinished {
         /// Whether the blob was verified and committed.
         committed: bool,
+    },
+    /// A request to an upstream is about to be made (retries and
+    /// resumptions each count).
+    UpstreamRequest {
+        /// What kind of request.
+        call: UpstreamCall,
     },
     /// An upstream call failed.
     UpstreamError {
@@ -117,6 +160,8 @@ pub struct Counters {
     pub fetches_failed: AtomicU64,
     /// Upstream errors.
     pub upstream_errors: AtomicU64,
+    /// Requests made to upstreams, of every kind.
+    pub upstream_requests: AtomicU64,
     /// Bytes evicted by gc or scrub.
     pub evicted_bytes: AtomicU64,
 }
@@ -150,6 +195,7 @@ impl EventSink for Counters {
                 }
             }
             Event::UpstreamError { .. } => add(&self.upstream_errors, 1),
+            Event::UpstreamRequest { .. } => add(&self.upstream_requests, 1),
             Event::Evicted { bytes } => add(&self.evicted_bytes, *bytes),
         }
     }

@@ -40,8 +40,8 @@ pub use engine::{
     BlobResponse, CacheBuilder, CacheOptions, FileBody, GcReport, ManifestResponse,
     PullThroughCache, ScrubReport, TagList,
 };
-pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result};
-pub use events::{CacheStatus, Event, EventSink};
+pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result, SharedError};
+pub use events::{CacheStatus, Event, EventSink, UpstreamCall};
 pub use names::{
     DOCKER_HUB, DOCKER_HUB_API_HOST, ImageRef, MAX_NAME_LEN, Reference, Registry, RepoName, Tag,
 };

@@ -5,6 +5,7 @@ use std::fmt;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::upstream::media_types;
 
 /// A content descriptor inside a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +16,9 @@ pub struct Descriptor {
     pub size: u64,
     /// Its media type, if given.
     pub media_type: Option<String>,
+    /// Other places the content may be fetched from (`urls`; "foreign"
+    /// layers). Such content is not the registry's to vouch for.
+    pub urls: Vec<String>,
 }
 
 /// An OS/architecture pair from an index entry.
@@ -105,6 +109,15 @@ impl ParsedManifest {
                     .get("mediaType")
                     .and_then(|x| x.as_str())
                     .map(str::to_owned),
+                urls: d
+                    .get("urls")
+                    .and_then(|u| u.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|u| u.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
         };
         let mut out = ParsedManifest {
@@ -164,6 +177,27 @@ impl ParsedManifest {
             .chain(self.layers.iter())
             .chain(self.manifests.iter().map(|(d, _)| d))
             .chain(self.subject.iter())
+    }
+
+    /// The media type to serve this manifest with: the upstream's declared
+    /// type when it is a manifest media type, else the document's own
+    /// `mediaType` when that is one, else what its structure says (an OCI
+    /// index or image manifest). Never anything a browser would render.
+    pub fn served_media_type<'a>(&'a self, declared: &'a str) -> &'a str {
+        let known = |t: &str| media_types::ALL_MANIFESTS.contains(&t);
+        if known(declared) {
+            return declared;
+        }
+        if let Some(t) = self.media_type.as_deref()
+            && known(t)
+        {
+            return t;
+        }
+        if self.is_index() {
+            media_types::OCI_INDEX
+        } else {
+            media_types::OCI_MANIFEST
+        }
     }
 
     /// The size of an image: config plus layers (0 for an index).

@@ -48,8 +48,9 @@ impl Default for Setup {
         Setup {
             policy: RulePolicy::default(),
             opts: CacheOptions {
-                retry_backoff: Duration::from_millis(1),
-                idle_timeout: Duration::from_millis(300),
+                // No back-off: most tests run on a manual clock.
+                retry_backoff: Duration::ZERO,
+                stall_timeout: Duration::from_millis(300),
                 ..CacheOptions::default()
             },
             real_time: false,
@@ -486,10 +487,14 @@ async fn a_flipped_byte_commits_nothing_fails_every_reader_and_is_fetched_again(
         }));
     }
     for r in readers {
-        let (_, err) = r.await.unwrap();
+        let (bytes, err) = r.await.unwrap();
         assert!(
             matches!(err, Some(Error::DigestMismatch { .. })),
             "every reader errors: {err:?}"
+        );
+        assert!(
+            bytes.len() < layer.len(),
+            "a reader never receives every byte of content that failed verification"
         );
     }
     assert!(
@@ -786,7 +791,7 @@ async fn an_index_is_stored_byte_exact_and_platform_manifests_when_requested() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_manifests_are_manifest_invalid_and_not_cached() {
+async fn oversized_manifests_are_an_upstream_error_and_not_cached() {
     let e = env_with(Setup {
         opts: CacheOptions {
             max_manifest_size: 100,
@@ -801,7 +806,7 @@ async fn oversized_manifests_are_manifest_invalid_and_not_cached() {
         .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
         .await
         .unwrap_err();
-    assert_eq!(err.code(), ErrorCode::ManifestInvalid);
+    assert_eq!(err.code(), ErrorCode::UpstreamError, "a 502, not a 400: {err}");
     assert!(err.to_string().contains("limit"), "{err}");
     assert!(e.store.stat(&img.manifest).await.unwrap().is_none());
 }
@@ -1175,4 +1180,241 @@ async fn the_fetch_cap_makes_extra_transfers_wait_their_turn() {
     assert!(first.await.unwrap().1.is_none());
     assert!(second.await.unwrap().1.is_none());
     assert_eq!(gets(&e.up), 2);
+}
+
+async fn read_blob(
+    c: &PullThroughCache,
+    repo: &str,
+    d: &Digest,
+    range: Option<ByteRange>,
+) -> (Vec<u8>, Option<Error>) {
+    match c.blob(&n(repo), d, range).await {
+        Ok(r) => drain(r.stream).await,
+        Err(e) => (Vec::new(), Some(e)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reader_of_content_that_fails_verification_gets_its_whole_span() {
+    let e = env_with(Setup {
+        real_time: true,
+        ..Setup::default()
+    });
+    let layer = content(40, 300_000);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    e.up.set_drip(Some((32 * 1024, Duration::from_millis(10))));
+    // The very last byte is wrong: only the digest can tell.
+    e.up.fail_next_blob(Fault::FlipByte(layer.len() as u64 - 1));
+    let ranges = [
+        None,
+        Some(ByteRange::From(100_000)),
+        Some(ByteRange::Suffix(10)),
+        Some(ByteRange::Inclusive(0, 999)),
+        Some(ByteRange::Inclusive(299_999, 299_999)),
+    ];
+    let mut readers = Vec::new();
+    for r in ranges {
+        let c = e.cache.clone();
+        let d = d.clone();
+        readers.push(tokio::spawn(
+            async move { (r, read_blob(&c, "library/app", &d, r).await) },
+        ));
+    }
+    for h in readers {
+        let (r, (bytes, err)) = h.await.unwrap();
+        let span = r.map_or(0..layer.len() as u64, |r| r.resolve(layer.len() as u64).unwrap());
+        assert!(err.is_some(), "{r:?}: the stream ends with an error");
+        assert!(
+            (bytes.len() as u64) < span.end - span.start,
+            "{r:?}: {} of {} bytes, never all",
+            bytes.len(),
+            span.end - span.start
+        );
+    }
+    assert_eq!(gets(&e.up), 1, "every reader shared the one failing fetch");
+    assert!(e.store.stat(&d).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_body_for_a_non_empty_digest_is_refused_before_any_answer() {
+    let e = env();
+    let d = Digest::sha256_of(b"not empty");
+    e.up.add_blob_as(&n("library/app"), &d, Bytes::new());
+    let err = e
+        .cache
+        .blob(&n("library/app"), &d, None)
+        .await
+        .expect_err("no response head for an empty body that does not verify");
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    assert!(e.store.stat(&d).await.unwrap().is_none());
+    // The real empty blob is served, once verified.
+    let empty = e.up.add_blob(&n("library/app"), Bytes::new());
+    let r = e.cache.blob(&n("library/app"), &empty, None).await.unwrap();
+    assert_eq!((r.size, drain(r.stream).await.1.is_none()), (0, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_subject_or_foreign_layer_entitles_nothing() {
+    let e = env();
+    let secret_bytes = content(41, 5000);
+    let secret = e.private.add_blob(&n("team/secret"), secret_bytes.clone());
+    let (got, err) = read_blob(&e.cache, "team/secret", &secret, None).await;
+    assert!(err.is_none() && got == secret_bytes, "cached through its own rule");
+    // A public manifest whose subject, and a foreign layer, name the private digest.
+    let config = e.up.add_blob(&n("library/pub"), Bytes::from_static(b"{}"));
+    let m = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"digest":"{config}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{secret}","size":5000,"urls":["https://example.com/l"]}}],"subject":{{"mediaType":"{}","digest":"{secret}","size":5000}}}}"#,
+        mt::OCI_MANIFEST,
+        mt::OCI_MANIFEST
+    );
+    e.up.add_manifest(
+        &n("library/pub"),
+        Some(&t("v1")),
+        Bytes::from(m),
+        mt::OCI_MANIFEST,
+    );
+    e.cache
+        .manifest(&n("library/pub"), &Reference::Tag(t("v1")), &[])
+        .await
+        .unwrap();
+    let (got, err) = read_blob(&e.cache, "library/pub", &secret, None).await;
+    assert!(got.is_empty());
+    assert_eq!(err.map(|e| e.code()), Some(ErrorCode::BlobUnknown));
+    assert_eq!(
+        (gets(&e.up), e.up.calls.blob_heads.load(Ordering::SeqCst)),
+        (0, 1),
+        "the public upstream was asked with a HEAD and said no"
+    );
+    // The config it does vouch for is served.
+    let (got, err) = read_blob(&e.cache, "library/pub", &config, None).await;
+    assert!(err.is_none() && got == b"{}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_upstream_queue_refuses_at_once_and_other_upstreams_are_unaffected() {
+    let e = env_with(Setup {
+        real_time: true,
+        opts: CacheOptions {
+            max_concurrent_fetches: 1,
+            max_queued_fetches: 1,
+            ..Setup::default().opts
+        },
+        ..Setup::default()
+    });
+    let blobs: Vec<Digest> = (0..3)
+        .map(|i| e.up.add_blob(&n("library/app"), content(50 + i, 200_000)))
+        .collect();
+    e.up.set_drip(Some((20_000, Duration::from_millis(20))));
+    let mut running = Vec::new();
+    for d in &blobs[..2] {
+        let (c, d) = (e.cache.clone(), d.clone());
+        running.push(tokio::spawn(async move {
+            read_blob(&c, "library/app", &d, None).await
+        }));
+    }
+    wait_until(|| e.cache.inflight() == 2).await;
+    let err = e
+        .cache
+        .blob(&n("library/app"), &blobs[2], None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+    assert!(err.retry_after().is_some());
+    // Another registry has its own queue.
+    let other = e.private.add_blob(&n("team/x"), content(60, 1000));
+    let (got, err) = tokio::time::timeout(
+        Duration::from_secs(2),
+        read_blob(&e.cache, "team/x", &other, None),
+    )
+    .await
+    .expect("not stuck behind the other upstream's queue");
+    assert!(err.is_none() && got.len() == 1000);
+    for h in running {
+        let (got, err) = h.await.unwrap();
+        assert!(err.is_none() && got.len() == 200_000);
+    }
+    let (_, err) = read_blob(&e.cache, "library/app", &blobs[2], None).await;
+    assert!(err.is_none(), "a place is free again: {err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_fetch_whose_readers_all_left_never_reaches_the_upstream() {
+    let e = env_with(Setup {
+        real_time: true,
+        opts: CacheOptions {
+            max_concurrent_fetches: 1,
+            ..Setup::default().opts
+        },
+        ..Setup::default()
+    });
+    let first = e.up.add_blob(&n("library/app"), content(70, 100_000));
+    let second = e.up.add_blob(&n("library/app"), content(71, 100_000));
+    e.up.set_drip(Some((10_000, Duration::from_millis(20))));
+    let (c, d) = (e.cache.clone(), first.clone());
+    let running = tokio::spawn(async move { read_blob(&c, "library/app", &d, None).await });
+    wait_until(|| e.cache.inflight() == 1).await;
+    let (c, d) = (e.cache.clone(), second.clone());
+    let queued = tokio::spawn(async move { read_blob(&c, "library/app", &d, None).await });
+    wait_until(|| e.cache.inflight() == 2).await;
+    queued.abort();
+    let _ = queued.await;
+    wait_until(|| e.cache.inflight() == 1).await;
+    assert!(running.await.unwrap().1.is_none());
+    assert_eq!(gets(&e.up), 1, "the deserted fetch was never sent upstream");
+    e.up.set_drip(None);
+    let (got, err) = read_blob(&e.cache, "library/app", &second, None).await;
+    assert!(err.is_none() && got.len() == 100_000, "asked again, it runs");
+    assert_eq!(gets(&e.up), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_manifest_fetch_ends_within_its_timeout_and_is_not_reused() {
+    let e = env_with(Setup {
+        real_time: true,
+        opts: CacheOptions {
+            manifest_timeout: Duration::from_millis(300),
+            ..Setup::default().opts
+        },
+        ..Setup::default()
+    });
+    let img = e.up.push_image(&n("library/app"), &t("v1"), &[content(80, 100)]);
+    e.up.fail_next_manifest(Fault::Stall(0));
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        e.cache
+            .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[]),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the caller gave up first");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let m = e
+        .cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .await
+        .expect("a new flight, not the stalled one");
+    assert_eq!(m.digest, img.manifest);
+    assert_eq!(e.up.calls.manifest_gets.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_retry_budget_bounds_the_upstream_requests_of_every_operation() {
+    let e = env();
+    let img = e.up.push_image(&n("library/app"), &t("v1"), &[content(90, 100)]);
+    e.up.set_down(true);
+    let budget = 1 + CacheOptions::default().max_retries as u64;
+    let (_, err) = read_blob(&e.cache, "library/app", &img.layers[0].0, None).await;
+    assert_eq!(err.map(|e| e.code()), Some(ErrorCode::Unavailable));
+    assert_eq!(gets(&e.up), budget, "one request and max_retries retries");
+    let err = e
+        .cache
+        .manifest(&n("library/app"), &Reference::Digest(img.manifest.clone()), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+    assert_eq!(e.up.calls.manifest_gets.load(Ordering::SeqCst), budget);
+    assert_eq!(
+        e.counters.upstream_requests.load(Ordering::SeqCst),
+        2 * budget,
+        "every request is counted"
+    );
 }

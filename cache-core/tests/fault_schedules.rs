@@ -80,7 +80,7 @@ proptest! {
             )
             .upstream(Registry::parse("up.example").unwrap(), up.clone())
             .options(CacheOptions {
-                idle_timeout: Duration::from_millis(50),
+                stall_timeout: Duration::from_millis(50),
                 retry_backoff: Duration::from_millis(1),
                 follow_window: window,
                 ..CacheOptions::default()

@@ -69,12 +69,7 @@ fn io_err(op: &'static str, path: &Path, e: io::Error) -> Error {
         e.kind(),
         io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     );
-    Error::Storage {
-        op,
-        message: path.display().to_string(),
-        temporary,
-        source: Some(Box::new(e)),
-    }
+    if temporary { Error::storage_temporary(op, path.display().to_string(), e) } else { Error::storage(op, path.display().to_string(), e) }
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -82,12 +77,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Storage {
-            op: "spawn_blocking",
-            message: "a filesystem task failed".into(),
-            temporary: false,
-            source: Some(Box::new(e)),
-        })?
+        .map_err(|e| Error::storage("spawn_blocking", "a filesystem task failed", e))?
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -122,12 +112,7 @@ impl FsStore {
             match lock.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => {
-                    return Err(Error::Storage {
-                        op: "open",
-                        message: format!("{} is in use by another store", root.display()),
-                        temporary: true,
-                        source: None,
-                    });
+                    return Err(Error::Storage { op: "open", message: format!("{} is in use by another store", root.display()), temporary: true, source: None });
                 }
                 Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path, e)),
             }
@@ -496,12 +481,7 @@ fn file_stream(
             let chunk = blocking(move || {
                 let buf = pread_exact(&file, want, pos).map_err(|e| io_err("get", &path, e))?;
                 if buf.len() < want {
-                    return Err(Error::Storage {
-                        op: "get",
-                        message: format!("{} ended early", path.display()),
-                        temporary: false,
-                        source: None,
-                    });
+                    return Err(Error::storage_msg("get", format!("{} ended early", path.display())));
                 }
                 Ok(buf)
             })

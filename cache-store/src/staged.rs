@@ -46,10 +46,5 @@ pub(crate) fn verify(
 /// The error of a write to, or commit of, a staged write that an earlier
 /// failure voided.
 pub(crate) fn void(digest: &Digest) -> Error {
-    Error::Storage {
-        op: "write",
-        message: format!("staged write of {digest} is void: an earlier write failed"),
-        temporary: false,
-        source: None,
-    }
+    Error::storage_msg("write", format!("staged write of {digest} is void: an earlier write failed"))
 }

@@ -205,10 +205,11 @@ struct Token {
     expires: Instant,
 }
 
-/// Tokens cached per (repository, action) until they expire.
-#[derive(Default)]
+/// Tokens cached per (repository, action) until they expire, at most
+/// `max` at once.
 pub(crate) struct TokenCache {
     tokens: Mutex<HashMap<(String, String), Token>>,
+    max: usize,
 }
 
 impl fmt::Debug for TokenCache {
@@ -219,6 +220,13 @@ impl fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
+    pub(crate) fn new(max: usize) -> Self {
+        TokenCache {
+            tokens: Mutex::new(HashMap::new()),
+            max: max.max(1),
+        }
+    }
+
     pub(crate) fn get(&self, repo: &str, action: &str) -> Option<Secret> {
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let key = (repo.to_owned(), action.to_owned());
@@ -232,11 +240,22 @@ impl TokenCache {
         }
     }
 
+    /// Keeps a token; when full, expired tokens go first, then the one
+    /// closest to expiry.
     pub(crate) fn put(&self, repo: &str, action: &str, value: Secret, ttl: Duration) {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if t.len() >= self.max {
+            let now = Instant::now();
+            t.retain(|_, tok| tok.expires > now);
+            while t.len() >= self.max {
+                let Some(k) = t.iter().min_by_key(|(_, tok)| tok.expires).map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                t.remove(&k);
+            }
+        }
+        t.insert(
                 (repo.to_owned(), action.to_owned()),
                 Token {
                     value,
@@ -333,8 +352,21 @@ mod tests {
     }
 
     #[test]
+    fn the_token_cache_is_bounded_and_evicts_the_soonest_to_expire() {
+        let c = TokenCache::new(3);
+        for (i, secs) in [(0, 300), (1, 100), (2, 200), (3, 400)] {
+            c.put(&format!("r{i}"), "pull", Secret::new("t"), Duration::from_secs(secs));
+        }
+        assert!(c.get("r1", "pull").is_none(), "the one closest to expiry went");
+        for i in [0, 2, 3] {
+            assert!(c.get(&format!("r{i}"), "pull").is_some(), "r{i}");
+        }
+        assert_eq!(c.tokens.lock().unwrap().len(), 3);
+    }
+
+    #[test]
     fn expired_tokens_are_dropped() {
-        let c = TokenCache::default();
+        let c = TokenCache::new(10);
         c.put("a", "pull", Secret::new("t"), Duration::from_secs(60));
         assert!(c.get("a", "pull").is_some());
         assert!(c.get("a", "push").is_none());

@@ -2,7 +2,7 @@
 //! token and basic authentication, retries and typed errors.
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -18,24 +18,33 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use url::Url;
 
 use crate::auth::{Challenge, Credentials, Secret, TokenCache, TokenResponse};
+use crate::policy::{AddressPolicy, GuardedResolver, refused_in};
 
 /// Tunables of a [`RegistryClient`].
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Longest wait for a TCP/TLS connection (default 10 s).
     pub connect_timeout: Duration,
-    /// Longest wait for response headers (default 30 s).
-    pub first_byte_timeout: Duration,
+    /// Longest wait for response headers after a request (default 30 s).
+    pub response_timeout: Duration,
     /// Longest pause between body bytes (default 60 s).
-    pub idle_timeout: Duration,
-    /// Retries of a request on connection errors and 5xx (default 3).
-    pub max_retries: u32,
-    /// Back-off unit: retry n waits about `backoff * 2^n`, plus jitter (default 200 ms).
-    pub backoff: Duration,
+    pub read_timeout: Duration,
     /// Largest manifest accepted (default 4 MiB).
     pub max_manifest_size: usize,
+    /// Largest tag list page accepted (default 4 MiB); larger is an upstream error.
+    pub max_tag_list_size: usize,
+    /// Largest token response accepted (default 1 MiB).
+    pub max_token_size: usize,
+    /// Bearer tokens kept at once (default 10,000); expired ones go first.
+    pub max_cached_tokens: usize,
     /// Token lifetime when the token server does not say (default 60 s).
     pub default_token_ttl: Duration,
+    /// Hosts besides the endpoint's own that redirects may lead to even
+    /// when they resolve to non-public addresses (an internal blob store).
+    pub redirect_hosts: Vec<String>,
+    /// Token realm hosts, besides the endpoint's host and registrable
+    /// domain, that may receive the registry's credentials.
+    pub token_hosts: Vec<String>,
     /// The `User-Agent` header.
     pub user_agent: String,
 }
@@ -44,16 +53,22 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             connect_timeout: Duration::from_secs(10),
-            first_byte_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            max_retries: 3,
-            backoff: Duration::from_millis(200),
+            response_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
             max_manifest_size: 4 * 1024 * 1024,
+            max_tag_list_size: 4 * 1024 * 1024,
+            max_token_size: 1024 * 1024,
+            max_cached_tokens: 10_000,
             default_token_ttl: Duration::from_secs(60),
+            redirect_hosts: Vec::new(),
+            token_hosts: Vec::new(),
             user_agent: concat!("pull-through-cache/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }
 }
+
+/// How much of an upstream's error body is read, at most.
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// Docker Hub's pull-limit headers, as last seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +80,11 @@ pub struct RateLimit {
 }
 
 /// An OCI Distribution API client for one registry.
+///
+/// It makes one request per call and does not retry: the engine is the
+/// retry layer (see `CacheOptions::max_retries`), so one fetch has one
+/// budget. Authentication is part of a call: a `401` is answered once with
+/// the challenge's token or basic credentials.
 pub struct RegistryClient {
     registry: Registry,
     base: Url,
@@ -73,6 +93,7 @@ pub struct RegistryClient {
     tokens: TokenCache,
     basic: AtomicBool,
     opts: ClientOptions,
+    policy: AddressPolicy,
     rate: Mutex<Option<RateLimit>>,
 }
 
@@ -107,10 +128,7 @@ impl RegistryClient {
         let ep = endpoint
             .map(str::to_owned)
             .unwrap_or_else(|| format!("https://{}", registry.api_host()));
-        let invalid = |reason: &str| Error::InvalidRule {
-            rule: registry.to_string(),
-            reason: format!("endpoint {ep:?}: {reason}"),
-        };
+        let invalid = |reason: &str| Error::invalid_rule(registry.to_string(), format!("endpoint {ep:?}: {reason}"));
         let mut base = Url::parse(&ep).map_err(|e| invalid(&e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
             return Err(invalid("must be an http:// or https:// URL with a host"));
@@ -119,12 +137,26 @@ impl RegistryClient {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
+        let policy = AddressPolicy::new(&base, &opts.redirect_hosts, &opts.token_hosts);
+        let redirect_policy = policy.clone();
         let http = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
-            .read_timeout(opts.idle_timeout)
+            .read_timeout(opts.read_timeout)
             .user_agent(opts.user_agent.clone())
-            // reqwest drops Authorization when a redirect leaves the host.
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
+            // reqwest drops Authorization when a redirect leaves the host;
+            // the policy keeps redirects off internal addresses.
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= 5 {
+                    return attempt.error("more than 5 redirects");
+                }
+                match redirect_policy.check_url(attempt.url()) {
+                    Ok(()) => attempt.follow(),
+                    Err(refused) => attempt.error(refused),
+                }
+            }))
             .build()
             .map_err(|e| invalid(&e.to_string()))?;
         Ok(RegistryClient {
@@ -132,9 +164,10 @@ impl RegistryClient {
             base,
             http,
             creds,
-            tokens: TokenCache::default(),
+            tokens: TokenCache::new(opts.max_cached_tokens),
             basic: AtomicBool::new(false),
             opts,
+            policy,
             rate: Mutex::new(None),
         })
     }
@@ -155,14 +188,39 @@ impl RegistryClient {
             .expect("paths are built from validated names")
     }
 
-    fn upstream_err(&self, message: String, temporary: bool, code: Option<ErrorCode>) -> Error {
+    fn upstream_err(&self, message: impl Into<String>, temporary: bool) -> Error {
+        Error::upstream(&self.registry, message, temporary)
+    }
+
+    /// The upstream refusing the cache's credentials: the upstream's
+    /// business, so a 502, never a 401 that tells the client to log in.
+    fn refused_credentials(&self, message: String) -> Error {
         Error::Upstream {
             registry: self.registry.to_string(),
             message,
-            code,
-            temporary,
+            code: Some(ErrorCode::Unauthorized),
+            temporary: false,
             source: None,
         }
+    }
+
+    /// A transport failure as an upstream error, naming a target the
+    /// address policy refused.
+    fn transport_error(&self, what: &str, e: reqwest::Error) -> Error {
+        if let Some(refused) = refused_in(&e) {
+            return self.upstream_err(refused.to_string(), false);
+        }
+        let temporary = e.is_connect() || e.is_timeout() || e.is_request() || e.is_body();
+        let mut cause: &(dyn std::error::Error + 'static) = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        let message = if e.is_connect() {
+            format!("{what}: cannot connect ({cause})")
+        } else {
+            format!("{what} failed ({cause})")
+        };
+        Error::upstream_with(&self.registry, message, temporary, e)
     }
 
     fn record_rate_limit(&self, h: &HeaderMap) {
@@ -174,15 +232,9 @@ impl RegistryClient {
         }
     }
 
-    async fn backoff(&self, attempt: u32) {
-        use rand::Rng;
-        let base = self.opts.backoff * 2u32.saturating_pow(attempt.min(8));
-        let jitter = rand::thread_rng().gen_range(0..=self.opts.backoff.as_millis().max(1) as u64);
-        tokio::time::sleep(base + Duration::from_millis(jitter)).await;
-    }
-
-    /// Sends a request built by `build`, authenticating on a 401 once,
-    /// retrying connection errors and 5xx with back-off.
+    /// Sends a request built by `build`, answering one `401` with the
+    /// challenge's credentials. One request (two with authentication); no
+    /// retries.
     async fn send(
         &self,
         repo: &RepoName,
@@ -190,7 +242,6 @@ impl RegistryClient {
     ) -> Result<Response> {
         let scope_repo = repo.as_str();
         let mut authed = false;
-        let mut attempt = 0u32;
         // The token just obtained is used for the retry even if its lifetime is already over.
         let mut fresh: Option<Secret> = None;
         loop {
@@ -205,44 +256,23 @@ impl RegistryClient {
             {
                 rb = rb.header(header::AUTHORIZATION, c.basic_header());
             }
-            let sent = tokio::time::timeout(self.opts.first_byte_timeout, rb.send()).await;
-            let resp = match sent {
-                Err(_) => Err(Error::Timeout {
-                    what: format!(
+            let resp = match tokio::time::timeout(self.opts.response_timeout, rb.send()).await {
+                Err(_) => {
+                    return Err(Error::timeout(format!(
                         "{}: no response within {:?}",
-                        self.registry, self.opts.first_byte_timeout
-                    ),
-                }),
-                Ok(Err(e)) => Err(Error::Upstream {
-                    registry: self.registry.to_string(),
-                    message: if e.is_connect() {
-                        "cannot connect".to_owned()
-                    } else {
-                        "request failed".to_owned()
-                    },
-                    code: None,
-                    temporary: e.is_connect() || e.is_timeout() || e.is_request(),
-                    source: Some(Box::new(e)),
-                }),
-                Ok(Ok(r)) => Ok(r),
-            };
-            let resp = match resp {
-                Ok(r) => r,
-                Err(e) if e.is_temporary() && attempt < self.opts.max_retries => {
-                    tracing::debug!(registry = %self.registry, error = %e, attempt, "retrying");
-                    self.backoff(attempt).await;
-                    attempt += 1;
-                    continue;
+                        self.registry, self.opts.response_timeout
+                    )));
                 }
-                Err(e) => return Err(e),
+                Ok(Err(e)) => return Err(self.transport_error("request", e)),
+                Ok(Ok(r)) => r,
             };
             self.record_rate_limit(resp.headers());
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED {
                 if authed {
-                    return Err(Error::Unauthorized {
-                        reason: format!("{} refused the credentials for {repo}", self.registry),
-                    });
+                    return Err(self.refused_credentials(format!(
+                        "refused the credentials for {repo}"
+                    )));
                 }
                 authed = true;
                 self.tokens.forget(scope_repo, "pull");
@@ -256,12 +286,9 @@ impl RegistryClient {
                 match challenge {
                     Some(c) => fresh = self.authenticate(repo, c).await?,
                     None => {
-                        return Err(Error::Unauthorized {
-                            reason: format!(
-                                "{} asked for authentication it did not describe",
-                                self.registry
-                            ),
-                        });
+                        return Err(self.refused_credentials(
+                            "asked for authentication it did not describe".into(),
+                        ));
                     }
                 }
                 continue;
@@ -276,12 +303,7 @@ impl RegistryClient {
                 return Err(Error::TooManyRequests { retry_after });
             }
             if status.is_server_error() {
-                if attempt < self.opts.max_retries {
-                    self.backoff(attempt).await;
-                    attempt += 1;
-                    continue;
-                }
-                return Err(self.upstream_err(format!("HTTP {status}"), true, None));
+                return Err(self.upstream_err(format!("HTTP {status}"), true));
             }
             return Ok(resp);
         }
@@ -292,12 +314,9 @@ impl RegistryClient {
         match c {
             Challenge::Basic => {
                 if self.creds.is_none() {
-                    return Err(Error::Unauthorized {
-                        reason: format!(
-                            "{} requires credentials and none are configured",
-                            self.registry
-                        ),
-                    });
+                    return Err(self.refused_credentials(
+                        "requires credentials and none are configured".into(),
+                    ));
                 }
                 self.basic.store(true, Ordering::Relaxed);
                 Ok(None)
@@ -308,19 +327,11 @@ impl RegistryClient {
                 scope,
             } => {
                 let mut url = Url::parse(&realm).map_err(|e| {
-                    self.upstream_err(
-                        format!("token realm {realm:?} is not a URL: {e}"),
-                        false,
-                        None,
-                    )
+                    self.upstream_err(format!("token realm {realm:?} is not a URL: {e}"), false)
                 })?;
-                if !matches!(url.scheme(), "http" | "https") {
-                    return Err(self.upstream_err(
-                        format!("token realm {realm:?} is not http(s)"),
-                        false,
-                        None,
-                    ));
-                }
+                self.policy
+                    .check_url(&url)
+                    .map_err(|r| self.upstream_err(format!("token realm: {r}"), false))?;
                 {
                     let mut q = url.query_pairs_mut();
                     if let Some(s) = &service {
@@ -331,52 +342,44 @@ impl RegistryClient {
                         &scope.unwrap_or_else(|| format!("repository:{repo}:pull")),
                     );
                 }
-                let mut rb = self.http.get(url);
+                let mut rb = self.http.get(url.clone());
                 if let Some(c) = &self.creds {
-                    rb = rb.basic_auth(&c.username, Some(c.password.expose()));
+                    match self.policy.may_send_credentials(&url) {
+                        Ok(()) => rb = rb.basic_auth(&c.username, Some(c.password.expose())),
+                        Err(why) => tracing::warn!(
+                            registry = %self.registry,
+                            %why,
+                            "not sending the registry's credentials to its token realm; asking for an anonymous token"
+                        ),
+                    }
                 }
-                let resp = tokio::time::timeout(self.opts.first_byte_timeout, rb.send())
+                let resp = tokio::time::timeout(self.opts.response_timeout, rb.send())
                     .await
-                    .map_err(|_| Error::Timeout {
-                        what: format!("token request to {realm}"),
-                    })?
-                    .map_err(|e| Error::Upstream {
-                        registry: self.registry.to_string(),
-                        message: format!("token request to {realm} failed"),
-                        code: None,
-                        temporary: true,
-                        source: Some(Box::new(e)),
-                    })?;
+                    .map_err(|_| Error::timeout(format!("token request to {realm}")))?
+                    .map_err(|e| self.transport_error("token request", e))?;
                 let status = resp.status();
                 if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                    return Err(Error::Unauthorized {
-                        reason: format!("token server {realm} refused the credentials ({status})"),
-                    });
+                    return Err(self.refused_credentials(format!(
+                        "token server {realm} refused the credentials ({status})"
+                    )));
                 }
                 if !status.is_success() {
                     return Err(self.upstream_err(
                         format!("token server {realm} answered {status}"),
                         status.is_server_error(),
-                        None,
                     ));
                 }
-                let body = resp.bytes().await.map_err(|e| Error::Upstream {
-                    registry: self.registry.to_string(),
-                    message: "reading the token failed".into(),
-                    code: None,
-                    temporary: true,
-                    source: Some(Box::new(e)),
-                })?;
+                let body = self
+                    .read_limited(resp, self.opts.max_token_size, "token response")
+                    .await?;
                 let tr: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
-                    self.upstream_err(format!("token response is not JSON: {e}"), false, None)
+                    self.upstream_err(format!("token response is not JSON: {e}"), false)
                 })?;
                 let token = tr
                     .token
                     .or(tr.access_token)
                     .filter(|t| !t.is_empty())
-                    .ok_or_else(|| {
-                        self.upstream_err("token response has no token".into(), false, None)
-                    })?;
+                    .ok_or_else(|| self.upstream_err("token response has no token", false))?;
                 let ttl = tr
                     .expires_in
                     .map(Duration::from_secs)
@@ -391,60 +394,51 @@ impl RegistryClient {
         }
     }
 
-    /// Turns a non-success response into a typed error, reading the OCI error body.
+    /// Turns a non-success response into a typed error, reading (at most
+    /// 64 KiB of) the OCI error body.
     async fn error_from(&self, resp: Response, what: What<'_>) -> Error {
         let status = resp.status();
-        let body = resp.bytes().await.unwrap_or_default();
+        let body = read_prefix(resp, MAX_ERROR_BODY).await;
         let (code, message) = oci_error(&body);
         match (status, what) {
-            (StatusCode::NOT_FOUND, What::Manifest(repo, reference)) => Error::ManifestUnknown {
-                repository: repo.to_string(),
-                reference: reference.to_string(),
-            },
-            (StatusCode::NOT_FOUND, What::Blob(d)) => Error::BlobUnknown { digest: d.clone() },
+            (StatusCode::NOT_FOUND, What::Manifest(repo, reference)) => {
+                Error::manifest_unknown(repo, reference)
+            }
+            (StatusCode::NOT_FOUND, What::Blob(d)) => Error::blob_unknown(d),
             (StatusCode::NOT_FOUND, What::Tags(repo)) => Error::NameUnknown {
                 name: repo.to_string(),
             },
-            (StatusCode::FORBIDDEN, _) => Error::Denied {
-                reason: format!(
-                    "{} denied access: {}",
-                    self.registry,
-                    message.unwrap_or_default()
-                ),
-            },
-            _ => self.upstream_err(
-                format!(
+            (StatusCode::FORBIDDEN, _) => Error::denied(format!(
+                "{} denied access: {}",
+                self.registry,
+                message.unwrap_or_default()
+            )),
+            _ => Error::Upstream {
+                registry: self.registry.to_string(),
+                message: format!(
                     "HTTP {status}{}",
                     message.map(|m| format!(": {m}")).unwrap_or_default()
                 ),
-                false,
                 code,
-            ),
+                temporary: false,
+                source: None,
+            },
         }
     }
 
-    async fn read_limited(&self, resp: Response, limit: usize) -> Result<Bytes> {
-        if let Some(len) = resp.content_length()
-            && len > limit as u64
-        {
-            return Err(Error::ManifestInvalid {
-                reason: format!("manifest of {len} bytes exceeds the limit of {limit} bytes"),
-            });
+    /// Reads a whole body of at most `limit` bytes; a longer one is an
+    /// upstream error, found out without reading past the limit.
+    async fn read_limited(&self, resp: Response, limit: usize, what: &str) -> Result<Bytes> {
+        let too_big = || self.upstream_err(format!("{what} exceeds the limit of {limit} bytes"), false);
+        if resp.content_length().is_some_and(|len| len > limit as u64) {
+            return Err(too_big());
         }
         let mut buf = BytesMut::new();
         let mut s = resp.bytes_stream();
         while let Some(c) = s.next().await {
-            let c = c.map_err(|e| Error::Upstream {
-                registry: self.registry.to_string(),
-                message: "reading the manifest failed".into(),
-                code: None,
-                temporary: true,
-                source: Some(Box::new(e)),
-            })?;
+            let c = c.map_err(|e| self.transport_error(&format!("reading the {what}"), e))?;
             if buf.len() + c.len() > limit {
-                return Err(Error::ManifestInvalid {
-                    reason: format!("manifest exceeds the limit of {limit} bytes"),
-                });
+                return Err(too_big());
             }
             buf.extend_from_slice(&c);
         }
@@ -468,6 +462,22 @@ impl RegistryClient {
             .request(method, url)
             .header(header::ACCEPT, accept)
     }
+}
+
+/// Up to `limit` bytes of a body; the rest is never read.
+async fn read_prefix(resp: Response, limit: usize) -> Bytes {
+    let mut buf = BytesMut::new();
+    let mut s = resp.bytes_stream();
+    while buf.len() < limit {
+        match s.next().await {
+            Some(Ok(c)) => {
+                let take = c.len().min(limit - buf.len());
+                buf.extend_from_slice(&c[..take]);
+            }
+            _ => break,
+        }
+    }
+    buf.freeze()
 }
 
 /// Reads `{"errors":[{"code":..,"message":..}]}`; unknown codes are tolerated.
@@ -530,7 +540,9 @@ impl Upstream for RegistryClient {
             return Err(self.error_from(resp, What::Manifest(repo, reference)).await);
         }
         let h = resp.headers().clone();
-        let bytes = self.read_limited(resp, self.opts.max_manifest_size).await?;
+        let bytes = self
+            .read_limited(resp, self.opts.max_manifest_size, "manifest")
+            .await?;
         let media_type = header_str(&h, "content-type")
             .map(|ct| ct.split(';').next().unwrap_or("").trim().to_owned())
             .filter(|ct| !ct.is_empty() && ct != "application/octet-stream")
@@ -540,16 +552,19 @@ impl Upstream for RegistryClient {
                     .and_then(|p| p.media_type)
             })
             .unwrap_or_else(|| cache_core::media_types::OCI_MANIFEST.to_owned());
-        let m = manifest_from_bytes(bytes, media_type, reference)?;
+        let m = manifest_from_bytes(bytes, media_type, reference)
+            .map_err(|e| e.blame_upstream(&self.registry))?;
         if let Some(announced) =
             header_str(&h, "docker-content-digest").and_then(|d| Digest::parse(&d).ok())
         {
             let actual = Digest::compute(announced.algorithm(), &m.bytes);
             if actual != announced {
-                return Err(Error::DigestMismatch {
-                    expected: announced,
-                    actual,
-                });
+                return Err(self.upstream_err(
+                    format!(
+                        "announced manifest digest {announced} but the content hashes to {actual}"
+                    ),
+                    false,
+                ));
             }
         }
         Ok(m)
@@ -606,7 +621,7 @@ impl Upstream for RegistryClient {
         let (size, span) = match status {
             StatusCode::OK => {
                 let size = resp.content_length().ok_or_else(|| {
-                    self.upstream_err(format!("blob {digest} came without a length"), false, None)
+                    self.upstream_err(format!("blob {digest} came without a length"), false)
                 })?;
                 (size, 0..size)
             }
@@ -619,7 +634,6 @@ impl Upstream for RegistryClient {
                         self.upstream_err(
                             format!("blob {digest}: 206 without a usable Content-Range"),
                             false,
-                            None,
                         )
                     })?;
                 (total, a..b + 1)
@@ -638,13 +652,7 @@ impl Upstream for RegistryClient {
         let stream = resp
             .bytes_stream()
             .map(move |c| {
-                c.map_err(|e| Error::Upstream {
-                    registry: registry.clone(),
-                    message: "blob transfer interrupted".into(),
-                    code: None,
-                    temporary: true,
-                    source: Some(Box::new(e)),
-                })
+                c.map_err(|e| Error::upstream_with(&registry, "blob transfer interrupted", true, e))
             })
             .boxed();
         Ok(BlobRead {
@@ -662,11 +670,7 @@ impl Upstream for RegistryClient {
             return Err(self.error_from(resp, What::Blob(digest)).await);
         }
         header_length(resp.headers()).ok_or_else(|| {
-            self.upstream_err(
-                format!("HEAD of blob {digest} came without a length"),
-                false,
-                None,
-            )
+            self.upstream_err(format!("HEAD of blob {digest} came without a length"), false)
         })
     }
 
@@ -686,16 +690,10 @@ impl Upstream for RegistryClient {
             return Err(self.error_from(resp, What::Tags(repo)).await);
         }
         let body = self
-            .read_limited(resp, 16 * 1024 * 1024)
-            .await
-            .map_err(|e| match e {
-                Error::ManifestInvalid { reason } => {
-                    self.upstream_err(format!("tag list: {reason}"), false, None)
-                }
-                e => e,
-            })?;
+            .read_limited(resp, self.opts.max_tag_list_size, "tag list")
+            .await?;
         let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| self.upstream_err(format!("tag list is not JSON: {e}"), false, None))?;
+            .map_err(|e| self.upstream_err(format!("tag list is not JSON: {e}"), false))?;
         let mut tags: Vec<Tag> = v
             .get("tags")
             .and_then(|t| t.as_array())

@@ -6,9 +6,12 @@
 //!   rustls): bearer-token and basic authentication with tokens cached per
 //!   repository until they expire, every manifest media type in `Accept`,
 //!   verified manifests, streamed and ranged blobs, redirects that never
-//!   carry credentials to another host, bounded retries with back-off and
-//!   jitter, 429 as `TOOMANYREQUESTS` with its `Retry-After`, timeouts, and
-//!   typed errors from upstream OCI error bodies;
+//!   carry credentials to another host nor lead to internal addresses,
+//!   credentials sent to a token realm only on the registry's own domain
+//!   ([`AddressPolicy`]), every buffered body capped, 429 as
+//!   `TOOMANYREQUESTS` with its `Retry-After`, timeouts, and typed errors
+//!   from upstream OCI error bodies. It makes one request per call: the
+//!   engine is the one retry layer;
 //! * [`OciLayout`]: an OCI image-layout directory, for offline use,
 //!   air-gapped import and tests.
 //!
@@ -19,6 +22,7 @@
 mod auth;
 mod client;
 mod layout;
+mod policy;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -26,3 +30,4 @@ pub mod testing;
 pub use auth::{Challenge, Credentials, PasswordSource, Secret};
 pub use client::{ClientOptions, RateLimit, RegistryClient};
 pub use layout::OciLayout;
+pub use policy::{AddressPolicy, Refused, is_public};

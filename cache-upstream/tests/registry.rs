@@ -150,7 +150,7 @@ async fn an_index_and_its_platform_manifests_come_through_byte_exact() {
 }
 
 #[tokio::test]
-async fn htpasswd_basic_auth_works_and_a_wrong_password_is_unauthorized() {
+async fn htpasswd_basic_auth_works_and_a_refused_password_is_an_upstream_error() {
     let reg = TestRegistry::start_with_auth("alice", "s3cret-pw").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let img = write_image(dir.path(), "v1", 3, &[5_000]);
@@ -168,8 +168,17 @@ async fn htpasswd_basic_auth_works_and_a_wrong_password_is_unauthorized() {
 
     let wrong = client(&reg, Some(creds("alice", "wrong")));
     let e = wrong.manifest(&repo, &tag, &[]).await.unwrap_err();
-    assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
-    assert_eq!(e.code(), ErrorCode::Unauthorized);
+    assert!(
+        matches!(
+            e,
+            Error::Upstream {
+                code: Some(ErrorCode::Unauthorized),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(e.code().http_status(), 502, "not the client's to fix");
     assert!(
         !e.to_string().contains("wrong"),
         "the password never appears in errors: {e}"
@@ -177,7 +186,7 @@ async fn htpasswd_basic_auth_works_and_a_wrong_password_is_unauthorized() {
 
     let anonymous = client(&reg, None);
     let e = anonymous.manifest(&repo, &tag, &[]).await.unwrap_err();
-    assert_eq!(e.code(), ErrorCode::Unauthorized);
+    assert_eq!(e.code().http_status(), 502, "{e}");
     // Each client asked at most twice per request: no 401 loop.
     assert!(reg.requests("GET", "/manifests/") <= 6, "{}", reg.log());
 }

@@ -1,8 +1,12 @@
 //! One upstream fetch per digest, shared by every reader: the leader runs
 //! detached, writes into a staged blob while hashing, and publishes; every
 //! reader (the first included) streams the staged bytes as they arrive.
+//!
+//! The last byte of every span is held back until the whole blob has
+//! verified, so a reader of content that turns out wrong never receives a
+//! complete response: its stream ends with the error one byte short.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
@@ -11,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 
+use super::queue::{QueueSlot, UpstreamCall};
 use super::{InUse, Inner};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -29,6 +34,9 @@ pub(crate) enum Outcome {
     InStore,
     /// Failed; every reader gets this error.
     Failed(Error),
+    /// Every reader left while the fetch waited for its turn, so it never
+    /// started. A reader that finds a deserted fetch starts a new one.
+    Deserted,
 }
 
 #[derive(Default)]
@@ -38,12 +46,14 @@ struct State {
     /// The most recently written chunks (offset, bytes), at most
     /// `follow_window` bytes: readers that keep up take zero-copy slices of
     /// these; readers that fall behind read the staged file.
-    recent: std::collections::VecDeque<(u64, Bytes)>,
+    recent: VecDeque<(u64, Bytes)>,
     recent_bytes: usize,
     total: Option<u64>,
     reader: Option<Arc<dyn StagedReader>>,
     outcome: Option<Outcome>,
     wakers: Vec<Waker>,
+    /// Readers waiting for or streaming this blob (see [`Interest`]).
+    readers: usize,
 }
 
 impl State {
@@ -60,6 +70,21 @@ impl State {
         let to = ((end - off) as usize).min(b.len());
         (from < to).then(|| b.slice(from..to))
     }
+
+    fn finished(&self) -> bool {
+        matches!(self.outcome, Some(Outcome::Committed | Outcome::InStore))
+    }
+
+    fn failure(&self) -> Option<Error> {
+        match &self.outcome {
+            Some(Outcome::Failed(e)) => Some(e.clone()),
+            Some(Outcome::Deserted) => Some(Error::unavailable(
+                "the fetch was abandoned before it started; retry",
+                None,
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// A fetch in flight.
@@ -67,8 +92,8 @@ pub(crate) struct Fetch {
     pub(crate) digest: Digest,
     state: Mutex<State>,
     /// Local repositories entitled to this blob (the starter's, and those
-    /// that proved it is theirs).
-    pub(crate) repos: Mutex<HashSet<RepoName>>,
+    /// whose upstream confirmed it has the blob).
+    entitled: Mutex<HashSet<RepoName>>,
 }
 
 impl std::fmt::Debug for Fetch {
@@ -85,12 +110,22 @@ pub(crate) enum Ready {
     InStore,
 }
 
+/// A reader's interest in a fetch: while any exists, a queued fetch will
+/// run; once the last is dropped before the transfer starts, it will not.
+pub(crate) struct Interest(Arc<Fetch>);
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        self.0.update(|s| s.readers -= 1);
+    }
+}
+
 impl Fetch {
     pub(crate) fn new(digest: Digest, repo: RepoName) -> Self {
         Fetch {
             digest,
             state: Mutex::new(State::default()),
-            repos: Mutex::new(HashSet::from([repo])),
+            entitled: Mutex::new(HashSet::from([repo])),
         }
     }
 
@@ -123,18 +158,55 @@ impl Fetch {
         .await
     }
 
+    /// Registers a reader, unless the fetch was deserted (then `None`: the
+    /// caller starts a new fetch). Called under the engine's in-flight lock,
+    /// so a fetch cannot be deserted between this check and the caller's use.
+    pub(crate) fn join(self: &Arc<Self>) -> Option<Interest> {
+        let mut s = self.lock();
+        if matches!(s.outcome, Some(Outcome::Deserted)) {
+            return None;
+        }
+        s.readers += 1;
+        Some(Interest(self.clone()))
+    }
+
+    /// Completes once no reader is left, marking the fetch deserted in the
+    /// same step so no reader can join it afterwards.
+    async fn deserted(&self) {
+        loop {
+            let seen = {
+                let mut s = self.lock();
+                if s.readers == 0 {
+                    s.outcome = Some(Outcome::Deserted);
+                    return;
+                }
+                s.version
+            };
+            self.changed(seen).await;
+        }
+    }
+
     pub(crate) fn is_entitled(&self, repo: &RepoName) -> bool {
-        self.repos
+        self.entitled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(repo)
     }
 
     pub(crate) fn entitle(&self, repo: RepoName) {
-        self.repos
+        self.entitled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(repo);
+    }
+
+    fn entitled(&self) -> Vec<RepoName> {
+        self.entitled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Waits until the blob's size is known, or it is found in the store,
@@ -143,8 +215,10 @@ impl Fetch {
         loop {
             let seen = {
                 let s = self.lock();
+                if let Some(e) = s.failure() {
+                    return Err(e);
+                }
                 match (&s.outcome, s.total) {
-                    (Some(Outcome::Failed(e)), _) => return Err(e.duplicate()),
                     (Some(Outcome::InStore), _) => return Ok(Ready::InStore),
                     (_, Some(t)) if s.reader.is_some() => return Ok(Ready::Size(t)),
                     _ => s.version,
@@ -154,13 +228,32 @@ impl Fetch {
         }
     }
 
-    /// A stream of `range` of the blob, following the fetch. It ends
-    /// cleanly only once the whole blob is verified and committed.
+    /// Waits until the fetch is over: `Ok` once the blob is stored.
+    pub(crate) async fn finished(&self) -> Result<()> {
+        loop {
+            let seen = {
+                let s = self.lock();
+                if let Some(e) = s.failure() {
+                    return Err(e);
+                }
+                if s.finished() {
+                    return Ok(());
+                }
+                s.version
+            };
+            self.changed(seen).await;
+        }
+    }
+
+    /// A stream of `range` of the blob, following the fetch. Every byte but
+    /// the last of `range` flows as it arrives; the last only once the whole
+    /// blob is verified and committed. On failure the stream ends with the
+    /// error instead, so a server sending it never completes the response.
     pub(crate) fn stream(
         self: Arc<Self>,
         inner: Arc<Inner>,
         range: std::ops::Range<u64>,
-        guard: InUse,
+        guards: (InUse, Interest),
     ) -> BoxStream<'static, Result<Bytes>> {
         struct St {
             fetch: Arc<Fetch>,
@@ -168,7 +261,7 @@ impl Fetch {
             pos: u64,
             end: u64,
             done: bool,
-            _guard: InUse,
+            _guards: (InUse, Interest),
         }
         let st = St {
             fetch: self,
@@ -176,49 +269,51 @@ impl Fetch {
             pos: range.start,
             end: range.end,
             done: false,
-            _guard: guard,
+            _guards: guards,
         };
         futures::stream::unfold(st, |mut st| async move {
             if st.done {
                 return None;
             }
             loop {
-                let (seen, written, reader, failed, finished, recent) = {
+                let (seen, avail, reader, failed, finished, recent) = {
                     let s = st.fetch.lock();
-                    let failed = match &s.outcome {
-                        Some(Outcome::Failed(e)) => Some(e.duplicate()),
-                        _ => None,
+                    let finished = s.finished();
+                    // Until the blob verified, the span's last byte stays back.
+                    let avail = if finished {
+                        st.end
+                    } else {
+                        s.written.min(st.end.saturating_sub(1))
                     };
-                    let finished = matches!(s.outcome, Some(Outcome::Committed | Outcome::InStore));
-                    let recent = (st.pos < st.end && st.pos < s.written)
-                        .then(|| s.recent_slice(st.pos, st.end.min(s.written)))
+                    let recent = (st.pos < avail)
+                        .then(|| s.recent_slice(st.pos, avail))
                         .flatten();
                     (
                         s.version,
-                        s.written,
+                        avail,
                         s.reader.clone(),
-                        failed,
+                        s.failure(),
                         finished,
                         recent,
                     )
                 };
-                if st.pos >= st.end {
-                    // Every requested byte is out; end cleanly only once verified.
-                    if finished {
-                        return None;
-                    }
-                    if let Some(e) = failed {
-                        st.done = true;
-                        return Some((Err(e), st));
-                    }
-                } else if let Some(b) = recent {
+                if let Some(e) = failed {
+                    // Bytes already streamed stay a partial response: fail now.
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                if st.pos >= st.end && finished {
+                    return None;
+                }
+                if let Some(b) = recent {
                     st.pos += b.len() as u64;
                     st.inner.events.event(&Event::BytesServed(b.len() as u64));
                     return Some((Ok(b), st));
-                } else if st.pos < written
+                }
+                if st.pos < avail
                     && let Some(reader) = reader
                 {
-                    let n = (written.min(st.end) - st.pos).min(st.inner.opts.read_chunk as u64);
+                    let n = (avail - st.pos).min(st.inner.opts.read_chunk as u64);
                     match reader.read_at(st.pos, n as usize).await {
                         Ok(b) if !b.is_empty() => {
                             st.pos += b.len() as u64;
@@ -227,12 +322,10 @@ impl Fetch {
                         }
                         Ok(_) => {
                             st.done = true;
-                            let e = Error::Storage {
-                                op: "read_staged",
-                                message: format!("staged {} shorter than written", st.fetch.digest),
-                                temporary: false,
-                                source: None,
-                            };
+                            let e = Error::storage_msg(
+                                "read_staged",
+                                format!("staged {} shorter than written", st.fetch.digest),
+                            );
                             return Some((Err(e), st));
                         }
                         Err(e) => {
@@ -240,9 +333,6 @@ impl Fetch {
                             return Some((Err(e), st));
                         }
                     }
-                } else if let Some(e) = failed {
-                    st.done = true;
-                    return Some((Err(e), st));
                 }
                 st.fetch.changed(seen).await;
             }
@@ -260,18 +350,18 @@ enum Batch {
         bytes: usize,
         ended: bool,
     },
-    /// Nothing more: the body ended, failed, or stalled past the idle timeout.
+    /// Nothing more: the body ended, failed, or stalled past the stall timeout.
     Stop,
 }
 
-/// Waits (at most the idle timeout) for the next chunk, then takes whatever
+/// Waits (at most the stall timeout) for the next chunk, then takes whatever
 /// else is already there, up to `read_chunk` bytes, without waiting.
 async fn next_batch(
     stream: &mut crate::store::ByteStream,
     clock: &dyn crate::runtime::Clock,
     opts: &super::CacheOptions,
 ) -> Batch {
-    let first = match timeout(clock, opts.idle_timeout, stream.next()).await {
+    let first = match timeout(clock, opts.stall_timeout, stream.next()).await {
         Some(Some(Ok(c))) => c,
         None | Some(None) | Some(Some(Err(_))) => return Batch::Stop,
     };
@@ -315,20 +405,23 @@ pub(crate) struct Job {
     pub(crate) upstream: Arc<dyn Upstream>,
     pub(crate) upstream_repo: RepoName,
     pub(crate) rule: Arc<str>,
+    pub(crate) registry: Arc<str>,
+    /// This fetch's place in its upstream's queue, held until it ends.
+    pub(crate) slot: QueueSlot,
 }
 
 impl Job {
     /// Runs the fetch to its end and publishes the outcome.
     pub(crate) async fn run(self) {
         let inner = self.inner.clone();
-        inner.events.event(&Event::FetchStarted);
         let limit = inner.opts.fetch_timeout;
         let outcome = match timeout(&*inner.clock, limit, self.transfer()).await {
             Some(Ok(o)) => o,
             Some(Err(e)) => Outcome::Failed(e),
-            None => Outcome::Failed(Error::Timeout {
-                what: format!("fetch of {} exceeded {:?}", self.fetch.digest, limit),
-            }),
+            None => Outcome::Failed(Error::timeout(format!(
+                "fetch of {} exceeded {limit:?}",
+                self.fetch.digest
+            ))),
         };
         let committed = matches!(outcome, Outcome::Committed);
         if let Outcome::Failed(e) = &outcome {
@@ -344,22 +437,22 @@ impl Job {
                 .store
                 .touch(&self.fetch.digest, inner.clock.now())
                 .await;
-            let repos: Vec<RepoName> = self
-                .fetch
-                .repos
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect();
-            for r in repos {
-                // A link that fails to write only costs a HEAD on a later request.
-                let _ = inner.link(&r, &self.fetch.digest).await;
+            for r in self.fetch.entitled() {
+                // A grant that fails to write only costs a HEAD on a later request.
+                let _ = inner.entitle(&r, &self.fetch.digest).await;
             }
         }
-        self.fetch.update(|s| s.outcome = Some(outcome));
+        let deserted = matches!(outcome, Outcome::Deserted);
+        self.fetch.update(|s| {
+            // `deserted()` already recorded its outcome.
+            if !deserted {
+                s.outcome = Some(outcome);
+            }
+        });
         inner.finish_fetch(&self.fetch);
-        inner.events.event(&Event::FetchFinished { committed });
+        if !deserted {
+            inner.events.event(&Event::FetchFinished { committed });
+        }
     }
 
     async fn transfer(&self) -> Result<Outcome> {
@@ -368,24 +461,36 @@ impl Job {
         if inner.store.stat(d).await?.is_some() {
             return Ok(Outcome::InStore);
         }
+        // Wait for a turn; give the place up if every reader leaves first.
+        let _permit = {
+            let acquire = std::pin::pin!(self.slot.acquire());
+            let deserted = std::pin::pin!(self.fetch.deserted());
+            match futures::future::select(acquire, deserted).await {
+                futures::future::Either::Left((permit, _)) => permit,
+                futures::future::Either::Right(_) => return Ok(Outcome::Deserted),
+            }
+        };
+        inner.events.event(&Event::FetchStarted);
         let opts = &inner.opts;
-        let _permit = inner.fetch_permits.acquire().await;
+        let upstream_error = |message: String, temporary: bool| {
+            Error::upstream(&self.registry, message, temporary)
+        };
         let mut staged: Option<Box<dyn StagedBlob>> = None;
         let mut total: Option<u64> = None;
         let mut written: u64 = 0;
-        let mut retries = 0u32;
-        let mut resumes = 0u32;
+        // One budget for retries after errors and resumptions after an
+        // interrupted body: at most 1 + max_retries upstream requests.
+        let mut requests = 0u32;
         loop {
+            requests += 1;
             let range = (written > 0).then_some(ByteRange::From(written));
+            inner.events.event(&Event::UpstreamRequest {
+                call: UpstreamCall::Blob,
+            });
             let read = match self.upstream.blob(&self.upstream_repo, d, range).await {
                 Ok(r) => r,
-                Err(e)
-                    if e.is_temporary()
-                        && e.code() != crate::ErrorCode::TooManyRequests
-                        && retries < opts.max_retries =>
-                {
-                    retries += 1;
-                    inner.clock.sleep(opts.retry_backoff * retries).await;
+                Err(e) if super::queue::retryable(&e) && requests <= opts.max_retries => {
+                    inner.backoff(requests).await;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -393,31 +498,25 @@ impl Job {
             match total {
                 None => total = Some(read.size),
                 Some(t) if t != read.size => {
-                    return Err(Error::Upstream {
-                        registry: self.rule.to_string(),
-                        message: format!(
+                    return Err(upstream_error(
+                        format!(
                             "size of {d} changed from {t} to {} between requests",
                             read.size
                         ),
-                        code: None,
-                        temporary: false,
-                        source: None,
-                    });
+                        false,
+                    ));
                 }
                 Some(_) => {}
             }
             let size = read.size;
             if read.range.start > written || read.range.end != size {
-                return Err(Error::Upstream {
-                    registry: self.rule.to_string(),
-                    message: format!(
+                return Err(upstream_error(
+                    format!(
                         "asked for {d} from byte {written}, got bytes {}..{} of {size}",
                         read.range.start, read.range.end
                     ),
-                    code: None,
-                    temporary: false,
-                    source: None,
-                });
+                    false,
+                ));
             }
             if staged.is_none() {
                 let w = inner.store.stage(d, Some(size)).await?;
@@ -433,8 +532,8 @@ impl Job {
             let mut skip = written - read.range.start;
             let mut stream = read.stream;
             let mut next = next_batch(&mut stream, &*inner.clock, opts).await;
-            // A stall (idle timeout), an error or an early end all end this
-            // loop; the outer loop then resumes with a Range request.
+            // A stall, an error or an early end all end this loop; the outer
+            // loop then resumes with a Range request while the budget lasts.
             while let Batch::Data {
                 chunks: batch,
                 bytes,
@@ -442,7 +541,6 @@ impl Job {
             } = next
             {
                 inner.events.event(&Event::BytesFromUpstream(bytes as u64));
-                // An upstream that ignores Range restarts at 0: drop what we have.
                 let mut chunks = Vec::with_capacity(batch.len());
                 for mut c in batch {
                     if skip > 0 {
@@ -501,18 +599,13 @@ impl Job {
             if written == size {
                 break;
             }
-            resumes += 1;
-            if resumes > opts.max_resumes {
-                return Err(Error::Upstream {
-                    registry: self.rule.to_string(),
-                    message: format!(
-                        "transfer of {d} interrupted at byte {written} of {size}, {} resumptions exhausted",
-                        opts.max_resumes
+            if requests > opts.max_retries {
+                return Err(upstream_error(
+                    format!(
+                        "transfer of {d} interrupted at byte {written} of {size} after {requests} requests",
                     ),
-                    code: None,
-                    temporary: true,
-                    source: None,
-                });
+                    true,
+                ));
             }
         }
         staged

@@ -21,8 +21,9 @@ pub(crate) fn tags_prefix(repo: &RepoName) -> MetaKey {
     key(format!("repos/{repo}/_tags"))
 }
 
-/// `repos/<repo>/_links/<algo>/<hex>`: content known under a repository.
-pub(crate) fn link(repo: &RepoName, d: &Digest) -> MetaKey {
+/// `repos/<repo>/_links/<algo>/<hex>`: the repository is entitled to the
+/// content (see the `entitlement` module).
+pub(crate) fn entitlement(repo: &RepoName, d: &Digest) -> MetaKey {
     key(format!("repos/{repo}/_links/{}/{}", d.algorithm(), d.hex()))
 }
 
@@ -36,8 +37,8 @@ pub(crate) fn platform(d: &Digest) -> MetaKey {
     key(format!("platforms/{}/{}", d.algorithm(), d.hex()))
 }
 
-/// Splits a link key back into repository and digest.
-pub(crate) fn parse_link(k: &MetaKey) -> Option<(RepoName, Digest)> {
+/// Splits an entitlement key back into repository and digest.
+pub(crate) fn parse_entitlement(k: &MetaKey) -> Option<(RepoName, Digest)> {
     let rest = k.as_str().strip_prefix("repos/")?;
     let (repo, tail) = rest.split_once("/_links/")?;
     let (alg, hex) = tail.split_once('/')?;

@@ -77,7 +77,7 @@ impl PullThroughCache {
         let repos = MetaKey::parse("repos").expect("static key");
         let meta = inner.store.list_meta(Some(&repos)).await?;
         for key in &meta {
-            if let Some((repo, d)) = keys::parse_link(key) {
+            if let Some((repo, d)) = keys::parse_entitlement(key) {
                 let Ok(r) = inner.rules.resolve(&repo) else {
                     continue;
                 };

@@ -53,6 +53,7 @@ struct State {
     repos: HashMap<RepoName, Repo>,
     blobs: HashMap<Digest, Bytes>,
     blob_faults: VecDeque<Fault>,
+    manifest_faults: VecDeque<Fault>,
     drip: Option<(usize, Duration)>,
     down: bool,
 }
@@ -168,6 +169,18 @@ impl FakeUpstream {
         d
     }
 
+    /// Serves `data` as the blob `digest` of a repository, whatever `data`
+    /// hashes to: an upstream that lies about content.
+    pub fn add_blob_as(&self, repo: &RepoName, digest: &Digest, data: Bytes) {
+        let mut s = lock(&self.state);
+        s.blobs.insert(digest.clone(), data);
+        s.repos
+            .entry(repo.clone())
+            .or_default()
+            .blobs
+            .insert(digest.clone());
+    }
+
     /// Builds and adds an OCI image with the given layers, tagged `tag`.
     pub fn push_image(&self, repo: &RepoName, tag: &Tag, layers: &[Bytes]) -> PushedImage {
         let config = Bytes::from(format!(
@@ -215,6 +228,12 @@ impl FakeUpstream {
         lock(&self.state).blob_faults.push_back(fault);
     }
 
+    /// Applies `fault` to the next manifest GET or HEAD: `ServerError`,
+    /// `NotFound`, `TooManyRequests`, or `Stall(_)` (never answer).
+    pub fn fail_next_manifest(&self, fault: Fault) {
+        lock(&self.state).manifest_faults.push_back(fault);
+    }
+
     /// Sends every blob body in chunks of `chunk` bytes with `delay`
     /// between them (on top of any queued fault), or at full speed for `None`.
     pub fn set_drip(&self, drip: Option<(usize, Duration)>) {
@@ -227,13 +246,7 @@ impl FakeUpstream {
     }
 
     fn err(&self, status: u16) -> Error {
-        Error::Upstream {
-            registry: self.name.clone(),
-            message: format!("HTTP {status}"),
-            code: None,
-            temporary: status >= 500,
-            source: None,
-        }
+        Error::upstream(&self.name, format!("HTTP {status}"), status >= 500)
     }
 
     fn check_down(&self) -> Result<()> {
@@ -241,6 +254,20 @@ impl FakeUpstream {
             Err(self.err(503))
         } else {
             Ok(())
+        }
+    }
+
+    /// Takes the next manifest fault, failing or stalling as it says.
+    async fn manifest_fault(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let fault = lock(&self.state).manifest_faults.pop_front();
+        match fault {
+            Some(Fault::ServerError) => Err(self.err(503)),
+            Some(Fault::NotFound) => Err(Error::manifest_unknown(repo, reference)),
+            Some(Fault::TooManyRequests) => Err(Error::TooManyRequests {
+                retry_after: Some(Duration::from_secs(30)),
+            }),
+            Some(Fault::Stall(_)) => futures::future::pending().await,
+            _ => Ok(()),
         }
     }
 
@@ -285,6 +312,7 @@ impl Upstream for FakeUpstream {
     ) -> Result<Manifest> {
         self.calls.manifest_gets.fetch_add(1, Ordering::SeqCst);
         self.check_down()?;
+        self.manifest_fault(repo, reference).await?;
         let (bytes, mt) = self.find_manifest(repo, reference)?;
         manifest_from_bytes(bytes, mt, reference)
     }
@@ -297,6 +325,7 @@ impl Upstream for FakeUpstream {
     ) -> Result<ManifestHead> {
         self.calls.manifest_heads.fetch_add(1, Ordering::SeqCst);
         self.check_down()?;
+        self.manifest_fault(repo, reference).await?;
         let (bytes, media_type) = self.find_manifest(repo, reference)?;
         Ok(ManifestHead {
             digest: Digest::sha256_of(&bytes),

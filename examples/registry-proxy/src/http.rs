@@ -94,21 +94,15 @@ fn oci_error(status: StatusCode, code: &str, message: &str) -> Response {
 /// 4xx with its code, an upstream failure a 502, 503 or 504 with the reason.
 fn error_response(e: &Error) -> Response {
     let code = e.code();
-    let status = match e {
-        // The upstream refusing our credentials is not the client's to fix.
-        Error::Unauthorized { .. } => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-    };
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status.is_server_error() {
         tracing::warn!(error = %e, "request failed");
     }
     let mut r = oci_error(status, code.as_str(), &e.to_string());
-    if let Error::TooManyRequests {
-        retry_after: Some(d),
-    } = e
-        && let Ok(v) = HeaderValue::from_str(&d.as_secs().to_string())
-    {
-        r.headers_mut().insert(header::RETRY_AFTER, v);
+    if let Some(d) = e.retry_after() {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
     }
     r
 }

@@ -1,0 +1,136 @@
+//! Entitlement: which local repository may read which stored content.
+//!
+//! Content is stored once per digest, whichever rule fetched it. A digest
+//! is served under repository R only if R is *entitled* to it, and R is
+//! entitled only to what R's own upstream vouched for in R's upstream
+//! repository:
+//!
+//! * a manifest that upstream served for R;
+//! * the config, the layers and the index children of such a manifest,
+//!   except descriptors with `urls` (foreign content the registry does not
+//!   hold) and never the `subject` (OCI 1.1 lets anyone push a manifest
+//!   whose subject names any digest, including another rule's private layer);
+//! * a blob that upstream served for R, or confirmed with a `HEAD`.
+//!
+//! So guessing a digest cached through another rule gets nothing: either
+//! R's upstream confirms it has the blob too, or the answer is
+//! `BLOB_UNKNOWN`. Grants are kept in the store's metadata
+//! (`repos/<repo>/_links/<alg>/<hex>`), so they survive restarts and are
+//! shared by instances on one store.
+
+use bytes::Bytes;
+
+use super::queue::UpstreamCall;
+use super::{Ctx, Inner, PullThroughCache, keys};
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::manifest::ParsedManifest;
+use crate::names::{Reference, RepoName};
+use crate::upstream::media_types;
+
+impl Inner {
+    /// Records that `repo` may read `d`.
+    pub(crate) async fn entitle(&self, repo: &RepoName, d: &Digest) -> Result<()> {
+        self.store
+            .put_meta(&keys::entitlement(repo, d), Bytes::new())
+            .await
+    }
+
+    /// Whether `repo` may read `d` without asking its upstream.
+    pub(crate) async fn is_entitled(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
+        Ok(self
+            .store
+            .get_meta(&keys::entitlement(repo, d))
+            .await?
+            .is_some())
+    }
+
+    /// Entitles `repo` to everything a manifest its upstream served vouches for.
+    pub(crate) async fn entitle_referenced(
+        &self,
+        repo: &RepoName,
+        parsed: &ParsedManifest,
+    ) -> Result<()> {
+        for d in vouched_by(parsed) {
+            self.entitle(repo, d).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The digests a manifest vouches for in its repository: config, layers
+/// and index children, without foreign (`urls`) descriptors or `subject`.
+pub(crate) fn vouched_by(parsed: &ParsedManifest) -> impl Iterator<Item = &Digest> {
+    parsed
+        .config
+        .iter()
+        .chain(parsed.layers.iter())
+        .chain(parsed.manifests.iter().map(|(d, _)| d))
+        .filter(|d| d.urls.is_empty())
+        .map(|d| &d.digest)
+}
+
+impl PullThroughCache {
+    /// Asks the request's upstream whether it has blob `d` in its
+    /// repository (a `HEAD`) and, if so, entitles the repository to it.
+    pub(crate) async fn confirm_blob(&self, ctx: &Ctx, d: &Digest) -> Result<()> {
+        let r = self
+            .inner
+            .call(UpstreamCall::BlobHead, || {
+                ctx.upstream.head_blob(&ctx.upstream_repo, d)
+            })
+            .await;
+        if let Err(e) = r {
+            self.upstream_error(ctx, &e);
+            return Err(e);
+        }
+        self.inner.entitle(&ctx.local, d).await
+    }
+
+    /// As [`confirm_blob`](Self::confirm_blob), for a manifest.
+    pub(crate) async fn confirm_manifest(&self, ctx: &Ctx, d: &Digest) -> Result<()> {
+        let reference = Reference::Digest(d.clone());
+        let r = self
+            .inner
+            .call(UpstreamCall::ManifestHead, || {
+                ctx.upstream
+                    .head_manifest(&ctx.upstream_repo, &reference, media_types::ALL_MANIFESTS)
+            })
+            .await;
+        if let Err(e) = r {
+            self.upstream_error(ctx, &e);
+            return Err(e);
+        }
+        self.inner.entitle(&ctx.local, d).await
+    }
+
+    /// Whether the request's repository may read stored `d`: entitled
+    /// already, or its upstream confirms it now.
+    pub(crate) async fn ensure_entitled(&self, ctx: &Ctx, d: &Digest) -> Result<()> {
+        if self.inner.is_entitled(&ctx.local, d).await? {
+            return Ok(());
+        }
+        self.confirm_blob(ctx, d).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_and_foreign_layers_vouch_for_nothing() {
+        let (c, l, f, s) = (
+            Digest::sha256_of(b"config"),
+            Digest::sha256_of(b"layer"),
+            Digest::sha256_of(b"foreign"),
+            Digest::sha256_of(b"subject"),
+        );
+        let m = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{c}","size":1}},"layers":[{{"digest":"{l}","size":1}},{{"digest":"{f}","size":1,"urls":["https://example.com/f"]}}],"subject":{{"digest":"{s}","size":1}}}}"#
+        );
+        let p = ParsedManifest::parse(m.as_bytes()).unwrap();
+        let v: Vec<&Digest> = vouched_by(&p).collect();
+        assert_eq!(v, vec![&c, &l]);
+    }
+}

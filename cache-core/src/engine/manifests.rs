@@ -1,0 +1,375 @@
+//! Manifests: by digest (immutable, verified) and by tag (under the rule's
+//! freshness policy), fetched once however many ask, admitted before they
+//! are cached or served.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+use super::keys::{self, TagRecord};
+use super::queue::UpstreamCall;
+use super::response::ManifestResponse;
+use super::{Ctx, PullThroughCache, lock};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::events::{CacheStatus, Event};
+use crate::manifest::{ParsedManifest, Platform};
+use crate::names::{Reference, RepoName, Tag};
+use crate::policy::{AdmissionRequest, TagFreshness};
+use crate::runtime::timeout;
+use crate::store::BlobStoreExt;
+use crate::upstream::{Manifest, media_types};
+
+/// A manifest fetch in flight, shared by everyone who asked.
+pub(crate) type SharedManifest = Shared<BoxFuture<'static, Result<Manifest>>>;
+
+impl PullThroughCache {
+    /// A manifest by tag or digest. `accept` lists the media types the
+    /// client takes (empty: any); a manifest of another type is refused as
+    /// `MANIFEST_UNKNOWN`, as the distribution registry does.
+    pub async fn manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<ManifestResponse> {
+        let ctx = self.ctx(name)?;
+        let resp = match reference {
+            Reference::Digest(d) => self.manifest_by_digest(&ctx, d).await?,
+            Reference::Tag(t) => self.manifest_by_tag(&ctx, t).await?,
+        };
+        if !accept.is_empty() && !accept.iter().any(|a| *a == resp.media_type || *a == "*/*") {
+            return Err(Error::manifest_unknown(
+                name,
+                format!("{reference} (is {}, not in Accept)", resp.media_type),
+            ));
+        }
+        self.inner.events.event(&Event::Manifest {
+            rule: ctx.rule.name(),
+            status: resp.status,
+        });
+        Ok(resp)
+    }
+
+    async fn load_manifest(&self, d: &Digest) -> Result<Option<Manifest>> {
+        let Some(mt) = self.inner.store.get_meta(&keys::manifest(d)).await? else {
+            return Ok(None);
+        };
+        let bytes = match self.inner.store.get_bytes(d).await {
+            Ok(b) => b,
+            Err(Error::BlobUnknown { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(Manifest {
+            bytes,
+            media_type: String::from_utf8_lossy(&mt).into_owned(),
+            digest: d.clone(),
+        }))
+    }
+
+    /// Runs the admission hooks over a manifest that is about to be served or cached.
+    async fn admit(&self, ctx: &Ctx, reference: &Reference, m: &Manifest) -> Result<()> {
+        if self.inner.admission.is_empty() {
+            return Ok(());
+        }
+        let parsed = ParsedManifest::parse(&m.bytes)?;
+        let platform = self
+            .inner
+            .store
+            .get_meta(&keys::platform(&m.digest))
+            .await?
+            .and_then(|b| std::str::from_utf8(&b).ok().and_then(Platform::parse));
+        let req = AdmissionRequest {
+            rule: &ctx.rule,
+            repository: &ctx.local,
+            reference,
+            manifest: m,
+            parsed: &parsed,
+            platform: platform.as_ref(),
+        };
+        for hook in &self.inner.admission {
+            if let Err(reason) = hook.admit(&req).await {
+                return Err(Error::denied(reason));
+            }
+        }
+        Ok(())
+    }
+
+    fn respond(m: Manifest, status: CacheStatus) -> ManifestResponse {
+        ManifestResponse {
+            bytes: m.bytes,
+            media_type: m.media_type,
+            digest: m.digest,
+            status,
+        }
+    }
+
+    async fn manifest_by_digest(&self, ctx: &Ctx, d: &Digest) -> Result<ManifestResponse> {
+        let reference = Reference::Digest(d.clone());
+        if let Some(m) = self.load_manifest(d).await? {
+            if !self.inner.is_entitled(&ctx.local, d).await? {
+                // Stored through another repository: this one's upstream must vouch for it.
+                self.confirm_manifest(ctx, d).await?;
+            }
+            self.admit(ctx, &reference, &m).await?;
+            return Ok(Self::respond(m, CacheStatus::Hit));
+        }
+        let m = self.fetch_manifest(ctx, &reference, None).await?;
+        Ok(Self::respond(m, CacheStatus::Miss))
+    }
+
+    async fn manifest_by_tag(&self, ctx: &Ctx, tag: &Tag) -> Result<ManifestResponse> {
+        let inner = &self.inner;
+        let key = keys::tag(&ctx.local, tag);
+        let record = inner
+            .store
+            .get_meta(&key)
+            .await?
+            .and_then(|b| TagRecord::decode(&b));
+        let policy = inner.policy(&ctx.rule).clone();
+        let now = inner.clock.now();
+        let reference = Reference::Tag(tag.clone());
+        let mut cached = None;
+        let mut age = Duration::MAX;
+        if let Some(rec) = &record
+            && let Some(m) = self.load_manifest(&rec.digest).await?
+        {
+            age = now.duration_since(rec.confirmed).unwrap_or_default();
+            let fresh = match policy.tag_freshness {
+                TagFreshness::Pinned => true,
+                TagFreshness::Ttl(ttl) => age < ttl,
+                TagFreshness::Revalidate => false,
+            };
+            if fresh {
+                self.admit(ctx, &reference, &m).await?;
+                return Ok(Self::respond(m, CacheStatus::Hit));
+            }
+            let head = inner
+                .call(UpstreamCall::ManifestHead, || {
+                    ctx.upstream.head_manifest(
+                        &ctx.upstream_repo,
+                        &reference,
+                        media_types::ALL_MANIFESTS,
+                    )
+                })
+                .await;
+            match head {
+                Ok(head) if head.digest == m.digest => {
+                    let rec = TagRecord {
+                        confirmed: now,
+                        ..rec.clone()
+                    };
+                    inner.store.put_meta(&key, rec.encode()).await?;
+                    self.admit(ctx, &reference, &m).await?;
+                    return Ok(Self::respond(m, CacheStatus::Revalidated));
+                }
+                Ok(_) => {}
+                Err(e) if matches!(e, Error::ManifestUnknown { .. }) => {
+                    self.upstream_error(ctx, &e);
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.upstream_error(ctx, &e);
+                    if age <= policy.stale_if_error {
+                        tracing::warn!(repo = %ctx.local, %tag, error = %e, "upstream failed; serving cached tag");
+                        self.admit(ctx, &reference, &m).await?;
+                        return Ok(Self::respond(m, CacheStatus::Stale));
+                    }
+                    return Err(e);
+                }
+            }
+            cached = Some(m);
+        }
+        let observed = record.as_ref().map(|r| r.digest.clone());
+        match self.fetch_manifest(ctx, &reference, observed).await {
+            Ok(m) => Ok(Self::respond(m, CacheStatus::Miss)),
+            Err(e) => match cached {
+                Some(m)
+                    if !matches!(e, Error::ManifestUnknown { .. } | Error::Denied { .. })
+                        && age <= policy.stale_if_error =>
+                {
+                    self.admit(ctx, &reference, &m).await?;
+                    Ok(Self::respond(m, CacheStatus::Stale))
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Fetches a manifest from the upstream, once however many ask at the
+    /// same time, verifies, admits and stores it (and, for a tag, records
+    /// it). `observed` is the tag's digest when the caller looked.
+    ///
+    /// The fetch runs detached and within `manifest_timeout`: a client that
+    /// gives up neither cancels it for the others nor leaves it half done
+    /// for the next one, and at most `max_manifest_fetches` run at once.
+    async fn fetch_manifest(
+        &self,
+        ctx: &Ctx,
+        reference: &Reference,
+        observed: Option<Digest>,
+    ) -> Result<Manifest> {
+        let key = format!(
+            "{}/{}@{}->{}",
+            ctx.rule.registry(),
+            ctx.upstream_repo,
+            reference,
+            ctx.local
+        );
+        let fut = {
+            let mut flights = lock(&self.inner.manifest_flights);
+            match flights.get(&key) {
+                Some(f) => f.clone(),
+                None => {
+                    let max = self.inner.opts.max_manifest_fetches;
+                    if flights.len() >= max {
+                        return Err(Error::unavailable(
+                            format!("{max} manifest fetches are in flight; try again shortly"),
+                            Some(Duration::from_secs(1)),
+                        ));
+                    }
+                    let this = self.clone();
+                    let ctx = ctx.clone();
+                    let reference = reference.clone();
+                    let flight_key = key.clone();
+                    let fut = async move {
+                        let limit = this.inner.opts.manifest_timeout;
+                        let r = timeout(
+                            &*this.inner.clock,
+                            limit,
+                            this.fetch_manifest_once(&ctx, &reference, observed),
+                        )
+                        .await
+                        .unwrap_or_else(|| {
+                            Err(Error::timeout(format!(
+                                "manifest {}:{reference} from {} took longer than {limit:?}",
+                                ctx.upstream_repo,
+                                ctx.rule.registry()
+                            )))
+                        });
+                        lock(&this.inner.manifest_flights).remove(&flight_key);
+                        r
+                    }
+                    .boxed()
+                    .shared();
+                    flights.insert(key, fut.clone());
+                    let driver = fut.clone();
+                    self.inner.spawner.spawn(
+                        async move {
+                            let _ = driver.await;
+                        }
+                        .boxed(),
+                    );
+                    fut
+                }
+            }
+        };
+        fut.await
+    }
+
+    async fn fetch_manifest_once(
+        &self,
+        ctx: &Ctx,
+        reference: &Reference,
+        observed: Option<Digest>,
+    ) -> Result<Manifest> {
+        let inner = &self.inner;
+        if let Reference::Tag(tag) = reference {
+            // A tag that changed since the caller looked was refreshed by a
+            // flight that just ended: use it instead of asking again.
+            let rec = inner
+                .store
+                .get_meta(&keys::tag(&ctx.local, tag))
+                .await?
+                .and_then(|b| TagRecord::decode(&b));
+            if let Some(rec) = rec
+                && Some(&rec.digest) != observed.as_ref()
+                && let Some(m) = self.load_manifest(&rec.digest).await?
+            {
+                return Ok(m);
+            }
+        }
+        let registry = ctx.rule.registry();
+        let fetched = inner
+            .call(UpstreamCall::Manifest, || {
+                ctx.upstream
+                    .manifest(&ctx.upstream_repo, reference, media_types::ALL_MANIFESTS)
+            })
+            .await
+            .map_err(|e| e.blame_upstream(registry));
+        let mut m = match fetched {
+            Ok(m) => m,
+            Err(e) => {
+                self.upstream_error(ctx, &e);
+                return Err(e);
+            }
+        };
+        let checked = self.check_fetched(&m, reference);
+        let parsed = match checked {
+            Ok(p) => p,
+            Err(e) => {
+                let e = e.blame_upstream(registry);
+                self.upstream_error(ctx, &e);
+                return Err(e);
+            }
+        };
+        // Serve a manifest media type, whatever the upstream's Content-Type said.
+        m.media_type = parsed.served_media_type(&m.media_type).to_owned();
+        self.admit(ctx, reference, &m).await?;
+        let store = &inner.store;
+        store.put(&m.digest, m.bytes.clone()).await?;
+        store.touch(&m.digest, inner.clock.now()).await?;
+        store
+            .put_meta(
+                &keys::manifest(&m.digest),
+                Bytes::from(m.media_type.clone()),
+            )
+            .await?;
+        inner.entitle(&ctx.local, &m.digest).await?;
+        for (desc, platform) in &parsed.manifests {
+            if let Some(p) = platform {
+                store
+                    .put_meta(&keys::platform(&desc.digest), Bytes::from(p.to_string()))
+                    .await?;
+            }
+        }
+        inner.entitle_referenced(&ctx.local, &parsed).await?;
+        if let Reference::Tag(tag) = reference {
+            let rec = TagRecord {
+                digest: m.digest.clone(),
+                media_type: m.media_type.clone(),
+                confirmed: inner.clock.now(),
+            };
+            store
+                .put_meta(&keys::tag(&ctx.local, tag), rec.encode())
+                .await?;
+        }
+        Ok(m)
+    }
+
+    /// Checks a manifest from the upstream: size, digest (never trusting
+    /// the upstream's word for it) and structure.
+    fn check_fetched(&self, m: &Manifest, reference: &Reference) -> Result<ParsedManifest> {
+        let max = self.inner.opts.max_manifest_size;
+        if m.bytes.len() > max {
+            return Err(Error::manifest_invalid(format!(
+                "manifest of {} bytes exceeds the limit of {max} bytes",
+                m.bytes.len()
+            )));
+        }
+        // Hash once, against what was asked for (or what it announced).
+        let expected = match reference {
+            Reference::Digest(d) => d,
+            Reference::Tag(_) => &m.digest,
+        };
+        let actual = Digest::compute(expected.algorithm(), &m.bytes);
+        if actual != *expected {
+            return Err(Error::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        ParsedManifest::parse(&m.bytes)
+    }
+}
