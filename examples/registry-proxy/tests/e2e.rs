@@ -561,7 +561,7 @@ async fn an_htpasswd_upstream_pulls_with_configured_credentials_and_a_wrong_pass
     .await;
     assert_eq!(
         (status, code.as_str()),
-        (502, "UNAUTHORIZED"),
+        (502, "UPSTREAM_ERROR"),
         "the upstream refusing our credentials is not the client's 401"
     );
 }

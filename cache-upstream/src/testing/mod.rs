@@ -1,6 +1,7 @@
 //! Test support with real parts: the CNCF distribution registry from
 //! Debian's `docker-registry` package on 127.0.0.1, deterministic test
-//! images written as OCI layouts, and `skopeo` to push them.
+//! images written as OCI layouts, and `skopeo` to push them; and, for the
+//! faults no real registry produces on demand, [`HostileRegistry`].
 //!
 //! Everything started here stops when its handle is dropped, also when a
 //! test panics. A missing binary is an error that says how to install it.
@@ -12,6 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cache_core::{Digest, media_types};
+
+mod hostile;
+
+pub use hostile::{HostileImage, HostileRegistry, SeenRequest, WireFault};
 
 /// Finds a binary or says which Debian package provides it.
 pub fn require(bin: &str, package: &str) -> Result<PathBuf, String> {
