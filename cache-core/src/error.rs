@@ -45,6 +45,8 @@ pub enum ErrorCode {
     TooManyRequests,
     /// `RANGE_INVALID`: a requested byte range cannot be satisfied (HTTP 416).
     RangeInvalid,
+    /// `PAGINATION_NUMBER_INVALID`: the `n` of a listing is not a number.
+    PaginationNumberInvalid,
     /// The upstream failed or returned something unusable (HTTP 502).
     UpstreamError,
     /// The upstream or the store is temporarily unavailable (HTTP 503).
@@ -72,6 +74,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
+            ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::UpstreamError => "UPSTREAM_ERROR",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Timeout => "TIMEOUT",
@@ -94,6 +97,7 @@ impl ErrorCode {
             "DENIED" => ErrorCode::Denied,
             "UNSUPPORTED" => ErrorCode::Unsupported,
             "TOOMANYREQUESTS" => ErrorCode::TooManyRequests,
+            "PAGINATION_NUMBER_INVALID" => ErrorCode::PaginationNumberInvalid,
             _ => return None,
         })
     }
@@ -106,7 +110,8 @@ impl ErrorCode {
             | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid
             | ErrorCode::SizeInvalid
-            | ErrorCode::TagInvalid => 400,
+            | ErrorCode::TagInvalid
+            | ErrorCode::PaginationNumberInvalid => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Denied => 403,
             ErrorCode::Unsupported => 405,
@@ -146,6 +151,8 @@ pub enum InvalidKind {
     MetaKey,
     /// A byte range.
     Range,
+    /// A listing's page size (`n`).
+    Pagination,
 }
 
 impl fmt::Display for InvalidKind {
@@ -159,6 +166,7 @@ impl fmt::Display for InvalidKind {
             InvalidKind::ImageRef => "image reference",
             InvalidKind::MetaKey => "metadata key",
             InvalidKind::Range => "byte range",
+            InvalidKind::Pagination => "page size",
         })
     }
 }
@@ -258,11 +266,18 @@ pub enum Error {
         /// Details, e.g. the admission hook's reason.
         reason: String,
     },
-    /// The operation is not supported.
+    /// The operation is not supported (a push, a method other than
+    /// `GET`/`HEAD`): HTTP 405.
     #[error("unsupported: {what}")]
     Unsupported {
         /// What was attempted.
         what: String,
+    },
+    /// The path is no endpoint of the pull API: HTTP 404 (code `UNSUPPORTED`).
+    #[error("no such endpoint: {path}")]
+    UnknownEndpoint {
+        /// The path, truncated.
+        path: String,
     },
     /// The upstream is rate limiting.
     #[error("too many requests{}", retry_after.map(|d| format!(" (retry after {}s)", d.as_secs())).unwrap_or_default())]
@@ -336,7 +351,11 @@ impl Error {
     }
 
     /// An [`Error::Upstream`] for `registry` without a lower-layer source.
-    pub fn upstream(registry: impl fmt::Display, message: impl Into<String>, temporary: bool) -> Self {
+    pub fn upstream(
+        registry: impl fmt::Display,
+        message: impl Into<String>,
+        temporary: bool,
+    ) -> Self {
         Error::Upstream {
             registry: registry.to_string(),
             message: message.into(),
@@ -363,7 +382,11 @@ impl Error {
     }
 
     /// An [`Error::Storage`] caused by a lower-layer error; permanent.
-    pub fn storage(op: &'static str, message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+    pub fn storage(
+        op: &'static str,
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
         Error::Storage {
             op,
             message: message.into(),
@@ -479,6 +502,7 @@ impl Error {
                 InvalidKind::Tag => ErrorCode::TagInvalid,
                 InvalidKind::Reference => ErrorCode::ManifestInvalid,
                 InvalidKind::Range => ErrorCode::RangeInvalid,
+                InvalidKind::Pagination => ErrorCode::PaginationNumberInvalid,
                 InvalidKind::Name
                 | InvalidKind::Registry
                 | InvalidKind::ImageRef
@@ -494,7 +518,7 @@ impl Error {
             Error::RangeNotSatisfiable { .. } => ErrorCode::RangeInvalid,
             Error::Unauthorized { .. } => ErrorCode::Unauthorized,
             Error::Denied { .. } => ErrorCode::Denied,
-            Error::Unsupported { .. } => ErrorCode::Unsupported,
+            Error::Unsupported { .. } | Error::UnknownEndpoint { .. } => ErrorCode::Unsupported,
             Error::TooManyRequests { .. } => ErrorCode::TooManyRequests,
             Error::Upstream {
                 temporary, code, ..
@@ -512,6 +536,15 @@ impl Error {
                     ErrorCode::Internal
                 }
             }
+        }
+    }
+
+    /// The HTTP status a server answers this error with: its code's
+    /// status, except an unknown endpoint, which is a 404.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::UnknownEndpoint { .. } => 404,
+            _ => self.code().http_status(),
         }
     }
 
@@ -533,7 +566,7 @@ impl Error {
     /// Whether this is a "not found" of any kind (name, manifest or blob):
     /// exactly the errors a server answers with 404.
     pub fn is_not_found(&self) -> bool {
-        self.code().http_status() == 404
+        self.http_status() == 404
     }
 
     /// Whether this error is the client's mistake or refusal: exactly the
@@ -542,7 +575,7 @@ impl Error {
     /// upstream is passed on as a 429, and counts as a client error here
     /// because that is what the client sees).
     pub fn is_client_error(&self) -> bool {
-        (400..500).contains(&self.code().http_status())
+        (400..500).contains(&self.http_status())
     }
 }
 
@@ -596,8 +629,12 @@ mod tests {
             Error::timeout("x"),
             Error::storage_msg("commit", "disk"),
             Error::TooManyRequests { retry_after: None },
+            Error::UnknownEndpoint { path: "/x".into() },
+            Error::Unsupported {
+                what: "push".into(),
+            },
         ] {
-            let s = e.code().http_status();
+            let s = e.http_status();
             assert_eq!(e.is_client_error(), (400..500).contains(&s), "{e}");
             assert_eq!(e.is_not_found(), s == 404, "{e}");
             let copy = e.clone();
@@ -634,6 +671,7 @@ mod tests {
             ErrorCode::Denied,
             ErrorCode::Unsupported,
             ErrorCode::TooManyRequests,
+            ErrorCode::PaginationNumberInvalid,
         ] {
             assert_eq!(ErrorCode::from_oci_str(c.as_str()), Some(c));
         }

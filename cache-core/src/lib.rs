@@ -25,6 +25,8 @@ pub mod events;
 pub mod manifest;
 mod names;
 pub mod policy;
+#[cfg(feature = "http")]
+pub mod protocol;
 mod range;
 pub mod rules;
 pub mod runtime;

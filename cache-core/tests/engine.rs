@@ -806,7 +806,11 @@ async fn oversized_manifests_are_an_upstream_error_and_not_cached() {
         .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
         .await
         .unwrap_err();
-    assert_eq!(err.code(), ErrorCode::UpstreamError, "a 502, not a 400: {err}");
+    assert_eq!(
+        err.code(),
+        ErrorCode::UpstreamError,
+        "a 502, not a 400: {err}"
+    );
     assert!(err.to_string().contains("limit"), "{err}");
     assert!(e.store.stat(&img.manifest).await.unwrap().is_none());
 }
@@ -1216,13 +1220,15 @@ async fn no_reader_of_content_that_fails_verification_gets_its_whole_span() {
     for r in ranges {
         let c = e.cache.clone();
         let d = d.clone();
-        readers.push(tokio::spawn(
-            async move { (r, read_blob(&c, "library/app", &d, r).await) },
-        ));
+        readers.push(tokio::spawn(async move {
+            (r, read_blob(&c, "library/app", &d, r).await)
+        }));
     }
     for h in readers {
         let (r, (bytes, err)) = h.await.unwrap();
-        let span = r.map_or(0..layer.len() as u64, |r| r.resolve(layer.len() as u64).unwrap());
+        let span = r.map_or(0..layer.len() as u64, |r| {
+            r.resolve(layer.len() as u64).unwrap()
+        });
         assert!(err.is_some(), "{r:?}: the stream ends with an error");
         assert!(
             (bytes.len() as u64) < span.end - span.start,
@@ -1259,7 +1265,10 @@ async fn a_manifest_subject_or_foreign_layer_entitles_nothing() {
     let secret_bytes = content(41, 5000);
     let secret = e.private.add_blob(&n("team/secret"), secret_bytes.clone());
     let (got, err) = read_blob(&e.cache, "team/secret", &secret, None).await;
-    assert!(err.is_none() && got == secret_bytes, "cached through its own rule");
+    assert!(
+        err.is_none() && got == secret_bytes,
+        "cached through its own rule"
+    );
     // A public manifest whose subject, and a foreign layer, name the private digest.
     let config = e.up.add_blob(&n("library/pub"), Bytes::from_static(b"{}"));
     let m = format!(
@@ -1363,7 +1372,10 @@ async fn a_queued_fetch_whose_readers_all_left_never_reaches_the_upstream() {
     assert_eq!(gets(&e.up), 1, "the deserted fetch was never sent upstream");
     e.up.set_drip(None);
     let (got, err) = read_blob(&e.cache, "library/app", &second, None).await;
-    assert!(err.is_none() && got.len() == 100_000, "asked again, it runs");
+    assert!(
+        err.is_none() && got.len() == 100_000,
+        "asked again, it runs"
+    );
     assert_eq!(gets(&e.up), 2);
 }
 
@@ -1377,7 +1389,8 @@ async fn an_abandoned_manifest_fetch_ends_within_its_timeout_and_is_not_reused()
         },
         ..Setup::default()
     });
-    let img = e.up.push_image(&n("library/app"), &t("v1"), &[content(80, 100)]);
+    let img =
+        e.up.push_image(&n("library/app"), &t("v1"), &[content(80, 100)]);
     e.up.fail_next_manifest(Fault::Stall(0));
     let gave_up = tokio::time::timeout(
         Duration::from_millis(50),
@@ -1399,7 +1412,8 @@ async fn an_abandoned_manifest_fetch_ends_within_its_timeout_and_is_not_reused()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_retry_budget_bounds_the_upstream_requests_of_every_operation() {
     let e = env();
-    let img = e.up.push_image(&n("library/app"), &t("v1"), &[content(90, 100)]);
+    let img =
+        e.up.push_image(&n("library/app"), &t("v1"), &[content(90, 100)]);
     e.up.set_down(true);
     let budget = 1 + CacheOptions::default().max_retries as u64;
     let (_, err) = read_blob(&e.cache, "library/app", &img.layers[0].0, None).await;
@@ -1407,7 +1421,11 @@ async fn one_retry_budget_bounds_the_upstream_requests_of_every_operation() {
     assert_eq!(gets(&e.up), budget, "one request and max_retries retries");
     let err = e
         .cache
-        .manifest(&n("library/app"), &Reference::Digest(img.manifest.clone()), &[])
+        .manifest(
+            &n("library/app"),
+            &Reference::Digest(img.manifest.clone()),
+            &[],
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Unavailable);

@@ -69,7 +69,11 @@ fn io_err(op: &'static str, path: &Path, e: io::Error) -> Error {
         e.kind(),
         io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     );
-    if temporary { Error::storage_temporary(op, path.display().to_string(), e) } else { Error::storage(op, path.display().to_string(), e) }
+    if temporary {
+        Error::storage_temporary(op, path.display().to_string(), e)
+    } else {
+        Error::storage(op, path.display().to_string(), e)
+    }
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -112,7 +116,12 @@ impl FsStore {
             match lock.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => {
-                    return Err(Error::Storage { op: "open", message: format!("{} is in use by another store", root.display()), temporary: true, source: None });
+                    return Err(Error::Storage {
+                        op: "open",
+                        message: format!("{} is in use by another store", root.display()),
+                        temporary: true,
+                        source: None,
+                    });
                 }
                 Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path, e)),
             }
@@ -481,7 +490,10 @@ fn file_stream(
             let chunk = blocking(move || {
                 let buf = pread_exact(&file, want, pos).map_err(|e| io_err("get", &path, e))?;
                 if buf.len() < want {
-                    return Err(Error::storage_msg("get", format!("{} ended early", path.display())));
+                    return Err(Error::storage_msg(
+                        "get",
+                        format!("{} ended early", path.display()),
+                    ));
                 }
                 Ok(buf)
             })

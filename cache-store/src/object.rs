@@ -83,7 +83,8 @@ impl ObjectBlobStore {
         prefix: &str,
         spool_dir: impl Into<PathBuf>,
     ) -> Result<Self> {
-        let prefix = Path::parse(prefix).map_err(|e| Error::storage("open", format!("object store prefix {prefix:?}"), e))?;
+        let prefix = Path::parse(prefix)
+            .map_err(|e| Error::storage("open", format!("object store prefix {prefix:?}"), e))?;
         Ok(ObjectBlobStore {
             inner: Arc::new(Inner {
                 store,
@@ -103,7 +104,9 @@ impl ObjectBlobStore {
         options: impl IntoIterator<Item = (String, String)>,
         spool_dir: impl Into<PathBuf>,
     ) -> Result<Self> {
-        let bad = |message: String, e: Box<dyn std::error::Error + Send + Sync>| Error::storage("open", format!("{message}: {e}"), e);
+        let bad = |message: String, e: Box<dyn std::error::Error + Send + Sync>| {
+            Error::storage("open", format!("{message}: {e}"), e)
+        };
         let parsed =
             url::Url::parse(url).map_err(|e| bad(format!("object store URL {url:?}"), e.into()))?;
         let (store, path) = object_store::parse_url_opts(&parsed, options)
@@ -253,7 +256,12 @@ impl BlobStore for ObjectBlobStore {
                     .await
                     .map_err(|e| os_err("get", &path, e))?;
                 if bytes.len() as u64 != next - pos {
-                    return Err(Error::Storage { op: "get", message: format!("{path}: {} bytes for range {pos}..{next}", bytes.len()), temporary: true, source: None });
+                    return Err(Error::Storage {
+                        op: "get",
+                        message: format!("{path}: {} bytes for range {pos}..{next}", bytes.len()),
+                        temporary: true,
+                        source: None,
+                    });
                 }
                 Ok(Some((bytes, next)))
             }
@@ -270,7 +278,8 @@ impl BlobStore for ObjectBlobStore {
     async fn stage(&self, digest: &Digest, size: Option<u64>) -> Result<Box<dyn StagedBlob>> {
         let dir = self.inner.spool_dir.clone();
         let file = blocking(move || {
-            tempfile::tempfile_in(&dir).map_err(|e| Error::storage("stage", format!("spool file in {}", dir.display()), e))
+            tempfile::tempfile_in(&dir)
+                .map_err(|e| Error::storage("stage", format!("spool file in {}", dir.display()), e))
         })
         .await?;
         self.inner.spools.fetch_add(1, Ordering::SeqCst);
@@ -462,7 +471,8 @@ impl ObjectStaged {
         let read = |pos: u64, len: usize| {
             let spool = self.spool.clone();
             blocking(move || {
-                pread_exact(&spool.file, len, pos).map_err(|e| Error::storage("commit", "reading the spool file", e))
+                pread_exact(&spool.file, len, pos)
+                    .map_err(|e| Error::storage("commit", "reading the spool file", e))
             })
         };
         if self.written <= PART as u64 {
@@ -485,7 +495,10 @@ impl ObjectStaged {
                 Ok(p) if p.len() == len => p,
                 Ok(_) | Err(_) => {
                     let _ = w.abort().await;
-                    return Err(Error::storage_msg("commit", format!("spool file of {} unreadable at {pos}", self.digest)));
+                    return Err(Error::storage_msg(
+                        "commit",
+                        format!("spool file of {} unreadable at {pos}", self.digest),
+                    ));
                 }
             };
             if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
@@ -530,7 +543,9 @@ impl StagedBlob for ObjectStaged {
         let spool = self.spool.clone();
         let hasher = blocking(move || {
             for c in &chunks {
-                (&spool.file).write_all(c).map_err(|e| Error::storage("write", "spool file", e))?;
+                (&spool.file)
+                    .write_all(c)
+                    .map_err(|e| Error::storage("write", "spool file", e))?;
                 hasher.update(c);
             }
             Ok(hasher)
@@ -580,7 +595,8 @@ impl StagedReader for SpoolReader {
     async fn read_at(&self, offset: u64, max: usize) -> Result<Bytes> {
         let spool = self.spool.clone();
         blocking(move || {
-            pread_exact(&spool.file, max, offset).map_err(|e| Error::storage("read_at", "spool file", e))
+            pread_exact(&spool.file, max, offset)
+                .map_err(|e| Error::storage("read_at", "spool file", e))
         })
         .await
     }

@@ -46,5 +46,8 @@ pub(crate) fn verify(
 /// The error of a write to, or commit of, a staged write that an earlier
 /// failure voided.
 pub(crate) fn void(digest: &Digest) -> Error {
-    Error::storage_msg("write", format!("staged write of {digest} is void: an earlier write failed"))
+    Error::storage_msg(
+        "write",
+        format!("staged write of {digest} is void: an earlier write failed"),
+    )
 }

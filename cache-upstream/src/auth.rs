@@ -248,7 +248,10 @@ impl TokenCache {
             let now = Instant::now();
             t.retain(|_, tok| tok.expires > now);
             while t.len() >= self.max {
-                let Some(k) = t.iter().min_by_key(|(_, tok)| tok.expires).map(|(k, _)| k.clone())
+                let Some(k) = t
+                    .iter()
+                    .min_by_key(|(_, tok)| tok.expires)
+                    .map(|(k, _)| k.clone())
                 else {
                     break;
                 };
@@ -256,12 +259,12 @@ impl TokenCache {
             }
         }
         t.insert(
-                (repo.to_owned(), action.to_owned()),
-                Token {
-                    value,
-                    expires: Instant::now() + ttl,
-                },
-            );
+            (repo.to_owned(), action.to_owned()),
+            Token {
+                value,
+                expires: Instant::now() + ttl,
+            },
+        );
     }
 
     pub(crate) fn forget(&self, repo: &str, action: &str) {
@@ -355,9 +358,17 @@ mod tests {
     fn the_token_cache_is_bounded_and_evicts_the_soonest_to_expire() {
         let c = TokenCache::new(3);
         for (i, secs) in [(0, 300), (1, 100), (2, 200), (3, 400)] {
-            c.put(&format!("r{i}"), "pull", Secret::new("t"), Duration::from_secs(secs));
+            c.put(
+                &format!("r{i}"),
+                "pull",
+                Secret::new("t"),
+                Duration::from_secs(secs),
+            );
         }
-        assert!(c.get("r1", "pull").is_none(), "the one closest to expiry went");
+        assert!(
+            c.get("r1", "pull").is_none(),
+            "the one closest to expiry went"
+        );
         for i in [0, 2, 3] {
             assert!(c.get(&format!("r{i}"), "pull").is_some(), "r{i}");
         }

@@ -2,8 +2,8 @@
 //! token and basic authentication, retries and typed errors.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -128,7 +128,9 @@ impl RegistryClient {
         let ep = endpoint
             .map(str::to_owned)
             .unwrap_or_else(|| format!("https://{}", registry.api_host()));
-        let invalid = |reason: &str| Error::invalid_rule(registry.to_string(), format!("endpoint {ep:?}: {reason}"));
+        let invalid = |reason: &str| {
+            Error::invalid_rule(registry.to_string(), format!("endpoint {ep:?}: {reason}"))
+        };
         let mut base = Url::parse(&ep).map_err(|e| invalid(&e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
             return Err(invalid("must be an http:// or https:// URL with a host"));
@@ -270,9 +272,9 @@ impl RegistryClient {
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED {
                 if authed {
-                    return Err(self.refused_credentials(format!(
-                        "refused the credentials for {repo}"
-                    )));
+                    return Err(
+                        self.refused_credentials(format!("refused the credentials for {repo}"))
+                    );
                 }
                 authed = true;
                 self.tokens.forget(scope_repo, "pull");
@@ -429,7 +431,8 @@ impl RegistryClient {
     /// Reads a whole body of at most `limit` bytes; a longer one is an
     /// upstream error, found out without reading past the limit.
     async fn read_limited(&self, resp: Response, limit: usize, what: &str) -> Result<Bytes> {
-        let too_big = || self.upstream_err(format!("{what} exceeds the limit of {limit} bytes"), false);
+        let too_big =
+            || self.upstream_err(format!("{what} exceeds the limit of {limit} bytes"), false);
         if resp.content_length().is_some_and(|len| len > limit as u64) {
             return Err(too_big());
         }
@@ -670,7 +673,10 @@ impl Upstream for RegistryClient {
             return Err(self.error_from(resp, What::Blob(digest)).await);
         }
         header_length(resp.headers()).ok_or_else(|| {
-            self.upstream_err(format!("HEAD of blob {digest} came without a length"), false)
+            self.upstream_err(
+                format!("HEAD of blob {digest} came without a length"),
+                false,
+            )
         })
     }
 

@@ -183,9 +183,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let host = name.as_str().to_owned();
         let trusted = self.policy.is_trusted(&host);
         Box::pin(async move {
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = all
                 .iter()
                 .copied()
@@ -199,7 +197,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
                         "it resolves only to non-public addresses ({}) and is neither the registry's endpoint nor listed in its redirect_hosts",
                         shown.join(", ")
                     ),
-                }) as Box<dyn std::error::Error + Send + Sync>);
+                })
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
             Ok(addrs)
@@ -258,10 +257,16 @@ mod tests {
         let ep = Url::parse("http://127.0.0.1:5000").unwrap();
         let p = AddressPolicy::new(&ep, &["127.0.0.3".into()], &[]);
         let ok = |u: &str| p.check_url(&Url::parse(u).unwrap());
-        assert!(ok("http://127.0.0.1:9/x").is_ok(), "the endpoint's own host");
+        assert!(
+            ok("http://127.0.0.1:9/x").is_ok(),
+            "the endpoint's own host"
+        );
         assert!(ok("http://127.0.0.3:9/x").is_ok(), "listed");
         assert!(ok("https://8.8.8.8/x").is_ok(), "public");
-        assert!(ok("https://cdn.example.com/x").is_ok(), "names resolve later");
+        assert!(
+            ok("https://cdn.example.com/x").is_ok(),
+            "names resolve later"
+        );
         let e = ok("http://127.0.0.2:9/x").unwrap_err();
         assert_eq!(e.host, "127.0.0.2");
         assert!(ok("http://[::1]:9/x").is_err());
@@ -279,7 +284,10 @@ mod tests {
         let ok = |p: &AddressPolicy, u: &str| p.may_send_credentials(&Url::parse(u).unwrap());
         assert!(ok(&hub, "https://auth.docker.io/token").is_ok());
         assert!(ok(&hub, "https://registry-1.docker.io/token").is_ok());
-        assert!(ok(&hub, "http://auth.docker.io/token").is_err(), "not https");
+        assert!(
+            ok(&hub, "http://auth.docker.io/token").is_err(),
+            "not https"
+        );
         assert!(ok(&hub, "https://evil.example/token").is_err());
         assert!(ok(&hub, "https://docker.io.evil.example/token").is_err());
         let uk = AddressPolicy::new(
@@ -288,7 +296,10 @@ mod tests {
             &["login.example.net".into()],
         );
         assert!(ok(&uk, "https://auth.example.co.uk/t").is_ok());
-        assert!(ok(&uk, "https://other.co.uk/t").is_err(), "a public suffix is not a domain");
+        assert!(
+            ok(&uk, "https://other.co.uk/t").is_err(),
+            "a public suffix is not a domain"
+        );
         assert!(ok(&uk, "https://login.example.net/t").is_ok(), "listed");
         let plain = AddressPolicy::new(&Url::parse("http://127.0.0.1:5000").unwrap(), &[], &[]);
         assert!(ok(&plain, "http://127.0.0.1:5000/token").is_ok());

@@ -46,9 +46,7 @@ impl PullThroughCache {
         }
         let (fetch, interest, slot) = {
             let mut m = lock(&inner.inflight);
-            let joined = m
-                .get(digest)
-                .and_then(|f| f.join().map(|i| (f.clone(), i)));
+            let joined = m.get(digest).and_then(|f| f.join().map(|i| (f.clone(), i)));
             match joined {
                 Some((f, i)) => (f, i, None),
                 None => {

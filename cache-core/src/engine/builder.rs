@@ -14,6 +14,12 @@ use crate::runtime::{Clock, Spawner};
 use crate::store::BlobStore;
 use crate::upstream::Upstream;
 
+/// A registry's default client and its clients per credential set.
+type Clients = (
+    Option<Arc<dyn Upstream>>,
+    HashMap<String, Arc<dyn Upstream>>,
+);
+
 /// Builds a [`PullThroughCache`].
 #[derive(Debug)]
 pub struct CacheBuilder {
@@ -21,7 +27,7 @@ pub struct CacheBuilder {
     store: Arc<dyn BlobStore>,
     spawner: Arc<dyn Spawner>,
     clock: Arc<dyn Clock>,
-    upstreams: HashMap<Registry, (Option<Arc<dyn Upstream>>, HashMap<String, Arc<dyn Upstream>>)>,
+    upstreams: HashMap<Registry, Clients>,
     opts: CacheOptions,
     policies: HashMap<String, RulePolicy>,
     default_policy: RulePolicy,

@@ -93,8 +93,11 @@ impl PullThroughCache {
         let r = self
             .inner
             .call(UpstreamCall::ManifestHead, || {
-                ctx.upstream
-                    .head_manifest(&ctx.upstream_repo, &reference, media_types::ALL_MANIFESTS)
+                ctx.upstream.head_manifest(
+                    &ctx.upstream_repo,
+                    &reference,
+                    media_types::ALL_MANIFESTS,
+                )
             })
             .await;
         if let Err(e) = r {

@@ -472,9 +472,8 @@ impl Job {
         };
         inner.events.event(&Event::FetchStarted);
         let opts = &inner.opts;
-        let upstream_error = |message: String, temporary: bool| {
-            Error::upstream(&self.registry, message, temporary)
-        };
+        let upstream_error =
+            |message: String, temporary: bool| Error::upstream(&self.registry, message, temporary);
         let mut staged: Option<Box<dyn StagedBlob>> = None;
         let mut total: Option<u64> = None;
         let mut written: u64 = 0;

@@ -233,7 +233,7 @@ impl PullThroughCache {
                 format!("no upstream configured for registry {}", r.registry),
             )
         };
-        let set = self.inner.upstreams.get(&r.registry).ok_or_else(missing)?;
+        let set = self.inner.upstreams.get(r.registry).ok_or_else(missing)?;
         let upstream = r
             .credentials
             .and_then(|c| set.by_credentials.get(c))

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub(crate) use crate::events::UpstreamCall;
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::Event;
+pub(crate) use crate::events::UpstreamCall;
 
 use super::Inner;
 

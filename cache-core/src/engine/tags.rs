@@ -1,10 +1,10 @@
 //! Tag listings: asked of the upstream each time; the cached tags stand in
 //! when the upstream fails (but not when it says the repository is unknown).
 
+use super::PullThroughCache;
 use super::keys;
 use super::queue::UpstreamCall;
 use super::response::TagList;
-use super::PullThroughCache;
 use crate::error::Result;
 use crate::events::CacheStatus;
 use crate::names::{RepoName, Tag};
@@ -17,7 +17,9 @@ impl PullThroughCache {
         let ctx = self.ctx(name)?;
         let listed = self
             .inner
-            .call(UpstreamCall::Tags, || ctx.upstream.tags(&ctx.upstream_repo, page))
+            .call(UpstreamCall::Tags, || {
+                ctx.upstream.tags(&ctx.upstream_repo, page)
+            })
             .await;
         match listed {
             Ok(tags) => Ok(TagList {

@@ -81,6 +81,7 @@ struct State {
     seen: Vec<SeenRequest>,
     token_realm: Option<String>,
     token_body: Option<Bytes>,
+    drip: Option<(usize, Duration)>,
 }
 
 /// What [`HostileRegistry::push_image`] created.
@@ -180,7 +181,13 @@ impl HostileRegistry {
     }
 
     /// Serves a manifest in `repo` under its digest and, if given, `tag`.
-    pub fn add_manifest(&self, repo: &str, tag: Option<&str>, bytes: impl Into<Bytes>, media_type: &str) -> Digest {
+    pub fn add_manifest(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        bytes: impl Into<Bytes>,
+        media_type: &str,
+    ) -> Digest {
         let bytes = bytes.into();
         let d = Digest::sha256_of(&bytes);
         let mut s = lock(&self.state);
@@ -230,6 +237,12 @@ impl HostileRegistry {
             .0
             .faults
             .push((path_part.to_owned(), faults.into_iter().collect()));
+    }
+
+    /// Sends every content body in pieces of `chunk` bytes with `delay`
+    /// between them (on top of any fault), or at full speed for `None`.
+    pub fn set_drip(&self, drip: Option<(usize, Duration)>) {
+        lock(&self.state).0.drip = drip;
     }
 
     /// Requires a bearer token for `/v2/` requests, challenging with this
@@ -287,7 +300,11 @@ fn range(h: &HeaderMap, size: u64) -> Option<std::ops::Range<u64>> {
     let v = h.get(header::RANGE)?.to_str().ok()?;
     let (a, b) = v.strip_prefix("bytes=")?.split_once('-')?;
     let start: u64 = a.parse().ok()?;
-    let end = if b.is_empty() { size } else { b.parse::<u64>().ok()? + 1 };
+    let end = if b.is_empty() {
+        size
+    } else {
+        b.parse::<u64>().ok()? + 1
+    };
     (start < size).then(|| start..end.min(size))
 }
 
@@ -303,29 +320,32 @@ async fn handle(state: Arc<Mutex<StateHandle>>, addr: SocketAddr, req: Request) 
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (fault, realm, token_body) = {
+    let (fault, realm, token_body, drip) = {
         let mut s = lock(&state);
         s.0.seen.push(SeenRequest {
             method: method.clone(),
             path: path.clone(),
             authorization: auth.clone(),
         });
-        let fault = s
-            .0
-            .faults
-            .iter_mut()
-            .find(|(part, q)| path.contains(part.as_str()) && !q.is_empty())
-            .and_then(|(_, q)| q.pop_front());
-        (fault, s.0.token_realm.clone(), s.0.token_body.clone())
+        let fault =
+            s.0.faults
+                .iter_mut()
+                .find(|(part, q)| path.contains(part.as_str()) && !q.is_empty())
+                .and_then(|(_, q)| q.pop_front());
+        (
+            fault,
+            s.0.token_realm.clone(),
+            s.0.token_body.clone(),
+            s.0.drip,
+        )
     };
     let p = req.uri().path().to_owned();
     if p == "/token" {
         if let Some(r) = fault_response(&fault) {
             return r;
         }
-        let body = token_body.unwrap_or_else(|| {
-            Bytes::from(format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#))
-        });
+        let body = token_body
+            .unwrap_or_else(|| Bytes::from(format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#)));
         return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     }
     if let Some(realm) = realm
@@ -377,18 +397,25 @@ async fn handle(state: Arc<Mutex<StateHandle>>, addr: SocketAddr, req: Request) 
     } else if rest.ends_with("/tags/list") {
         let name = rest.trim_end_matches("/tags/list");
         let s = lock(&state);
-        let mut tags: Vec<&str> = s
-            .0
-            .tags
-            .keys()
-            .filter_map(|k| k.strip_prefix(&format!("{name}:")))
-            .collect();
+        let mut tags: Vec<&str> =
+            s.0.tags
+                .keys()
+                .filter_map(|k| k.strip_prefix(&format!("{name}:")))
+                .collect();
         tags.sort_unstable();
         return axum::Json(serde_json::json!({"name": name, "tags": tags})).into_response();
     } else {
         return oci_error(404, "NOT_FOUND");
     };
-    serve_content(content, content_type, digest, req.headers(), head, fault)
+    serve_content(
+        content,
+        content_type,
+        digest,
+        req.headers(),
+        head,
+        fault,
+        drip,
+    )
 }
 
 /// The response a fault replaces the real one with, if it does.
@@ -424,7 +451,9 @@ fn fault_response(fault: &Option<WireFault>) -> Option<Response> {
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
             r
         }
-        WireFault::Body(b) => ([(header::CONTENT_TYPE, "application/json")], b.clone()).into_response(),
+        WireFault::Body(b) => {
+            ([(header::CONTENT_TYPE, "application/json")], b.clone()).into_response()
+        }
         _ => return None,
     })
 }
@@ -436,6 +465,7 @@ fn serve_content(
     headers: &HeaderMap,
     head: bool,
     fault: Option<WireFault>,
+    drip: Option<(usize, Duration)>,
 ) -> Response {
     let size = content.len() as u64;
     let span = range(headers, size);
@@ -443,10 +473,15 @@ fn serve_content(
         Some(s) => (StatusCode::PARTIAL_CONTENT, s),
         None => (StatusCode::OK, 0..size),
     };
-    let mut body = content.slice(span.start as usize..span.end as usize).to_vec();
+    let mut body = content
+        .slice(span.start as usize..span.end as usize)
+        .to_vec();
     let mut content_type = content_type;
     let mut digest_header = digest;
-    let (mut chunk, mut delay) = (64 * 1024, None);
+    let (mut chunk, mut delay) = match drip {
+        Some((c, d)) => (c.max(1), Some(d)),
+        None => (64 * 1024, None),
+    };
     let (mut cut, mut stall, mut reset) = (None, None, false);
     match fault {
         Some(WireFault::FlipByte(at)) if at >= span.start && at < span.end => {
@@ -506,7 +541,10 @@ fn serve_content(
     }
     if status == StatusCode::PARTIAL_CONTENT {
         let v = format!("bytes {}-{}/{size}", span.start, span.end.saturating_sub(1));
-        h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&v).expect("ascii"));
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&v).expect("ascii"),
+        );
     }
     r
 }

@@ -41,6 +41,9 @@ pub struct RawConfig {
     /// `[server]`.
     #[serde(default)]
     pub server: RawServer,
+    /// `[upstream]`: how every registry is fetched from.
+    #[serde(default)]
+    pub upstream: RawUpstream,
     /// `[auth]`.
     pub auth: Option<RawAuth>,
     /// `[[registry]]`.
@@ -107,12 +110,37 @@ pub struct RawServer {
     /// Time a client has to send a request's headers, on a new or an idle
     /// kept-alive connection, before it is closed (default `60s`).
     pub idle_timeout: Option<String>,
+    /// Time a response write may make no progress before the connection
+    /// is dropped (default `60s`).
+    pub send_timeout: Option<String>,
+    /// Connections open at once, at most (default 1024).
+    pub max_connections: Option<usize>,
     /// Time given to transfers in progress at shutdown (default `30s`).
     pub shutdown_grace: Option<String>,
-    /// Upstream blob transfers at once (default 64).
+    /// Moved to `[upstream]`; kept only to say so.
     pub max_concurrent_fetches: Option<usize>,
     /// Largest manifest accepted (default `4MiB`).
     pub max_manifest_size: Option<String>,
+}
+
+/// `[upstream]`: how every registry is fetched from.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Blob transfers at once per registry (default 32).
+    pub max_concurrent_fetches: Option<usize>,
+    /// Blob fetches waiting per registry before requests are refused with 503 (default 256).
+    pub max_queued_fetches: Option<usize>,
+    /// Retries and resumptions per fetch, on top of the first request (default 3).
+    pub max_retries: Option<u32>,
+    /// Longest an upstream body may send nothing before it is resumed (default `60s`).
+    pub stall_timeout: Option<String>,
+    /// Longest wait for a connection (default `10s`).
+    pub connect_timeout: Option<String>,
+    /// Longest wait for response headers (default `30s`).
+    pub response_timeout: Option<String>,
+    /// Longest a manifest fetch may take (default `60s`).
+    pub manifest_timeout: Option<String>,
 }
 
 /// `[auth]`: pull-side client authentication.
@@ -144,6 +172,14 @@ pub struct RawRegistry {
     pub password_env: Option<String>,
     /// A file holding the password.
     pub password_file: Option<PathBuf>,
+    /// Hosts besides the endpoint's that redirects may lead to although
+    /// they resolve to non-public addresses (an internal blob store).
+    #[serde(default)]
+    pub redirect_hosts: Vec<String>,
+    /// Token realm hosts besides the endpoint's own domain that may
+    /// receive this registry's credentials.
+    #[serde(default)]
+    pub token_hosts: Vec<String>,
 }
 
 /// `[[credentials]]`.
@@ -215,6 +251,29 @@ pub struct UpstreamConfig {
     pub endpoint: Option<String>,
     /// Its credentials.
     pub credentials: Option<Credentials>,
+    /// Hosts redirects may lead to although internal.
+    pub redirect_hosts: Vec<String>,
+    /// Token realm hosts that may receive the credentials.
+    pub token_hosts: Vec<String>,
+}
+
+/// `[upstream]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamLimits {
+    /// Blob transfers at once per registry.
+    pub max_concurrent_fetches: usize,
+    /// Blob fetches waiting per registry.
+    pub max_queued_fetches: usize,
+    /// Retries and resumptions per fetch.
+    pub max_retries: u32,
+    /// Body stall before a resumption.
+    pub stall_timeout: Duration,
+    /// Connection timeout.
+    pub connect_timeout: Duration,
+    /// Time to response headers.
+    pub response_timeout: Duration,
+    /// Time for a whole manifest fetch.
+    pub manifest_timeout: Duration,
 }
 
 /// Pull-side authentication.
@@ -241,12 +300,16 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Header-read (idle connection) timeout.
     pub idle_timeout: Duration,
+    /// Write-stall timeout.
+    pub send_timeout: Duration,
+    /// Connection cap.
+    pub max_connections: usize,
     /// Shutdown grace.
     pub shutdown_grace: Duration,
-    /// Fetch cap.
-    pub max_concurrent_fetches: usize,
     /// Manifest size cap.
     pub max_manifest_size: usize,
+    /// How upstreams are fetched from.
+    pub upstream: UpstreamLimits,
     /// Upstreams by host.
     pub registries: Vec<UpstreamConfig>,
     /// Named credential sets.
@@ -315,6 +378,18 @@ fn duration(key: &str, v: &Option<String>, default: Duration) -> Result<Duration
     }
 }
 
+/// A duration that must not be zero.
+fn positive(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let d = duration(key, v, default)?;
+    if d.is_zero() {
+        return err(format!(
+            "{key} = {:?}: must be more than 0",
+            v.as_deref().unwrap_or_default()
+        ));
+    }
+    Ok(d)
+}
+
 fn password(
     key: &str,
     value: &Option<String>,
@@ -368,270 +443,31 @@ impl Config {
     }
 
     fn validate(raw: RawConfig, base: &Path) -> Result<Self, ConfigError> {
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let listen_s = raw.listen.unwrap_or_else(|| "127.0.0.1:5000".into());
         let listen: SocketAddr = listen_s
             .parse()
             .map_err(|_| ConfigError(format!("listen = {listen_s:?}: not an IP:PORT address")))?;
-        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let storage = match raw.storage.backend.as_deref().unwrap_or("fs") {
-            "memory" => Storage::Memory,
-            "fs" => Storage::Fs {
-                path: abs(raw
-                    .storage
-                    .path
-                    .clone()
-                    .unwrap_or_else(|| "cache-data".into())),
-                fsync: raw.storage.fsync.unwrap_or(true),
-            },
-            "object" => {
-                let Some(url) = raw.storage.url.clone() else {
-                    return err("storage.backend = \"object\" needs storage.url (e.g. \"az://container/prefix\")".into());
-                };
-                let options = raw
-                    .storage
-                    .options
-                    .iter()
-                    .map(|(k, v)| {
-                        let source = match v {
-                            RawOption::Value(v) => PasswordSource::Value(Secret::new(v.clone())),
-                            RawOption::Env { env } => PasswordSource::Env(env.clone()),
-                            RawOption::File { file } => PasswordSource::File(abs(file.clone())),
-                        };
-                        (k.clone(), source)
-                    })
-                    .collect();
-                Storage::Object {
-                    url,
-                    options,
-                    spool: raw
-                        .storage
-                        .spool
-                        .clone()
-                        .map_or_else(std::env::temp_dir, abs),
-                }
-            }
-            other => {
-                return err(format!(
-                    "storage.backend = {other:?}: use \"fs\", \"object\" or \"memory\""
-                ));
-            }
-        };
-        if !matches!(storage, Storage::Object { .. }) {
-            for (key, set) in [
-                ("url", raw.storage.url.is_some()),
-                ("options", !raw.storage.options.is_empty()),
-                ("spool", raw.storage.spool.is_some()),
-            ] {
-                if set {
-                    return err(format!(
-                        "storage.{key} is for backend = \"object\", not {:?}",
-                        raw.storage.backend.as_deref().unwrap_or("fs")
-                    ));
-                }
-            }
-        }
-        let quota = match &raw.storage.quota {
-            None => None,
-            Some(q) => Some(parse_size(q).ok_or_else(|| {
-                ConfigError(format!(
-                    "storage.quota = {q:?}: not a size (use e.g. 50GiB)"
-                ))
-            })?),
-        };
-        let gc_interval = duration(
-            "storage.gc_interval",
-            &raw.storage.gc_interval,
-            Duration::from_secs(600),
-        )?;
-        let request_timeout = duration(
-            "server.request_timeout",
-            &raw.server.request_timeout,
-            Duration::from_secs(300),
-        )?;
-        let idle_timeout = duration(
-            "server.idle_timeout",
-            &raw.server.idle_timeout,
-            Duration::from_secs(60),
-        )?;
-        let shutdown_grace = duration(
-            "server.shutdown_grace",
-            &raw.server.shutdown_grace,
-            Duration::from_secs(30),
-        )?;
-        let max_concurrent_fetches = match raw.server.max_concurrent_fetches {
-            Some(0) => return err("server.max_concurrent_fetches = 0: must be at least 1".into()),
-            Some(n) => n,
-            None => 64,
-        };
-        let max_manifest_size = match &raw.server.max_manifest_size {
-            None => 4 * 1024 * 1024,
-            Some(s) => parse_size(s)
-                .filter(|&n| n > 0 && n <= 64 * 1024 * 1024)
-                .ok_or_else(|| {
-                    ConfigError(format!(
-                        "server.max_manifest_size = {s:?}: a size up to 64MiB"
-                    ))
-                })? as usize,
-        };
-
-        let mut registries = Vec::new();
-        for (i, r) in raw.registry.iter().enumerate() {
-            let key = format!("registry[{i}] (host = {:?})", r.host);
-            let host = cache_core::Registry::parse(&r.host)
-                .map_err(|e| ConfigError(format!("{key}: {e}")))?;
-            if registries.iter().any(|u: &UpstreamConfig| u.host == host) {
-                return err(format!("{key}: host {:?} appears twice", r.host));
-            }
-            if let Some(ep) = &r.endpoint
-                && !(ep.starts_with("http://") || ep.starts_with("https://"))
-            {
-                return err(format!(
-                    "{key}: endpoint = {ep:?} must start with http:// or https://"
-                ));
-            }
-            let pw = password(&key, &r.password, &r.password_env, &r.password_file)?;
-            registries.push(UpstreamConfig {
-                host,
-                endpoint: r.endpoint.clone(),
-                credentials: creds(&key, &r.username, pw)?,
-            });
-        }
-        let mut credentials = HashMap::new();
-        for (i, c) in raw.credentials.iter().enumerate() {
-            let key = format!("credentials[{i}] (name = {:?})", c.name);
-            let pw = password(&key, &c.password, &c.password_env, &c.password_file)?;
-            let cr = creds(&key, &Some(c.username.clone()), pw)?.expect("username given");
-            if credentials.insert(c.name.clone(), cr).is_some() {
-                return err(format!("{key}: the name is used twice"));
-            }
-        }
-        let mut rules = Vec::new();
-        let mut policies = HashMap::new();
-        for (i, r) in raw.rule.iter().enumerate() {
-            let key = format!("rule[{i}] (name = {:?})", r.name);
-            let tag_freshness = match &r.tag_freshness {
-                None => TagFreshness::Revalidate,
-                Some(s) => TagFreshness::parse(s).ok_or_else(|| {
-                    ConfigError(format!("{key}: tag_freshness = {s:?}: use \"revalidate\", \"pinned\" or \"ttl:DURATION\""))
-                })?,
-            };
-            let stale_if_error = duration(
-                &format!("{key}: stale_if_error"),
-                &r.stale_if_error,
-                Duration::from_secs(86_400),
-            )?;
-            let content_ttl = match &r.content_ttl {
-                None => None,
-                Some(_) => Some(duration(
-                    &format!("{key}: content_ttl"),
-                    &r.content_ttl,
-                    Duration::ZERO,
-                )?),
-            };
-            if let Some(c) = &r.credentials
-                && !credentials.contains_key(c)
-            {
-                return err(format!(
-                    "{key}: credentials = {c:?} names no [[credentials]] entry"
-                ));
-            }
-            let registry = r
-                .source
-                .split_once('/')
-                .map(|(h, _)| h)
-                .unwrap_or(&r.source);
-            let reg = cache_core::Registry::parse(registry)
-                .map_err(|e| ConfigError(format!("{key}: source = {:?}: {e}", r.source)))?;
-            if !registries.iter().any(|u| u.host == reg) {
-                return err(format!(
-                    "{key}: source = {:?} names registry {reg}, which has no [[registry]] entry",
-                    r.source
-                ));
-            }
-            let mut spec = RuleSpec::new(r.name.clone(), r.source.clone(), r.target.clone());
-            spec.credentials = r.credentials.clone();
-            rules.push(spec);
-            policies.insert(
-                r.name.clone(),
-                RulePolicy {
-                    tag_freshness,
-                    stale_if_error,
-                    content_ttl,
-                },
-            );
-        }
-        if rules.is_empty() {
-            return err("no [[rule]]: the proxy would refuse every request".into());
-        }
-        // Let the rule set report rule errors (duplicates, bad names) now, naming the rule.
-        cache_core::RuleSet::new(&rules).map_err(|e| ConfigError(e.to_string()))?;
-
-        let auth = match raw.auth {
-            None => None,
-            Some(a) => {
-                let mut cfg = AuthConfig::default();
-                if let Some(p) = &a.htpasswd {
-                    let p = abs(p.clone());
-                    let text = std::fs::read_to_string(&p).map_err(|e| {
-                        ConfigError(format!(
-                            "auth.htpasswd = {:?}: {e}",
-                            p.display().to_string()
-                        ))
-                    })?;
-                    for (n, line) in text.lines().enumerate() {
-                        let line = line.trim();
-                        if line.is_empty() || line.starts_with('#') {
-                            continue;
-                        }
-                        let (u, h) = line.split_once(':').ok_or_else(|| {
-                            ConfigError(format!(
-                                "auth.htpasswd {}: line {} is not USER:HASH",
-                                p.display(),
-                                n + 1
-                            ))
-                        })?;
-                        if !(h.starts_with("$2y$")
-                            || h.starts_with("$2b$")
-                            || h.starts_with("$2a$"))
-                        {
-                            return err(format!(
-                                "auth.htpasswd {}: line {} (user {u:?}) is not a bcrypt hash (use htpasswd -B)",
-                                p.display(),
-                                n + 1
-                            ));
-                        }
-                        cfg.htpasswd.insert(u.to_owned(), h.to_owned());
-                    }
-                }
-                cfg.tokens = a.tokens.into_iter().map(Secret::new).collect();
-                if let Some(var) = &a.tokens_env {
-                    let v = std::env::var(var)
-                        .map_err(|_| ConfigError(format!("auth.tokens_env = {var:?}: not set")))?;
-                    cfg.tokens.extend(
-                        v.split(',')
-                            .map(str::trim)
-                            .filter(|t| !t.is_empty())
-                            .map(Secret::new),
-                    );
-                }
-                if cfg.htpasswd.is_empty() && cfg.tokens.is_empty() {
-                    return err(
-                        "[auth] is present but names no htpasswd users and no tokens".into(),
-                    );
-                }
-                Some(cfg)
-            }
-        };
+        let storage = storage(&raw.storage, &abs)?;
+        let (quota, gc_interval) = gc(&raw.storage)?;
+        let server = server(&raw.server)?;
+        let upstream = upstream(&raw.upstream)?;
+        let registries = registries(&raw.registry)?;
+        let credentials = credential_sets(&raw.credentials)?;
+        let (rules, policies) = rules(&raw.rule, &registries, &credentials)?;
+        let auth = raw.auth.map(|a| auth(a, &abs)).transpose()?;
         Ok(Config {
             listen,
             storage,
             quota,
             gc_interval,
-            request_timeout,
-            idle_timeout,
-            shutdown_grace,
-            max_concurrent_fetches,
-            max_manifest_size,
+            request_timeout: server.request_timeout,
+            idle_timeout: server.idle_timeout,
+            send_timeout: server.send_timeout,
+            max_connections: server.max_connections,
+            shutdown_grace: server.shutdown_grace,
+            max_manifest_size: server.max_manifest_size,
+            upstream,
             registries,
             credentials,
             rules,
@@ -639,6 +475,366 @@ impl Config {
             auth,
         })
     }
+}
+
+fn storage(raw: &RawStorage, abs: &impl Fn(PathBuf) -> PathBuf) -> Result<Storage, ConfigError> {
+    let backend = raw.backend.as_deref().unwrap_or("fs");
+    let storage = match backend {
+        "memory" => Storage::Memory,
+        "fs" => Storage::Fs {
+            path: abs(raw.path.clone().unwrap_or_else(|| "cache-data".into())),
+            fsync: raw.fsync.unwrap_or(true),
+        },
+        "object" => {
+            let Some(url) = raw.url.clone() else {
+                return err("storage.backend = \"object\" needs storage.url (e.g. \"az://container/prefix\")".into());
+            };
+            let options = raw
+                .options
+                .iter()
+                .map(|(k, v)| {
+                    let source = match v {
+                        RawOption::Value(v) => PasswordSource::Value(Secret::new(v.clone())),
+                        RawOption::Env { env } => PasswordSource::Env(env.clone()),
+                        RawOption::File { file } => PasswordSource::File(abs(file.clone())),
+                    };
+                    (k.clone(), source)
+                })
+                .collect();
+            Storage::Object {
+                url,
+                options,
+                spool: raw.spool.clone().map_or_else(std::env::temp_dir, abs),
+            }
+        }
+        other => {
+            return err(format!(
+                "storage.backend = {other:?}: use \"fs\", \"object\" or \"memory\""
+            ));
+        }
+    };
+    if !matches!(storage, Storage::Object { .. }) {
+        for (key, set) in [
+            ("url", raw.url.is_some()),
+            ("options", !raw.options.is_empty()),
+            ("spool", raw.spool.is_some()),
+        ] {
+            if set {
+                return err(format!(
+                    "storage.{key} is for backend = \"object\", not {backend:?}"
+                ));
+            }
+        }
+    }
+    Ok(storage)
+}
+
+fn gc(raw: &RawStorage) -> Result<(Option<u64>, Duration), ConfigError> {
+    let quota = raw
+        .quota
+        .as_ref()
+        .map(|q| {
+            parse_size(q).ok_or_else(|| {
+                ConfigError(format!(
+                    "storage.quota = {q:?}: not a size (use e.g. 50GiB)"
+                ))
+            })
+        })
+        .transpose()?;
+    let interval = duration(
+        "storage.gc_interval",
+        &raw.gc_interval,
+        Duration::from_secs(600),
+    )?;
+    if interval < Duration::from_secs(1) {
+        return err(format!(
+            "storage.gc_interval = {:?}: must be at least 1s",
+            raw.gc_interval.as_deref().unwrap_or_default()
+        ));
+    }
+    Ok((quota, interval))
+}
+
+struct ServerSettings {
+    request_timeout: Duration,
+    idle_timeout: Duration,
+    send_timeout: Duration,
+    max_connections: usize,
+    shutdown_grace: Duration,
+    max_manifest_size: usize,
+}
+
+fn server(raw: &RawServer) -> Result<ServerSettings, ConfigError> {
+    if raw.max_concurrent_fetches.is_some() {
+        return err(
+            "server.max_concurrent_fetches has moved: set upstream.max_concurrent_fetches (per registry)".into(),
+        );
+    }
+    let max_connections = match raw.max_connections {
+        Some(0) => return err("server.max_connections = 0: must be at least 1".into()),
+        Some(n) => n,
+        None => 1024,
+    };
+    let max_manifest_size = match &raw.max_manifest_size {
+        None => 4 * 1024 * 1024,
+        Some(s) => parse_size(s)
+            .filter(|&n| n > 0 && n <= 64 * 1024 * 1024)
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "server.max_manifest_size = {s:?}: a size up to 64MiB"
+                ))
+            })? as usize,
+    };
+    Ok(ServerSettings {
+        request_timeout: positive(
+            "server.request_timeout",
+            &raw.request_timeout,
+            Duration::from_secs(300),
+        )?,
+        idle_timeout: positive(
+            "server.idle_timeout",
+            &raw.idle_timeout,
+            Duration::from_secs(60),
+        )?,
+        send_timeout: positive(
+            "server.send_timeout",
+            &raw.send_timeout,
+            Duration::from_secs(60),
+        )?,
+        max_connections,
+        shutdown_grace: duration(
+            "server.shutdown_grace",
+            &raw.shutdown_grace,
+            Duration::from_secs(30),
+        )?,
+        max_manifest_size,
+    })
+}
+
+fn upstream(raw: &RawUpstream) -> Result<UpstreamLimits, ConfigError> {
+    let defaults = cache_core::CacheOptions::default();
+    let max_concurrent_fetches = match raw.max_concurrent_fetches {
+        Some(0) => return err("upstream.max_concurrent_fetches = 0: must be at least 1".into()),
+        Some(n) => n,
+        None => defaults.max_concurrent_fetches,
+    };
+    let max_retries = raw.max_retries.unwrap_or(defaults.max_retries);
+    if max_retries > 10 {
+        return err(format!("upstream.max_retries = {max_retries}: at most 10"));
+    }
+    Ok(UpstreamLimits {
+        max_concurrent_fetches,
+        max_queued_fetches: raw
+            .max_queued_fetches
+            .unwrap_or(defaults.max_queued_fetches),
+        max_retries,
+        stall_timeout: positive(
+            "upstream.stall_timeout",
+            &raw.stall_timeout,
+            defaults.stall_timeout,
+        )?,
+        connect_timeout: positive(
+            "upstream.connect_timeout",
+            &raw.connect_timeout,
+            Duration::from_secs(10),
+        )?,
+        response_timeout: positive(
+            "upstream.response_timeout",
+            &raw.response_timeout,
+            Duration::from_secs(30),
+        )?,
+        manifest_timeout: positive(
+            "upstream.manifest_timeout",
+            &raw.manifest_timeout,
+            defaults.manifest_timeout,
+        )?,
+    })
+}
+
+fn registries(raw: &[RawRegistry]) -> Result<Vec<UpstreamConfig>, ConfigError> {
+    let mut out: Vec<UpstreamConfig> = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let key = format!("registry[{i}] (host = {:?})", r.host);
+        let host =
+            cache_core::Registry::parse(&r.host).map_err(|e| ConfigError(format!("{key}: {e}")))?;
+        if out.iter().any(|u| u.host == host) {
+            return err(format!("{key}: host {:?} appears twice", r.host));
+        }
+        if let Some(ep) = &r.endpoint
+            && !(ep.starts_with("http://") || ep.starts_with("https://"))
+        {
+            return err(format!(
+                "{key}: endpoint = {ep:?} must start with http:// or https://"
+            ));
+        }
+        for (field, hosts) in [
+            ("redirect_hosts", &r.redirect_hosts),
+            ("token_hosts", &r.token_hosts),
+        ] {
+            if let Some(h) = hosts
+                .iter()
+                .find(|h| h.is_empty() || h.contains(['/', ' ', '@']))
+            {
+                return err(format!(
+                    "{key}: {field} entry {h:?} is not a host name or address"
+                ));
+            }
+        }
+        let pw = password(&key, &r.password, &r.password_env, &r.password_file)?;
+        out.push(UpstreamConfig {
+            host,
+            endpoint: r.endpoint.clone(),
+            credentials: creds(&key, &r.username, pw)?,
+            redirect_hosts: r.redirect_hosts.clone(),
+            token_hosts: r.token_hosts.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn credential_sets(raw: &[RawCredentials]) -> Result<HashMap<String, Credentials>, ConfigError> {
+    let mut out = HashMap::new();
+    for (i, c) in raw.iter().enumerate() {
+        let key = format!("credentials[{i}] (name = {:?})", c.name);
+        let pw = password(&key, &c.password, &c.password_env, &c.password_file)?;
+        let cr = creds(&key, &Some(c.username.clone()), pw)?.expect("username given");
+        if out.insert(c.name.clone(), cr).is_some() {
+            return err(format!("{key}: the name is used twice"));
+        }
+    }
+    Ok(out)
+}
+
+fn rules(
+    raw: &[RawRule],
+    registries: &[UpstreamConfig],
+    credentials: &HashMap<String, Credentials>,
+) -> Result<(Vec<RuleSpec>, HashMap<String, RulePolicy>), ConfigError> {
+    let hosts: std::collections::HashSet<&cache_core::Registry> =
+        registries.iter().map(|u| &u.host).collect();
+    let mut rules = Vec::with_capacity(raw.len());
+    let mut policies = HashMap::with_capacity(raw.len());
+    for (i, r) in raw.iter().enumerate() {
+        let key = format!("rule[{i}] (name = {:?})", r.name);
+        let tag_freshness = match &r.tag_freshness {
+            None => TagFreshness::Revalidate,
+            Some(s) => TagFreshness::parse(s).ok_or_else(|| {
+                ConfigError(format!("{key}: tag_freshness = {s:?}: use \"revalidate\", \"pinned\" or \"ttl:DURATION\""))
+            })?,
+        };
+        let stale_if_error = duration(
+            &format!("{key}: stale_if_error"),
+            &r.stale_if_error,
+            Duration::from_secs(86_400),
+        )?;
+        let content_ttl = r
+            .content_ttl
+            .as_ref()
+            .map(|_| {
+                duration(
+                    &format!("{key}: content_ttl"),
+                    &r.content_ttl,
+                    Duration::ZERO,
+                )
+            })
+            .transpose()?;
+        if let Some(c) = &r.credentials
+            && !credentials.contains_key(c)
+        {
+            return err(format!(
+                "{key}: credentials = {c:?} names no [[credentials]] entry"
+            ));
+        }
+        let registry = r
+            .source
+            .split_once('/')
+            .map(|(h, _)| h)
+            .unwrap_or(&r.source);
+        let reg = cache_core::Registry::parse(registry)
+            .map_err(|e| ConfigError(format!("{key}: source = {:?}: {e}", r.source)))?;
+        if !hosts.contains(&reg) {
+            return err(format!(
+                "{key}: source = {:?} names registry {reg}, which has no [[registry]] entry",
+                r.source
+            ));
+        }
+        let mut spec = RuleSpec::new(r.name.clone(), r.source.clone(), r.target.clone());
+        spec.credentials = r.credentials.clone();
+        rules.push(spec);
+        policies.insert(
+            r.name.clone(),
+            RulePolicy {
+                tag_freshness,
+                stale_if_error,
+                content_ttl,
+            },
+        );
+    }
+    if rules.is_empty() {
+        return err("no [[rule]]: the proxy would refuse every request".into());
+    }
+    // Let the rule set report rule errors (duplicates, bad names) now, naming the rule.
+    cache_core::RuleSet::new(&rules).map_err(|e| ConfigError(e.to_string()))?;
+    Ok((rules, policies))
+}
+
+fn auth(a: RawAuth, abs: &impl Fn(PathBuf) -> PathBuf) -> Result<AuthConfig, ConfigError> {
+    let mut cfg = AuthConfig::default();
+    if let Some(p) = &a.htpasswd {
+        cfg.htpasswd = htpasswd(&abs(p.clone()))?;
+    }
+    if let Some(i) = a.tokens.iter().position(|t| t.trim().is_empty()) {
+        return err(format!(
+            "auth.tokens[{i}] is empty: a token must have characters"
+        ));
+    }
+    cfg.tokens = a.tokens.into_iter().map(Secret::new).collect();
+    if let Some(var) = &a.tokens_env {
+        let v = std::env::var(var)
+            .map_err(|_| ConfigError(format!("auth.tokens_env = {var:?}: not set")))?;
+        cfg.tokens.extend(
+            v.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
+        );
+    }
+    if cfg.htpasswd.is_empty() && cfg.tokens.is_empty() {
+        return err("[auth] is present but names no htpasswd users and no tokens".into());
+    }
+    Ok(cfg)
+}
+
+fn htpasswd(p: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(p).map_err(|e| {
+        ConfigError(format!(
+            "auth.htpasswd = {:?}: {e}",
+            p.display().to_string()
+        ))
+    })?;
+    let mut out = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (u, h) = line.split_once(':').ok_or_else(|| {
+            ConfigError(format!(
+                "auth.htpasswd {}: line {} is not USER:HASH",
+                p.display(),
+                n + 1
+            ))
+        })?;
+        if !(h.starts_with("$2y$") || h.starts_with("$2b$") || h.starts_with("$2a$")) {
+            return err(format!(
+                "auth.htpasswd {}: line {} (user {u:?}) is not a bcrypt hash (use htpasswd -B)",
+                p.display(),
+                n + 1
+            ));
+        }
+        out.insert(u.to_owned(), h.to_owned());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -785,6 +981,32 @@ target = "library/*"
             (
                 format!("[storage]\nurl = \"az://c/p\"\n{base}{rule}"),
                 "storage.url is for backend = \"object\", not \"fs\"",
+            ),
+            (
+                format!("[storage]\ngc_interval = \"0s\"\n{base}{rule}"),
+                "storage.gc_interval = \"0s\": must be at least 1s",
+            ),
+            (
+                format!("[auth]\ntokens = [\"\"]\n{base}{rule}"),
+                "auth.tokens[0] is empty",
+            ),
+            (
+                format!("[server]\nmax_concurrent_fetches = 8\n{base}{rule}"),
+                "upstream.max_concurrent_fetches",
+            ),
+            (
+                format!("[server]\nsend_timeout = \"0s\"\n{base}{rule}"),
+                "server.send_timeout",
+            ),
+            (
+                format!("[upstream]\nstall_timeout = \"soon\"\n{base}{rule}"),
+                "upstream.stall_timeout = \"soon\"",
+            ),
+            (
+                format!(
+                    "[[registry]]\nhost = \"docker.io\"\nredirect_hosts = [\"http://x/\"]\n{rule}"
+                ),
+                "redirect_hosts entry \"http://x/\"",
             ),
         ];
         for (text, needle) in cases {

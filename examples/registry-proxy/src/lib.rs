@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod http;
 pub mod metrics;
 pub mod sendfile;
@@ -76,10 +77,15 @@ pub fn build_cache(
 ) -> Result<PullThroughCache, ConfigError> {
     let rules = RuleSet::new(&cfg.rules).map_err(|e| ConfigError(e.to_string()))?;
     let rt = Arc::new(TokioRuntime::current());
+    let up = &cfg.upstream;
     let mut b = PullThroughCache::builder(rules.clone(), store, rt.clone(), rt)
         .events(events)
         .options(CacheOptions {
-            max_concurrent_fetches: cfg.max_concurrent_fetches,
+            max_concurrent_fetches: up.max_concurrent_fetches,
+            max_queued_fetches: up.max_queued_fetches,
+            max_retries: up.max_retries,
+            stall_timeout: up.stall_timeout,
+            manifest_timeout: up.manifest_timeout,
             max_manifest_size: cfg.max_manifest_size,
             ..CacheOptions::default()
         });
@@ -90,6 +96,11 @@ pub fn build_cache(
             creds,
             ClientOptions {
                 max_manifest_size: cfg.max_manifest_size,
+                connect_timeout: up.connect_timeout,
+                response_timeout: up.response_timeout,
+                read_timeout: up.stall_timeout,
+                redirect_hosts: u.redirect_hosts.clone(),
+                token_hosts: u.token_hosts.clone(),
                 ..ClientOptions::default()
             },
         )

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use clap::Parser;
 use registry_proxy::auth::PullAuth;
 use registry_proxy::config::{Config, DEFAULT_CONFIG};
+use registry_proxy::conn::{ConnLimits, serve_connections};
 use registry_proxy::http::{AppState, router};
 use registry_proxy::metrics::Metrics;
-use registry_proxy::sendfile::SendfileIo;
 use registry_proxy::{build_cache, open_store};
 use tower_http::timeout::TimeoutLayer;
 
@@ -61,90 +61,6 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-}
-
-/// Accepts connections until SIGTERM or SIGINT, then lets the requests in
-/// progress finish for up to `grace`. A client must send each request's
-/// headers within `idle` (on a new or a kept-alive connection).
-async fn serve_connections(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    idle: std::time::Duration,
-    grace: std::time::Duration,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
-
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(idle)
-        .keep_alive(true)
-        // Body chunks are queued, not copied, so the sendfile path sees its
-        // placeholders (see registry_proxy::sendfile).
-        .writev(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(idle))
-        .keep_alive_timeout(idle);
-    let graceful = GracefulShutdown::new();
-    let mut signal = std::pin::pin!(shutdown_signal());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait a moment, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let builder = builder.clone();
-                let app = app.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    // hyper's header timer starts with the first byte, and the
-                    // protocol sniffing before it has none: a connection that
-                    // never sends a byte is closed here.
-                    let mut first = [0u8; 1];
-                    if !matches!(tokio::time::timeout(idle, stream.peek(&mut first)).await, Ok(Ok(1..))) {
-                        return;
-                    }
-                    let (io, spans) = SendfileIo::new(stream);
-                    let tower = TowerToHyperService::new(app);
-                    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        // HTTP/2 copies body bytes into frames: only HTTP/1
-                        // responses may be sent from files.
-                        if registry_proxy::sendfile::AVAILABLE && req.version() < hyper::Version::HTTP_2 {
-                            req.extensions_mut().insert(spans.clone());
-                        }
-                        hyper::service::Service::call(&tower, req)
-                    });
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = &mut signal => break,
-        }
-    }
-    drop(listener);
-    tracing::info!(
-        ?grace,
-        "shutting down; letting transfers in progress finish"
-    );
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; exiting"),
-    }
 }
 
 fn main() -> ExitCode {
@@ -236,6 +152,12 @@ async fn serve() -> ExitCode {
         }
     };
     tracing::info!(listen = %cfg.listen, rules = cfg.rules.len(), "registry-proxy serving");
-    serve_connections(listener, app, cfg.idle_timeout, cfg.shutdown_grace).await;
+    let limits = ConnLimits {
+        idle_timeout: cfg.idle_timeout,
+        send_timeout: cfg.send_timeout,
+        max_connections: cfg.max_connections,
+        shutdown_grace: cfg.shutdown_grace,
+    };
+    serve_connections(listener, app, limits, shutdown_signal()).await;
     ExitCode::SUCCESS
 }

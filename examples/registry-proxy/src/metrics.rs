@@ -1,42 +1,57 @@
 //! Prometheus text-format metrics fed by the engine's events and the HTTP layer.
+//!
+//! Every label takes values from a fixed set (methods are `GET`, `HEAD` or
+//! `other`; statuses are the few this server answers with; codes and call
+//! kinds are enums), so no client or upstream can grow the series.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
+use axum::http::Method;
+use cache_core::UpstreamCall;
 use cache_core::events::{Counters, Event, EventSink};
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
     engine: Counters,
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     upstream_errors: Mutex<BTreeMap<&'static str, u64>>,
+    upstream_requests: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
+    *m.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(k)
+        .or_default() += 1;
 }
 
 impl EventSink for Metrics {
     fn event(&self, e: &Event<'_>) {
         self.engine.event(e);
-        if let Event::UpstreamError { code, .. } = e {
-            *self
-                .upstream_errors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(code.as_str())
-                .or_default() += 1;
+        match e {
+            Event::UpstreamError { code, .. } => bump(&self.upstream_errors, code.as_str()),
+            Event::UpstreamRequest { call } => bump(&self.upstream_requests, call.as_str()),
+            _ => {}
         }
+    }
+}
+
+/// The method label: one of a fixed few, whatever the client sent.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        _ => "other",
     }
 }
 
 impl Metrics {
     /// Counts one HTTP response.
-    pub fn request(&self, method: &str, status: u16) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((method.to_owned(), status))
-            .or_default() += 1;
+    pub fn request(&self, method: &Method, status: u16) {
+        bump(&self.requests, (method_label(method), status));
     }
 
     /// The engine's counters.
@@ -124,6 +139,21 @@ impl Metrics {
             out,
             "# HELP registry_proxy_fetches_in_flight Upstream blob fetches running now.\n# TYPE registry_proxy_fetches_in_flight gauge\nregistry_proxy_fetches_in_flight {inflight}"
         );
+        out.push_str("# HELP registry_proxy_upstream_requests_total Requests made to upstreams by kind (retries and resumptions included).\n# TYPE registry_proxy_upstream_requests_total counter\n");
+        {
+            let m = self
+                .upstream_requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for call in UpstreamCall::ALL {
+                let v = m.get(call.as_str()).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "registry_proxy_upstream_requests_total{{call=\"{}\"}} {v}",
+                    call.as_str()
+                );
+            }
+        }
         out.push_str("# HELP registry_proxy_upstream_errors_total Upstream errors by OCI code.\n# TYPE registry_proxy_upstream_errors_total counter\n");
         for (code, v) in self
             .upstream_errors

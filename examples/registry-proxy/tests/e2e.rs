@@ -2,114 +2,15 @@
 //! upstream, images pushed with skopeo, `registry-proxy` started as a
 //! separate process on a free loopback port, and skopeo pulling through it.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cache_upstream::testing::{TestRegistry, free_port, skopeo, write_image, write_index};
-
-struct Proxy {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Proxy {
-    fn start(body: &str) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let cfg = format!("listen = \"127.0.0.1:{port}\"\n{body}");
-        std::fs::write(dir.path().join("proxy.toml"), cfg).unwrap();
-        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_registry-proxy"))
-            .arg("--config")
-            .arg(dir.path().join("proxy.toml"))
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let p = Proxy { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
-                let mut b = [0u8; 8];
-                if s.read(&mut b).is_ok_and(|n| n > 0) {
-                    return p;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "proxy did not start:\n{}",
-                p.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("cache-data")
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn config(up: &TestRegistry, extra_rule: &str) -> String {
-    format!(
-        "[storage]\nbackend = \"fs\"\npath = \"cache-data\"\n\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n\n[[rule]]\nname = \"lib\"\nsource = \"{h}/library/*\"\ntarget = \"library/*\"\n{extra_rule}",
-        h = up.host(),
-        u = up.url()
-    )
-}
-
-fn pull(proxy: &Proxy, reference: &str, dest: &Path, all: bool) -> Result<(), String> {
-    let mut args = vec![
-        "copy".to_owned(),
-        "--insecure-policy".to_owned(),
-        "--src-tls-verify=false".to_owned(),
-    ];
-    if all {
-        args.push("--all".to_owned());
-    }
-    args.push(format!("docker://{}/{reference}", proxy.host()));
-    args.push(format!("dir:{}", dest.display()));
-    skopeo(&args)
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().build().unwrap()
-}
-
-async fn code_of(resp: reqwest::Response) -> (u16, String) {
-    let status = resp.status().as_u16();
-    let v: serde_json::Value =
-        serde_json::from_slice(&resp.bytes().await.unwrap_or_default()).unwrap_or_default();
-    (
-        status,
-        v["errors"][0]["code"].as_str().unwrap_or("").to_owned(),
-    )
-}
+use cache_upstream::testing::{TestRegistry, write_image, write_index};
+use common::{Proxy, code_of, config, http, pull};
 
 #[test]
 fn skopeo_pulls_cold_then_warm_with_the_upstreams_layer_digests() {
@@ -347,7 +248,17 @@ async fn range_head_if_none_match_and_bad_input_get_the_right_answers() {
         ),
         ("/v2/library/demo/blobs/md5:abc", 400, "DIGEST_INVALID"),
         ("/v2/library/Demo/manifests/v1", 400, "NAME_INVALID"),
-        ("/v2/library/demo/manifests/bad!tag", 400, "TAG_INVALID"),
+        // The distribution spec: a reference that is no tag names no manifest.
+        (
+            "/v2/library/demo/manifests/bad!tag",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            "/v2/library/demo/manifests/.INVALID_MANIFEST_NAME",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
         ("/v2/library%2Fdemo/manifests/v1", 400, "NAME_INVALID"),
         (
             "/v2/library/demo/tags/list?n=lots",

@@ -1,0 +1,707 @@
+//! The pull side of the OCI Distribution API, sans IO: a request head in,
+//! a typed [`PullRequest`] out; an engine answer in, a response head out.
+//!
+//! Any server (axum, actix, hyper, a serverless handler) can serve the
+//! pull API with it: parse with [`PullRequest::parse`], resolve the name
+//! with [`PullRequest::local_name`], call the [`PullThroughCache`], and
+//! build the answer with the `*_response` functions, attaching the body
+//! (manifest bytes, the blob stream) itself. Every malformed input becomes
+//! the OCI error the distribution spec names, never a panic or a 5xx:
+//!
+//! | input | answer |
+//! |---|---|
+//! | a method other than `GET`/`HEAD` | `405 UNSUPPORTED` |
+//! | a push endpoint (`/blobs/uploads/`) | `405 UNSUPPORTED` |
+//! | a path that is no pull endpoint | `404 UNSUPPORTED` |
+//! | an invalid repository name | `400 NAME_INVALID` |
+//! | an invalid blob digest | `400 DIGEST_INVALID` |
+//! | a manifest reference that is neither tag nor digest | `404 MANIFEST_UNKNOWN` |
+//! | a non-numeric `n` | `400 PAGINATION_NUMBER_INVALID` |
+//! | a malformed `Range` | ignored: the whole blob (RFC 9110 §14.2) |
+//!
+//! Requires the `http` feature.
+//!
+//! [`PullThroughCache`]: crate::PullThroughCache
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Uri};
+
+use crate::digest::Digest;
+use crate::engine::{BlobResponse, ManifestResponse, TagList};
+use crate::error::{Error, ErrorCode, Result};
+use crate::events::CacheStatus;
+use crate::names::{Reference, Registry, RepoName, Tag};
+use crate::range::ByteRange;
+use crate::rules::RuleSet;
+use crate::upstream::TagPage;
+
+/// `Docker-Distribution-API-Version: registry/2.0`, on every answer.
+pub const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
+
+/// At most this many media types of an `Accept` header are considered.
+const MAX_ACCEPT: usize = 64;
+
+/// What a pull request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/v2/`: the API version check.
+    Base,
+    /// `/v2/<name>/manifests/<reference>`.
+    Manifest {
+        /// The repository as the client named it.
+        name: RepoName,
+        /// A tag or a digest.
+        reference: Reference,
+    },
+    /// `/v2/<name>/blobs/<digest>`.
+    Blob {
+        /// The repository as the client named it.
+        name: RepoName,
+        /// The blob.
+        digest: Digest,
+    },
+    /// `/v2/<name>/tags/list?n=&last=`.
+    Tags {
+        /// The repository as the client named it.
+        name: RepoName,
+        /// Which page.
+        page: TagPage,
+    },
+}
+
+impl Route {
+    /// The repository the request names, if any.
+    pub fn name(&self) -> Option<&RepoName> {
+        match self {
+            Route::Base => None,
+            Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name, .. } => {
+                Some(name)
+            }
+        }
+    }
+
+    /// A short label for logs and metrics: `base`, `manifest`, `blob`, `tags`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::Tags { .. } => "tags",
+        }
+    }
+}
+
+/// The media types a client accepts for a manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accept(Vec<String>);
+
+impl Accept {
+    /// Any media type (no `Accept` header, or `*/*`).
+    pub fn any() -> Self {
+        Accept(Vec::new())
+    }
+
+    /// Exactly these media types.
+    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(types: I) -> Self {
+        Accept(types.into_iter().map(Into::into).collect())
+    }
+
+    /// Parses every `Accept` header (comma-separated, parameters dropped).
+    pub fn from_headers(h: &HeaderMap) -> Self {
+        let types: Vec<String> = h
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.split(';').next().unwrap_or("").trim())
+            .filter(|t| !t.is_empty())
+            .take(MAX_ACCEPT)
+            .map(str::to_owned)
+            .collect();
+        if types.iter().any(|t| t == "*/*") {
+            return Accept::any();
+        }
+        Accept(types)
+    }
+
+    /// Whether a manifest of `media_type` may be served.
+    pub fn admits(&self, media_type: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|t| t == media_type)
+    }
+
+    /// The listed types (empty for any), as the engine takes them.
+    pub fn as_strs(&self) -> Vec<&str> {
+        self.0.iter().map(String::as_str).collect()
+    }
+}
+
+/// A parsed pull request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequest {
+    /// What it asks for.
+    pub route: Route,
+    /// `HEAD` rather than `GET`.
+    pub head: bool,
+    /// The upstream registry a mirror request names (`?ns=docker.io`, as
+    /// containerd sends): the name is then an upstream repository.
+    pub ns: Option<Registry>,
+    /// A blob request's single byte range; a malformed one is dropped.
+    pub range: Option<ByteRange>,
+    /// The manifest media types the client accepts.
+    pub accept: Accept,
+    /// Digests the client says it holds (`If-None-Match`).
+    pub if_none_match: Vec<String>,
+}
+
+/// Decodes `%XX` escapes; anything malformed is kept as it is.
+fn percent_decode(s: &str) -> String {
+    if !s.contains('%') && !s.contains('+') {
+        return s.to_owned();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The first value of query parameter `key`, decoded.
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| percent_decode(v))
+}
+
+fn unsupported(what: String) -> Error {
+    Error::Unsupported { what }
+}
+
+impl PullRequest {
+    /// Parses a request head. Names are never percent-decoded (an encoded
+    /// slash or dot is an invalid name); references and digests are, for
+    /// clients that encode the `:`.
+    pub fn parse(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Self> {
+        let path = uri.path();
+        let query = uri.query();
+        let head = match *method {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => {
+                return Err(unsupported(format!(
+                    "{} is not supported by a pull-through cache",
+                    truncate(method.as_str())
+                )));
+            }
+        };
+        let route = Self::route(path, query)?;
+        let ns = match query_param(query, "ns") {
+            Some(ns) if !matches!(route, Route::Base) => Some(Registry::parse(&ns)?),
+            _ => None,
+        };
+        let range = match route {
+            Route::Blob { .. } => headers
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| ByteRange::parse_http(v).ok()),
+            _ => None,
+        };
+        let if_none_match = headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| {
+                t.trim()
+                    .trim_start_matches("W/")
+                    .trim_matches('"')
+                    .to_owned()
+            })
+            .filter(|t| !t.is_empty())
+            .take(MAX_ACCEPT)
+            .collect();
+        Ok(PullRequest {
+            route,
+            head,
+            ns,
+            range,
+            accept: Accept::from_headers(headers),
+            if_none_match,
+        })
+    }
+
+    fn route(path: &str, query: Option<&str>) -> Result<Route> {
+        if path == "/v2" || path == "/v2/" {
+            return Ok(Route::Base);
+        }
+        let unknown = || Error::UnknownEndpoint {
+            path: truncate(path),
+        };
+        let rest = path.strip_prefix("/v2/").ok_or_else(unknown)?;
+        let decode = |s: &str| s.replace("%3A", ":").replace("%3a", ":");
+        if let Some(name) = rest.strip_suffix("/tags/list") {
+            let name = RepoName::parse(name)?;
+            let limit = match query_param(query, "n") {
+                None => None,
+                Some(n) => Some(n.parse::<usize>().map_err(|_| {
+                    Error::invalid(
+                        crate::error::InvalidKind::Pagination,
+                        &n,
+                        "n must be a non-negative number",
+                    )
+                })?),
+            };
+            let last = query_param(query, "last")
+                .filter(|l| !l.is_empty())
+                .map(|l| Tag::parse(&l))
+                .transpose()?;
+            return Ok(Route::Tags {
+                name,
+                page: TagPage { limit, last },
+            });
+        }
+        if let Some(i) = rest.rfind("/manifests/") {
+            let name = RepoName::parse(&rest[..i])?;
+            let raw = decode(&rest[i + "/manifests/".len()..]);
+            // The distribution spec: a reference that is neither a valid tag
+            // nor a digest names no manifest.
+            let reference = Reference::parse(&raw)
+                .map_err(|_| Error::manifest_unknown(&name, truncate(&raw)))?;
+            return Ok(Route::Manifest { name, reference });
+        }
+        if rest.contains("/blobs/uploads") {
+            return Err(unsupported(
+                "this is a pull-through cache: push is not supported".into(),
+            ));
+        }
+        if let Some(i) = rest.rfind("/blobs/") {
+            let name = RepoName::parse(&rest[..i])?;
+            let digest = Digest::parse(&decode(&rest[i + "/blobs/".len()..]))?;
+            return Ok(Route::Blob { name, digest });
+        }
+        Err(unknown())
+    }
+
+    /// The local repository this request means: its name, or for a mirror
+    /// request (`?ns=`) the local name of the rule whose source declares
+    /// that upstream repository. `NAME_UNKNOWN` when no rule does.
+    pub fn local_name(&self, rules: &RuleSet) -> Result<Option<RepoName>> {
+        let Some(name) = self.route.name() else {
+            return Ok(None);
+        };
+        match &self.ns {
+            None => Ok(Some(name.clone())),
+            Some(registry) => Ok(Some(rules.resolve_upstream(registry, name)?.local)),
+        }
+    }
+
+    /// Whether the client already holds `digest` (`If-None-Match`).
+    pub fn holds(&self, digest: &Digest) -> bool {
+        self.if_none_match.iter().any(|t| t == digest.as_str())
+    }
+}
+
+fn truncate(s: &str) -> String {
+    const MAX: usize = 200;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn response<B>(status: StatusCode, body: B) -> Response<B> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        HeaderName::from_static(API_VERSION.0),
+        HeaderValue::from_static(API_VERSION.1),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn cache_status<B>(r: &mut Response<B>, status: CacheStatus) {
+    r.headers_mut()
+        .insert("x-cache", HeaderValue::from_static(status.as_str()));
+}
+
+fn content_headers<B>(r: &mut Response<B>, digest: &Digest, content_type: &str, len: u64) {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, hv(content_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert("docker-content-digest", hv(digest.as_str()));
+    h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
+}
+
+/// `200 {}` for `/v2/`.
+pub fn base_response() -> Response<Bytes> {
+    let mut r = response(StatusCode::OK, Bytes::from_static(b"{}"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A manifest answer; the body is empty for a `HEAD`.
+pub fn manifest_response(m: &ManifestResponse, head: bool) -> Response<Bytes> {
+    let body = if head { Bytes::new() } else { m.bytes.clone() };
+    let mut r = response(StatusCode::OK, body);
+    content_headers(&mut r, &m.digest, &m.media_type, m.bytes.len() as u64);
+    cache_status(&mut r, m.status);
+    r
+}
+
+/// The head of a blob answer: `200`, or `206` with `Content-Range` when
+/// `ranged`. The server sends `b`'s bytes (its stream or file) as the body.
+pub fn blob_response(digest: &Digest, b: &BlobResponse, ranged: bool) -> Response<()> {
+    let status = if ranged {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut r = response(status, ());
+    content_headers(
+        &mut r,
+        digest,
+        "application/octet-stream",
+        b.range.end - b.range.start,
+    );
+    r.headers_mut()
+        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if ranged {
+        r.headers_mut().insert(
+            header::CONTENT_RANGE,
+            hv(&format!(
+                "bytes {}-{}/{}",
+                b.range.start,
+                b.range.end.saturating_sub(1),
+                b.size
+            )),
+        );
+    }
+    cache_status(&mut r, b.status);
+    r
+}
+
+/// A blob `HEAD` answer.
+pub fn blob_head_response(digest: &Digest, size: u64, status: CacheStatus) -> Response<()> {
+    let mut r = response(StatusCode::OK, ());
+    content_headers(&mut r, digest, "application/octet-stream", size);
+    r.headers_mut()
+        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    cache_status(&mut r, status);
+    r
+}
+
+/// `304 Not Modified` for a client that already holds `digest`.
+pub fn not_modified_response(digest: &Digest) -> Response<()> {
+    let mut r = response(StatusCode::NOT_MODIFIED, ());
+    let h = r.headers_mut();
+    h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
+    h.insert("docker-content-digest", hv(digest.as_str()));
+    r
+}
+
+/// A tag list answer, `{"name": ..., "tags": [...]}`, under the name the
+/// client asked for.
+pub fn tags_response(name: &RepoName, list: &TagList) -> Response<Bytes> {
+    let body = serde_json::json!({
+        "name": name.as_str(),
+        "tags": list.tags.iter().map(Tag::as_str).collect::<Vec<_>>(),
+    });
+    let mut r = response(StatusCode::OK, Bytes::from(body.to_string()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    cache_status(&mut r, list.status);
+    r
+}
+
+/// An OCI error body: `{"errors":[{"code":..,"message":..,"detail":..}]}`.
+pub fn error_body(code: &str, message: &str) -> Bytes {
+    Bytes::from(
+        serde_json::json!({"errors": [{"code": code, "message": message, "detail": null}]})
+            .to_string(),
+    )
+}
+
+/// The answer to an error: its HTTP status, an OCI error body, and
+/// `Retry-After` when the error says when to try again.
+pub fn error_response(e: &Error) -> Response<Bytes> {
+    let code = e.code();
+    let status = e.http_status();
+    let mut r = response(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        error_body(code.as_str(), &e.to_string()),
+    );
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(d) = e.retry_after() {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
+    }
+    r
+}
+
+/// `401 UNAUTHORIZED` asking for credentials, with `WWW-Authenticate`
+/// offering basic auth in `realm`.
+pub fn unauthorized_response(realm: &str) -> Response<Bytes> {
+    let mut r = response(
+        StatusCode::UNAUTHORIZED,
+        error_body(ErrorCode::Unauthorized.as_str(), "authentication required"),
+    );
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        hv(&format!("Basic realm=\"{}\"", realm.replace('"', ""))),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(method: &str, uri: &str) -> Result<PullRequest> {
+        parse_with(method, uri, &HeaderMap::new())
+    }
+
+    fn parse_with(method: &str, uri: &str, h: &HeaderMap) -> Result<PullRequest> {
+        PullRequest::parse(
+            &Method::from_bytes(method.as_bytes()).unwrap(),
+            &uri.parse().unwrap(),
+            h,
+        )
+    }
+
+    fn status(r: Result<PullRequest>) -> (u16, &'static str) {
+        let e = r.unwrap_err();
+        (e.http_status(), e.code().as_str())
+    }
+
+    #[test]
+    fn routes_parse_nested_names_and_refuse_encoded_slashes() {
+        assert_eq!(parse("GET", "/v2/").unwrap().route, Route::Base);
+        let r = parse("GET", "/v2/a/b/manifests/latest").unwrap();
+        assert_eq!(r.route.name().unwrap().as_str(), "a/b");
+        let r = parse("HEAD", "/v2/a/blobs/sha256%3A".to_owned().as_str());
+        assert_eq!(status(r), (400, "DIGEST_INVALID"));
+        let d = Digest::sha256_of(b"x");
+        let r = parse(
+            "GET",
+            &format!("/v2/a/blobs/{}", d.as_str().replace(':', "%3A")),
+        )
+        .unwrap();
+        assert_eq!(
+            r.route,
+            Route::Blob {
+                name: RepoName::parse("a").unwrap(),
+                digest: d
+            }
+        );
+        assert_eq!(
+            status(parse("GET", "/v2/a%2Fb/manifests/x")),
+            (400, "NAME_INVALID")
+        );
+        assert_eq!(status(parse("GET", "/etc/passwd")), (404, "UNSUPPORTED"));
+        assert_eq!(
+            status(parse("POST", "/v2/a/blobs/uploads/")),
+            (405, "UNSUPPORTED")
+        );
+        assert_eq!(
+            status(parse("PUT", "/v2/a/manifests/x")),
+            (405, "UNSUPPORTED")
+        );
+        assert_eq!(
+            status(parse("GET", "/v2/a/blobs/uploads/x")),
+            (405, "UNSUPPORTED")
+        );
+    }
+
+    #[test]
+    fn an_invalid_reference_is_manifest_unknown_as_in_the_distribution_spec() {
+        assert_eq!(
+            status(parse("GET", "/v2/a/manifests/.INVALID_MANIFEST_NAME")),
+            (404, "MANIFEST_UNKNOWN")
+        );
+        assert_eq!(
+            status(parse("GET", "/v2/a/manifests/sha256:zz")),
+            (404, "MANIFEST_UNKNOWN")
+        );
+    }
+
+    #[test]
+    fn queries_give_pages_and_mirror_namespaces() {
+        let r = parse("GET", "/v2/a/tags/list?n=5&last=v1").unwrap();
+        assert_eq!(
+            r.route,
+            Route::Tags {
+                name: RepoName::parse("a").unwrap(),
+                page: TagPage {
+                    limit: Some(5),
+                    last: Some(Tag::parse("v1").unwrap())
+                }
+            }
+        );
+        assert_eq!(
+            status(parse("GET", "/v2/a/tags/list?n=lots")),
+            (400, "PAGINATION_NUMBER_INVALID")
+        );
+        let r = parse("GET", "/v2/library/nginx/manifests/latest?ns=docker.io").unwrap();
+        assert_eq!(r.ns.unwrap().as_str(), "docker.io");
+        assert_eq!(
+            status(parse("GET", "/v2/a/manifests/x?ns=%2F%2F")),
+            (400, "NAME_INVALID")
+        );
+    }
+
+    #[test]
+    fn a_malformed_range_is_ignored_and_a_valid_one_kept() {
+        let d = Digest::sha256_of(b"x");
+        let uri = format!("/v2/a/blobs/{d}");
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=oops"));
+        assert_eq!(parse_with("GET", &uri, &h).unwrap().range, None);
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=5-"));
+        assert_eq!(
+            parse_with("GET", &uri, &h).unwrap().range,
+            Some(ByteRange::From(5))
+        );
+    }
+
+    #[test]
+    fn accept_lists_drop_parameters_and_star_means_any() {
+        let mut h = HeaderMap::new();
+        h.append(header::ACCEPT, HeaderValue::from_static("a/b; q=0.5, c/d"));
+        let a = Accept::from_headers(&h);
+        assert!(a.admits("a/b") && a.admits("c/d") && !a.admits("e/f"));
+        h.append(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(Accept::from_headers(&h).admits("e/f"));
+    }
+
+    #[test]
+    fn error_responses_carry_the_code_status_and_retry_after() {
+        let e = Error::unavailable("full", Some(std::time::Duration::from_secs(3)));
+        let r = error_response(&e);
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(r.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+    }
+
+    /// The path a route came from, for the round trip.
+    fn path_of(r: &Route) -> String {
+        match r {
+            Route::Base => "/v2/".into(),
+            Route::Manifest { name, reference } => format!("/v2/{name}/manifests/{reference}"),
+            Route::Blob { name, digest } => format!("/v2/{name}/blobs/{digest}"),
+            Route::Tags { name, page } => {
+                let mut q = Vec::new();
+                if let Some(n) = page.limit {
+                    q.push(format!("n={n}"));
+                }
+                if let Some(l) = &page.last {
+                    q.push(format!("last={l}"));
+                }
+                let q = if q.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", q.join("&"))
+                };
+                format!("/v2/{name}/tags/list{q}")
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+        ))]
+
+        #[test]
+        fn no_request_head_makes_the_parser_panic(
+            method in "[A-Z]{1,8}",
+            path in "(/v2/)?[ -~]{0,120}",
+            query in proptest::option::of("[ -~]{0,60}"),
+            range in proptest::option::of("[ -~]{0,40}"),
+        ) {
+            let uri = match &query { Some(q) => format!("{path}?{q}"), None => path.clone() };
+            let Ok(uri) = uri.parse::<Uri>() else { return Ok(()); };
+            let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Ok(()); };
+            let mut h = HeaderMap::new();
+            if let Some(r) = range.and_then(|r| HeaderValue::from_str(&r).ok()) {
+                h.insert(header::RANGE, r);
+            }
+            if let Err(e) = PullRequest::parse(&method, &uri, &h) {
+                prop_assert!(e.is_client_error(), "{} for {uri}", e);
+            }
+        }
+
+        #[test]
+        fn every_accepted_path_round_trips(
+            name in "[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}",
+            kind in 0u8..4,
+            tag in "[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}",
+            n in proptest::option::of(0usize..1000),
+        ) {
+            let path = match kind {
+                0 => "/v2/".to_owned(),
+                1 => format!("/v2/{name}/manifests/{tag}"),
+                2 => format!("/v2/{name}/blobs/{}", Digest::sha256_of(tag.as_bytes())),
+                _ => format!("/v2/{name}/tags/list{}", n.map(|n| format!("?n={n}")).unwrap_or_default()),
+            };
+            let r = parse("GET", &path).unwrap();
+            let again = parse("GET", &path_of(&r.route)).unwrap();
+            prop_assert_eq!(r.route, again.route);
+        }
+    }
+}

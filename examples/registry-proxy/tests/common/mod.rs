@@ -1,0 +1,164 @@
+//! What the end-to-end tests share: `registry-proxy` started as a separate
+//! process on a free loopback port with a configuration of the test's, and
+//! small HTTP helpers.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cache_upstream::testing::{TestRegistry, free_port, skopeo};
+
+/// The binary under test: this build's, or `REGISTRY_PROXY_BIN` (to run
+/// the suite against a release build, or an older one to see a test fail).
+pub fn bin() -> String {
+    std::env::var("REGISTRY_PROXY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_registry-proxy").to_owned())
+}
+
+/// A running `registry-proxy`; killed when dropped.
+pub struct Proxy {
+    pub child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    pub fn start(body: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cfg = format!("listen = \"127.0.0.1:{port}\"\n{body}");
+        std::fs::write(dir.path().join("proxy.toml"), cfg).unwrap();
+        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+        let child = Command::new(bin())
+            .arg("--config")
+            .arg(dir.path().join("proxy.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = Proxy { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+                let mut b = [0u8; 8];
+                if s.read(&mut b).is_ok_and(|n| n > 0) {
+                    return p;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not start:\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("cache-data")
+    }
+
+    /// The committed blob file of `digest` in the filesystem store.
+    pub fn stored_blob(&self, digest: &cache_core::Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.store()
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    /// A counter or gauge from `/metrics` (0 when absent).
+    pub async fn metric(&self, series: &str) -> u64 {
+        let m = http()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The proxy's peak resident memory (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+/// A configuration whose one rule, `lib`, maps `library/*` to the same
+/// repositories of `host` at `url`; `extra` is appended verbatim.
+pub fn config_for(host: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[storage]\nbackend = \"fs\"\npath = \"cache-data\"\n\n[[registry]]\nhost = \"{host}\"\nendpoint = \"{url}\"\n\n[[rule]]\nname = \"lib\"\nsource = \"{host}/library/*\"\ntarget = \"library/*\"\n{extra}"
+    )
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn config(up: &TestRegistry, extra_rule: &str) -> String {
+    config_for(&up.host(), &up.url(), extra_rule)
+}
+
+pub fn pull(proxy: &Proxy, reference: &str, dest: &Path, all: bool) -> Result<(), String> {
+    let mut args = vec![
+        "copy".to_owned(),
+        "--insecure-policy".to_owned(),
+        "--src-tls-verify=false".to_owned(),
+    ];
+    if all {
+        args.push("--all".to_owned());
+    }
+    args.push(format!("docker://{}/{reference}", proxy.host()));
+    args.push(format!("dir:{}", dest.display()));
+    skopeo(&args)
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().build().unwrap()
+}
+
+pub async fn code_of(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let v: serde_json::Value =
+        serde_json::from_slice(&resp.bytes().await.unwrap_or_default()).unwrap_or_default();
+    (
+        status,
+        v["errors"][0]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
