@@ -133,6 +133,8 @@ pub struct RawUpstream {
     pub max_queued_fetches: Option<usize>,
     /// Retries and resumptions per fetch, on top of the first request (default 3).
     pub max_retries: Option<u32>,
+    /// Back-off unit: the n-th retry waits n times this (default `200ms`).
+    pub retry_backoff: Option<String>,
     /// Longest an upstream body may send nothing before it is resumed (default `60s`).
     pub stall_timeout: Option<String>,
     /// Longest wait for a connection (default `10s`).
@@ -266,6 +268,8 @@ pub struct UpstreamLimits {
     pub max_queued_fetches: usize,
     /// Retries and resumptions per fetch.
     pub max_retries: u32,
+    /// Back-off unit between retries.
+    pub retry_backoff: Duration,
     /// Body stall before a resumption.
     pub stall_timeout: Duration,
     /// Connection timeout.
@@ -628,6 +632,11 @@ fn upstream(raw: &RawUpstream) -> Result<UpstreamLimits, ConfigError> {
             .max_queued_fetches
             .unwrap_or(defaults.max_queued_fetches),
         max_retries,
+        retry_backoff: duration(
+            "upstream.retry_backoff",
+            &raw.retry_backoff,
+            defaults.retry_backoff,
+        )?,
         stall_timeout: positive(
             "upstream.stall_timeout",
             &raw.stall_timeout,

@@ -84,6 +84,7 @@ pub fn build_cache(
             max_concurrent_fetches: up.max_concurrent_fetches,
             max_queued_fetches: up.max_queued_fetches,
             max_retries: up.max_retries,
+            retry_backoff: up.retry_backoff,
             stall_timeout: up.stall_timeout,
             manifest_timeout: up.manifest_timeout,
             max_manifest_size: cfg.max_manifest_size,
