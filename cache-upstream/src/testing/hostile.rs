@@ -180,6 +180,20 @@ impl HostileRegistry {
             .insert(digest.to_string(), data.into());
     }
 
+    /// Stops serving a blob (a long-running harness keeps its memory flat).
+    pub fn remove_blob(&self, digest: &Digest) {
+        lock(&self.state).0.blobs.remove(digest.as_str());
+        lock(&self.state)
+            .0
+            .faults
+            .retain(|(part, _)| !part.contains(digest.as_str()));
+    }
+
+    /// Forgets the requests seen so far.
+    pub fn clear_seen(&self) {
+        lock(&self.state).0.seen.clear();
+    }
+
     /// Serves a manifest in `repo` under its digest and, if given, `tag`.
     pub fn add_manifest(
         &self,
