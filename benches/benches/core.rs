@@ -115,9 +115,10 @@ fn fs_store(c: &mut Criterion) {
     g.bench_function("read", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let mut r = store.get(&digest, None).await.unwrap();
+                let r = store.get(&digest, None).await.unwrap();
                 let mut n = 0usize;
-                while let Some(c) = r.stream.next().await {
+                let mut s = r.payload.into_stream();
+                while let Some(c) = s.next().await {
                     n += c.unwrap().len();
                 }
                 assert_eq!(n, BIG);

@@ -206,23 +206,20 @@ impl cache_core::Upstream for SyntheticUpstream {
         _: &cache_core::RepoName,
         digest: &cache_core::Digest,
         range: Option<cache_core::ByteRange>,
-    ) -> cache_core::Result<cache_core::BlobRead> {
+    ) -> cache_core::Result<cache_core::UpstreamBlob> {
         self.blob_gets
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if *digest != self.digest {
-            return Err(cache_core::Error::BlobUnknown {
-                digest: digest.clone(),
-            });
+            return Err(cache_core::Error::blob_unknown(digest));
         }
         let span = match range {
             Some(r) => r.resolve(self.size)?,
             None => 0..self.size,
         };
-        Ok(cache_core::BlobRead {
+        Ok(cache_core::UpstreamBlob {
             size: self.size,
             range: span.clone(),
             stream: self.stream(span.start),
-            file: None,
         })
     }
 
@@ -274,7 +271,7 @@ pub async fn pull(cache: &cache_core::PullThroughCache, d: &cache_core::Digest) 
     use futures::StreamExt;
     let repo = cache_core::RepoName::parse("bench/app").expect("static name");
     let r = cache.blob(&repo, d, None).await.expect("blob request");
-    let mut s = r.stream;
+    let mut s = r.body.into_stream();
     let mut n = 0u64;
     while let Some(c) = s.next().await {
         n += c.expect("blob bytes").len() as u64;

@@ -39,7 +39,7 @@ pub mod testing;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{
-    BlobResponse, CacheBuilder, CacheOptions, FileBody, GcReport, ManifestResponse,
+    BlobBody, BlobResponse, CacheBuilder, CacheOptions, FileBody, GcReport, ManifestResponse,
     PullThroughCache, ScrubReport, TagList,
 };
 pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result, SharedError};
@@ -54,9 +54,12 @@ pub use range::ByteRange;
 pub use rules::{Explanation, Resolved, Rule, RuleSet, RuleSpec};
 pub use runtime::{Clock, Spawner};
 pub use store::{
-    BlobInfo, BlobRead, BlobStore, BlobStoreExt, ByteStream, MetaKey, StagedBlob, StagedReader,
+    BlobInfo, BlobPayload, BlobRead, BlobStore, BlobStoreExt, ByteStream, FileSpan, MetaKey,
+    StagedBlob, StagedReader,
 };
-pub use upstream::{Manifest, ManifestHead, TagPage, Upstream, manifest_from_bytes, media_types};
+pub use upstream::{
+    Manifest, ManifestHead, TagPage, Upstream, UpstreamBlob, manifest_from_bytes, media_types,
+};
 pub use verify::VerifyingStream;
 
 #[cfg(doctest)]

@@ -29,29 +29,70 @@ pub struct BlobInfo {
     pub last_access: Option<SystemTime>,
 }
 
-/// A read of (part of) a blob.
+/// A read of (part of) a stored blob.
+#[derive(Debug)]
 pub struct BlobRead {
     /// The size of the whole blob.
     pub size: u64,
-    /// The half-open byte span `stream` yields.
+    /// The half-open byte span the payload holds.
     pub range: Range<u64>,
-    /// The bytes of `range`, in order.
-    pub stream: ByteStream,
-    /// The open local file `stream` reads from, when the blob is kept in
-    /// one: bytes `range` of this file are the bytes `stream` yields. A
-    /// server may send them straight from the file (Linux `sendfile(2)`)
-    /// and drop `stream` unread; stores make `stream` lazy so that costs
-    /// nothing. The open handle keeps the content readable even if the blob
-    /// is deleted meanwhile. `None` for stores that keep no local files.
-    pub file: Option<Arc<std::fs::File>>,
+    /// The bytes of `range`.
+    pub payload: BlobPayload,
 }
 
-impl fmt::Debug for BlobRead {
+/// The bytes of a read: a stream, or a span of a local file (in the spirit
+/// of object_store's `GetResultPayload`).
+pub enum BlobPayload {
+    /// The bytes as a stream, in order.
+    Stream(ByteStream),
+    /// The bytes are a span of a local file, which a server may send
+    /// straight from it (Linux `sendfile(2)`).
+    File(FileSpan),
+}
+
+/// Bytes that are a span of an open local file.
+pub struct FileSpan {
+    /// The open file. Its handle keeps the content readable even if the
+    /// blob is deleted meanwhile.
+    pub file: Arc<std::fs::File>,
+    /// The half-open span of the file that holds the bytes.
+    pub range: Range<u64>,
+    /// The same bytes as a stream, for callers that cannot send from a
+    /// file. Stores make it lazy, so dropping it unread costs nothing.
+    pub stream: ByteStream,
+}
+
+impl BlobPayload {
+    /// The bytes as a stream, whichever the payload.
+    pub fn into_stream(self) -> ByteStream {
+        match self {
+            BlobPayload::Stream(s) => s,
+            BlobPayload::File(f) => f.stream,
+        }
+    }
+
+    /// The file span, if the bytes are one.
+    pub fn file(&self) -> Option<&FileSpan> {
+        match self {
+            BlobPayload::File(f) => Some(f),
+            BlobPayload::Stream(_) => None,
+        }
+    }
+}
+
+impl fmt::Debug for BlobPayload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BlobRead")
-            .field("size", &self.size)
+        match self {
+            BlobPayload::Stream(_) => f.write_str("Stream"),
+            BlobPayload::File(s) => f.debug_tuple("File").field(&s.range).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for FileSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileSpan")
             .field("range", &self.range)
-            .field("file", &self.file.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -234,9 +275,10 @@ pub trait BlobStoreExt: BlobStore {
 
     /// Reads a whole blob into memory. For small content (manifests, tests).
     async fn get_bytes(&self, digest: &Digest) -> Result<Bytes> {
-        let mut r = self.get(digest, None).await?;
+        let r = self.get(digest, None).await?;
         let mut buf = Vec::with_capacity(usize::try_from(r.size).unwrap_or(0));
-        while let Some(chunk) = r.stream.next().await {
+        let mut stream = r.payload.into_stream();
+        while let Some(chunk) = stream.next().await {
             buf.extend_from_slice(&chunk?);
         }
         Ok(Bytes::from(buf))

@@ -9,7 +9,7 @@ use crate::digest::Digest;
 use crate::error::Result;
 use crate::names::{Reference, RepoName, Tag};
 use crate::range::ByteRange;
-use crate::store::BlobRead;
+use crate::store::ByteStream;
 
 /// Manifest media types a pull-through cache asks for.
 pub mod media_types {
@@ -74,6 +74,25 @@ pub struct ManifestHead {
     pub size: u64,
 }
 
+/// A blob (or a span of it) as an upstream sends it.
+pub struct UpstreamBlob {
+    /// The size of the whole blob.
+    pub size: u64,
+    /// The half-open byte span `stream` yields.
+    pub range: std::ops::Range<u64>,
+    /// The bytes of `range`, in order, unverified.
+    pub stream: ByteStream,
+}
+
+impl fmt::Debug for UpstreamBlob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamBlob")
+            .field("size", &self.size)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One page of a tag listing request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TagPage {
@@ -122,7 +141,7 @@ pub trait Upstream: Send + Sync + fmt::Debug {
         repo: &RepoName,
         digest: &Digest,
         range: Option<ByteRange>,
-    ) -> Result<BlobRead>;
+    ) -> Result<UpstreamBlob>;
 
     /// The size of a blob, without its body (a `HEAD`). A missing blob is
     /// [`Error::BlobUnknown`](crate::Error::BlobUnknown).

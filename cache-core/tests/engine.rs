@@ -11,9 +11,9 @@ use cache_core::manifest::Platform;
 use cache_core::media_types as mt;
 use cache_core::testing::{FakeUpstream, Fault, ManualClock, PanicUpstream, content};
 use cache_core::{
-    BlobStore, BlobStoreExt, ByteRange, CacheOptions, CacheStatus, Clock, Digest, Error, ErrorCode,
-    MaxImageSize, PlatformAllowList, PullThroughCache, Reference, Registry, RepoName, RulePolicy,
-    RuleSet, RuleSpec, Tag, TagFreshness, TagPage,
+    BlobBody, BlobStore, BlobStoreExt, ByteRange, CacheOptions, CacheStatus, Clock, Digest, Error,
+    ErrorCode, MaxImageSize, PlatformAllowList, PullThroughCache, Reference, Registry, RepoName,
+    RulePolicy, RuleSet, RuleSpec, Tag, TagFreshness, TagPage,
 };
 use cache_store::{FsStore, MemoryStore, TokioRuntime};
 use futures::StreamExt;
@@ -394,7 +394,7 @@ async fn thirty_two_concurrent_cold_readers_share_one_upstream_fetch() {
         let d = d.clone();
         tasks.push(tokio::spawn(async move {
             let r = c.blob(&n("library/big"), &d, None).await.unwrap();
-            drain(r.stream).await
+            drain(r.body.into_stream()).await
         }));
     }
     for task in tasks {
@@ -423,7 +423,7 @@ async fn followers_receive_bytes_before_the_fetch_finishes() {
     });
     let r = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
     assert_eq!(r.status, CacheStatus::Miss);
-    let mut s = r.stream;
+    let mut s = r.body.into_stream();
     let first = s.next().await.unwrap().unwrap();
     assert!(!first.is_empty());
     assert_eq!(
@@ -449,7 +449,7 @@ async fn a_reader_dropped_after_one_byte_does_not_stop_the_fetch() {
         delay: Duration::from_millis(5),
     });
     let r = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
-    let mut s = r.stream;
+    let mut s = r.body.into_stream();
     let first = s.next().await.unwrap().unwrap();
     assert!(!first.is_empty());
     drop(s);
@@ -481,7 +481,7 @@ async fn a_flipped_byte_commits_nothing_fails_every_reader_and_is_fetched_again(
         let d = d.clone();
         readers.push(tokio::spawn(async move {
             match c.blob(&n("library/app"), &d, None).await {
-                Ok(r) => drain(r.stream).await,
+                Ok(r) => drain(r.body.into_stream()).await,
                 Err(e) => (Vec::new(), Some(e)),
             }
         }));
@@ -507,7 +507,8 @@ async fn a_flipped_byte_commits_nothing_fails_every_reader_and_is_fetched_again(
             .blob(&n("library/app"), &d, None)
             .await
             .unwrap()
-            .stream,
+            .body
+            .into_stream(),
     )
     .await;
     assert!(
@@ -528,7 +529,8 @@ async fn a_truncated_transfer_is_resumed_with_range() {
             .blob(&n("library/app"), &d, None)
             .await
             .unwrap()
-            .stream,
+            .body
+            .into_stream(),
     )
     .await;
     assert!(err.is_none(), "{err:?}");
@@ -552,7 +554,8 @@ async fn a_stalled_transfer_is_resumed_after_the_idle_timeout() {
             .blob(&n("library/app"), &d, None)
             .await
             .unwrap()
-            .stream,
+            .body
+            .into_stream(),
     )
     .await;
     assert!(err.is_none(), "{err:?}");
@@ -571,7 +574,7 @@ async fn endless_truncation_gives_up_after_the_resume_limit_and_commits_nothing(
     // A fetch that fails before the reader starts reports its error from
     // `blob`; one that fails later, at the end of the stream. Either is right.
     let err = match e.cache.blob(&n("library/app"), &d, None).await {
-        Ok(r) => drain(r.stream).await.1,
+        Ok(r) => drain(r.body.into_stream()).await.1,
         Err(e) => Some(e),
     };
     assert!(matches!(err, Some(Error::Upstream { .. })), "{err:?}");
@@ -594,7 +597,8 @@ async fn server_errors_are_retried_and_404_and_429_are_not() {
             .blob(&n("library/app"), &d, None)
             .await
             .unwrap()
-            .stream,
+            .body
+            .into_stream(),
     )
     .await;
     assert!(err.is_none() && bytes == layer);
@@ -635,7 +639,7 @@ async fn a_ranged_request_on_a_miss_makes_one_whole_blob_fetch() {
         .await
         .unwrap();
     assert_eq!((r.size, r.range.clone()), (500_000, 1000..2000));
-    let (bytes, err) = drain(r.stream).await;
+    let (bytes, err) = drain(r.body.into_stream()).await;
     assert!(err.is_none());
     assert_eq!(bytes, &layer[1000..2000]);
     let r = e
@@ -643,7 +647,7 @@ async fn a_ranged_request_on_a_miss_makes_one_whole_blob_fetch() {
         .blob(&n("library/app"), &d, Some(ByteRange::Suffix(10)))
         .await
         .unwrap();
-    assert_eq!(drain(r.stream).await.0, &layer[499_990..]);
+    assert_eq!(drain(r.body.into_stream()).await.0, &layer[499_990..]);
     assert_eq!(gets(&e.up), 1);
     let err = e
         .cache
@@ -663,7 +667,8 @@ async fn a_digest_cached_through_another_rule_is_blob_unknown() {
             .blob(&n("team/secret"), &d, None)
             .await
             .unwrap()
-            .stream,
+            .body
+            .into_stream(),
     )
     .await;
     assert_eq!(bytes, secret);
@@ -718,7 +723,8 @@ async fn blobs_named_by_a_pulled_manifest_need_no_extra_upstream_check() {
             .blob(&n("library/app"), d, None)
             .await
             .unwrap()
-            .stream,
+            .body
+            .into_stream(),
     )
     .await;
     let r = e.cache.blob(&n("library/app"), d, None).await.unwrap();
@@ -924,7 +930,8 @@ async fn gc_keeps_the_quota_by_least_recent_use_and_spares_blobs_in_use() {
                 .blob(&n("library/app"), &d, None)
                 .await
                 .unwrap()
-                .stream,
+                .body
+                .into_stream(),
         )
         .await;
         e.clock.advance(Duration::from_secs(3600));
@@ -948,14 +955,15 @@ async fn gc_keeps_the_quota_by_least_recent_use_and_spares_blobs_in_use() {
         e.store.stat(&ds[3]).await.unwrap().is_some(),
         "in-use blob spared"
     );
-    assert_eq!(drain(reading.stream).await.0.len(), 10_000);
+    assert_eq!(drain(reading.body.into_stream()).await.0.len(), 10_000);
     // Evicted content is fetched again on demand.
     drain(
         e.cache
             .blob(&n("library/app"), &ds[1], None)
             .await
             .unwrap()
-            .stream,
+            .body
+            .into_stream(),
     )
     .await;
     assert!(e.store.stat(&ds[1]).await.unwrap().is_some());
@@ -976,7 +984,8 @@ async fn gc_removes_content_past_its_rules_ttl() {
             .blob(&n("library/app"), &old, None)
             .await
             .unwrap()
-            .stream,
+            .body
+            .into_stream(),
     )
     .await;
     e.clock.advance(Duration::from_secs(2 * 86_400));
@@ -986,7 +995,8 @@ async fn gc_removes_content_past_its_rules_ttl() {
             .blob(&n("library/app"), &new, None)
             .await
             .unwrap()
-            .stream,
+            .body
+            .into_stream(),
     )
     .await;
     let report = e.cache.gc(None).await.unwrap();
@@ -1011,7 +1021,8 @@ async fn scrub_removes_a_corrupted_file() {
                 .blob(&n("library/app"), d, None)
                 .await
                 .unwrap()
-                .stream,
+                .body
+                .into_stream(),
         )
         .await;
     }
@@ -1032,7 +1043,8 @@ async fn scrub_removes_a_corrupted_file() {
             .blob(&n("library/app"), &bad, None)
             .await
             .unwrap()
-            .stream,
+            .body
+            .into_stream(),
     )
     .await;
     assert!(err.is_none() && bytes == content(51, 50_000));
@@ -1062,7 +1074,14 @@ async fn the_engine_works_on_the_filesystem_store() {
         let c = e.cache.clone();
         let d = img.layers[0].0.clone();
         tasks.push(tokio::spawn(async move {
-            drain(c.blob(&n("library/app"), &d, None).await.unwrap().stream).await
+            drain(
+                c.blob(&n("library/app"), &d, None)
+                    .await
+                    .unwrap()
+                    .body
+                    .into_stream(),
+            )
+            .await
         }));
     }
     for task in tasks {
@@ -1087,8 +1106,10 @@ async fn a_hit_on_the_filesystem_store_offers_its_file_span_and_keeps_the_blob_i
     let blob = content(61, 100_000);
     let d = e.up.add_blob(&n("library/app"), blob.clone());
     let miss = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
-    assert!(miss.file.is_none(), "a miss streams from the fetch");
-    drain(miss.stream).await;
+    let BlobBody::Stream(miss) = miss.body else {
+        panic!("a miss streams from the fetch");
+    };
+    drain(miss).await;
     wait_until(|| e.cache.inflight() == 0).await;
     let range = ByteRange::parse_http("bytes=10-20009").unwrap();
     let hit = e
@@ -1097,12 +1118,13 @@ async fn a_hit_on_the_filesystem_store_offers_its_file_span_and_keeps_the_blob_i
         .await
         .unwrap();
     assert_eq!(hit.status, CacheStatus::Hit);
-    let file = hit.file.expect("the filesystem store offers its file");
+    let BlobBody::File(file) = hit.body else {
+        panic!("the filesystem store offers its file");
+    };
     assert_eq!(file.range(), 10..20_010);
     let mut buf = vec![0; 20_000];
     file.file().read_exact_at(&mut buf, 10).unwrap();
     assert!(buf[..] == blob[10..20_010]);
-    drop(hit.stream);
     let served = Counters::get(&e.counters.bytes_served);
     file.sent(20_000);
     assert_eq!(Counters::get(&e.counters.bytes_served), served + 20_000);
@@ -1119,12 +1141,17 @@ async fn a_hit_on_the_filesystem_store_offers_its_file_span_and_keeps_the_blob_i
             .blob(&n("library/app"), &d, None)
             .await
             .unwrap()
-            .stream,
+            .body
+            .into_stream(),
     )
     .await;
     wait_until(|| e.cache.inflight() == 0).await;
     let hit = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
-    assert_eq!((hit.status, hit.file.is_none()), (CacheStatus::Hit, true));
+    assert_eq!(hit.status, CacheStatus::Hit);
+    assert!(
+        matches!(hit.body, BlobBody::Stream(_)),
+        "a store without files offers none"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1136,7 +1163,8 @@ async fn metrics_events_count_hits_misses_and_bytes() {
             .blob(&n("library/app"), &d, None)
             .await
             .unwrap()
-            .stream,
+            .body
+            .into_stream(),
     )
     .await;
     drain(
@@ -1144,7 +1172,8 @@ async fn metrics_events_count_hits_misses_and_bytes() {
             .blob(&n("library/app"), &d, None)
             .await
             .unwrap()
-            .stream,
+            .body
+            .into_stream(),
     )
     .await;
     let c = &e.counters;
@@ -1170,13 +1199,27 @@ async fn the_fetch_cap_makes_extra_transfers_wait_their_turn() {
     let b = e.up.add_blob(&n("library/app"), content(81, 256 * 1024));
     let ca = e.cache.clone();
     let first = tokio::spawn(async move {
-        drain(ca.blob(&n("library/app"), &a, None).await.unwrap().stream).await
+        drain(
+            ca.blob(&n("library/app"), &a, None)
+                .await
+                .unwrap()
+                .body
+                .into_stream(),
+        )
+        .await
     });
     let up = e.up.clone();
     wait_until(move || gets(&up) == 1).await;
     let cb = e.cache.clone();
     let second = tokio::spawn(async move {
-        drain(cb.blob(&n("library/app"), &b, None).await.unwrap().stream).await
+        drain(
+            cb.blob(&n("library/app"), &b, None)
+                .await
+                .unwrap()
+                .body
+                .into_stream(),
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert_eq!(e.cache.inflight(), 2, "both fetches exist");
@@ -1193,7 +1236,7 @@ async fn read_blob(
     range: Option<ByteRange>,
 ) -> (Vec<u8>, Option<Error>) {
     match c.blob(&n(repo), d, range).await {
-        Ok(r) => drain(r.stream).await,
+        Ok(r) => drain(r.body.into_stream()).await,
         Err(e) => (Vec::new(), Some(e)),
     }
 }
@@ -1256,7 +1299,10 @@ async fn an_empty_body_for_a_non_empty_digest_is_refused_before_any_answer() {
     // The real empty blob is served, once verified.
     let empty = e.up.add_blob(&n("library/app"), Bytes::new());
     let r = e.cache.blob(&n("library/app"), &empty, None).await.unwrap();
-    assert_eq!((r.size, drain(r.stream).await.1.is_none()), (0, true));
+    assert_eq!(
+        (r.size, drain(r.body.into_stream()).await.1.is_none()),
+        (0, true)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1435,4 +1481,39 @@ async fn one_retry_budget_bounds_the_upstream_requests_of_every_operation() {
         2 * budget,
         "every request is counted"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_drops_the_records_of_blobs_it_evicts_so_metadata_stays_bounded() {
+    let e = env();
+    let ds: Vec<Digest> = (0..5)
+        .map(|i| e.up.add_blob(&n("library/app"), content(100 + i, 1000)))
+        .collect();
+    for d in &ds {
+        let (_, err) = read_blob(&e.cache, "library/app", d, None).await;
+        assert!(err.is_none());
+    }
+    wait_until(|| e.cache.inflight() == 0).await;
+    let records = |store: Arc<dyn BlobStore>| async move {
+        store
+            .list_meta(Some(&cache_core::MetaKey::parse("repos").unwrap()))
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(
+        records(e.store.clone()).await,
+        5,
+        "one entitlement per blob"
+    );
+    let report = e.cache.gc(Some(0)).await.unwrap();
+    assert_eq!((report.evicted, report.dropped_records), (5, 5));
+    assert_eq!(
+        records(e.store.clone()).await,
+        0,
+        "no record outlives its blob"
+    );
+    // And the blobs are fetched again on demand.
+    let (got, err) = read_blob(&e.cache, "library/app", &ds[0], None).await;
+    assert!(err.is_none() && got.len() == 1000);
 }

@@ -37,7 +37,7 @@ async fn read_all(
     match cache.blob(&repo, &d, None).await {
         Err(_) => (Vec::new(), false),
         Ok(r) => {
-            let mut s = r.stream;
+            let mut s = r.body.into_stream();
             let mut out = Vec::new();
             while let Some(c) = s.next().await {
                 match c {

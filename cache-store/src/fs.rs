@@ -25,8 +25,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cache_core::{
-    Algorithm, BlobInfo, BlobRead, BlobStore, ByteRange, Digest, Error, Hasher, MetaKey, Result,
-    StagedBlob, StagedReader,
+    Algorithm, BlobInfo, BlobPayload, BlobRead, BlobStore, ByteRange, Digest, Error, FileSpan,
+    Hasher, MetaKey, Result, StagedBlob, StagedReader,
 };
 use futures::stream::{self, BoxStream, StreamExt};
 
@@ -249,8 +249,11 @@ impl BlobStore for FsStore {
         Ok(BlobRead {
             size,
             range: span.clone(),
-            stream: file_stream(file.clone(), span.start, span.end, self.blob_path(digest)),
-            file: Some(file),
+            payload: BlobPayload::File(FileSpan {
+                stream: file_stream(file.clone(), span.start, span.end, self.blob_path(digest)),
+                file,
+                range: span,
+            }),
         })
     }
 

@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use cache_core::{
-    BlobInfo, BlobRead, BlobStore, ByteRange, Digest, Error, Hasher, MetaKey, Result, StagedBlob,
-    StagedReader,
+    BlobInfo, BlobPayload, BlobRead, BlobStore, ByteRange, Digest, Error, Hasher, MetaKey, Result,
+    StagedBlob, StagedReader,
 };
 use futures::stream::{self, BoxStream, StreamExt};
 
@@ -93,8 +93,7 @@ impl BlobStore for MemoryStore {
         Ok(BlobRead {
             size,
             range: span,
-            stream: stream::iter(chunks).boxed(),
-            file: None,
+            payload: BlobPayload::Stream(stream::iter(chunks).boxed()),
         })
     }
 

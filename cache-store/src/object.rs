@@ -32,8 +32,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use cache_core::{
-    BlobInfo, BlobRead, BlobStore, ByteRange, Digest, Error, Hasher, MetaKey, Result, StagedBlob,
-    StagedReader,
+    BlobInfo, BlobPayload, BlobRead, BlobStore, ByteRange, Digest, Error, Hasher, MetaKey, Result,
+    StagedBlob, StagedReader,
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -270,8 +270,7 @@ impl BlobStore for ObjectBlobStore {
         Ok(BlobRead {
             size,
             range: span,
-            stream,
-            file: None,
+            payload: BlobPayload::Stream(stream),
         })
     }
 

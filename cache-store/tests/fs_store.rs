@@ -60,7 +60,7 @@ async fn a_truncated_blob_file_ends_its_stream_in_an_error_not_a_clean_end() {
     let data = content(2, 3 * 1024 * 1024);
     let d = Digest::sha256_of(&data);
     store.put(&d, data).await.unwrap();
-    let mut read = store.get(&d, None).await.unwrap();
+    let read = store.get(&d, None).await.unwrap();
     // Someone truncates the file under a reader that already knows its size.
     std::fs::OpenOptions::new()
         .write(true)
@@ -69,7 +69,8 @@ async fn a_truncated_blob_file_ends_its_stream_in_an_error_not_a_clean_end() {
         .set_len(1024 * 1024 + 10)
         .unwrap();
     let mut saw_error = false;
-    while let Some(c) = read.stream.next().await {
+    let mut stream = read.payload.into_stream();
+    while let Some(c) = stream.next().await {
         if c.is_err() {
             saw_error = true;
         }

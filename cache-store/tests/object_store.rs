@@ -56,9 +56,10 @@ async fn azurite_passes_the_conformance_suite() {
 }
 
 async fn read(store: &dyn BlobStore, d: &Digest, range: Option<ByteRange>) -> Vec<u8> {
-    let mut r = store.get(d, range).await.unwrap();
+    let r = store.get(d, range).await.unwrap();
     let mut out = Vec::new();
-    while let Some(c) = r.stream.next().await {
+    let mut s = r.payload.into_stream();
+    while let Some(c) = s.next().await {
         out.extend_from_slice(&c.unwrap());
     }
     out
@@ -164,9 +165,10 @@ async fn a_reader_slower_than_the_request_timeout_still_reads_everything() {
     let data = content(3, 9 * 1024 * 1024);
     let d = Digest::sha256_of(&data);
     store.put(&d, data.clone()).await.unwrap();
-    let mut r = store.get(&d, None).await.unwrap();
+    let r = store.get(&d, None).await.unwrap();
     let mut got = Vec::new();
-    while let Some(c) = r.stream.next().await {
+    let mut s = r.payload.into_stream();
+    while let Some(c) = s.next().await {
         got.extend_from_slice(&c.unwrap());
         tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     }

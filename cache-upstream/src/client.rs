@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use cache_core::{
-    BlobRead, ByteRange, Digest, Error, ErrorCode, Manifest, ManifestHead, Reference, Registry,
-    RepoName, Result, Tag, TagPage, Upstream, manifest_from_bytes,
+    ByteRange, Digest, Error, ErrorCode, Manifest, ManifestHead, Reference, Registry, RepoName,
+    Result, Tag, TagPage, Upstream, UpstreamBlob, manifest_from_bytes,
 };
 use futures::StreamExt;
 use reqwest::header::{self, HeaderMap};
@@ -609,7 +609,7 @@ impl Upstream for RegistryClient {
         repo: &RepoName,
         digest: &Digest,
         range: Option<ByteRange>,
-    ) -> Result<BlobRead> {
+    ) -> Result<UpstreamBlob> {
         let url = self.url(&format!("v2/{repo}/blobs/{digest}"));
         let resp = self
             .send(repo, &|| {
@@ -658,11 +658,10 @@ impl Upstream for RegistryClient {
                 c.map_err(|e| Error::upstream_with(&registry, "blob transfer interrupted", true, e))
             })
             .boxed();
-        Ok(BlobRead {
+        Ok(UpstreamBlob {
             size,
             range: span,
             stream,
-            file: None,
         })
     }
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use cache_core::{
-    BlobRead, ByteRange, Digest, Error, Manifest, ManifestHead, Reference, RepoName, Result, Tag,
-    TagPage, Upstream, manifest_from_bytes, media_types,
+    ByteRange, Digest, Error, Manifest, ManifestHead, Reference, RepoName, Result, Tag, TagPage,
+    Upstream, UpstreamBlob, manifest_from_bytes, media_types,
 };
 use futures::StreamExt;
 
@@ -177,7 +177,7 @@ impl Upstream for OciLayout {
         _repo: &RepoName,
         digest: &Digest,
         range: Option<ByteRange>,
-    ) -> Result<BlobRead> {
+    ) -> Result<UpstreamBlob> {
         let p = self.blob_path(digest);
         let d = digest.clone();
         let (file, size) = blocking(move || match std::fs::File::open(&p) {
@@ -217,11 +217,10 @@ impl Upstream for OciLayout {
             }
         })
         .boxed();
-        Ok(BlobRead {
+        Ok(UpstreamBlob {
             size,
             range: span,
             stream,
-            file: None,
         })
     }
 

@@ -8,13 +8,14 @@ use futures::{FutureExt, StreamExt};
 
 use super::fetch::{Fetch, Job, Ready};
 use super::queue::UpstreamCall;
-use super::response::{BlobResponse, FileBody};
+use super::response::{BlobBody, BlobResponse, FileBody};
 use super::{Ctx, InUse, PullThroughCache, lock};
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::events::{CacheStatus, Event};
 use crate::names::RepoName;
 use crate::range::ByteRange;
+use crate::store::BlobPayload;
 
 impl PullThroughCache {
     /// A blob, whole or one range, from the store or through one shared
@@ -94,8 +95,7 @@ impl PullThroughCache {
                     size,
                     range: span.clone(),
                     status: CacheStatus::Miss,
-                    stream: fetch.stream(inner.clone(), span, (guard, interest)),
-                    file: None,
+                    body: BlobBody::Stream(fetch.stream(inner.clone(), span, (guard, interest))),
                 })
             }
         }
@@ -122,29 +122,33 @@ impl PullThroughCache {
             rule: ctx.rule.name(),
             status: CacheStatus::Hit,
         });
-        let file = read.file.map(|file| FileBody {
-            file,
-            range: read.range.clone(),
-            events: inner.events.clone(),
-            _in_use: InUse::new(inner, digest),
-        });
         let events = inner.events.clone();
-        let stream = read
-            .stream
-            .map(move |c| {
+        // The stream counts what it serves and keeps the blob in use.
+        let counted = |s: crate::store::ByteStream| {
+            s.map(move |c| {
                 let _keep = &guard;
                 if let Ok(b) = &c {
                     events.event(&Event::BytesServed(b.len() as u64));
                 }
                 c
             })
-            .boxed();
+            .boxed()
+        };
+        let body = match read.payload {
+            BlobPayload::Stream(s) => BlobBody::Stream(counted(s)),
+            BlobPayload::File(f) => BlobBody::File(FileBody {
+                file: f.file,
+                range: f.range,
+                events: inner.events.clone(),
+                stream: counted(f.stream),
+                _in_use: InUse::new(inner, digest),
+            }),
+        };
         Ok(BlobResponse {
             size: read.size,
             range: read.range,
             status: CacheStatus::Hit,
-            stream,
-            file,
+            body,
         })
     }
 

@@ -48,6 +48,12 @@ pub(crate) fn parse_entitlement(k: &MetaKey) -> Option<(RepoName, Digest)> {
     ))
 }
 
+/// The digest a platform key is about.
+pub(crate) fn parse_platform(k: &MetaKey) -> Option<Digest> {
+    let (alg, hex) = k.as_str().strip_prefix("platforms/")?.split_once('/')?;
+    Digest::parse(&format!("{alg}:{hex}")).ok()
+}
+
 /// Splits a tag key back into repository and tag.
 pub(crate) fn parse_tag(k: &MetaKey) -> Option<(RepoName, Tag)> {
     let rest = k.as_str().strip_prefix("repos/")?;

@@ -1,7 +1,7 @@
 //! Eviction (quota by least-recent use, per-rule content TTL) and scrub
 //! (re-verify stored content).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
@@ -26,6 +26,8 @@ pub struct GcReport {
     pub remaining_bytes: u64,
     /// Blobs that would have been removed but were being read or fetched.
     pub skipped_in_use: usize,
+    /// Metadata records about blobs no longer stored, removed.
+    pub dropped_records: usize,
 }
 
 /// What [`PullThroughCache::scrub`] did.
@@ -57,7 +59,9 @@ impl PullThroughCache {
 
     /// Removes content whose rule's TTL has passed since its last access,
     /// then the least recently used content until at most `quota` bytes
-    /// remain. Never removes a blob that is being fetched or read.
+    /// remain. Never removes a blob that is being fetched or read. Records
+    /// about blobs no longer stored (entitlements, platforms) go too, so
+    /// the metadata stays in proportion to what is stored.
     pub async fn gc(&self, quota: Option<u64>) -> Result<GcReport> {
         let inner = &self.inner;
         let now = inner.clock.now();
@@ -73,11 +77,18 @@ impl PullThroughCache {
             t.map_or(Duration::MAX, |t| now.duration_since(t).unwrap_or_default())
         };
 
+        let stored: HashSet<Digest> = blobs.keys().cloned().collect();
+        let dangling = |d: &Digest| !stored.contains(d) && !inner.is_busy(d);
         // Per-rule TTLs apply to content known under the rule's repositories.
         let repos = MetaKey::parse("repos").expect("static key");
         let meta = inner.store.list_meta(Some(&repos)).await?;
         for key in &meta {
             if let Some((repo, d)) = keys::parse_entitlement(key) {
+                if dangling(&d) {
+                    inner.store.delete_meta(key).await?;
+                    report.dropped_records += 1;
+                    continue;
+                }
                 let Ok(r) = inner.rules.resolve(&repo) else {
                     continue;
                 };
@@ -117,6 +128,15 @@ impl PullThroughCache {
             }
         }
 
+        let platforms = MetaKey::parse("platforms").expect("static key");
+        for key in inner.store.list_meta(Some(&platforms)).await? {
+            if keys::parse_platform(&key).is_some_and(|d| dangling(&d)) {
+                inner.store.delete_meta(&key).await?;
+                report.dropped_records += 1;
+            }
+        }
+
+        let mut evicted: HashSet<Digest> = HashSet::new();
         let mut total: u64 = blobs.values().map(|i| i.size).sum();
         if let Some(quota) = quota
             && total > quota
@@ -137,6 +157,13 @@ impl PullThroughCache {
                     report.freed_bytes += info.size;
                 }
                 total -= info.size;
+                evicted.insert(info.digest);
+            }
+        }
+        for key in &meta {
+            if keys::parse_entitlement(key).is_some_and(|(_, d)| evicted.contains(&d)) {
+                inner.store.delete_meta(key).await?;
+                report.dropped_records += 1;
             }
         }
         report.remaining_bytes = total;
@@ -158,7 +185,11 @@ impl PullThroughCache {
                 Err(Error::BlobUnknown { .. }) => continue,
                 Err(e) => return Err(e),
             };
-            let mut v = VerifyingStream::new(read.stream, info.digest.clone(), Some(info.size));
+            let mut v = VerifyingStream::new(
+                read.payload.into_stream(),
+                info.digest.clone(),
+                Some(info.size),
+            );
             let mut bad = false;
             while let Some(c) = v.next().await {
                 match c {

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 pub use builder::CacheBuilder;
 pub use maintenance::{GcReport, ScrubReport};
-pub use response::{BlobResponse, FileBody, ManifestResponse, TagList};
+pub use response::{BlobBody, BlobResponse, FileBody, ManifestResponse, TagList};
 
 use self::fetch::Fetch;
 use self::manifests::SharedManifest;

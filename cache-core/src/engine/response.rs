@@ -36,35 +36,60 @@ impl std::fmt::Debug for ManifestResponse {
     }
 }
 
-/// A blob answer: its size, the span being streamed, and the stream.
+/// A blob answer: its size, the span being answered, and its bytes.
+#[derive(Debug)]
 pub struct BlobResponse {
     /// The whole blob's size.
     pub size: u64,
-    /// The half-open span `stream` yields.
+    /// The half-open span `body` holds.
     pub range: Range<u64>,
     /// Where it came from.
     pub status: CacheStatus,
-    /// The bytes. On a miss, the stream follows the upstream fetch and ends
-    /// with an error, never cleanly, if the blob fails verification.
-    pub stream: BoxStream<'static, Result<Bytes>>,
-    /// On a hit from a store that keeps blobs in local files, the same
-    /// bytes as a span of an open file, for a server that sends them
-    /// straight from it (Linux `sendfile(2)`) instead of copying them
-    /// through `stream`. Use one or the other: `stream` is lazy, so
-    /// dropping it unread costs nothing.
-    pub file: Option<FileBody>,
+    /// The bytes.
+    pub body: BlobBody,
 }
 
-/// A stored blob's bytes as a span of an open local file; see
-/// [`BlobResponse::file`].
+/// The bytes of a blob answer.
+pub enum BlobBody {
+    /// A stream. On a miss it follows the upstream fetch and ends with an
+    /// error, never cleanly, if the blob fails verification (and before
+    /// the span's last byte).
+    Stream(BoxStream<'static, Result<Bytes>>),
+    /// A verified stored blob kept in a local file, which a server may
+    /// send straight from it (Linux `sendfile(2)`); see [`FileBody`].
+    File(FileBody),
+}
+
+impl BlobBody {
+    /// The bytes as a stream, whichever the body.
+    pub fn into_stream(self) -> BoxStream<'static, Result<Bytes>> {
+        match self {
+            BlobBody::Stream(s) => s,
+            BlobBody::File(f) => f.stream,
+        }
+    }
+}
+
+impl std::fmt::Debug for BlobBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlobBody::Stream(_) => f.write_str("Stream"),
+            BlobBody::File(b) => f.debug_tuple("File").field(b).finish(),
+        }
+    }
+}
+
+/// A stored blob's bytes as a span of an open local file.
 ///
 /// While it lives, garbage collection leaves the blob alone, as it does
-/// for a stream being read. Report what is sent with
-/// [`sent`](Self::sent) so the served-bytes counter stays true.
+/// for a stream being read. A server that sends from the file reports what
+/// it sent with [`sent`](Self::sent), so the served-bytes counter stays
+/// true; one that cannot takes [`into_stream`](Self::into_stream).
 pub struct FileBody {
     pub(crate) file: Arc<std::fs::File>,
     pub(crate) range: Range<u64>,
     pub(crate) events: Arc<dyn EventSink>,
+    pub(crate) stream: BoxStream<'static, Result<Bytes>>,
     pub(crate) _in_use: InUse,
 }
 
@@ -85,23 +110,17 @@ impl FileBody {
     pub fn sent(&self, n: u64) {
         self.events.event(&Event::BytesServed(n));
     }
+
+    /// The same bytes as a stream (read by the store), counted as served.
+    pub fn into_stream(self) -> BoxStream<'static, Result<Bytes>> {
+        self.stream
+    }
 }
 
 impl std::fmt::Debug for FileBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileBody")
             .field("range", &self.range)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for BlobResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobResponse")
-            .field("size", &self.size)
-            .field("range", &self.range)
-            .field("status", &self.status)
-            .field("file", &self.file)
             .finish_non_exhaustive()
     }
 }

@@ -13,9 +13,9 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use crate::upstream::{
-    Manifest, ManifestHead, TagPage, Upstream, manifest_from_bytes, media_types,
+    Manifest, ManifestHead, TagPage, Upstream, UpstreamBlob, manifest_from_bytes, media_types,
 };
-use crate::{BlobRead, ByteRange, Clock, Digest, Error, Reference, RepoName, Result, Tag};
+use crate::{ByteRange, Clock, Digest, Error, Reference, RepoName, Result, Tag};
 
 /// A fault applied to the next blob GET.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,7 +339,7 @@ impl Upstream for FakeUpstream {
         repo: &RepoName,
         digest: &Digest,
         range: Option<ByteRange>,
-    ) -> Result<BlobRead> {
+    ) -> Result<UpstreamBlob> {
         self.calls.blob_gets.fetch_add(1, Ordering::SeqCst);
         if range.is_some() {
             self.calls.ranged_blob_gets.fetch_add(1, Ordering::SeqCst);
@@ -417,11 +417,10 @@ impl Upstream for FakeUpstream {
         } else {
             stream
         };
-        Ok(BlobRead {
+        Ok(UpstreamBlob {
             size,
             range: span,
             stream,
-            file: None,
         })
     }
 
@@ -460,7 +459,7 @@ impl Upstream for PanicUpstream {
     async fn head_manifest(&self, _: &RepoName, _: &Reference, _: &[&str]) -> Result<ManifestHead> {
         panic!("PanicUpstream::head_manifest called")
     }
-    async fn blob(&self, _: &RepoName, _: &Digest, _: Option<ByteRange>) -> Result<BlobRead> {
+    async fn blob(&self, _: &RepoName, _: &Digest, _: Option<ByteRange>) -> Result<UpstreamBlob> {
         panic!("PanicUpstream::blob called")
     }
     async fn head_blob(&self, _: &RepoName, _: &Digest) -> Result<u64> {

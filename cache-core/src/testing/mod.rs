@@ -60,9 +60,18 @@ async fn read_all(
     d: &Digest,
     range: Option<ByteRange>,
 ) -> crate::Result<Vec<u8>> {
-    let mut r = store.get(d, range).await?;
+    let r = store.get(d, range).await?;
+    // A file payload's span must hold exactly the bytes its stream yields.
+    let from_file = r.payload.file().map(|f| {
+        assert_eq!(f.range, r.range, "the file span is the read's range");
+        let mut buf = vec![0u8; (f.range.end - f.range.start) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&*f.file, &mut buf, f.range.start)
+            .expect("the file holds the whole span");
+        buf
+    });
     let mut out = Vec::new();
-    while let Some(c) = r.stream.next().await {
+    let mut stream = r.payload.into_stream();
+    while let Some(c) = stream.next().await {
         out.extend_from_slice(&c?);
     }
     assert_eq!(
@@ -70,6 +79,9 @@ async fn read_all(
         r.range.end - r.range.start,
         "stream length matches the announced range"
     );
+    if let Some(f) = from_file {
+        assert!(f == out, "the file span and the stream agree");
+    }
     Ok(out)
 }
 

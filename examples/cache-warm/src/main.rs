@@ -178,7 +178,7 @@ async fn pull(
                     .blob(&local, &d, None)
                     .await
                     .map_err(|e| format!("{d}: {e}"))?;
-                let mut s = r.stream;
+                let mut s = r.body.into_stream();
                 while let Some(c) = s.next().await {
                     let c = c.map_err(|e| format!("{d}: {e}"))?;
                     bar.inc(c.len() as u64);

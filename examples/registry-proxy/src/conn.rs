@@ -24,8 +24,6 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::sendfile::{AVAILABLE as SENDFILE, SendfileIo};
-
 /// The bounds connections are served under.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -173,10 +171,7 @@ pub async fn serve_connections(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.idle_timeout)
-        .keep_alive(true)
-        // Body chunks are queued, not copied, so the sendfile path sees its
-        // placeholders (see crate::sendfile).
-        .writev(true);
+        .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -255,7 +250,7 @@ impl Connection {
     }
 
     async fn serve(&mut self, stream: tokio::net::TcpStream) {
-        let (io, spans) = SendfileIo::new(stream);
+        let (io, spans) = crate::sendfile::prepare(&mut self.builder, stream);
         let io = SendTimeout::new(io, self.limits.send_timeout);
         let activity = Arc::new(Activity {
             last: Mutex::new(Instant::now()),
@@ -265,11 +260,7 @@ impl Connection {
         let seen = activity.clone();
         let svc =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                // HTTP/2 copies body bytes into frames: only HTTP/1 responses
-                // may be sent from files.
-                if SENDFILE && req.version() < hyper::Version::HTTP_2 {
-                    req.extensions_mut().insert(spans.clone());
-                }
+                spans.attach(&mut req);
                 seen.active.fetch_add(1, Ordering::AcqRel);
                 seen.touch();
                 let done = RequestDone(seen.clone());

@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cache_core::protocol::{self, PullRequest, Route};
-use cache_core::{BlobResponse, Error, PullThroughCache};
+use cache_core::{Error, PullThroughCache};
 
 use crate::auth::PullAuth;
 use crate::metrics::Metrics;
@@ -124,7 +124,7 @@ async fn serve(
         Route::Blob { digest, .. } => {
             let b = cache.blob(&name, digest, req.range).await?;
             let head = protocol::blob_response(digest, &b, req.range.is_some());
-            Ok(head.map(|()| blob_body(b, extensions)))
+            Ok(head.map(|()| crate::sendfile::blob_body(b.body, extensions)))
         }
         Route::Tags { name: asked, page } => {
             let list = cache.tags(&name, page).await?;
@@ -132,14 +132,4 @@ async fn serve(
         }
         Route::Base => unreachable!("answered above"),
     }
-}
-
-/// A blob response's body: sent straight from the stored file where the
-/// connection can do that (HTTP/1 on Linux, see [`crate::sendfile`]),
-/// else streamed.
-fn blob_body(b: BlobResponse, extensions: &Extensions) -> Body {
-    if let (Some(file), Some(spans)) = (b.file, extensions.get::<crate::sendfile::Spans>()) {
-        return Body::from_stream(crate::sendfile::body(file, spans.clone()));
-    }
-    Body::from_stream(b.stream)
 }

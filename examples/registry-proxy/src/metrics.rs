@@ -135,6 +135,12 @@ impl Metrics {
             "Bytes removed by gc and scrub.",
             Counters::get(&c.evicted_bytes),
         );
+        counter(
+            &mut out,
+            "registry_proxy_sendfile_bytes_total",
+            "Blob bytes sent straight from stored files (sendfile).",
+            crate::sendfile::bytes_sent(),
+        );
         let _ = writeln!(
             out,
             "# HELP registry_proxy_fetches_in_flight Upstream blob fetches running now.\n# TYPE registry_proxy_fetches_in_flight gauge\nregistry_proxy_fetches_in_flight {inflight}"

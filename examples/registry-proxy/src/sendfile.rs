@@ -18,11 +18,17 @@
 //! that is not the blob's is ever sent in place of one.
 //!
 //! This relies on hyper queueing body chunks without copying them, which it
-//! does for HTTP/1 when the connection supports vectored writes (forced
-//! with `writev(true)` by the server). HTTP/2 copies data into frames, so
-//! its requests never get a [`Spans`] handle and are served from the
-//! stream. A layer that rewrites bodies (compression, say) must not be put
-//! in front of blob responses served this way.
+//! does for HTTP/1 when vectored writes are on. [`prepare`] is the one
+//! place that sets that up for a connection: it turns `writev` on, wraps
+//! the socket and makes the span queue; [`Spans::attach`] gives the queue to
+//! HTTP/1 requests only (HTTP/2 copies data into frames, so its bodies are
+//! streamed), and [`blob_body`] picks the file path when it can. A tripwire
+//! guards the scheme: ordinary bytes written while a file span waits (which
+//! is what a copying writer would produce: the placeholder's zeros) fail
+//! the connection instead of going out. [`bytes_sent`] counts what went out
+//! from files, so a test can tell the path actually ran. A layer that
+//! rewrites bodies (compression, say) must not be put in front of blob
+//! responses served this way.
 //!
 //! `sendfile` runs on the connection's runtime thread. A blob that is in
 //! the page cache (the usual case for a hot cache) costs no wait; one that
@@ -34,17 +40,46 @@ use std::fs::File;
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll, ready};
 
+use axum::body::Body;
 use bytes::Bytes;
-use cache_core::FileBody;
+use cache_core::{BlobBody, FileBody};
 use futures::Stream;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The largest placeholder chunk, and so the most one `sendfile` call is asked for.
 const CHUNK: usize = 4 << 20;
+
+/// Bytes sent from files since the process started.
+static SENT: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes sent from files with `sendfile(2)` since the process started.
+pub fn bytes_sent() -> u64 {
+    SENT.load(Ordering::Relaxed)
+}
+
+/// Sets a connection up for the file path: vectored HTTP/1 writes on the
+/// builder that will serve it (so hyper queues body chunks rather than
+/// copying them), the socket wrapped, and the connection's span queue.
+pub fn prepare(builder: &mut Builder<TokioExecutor>, tcp: TcpStream) -> (SendfileIo, Spans) {
+    builder.http1().writev(true);
+    SendfileIo::new(tcp)
+}
+
+/// A blob answer's body: from the stored file when the body is a file and
+/// the request's connection can send from files, else streamed.
+pub fn blob_body(body: BlobBody, extensions: &axum::http::Extensions) -> Body {
+    match (body, extensions.get::<Spans>()) {
+        (BlobBody::File(f), Some(spans)) => Body::from_stream(self::body(f, spans.clone())),
+        (other, _) => Body::from_stream(other.into_stream()),
+    }
+}
 
 /// Never read: only its address range matters. A read-only mapping of its
 /// own, so no other slice can point into it, and its zero pages, never
@@ -93,6 +128,14 @@ pub struct Spans(Arc<Mutex<VecDeque<Span>>>);
 impl Spans {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Span>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives the queue to a request read from its connection, if the
+    /// request's body may be sent from files (HTTP/1, on Linux).
+    pub fn attach<B>(&self, req: &mut hyper::Request<B>) {
+        if AVAILABLE && req.version() < hyper::Version::HTTP_2 {
+            req.extensions_mut().insert(self.clone());
+        }
     }
 }
 
@@ -161,6 +204,7 @@ impl SendfileIo {
                     )));
                 }
                 Ok(n) => {
+                    SENT.fetch_add(n as u64, Ordering::Relaxed);
                     span.sent += n;
                     if span.sent == span.len {
                         q.pop_front();
@@ -267,6 +311,13 @@ impl AsyncWrite for SendfileIo {
             .enumerate()
             .find_map(|(k, b)| placeholder_offset(b).map(|at| (k, at)));
         match first {
+            // A file span waits for its placeholder: ordinary bytes now can
+            // only be a copy of it (zeros), never the file's. Refuse them.
+            None if !self.spans.lock().is_empty() && bufs.iter().any(|b| !b.is_empty()) => {
+                Poll::Ready(Err(io::Error::other(
+                    "ordinary bytes written while a file span is queued (is writev off?)",
+                )))
+            }
             None => Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs),
             Some((k, at)) if bufs[..k].iter().all(|b| b.is_empty()) => {
                 let b: &[u8] = &bufs[k];
@@ -388,7 +439,12 @@ mod tests {
         assert_eq!(n, 4);
         // write_all resumes a partial write from where it stopped, as hyper does.
         io.write_all(&PLACEHOLDER[..len_a]).await.unwrap();
-        io.write_all(b"-").await.unwrap();
+        // The next response's head travels with its first placeholder.
+        let n = io
+            .write_vectored(&[IoSlice::new(b"-"), IoSlice::new(&PLACEHOLDER[..len_b])])
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
         io.write_all(&PLACEHOLDER[..len_b]).await.unwrap();
         io.write_all(b"TAIL").await.unwrap();
         assert!(spans.lock().is_empty());
@@ -419,6 +475,20 @@ mod tests {
         assert!(e.to_string().contains("out of step"), "{e}");
         let e = io.write(&PLACEHOLDER[..20]).await.unwrap_err();
         assert!(e.to_string().contains("out of step"), "{e}");
+        drop(io);
+        assert!(reader.await.unwrap().is_empty(), "nothing was sent");
+    }
+
+    #[tokio::test]
+    async fn ordinary_bytes_while_a_span_waits_fail_instead_of_going_out() {
+        let file = file_with(&[7u8; 100]);
+        let (mut io, spans, reader) = pair().await;
+        queue(&spans, &file, 0, 100);
+        // What a writer that copies the body would send: head and zeros in one buffer.
+        let mut copied = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        copied.extend_from_slice(&[0u8; 100]);
+        let e = io.write(&copied).await.unwrap_err();
+        assert!(e.to_string().contains("span is queued"), "{e}");
         drop(io);
         assert!(reader.await.unwrap().is_empty(), "nothing was sent");
     }

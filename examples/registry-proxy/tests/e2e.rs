@@ -672,6 +672,20 @@ async fn warm_blobs_arrive_byte_exact_over_http1_and_http2_whole_and_in_ranges()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no bytes-served counter in\n{metrics}"));
     assert_eq!(counted, served, "bytes served, as counted");
+    // The HTTP/1 hits went out from the stored files, not through user space.
+    let from_files: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("registry_proxy_sendfile_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let whole_hits: u64 = blobs
+        .iter()
+        .map(|d| 2 * original(d.strip_prefix("sha256:").unwrap()).len() as u64)
+        .sum();
+    assert!(
+        from_files >= whole_hits,
+        "{from_files} bytes sent from files, fewer than the {whole_hits} of the HTTP/1 hits"
+    );
 }
 
 /// On the object storage backend (Azurite): skopeo pulls cold, every blob
