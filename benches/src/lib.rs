@@ -246,24 +246,17 @@ pub fn engine(
     store: std::sync::Arc<dyn cache_core::BlobStore>,
     upstream: std::sync::Arc<SyntheticUpstream>,
 ) -> cache_core::PullThroughCache {
-    let rt = std::sync::Arc::new(cache_store::TokioRuntime::current());
-    cache_core::PullThroughCache::builder(
-        cache_core::RuleSet::new(&[RuleSpec::new(
+    cache_core::PullThroughCache::builder()
+        .rule(RuleSpec::new(
             "bench",
             "synthetic.example/bench/*",
             "bench/*",
-        )])
-        .expect("static rule"),
-        store,
-        rt.clone(),
-        rt,
-    )
-    .upstream(
-        cache_core::Registry::parse("synthetic.example").expect("static registry"),
-        upstream,
-    )
-    .build()
-    .expect("every rule has its upstream")
+        ))
+        .store(store)
+        .tokio()
+        .upstream("synthetic.example", upstream)
+        .build()
+        .expect("every rule has its upstream")
 }
 
 /// Reads a blob through `cache` as repository `bench/app` and returns its length.

@@ -201,6 +201,13 @@ pub enum Error {
         /// Why it was refused, naming the offending value.
         reason: String,
     },
+    /// The engine was wired wrongly (a builder step missing, an invalid
+    /// upstream host): a fault of the embedding program.
+    #[error("misconfigured: {reason}")]
+    Misconfigured {
+        /// What is wrong.
+        reason: String,
+    },
     /// No caching rule declares this repository; no upstream was contacted.
     #[error("repository {name:?} is not declared by any caching rule")]
     NameUnknown {
@@ -508,7 +515,7 @@ impl Error {
                 | InvalidKind::ImageRef
                 | InvalidKind::MetaKey => ErrorCode::NameInvalid,
             },
-            Error::InvalidRule { .. } => ErrorCode::Internal,
+            Error::InvalidRule { .. } | Error::Misconfigured { .. } => ErrorCode::Internal,
             Error::NameUnknown { .. } => ErrorCode::NameUnknown,
             Error::ManifestUnknown { .. } => ErrorCode::ManifestUnknown,
             Error::ManifestInvalid { .. } => ErrorCode::ManifestInvalid,

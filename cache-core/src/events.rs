@@ -129,6 +129,12 @@ pub trait EventSink: Send + Sync + fmt::Debug {
     fn event(&self, e: &Event<'_>);
 }
 
+impl<T: EventSink + ?Sized> EventSink for std::sync::Arc<T> {
+    fn event(&self, e: &Event<'_>) {
+        (**self).event(e)
+    }
+}
+
 /// Ignores every event.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoEvents;

@@ -39,8 +39,8 @@ pub mod testing;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{
-    BlobBody, BlobResponse, CacheBuilder, CacheOptions, FileBody, GcReport, ManifestResponse,
-    PullThroughCache, ScrubReport, TagList,
+    BlobBody, BlobResponse, CacheBuilder, CacheOptions, FileBody, GcReport, ImagePlan,
+    ManifestResponse, PullReport, PullThroughCache, ScrubReport, TagList,
 };
 pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result, SharedError};
 pub use events::{CacheStatus, Event, EventSink, UpstreamCall};
@@ -58,9 +58,21 @@ pub use store::{
     StagedBlob, StagedReader,
 };
 pub use upstream::{
-    Manifest, ManifestHead, TagPage, Upstream, UpstreamBlob, manifest_from_bytes, media_types,
+    Accept, Manifest, ManifestHead, TagPage, Upstream, UpstreamBlob, manifest_from_bytes,
+    media_types,
 };
 pub use verify::VerifyingStream;
+
+/// What a program that embeds the engine uses most, in one import:
+/// `use cache_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Accept, BlobBody, BlobResponse, BlobStore, BlobStoreExt, ByteRange, CacheOptions,
+        CacheStatus, Digest, Error, ErrorCode, ManifestResponse, PullThroughCache, Reference,
+        Registry, RepoName, Result, RulePolicy, RuleSet, RuleSpec, Tag, TagFreshness, TagPage,
+        Upstream,
+    };
+}
 
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

@@ -102,6 +102,13 @@ pub trait Admission: Send + Sync + fmt::Debug {
     async fn admit(&self, req: &AdmissionRequest<'_>) -> Result<(), String>;
 }
 
+#[async_trait]
+impl<T: Admission + ?Sized> Admission for std::sync::Arc<T> {
+    async fn admit(&self, req: &AdmissionRequest<'_>) -> Result<(), String> {
+        (**self).admit(req).await
+    }
+}
+
 /// Admits only the listed platforms: an index must offer at least one of
 /// them, and a manifest an index declared for another platform is refused.
 #[derive(Debug, Clone)]

@@ -2,11 +2,13 @@
 //! a typed [`PullRequest`] out; an engine answer in, a response head out.
 //!
 //! Any server (axum, actix, hyper, a serverless handler) can serve the
-//! pull API with it: parse with [`PullRequest::parse`], resolve the name
-//! with [`PullRequest::local_name`], call the [`PullThroughCache`], and
-//! build the answer with the `*_response` functions, attaching the body
-//! (manifest bytes, the blob stream) itself. Every malformed input becomes
-//! the OCI error the distribution spec names, never a panic or a 5xx:
+//! pull API with it. [`handle`] does a whole request: it parses the head
+//! into a [`PullRequest`], resolves the name, calls the
+//! [`PullThroughCache`] and shapes the answer, whose [`Body`] the server
+//! turns into its own body type (a blob's bytes as a stream, or a file it
+//! may send with `sendfile(2)`). The pieces are public too, for servers
+//! that want to add to them. Every malformed input becomes the OCI error
+//! the distribution spec names, never a panic or a 5xx:
 //!
 //! | input | answer |
 //! |---|---|
@@ -28,13 +30,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
 
 use crate::digest::Digest;
-use crate::engine::{BlobResponse, ManifestResponse, TagList};
+use crate::engine::{BlobBody, BlobResponse, ManifestResponse, PullThroughCache, TagList};
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::CacheStatus;
 use crate::names::{Reference, Registry, RepoName, Tag};
 use crate::range::ByteRange;
 use crate::rules::RuleSet;
-use crate::upstream::TagPage;
+use crate::upstream::{Accept, TagPage};
 
 /// `Docker-Distribution-API-Version: registry/2.0`, on every answer.
 pub const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
@@ -92,50 +94,6 @@ impl Route {
     }
 }
 
-/// The media types a client accepts for a manifest.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Accept(Vec<String>);
-
-impl Accept {
-    /// Any media type (no `Accept` header, or `*/*`).
-    pub fn any() -> Self {
-        Accept(Vec::new())
-    }
-
-    /// Exactly these media types.
-    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(types: I) -> Self {
-        Accept(types.into_iter().map(Into::into).collect())
-    }
-
-    /// Parses every `Accept` header (comma-separated, parameters dropped).
-    pub fn from_headers(h: &HeaderMap) -> Self {
-        let types: Vec<String> = h
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.split(';').next().unwrap_or("").trim())
-            .filter(|t| !t.is_empty())
-            .take(MAX_ACCEPT)
-            .map(str::to_owned)
-            .collect();
-        if types.iter().any(|t| t == "*/*") {
-            return Accept::any();
-        }
-        Accept(types)
-    }
-
-    /// Whether a manifest of `media_type` may be served.
-    pub fn admits(&self, media_type: &str) -> bool {
-        self.0.is_empty() || self.0.iter().any(|t| t == media_type)
-    }
-
-    /// The listed types (empty for any), as the engine takes them.
-    pub fn as_strs(&self) -> Vec<&str> {
-        self.0.iter().map(String::as_str).collect()
-    }
-}
-
 /// A parsed pull request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullRequest {
@@ -152,6 +110,21 @@ pub struct PullRequest {
     pub accept: Accept,
     /// Digests the client says it holds (`If-None-Match`).
     pub if_none_match: Vec<String>,
+}
+
+/// The `Accept` headers of a request as an [`Accept`] set (comma-separated
+/// media types, parameters dropped; `*/*` means any).
+pub fn accept_from_headers(h: &HeaderMap) -> Accept {
+    let types: Vec<&str> = h
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .filter(|t| !t.is_empty())
+        .take(MAX_ACCEPT)
+        .collect();
+    Accept::only(types)
 }
 
 /// Decodes `%XX` escapes; anything malformed is kept as it is.
@@ -253,7 +226,7 @@ impl PullRequest {
             head,
             ns,
             range,
-            accept: Accept::from_headers(headers),
+            accept: accept_from_headers(headers),
             if_none_match,
         })
     }
@@ -505,6 +478,76 @@ pub fn unauthorized_response(realm: &str) -> Response<Bytes> {
     r
 }
 
+/// The body of a pull API answer.
+#[derive(Debug)]
+pub enum Body {
+    /// No body (`HEAD`, `304`).
+    Empty,
+    /// A small body in memory: a manifest, a tag list, an error.
+    Bytes(Bytes),
+    /// A blob's bytes: a stream, or a stored file.
+    Blob(BlobBody),
+}
+
+/// Answers one pull request: parses the head, resolves the repository
+/// through the caching rules, asks the cache, and shapes the answer. A
+/// failure is an OCI error answer (a fault of the cache or an upstream is
+/// also logged).
+pub async fn handle(
+    cache: &PullThroughCache,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    match answer(cache, method, uri, headers).await {
+        Ok(r) => r,
+        Err(e) => {
+            if !e.is_client_error() {
+                tracing::warn!(error = %e, "request failed");
+            }
+            error_response(&e).map(Body::Bytes)
+        }
+    }
+}
+
+async fn answer(
+    cache: &PullThroughCache,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response<Body>> {
+    let req = PullRequest::parse(method, uri, headers)?;
+    let Some(name) = req.local_name(cache.rules())? else {
+        return Ok(base_response().map(Body::Bytes));
+    };
+    let empty = |r: Response<()>| r.map(|()| Body::Empty);
+    match &req.route {
+        Route::Manifest { reference, .. } => {
+            let m = cache.manifest(&name, reference, &req.accept).await?;
+            Ok(manifest_response(&m, req.head).map(Body::Bytes))
+        }
+        Route::Blob { digest, .. } if req.holds(digest) => {
+            // The client already holds these bytes; a rule must still declare the name.
+            cache.rules().resolve(&name)?;
+            Ok(empty(not_modified_response(digest)))
+        }
+        Route::Blob { digest, .. } if req.head => {
+            let (size, status) = cache.head_blob(&name, digest).await?;
+            Ok(empty(blob_head_response(digest, size, status)))
+        }
+        Route::Blob { digest, .. } => {
+            let b = cache.blob(&name, digest, req.range).await?;
+            let head = blob_response(digest, &b, req.range.is_some());
+            Ok(head.map(|()| Body::Blob(b.body)))
+        }
+        Route::Tags { name: asked, page } => {
+            let list = cache.tags(&name, page).await?;
+            Ok(tags_response(asked, &list).map(Body::Bytes))
+        }
+        Route::Base => Ok(base_response().map(Body::Bytes)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,10 +664,14 @@ mod tests {
     fn accept_lists_drop_parameters_and_star_means_any() {
         let mut h = HeaderMap::new();
         h.append(header::ACCEPT, HeaderValue::from_static("a/b; q=0.5, c/d"));
-        let a = Accept::from_headers(&h);
+        let a = accept_from_headers(&h);
         assert!(a.admits("a/b") && a.admits("c/d") && !a.admits("e/f"));
         h.append(header::ACCEPT, HeaderValue::from_static("*/*"));
-        assert!(Accept::from_headers(&h).admits("e/f"));
+        assert!(accept_from_headers(&h).admits("e/f"));
+        assert!(
+            accept_from_headers(&HeaderMap::new()).admits("e/f"),
+            "no header: any"
+        );
     }
 
     #[test]

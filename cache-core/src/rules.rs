@@ -23,7 +23,11 @@ pub const DEFAULT_MAX_RULES: usize = 100_000;
 pub struct RuleSpec {
     /// A unique name, used in logs, metrics and [`RuleSet::explain`].
     pub name: String,
-    /// The upstream: `registry/repository` or `registry/prefix/*` or `registry/*`.
+    /// The upstream: `registry/repository` or `registry/prefix/*` or
+    /// `registry/*`. As with `docker pull`, a first component that is not
+    /// a host (no `.` or `:`, not `localhost`) means Docker Hub:
+    /// `library/*` is `docker.io/library/*` and `nginx` is
+    /// `docker.io/library/nginx`.
     pub source: String,
     /// The local repository: `name` or `prefix/*` or `*`.
     pub target: String,
@@ -134,6 +138,12 @@ pub struct Rule {
     credentials: Option<Arc<str>>,
 }
 
+/// Whether the first component of a reference names a registry host rather
+/// than a Docker Hub namespace: Docker's rule (a `.` or `:`, or `localhost`).
+fn looks_like_host(first: &str) -> bool {
+    first.contains(['.', ':']) || first == "localhost"
+}
+
 impl Rule {
     /// Validates one rule on its own (uniqueness is checked by the set).
     pub fn from_spec(spec: &RuleSpec) -> Result<Self> {
@@ -144,14 +154,24 @@ impl Rule {
         if spec.name.trim().is_empty() {
             return Err(err("a rule needs a non-empty name".into()));
         }
-        let (reg, repo) = spec.source.split_once('/').ok_or_else(|| {
-            err(format!(
-                "source {:?} must be REGISTRY/REPOSITORY, REGISTRY/PREFIX/* or REGISTRY/*",
-                spec.source
-            ))
-        })?;
-        let registry =
-            Registry::parse(reg).map_err(|e| err(format!("source {:?}: {e}", spec.source)))?;
+        let (registry, repo) = match spec.source.split_once('/') {
+            Some((first, rest)) if looks_like_host(first) => (
+                Registry::parse(first)
+                    .map_err(|e| err(format!("source {:?}: {e}", spec.source)))?,
+                rest,
+            ),
+            None if looks_like_host(&spec.source) => {
+                return Err(err(format!(
+                    "source {:?} names a registry but no repository: use REGISTRY/REPOSITORY, REGISTRY/PREFIX/* or REGISTRY/*",
+                    spec.source
+                )));
+            }
+            // Docker's convention: no host means Docker Hub.
+            _ => (
+                Registry::parse(crate::names::DOCKER_HUB).expect("a valid host"),
+                spec.source.as_str(),
+            ),
+        };
         let mut source = Pattern::parse(repo, &spec.name, "source")?;
         if let Pattern::Exact(n) = source {
             source = Pattern::Exact(registry.normalize_repo(n));
@@ -337,6 +357,7 @@ impl PrefixIndex {
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     rules: Vec<Rule>,
+    by_name: HashMap<Arc<str>, usize>,
     by_target: PrefixIndex,
     /// Keyed by `registry/` + source, for mirror requests (`?ns=registry`).
     by_source: PrefixIndex,
@@ -364,16 +385,17 @@ impl RuleSet {
             });
         }
         let mut set = RuleSet::default();
-        let mut names: HashMap<&str, usize> = HashMap::with_capacity(specs.len());
+        set.by_name.reserve(specs.len());
+        set.rules.reserve(specs.len());
         for (i, spec) in specs.iter().enumerate() {
             let rule = Rule::from_spec(spec)?;
-            if let Some(&j) = names.get(spec.name.as_str()) {
+            if let Some(&j) = set.by_name.get(spec.name.as_str()) {
                 return Err(Error::InvalidRule {
                     rule: spec.name.clone(),
                     reason: format!("the name is already used by rule #{}", j + 1),
                 });
             }
-            names.insert(&spec.name, i);
+            set.by_name.insert(rule.name.clone(), i);
             let holder = set.by_target.insert(&rule.target, "", i);
             if holder != i {
                 return Err(Error::InvalidRule {
@@ -409,7 +431,7 @@ impl RuleSet {
 
     /// A rule by name.
     pub fn get(&self, name: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| &*r.name == name)
+        self.by_name.get(name).map(|&i| &self.rules[i])
     }
 
     /// Resolves a local repository name to its rule and upstream.
@@ -610,6 +632,31 @@ mod tests {
         );
         let x = s.explain(&n("library/nginx"));
         assert!(x.to_string().contains("\"hub\""), "{x}");
+    }
+
+    #[test]
+    fn a_source_without_a_host_is_docker_hub_as_with_docker_pull() {
+        let s = RuleSet::new(&[
+            RuleSpec::new("ns", "library/*", "lib/*"),
+            RuleSpec::new("one", "nginx", "nginx"),
+            RuleSpec::new("local", "localhost/team/*", "local/*"),
+        ])
+        .unwrap();
+        let r = s.resolve(&n("lib/alpine")).unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.upstream.as_str()),
+            ("docker.io", "library/alpine")
+        );
+        let r = s.resolve(&n("nginx")).unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.upstream.as_str()),
+            ("docker.io", "library/nginx")
+        );
+        let r = s.resolve(&n("local/app")).unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.upstream.as_str()),
+            ("localhost", "team/app")
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What the engine needs from an async runtime, as two small traits: a
 //! spawner for detached fetches and a clock for freshness, TTLs and
-//! timeouts. `cache-store` provides tokio's; tests can pass a manual clock.
+//! timeouts. With the `tokio` feature, [`TokioRuntime`] is tokio's; tests
+//! can pass a manual clock (`testing::ManualClock`).
 
 use std::fmt;
 use std::future::Future;
@@ -21,6 +22,64 @@ pub trait Clock: Send + Sync + fmt::Debug {
 
     /// A future that completes once `d` has passed on this clock.
     fn sleep(&self, d: Duration) -> BoxFuture<'static, ()>;
+}
+
+impl<T: Spawner + ?Sized> Spawner for std::sync::Arc<T> {
+    fn spawn(&self, fut: BoxFuture<'static, ()>) {
+        (**self).spawn(fut)
+    }
+}
+
+impl<T: Clock + ?Sized> Clock for std::sync::Arc<T> {
+    fn now(&self) -> SystemTime {
+        (**self).now()
+    }
+
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+        (**self).sleep(d)
+    }
+}
+
+/// Spawns onto a tokio runtime and tells time with the system clock and
+/// tokio's timers (feature `tokio`).
+#[cfg(feature = "tokio")]
+#[derive(Debug, Clone)]
+pub struct TokioRuntime {
+    handle: tokio::runtime::Handle,
+}
+
+#[cfg(feature = "tokio")]
+impl TokioRuntime {
+    /// The runtime this is called from. Panics outside a tokio runtime.
+    pub fn current() -> Self {
+        TokioRuntime {
+            handle: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// A specific runtime.
+    pub fn with_handle(handle: tokio::runtime::Handle) -> Self {
+        TokioRuntime { handle }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Spawner for TokioRuntime {
+    fn spawn(&self, fut: BoxFuture<'static, ()>) {
+        self.handle.spawn(fut);
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Clock for TokioRuntime {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+        use futures::FutureExt;
+        tokio::time::sleep(d).boxed()
+    }
 }
 
 /// Runs `fut`, or gives up with `None` after `d` on `clock`.

@@ -31,6 +31,31 @@ pub mod media_types {
     ];
 }
 
+/// The manifest media types a client accepts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accept(Vec<String>);
+
+impl Accept {
+    /// Any media type (a client that sent no `Accept`, or `*/*`).
+    pub fn any() -> Self {
+        Accept(Vec::new())
+    }
+
+    /// These media types; `*/*` among them means any, and none means any.
+    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(types: I) -> Self {
+        let types: Vec<String> = types.into_iter().map(Into::into).collect();
+        if types.iter().any(|t| t == "*/*") {
+            return Accept::any();
+        }
+        Accept(types)
+    }
+
+    /// Whether a manifest of `media_type` may be served.
+    pub fn admits(&self, media_type: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|t| t == media_type)
+    }
+}
+
 /// A manifest as the upstream sent it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Manifest {
@@ -149,6 +174,40 @@ pub trait Upstream: Send + Sync + fmt::Debug {
 
     /// Lists tags of a repository, in lexical order, one page at a time.
     async fn tags(&self, repo: &RepoName, page: &TagPage) -> Result<Vec<Tag>>;
+}
+
+#[async_trait]
+impl<T: Upstream + ?Sized> Upstream for std::sync::Arc<T> {
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<Manifest> {
+        (**self).manifest(repo, reference, accept).await
+    }
+    async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<ManifestHead> {
+        (**self).head_manifest(repo, reference, accept).await
+    }
+    async fn blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<UpstreamBlob> {
+        (**self).blob(repo, digest, range).await
+    }
+    async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        (**self).head_blob(repo, digest).await
+    }
+    async fn tags(&self, repo: &RepoName, page: &TagPage) -> Result<Vec<Tag>> {
+        (**self).tags(repo, page).await
+    }
 }
 
 /// A convenience for implementations: builds a [`Manifest`] from bytes,

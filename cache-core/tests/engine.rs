@@ -11,8 +11,8 @@ use cache_core::manifest::Platform;
 use cache_core::media_types as mt;
 use cache_core::testing::{FakeUpstream, Fault, ManualClock, PanicUpstream, content};
 use cache_core::{
-    BlobBody, BlobStore, BlobStoreExt, ByteRange, CacheOptions, CacheStatus, Clock, Digest, Error,
-    ErrorCode, MaxImageSize, PlatformAllowList, PullThroughCache, Reference, Registry, RepoName,
+    Accept, BlobBody, BlobStore, BlobStoreExt, ByteRange, CacheOptions, CacheStatus, Clock, Digest,
+    Error, ErrorCode, MaxImageSize, PlatformAllowList, PullThroughCache, Reference, RepoName,
     RulePolicy, RuleSet, RuleSpec, Tag, TagFreshness, TagPage,
 };
 use cache_store::{FsStore, MemoryStore, TokioRuntime};
@@ -76,18 +76,17 @@ fn env_with(s: Setup) -> Env {
     .unwrap();
     let store = s.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
     let counters = Arc::new(Counters::default());
-    let mut b = PullThroughCache::builder(
-        rules,
-        store.clone(),
-        Arc::new(TokioRuntime::current()),
-        clock,
-    )
-    .upstream(Registry::parse("up.example").unwrap(), up.clone())
-    .upstream(Registry::parse("private.example").unwrap(), private.clone())
-    .policy("lib", s.policy.clone())
-    .policy("priv", s.policy)
-    .events(counters.clone())
-    .options(s.opts);
+    let mut b = PullThroughCache::builder()
+        .rules(rules)
+        .store(store.clone())
+        .spawner(TokioRuntime::current())
+        .clock(clock)
+        .upstream("up.example", up.clone())
+        .upstream("private.example", private.clone())
+        .policy("lib", s.policy.clone())
+        .policy("priv", s.policy)
+        .events(counters.clone())
+        .options(s.opts);
     for a in s.admission {
         b = b.admission(a);
     }
@@ -138,21 +137,17 @@ async fn wait_until(mut f: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_name_is_name_unknown_and_contacts_no_upstream() {
     let rules = RuleSet::new(&[RuleSpec::new("lib", "up.example/library/*", "library/*")]).unwrap();
-    let cache = PullThroughCache::builder(
-        rules,
-        Arc::new(MemoryStore::new()),
-        Arc::new(TokioRuntime::current()),
-        Arc::new(ManualClock::new()),
-    )
-    .upstream(
-        Registry::parse("up.example").unwrap(),
-        Arc::new(PanicUpstream),
-    )
-    .build()
-    .unwrap();
+    let cache = PullThroughCache::builder()
+        .rules(rules)
+        .store(MemoryStore::new())
+        .spawner(TokioRuntime::current())
+        .clock(ManualClock::new())
+        .upstream("up.example", PanicUpstream)
+        .build()
+        .unwrap();
     let d = Digest::sha256_of(b"x");
     let e = cache
-        .manifest(&n("other/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("other/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::NameUnknown);
@@ -178,15 +173,31 @@ async fn unmatched_name_is_name_unknown_and_contacts_no_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_without_an_upstream_is_a_build_error_naming_it() {
     let rules = RuleSet::new(&[RuleSpec::new("lonely", "nowhere.example/*", "nw/*")]).unwrap();
-    let e = PullThroughCache::builder(
-        rules,
-        Arc::new(MemoryStore::new()),
-        Arc::new(TokioRuntime::current()),
-        Arc::new(ManualClock::new()),
-    )
-    .build()
-    .unwrap_err();
+    let e = PullThroughCache::builder()
+        .rules(rules)
+        .store(MemoryStore::new())
+        .tokio()
+        .build()
+        .unwrap_err();
     assert!(e.to_string().contains("lonely"), "{e}");
+    let e = PullThroughCache::builder()
+        .rule(RuleSpec::new("r", "up.example/*", "u/*"))
+        .tokio()
+        .upstream("up.example", PanicUpstream)
+        .build()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("no store"),
+        "a missing step is named: {e}"
+    );
+    let e = PullThroughCache::builder()
+        .rule(RuleSpec::new("r", "up.example/*", "u/*"))
+        .store(MemoryStore::new())
+        .tokio()
+        .upstream("not a host!", PanicUpstream)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("not a host!"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,11 +207,7 @@ async fn manifest_by_tag_is_fetched_once_then_revalidated_with_head() {
         e.up.push_image(&n("library/app"), &t("v1"), &[content(1, 1000)]);
     let r = e
         .cache
-        .manifest(
-            &n("library/app"),
-            &Reference::Tag(t("v1")),
-            mt::ALL_MANIFESTS,
-        )
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     assert_eq!(
@@ -210,7 +217,7 @@ async fn manifest_by_tag_is_fetched_once_then_revalidated_with_head() {
     assert_eq!(r.media_type, mt::OCI_MANIFEST);
     let r = e
         .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     assert_eq!(r.status, CacheStatus::Revalidated);
@@ -221,7 +228,7 @@ async fn manifest_by_tag_is_fetched_once_then_revalidated_with_head() {
         e.up.push_image(&n("library/app"), &t("v1"), &[content(2, 1000)]);
     let r = e
         .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     assert_eq!((r.status, &r.digest), (CacheStatus::Miss, &img2.manifest));
@@ -232,7 +239,7 @@ async fn manifest_by_tag_is_fetched_once_then_revalidated_with_head() {
         .manifest(
             &n("library/app"),
             &Reference::Digest(img.manifest.clone()),
-            &[],
+            &Accept::any(),
         )
         .await
         .unwrap();
@@ -252,14 +259,14 @@ async fn pinned_tags_never_refresh_and_ttl_tags_refresh_after_their_ttl() {
     e.up.push_image(&n("library/app"), &t("v1"), &[content(1, 10)]);
     let first = e
         .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     e.up.push_image(&n("library/app"), &t("v1"), &[content(2, 10)]);
     e.clock.advance(Duration::from_secs(365 * 86_400));
     let r = e
         .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     assert_eq!((r.status, r.digest), (CacheStatus::Hit, first.digest));
@@ -274,13 +281,13 @@ async fn pinned_tags_never_refresh_and_ttl_tags_refresh_after_their_ttl() {
     });
     e.up.push_image(&n("library/app"), &t("v1"), &[content(1, 10)]);
     e.cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     e.clock.advance(Duration::from_secs(599));
     let r = e
         .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     assert_eq!(r.status, CacheStatus::Hit);
@@ -288,7 +295,7 @@ async fn pinned_tags_never_refresh_and_ttl_tags_refresh_after_their_ttl() {
     e.clock.advance(Duration::from_secs(2));
     let r = e
         .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     assert_eq!(r.status, CacheStatus::Revalidated);
@@ -307,14 +314,14 @@ async fn upstream_down_serves_cached_tag_within_stale_if_error_then_errors() {
     let img =
         e.up.push_image(&n("library/app"), &t("v1"), &[content(1, 10)]);
     e.cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     e.up.set_down(true);
     e.clock.advance(Duration::from_secs(3000));
     let r = e
         .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     assert_eq!((r.status, r.digest), (CacheStatus::Stale, img.manifest));
@@ -322,7 +329,7 @@ async fn upstream_down_serves_cached_tag_within_stale_if_error_then_errors() {
     e.clock.advance(Duration::from_secs(601));
     let err = e
         .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap_err();
     assert!(
@@ -343,7 +350,11 @@ async fn upstream_down_serves_cached_tag_within_stale_if_error_then_errors() {
     // An uncached tag is an explicit upstream error too.
     let err = e
         .cache
-        .manifest(&n("library/other"), &Reference::Tag(t("v1")), &[])
+        .manifest(
+            &n("library/other"),
+            &Reference::Tag(t("v1")),
+            &Accept::any(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code().http_status(), 503);
@@ -357,7 +368,7 @@ async fn concurrent_cold_manifest_requests_make_one_upstream_get() {
     for _ in 0..16 {
         let c = e.cache.clone();
         tasks.push(tokio::spawn(async move {
-            c.manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+            c.manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
                 .await
                 .unwrap()
                 .digest
@@ -379,7 +390,7 @@ async fn thirty_two_concurrent_cold_readers_share_one_upstream_fetch() {
     let img =
         e.up.push_image(&n("library/big"), &t("v1"), std::slice::from_ref(&layer));
     e.cache
-        .manifest(&n("library/big"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/big"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     // Slow the upstream so every reader arrives while the fetch runs.
@@ -697,12 +708,16 @@ async fn a_digest_cached_through_another_rule_is_blob_unknown() {
         .private
         .push_image(&n("team/secret"), &t("v1"), &[content(18, 10)]);
     e.cache
-        .manifest(&n("team/secret"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("team/secret"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     let err = e
         .cache
-        .manifest(&n("library/app"), &Reference::Digest(m.manifest), &[])
+        .manifest(
+            &n("library/app"),
+            &Reference::Digest(m.manifest),
+            &Accept::any(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::ManifestUnknown);
@@ -714,7 +729,7 @@ async fn blobs_named_by_a_pulled_manifest_need_no_extra_upstream_check() {
     let img =
         e.up.push_image(&n("library/app"), &t("v1"), &[content(19, 20_000)]);
     e.cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     let d = &img.layers[0].0;
@@ -761,7 +776,11 @@ async fn an_index_is_stored_byte_exact_and_platform_manifests_when_requested() {
     );
     let r = e
         .cache
-        .manifest(&n("library/multi"), &Reference::Tag(t("latest")), &[])
+        .manifest(
+            &n("library/multi"),
+            &Reference::Tag(t("latest")),
+            &Accept::any(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -777,7 +796,7 @@ async fn an_index_is_stored_byte_exact_and_platform_manifests_when_requested() {
         .manifest(
             &n("library/multi"),
             &Reference::Digest(b.manifest.clone()),
-            &[],
+            &Accept::any(),
         )
         .await
         .unwrap();
@@ -789,7 +808,7 @@ async fn an_index_is_stored_byte_exact_and_platform_manifests_when_requested() {
         .manifest(
             &n("library/multi"),
             &Reference::Tag(t("latest")),
-            &[mt::DOCKER_MANIFEST],
+            &Accept::only([mt::DOCKER_MANIFEST]),
         )
         .await
         .unwrap_err();
@@ -809,7 +828,7 @@ async fn oversized_manifests_are_an_upstream_error_and_not_cached() {
         e.up.push_image(&n("library/app"), &t("v1"), &[content(22, 10)]);
     let err = e
         .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap_err();
     assert_eq!(
@@ -836,7 +855,7 @@ async fn admission_hooks_refuse_with_denied_and_nothing_is_cached() {
         e.up.push_image(&n("library/big"), &t("v1"), &[content(23, 5000)]);
     let err = e
         .cache
-        .manifest(&n("library/big"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/big"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Denied);
@@ -861,11 +880,19 @@ async fn admission_hooks_refuse_with_denied_and_nothing_is_cached() {
         mt::OCI_INDEX,
     );
     e.cache
-        .manifest(&n("library/multi"), &Reference::Tag(t("latest")), &[])
+        .manifest(
+            &n("library/multi"),
+            &Reference::Tag(t("latest")),
+            &Accept::any(),
+        )
         .await
         .unwrap();
     e.cache
-        .manifest(&n("library/multi"), &Reference::Digest(amd.manifest), &[])
+        .manifest(
+            &n("library/multi"),
+            &Reference::Digest(amd.manifest),
+            &Accept::any(),
+        )
         .await
         .unwrap();
     let err = e
@@ -873,7 +900,7 @@ async fn admission_hooks_refuse_with_denied_and_nothing_is_cached() {
         .manifest(
             &n("library/multi"),
             &Reference::Digest(arm.manifest.clone()),
-            &[],
+            &Accept::any(),
         )
         .await
         .unwrap_err();
@@ -893,7 +920,7 @@ async fn tag_list_falls_back_to_cached_tags_when_the_upstream_fails() {
     assert_eq!((l.tags.len(), l.status), (3, CacheStatus::Miss));
     for tag in ["v1", "v3"] {
         e.cache
-            .manifest(&n("library/app"), &Reference::Tag(t(tag)), &[])
+            .manifest(&n("library/app"), &Reference::Tag(t(tag)), &Accept::any())
             .await
             .unwrap();
     }
@@ -1062,7 +1089,7 @@ async fn the_engine_works_on_the_filesystem_store() {
     let img =
         e.up.push_image(&n("library/app"), &t("v1"), std::slice::from_ref(&layer));
     e.cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     e.up.fail_next_blob(Fault::Drip {
@@ -1329,7 +1356,7 @@ async fn a_manifest_subject_or_foreign_layer_entitles_nothing() {
         mt::OCI_MANIFEST,
     );
     e.cache
-        .manifest(&n("library/pub"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/pub"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .unwrap();
     let (got, err) = read_blob(&e.cache, "library/pub", &secret, None).await;
@@ -1441,14 +1468,14 @@ async fn an_abandoned_manifest_fetch_ends_within_its_timeout_and_is_not_reused()
     let gave_up = tokio::time::timeout(
         Duration::from_millis(50),
         e.cache
-            .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[]),
+            .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any()),
     )
     .await;
     assert!(gave_up.is_err(), "the caller gave up first");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let m = e
         .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &[])
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
         .await
         .expect("a new flight, not the stalled one");
     assert_eq!(m.digest, img.manifest);
@@ -1470,7 +1497,7 @@ async fn one_retry_budget_bounds_the_upstream_requests_of_every_operation() {
         .manifest(
             &n("library/app"),
             &Reference::Digest(img.manifest.clone()),
-            &[],
+            &Accept::any(),
         )
         .await
         .unwrap_err();

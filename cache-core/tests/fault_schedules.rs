@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cache_core::testing::{FakeUpstream, Fault, content};
-use cache_core::{
-    BlobStoreExt, CacheOptions, PullThroughCache, Registry, RepoName, RuleSet, RuleSpec,
-};
+use cache_core::{BlobStoreExt, CacheOptions, PullThroughCache, RepoName, RuleSpec};
 use cache_store::{MemoryStore, TokioRuntime};
 use futures::StreamExt;
 use proptest::prelude::*;
@@ -72,13 +70,11 @@ proptest! {
                 up.fail_next_blob(f);
             }
             let store = Arc::new(MemoryStore::new());
-            let cache = PullThroughCache::builder(
-                RuleSet::new(&[RuleSpec::new("lib", "up.example/library/*", "library/*")]).unwrap(),
-                store.clone(),
-                clock.clone(),
-                clock,
-            )
-            .upstream(Registry::parse("up.example").unwrap(), up.clone())
+            let cache = PullThroughCache::builder()
+                .rule(RuleSpec::new("lib", "up.example/library/*", "library/*"))
+                .store(store.clone())
+                .runtime(clock)
+                .upstream("up.example", up.clone())
             .options(CacheOptions {
                 stall_timeout: Duration::from_millis(50),
                 retry_backoff: Duration::from_millis(1),

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::events::{EventSink, NoEvents};
 use crate::names::Registry;
 use crate::policy::{Admission, RulePolicy};
-use crate::rules::RuleSet;
+use crate::rules::{RuleSet, RuleSpec};
 use crate::runtime::{Clock, Spawner};
 use crate::store::BlobStore;
 use crate::upstream::Upstream;
@@ -20,64 +20,137 @@ type Clients = (
     HashMap<String, Arc<dyn Upstream>>,
 );
 
-/// Builds a [`PullThroughCache`].
-#[derive(Debug)]
+/// Builds a [`PullThroughCache`] in named steps; see
+/// [`PullThroughCache::builder`]. Every step takes its value by value
+/// (an `Arc` of it works too: the traits are implemented for `Arc<T>`).
+#[derive(Debug, Default)]
 pub struct CacheBuilder {
-    rules: RuleSet,
-    store: Arc<dyn BlobStore>,
-    spawner: Arc<dyn Spawner>,
-    clock: Arc<dyn Clock>,
-    upstreams: HashMap<Registry, Clients>,
+    rules: Option<RuleSet>,
+    specs: Vec<RuleSpec>,
+    store: Option<Arc<dyn BlobStore>>,
+    spawner: Option<Arc<dyn Spawner>>,
+    clock: Option<Arc<dyn Clock>>,
+    upstreams: Vec<(String, Option<String>, Arc<dyn Upstream>)>,
     opts: CacheOptions,
     policies: HashMap<String, RulePolicy>,
     default_policy: RulePolicy,
     admission: Vec<Arc<dyn Admission>>,
-    events: Arc<dyn EventSink>,
+    events: Option<Arc<dyn EventSink>>,
 }
 
 impl PullThroughCache {
-    /// Starts building a cache from rules, a store, and a runtime's spawner and clock.
-    pub fn builder(
-        rules: RuleSet,
-        store: Arc<dyn BlobStore>,
-        spawner: Arc<dyn Spawner>,
-        clock: Arc<dyn Clock>,
-    ) -> CacheBuilder {
-        CacheBuilder {
-            rules,
-            store,
-            spawner,
-            clock,
-            upstreams: HashMap::new(),
-            opts: CacheOptions::default(),
-            policies: HashMap::new(),
-            default_policy: RulePolicy::default(),
-            admission: Vec::new(),
-            events: Arc::new(NoEvents),
-        }
+    /// Starts building a cache. It needs caching rules ([`rules`] or
+    /// [`rule`]), a store, a runtime ([`tokio`] with the `tokio` feature,
+    /// or [`runtime`]) and an upstream for every registry the rules name.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use cache_core::prelude::*;
+    /// use cache_core::testing::{FakeUpstream, ManualClock};
+    /// use cache_store::MemoryStore;
+    ///
+    /// // Any `Upstream`: cache_upstream::RegistryClient in real use.
+    /// let hub = FakeUpstream::new("docker.io", std::sync::Arc::new(ManualClock::new()));
+    /// let cache = PullThroughCache::builder()
+    ///     .rule(RuleSpec::new("hub", "docker.io/library/*", "library/*"))
+    ///     .store(MemoryStore::new())
+    ///     .tokio()
+    ///     .upstream("docker.io", hub)
+    ///     .build()?;
+    /// // A name no rule declares is refused without asking any upstream.
+    /// let err = cache
+    ///     .manifest(&RepoName::parse("acme/app")?, &Reference::parse("v1")?, &Accept::any())
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(err.code(), ErrorCode::NameUnknown);
+    /// # Ok::<(), cache_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// [`rules`]: CacheBuilder::rules
+    /// [`rule`]: CacheBuilder::rule
+    /// [`tokio`]: CacheBuilder::tokio
+    /// [`runtime`]: CacheBuilder::runtime
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+}
+
+fn missing(what: &str) -> Error {
+    Error::Misconfigured {
+        reason: format!("the cache builder was given no {what}"),
     }
 }
 
 impl CacheBuilder {
-    /// The upstream for `registry` (for rules without credentials, and for
-    /// rules whose credential set has no upstream of its own).
-    pub fn upstream(mut self, registry: Registry, upstream: Arc<dyn Upstream>) -> Self {
-        self.upstreams.entry(registry).or_default().0 = Some(upstream);
+    /// The caching rules, validated and indexed.
+    pub fn rules(mut self, rules: RuleSet) -> Self {
+        self.rules = Some(rules);
         self
     }
 
-    /// The upstream for `registry` used by rules naming `credentials`.
+    /// Adds one rule; the rules given this way are validated at
+    /// [`build`](Self::build). Not to be mixed with [`rules`](Self::rules).
+    pub fn rule(mut self, spec: RuleSpec) -> Self {
+        self.specs.push(spec);
+        self
+    }
+
+    /// Where content is kept.
+    pub fn store(mut self, store: impl BlobStore + 'static) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// A runtime that spawns and tells time, for both.
+    pub fn runtime<R: Spawner + Clock + Clone + 'static>(mut self, rt: R) -> Self {
+        self.spawner = Some(Arc::new(rt.clone()));
+        self.clock = Some(Arc::new(rt));
+        self
+    }
+
+    /// Tokio's spawner and the system clock, from the current runtime
+    /// (feature `tokio`). Panics outside a tokio runtime.
+    #[cfg(feature = "tokio")]
+    pub fn tokio(self) -> Self {
+        self.runtime(crate::runtime::TokioRuntime::current())
+    }
+
+    /// Where detached fetches run.
+    pub fn spawner(mut self, spawner: impl Spawner + 'static) -> Self {
+        self.spawner = Some(Arc::new(spawner));
+        self
+    }
+
+    /// The clock freshness, TTLs and timeouts run on (a manual one in tests).
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// The upstream for `registry` (as rule sources name it: `docker.io`,
+    /// `ghcr.io`, `registry.example.com:5000`), used by rules without
+    /// credentials and by rules whose credential set has no client of its
+    /// own. An invalid host is reported by [`build`](Self::build).
+    pub fn upstream(mut self, registry: &str, upstream: impl Upstream + 'static) -> Self {
+        self.upstreams
+            .push((registry.to_owned(), None, Arc::new(upstream)));
+        self
+    }
+
+    /// The upstream for `registry` used by rules naming the credential set
+    /// `credentials`.
     pub fn upstream_with_credentials(
         mut self,
-        registry: Registry,
+        registry: &str,
         credentials: &str,
-        upstream: Arc<dyn Upstream>,
+        upstream: impl Upstream + 'static,
     ) -> Self {
-        self.upstreams
-            .entry(registry)
-            .or_default()
-            .1
-            .insert(credentials.to_owned(), upstream);
+        self.upstreams.push((
+            registry.to_owned(),
+            Some(credentials.to_owned()),
+            Arc::new(upstream),
+        ));
         self
     }
 
@@ -87,21 +160,22 @@ impl CacheBuilder {
         self
     }
 
-    /// The policy of rules without their own.
+    /// The policy of rules without their own (by default: revalidate tags,
+    /// serve a cached tag for 24 h while the upstream fails, no content TTL).
     pub fn default_policy(mut self, policy: RulePolicy) -> Self {
         self.default_policy = policy;
         self
     }
 
     /// Adds an admission hook; every hook must admit a manifest.
-    pub fn admission(mut self, hook: Arc<dyn Admission>) -> Self {
-        self.admission.push(hook);
+    pub fn admission(mut self, hook: impl Admission + 'static) -> Self {
+        self.admission.push(Arc::new(hook));
         self
     }
 
-    /// Where events go.
-    pub fn events(mut self, sink: Arc<dyn EventSink>) -> Self {
-        self.events = sink;
+    /// Where events go (none by default).
+    pub fn events(mut self, sink: impl EventSink + 'static) -> Self {
+        self.events = Some(Arc::new(sink));
         self
     }
 
@@ -111,13 +185,42 @@ impl CacheBuilder {
         self
     }
 
-    /// Checks that every rule has an upstream and every policy a rule.
+    /// Checks the wiring: rules, store and runtime given; every registry
+    /// host valid; every rule with an upstream; every policy with a rule.
     pub fn build(self) -> Result<PullThroughCache> {
-        for rule in self.rules.rules() {
-            let set = self.upstreams.get(rule.registry());
-            let found = set.is_some_and(|(default, by_creds)| {
-                default.is_some() || rule.credentials().is_some_and(|c| by_creds.contains_key(c))
-            });
+        let rules = match (self.rules, self.specs.is_empty()) {
+            (Some(_), false) => {
+                return Err(Error::Misconfigured {
+                    reason: "the cache builder was given both rules() and rule()".into(),
+                });
+            }
+            (Some(r), true) => r,
+            (None, false) => RuleSet::new(&self.specs)?,
+            (None, true) => return Err(missing("caching rules")),
+        };
+        let store = self.store.ok_or_else(|| missing("store"))?;
+        let spawner = self.spawner.ok_or_else(|| missing("spawner (runtime)"))?;
+        let clock = self.clock.ok_or_else(|| missing("clock (runtime)"))?;
+        let mut clients: HashMap<Registry, Clients> = HashMap::new();
+        for (host, creds, upstream) in self.upstreams {
+            let registry = Registry::parse(&host).map_err(|e| Error::Misconfigured {
+                reason: format!("upstream for {host:?}: {e}"),
+            })?;
+            let entry = clients.entry(registry).or_default();
+            match creds {
+                None => entry.0 = Some(upstream),
+                Some(c) => {
+                    entry.1.insert(c, upstream);
+                }
+            }
+        }
+        for rule in rules.rules() {
+            let found = clients
+                .get(rule.registry())
+                .is_some_and(|(default, by_creds)| {
+                    default.is_some()
+                        || rule.credentials().is_some_and(|c| by_creds.contains_key(c))
+                });
             if !found {
                 return Err(Error::invalid_rule(
                     rule.name(),
@@ -126,15 +229,14 @@ impl CacheBuilder {
             }
         }
         for name in self.policies.keys() {
-            if self.rules.get(name).is_none() {
+            if rules.get(name).is_none() {
                 return Err(Error::invalid_rule(
                     name.clone(),
                     "a policy names a rule that does not exist",
                 ));
             }
         }
-        let upstreams = self
-            .upstreams
+        let upstreams = clients
             .into_iter()
             .map(|(registry, (default, by_credentials))| {
                 let queue = FetchQueue::new(
@@ -153,15 +255,15 @@ impl CacheBuilder {
             .collect();
         Ok(PullThroughCache {
             inner: Arc::new(Inner {
-                rules: self.rules,
+                rules,
                 upstreams,
-                store: self.store,
-                spawner: self.spawner,
-                clock: self.clock,
+                store,
+                spawner,
+                clock,
                 policies: self.policies,
                 default_policy: self.default_policy,
                 admission: self.admission,
-                events: self.events,
+                events: self.events.unwrap_or_else(|| Arc::new(NoEvents)),
                 inflight: Mutex::new(HashMap::new()),
                 manifest_flights: Mutex::new(HashMap::new()),
                 in_use: Mutex::new(HashMap::new()),

@@ -19,27 +19,27 @@ use crate::names::{Reference, RepoName, Tag};
 use crate::policy::{AdmissionRequest, TagFreshness};
 use crate::runtime::timeout;
 use crate::store::BlobStoreExt;
-use crate::upstream::{Manifest, media_types};
+use crate::upstream::{Accept, Manifest, media_types};
 
 /// A manifest fetch in flight, shared by everyone who asked.
 pub(crate) type SharedManifest = Shared<BoxFuture<'static, Result<Manifest>>>;
 
 impl PullThroughCache {
-    /// A manifest by tag or digest. `accept` lists the media types the
-    /// client takes (empty: any); a manifest of another type is refused as
-    /// `MANIFEST_UNKNOWN`, as the distribution registry does.
+    /// A manifest by tag or digest. A manifest of a media type `accept`
+    /// does not admit is refused as `MANIFEST_UNKNOWN`, as the distribution
+    /// registry does.
     pub async fn manifest(
         &self,
         name: &RepoName,
         reference: &Reference,
-        accept: &[&str],
+        accept: &Accept,
     ) -> Result<ManifestResponse> {
         let ctx = self.ctx(name)?;
         let resp = match reference {
             Reference::Digest(d) => self.manifest_by_digest(&ctx, d).await?,
             Reference::Tag(t) => self.manifest_by_tag(&ctx, t).await?,
         };
-        if !accept.is_empty() && !accept.iter().any(|a| *a == resp.media_type || *a == "*/*") {
+        if !accept.admits(&resp.media_type) {
             return Err(Error::manifest_unknown(
                 name,
                 format!("{reference} (is {}, not in Accept)", resp.media_type),

@@ -5,12 +5,14 @@
 //! policies; [`manifests`], [`blobs`] and [`tags`] answer requests;
 //! [`fetch`] runs one shared upstream transfer per digest; [`queue`] bounds
 //! those per upstream and holds the one retry layer; [`entitlement`] decides
-//! which repository may read which content; [`maintenance`] is gc and scrub.
+//! which repository may read which content; [`image`] pulls whole images
+//! ahead of time; [`maintenance`] is gc and scrub.
 
 mod blobs;
 mod builder;
 mod entitlement;
 mod fetch;
+mod image;
 pub(crate) mod keys;
 mod maintenance;
 mod manifests;
@@ -23,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use builder::CacheBuilder;
+pub use image::{ImagePlan, PullReport};
 pub use maintenance::{GcReport, ScrubReport};
 pub use response::{BlobBody, BlobResponse, FileBody, ManifestResponse, TagList};
 

@@ -1,6 +1,6 @@
-//! The pull side of the OCI Distribution API: `cache_core::protocol` parses
-//! each request and shapes each answer; this module only calls the engine
-//! and attaches bodies.
+//! The pull side of the OCI Distribution API: `cache_core::protocol`
+//! answers each request; this module adds pull-side auth, metrics and the
+//! access log, and sends blob bodies from files where it can.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,12 +8,12 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{Extensions, header};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cache_core::protocol::{self, PullRequest, Route};
-use cache_core::{Error, PullThroughCache};
+use cache_core::PullThroughCache;
+use cache_core::protocol;
 
 use crate::auth::PullAuth;
 use crate::metrics::Metrics;
@@ -72,64 +72,10 @@ async fn metrics(State(st): State<AppState>) -> Response {
 async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
     // A pull has no body worth reading: keep the head, by value.
     let (parts, _) = req.into_parts();
-    match serve(
-        &st.cache,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &parts.extensions,
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            if !e.is_client_error() {
-                tracing::warn!(error = %e, "request failed");
-            }
-            protocol::error_response(&e).map(Body::from)
-        }
-    }
-}
-
-async fn serve(
-    cache: &PullThroughCache,
-    method: &axum::http::Method,
-    uri: &axum::http::Uri,
-    headers: &axum::http::HeaderMap,
-    extensions: &Extensions,
-) -> Result<Response, Error> {
-    let req = PullRequest::parse(method, uri, headers)?;
-    let name = req.local_name(cache.rules())?;
-    let (route, name) = match (&req.route, name) {
-        (Route::Base, _) => return Ok(protocol::base_response().map(Body::from)),
-        (route, Some(name)) => (route, name),
-        (_, None) => unreachable!("every route but Base names a repository"),
-    };
-    match route {
-        Route::Manifest { reference, .. } => {
-            let m = cache
-                .manifest(&name, reference, &req.accept.as_strs())
-                .await?;
-            Ok(protocol::manifest_response(&m, req.head).map(Body::from))
-        }
-        Route::Blob { digest, .. } if req.holds(digest) => {
-            // The client already holds these bytes; a rule must still declare the name.
-            cache.rules().resolve(&name)?;
-            Ok(protocol::not_modified_response(digest).map(|()| Body::empty()))
-        }
-        Route::Blob { digest, .. } if req.head => {
-            let (size, status) = cache.head_blob(&name, digest).await?;
-            Ok(protocol::blob_head_response(digest, size, status).map(|()| Body::empty()))
-        }
-        Route::Blob { digest, .. } => {
-            let b = cache.blob(&name, digest, req.range).await?;
-            let head = protocol::blob_response(digest, &b, req.range.is_some());
-            Ok(head.map(|()| crate::sendfile::blob_body(b.body, extensions)))
-        }
-        Route::Tags { name: asked, page } => {
-            let list = cache.tags(&name, page).await?;
-            Ok(protocol::tags_response(asked, &list).map(Body::from))
-        }
-        Route::Base => unreachable!("answered above"),
-    }
+    let resp = protocol::handle(&st.cache, &parts.method, &parts.uri, &parts.headers).await;
+    resp.map(|body| match body {
+        protocol::Body::Empty => Body::empty(),
+        protocol::Body::Bytes(b) => Body::from(b),
+        protocol::Body::Blob(b) => crate::sendfile::blob_body(b, &parts.extensions),
+    })
 }

@@ -1,24 +1,27 @@
 //! # registry-proxy
 //!
 //! The OCI pull-through registry server built on `cache-core`,
-//! `cache-store` and `cache-upstream`: configuration, HTTP mapping and
-//! wiring only; every caching decision is the library's.
-//!
-//! The library half exists so that `cache-warm` reads the same
-//! configuration and builds the same cache.
+//! `cache-store` and `cache-upstream`: configuration, wiring, pull-side
+//! auth, metrics, connection limits and the sendfile transport; every
+//! caching decision, and the pull API itself (`cache_core::protocol`), is
+//! the library's. The binary's subcommands (`serve`, `warm`, `gc`,
+//! `scrub`, `check`, `explain`) share one configuration.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod sendfile;
+pub mod server;
 
 use std::sync::Arc;
 
 use cache_core::{BlobStore, CacheOptions, EventSink, PullThroughCache, RuleSet};
-use cache_store::{FsStore, FsStoreOptions, MemoryStore, ObjectBlobStore, TokioRuntime};
+use cache_store::{FsStore, FsStoreOptions, MemoryStore, ObjectBlobStore};
 use cache_upstream::{ClientOptions, RegistryClient};
 
 use crate::config::{Config, ConfigError, Storage};
@@ -76,9 +79,11 @@ pub fn build_cache(
     events: Arc<dyn EventSink>,
 ) -> Result<PullThroughCache, ConfigError> {
     let rules = RuleSet::new(&cfg.rules).map_err(|e| ConfigError(e.to_string()))?;
-    let rt = Arc::new(TokioRuntime::current());
     let up = &cfg.upstream;
-    let mut b = PullThroughCache::builder(rules.clone(), store, rt.clone(), rt)
+    let mut b = PullThroughCache::builder()
+        .rules(rules.clone())
+        .store(store)
+        .tokio()
         .events(events)
         .options(CacheOptions {
             max_concurrent_fetches: up.max_concurrent_fetches,
@@ -108,7 +113,7 @@ pub fn build_cache(
         .map_err(|e| ConfigError(format!("registry {}: {e}", u.host)))
     };
     for u in &cfg.registries {
-        b = b.upstream(u.host.clone(), Arc::new(client(u, u.credentials.clone())?));
+        b = b.upstream(u.host.as_str(), client(u, u.credentials.clone())?);
     }
     for rule in rules.rules() {
         if let Some(name) = rule.credentials() {
@@ -124,7 +129,7 @@ pub fn build_cache(
                     ))
                 })?;
             let creds = cfg.credentials.get(name).cloned();
-            b = b.upstream_with_credentials(u.host.clone(), name, Arc::new(client(u, creds)?));
+            b = b.upstream_with_credentials(u.host.as_str(), name, client(u, creds)?);
         }
     }
     for (name, p) in &cfg.policies {

@@ -1,19 +1,14 @@
 //! `registry-proxy`: serves the pull side of the OCI Distribution API for
 //! the repositories its caching rules declare, fetching each image from its
-//! upstream once, verified, and serving it from the cache afterwards.
+//! upstream once, verified, and serving it from the cache afterwards; and
+//! the tools that go with it (`warm`, `gc`, `scrub`, `check`, `explain`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use clap::Parser;
-use registry_proxy::auth::PullAuth;
+use clap::{Parser, Subcommand};
+use registry_proxy::cli;
 use registry_proxy::config::{Config, DEFAULT_CONFIG};
-use registry_proxy::conn::{ConnLimits, serve_connections};
-use registry_proxy::http::{AppState, router};
-use registry_proxy::metrics::Metrics;
-use registry_proxy::{build_cache, open_store};
-use tower_http::timeout::TimeoutLayer;
 
 /// An OCI pull-through registry cache.
 #[derive(Debug, Parser)]
@@ -23,44 +18,69 @@ struct Args {
     /// working directory if present, else the built-in default (listen on
     /// 127.0.0.1:5000, store in ./cache-data, Docker Hub official images
     /// under library/*).
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
-    /// Validate the configuration and exit.
-    #[arg(long)]
+    /// The same as the `check` subcommand.
+    #[arg(long, hide = true)]
     check: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
 }
 
-fn load(args: &Args) -> Result<Config, String> {
-    let path = args.config.clone().or_else(|| {
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve the pull API (what runs without a subcommand).
+    Serve,
+    /// Validate the configuration and exit.
+    Check,
+    /// Say which rule and upstream a repository maps to, or why none does.
+    /// NAME is a local repository (library/nginx) or an upstream one
+    /// (docker.io/library/nginx).
+    Explain {
+        /// The repository.
+        name: String,
+    },
+    /// Pull images (upstream references, e.g. docker.io/library/nginx:1.27)
+    /// into the store through the caching rules, so their first pull is
+    /// all hits. On a filesystem store, stop the server first.
+    Warm {
+        /// Only these platforms of a multi-platform image (os/arch[/variant]); repeatable.
+        #[arg(long = "platform")]
+        platforms: Vec<String>,
+        /// Blobs downloaded at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// The images.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove content past its rule's TTL, then least recently used content
+    /// until the store is under the quota.
+    Gc {
+        /// The quota (default: the configuration's storage.quota).
+        #[arg(long)]
+        quota: Option<String>,
+    },
+    /// Re-hash every stored blob; remove those that do not match their digest.
+    Scrub,
+}
+
+/// The configuration file the flags name, or the default one.
+fn config_path(flag: &Option<PathBuf>) -> Option<PathBuf> {
+    flag.clone().or_else(|| {
         let p = PathBuf::from("registry-proxy.toml");
         p.is_file().then_some(p)
-    });
+    })
+}
+
+fn load(path: &Option<PathBuf>) -> Result<Config, String> {
     match path {
-        Some(p) => {
-            tracing::info!(config = %p.display(), "loading configuration");
-            Config::load(&p).map_err(|e| e.to_string())
-        }
+        Some(p) => Config::load(p).map_err(|e| e.to_string()),
         None => {
-            tracing::info!("no configuration file; using the built-in default");
             let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
             Config::parse(DEFAULT_CONFIG, &cwd).map_err(|e| e.to_string())
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
 fn main() -> ExitCode {
@@ -73,91 +93,43 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    match tokio::runtime::Builder::new_multi_thread()
+    let args = Args::parse();
+    let cmd = match (args.cmd, args.check) {
+        (None, true) => Cmd::Check,
+        (None, false) => Cmd::Serve,
+        (Some(c), _) => c,
+    };
+    registry_proxy::logging::init(matches!(cmd, Cmd::Serve));
+    let path = config_path(&args.config);
+    let cfg = match load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("registry-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(serve()),
+        Ok(rt) => rt,
         Err(e) => {
             eprintln!("registry-proxy: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn serve() -> ExitCode {
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let args = Args::parse();
-    let cfg = match load(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("registry-proxy: {e}");
-            return ExitCode::from(2);
+            return ExitCode::FAILURE;
         }
     };
-    if args.check {
-        println!("configuration is valid: {} rules", cfg.rules.len());
-        return ExitCode::SUCCESS;
-    }
-    let store = match open_store(&cfg).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("registry-proxy: {e}");
-            return ExitCode::from(2);
+    rt.block_on(async move {
+        match cmd {
+            Cmd::Serve => registry_proxy::server::serve(cfg, path).await,
+            Cmd::Check => cli::check(&cfg),
+            Cmd::Explain { name } => cli::explain(&cfg, &name),
+            Cmd::Warm {
+                platforms,
+                concurrency,
+                images,
+            } => cli::warm(&cfg, &images, &platforms, concurrency).await,
+            Cmd::Gc { quota } => cli::gc(&cfg, quota.as_deref()).await,
+            Cmd::Scrub => cli::scrub(&cfg).await,
         }
-    };
-    let metrics = Arc::new(Metrics::default());
-    let cache = match build_cache(&cfg, store, metrics.clone()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("registry-proxy: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if cfg.quota.is_some() || cfg.policies.values().any(|p| p.content_ttl.is_some()) {
-        let (cache, quota, every) = (cache.clone(), cfg.quota, cfg.gc_interval);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                match cache.gc(quota).await {
-                    Ok(r) => tracing::info!(?r, "gc"),
-                    Err(e) => tracing::warn!(error = %e, "gc failed"),
-                }
-            }
-        });
-    }
-    let state = AppState {
-        cache,
-        metrics,
-        auth: cfg.auth.clone().map(|a| Arc::new(PullAuth::new(a))),
-    };
-    let app = router(state).layer(TimeoutLayer::with_status_code(
-        axum::http::StatusCode::GATEWAY_TIMEOUT,
-        cfg.request_timeout,
-    ));
-    let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("registry-proxy: cannot listen on {}: {e}", cfg.listen);
-            return ExitCode::from(2);
-        }
-    };
-    tracing::info!(listen = %cfg.listen, rules = cfg.rules.len(), "registry-proxy serving");
-    let limits = ConnLimits {
-        idle_timeout: cfg.idle_timeout,
-        send_timeout: cfg.send_timeout,
-        max_connections: cfg.max_connections,
-        shutdown_grace: cfg.shutdown_grace,
-    };
-    serve_connections(listener, app, limits, shutdown_signal()).await;
-    ExitCode::SUCCESS
+    })
 }

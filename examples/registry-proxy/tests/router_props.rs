@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Method, Request};
 use bytes::Bytes;
 use cache_core::testing::{FakeUpstream, content};
-use cache_core::{PullThroughCache, Registry, RepoName, RuleSet, RuleSpec, Tag};
+use cache_core::{PullThroughCache, RepoName, RuleSet, RuleSpec, Tag};
 use cache_store::{MemoryStore, TokioRuntime};
 use proptest::prelude::*;
 use registry_proxy::auth::PullAuth;
@@ -46,16 +46,14 @@ fn world() -> &'static World {
             let rules =
                 RuleSet::new(&[RuleSpec::new("lib", "up.example/library/*", "library/*")]).unwrap();
             let metrics = Arc::new(Metrics::default());
-            let cache = PullThroughCache::builder(
-                rules,
-                Arc::new(MemoryStore::new()),
-                tokio_rt.clone(),
-                tokio_rt,
-            )
-            .upstream(Registry::parse("up.example").unwrap(), up)
-            .events(metrics.clone())
-            .build()
-            .unwrap();
+            let cache = PullThroughCache::builder()
+                .rules(rules)
+                .store(MemoryStore::new())
+                .tokio()
+                .upstream("up.example", up)
+                .events(metrics.clone())
+                .build()
+                .unwrap();
             let mut auth = AuthConfig::default();
             auth.tokens.push(cache_upstream::Secret::new("good-token"));
             let state = AppState {

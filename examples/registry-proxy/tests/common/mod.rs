@@ -25,12 +25,42 @@ pub struct Proxy {
     pub dir: tempfile::TempDir,
 }
 
+/// Writes `dir/proxy.toml`: `body` listening on a free port, which it returns.
+pub fn write_config(dir: &Path, body: &str) -> u16 {
+    let port = free_port();
+    let cfg = format!("listen = \"127.0.0.1:{port}\"\n{body}");
+    std::fs::write(dir.join("proxy.toml"), cfg).unwrap();
+    port
+}
+
+/// Runs the binary with `args` (a subcommand, say) on `dir/proxy.toml`:
+/// whether it succeeded, and what it printed.
+pub fn run(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(dir.join("proxy.toml"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 impl Proxy {
+    /// Starts a server on `body` in a directory of its own.
     pub fn start(body: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let cfg = format!("listen = \"127.0.0.1:{port}\"\n{body}");
-        std::fs::write(dir.path().join("proxy.toml"), cfg).unwrap();
+        let port = write_config(dir.path(), body);
+        Self::launch(dir, port)
+    }
+
+    /// Starts a server on the `proxy.toml` already in `dir`, listening on `port`.
+    pub fn launch(dir: tempfile::TempDir, port: u16) -> Proxy {
         let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
         let child = Command::new(bin())
             .arg("--config")

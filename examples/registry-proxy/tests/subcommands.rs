@@ -1,44 +1,19 @@
-//! `cache-warm` fills a store so that a following skopeo pull through the
-//! server is all hits; `--platform` filters an index; `scrub` and `gc`.
+//! The subcommands besides `serve`, with real parts: `warm` fills a store
+//! so that a following skopeo pull through the server is all hits
+//! (`--platform` filters an index); `scrub`, `gc`, `check` and `explain`;
+//! and the old `--check` flag still works.
 
-use std::path::Path;
-use std::process::Command;
-use std::sync::Arc;
+mod common;
 
-use cache_core::events::Counters;
 use cache_upstream::testing::{TestRegistry, skopeo, write_image, write_index};
-use registry_proxy::config::Config;
-use registry_proxy::http::{AppState, router};
-use registry_proxy::metrics::Metrics;
-use registry_proxy::{build_cache, open_store};
+use common::{Proxy, run, write_config};
 
-fn write_config(dir: &Path, up: &TestRegistry) -> std::path::PathBuf {
-    let p = dir.join("proxy.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "listen = \"127.0.0.1:0\"\n[storage]\npath = \"store\"\n\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n\n[[rule]]\nname = \"lib\"\nsource = \"{h}/library/*\"\ntarget = \"library/*\"\ntag_freshness = \"ttl:1h\"\n",
-            h = up.host(),
-            u = up.url()
-        ),
+fn body(up: &TestRegistry) -> String {
+    format!(
+        "[storage]\npath = \"store\"\n\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n\n[[rule]]\nname = \"lib\"\nsource = \"{h}/library/*\"\ntarget = \"library/*\"\ntag_freshness = \"ttl:1h\"\n",
+        h = up.host(),
+        u = up.url()
     )
-    .unwrap();
-    p
-}
-
-fn warm(cfg: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cache-warm"))
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,12 +25,12 @@ async fn a_warmed_store_serves_a_skopeo_pull_entirely_from_cache() {
     let multi = write_index(&src.path().join("multi"), "multi", 22, 40_000);
     up.push(&multi.layout, "multi", "library/multi").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &up);
+    let port = write_config(dir.path(), &body(&up));
 
-    let (ok, out) = warm(
-        &cfg,
+    let (ok, out) = run(
+        dir.path(),
         &[
-            "pull",
+            "warm",
             "--platform",
             "linux/amd64",
             &format!("{}/library/demo:v1", up.host()),
@@ -78,26 +53,16 @@ async fn a_warmed_store_serves_a_skopeo_pull_entirely_from_cache() {
     );
 
     // The server, on the same configuration and store.
-    let config = Config::load(&cfg).unwrap();
-    let metrics = Arc::new(Metrics::default());
-    let cache = build_cache(&config, open_store(&config).await.unwrap(), metrics.clone()).unwrap();
-    let app = router(AppState {
-        cache,
-        metrics: metrics.clone(),
-        auth: None,
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
+    let proxy = Proxy::launch(dir, port);
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().to_owned();
+    let host = proxy.host();
     tokio::task::spawn_blocking(move || {
         skopeo(&[
             "copy".into(),
             "--insecure-policy".into(),
             "--src-tls-verify=false".into(),
-            format!("docker://127.0.0.1:{port}/library/demo:v1"),
+            format!("docker://{host}/library/demo:v1"),
             format!("dir:{}", dest.display()),
         ])
     })
@@ -107,10 +72,13 @@ async fn a_warmed_store_serves_a_skopeo_pull_entirely_from_cache() {
     for (d, _) in &img.layers {
         assert!(d.verifies(&std::fs::read(out.path().join(d.hex())).unwrap()));
     }
-    let c = metrics.engine();
-    assert_eq!(Counters::get(&c.misses), 0, "every answer was a hit");
+    assert_eq!(
+        proxy.metric("registry_proxy_cache_misses_total").await,
+        0,
+        "every answer was a hit"
+    );
     assert!(
-        Counters::get(&c.hits) >= 4,
+        proxy.metric("registry_proxy_cache_hits_total").await >= 4,
         "manifest, config and two layers"
     );
     assert_eq!(
@@ -118,7 +86,6 @@ async fn a_warmed_store_serves_a_skopeo_pull_entirely_from_cache() {
         gets_after_warm,
         "no upstream blob GET during the pull"
     );
-    server.abort();
 }
 
 #[test]
@@ -128,22 +95,22 @@ fn scrub_reports_and_removes_corruption_and_gc_applies_a_quota() {
     let img = write_image(src.path(), "v1", 23, &[60_000]);
     up.push(&img.layout, "v1", "library/demo").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &up);
-    let (ok, out) = warm(&cfg, &["pull", &format!("{}/library/demo:v1", up.host())]);
+    write_config(dir.path(), &body(&up));
+    let dir = dir.path();
+    let (ok, out) = run(dir, &["warm", &format!("{}/library/demo:v1", up.host())]);
     assert!(ok, "{out}");
 
-    let (ok, out) = warm(&cfg, &["scrub"]);
+    let (ok, out) = run(dir, &["scrub"]);
     assert!(ok && out.contains("0 corrupt"), "{out}");
     let d = &img.layers[0].0;
     let path = dir
-        .path()
         .join("store/blobs/sha256")
         .join(&d.hex()[..2])
         .join(d.hex());
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[100] ^= 1;
     std::fs::write(&path, bytes).unwrap();
-    let (ok, out) = warm(&cfg, &["scrub"]);
+    let (ok, out) = run(dir, &["scrub"]);
     assert!(!ok, "a scrub that found corruption exits non-zero: {out}");
     assert!(
         out.contains("1 corrupt") && out.contains(d.as_str()),
@@ -151,11 +118,38 @@ fn scrub_reports_and_removes_corruption_and_gc_applies_a_quota() {
     );
     assert!(!path.exists());
 
-    let (ok, out) = warm(&cfg, &["gc", "--quota", "0"]);
+    let (ok, out) = run(dir, &["gc", "--quota", "0"]);
     assert!(ok, "{out}");
     assert!(out.contains("0 bytes remain"), "{out}");
-    let (ok, out) = warm(&cfg, &["gc", "--quota", "lots"]);
+    let (ok, out) = run(dir, &["gc", "--quota", "lots"]);
     assert!(!ok && out.contains("lots"), "{out}");
-    let (ok, out) = warm(&cfg, &["pull", "nope.example/unknown/image:v1"]);
+    let (ok, out) = run(dir, &["warm", "nope.example/unknown/image:v1"]);
     assert!(!ok && out.contains("not declared"), "{out}");
+}
+
+#[test]
+fn check_and_explain_say_what_a_configuration_means() {
+    let up = TestRegistry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &body(&up));
+    let dir = dir.path();
+    let (ok, out) = run(dir, &["check"]);
+    assert!(ok && out.contains("valid: 1 rules"), "{out}");
+    let (ok, out) = run(dir, &["--check"]);
+    assert!(
+        ok && out.contains("valid"),
+        "the old flag still works: {out}"
+    );
+    let (ok, out) = run(dir, &["explain", "library/nginx"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("\"lib\"") && out.contains(&format!("{}/library/nginx", up.host())),
+        "{out}"
+    );
+    let (ok, out) = run(dir, &["explain", &format!("{}/library/nginx", up.host())]);
+    assert!(ok && out.contains("served as library/nginx"), "{out}");
+    let (ok, out) = run(dir, &["explain", "acme/app"]);
+    assert!(!ok && out.contains("no rule declares"), "{out}");
+    let (ok, out) = run(dir, &["explain", "Not/Valid"]);
+    assert!(!ok && out.contains("invalid"), "{out}");
 }

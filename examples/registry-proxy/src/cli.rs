@@ -1,0 +1,232 @@
+//! The subcommands besides `serve`: `check`, `explain`, `warm`, `gc` and
+//! `scrub`. Exit codes: 0 done, 1 the work failed, 2 the input is wrong.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use cache_core::events::NoEvents;
+use cache_core::manifest::Platform;
+use cache_core::{Digest, ImageRef, PullThroughCache, RepoName, RuleSet};
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::config::{Config, parse_size};
+use crate::{build_cache, open_store};
+
+fn usage(msg: String) -> ExitCode {
+    eprintln!("registry-proxy: {msg}");
+    ExitCode::from(2)
+}
+
+/// `check`: the configuration parsed and validated (the rules included).
+pub fn check(cfg: &Config) -> ExitCode {
+    println!("configuration is valid: {} rules", cfg.rules.len());
+    ExitCode::SUCCESS
+}
+
+/// `explain NAME`: which rule a local or upstream repository name goes
+/// through, and what it maps to.
+pub fn explain(cfg: &Config, name: &str) -> ExitCode {
+    let rules = match RuleSet::new(&cfg.rules) {
+        Ok(r) => r,
+        Err(e) => return usage(e.to_string()),
+    };
+    // An upstream name starts with a registry host, as Docker reads names.
+    if let Ok(image) = ImageRef::parse(name)
+        && name
+            .split('/')
+            .next()
+            .is_some_and(|h| h.contains(['.', ':']) || h == "localhost")
+    {
+        return match rules.resolve_upstream(&image.registry, &image.repository) {
+            Ok(r) => {
+                println!(
+                    "{}/{} is served as {} through rule {:?}",
+                    image.registry,
+                    r.upstream,
+                    r.local,
+                    r.rule.name()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match RepoName::parse(name) {
+        Ok(n) => {
+            let e = rules.explain(&n);
+            println!("{n}: {e}");
+            if matches!(e, cache_core::Explanation::NoMatch { .. }) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => usage(e.to_string()),
+    }
+}
+
+async fn open(cfg: &Config) -> Result<PullThroughCache, ExitCode> {
+    let store = open_store(cfg).await.map_err(|e| usage(e.to_string()))?;
+    build_cache(cfg, store, Arc::new(NoEvents)).map_err(|e| usage(e.to_string()))
+}
+
+/// `warm`: every image's manifests and blobs (filtered by platform),
+/// through the rules, with progress bars.
+pub async fn warm(
+    cfg: &Config,
+    images: &[String],
+    platforms: &[String],
+    concurrency: usize,
+) -> ExitCode {
+    let mut pats = Vec::new();
+    for p in platforms {
+        match Platform::parse(p) {
+            Some(p) => pats.push(p),
+            None => return usage(format!("--platform {p:?}: expected os/arch[/variant]")),
+        }
+    }
+    let cache = match open(cfg).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut failures = Vec::new();
+    let mut work: Vec<(RepoName, Digest, u64)> = Vec::new();
+    for image in images {
+        let planned = async {
+            let r = ImageRef::parse(image).map_err(|e| e.to_string())?;
+            let local = cache
+                .rules()
+                .resolve_upstream(&r.registry, &r.repository)
+                .map_err(|e| e.to_string())?
+                .local;
+            let plan = cache
+                .plan_image(&local, &r.reference(), &pats)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((local, plan))
+        };
+        match planned.await {
+            Ok((local, plan)) => {
+                work.extend(plan.blobs.into_iter().map(|(d, s)| (local.clone(), d, s)))
+            }
+            Err(e) => failures.push(format!("{image}: {e}")),
+        }
+    }
+    work.sort_by(|a, b| a.1.cmp(&b.1));
+    work.dedup_by(|a, b| a.1 == b.1);
+    let total_bytes: u64 = work.iter().map(|w| w.2).sum();
+    let bars = MultiProgress::new();
+    let total = bars.add(ProgressBar::new(total_bytes));
+    total.set_style(
+        ProgressStyle::with_template(
+            "total {bytes}/{total_bytes} [{bar:40}] {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let style = ProgressStyle::with_template("{msg:20} {bytes}/{total_bytes} [{bar:30}]")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let results: Vec<Result<u64, String>> = futures::stream::iter(work.iter())
+        .map(|(local, d, size)| {
+            let bar = bars.insert_before(&total, ProgressBar::new(*size));
+            bar.set_style(style.clone());
+            bar.set_message(d.hex()[..12].to_owned());
+            let (cache, total) = (&cache, total.clone());
+            async move {
+                let n = cache
+                    .prefetch_blob(local, d, |n| {
+                        bar.inc(n);
+                        total.inc(n);
+                    })
+                    .await
+                    .map_err(|e| format!("{d}: {e}"))?;
+                bar.finish_and_clear();
+                Ok(n)
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    total.finish_and_clear();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let bytes: u64 = results.iter().filter_map(|r| r.as_ref().ok()).sum();
+    failures.extend(results.into_iter().filter_map(Result::err));
+    println!(
+        "warm: {} image(s), {ok} of {} blob(s) cached, {bytes} bytes transferred or verified; {} failure(s)",
+        images.len(),
+        work.len(),
+        failures.len()
+    );
+    for f in &failures {
+        println!("  failed: {f}");
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `gc`: TTLs, then the quota (the flag's, else the configuration's).
+pub async fn gc(cfg: &Config, quota: Option<&str>) -> ExitCode {
+    let quota = match quota.map(|q| parse_size(q).ok_or(q)) {
+        None => cfg.quota,
+        Some(Ok(q)) => Some(q),
+        Some(Err(q)) => return usage(format!("--quota {q:?}: not a size (use e.g. 50GiB)")),
+    };
+    let cache = match open(cfg).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match cache.gc(quota).await {
+        Ok(r) => {
+            println!(
+                "gc: {} expired, {} evicted, {} bytes freed, {} bytes remain, {} in use skipped, {} stale records dropped",
+                r.expired,
+                r.evicted,
+                r.freed_bytes,
+                r.remaining_bytes,
+                r.skipped_in_use,
+                r.dropped_records
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("registry-proxy gc: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `scrub`: re-verify every stored blob; exits 1 when any was corrupt.
+pub async fn scrub(cfg: &Config) -> ExitCode {
+    let cache = match open(cfg).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match cache.scrub().await {
+        Ok(r) => {
+            println!(
+                "scrub: {} blob(s), {} bytes checked; {} corrupt and removed",
+                r.checked,
+                r.bytes_checked,
+                r.removed.len()
+            );
+            for d in &r.removed {
+                println!("  removed: {d}");
+            }
+            if r.removed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("registry-proxy scrub: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
