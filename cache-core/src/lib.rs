@@ -1,17 +1,51 @@
 //! # cache-core
 //!
-//! The engine of a container-registry pull-through cache, as a library:
+//! The engine of a container-registry pull-through cache, as a library.
+//! [`PullThroughCache`] serves the pull side of the OCI Distribution API for
+//! the repositories its caching rules declare: it fetches each manifest and
+//! blob from its upstream once however many clients ask, verifies every
+//! byte against its digest before a client receives the last one, keeps it
+//! in a [`BlobStore`], and serves it from there afterwards. Anything no rule
+//! declares is refused without touching an upstream.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use cache_core::prelude::*;
+//! use cache_core::testing::{FakeUpstream, ManualClock, content};
+//!
+//! // An upstream with one image (cache_upstream::RegistryClient in real use).
+//! let hub = std::sync::Arc::new(FakeUpstream::new("docker.io", std::sync::Arc::new(ManualClock::new())));
+//! let img = hub.push_image(&RepoName::parse("library/app")?, &Tag::parse("v1")?, &[content(1, 1000)]);
+//! let cache = PullThroughCache::builder()
+//!     .rule(RuleSpec::new("hub", "docker.io/library/*", "library/*"))
+//!     .store(cache_store::MemoryStore::new())
+//!     .tokio()
+//!     .upstream("docker.io", hub.clone())
+//!     .build()?;
+//! let name = RepoName::parse("library/app")?;
+//! let m = cache.manifest(&name, &Reference::parse("v1")?, &Accept::any()).await?;
+//! assert_eq!((m.digest, m.status), (img.manifest, CacheStatus::Miss));
+//! let report = cache.pull_image(&name, &Reference::parse("v1")?, &[], 4).await?;
+//! assert_eq!(report.blobs, 2); // config and layer, verified and stored
+//! # Ok::<(), cache_core::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! What else is here:
 //!
 //! * validated OCI types ([`Digest`], [`RepoName`], [`Tag`], [`Reference`],
 //!   [`Registry`], [`ImageRef`], [`ByteRange`]): inner code never
 //!   re-validates, and never builds a path from a raw request string;
 //! * caching rules ([`RuleSet`]): the allow-list that maps a local
 //!   repository to an upstream one, indexed so a lookup does not scan;
-//! * [`VerifyingStream`], which hashes content as it streams and refuses a
-//!   clean end when the bytes do not match their digest;
 //! * the traits the engine is built on: [`Upstream`] (where content comes
-//!   from) and [`BlobStore`] (where it is kept), each with its contract;
-//! * one error type, [`Error`], mapped to OCI error codes ([`ErrorCode`]).
+//!   from) and [`BlobStore`] (where it is kept), each with its contract, and
+//!   [`Spawner`] and [`Clock`] (feature `tokio`: [`runtime::TokioRuntime`]);
+//! * [`protocol`] (feature `http`): the pull API sans IO, for any server;
+//! * one error type, [`Error`], mapped to OCI error codes ([`ErrorCode`])
+//!   and HTTP statuses;
+//! * [`testing`] (feature `testing`): the store conformance suite, a
+//!   fault-injecting upstream and a manual clock.
 //!
 //! `cache-core` depends on no async runtime, HTTP client or filesystem, so
 //! it embeds in any service. Backends live in `cache-store`, the registry

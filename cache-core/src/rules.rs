@@ -354,6 +354,30 @@ impl PrefixIndex {
 }
 
 /// A validated, indexed set of caching rules.
+///
+/// An exact rule beats any wildcard; among wildcards the longest target
+/// prefix wins; what `*` matched (slashes included) carries over.
+///
+/// ```
+/// use cache_core::{RepoName, RuleSet, RuleSpec};
+///
+/// let rules = RuleSet::new(&[
+///     RuleSpec::new("hub", "docker.io/library/*", "library/*"),
+///     RuleSpec::new("acme", "ghcr.io/acme/*", "acme/*").with_credentials("ghcr"),
+///     RuleSpec::new("nginx", "docker.io/nginx", "nginx"),
+/// ])?;
+/// let r = rules.resolve(&RepoName::parse("acme/team/app")?)?;
+/// assert_eq!((r.registry.as_str(), r.upstream.as_str()), ("ghcr.io", "acme/team/app"));
+/// assert_eq!(r.credentials, Some("ghcr"));
+/// // Docker Hub's one-component names are library/NAME upstream.
+/// let r = rules.resolve(&RepoName::parse("nginx")?)?;
+/// assert_eq!(r.upstream.as_str(), "library/nginx");
+/// // Anything else is NAME_UNKNOWN, and `explain` says what was tried.
+/// let unknown = RepoName::parse("other/app")?;
+/// assert!(rules.resolve(&unknown).is_err());
+/// println!("{}", rules.explain(&unknown));
+/// # Ok::<(), cache_core::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     rules: Vec<Rule>,

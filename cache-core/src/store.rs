@@ -171,6 +171,53 @@ impl fmt::Debug for MetaKey {
 /// * Concurrent staged writes of the same digest all succeed; one blob remains.
 /// * Deleting is idempotent. Reads already under way when a blob is deleted
 ///   either finish with the whole content or fail; they never yield other bytes.
+///
+/// A new backend runs the conformance suite (`cache_core::testing`, feature
+/// `testing`), as `cache-store`'s backends do. Behaviour added on top of
+/// any store (metrics, limits) is a decorator that forwards:
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::time::SystemTime;
+///
+/// use async_trait::async_trait;
+/// use bytes::Bytes;
+/// use cache_core::{BlobInfo, BlobRead, BlobStore, ByteRange, Digest, MetaKey, Result, StagedBlob};
+/// use futures::stream::BoxStream;
+///
+/// /// Counts reads of committed blobs.
+/// #[derive(Debug)]
+/// struct Counting<S> { inner: S, reads: AtomicU64 }
+///
+/// #[async_trait]
+/// impl<S: BlobStore> BlobStore for Counting<S> {
+///     async fn get(&self, d: &Digest, r: Option<ByteRange>) -> Result<BlobRead> {
+///         self.reads.fetch_add(1, Ordering::Relaxed);
+///         self.inner.get(d, r).await
+///     }
+///     async fn stat(&self, d: &Digest) -> Result<Option<BlobInfo>> { self.inner.stat(d).await }
+///     async fn stage(&self, d: &Digest, s: Option<u64>) -> Result<Box<dyn StagedBlob>> { self.inner.stage(d, s).await }
+///     async fn delete(&self, d: &Digest) -> Result<bool> { self.inner.delete(d).await }
+///     async fn list(&self) -> Result<BoxStream<'static, Result<BlobInfo>>> { self.inner.list().await }
+///     async fn touch(&self, d: &Digest, at: SystemTime) -> Result<bool> { self.inner.touch(d, at).await }
+///     async fn get_meta(&self, k: &MetaKey) -> Result<Option<Bytes>> { self.inner.get_meta(k).await }
+///     async fn put_meta(&self, k: &MetaKey, v: Bytes) -> Result<()> { self.inner.put_meta(k, v).await }
+///     async fn delete_meta(&self, k: &MetaKey) -> Result<bool> { self.inner.delete_meta(k).await }
+///     async fn list_meta(&self, p: Option<&MetaKey>) -> Result<Vec<MetaKey>> { self.inner.list_meta(p).await }
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use cache_core::BlobStoreExt;
+/// let store = Counting { inner: cache_store::MemoryStore::new(), reads: AtomicU64::new(0) };
+/// let d = Digest::sha256_of(b"hello");
+/// store.put(&d, Bytes::from_static(b"hello")).await?;
+/// assert_eq!(store.get_bytes(&d).await?, "hello");
+/// assert_eq!(store.reads.load(Ordering::Relaxed), 1);
+/// // Content that does not hash to its digest is never committed.
+/// assert!(store.put(&d, Bytes::from_static(b"hellO")).await.is_err());
+/// # Ok::<(), cache_core::Error>(())
+/// # }).unwrap();
+/// ```
 #[async_trait]
 pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Facts about a committed blob, or `None` if it is not stored.

@@ -130,7 +130,63 @@ pub struct TagPage {
 /// A source of manifests and blobs: a remote registry, a layout directory.
 ///
 /// Repository names given to an upstream are upstream names (already mapped
-/// by the caching rules). Implementations must be safe to call concurrently.
+/// by the caching rules). Implementations must be safe to call concurrently,
+/// make one request per call (the engine retries, within one budget per
+/// operation), and need not verify blobs (the engine does).
+///
+/// ```
+/// use async_trait::async_trait;
+/// use bytes::Bytes;
+/// use cache_core::{
+///     ByteRange, Digest, Error, Manifest, ManifestHead, Reference, RepoName, Result, Tag,
+///     TagPage, Upstream, UpstreamBlob,
+/// };
+///
+/// /// Serves one blob, and nothing else, from memory.
+/// #[derive(Debug)]
+/// struct OneBlob(Bytes);
+///
+/// #[async_trait]
+/// impl Upstream for OneBlob {
+///     async fn blob(&self, _: &RepoName, d: &Digest, range: Option<ByteRange>) -> Result<UpstreamBlob> {
+///         if !d.verifies(&self.0) {
+///             return Err(Error::blob_unknown(d));
+///         }
+///         let size = self.0.len() as u64;
+///         let span = match range { Some(r) => r.resolve(size)?, None => 0..size };
+///         let bytes = self.0.slice(span.start as usize..span.end as usize);
+///         let stream = Box::pin(futures::stream::once(async move { Ok(bytes) }));
+///         Ok(UpstreamBlob { size, range: span, stream })
+///     }
+///     async fn head_blob(&self, _: &RepoName, d: &Digest) -> Result<u64> {
+///         if d.verifies(&self.0) { Ok(self.0.len() as u64) } else { Err(Error::blob_unknown(d)) }
+///     }
+///     async fn manifest(&self, repo: &RepoName, r: &Reference, _: &[&str]) -> Result<Manifest> {
+///         Err(Error::manifest_unknown(repo, r))
+///     }
+///     async fn head_manifest(&self, repo: &RepoName, r: &Reference, _: &[&str]) -> Result<ManifestHead> {
+///         Err(Error::manifest_unknown(repo, r))
+///     }
+///     async fn tags(&self, _: &RepoName, _: &TagPage) -> Result<Vec<Tag>> {
+///         Ok(Vec::new())
+///     }
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use cache_core::prelude::*;
+/// let data = Bytes::from_static(b"layer bytes");
+/// let d = Digest::sha256_of(&data);
+/// let cache = PullThroughCache::builder()
+///     .rule(RuleSpec::new("mem", "mem.example/*", "mem/*"))
+///     .store(cache_store::MemoryStore::new())
+///     .tokio()
+///     .upstream("mem.example", OneBlob(data))
+///     .build()?;
+/// let n = cache.prefetch_blob(&RepoName::parse("mem/any")?, &d, |_| {}).await?;
+/// assert_eq!(n, 11);
+/// # Ok::<(), cache_core::Error>(())
+/// # }).unwrap();
+/// ```
 #[async_trait]
 pub trait Upstream: Send + Sync + fmt::Debug {
     /// Fetches a manifest by tag or digest, asking for the media types in
