@@ -394,12 +394,7 @@ impl Error {
         message: impl Into<String>,
         source: impl Into<BoxError>,
     ) -> Self {
-        Error::Storage {
-            op,
-            message: message.into(),
-            temporary: false,
-            source: Some(SharedError::from(source.into())),
-        }
+        Self::storage_caused(op, message.into(), false, source.into())
     }
 
     /// An [`Error::Storage`] caused by a lower-layer error that may pass.
@@ -408,11 +403,20 @@ impl Error {
         message: impl Into<String>,
         source: impl Into<BoxError>,
     ) -> Self {
+        Self::storage_caused(op, message.into(), true, source.into())
+    }
+
+    fn storage_caused(
+        op: &'static str,
+        message: String,
+        temporary: bool,
+        source: BoxError,
+    ) -> Self {
         Error::Storage {
             op,
-            message: message.into(),
-            temporary: true,
-            source: Some(SharedError::from(source.into())),
+            message,
+            temporary,
+            source: Some(SharedError::from(source)),
         }
     }
 

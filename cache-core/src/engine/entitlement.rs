@@ -26,7 +26,7 @@ use crate::digest::Digest;
 use crate::error::Result;
 use crate::manifest::ParsedManifest;
 use crate::names::{Reference, RepoName};
-use crate::upstream::media_types;
+use crate::upstream::{ManifestHead, media_types};
 
 impl Inner {
     /// Records that `repo` may read `d`.
@@ -89,22 +89,32 @@ impl PullThroughCache {
 
     /// As [`confirm_blob`](Self::confirm_blob), for a manifest.
     pub(crate) async fn confirm_manifest(&self, ctx: &Ctx, d: &Digest) -> Result<()> {
-        let reference = Reference::Digest(d.clone());
+        self.head_manifest_upstream(ctx, &Reference::Digest(d.clone()))
+            .await?;
+        self.inner.entitle(&ctx.local, d).await
+    }
+
+    /// A manifest `HEAD` to the request's upstream, through the retry
+    /// layer; a failure is counted as the rule's upstream error.
+    pub(crate) async fn head_manifest_upstream(
+        &self,
+        ctx: &Ctx,
+        reference: &Reference,
+    ) -> Result<ManifestHead> {
         let r = self
             .inner
             .call(UpstreamCall::ManifestHead, || {
                 ctx.upstream.head_manifest(
                     &ctx.upstream_repo,
-                    &reference,
+                    reference,
                     media_types::ALL_MANIFESTS,
                 )
             })
             .await;
-        if let Err(e) = r {
-            self.upstream_error(ctx, &e);
-            return Err(e);
+        if let Err(e) = &r {
+            self.upstream_error(ctx, e);
         }
-        self.inner.entitle(&ctx.local, d).await
+        r
     }
 
     /// Whether the request's repository may read stored `d`: entitled

@@ -145,16 +145,7 @@ impl PullThroughCache {
                 self.admit(ctx, &reference, &m).await?;
                 return Ok(Self::respond(m, CacheStatus::Hit));
             }
-            let head = inner
-                .call(UpstreamCall::ManifestHead, || {
-                    ctx.upstream.head_manifest(
-                        &ctx.upstream_repo,
-                        &reference,
-                        media_types::ALL_MANIFESTS,
-                    )
-                })
-                .await;
-            match head {
+            match self.head_manifest_upstream(ctx, &reference).await {
                 Ok(head) if head.digest == m.digest => {
                     let rec = TagRecord {
                         confirmed: now,
@@ -165,12 +156,8 @@ impl PullThroughCache {
                     return Ok(Self::respond(m, CacheStatus::Revalidated));
                 }
                 Ok(_) => {}
-                Err(e) if matches!(e, Error::ManifestUnknown { .. }) => {
-                    self.upstream_error(ctx, &e);
-                    return Err(e);
-                }
+                Err(e) if matches!(e, Error::ManifestUnknown { .. }) => return Err(e),
                 Err(e) => {
-                    self.upstream_error(ctx, &e);
                     if age <= policy.stale_if_error {
                         tracing::warn!(repo = %ctx.local, %tag, error = %e, "upstream failed; serving cached tag");
                         self.admit(ctx, &reference, &m).await?;

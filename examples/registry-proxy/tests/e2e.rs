@@ -374,22 +374,11 @@ async fn mirror_mode_metrics_and_pull_side_auth() {
         .unwrap();
     assert_eq!(code_of(r).await.0, 404);
 
-    let m = c
-        .get(proxy.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> u64 {
-        m.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    assert!(value("registry_proxy_cache_misses_total") >= 1, "{m}");
+    let m = proxy.metrics().await;
+    assert!(
+        proxy.metric("registry_proxy_cache_misses_total").await >= 1,
+        "{m}"
+    );
     assert!(
         m.contains("registry_proxy_requests_total{method=\"GET\",status=\"401\"}"),
         "{m}"

@@ -116,17 +116,23 @@ impl Proxy {
             .join(hex)
     }
 
-    /// A counter or gauge from `/metrics` (0 when absent).
-    pub async fn metric(&self, series: &str) -> u64 {
-        let m = http()
+    /// The whole `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        http()
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        m.lines()
+            .unwrap()
+    }
+
+    /// A counter or gauge from `/metrics` (0 when absent).
+    pub async fn metric(&self, series: &str) -> u64 {
+        self.metrics()
+            .await
+            .lines()
             .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
