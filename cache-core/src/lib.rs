@@ -40,11 +40,11 @@
 //!   repository to an upstream one, indexed so a lookup does not scan;
 //! * the traits the engine is built on: [`Upstream`] (where content comes
 //!   from) and [`BlobStore`] (where it is kept), each with its contract, and
-//!   [`Spawner`] and [`Clock`] (feature `tokio`: [`runtime::TokioRuntime`]);
-//! * [`protocol`] (feature `http`): the pull API sans IO, for any server;
+//!   [`Spawner`] and [`Clock`] (feature `tokio`: `runtime::TokioRuntime`);
+//! * `protocol` (feature `http`): the pull API sans IO, for any server;
 //! * one error type, [`Error`], mapped to OCI error codes ([`ErrorCode`])
 //!   and HTTP statuses;
-//! * [`testing`] (feature `testing`): the store conformance suite, a
+//! * `testing` (feature `testing`): the store conformance suite, a
 //!   fault-injecting upstream and a manual clock.
 //!
 //! `cache-core` depends on no async runtime, HTTP client or filesystem, so

@@ -84,85 +84,80 @@ pub struct ParsedManifest {
 }
 
 impl ParsedManifest {
-    /// Parses a manifest or index (OCI or Docker schema 2).
+    /// Parses a manifest or index (OCI or Docker schema 2) with
+    /// `oci-spec`'s image types, which Docker schema 2 shares the shape of.
+    /// The bytes themselves are never re-serialized: what is stored and
+    /// served is what the upstream sent.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
+        use oci_spec::image::{ImageIndex, ImageManifest};
         let invalid = |reason: String| Error::ManifestInvalid { reason };
-        let v: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| invalid("not a JSON object".into()))?;
-        let desc = |d: &serde_json::Value, what: &str| -> Result<Descriptor> {
-            let digest = d
-                .get("digest")
-                .and_then(|x| x.as_str())
-                .ok_or_else(|| invalid(format!("{what} has no digest")))?;
-            let digest = Digest::parse(digest).map_err(|e| invalid(format!("{what}: {e}")))?;
-            let size = d
-                .get("size")
-                .and_then(|x| x.as_u64())
-                .ok_or_else(|| invalid(format!("{what} has no valid size")))?;
+        /// Which kind of document this is, without parsing it twice.
+        #[derive(serde::Deserialize)]
+        struct Kind {
+            manifests: Option<serde::de::IgnoredAny>,
+            config: Option<serde::de::IgnoredAny>,
+        }
+        let kind: Kind = serde_json::from_slice(bytes)
+            .map_err(|e| invalid(format!("not a JSON object: {e}")))?;
+        let desc = |d: &oci_spec::image::Descriptor, what: &str| -> Result<Descriptor> {
             Ok(Descriptor {
-                digest,
-                size,
-                media_type: d
-                    .get("mediaType")
-                    .and_then(|x| x.as_str())
-                    .map(str::to_owned),
-                urls: d
-                    .get("urls")
-                    .and_then(|u| u.as_array())
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|u| u.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                digest: Digest::parse(d.digest().as_ref())
+                    .map_err(|e| invalid(format!("{what}: {e}")))?,
+                size: d.size(),
+                media_type: Some(d.media_type().to_string()),
+                urls: d.urls().clone().unwrap_or_default(),
             })
         };
-        let mut out = ParsedManifest {
-            media_type: obj
-                .get("mediaType")
-                .and_then(|x| x.as_str())
-                .map(str::to_owned),
-            ..Default::default()
-        };
-        if let Some(c) = obj.get("config") {
-            out.config = Some(desc(c, "config")?);
-        }
-        if let Some(ls) = obj.get("layers") {
-            let ls = ls
-                .as_array()
-                .ok_or_else(|| invalid("layers is not an array".into()))?;
-            for (i, l) in ls.iter().enumerate() {
-                out.layers.push(desc(l, &format!("layer {i}"))?);
+        match (kind.manifests.is_some(), kind.config.is_some()) {
+            (true, _) => {
+                let index: ImageIndex = serde_json::from_slice(bytes)
+                    .map_err(|e| invalid(format!("not an image index: {e}")))?;
+                let mut manifests = Vec::with_capacity(index.manifests().len());
+                for (i, m) in index.manifests().iter().enumerate() {
+                    let platform = m.platform().as_ref().map(|p| Platform {
+                        os: p.os().to_string(),
+                        architecture: p.architecture().to_string(),
+                        variant: p.variant().clone(),
+                    });
+                    manifests.push((desc(m, &format!("manifest {i}"))?, platform));
+                }
+                Ok(ParsedManifest {
+                    media_type: index.media_type().as_ref().map(ToString::to_string),
+                    config: None,
+                    layers: Vec::new(),
+                    manifests,
+                    subject: index
+                        .subject()
+                        .as_ref()
+                        .map(|s| desc(s, "subject"))
+                        .transpose()?,
+                })
             }
-        }
-        if let Some(ms) = obj.get("manifests") {
-            let ms = ms
-                .as_array()
-                .ok_or_else(|| invalid("manifests is not an array".into()))?;
-            for (i, m) in ms.iter().enumerate() {
-                let d = desc(m, &format!("manifest {i}"))?;
-                let p = m.get("platform").and_then(|p| {
-                    Some(Platform {
-                        os: p.get("os")?.as_str()?.to_owned(),
-                        architecture: p.get("architecture")?.as_str()?.to_owned(),
-                        variant: p.get("variant").and_then(|v| v.as_str()).map(str::to_owned),
-                    })
-                });
-                out.manifests.push((d, p));
+            (false, true) => {
+                let m: ImageManifest = serde_json::from_slice(bytes)
+                    .map_err(|e| invalid(format!("not an image manifest: {e}")))?;
+                let layers = m
+                    .layers()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| desc(l, &format!("layer {i}")))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(ParsedManifest {
+                    media_type: m.media_type().as_ref().map(ToString::to_string),
+                    config: Some(desc(m.config(), "config")?),
+                    layers,
+                    manifests: Vec::new(),
+                    subject: m
+                        .subject()
+                        .as_ref()
+                        .map(|s| desc(s, "subject"))
+                        .transpose()?,
+                })
             }
-        }
-        if let Some(s) = obj.get("subject") {
-            out.subject = Some(desc(s, "subject")?);
-        }
-        if out.config.is_none() && out.manifests.is_empty() && obj.get("manifests").is_none() {
-            return Err(invalid(
+            (false, false) => Err(invalid(
                 "neither an image manifest (config) nor an index (manifests)".into(),
-            ));
+            )),
         }
-        Ok(out)
     }
 
     /// Whether this is an index (a list of manifests).
@@ -215,20 +210,47 @@ mod tests {
     fn parses_an_image_manifest_and_an_index() {
         let d = Digest::sha256_of(b"x");
         let m = format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"digest":"{d}","size":10}},"layers":[{{"digest":"{d}","size":5}},{{"digest":"{d}","size":7}}]}}"#
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":10}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":5}},{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":7}}]}}"#
         );
         let p = ParsedManifest::parse(m.as_bytes()).unwrap();
         assert!(!p.is_index());
         assert_eq!(p.image_size(), 22);
         assert_eq!(p.referenced().count(), 3);
         let i = format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"digest":"{d}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}]}}"#
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}]}}"#
         );
         let p = ParsedManifest::parse(i.as_bytes()).unwrap();
         assert!(p.is_index());
         assert_eq!(
             p.manifests[0].1.as_ref().unwrap().to_string(),
             "linux/arm64/v8"
+        );
+    }
+
+    #[test]
+    fn parses_docker_schema_2_manifests_and_lists() {
+        let d = Digest::sha256_of(b"x");
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":7023,"digest":"{d}"}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":32654,"digest":"{d}"}},{{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip","size":1,"digest":"{d}","urls":["https://mcr.microsoft.com/l"]}}]}}"#,
+            media_types::DOCKER_MANIFEST
+        );
+        let p = ParsedManifest::parse(m.as_bytes()).unwrap();
+        assert_eq!(p.media_type.as_deref(), Some(media_types::DOCKER_MANIFEST));
+        assert_eq!((p.layers.len(), p.image_size()), (2, 7023 + 32654 + 1));
+        assert_eq!(
+            p.layers[1].urls,
+            vec!["https://mcr.microsoft.com/l".to_owned()]
+        );
+        let l = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","size":7143,"digest":"{d}","platform":{{"architecture":"ppc64le","os":"linux","features":["sse4"]}}}}]}}"#,
+            media_types::DOCKER_MANIFEST_LIST,
+            media_types::DOCKER_MANIFEST
+        );
+        let p = ParsedManifest::parse(l.as_bytes()).unwrap();
+        assert!(p.is_index());
+        assert_eq!(
+            p.manifests[0].1.as_ref().unwrap().to_string(),
+            "linux/ppc64le"
         );
     }
 

@@ -1,6 +1,6 @@
 //! What the engine needs from an async runtime, as two small traits: a
 //! spawner for detached fetches and a clock for freshness, TTLs and
-//! timeouts. With the `tokio` feature, [`TokioRuntime`] is tokio's; tests
+//! timeouts. With the `tokio` feature, `TokioRuntime` is tokio's; tests
 //! can pass a manual clock (`testing::ManualClock`).
 
 use std::fmt;

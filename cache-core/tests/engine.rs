@@ -867,7 +867,7 @@ async fn admission_hooks_refuse_with_denied_and_nothing_is_cached() {
     let amd =
         e.up.push_image(&n("library/multi"), &t("amd"), &[content(25, 10)]);
     let index = Bytes::from(format!(
-        r#"{{"schemaVersion":2,"manifests":[{{"digest":"{}","size":{},"platform":{{"os":"linux","architecture":"arm64"}}}},{{"digest":"{}","size":{},"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"platform":{{"os":"linux","architecture":"arm64"}}}},{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
         arm.manifest,
         arm.manifest_bytes.len(),
         amd.manifest,
@@ -1345,7 +1345,7 @@ async fn a_manifest_subject_or_foreign_layer_entitles_nothing() {
     // A public manifest whose subject, and a foreign layer, name the private digest.
     let config = e.up.add_blob(&n("library/pub"), Bytes::from_static(b"{}"));
     let m = format!(
-        r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"digest":"{config}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{secret}","size":5000,"urls":["https://example.com/l"]}}],"subject":{{"mediaType":"{}","digest":"{secret}","size":5000}}}}"#,
+        r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{secret}","size":5000,"urls":["https://example.com/l"]}}],"subject":{{"mediaType":"{}","digest":"{secret}","size":5000}}}}"#,
         mt::OCI_MANIFEST,
         mt::OCI_MANIFEST
     );

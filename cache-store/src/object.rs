@@ -95,10 +95,11 @@ impl ObjectBlobStore {
         })
     }
 
-    /// A store at `url` (`az://container/prefix`, `s3://bucket/prefix`,
-    /// `gs://bucket/prefix`, `memory:///`, ...), configured with
-    /// `object_store`'s option names (`azure_storage_account_name`,
-    /// `aws_region`, ...).
+    /// A store at `url` (`az://container/prefix` with the `azure` feature,
+    /// `s3://bucket/prefix` with `aws`, `gs://bucket/prefix` with `gcp`,
+    /// `memory:///` always), configured with `object_store`'s option names
+    /// (`azure_storage_account_name`, `aws_region`, ...). A scheme whose
+    /// feature is off is an error naming the URL.
     pub fn from_url(
         url: &str,
         options: impl IntoIterator<Item = (String, String)>,

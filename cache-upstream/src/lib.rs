@@ -15,7 +15,7 @@
 //! * [`OciLayout`]: an OCI image-layout directory, for offline use,
 //!   air-gapped import and tests.
 //!
-//! With the `testing` feature, [`testing`] starts the Debian distribution
+//! With the `testing` feature, the `testing` module starts the Debian distribution
 //! registry on loopback and builds and pushes deterministic test images.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 

@@ -40,7 +40,7 @@ pub struct CacheBuilder {
 
 impl PullThroughCache {
     /// Starts building a cache. It needs caching rules ([`rules`] or
-    /// [`rule`]), a store, a runtime ([`tokio`] with the `tokio` feature,
+    /// [`rule`]), a store, a runtime (`tokio()` with the `tokio` feature,
     /// or [`runtime`]) and an upstream for every registry the rules name.
     ///
     /// ```
@@ -69,7 +69,6 @@ impl PullThroughCache {
     ///
     /// [`rules`]: CacheBuilder::rules
     /// [`rule`]: CacheBuilder::rule
-    /// [`tokio`]: CacheBuilder::tokio
     /// [`runtime`]: CacheBuilder::runtime
     pub fn builder() -> CacheBuilder {
         CacheBuilder::default()

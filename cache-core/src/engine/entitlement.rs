@@ -140,7 +140,7 @@ mod tests {
             Digest::sha256_of(b"subject"),
         );
         let m = format!(
-            r#"{{"schemaVersion":2,"config":{{"digest":"{c}","size":1}},"layers":[{{"digest":"{l}","size":1}},{{"digest":"{f}","size":1,"urls":["https://example.com/f"]}}],"subject":{{"digest":"{s}","size":1}}}}"#
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"a/b","digest":"{c}","size":1}},"layers":[{{"mediaType":"a/b","digest":"{l}","size":1}},{{"mediaType":"a/b","digest":"{f}","size":1,"urls":["https://example.com/f"]}}],"subject":{{"mediaType":"a/b","digest":"{s}","size":1}}}}"#
         );
         let p = ParsedManifest::parse(m.as_bytes()).unwrap();
         let v: Vec<&Digest> = vouched_by(&p).collect();
