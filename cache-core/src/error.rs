@@ -430,6 +430,31 @@ impl Error {
         }
     }
 
+    /// An [`Error::Storage`] with a message only, that may pass (a store in
+    /// use, a short read).
+    pub fn storage_busy(op: &'static str, message: impl Into<String>) -> Self {
+        Error::Storage {
+            op,
+            message: message.into(),
+            temporary: true,
+            source: None,
+        }
+    }
+
+    /// An [`Error::NameUnknown`].
+    pub fn name_unknown(name: impl fmt::Display) -> Self {
+        Error::NameUnknown {
+            name: name.to_string(),
+        }
+    }
+
+    /// An [`Error::Misconfigured`].
+    pub fn misconfigured(reason: impl Into<String>) -> Self {
+        Error::Misconfigured {
+            reason: reason.into(),
+        }
+    }
+
     /// An [`Error::Timeout`].
     pub fn timeout(what: impl Into<String>) -> Self {
         Error::Timeout { what: what.into() }

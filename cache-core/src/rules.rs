@@ -69,10 +69,7 @@ pub enum Pattern {
 
 impl Pattern {
     fn parse(s: &str, rule: &str, side: &str) -> Result<Self> {
-        let err = |reason: String| Error::InvalidRule {
-            rule: rule.to_owned(),
-            reason,
-        };
+        let err = |reason: String| Error::invalid_rule(rule, reason);
         if s == "*" {
             return Ok(Pattern::Prefix(None));
         }
@@ -147,10 +144,7 @@ fn looks_like_host(first: &str) -> bool {
 impl Rule {
     /// Validates one rule on its own (uniqueness is checked by the set).
     pub fn from_spec(spec: &RuleSpec) -> Result<Self> {
-        let err = |reason: String| Error::InvalidRule {
-            rule: spec.name.clone(),
-            reason,
-        };
+        let err = |reason: String| Error::invalid_rule(spec.name.clone(), reason);
         if spec.name.trim().is_empty() {
             return Err(err("a rule needs a non-empty name".into()));
         }
@@ -403,10 +397,10 @@ impl RuleSet {
                 .get(max_rules)
                 .map(|s| s.name.clone())
                 .unwrap_or_default();
-            return Err(Error::InvalidRule {
+            return Err(Error::invalid_rule(
                 rule,
-                reason: format!("{} rules exceed the limit of {max_rules}", specs.len()),
-            });
+                format!("{} rules exceed the limit of {max_rules}", specs.len()),
+            ));
         }
         let mut set = RuleSet::default();
         set.by_name.reserve(specs.len());
@@ -414,21 +408,21 @@ impl RuleSet {
         for (i, spec) in specs.iter().enumerate() {
             let rule = Rule::from_spec(spec)?;
             if let Some(&j) = set.by_name.get(spec.name.as_str()) {
-                return Err(Error::InvalidRule {
-                    rule: spec.name.clone(),
-                    reason: format!("the name is already used by rule #{}", j + 1),
-                });
+                return Err(Error::invalid_rule(
+                    spec.name.clone(),
+                    format!("the name is already used by rule #{}", j + 1),
+                ));
             }
             set.by_name.insert(rule.name.clone(), i);
             let holder = set.by_target.insert(&rule.target, "", i);
             if holder != i {
-                return Err(Error::InvalidRule {
-                    rule: spec.name.clone(),
-                    reason: format!(
+                return Err(Error::invalid_rule(
+                    spec.name.clone(),
+                    format!(
                         "target {:?} is already used by rule {:?}",
                         spec.target, specs[holder].name
                     ),
-                });
+                ));
             }
             // Several rules may share a source; the first declared serves mirror requests.
             set.by_source
@@ -465,9 +459,7 @@ impl RuleSet {
         let i = self
             .by_target
             .lookup("", name.as_str())
-            .ok_or_else(|| Error::NameUnknown {
-                name: name.to_string(),
-            })?;
+            .ok_or_else(|| Error::name_unknown(name))?;
         let rule = &self.rules[i];
         let rest = rule
             .target
@@ -493,9 +485,7 @@ impl RuleSet {
     ) -> Result<Resolved<'_>> {
         let upstream = registry.normalize_repo(upstream.clone());
         let scope = format!("{registry}/");
-        let unknown = || Error::NameUnknown {
-            name: format!("{registry}/{upstream}"),
-        };
+        let unknown = || Error::name_unknown(format!("{registry}/{upstream}"));
         let i = self
             .by_source
             .lookup(&scope, upstream.as_str())

@@ -116,12 +116,10 @@ impl FsStore {
             match lock.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => {
-                    return Err(Error::Storage {
-                        op: "open",
-                        message: format!("{} is in use by another store", root.display()),
-                        temporary: true,
-                        source: None,
-                    });
+                    return Err(Error::storage_busy(
+                        "open",
+                        format!("{} is in use by another store", root.display()),
+                    ));
                 }
                 Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path, e)),
             }

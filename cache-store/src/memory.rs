@@ -77,9 +77,7 @@ impl BlobStore for MemoryStore {
         let data = lock(&self.inner.blobs)
             .get(digest)
             .map(|e| e.data.clone())
-            .ok_or_else(|| Error::BlobUnknown {
-                digest: digest.clone(),
-            })?;
+            .ok_or_else(|| Error::blob_unknown(digest))?;
         let size = data.len() as u64;
         let span = match range {
             Some(r) => r.resolve(size)?,

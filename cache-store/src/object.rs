@@ -228,9 +228,7 @@ impl BlobStore for ObjectBlobStore {
         let size = match self.inner.store.head(&path).await {
             Ok(m) => m.size,
             Err(e) if is_not_found(&e) => {
-                return Err(Error::BlobUnknown {
-                    digest: digest.clone(),
-                });
+                return Err(Error::blob_unknown(digest));
             }
             Err(e) => return Err(os_err("get", &path, e)),
         };
@@ -257,12 +255,10 @@ impl BlobStore for ObjectBlobStore {
                     .await
                     .map_err(|e| os_err("get", &path, e))?;
                 if bytes.len() as u64 != next - pos {
-                    return Err(Error::Storage {
-                        op: "get",
-                        message: format!("{path}: {} bytes for range {pos}..{next}", bytes.len()),
-                        temporary: true,
-                        source: None,
-                    });
+                    return Err(Error::storage_busy(
+                        "get",
+                        format!("{path}: {} bytes for range {pos}..{next}", bytes.len()),
+                    ));
                 }
                 Ok(Some((bytes, next)))
             }

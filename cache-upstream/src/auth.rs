@@ -53,17 +53,13 @@ impl PasswordSource {
     pub fn resolve(&self) -> Result<Secret> {
         match self {
             PasswordSource::Value(s) => Ok(s.clone()),
-            PasswordSource::Env(var) => {
-                std::env::var(var)
-                    .map(Secret)
-                    .map_err(|_| Error::Unauthorized {
-                        reason: format!("environment variable {var} is not set"),
-                    })
-            }
+            PasswordSource::Env(var) => std::env::var(var).map(Secret).map_err(|_| {
+                Error::misconfigured(format!("environment variable {var} is not set"))
+            }),
             PasswordSource::File(p) => std::fs::read_to_string(p)
                 .map(|s| Secret(s.trim_end_matches(['\n', '\r']).to_owned()))
-                .map_err(|e| Error::Unauthorized {
-                    reason: format!("cannot read password file {}: {e}", p.display()),
+                .map_err(|e| {
+                    Error::misconfigured(format!("cannot read password file {}: {e}", p.display()))
                 }),
         }
     }

@@ -23,25 +23,17 @@ pub struct OciLayout {
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Upstream {
-        registry: format!("oci-layout:{}", path.display()),
-        message: e.to_string(),
-        code: None,
-        temporary: false,
-        source: None,
-    }
+    Error::upstream(
+        format!("oci-layout:{}", path.display()),
+        e.to_string(),
+        false,
+    )
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Upstream {
-            registry: "oci-layout".into(),
-            message: format!("task failed: {e}"),
-            code: None,
-            temporary: false,
-            source: None,
-        })?
+        .map_err(|e| Error::upstream("oci-layout", format!("task failed: {e}"), false))?
 }
 
 impl OciLayout {
@@ -71,12 +63,12 @@ impl OciLayout {
     async fn index(&self) -> Result<Vec<(Option<String>, Digest, Option<String>)>> {
         let p = self.root.join("index.json");
         let bytes = tokio::fs::read(&p).await.map_err(|e| io(&p, e))?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::Upstream {
-            registry: format!("oci-layout:{}", self.root.display()),
-            message: format!("index.json is not JSON: {e}"),
-            code: None,
-            temporary: false,
-            source: None,
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::upstream(
+                format!("oci-layout:{}", self.root.display()),
+                format!("index.json is not JSON: {e}"),
+                false,
+            )
         })?;
         Ok(v.get("manifests")
             .and_then(|m| m.as_array())
@@ -124,10 +116,7 @@ impl OciLayout {
                         .is_some_and(|n| Self::tag_matches(n, repo, t.as_str()))
                 })
                 .map(|(_, d, mt)| (d, mt))
-                .ok_or_else(|| Error::ManifestUnknown {
-                    repository: repo.to_string(),
-                    reference: reference.to_string(),
-                }),
+                .ok_or_else(|| Error::manifest_unknown(repo, reference)),
         }
     }
 }
@@ -145,10 +134,7 @@ impl Upstream for OciLayout {
         let bytes = match tokio::fs::read(&p).await {
             Ok(b) => Bytes::from(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::ManifestUnknown {
-                    repository: repo.to_string(),
-                    reference: reference.to_string(),
-                });
+                return Err(Error::manifest_unknown(repo, reference));
             }
             Err(e) => return Err(io(&p, e)),
         };
@@ -185,9 +171,7 @@ impl Upstream for OciLayout {
                 let size = f.metadata().map_err(|e| io(&p, e))?.len();
                 Ok((f, size))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(Error::BlobUnknown { digest: d })
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::blob_unknown(&d)),
             Err(e) => Err(io(&p, e)),
         })
         .await?;

@@ -273,10 +273,7 @@ impl FakeUpstream {
 
     fn find_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(Bytes, String)> {
         let s = lock(&self.state);
-        let unknown = || Error::ManifestUnknown {
-            repository: repo.to_string(),
-            reference: reference.to_string(),
-        };
+        let unknown = || Error::manifest_unknown(repo, reference);
         let r = s.repos.get(repo).ok_or_else(unknown)?;
         let d = match reference {
             Reference::Digest(d) => d.clone(),
@@ -298,7 +295,7 @@ impl FakeUpstream {
                         .map(|(b, _)| b.clone())
                 })
             })
-            .ok_or_else(|| Error::BlobUnknown { digest: d.clone() })
+            .ok_or_else(|| Error::blob_unknown(d))
     }
 }
 
@@ -352,9 +349,7 @@ impl Upstream for FakeUpstream {
         match fault {
             Some(Fault::ServerError) => return Err(self.err(503)),
             Some(Fault::NotFound) => {
-                return Err(Error::BlobUnknown {
-                    digest: digest.clone(),
-                });
+                return Err(Error::blob_unknown(digest));
             }
             Some(Fault::TooManyRequests) => {
                 return Err(Error::TooManyRequests {
@@ -434,9 +429,7 @@ impl Upstream for FakeUpstream {
         self.calls.tag_lists.fetch_add(1, Ordering::SeqCst);
         self.check_down()?;
         let s = lock(&self.state);
-        let r = s.repos.get(repo).ok_or_else(|| Error::NameUnknown {
-            name: repo.to_string(),
-        })?;
+        let r = s.repos.get(repo).ok_or_else(|| Error::name_unknown(repo))?;
         Ok(r.tags
             .keys()
             .filter(|t| page.last.as_ref().is_none_or(|l| t.as_str() > l.as_str()))
