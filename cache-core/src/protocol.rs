@@ -517,7 +517,7 @@ async fn answer(
     headers: &HeaderMap,
 ) -> Result<Response<Body>> {
     let req = PullRequest::parse(method, uri, headers)?;
-    let Some(name) = req.local_name(cache.rules())? else {
+    let Some(name) = req.local_name(&cache.rules())? else {
         return Ok(base_response().map(Body::Bytes));
     };
     let empty = |r: Response<()>| r.map(|()| Body::Empty);

@@ -1544,3 +1544,54 @@ async fn gc_drops_the_records_of_blobs_it_evicts_so_metadata_stays_bounded() {
     let (got, err) = read_blob(&e.cache, "library/app", &ds[0], None).await;
     assert!(err.is_none() && got.len() == 1000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfigure_swaps_rules_at_once_and_a_fetch_in_progress_finishes_under_the_old_ones() {
+    let e = env_with(Setup {
+        real_time: true,
+        ..Setup::default()
+    });
+    let layer = content(110, 200_000);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    e.up.set_drip(Some((20_000, Duration::from_millis(20))));
+    let r = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
+    // New wiring: `library/*` is gone, `lib2/*` maps the same upstream.
+    e.cache
+        .reconfigure(
+            PullThroughCache::builder()
+                .rule(RuleSpec::new("lib2", "up.example/library/*", "lib2/*"))
+                .upstream("up.example", e.up.clone()),
+        )
+        .unwrap();
+    let (got, err) = drain(r.body.into_stream()).await;
+    assert!(
+        err.is_none() && got == layer,
+        "the transfer in progress finished"
+    );
+    let err = e
+        .cache
+        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        ErrorCode::NameUnknown,
+        "the removed rule is gone"
+    );
+    assert_eq!(e.cache.rules().len(), 1);
+    let (got, err) = read_blob(&e.cache, "lib2/app", &d, None).await;
+    assert!(err.is_none() && got == layer, "the new rule serves");
+    // A wiring that does not check out changes nothing.
+    let bad = e
+        .cache
+        .reconfigure(PullThroughCache::builder().rule(RuleSpec::new(
+            "x",
+            "nowhere.example/*",
+            "x/*",
+        )));
+    assert!(bad.unwrap_err().to_string().contains("nowhere.example"));
+    assert!(
+        e.cache.rules().get("lib2").is_some(),
+        "the old wiring stands"
+    );
+}

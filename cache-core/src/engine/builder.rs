@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::queue::FetchQueue;
-use super::{CacheOptions, Inner, PullThroughCache, UpstreamSet};
+use super::{CacheOptions, Inner, PullThroughCache, UpstreamSet, Wiring};
 use crate::error::{Error, Result};
 use crate::events::{EventSink, NoEvents};
 use crate::names::Registry;
@@ -25,7 +25,7 @@ type Clients = (
 /// (an `Arc` of it works too: the traits are implemented for `Arc<T>`).
 #[derive(Debug, Default)]
 pub struct CacheBuilder {
-    rules: Option<RuleSet>,
+    rules: Option<Arc<RuleSet>>,
     specs: Vec<RuleSpec>,
     store: Option<Arc<dyn BlobStore>>,
     spawner: Option<Arc<dyn Spawner>>,
@@ -82,9 +82,10 @@ fn missing(what: &str) -> Error {
 }
 
 impl CacheBuilder {
-    /// The caching rules, validated and indexed.
-    pub fn rules(mut self, rules: RuleSet) -> Self {
-        self.rules = Some(rules);
+    /// The caching rules, validated and indexed (a `RuleSet`, or an
+    /// `Arc` of one to share it without copying).
+    pub fn rules(mut self, rules: impl Into<Arc<RuleSet>>) -> Self {
+        self.rules = Some(rules.into());
         self
     }
 
@@ -186,25 +187,52 @@ impl CacheBuilder {
 
     /// Checks the wiring: rules, store and runtime given; every registry
     /// host valid; every rule with an upstream; every policy with a rule.
-    pub fn build(self) -> Result<PullThroughCache> {
+    pub fn build(mut self) -> Result<PullThroughCache> {
+        let store = self.store.take().ok_or_else(|| missing("store"))?;
+        let spawner = self
+            .spawner
+            .take()
+            .ok_or_else(|| missing("spawner (runtime)"))?;
+        let clock = self
+            .clock
+            .take()
+            .ok_or_else(|| missing("clock (runtime)"))?;
+        let events = self.events.take().unwrap_or_else(|| Arc::new(NoEvents));
+        let opts = std::mem::take(&mut self.opts);
+        let wiring = self.wiring(&opts, None)?;
+        Ok(PullThroughCache {
+            inner: Arc::new(Inner {
+                wiring: arc_swap::ArcSwap::from_pointee(wiring),
+                store,
+                spawner,
+                clock,
+                events,
+                inflight: Mutex::new(HashMap::new()),
+                manifest_flights: Mutex::new(HashMap::new()),
+                in_use: Mutex::new(HashMap::new()),
+                opts,
+            }),
+        })
+    }
+
+    /// The rules, upstreams, policies and hooks, checked. Fetch queues of
+    /// registries `old` already had are kept, so their bounds hold across
+    /// a reload.
+    fn wiring(self, opts: &CacheOptions, old: Option<&Wiring>) -> Result<Wiring> {
         let rules = match (self.rules, self.specs.is_empty()) {
             (Some(_), false) => {
-                return Err(Error::Misconfigured {
-                    reason: "the cache builder was given both rules() and rule()".into(),
-                });
+                return Err(Error::misconfigured(
+                    "the cache builder was given both rules() and rule()",
+                ));
             }
             (Some(r), true) => r,
-            (None, false) => RuleSet::new(&self.specs)?,
+            (None, false) => Arc::new(RuleSet::new(&self.specs)?),
             (None, true) => return Err(missing("caching rules")),
         };
-        let store = self.store.ok_or_else(|| missing("store"))?;
-        let spawner = self.spawner.ok_or_else(|| missing("spawner (runtime)"))?;
-        let clock = self.clock.ok_or_else(|| missing("clock (runtime)"))?;
         let mut clients: HashMap<Registry, Clients> = HashMap::new();
         for (host, creds, upstream) in self.upstreams {
-            let registry = Registry::parse(&host).map_err(|e| Error::Misconfigured {
-                reason: format!("upstream for {host:?}: {e}"),
-            })?;
+            let registry = Registry::parse(&host)
+                .map_err(|e| Error::misconfigured(format!("upstream for {host:?}: {e}")))?;
             let entry = clients.entry(registry).or_default();
             match creds {
                 None => entry.0 = Some(upstream),
@@ -238,10 +266,12 @@ impl CacheBuilder {
         let upstreams = clients
             .into_iter()
             .map(|(registry, (default, by_credentials))| {
-                let queue = FetchQueue::new(
-                    self.opts.max_concurrent_fetches,
-                    self.opts.max_queued_fetches,
-                );
+                let queue = old
+                    .and_then(|w| w.upstreams.get(&registry))
+                    .map(|u| u.queue.clone())
+                    .unwrap_or_else(|| {
+                        FetchQueue::new(opts.max_concurrent_fetches, opts.max_queued_fetches)
+                    });
                 (
                     registry,
                     UpstreamSet {
@@ -252,22 +282,27 @@ impl CacheBuilder {
                 )
             })
             .collect();
-        Ok(PullThroughCache {
-            inner: Arc::new(Inner {
-                rules,
-                upstreams,
-                store,
-                spawner,
-                clock,
-                policies: self.policies,
-                default_policy: self.default_policy,
-                admission: self.admission,
-                events: self.events.unwrap_or_else(|| Arc::new(NoEvents)),
-                inflight: Mutex::new(HashMap::new()),
-                manifest_flights: Mutex::new(HashMap::new()),
-                in_use: Mutex::new(HashMap::new()),
-                opts: self.opts,
-            }),
+        Ok(Wiring {
+            rules,
+            upstreams,
+            policies: self.policies,
+            default_policy: self.default_policy,
+            admission: self.admission,
         })
+    }
+}
+
+impl PullThroughCache {
+    /// Replaces the caching rules, upstreams, policies and admission hooks
+    /// with those of `builder`, all at once, checked as
+    /// [`CacheBuilder::build`] checks them; on an error nothing changes.
+    /// The store, runtime, options and event sink stay as they are (a
+    /// builder for this needs none of them). Requests and fetches in
+    /// progress finish under the wiring they started with.
+    pub fn reconfigure(&self, builder: CacheBuilder) -> Result<()> {
+        let old = self.inner.wiring.load_full();
+        let wiring = builder.wiring(&self.inner.opts, Some(&old))?;
+        self.inner.wiring.store(Arc::new(wiring));
+        Ok(())
     }
 }

@@ -64,6 +64,7 @@ impl PullThroughCache {
     /// the metadata stays in proportion to what is stored.
     pub async fn gc(&self, quota: Option<u64>) -> Result<GcReport> {
         let inner = &self.inner;
+        let wiring = inner.wiring.load_full();
         let now = inner.clock.now();
         let mut report = GcReport::default();
         let mut blobs: HashMap<Digest, BlobInfo> = inner
@@ -89,10 +90,10 @@ impl PullThroughCache {
                     report.dropped_records += 1;
                     continue;
                 }
-                let Ok(r) = inner.rules.resolve(&repo) else {
+                let Ok(r) = wiring.rules.resolve(&repo) else {
                     continue;
                 };
-                let Some(ttl) = inner.policy(r.rule).content_ttl else {
+                let Some(ttl) = wiring.policy(r.rule).content_ttl else {
                     continue;
                 };
                 let Some(info) = blobs.get(&d) else { continue };
@@ -110,10 +111,10 @@ impl PullThroughCache {
                 }
                 inner.store.delete_meta(key).await?;
             } else if let Some((repo, _)) = keys::parse_tag(key) {
-                let Ok(r) = inner.rules.resolve(&repo) else {
+                let Ok(r) = wiring.rules.resolve(&repo) else {
                     continue;
                 };
-                let Some(ttl) = inner.policy(r.rule).content_ttl else {
+                let Some(ttl) = wiring.policy(r.rule).content_ttl else {
                     continue;
                 };
                 let stale = inner

@@ -70,7 +70,7 @@ impl PullThroughCache {
 
     /// Runs the admission hooks over a manifest that is about to be served or cached.
     async fn admit(&self, ctx: &Ctx, reference: &Reference, m: &Manifest) -> Result<()> {
-        if self.inner.admission.is_empty() {
+        if ctx.wiring.admission.is_empty() {
             return Ok(());
         }
         let parsed = ParsedManifest::parse(&m.bytes)?;
@@ -88,7 +88,7 @@ impl PullThroughCache {
             parsed: &parsed,
             platform: platform.as_ref(),
         };
-        for hook in &self.inner.admission {
+        for hook in &ctx.wiring.admission {
             if let Err(reason) = hook.admit(&req).await {
                 return Err(Error::denied(reason));
             }
@@ -127,7 +127,7 @@ impl PullThroughCache {
             .get_meta(&key)
             .await?
             .and_then(|b| TagRecord::decode(&b));
-        let policy = inner.policy(&ctx.rule).clone();
+        let policy = ctx.policy().clone();
         let now = inner.clock.now();
         let reference = Reference::Tag(tag.clone());
         let mut cached = None;

@@ -115,16 +115,31 @@ struct UpstreamSet {
     queue: Arc<FetchQueue>,
 }
 
-pub(crate) struct Inner {
-    rules: RuleSet,
+/// What a reload replaces, all at once: the caching rules, the upstreams,
+/// the per-rule policies and the admission hooks. A request takes one
+/// snapshot and keeps it to its end.
+pub(crate) struct Wiring {
+    rules: Arc<RuleSet>,
     upstreams: HashMap<Registry, UpstreamSet>,
+    policies: HashMap<String, RulePolicy>,
+    default_policy: RulePolicy,
+    admission: Vec<Arc<dyn Admission>>,
+}
+
+impl Wiring {
+    fn policy(&self, rule: &Rule) -> &RulePolicy {
+        self.policies
+            .get(rule.name())
+            .unwrap_or(&self.default_policy)
+    }
+}
+
+pub(crate) struct Inner {
+    wiring: arc_swap::ArcSwap<Wiring>,
     pub(crate) store: Arc<dyn BlobStore>,
     spawner: Arc<dyn Spawner>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) opts: CacheOptions,
-    policies: HashMap<String, RulePolicy>,
-    default_policy: RulePolicy,
-    admission: Vec<Arc<dyn Admission>>,
     pub(crate) events: Arc<dyn EventSink>,
     inflight: Mutex<HashMap<Digest, Arc<Fetch>>>,
     manifest_flights: Mutex<HashMap<String, SharedManifest>>,
@@ -174,12 +189,6 @@ impl Inner {
     pub(crate) fn is_busy(&self, d: &Digest) -> bool {
         lock(&self.inflight).contains_key(d) || lock(&self.in_use).contains_key(d)
     }
-
-    fn policy(&self, rule: &Rule) -> &RulePolicy {
-        self.policies
-            .get(rule.name())
-            .unwrap_or(&self.default_policy)
-    }
 }
 
 /// A pull-through cache: caching rules, one upstream per registry, a store.
@@ -196,13 +205,13 @@ pub struct PullThroughCache {
 impl std::fmt::Debug for PullThroughCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PullThroughCache")
-            .field("rules", &self.inner.rules.len())
+            .field("rules", &self.inner.wiring.load().rules.len())
             .field("store", &self.inner.store)
             .finish_non_exhaustive()
     }
 }
 
-/// What one request resolved to.
+/// What one request resolved to, under one snapshot of the wiring.
 #[derive(Clone)]
 pub(crate) struct Ctx {
     rule: Rule,
@@ -210,12 +219,19 @@ pub(crate) struct Ctx {
     upstream_repo: RepoName,
     upstream: Arc<dyn Upstream>,
     queue: Arc<FetchQueue>,
+    wiring: Arc<Wiring>,
+}
+
+impl Ctx {
+    fn policy(&self) -> &RulePolicy {
+        self.wiring.policy(&self.rule)
+    }
 }
 
 impl PullThroughCache {
-    /// The caching rules.
-    pub fn rules(&self) -> &RuleSet {
-        &self.inner.rules
+    /// The caching rules in force now (a reload replaces them).
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.inner.wiring.load().rules.clone()
     }
 
     /// The store.
@@ -229,26 +245,29 @@ impl PullThroughCache {
     }
 
     fn ctx(&self, name: &RepoName) -> Result<Ctx> {
-        let r = self.inner.rules.resolve(name)?;
+        let wiring = self.inner.wiring.load_full();
+        let r = wiring.rules.resolve(name)?;
         let missing = || {
             Error::invalid_rule(
                 r.rule.name(),
                 format!("no upstream configured for registry {}", r.registry),
             )
         };
-        let set = self.inner.upstreams.get(r.registry).ok_or_else(missing)?;
+        let set = wiring.upstreams.get(r.registry).ok_or_else(missing)?;
         let upstream = r
             .credentials
             .and_then(|c| set.by_credentials.get(c))
             .or(set.default.as_ref())
             .cloned()
             .ok_or_else(missing)?;
+        let (rule, upstream_repo, queue) = (r.rule.clone(), r.upstream, set.queue.clone());
         Ok(Ctx {
-            rule: r.rule.clone(),
+            rule,
             local: name.clone(),
-            upstream_repo: r.upstream,
+            upstream_repo,
             upstream,
-            queue: set.queue.clone(),
+            queue,
+            wiring,
         })
     }
 

@@ -82,6 +82,7 @@ struct State {
     token_realm: Option<String>,
     token_body: Option<Bytes>,
     drip: Option<(usize, Duration)>,
+    basic: Vec<String>,
 }
 
 /// What [`HostileRegistry::push_image`] created.
@@ -259,6 +260,21 @@ impl HostileRegistry {
         lock(&self.state).0.drip = drip;
     }
 
+    /// Requires Basic authentication with one of these user/password
+    /// pairs for `/v2/` requests (none: no such requirement).
+    pub fn require_basic(&self, accepted: &[(&str, &str)]) {
+        use base64::Engine as _;
+        lock(&self.state).0.basic = accepted
+            .iter()
+            .map(|(u, p)| {
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                )
+            })
+            .collect();
+    }
+
     /// Requires a bearer token for `/v2/` requests, challenging with this
     /// realm (any URL: this registry's own `/token`, or another host's).
     pub fn require_token(&self, realm: &str) {
@@ -334,7 +350,7 @@ async fn handle(state: Arc<Mutex<StateHandle>>, addr: SocketAddr, req: Request) 
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (fault, realm, token_body, drip) = {
+    let (fault, realm, token_body, drip, basic) = {
         let mut s = lock(&state);
         s.0.seen.push(SeenRequest {
             method: method.clone(),
@@ -351,6 +367,7 @@ async fn handle(state: Arc<Mutex<StateHandle>>, addr: SocketAddr, req: Request) 
             s.0.token_realm.clone(),
             s.0.token_body.clone(),
             s.0.drip,
+            s.0.basic.clone(),
         )
     };
     let p = req.uri().path().to_owned();
@@ -373,6 +390,17 @@ async fn handle(state: Arc<Mutex<StateHandle>>, addr: SocketAddr, req: Request) 
                 format!(r#"Bearer realm="{realm}",service="hostile""#),
             )],
             r#"{"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}"#,
+        )
+            .into_response();
+    }
+    if !basic.is_empty()
+        && p.starts_with("/v2/")
+        && !auth.as_ref().is_some_and(|a| basic.contains(a))
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, r#"Basic realm="hostile""#)],
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"credentials required"}]}"#,
         )
             .into_response();
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cache_core::events::NoEvents;
 use cache_core::manifest::Platform;
-use cache_core::{Digest, ImageRef, PullThroughCache, RepoName, RuleSet};
+use cache_core::{Digest, ImageRef, PullThroughCache, RepoName};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -18,6 +18,48 @@ fn usage(msg: String) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// `reload`: asks the running server (at the file's `server.admin_listen`)
+/// to re-read its configuration file, and prints its answer. Only that key
+/// is read here: the server validates the file and says what it thinks.
+pub fn reload(path: Option<&std::path::Path>) -> ExitCode {
+    use std::io::{Read, Write};
+    let admin = path
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| crate::config::admin_listen_of(&text));
+    let Some(addr) = admin else {
+        return usage(
+            "reload needs server.admin_listen (a loopback address) in the configuration file; or send the server SIGHUP"
+                .into(),
+        );
+    };
+    let answer = (|| {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+        s.write_all(b"POST /reload HTTP/1.0\r\nContent-Length: 0\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok::<_, std::io::Error>(text)
+    })();
+    match answer {
+        Ok(text) => {
+            let ok = text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200");
+            let body = text
+                .split_once("\r\n\r\n")
+                .map_or(text.as_str(), |(_, b)| b);
+            print!("{body}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("registry-proxy: no answer from the server at {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `check`: the configuration parsed and validated (the rules included).
 pub fn check(cfg: &Config) -> ExitCode {
     println!("configuration is valid: {} rules", cfg.rules.len());
@@ -27,10 +69,7 @@ pub fn check(cfg: &Config) -> ExitCode {
 /// `explain NAME`: which rule a local or upstream repository name goes
 /// through, and what it maps to.
 pub fn explain(cfg: &Config, name: &str) -> ExitCode {
-    let rules = match RuleSet::new(&cfg.rules) {
-        Ok(r) => r,
-        Err(e) => return usage(e.to_string()),
-    };
+    let rules = &cfg.rules;
     // An upstream name starts with a registry host, as Docker reads names.
     if let Ok(image) = ImageRef::parse(name)
         && name

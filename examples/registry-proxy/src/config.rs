@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::policy::parse_duration;
-use cache_core::{RulePolicy, RuleSpec, TagFreshness};
+use cache_core::{RulePolicy, RuleSet, RuleSpec, TagFreshness};
 use cache_upstream::{Credentials, PasswordSource, Secret};
 use serde::Deserialize;
 
@@ -117,6 +118,12 @@ pub struct RawServer {
     pub max_connections: Option<usize>,
     /// Time given to transfers in progress at shutdown (default `30s`).
     pub shutdown_grace: Option<String>,
+    /// After SIGTERM, how long to keep serving while `/readyz` says 503, so
+    /// load balancers stop sending first (default `0s`).
+    pub drain_delay: Option<String>,
+    /// A loopback address for the admin endpoint (`POST /reload`, health);
+    /// `registry-proxy reload` talks to it. Off by default.
+    pub admin_listen: Option<String>,
     /// Moved to `[upstream]`; kept only to say so.
     pub max_concurrent_fetches: Option<usize>,
     /// Largest manifest accepted (default `4MiB`).
@@ -310,6 +317,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Shutdown grace.
     pub shutdown_grace: Duration,
+    /// Serving on after SIGTERM, not ready.
+    pub drain_delay: Duration,
+    /// The admin endpoint's address, if any (loopback).
+    pub admin_listen: Option<SocketAddr>,
     /// Manifest size cap.
     pub max_manifest_size: usize,
     /// How upstreams are fetched from.
@@ -318,9 +329,9 @@ pub struct Config {
     pub registries: Vec<UpstreamConfig>,
     /// Named credential sets.
     pub credentials: HashMap<String, Credentials>,
-    /// Rules, validated by `cache_core::RuleSet` when the cache is built.
-    pub rules: Vec<RuleSpec>,
-    /// Per-rule policies.
+    /// The caching rules, validated and indexed.
+    pub rules: Arc<RuleSet>,
+    /// Per-rule policies, for the rules whose policy is not the default.
     pub policies: HashMap<String, RulePolicy>,
     /// Pull-side auth, if any.
     pub auth: Option<AuthConfig>,
@@ -343,6 +354,18 @@ name = "hub-library"
 source = "docker.io/library/*"
 target = "library/*"
 "#;
+
+/// `server.admin_listen` of a configuration text, read on its own (so a
+/// file that does not validate still names where its server listens).
+pub fn admin_listen_of(text: &str) -> Option<SocketAddr> {
+    let v: toml::Value = toml::from_str(text).ok()?;
+    v.get("server")?
+        .get("admin_listen")?
+        .as_str()?
+        .parse()
+        .ok()
+        .filter(|a: &SocketAddr| a.ip().is_loopback())
+}
 
 /// Parses `512`, `10KiB`, `50GiB`, `1.5GB`...
 pub fn parse_size(s: &str) -> Option<u64> {
@@ -431,6 +454,47 @@ fn creds(
 }
 
 impl Config {
+    /// The settings that differ between `self` and `new` and only take
+    /// effect on a restart (a reload leaves them as they are).
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |key, same: bool| {
+            if !same {
+                changed.push(key);
+            }
+        };
+        check("listen", self.listen == new.listen);
+        check("storage", self.storage == new.storage);
+        check(
+            "storage.quota / storage.gc_interval",
+            (self.quota, self.gc_interval) == (new.quota, new.gc_interval),
+        );
+        check(
+            "[server]",
+            (
+                self.request_timeout,
+                self.idle_timeout,
+                self.send_timeout,
+                self.max_connections,
+                self.shutdown_grace,
+                self.drain_delay,
+                self.admin_listen,
+                self.max_manifest_size,
+            ) == (
+                new.request_timeout,
+                new.idle_timeout,
+                new.send_timeout,
+                new.max_connections,
+                new.shutdown_grace,
+                new.drain_delay,
+                new.admin_listen,
+                new.max_manifest_size,
+            ),
+        );
+        check("[upstream]", self.upstream == new.upstream);
+        changed
+    }
+
     /// Parses and validates a configuration text. `base` resolves relative paths.
     pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig =
@@ -470,6 +534,8 @@ impl Config {
             send_timeout: server.send_timeout,
             max_connections: server.max_connections,
             shutdown_grace: server.shutdown_grace,
+            drain_delay: server.drain_delay,
+            admin_listen: server.admin_listen,
             max_manifest_size: server.max_manifest_size,
             upstream,
             registries,
@@ -565,6 +631,8 @@ struct ServerSettings {
     send_timeout: Duration,
     max_connections: usize,
     shutdown_grace: Duration,
+    drain_delay: Duration,
+    admin_listen: Option<SocketAddr>,
     max_manifest_size: usize,
 }
 
@@ -574,6 +642,22 @@ fn server(raw: &RawServer) -> Result<ServerSettings, ConfigError> {
             "server.max_concurrent_fetches has moved: set upstream.max_concurrent_fetches (per registry)".into(),
         );
     }
+    let admin_listen = match &raw.admin_listen {
+        None => None,
+        Some(a) => match a.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() => Some(addr),
+            Ok(_) => {
+                return err(format!(
+                    "server.admin_listen = {a:?}: must be a loopback address (127.0.0.1:PORT)"
+                ));
+            }
+            Err(_) => {
+                return err(format!(
+                    "server.admin_listen = {a:?}: not an IP:PORT address"
+                ));
+            }
+        },
+    };
     let max_connections = match raw.max_connections {
         Some(0) => return err("server.max_connections = 0: must be at least 1".into()),
         Some(n) => n,
@@ -611,6 +695,8 @@ fn server(raw: &RawServer) -> Result<ServerSettings, ConfigError> {
             &raw.shutdown_grace,
             Duration::from_secs(30),
         )?,
+        drain_delay: duration("server.drain_delay", &raw.drain_delay, Duration::ZERO)?,
+        admin_listen,
         max_manifest_size,
     })
 }
@@ -718,7 +804,7 @@ fn rules(
     raw: &[RawRule],
     registries: &[UpstreamConfig],
     credentials: &HashMap<String, Credentials>,
-) -> Result<(Vec<RuleSpec>, HashMap<String, RulePolicy>), ConfigError> {
+) -> Result<(Arc<RuleSet>, HashMap<String, RulePolicy>), ConfigError> {
     let hosts: std::collections::HashSet<&cache_core::Registry> =
         registries.iter().map(|u| &u.host).collect();
     let mut rules = Vec::with_capacity(raw.len());
@@ -754,37 +840,34 @@ fn rules(
                 "{key}: credentials = {c:?} names no [[credentials]] entry"
             ));
         }
-        let registry = r
-            .source
-            .split_once('/')
-            .map(|(h, _)| h)
-            .unwrap_or(&r.source);
-        let reg = cache_core::Registry::parse(registry)
-            .map_err(|e| ConfigError(format!("{key}: source = {:?}: {e}", r.source)))?;
-        if !hosts.contains(&reg) {
-            return err(format!(
-                "{key}: source = {:?} names registry {reg}, which has no [[registry]] entry",
-                r.source
-            ));
-        }
         let mut spec = RuleSpec::new(r.name.clone(), r.source.clone(), r.target.clone());
         spec.credentials = r.credentials.clone();
         rules.push(spec);
-        policies.insert(
-            r.name.clone(),
-            RulePolicy {
-                tag_freshness,
-                stale_if_error,
-                content_ttl,
-            },
-        );
+        let policy = RulePolicy {
+            tag_freshness,
+            stale_if_error,
+            content_ttl,
+        };
+        if policy != RulePolicy::default() {
+            policies.insert(r.name.clone(), policy);
+        }
     }
     if rules.is_empty() {
         return err("no [[rule]]: the proxy would refuse every request".into());
     }
-    // Let the rule set report rule errors (duplicates, bad names) now, naming the rule.
-    cache_core::RuleSet::new(&rules).map_err(|e| ConfigError(e.to_string()))?;
-    Ok((rules, policies))
+    // The rule set reports rule errors (duplicates, bad names), naming the rule.
+    let set = RuleSet::new(&rules).map_err(|e| ConfigError(e.to_string()))?;
+    for (i, rule) in set.rules().iter().enumerate() {
+        if !hosts.contains(rule.registry()) {
+            return err(format!(
+                "rule[{i}] (name = {:?}): source = {:?} names registry {}, which has no [[registry]] entry",
+                rule.name(),
+                raw[i].source,
+                rule.registry()
+            ));
+        }
+    }
+    Ok((Arc::new(set), policies))
 }
 
 fn auth(a: RawAuth, abs: &impl Fn(PathBuf) -> PathBuf) -> Result<AuthConfig, ConfigError> {
@@ -865,7 +948,7 @@ mod tests {
                 fsync: true
             }
         );
-        assert_eq!(c.rules[0].target, "library/*");
+        assert!(c.rules.get("hub-library").is_some());
     }
 
     #[test]
@@ -1010,6 +1093,10 @@ target = "library/*"
             (
                 format!("[upstream]\nstall_timeout = \"soon\"\n{base}{rule}"),
                 "upstream.stall_timeout = \"soon\"",
+            ),
+            (
+                format!("[server]\nadmin_listen = \"0.0.0.0:9000\"\n{base}{rule}"),
+                "must be a loopback address",
             ),
             (
                 format!(

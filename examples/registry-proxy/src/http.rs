@@ -3,12 +3,14 @@
 //! access log, and sends blob bodies from files where it can.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,26 +27,58 @@ pub struct AppState {
     pub cache: PullThroughCache,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Pull-side auth, if configured.
-    pub auth: Option<Arc<PullAuth>>,
+    /// Pull-side auth, if configured (a reload replaces it).
+    pub auth: Arc<ArcSwapOption<PullAuth>>,
+    /// Whether the server is draining (after SIGTERM: not ready).
+    pub draining: Arc<AtomicBool>,
 }
 
-/// The router: `/v2/...` and `/metrics`.
+/// The router: `/v2/...`, `/metrics`, and the health endpoints.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(dispatch)
         .layer(middleware::from_fn_with_state(state.clone(), access))
         .with_state(state)
 }
 
-/// Authenticates `/v2` requests, counts and logs every response.
+/// `200` while the process serves at all.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `200` when the store answers and the server is not draining, else `503`
+/// with the reason.
+pub async fn readyz(State(st): State<AppState>) -> Response {
+    if st.draining.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    let probe = cache_core::Digest::sha256_of(b"");
+    match tokio::time::timeout(Duration::from_secs(2), st.cache.store().stat(&probe)).await {
+        Ok(Ok(_)) => "ready\n".into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store: no answer within 2s\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Authenticates `/v2` requests, counts and logs every response but the
+/// health probes'.
 async fn access(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if path == "/healthz" || path == "/readyz" {
+        return next.run(req).await;
+    }
     let needs_auth = path == "/v2" || path.starts_with("/v2/");
-    let resp = match &st.auth {
+    let auth = st.auth.load_full();
+    let resp = match auth {
         Some(auth) if needs_auth && !auth.check(req.headers()).await => {
             protocol::unauthorized_response("registry-proxy").map(Body::from)
         }

@@ -15,12 +15,14 @@ pub mod conn;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod reload;
 pub mod sendfile;
 pub mod server;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use cache_core::{BlobStore, CacheOptions, EventSink, PullThroughCache, RuleSet};
+use cache_core::{BlobStore, CacheBuilder, CacheOptions, EventSink, PullThroughCache};
 use cache_store::{FsStore, FsStoreOptions, MemoryStore, ObjectBlobStore};
 use cache_upstream::{ClientOptions, RegistryClient};
 
@@ -71,30 +73,27 @@ pub async fn open_store(cfg: &Config) -> Result<Arc<dyn BlobStore>, ConfigError>
     })
 }
 
-/// Builds the cache the configuration describes: one `RegistryClient` per
-/// `[[registry]]`, one more per credential set a rule names.
-pub fn build_cache(
-    cfg: &Config,
-    store: Arc<dyn BlobStore>,
-    events: Arc<dyn EventSink>,
-) -> Result<PullThroughCache, ConfigError> {
-    let rules = RuleSet::new(&cfg.rules).map_err(|e| ConfigError(e.to_string()))?;
+/// The engine tunables the configuration gives (`[upstream]`, `[server]`).
+pub fn cache_options(cfg: &Config) -> CacheOptions {
     let up = &cfg.upstream;
-    let mut b = PullThroughCache::builder()
-        .rules(rules.clone())
-        .store(store)
-        .tokio()
-        .events(events)
-        .options(CacheOptions {
-            max_concurrent_fetches: up.max_concurrent_fetches,
-            max_queued_fetches: up.max_queued_fetches,
-            max_retries: up.max_retries,
-            retry_backoff: up.retry_backoff,
-            stall_timeout: up.stall_timeout,
-            manifest_timeout: up.manifest_timeout,
-            max_manifest_size: cfg.max_manifest_size,
-            ..CacheOptions::default()
-        });
+    CacheOptions {
+        max_concurrent_fetches: up.max_concurrent_fetches,
+        max_queued_fetches: up.max_queued_fetches,
+        max_retries: up.max_retries,
+        retry_backoff: up.retry_backoff,
+        stall_timeout: up.stall_timeout,
+        manifest_timeout: up.manifest_timeout,
+        max_manifest_size: cfg.max_manifest_size,
+        ..CacheOptions::default()
+    }
+}
+
+/// The rules, upstreams and policies the configuration describes, ready
+/// for [`CacheBuilder::build`] or `PullThroughCache::reconfigure`: one
+/// `RegistryClient` per `[[registry]]`, and one per credential set a rule
+/// names on it.
+pub fn wiring(cfg: &Config) -> Result<CacheBuilder, ConfigError> {
+    let up = &cfg.upstream;
     let client = |u: &config::UpstreamConfig, creds| {
         RegistryClient::new(
             u.host.clone(),
@@ -112,28 +111,47 @@ pub fn build_cache(
         )
         .map_err(|e| ConfigError(format!("registry {}: {e}", u.host)))
     };
+    let mut b = PullThroughCache::builder().rules(cfg.rules.clone());
+    let by_host: HashMap<&cache_core::Registry, &config::UpstreamConfig> =
+        cfg.registries.iter().map(|u| (&u.host, u)).collect();
     for u in &cfg.registries {
         b = b.upstream(u.host.as_str(), client(u, u.credentials.clone())?);
     }
-    for rule in rules.rules() {
-        if let Some(name) = rule.credentials() {
-            let u = cfg
-                .registries
-                .iter()
-                .find(|u| &u.host == rule.registry())
-                .ok_or_else(|| {
-                    ConfigError(format!(
-                        "rule {:?}: no [[registry]] for {}",
-                        rule.name(),
-                        rule.registry()
-                    ))
-                })?;
-            let creds = cfg.credentials.get(name).cloned();
-            b = b.upstream_with_credentials(u.host.as_str(), name, client(u, creds)?);
+    let mut named = HashSet::new();
+    for rule in cfg.rules.rules() {
+        let Some(name) = rule.credentials() else {
+            continue;
+        };
+        if !named.insert((rule.registry(), name)) {
+            continue;
         }
+        let u = by_host.get(rule.registry()).ok_or_else(|| {
+            ConfigError(format!(
+                "rule {:?}: no [[registry]] for {}",
+                rule.name(),
+                rule.registry()
+            ))
+        })?;
+        let creds = cfg.credentials.get(name).cloned();
+        b = b.upstream_with_credentials(u.host.as_str(), name, client(u, creds)?);
     }
     for (name, p) in &cfg.policies {
         b = b.policy(name, p.clone());
     }
-    b.build().map_err(|e| ConfigError(e.to_string()))
+    Ok(b)
+}
+
+/// Builds the cache the configuration describes on `store`.
+pub fn build_cache(
+    cfg: &Config,
+    store: Arc<dyn BlobStore>,
+    events: Arc<dyn EventSink>,
+) -> Result<PullThroughCache, ConfigError> {
+    wiring(cfg)?
+        .store(store)
+        .tokio()
+        .events(events)
+        .options(cache_options(cfg))
+        .build()
+        .map_err(|e| ConfigError(e.to_string()))
 }

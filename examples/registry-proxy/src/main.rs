@@ -33,6 +33,9 @@ enum Cmd {
     Serve,
     /// Validate the configuration and exit.
     Check,
+    /// Ask the running server to re-read its configuration (through
+    /// server.admin_listen; SIGHUP does the same).
+    Reload,
     /// Say which rule and upstream a repository maps to, or why none does.
     /// NAME is a local repository (library/nginx) or an upstream one
     /// (docker.io/library/nginx).
@@ -101,6 +104,10 @@ fn main() -> ExitCode {
     };
     registry_proxy::logging::init(matches!(cmd, Cmd::Serve));
     let path = config_path(&args.config);
+    if let Cmd::Reload = cmd {
+        // The server validates the file and reports; only its address is read here.
+        return cli::reload(path.as_deref());
+    }
     let cfg = match load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -122,6 +129,7 @@ fn main() -> ExitCode {
         match cmd {
             Cmd::Serve => registry_proxy::server::serve(cfg, path).await,
             Cmd::Check => cli::check(&cfg),
+            Cmd::Reload => unreachable!("answered above"),
             Cmd::Explain { name } => cli::explain(&cfg, &name),
             Cmd::Warm {
                 platforms,

@@ -19,6 +19,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     upstream_errors: Mutex<BTreeMap<&'static str, u64>>,
     upstream_requests: Mutex<BTreeMap<&'static str, u64>>,
+    reloads: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
@@ -52,6 +53,11 @@ impl Metrics {
     /// Counts one HTTP response.
     pub fn request(&self, method: &Method, status: u16) {
         bump(&self.requests, (method_label(method), status));
+    }
+
+    /// Counts one configuration reload, applied or refused.
+    pub fn reload(&self, applied: bool) {
+        bump(&self.reloads, if applied { "applied" } else { "refused" });
     }
 
     /// The engine's counters.
@@ -157,6 +163,17 @@ impl Metrics {
                     out,
                     "registry_proxy_upstream_requests_total{{call=\"{}\"}} {v}",
                     call.as_str()
+                );
+            }
+        }
+        out.push_str("# HELP registry_proxy_config_reloads_total Configuration reloads, applied or refused (invalid).\n# TYPE registry_proxy_config_reloads_total counter\n");
+        {
+            let m = self.reloads.lock().unwrap_or_else(|p| p.into_inner());
+            for result in ["applied", "refused"] {
+                let v = m.get(result).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "registry_proxy_config_reloads_total{{result=\"{result}\"}} {v}"
                 );
             }
         }

@@ -1,16 +1,25 @@
-//! `registry-proxy serve`: the store, the cache, the router, the listener.
+//! `registry-proxy serve`: the store, the cache, the router, the listener;
+//! reloads on SIGHUP or `POST /reload` at the admin endpoint; on SIGTERM,
+//! not ready for `drain_delay`, then a graceful shutdown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwapOption;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::PullAuth;
 use crate::config::Config;
 use crate::conn::{ConnLimits, serve_connections};
-use crate::http::{AppState, router};
+use crate::http::{AppState, healthz, readyz, router};
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::{build_cache, open_store};
 
 /// Completes on SIGTERM or SIGINT.
@@ -29,8 +38,36 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// Reloads on every SIGHUP, in the background.
+fn reload_on_sighup(reloader: Arc<Reloader>) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; reload through the admin endpoint");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let r = reloader.clone();
+            // Reading and indexing a large rule file is blocking work.
+            let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+        }
+    });
+}
+
+/// `POST /reload`: 200 with what changed, or 400 with why nothing did.
+async fn admin_reload(State((reloader, _)): State<(Arc<Reloader>, AppState)>) -> impl IntoResponse {
+    match tokio::task::spawn_blocking(move || reloader.reload()).await {
+        Ok(Ok(msg)) => (StatusCode::OK, format!("reloaded: {msg}\n")),
+        Ok(Err(e)) => (StatusCode::BAD_REQUEST, format!("not reloaded: {e}\n")),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed: {e}\n"),
+        ),
+    }
+}
+
 /// Serves until SIGTERM or SIGINT. `path` is the configuration file, if
-/// one was read.
+/// one was read (a reload reads it again).
 pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     match &path {
         Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),
@@ -65,14 +102,21 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         });
     }
     let state = AppState {
-        cache,
-        metrics,
-        auth: cfg.auth.clone().map(|a| Arc::new(PullAuth::new(a))),
+        cache: cache.clone(),
+        metrics: metrics.clone(),
+        auth: Arc::new(ArcSwapOption::from(
+            cfg.auth.clone().map(|a| Arc::new(PullAuth::new(a))),
+        )),
+        draining: Arc::new(AtomicBool::new(false)),
     };
-    let app = router(state).layer(TimeoutLayer::with_status_code(
-        axum::http::StatusCode::GATEWAY_TIMEOUT,
-        cfg.request_timeout,
+    let reloader = Arc::new(Reloader::new(
+        path,
+        cfg.clone(),
+        cache,
+        state.auth.clone(),
+        metrics,
     ));
+    reload_on_sighup(reloader.clone());
     let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -80,6 +124,33 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(addr) = cfg.admin_listen {
+        let admin = axum::Router::new()
+            .route("/reload", post(admin_reload))
+            .route("/healthz", get(|| async { healthz().await }))
+            .route(
+                "/readyz",
+                get(|State((_, st)): State<(Arc<Reloader>, AppState)>| readyz(State(st))),
+            )
+            .with_state((reloader.clone(), state.clone()));
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(admin = %addr, "admin endpoint: POST /reload");
+                tokio::spawn(async move {
+                    let _ = axum::serve(l, admin).await;
+                });
+            }
+            Err(e) => {
+                eprintln!("registry-proxy: cannot listen on server.admin_listen {addr}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let draining = state.draining.clone();
+    let app = router(state).layer(TimeoutLayer::with_status_code(
+        axum::http::StatusCode::GATEWAY_TIMEOUT,
+        cfg.request_timeout,
+    ));
     tracing::info!(listen = %cfg.listen, rules = cfg.rules.len(), "registry-proxy serving");
     let limits = ConnLimits {
         idle_timeout: cfg.idle_timeout,
@@ -87,6 +158,15 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         max_connections: cfg.max_connections,
         shutdown_grace: cfg.shutdown_grace,
     };
-    serve_connections(listener, app, limits, shutdown_signal()).await;
+    let drain_delay = cfg.drain_delay;
+    let shutdown = async move {
+        shutdown_signal().await;
+        draining.store(true, Ordering::Release);
+        if !drain_delay.is_zero() {
+            tracing::info!(?drain_delay, "draining: not ready, still serving");
+            tokio::time::sleep(drain_delay).await;
+        }
+    };
+    serve_connections(listener, app, limits, shutdown).await;
     ExitCode::SUCCESS
 }

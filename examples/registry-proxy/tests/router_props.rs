@@ -59,7 +59,8 @@ fn world() -> &'static World {
             let state = AppState {
                 cache,
                 metrics: metrics.clone(),
-                auth: Some(Arc::new(PullAuth::new(auth))),
+                auth: Arc::new(arc_swap::ArcSwapOption::from_pointee(PullAuth::new(auth))),
+                draining: Arc::default(),
             };
             (
                 router(state),

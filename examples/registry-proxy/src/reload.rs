@@ -1,0 +1,102 @@
+//! Reloading the configuration while serving (SIGHUP, `POST /reload` on the
+//! admin endpoint, `registry-proxy reload`).
+//!
+//! The new file is read and validated as at start. If it is invalid,
+//! nothing changes and the error is logged, counted and returned. If it is
+//! valid, the rules, registries, credentials, policies and pull-side auth
+//! are swapped at once; requests and transfers in progress finish under
+//! the configuration they started with. Settings that only a restart can
+//! change (listen address, storage, `[server]`, `[upstream]`) keep their
+//! running values, and the reload says which of them differ.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use cache_core::PullThroughCache;
+
+use crate::auth::PullAuth;
+use crate::config::{Config, DEFAULT_CONFIG};
+use crate::metrics::Metrics;
+
+/// Swaps a running server's configuration.
+#[derive(Debug)]
+pub struct Reloader {
+    path: Option<PathBuf>,
+    running: Mutex<Config>,
+    cache: PullThroughCache,
+    auth: Arc<ArcSwapOption<PullAuth>>,
+    metrics: Arc<Metrics>,
+}
+
+fn read(path: &Option<PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| e.to_string()),
+        None => {
+            let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+            Config::parse(DEFAULT_CONFIG, &cwd).map_err(|e| e.to_string())
+        }
+    }
+}
+
+impl Reloader {
+    /// A reloader for a server started from `path` (the built-in default
+    /// for `None`) with `running`.
+    pub fn new(
+        path: Option<PathBuf>,
+        running: Config,
+        cache: PullThroughCache,
+        auth: Arc<ArcSwapOption<PullAuth>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Reloader {
+            path,
+            running: Mutex::new(running),
+            cache,
+            auth,
+            metrics,
+        }
+    }
+
+    /// Re-reads the configuration and swaps what can be swapped. `Ok` says
+    /// what changed; `Err` says why nothing did.
+    pub fn reload(&self) -> Result<String, String> {
+        let outcome = self.try_reload();
+        self.metrics.reload(outcome.is_ok());
+        match &outcome {
+            Ok(msg) => tracing::info!(%msg, "configuration reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "configuration not reloaded; the running one stays")
+            }
+        }
+        outcome
+    }
+
+    fn try_reload(&self) -> Result<String, String> {
+        let new = read(&self.path)?;
+        let wiring = crate::wiring(&new).map_err(|e| e.to_string())?;
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        self.cache.reconfigure(wiring).map_err(|e| e.to_string())?;
+        self.auth
+            .store(new.auth.clone().map(|a| Arc::new(PullAuth::new(a))));
+        let restart = running.restart_only_changes(&new);
+        let rules = new.rules.len();
+        running.rules = new.rules;
+        running.policies = new.policies;
+        running.registries = new.registries;
+        running.credentials = new.credentials;
+        running.auth = new.auth;
+        let mut msg = format!("{rules} rules in force");
+        if !restart.is_empty() {
+            tracing::warn!(
+                settings = %restart.join(", "),
+                "these settings changed in the file and take effect only on a restart"
+            );
+            msg.push_str(&format!(
+                "; changed but kept until a restart: {}",
+                restart.join(", ")
+            ));
+        }
+        Ok(msg)
+    }
+}

@@ -1,0 +1,268 @@
+//! Day-2 operations through the running server: reloading the
+//! configuration under load (SIGHUP and `registry-proxy reload`), the
+//! health endpoints, and draining on SIGTERM.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cache_upstream::testing::HostileRegistry;
+use common::{Proxy, http, run};
+
+fn config(up: &HostileRegistry, admin: u16, password: &str, rules: &str) -> String {
+    format!(
+        "[storage]\npath = \"cache-data\"\n[server]\nadmin_listen = \"127.0.0.1:{admin}\"\n\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\nusername = \"mirror\"\npassword = \"{password}\"\n\n{rules}",
+        h = up.host(),
+        u = up.url()
+    )
+}
+
+fn rule(name: &str, up: &HostileRegistry, ns: &str) -> String {
+    format!(
+        "[[rule]]\nname = \"{name}\"\nsource = \"{}/{ns}/*\"\ntarget = \"{ns}/*\"\n",
+        up.host()
+    )
+}
+
+/// Rewrites the proxy's configuration file (keeping its listen line).
+fn rewrite(proxy: &Proxy, body: &str) {
+    let path = proxy.dir.path().join("proxy.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let listen = text.lines().next().unwrap();
+    std::fs::write(&path, format!("{listen}\n{body}")).unwrap();
+}
+
+#[derive(Debug)]
+struct Seen {
+    repo: &'static str,
+    phase_before: usize,
+    phase_after: usize,
+    status: u16,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_under_load_change_only_what_they_change() {
+    let up = HostileRegistry::start("127.0.0.1");
+    let layer = |i: u64| Bytes::from(cache_core::testing::content(i, 20_000).to_vec());
+    up.push_image("library/a", "v1", &[layer(1)]);
+    up.push_image("library/b", "v1", &[layer(2)]);
+    up.push_image("team/c", "v1", &[layer(3)]);
+    up.require_basic(&[("mirror", "old")]);
+    let admin = cache_upstream::testing::free_port();
+    let proxy = Proxy::start(&config(&up, admin, "old", &rule("lib", &up, "library")));
+
+    let phase = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for repo in ["library/a", "library/b", "team/c"] {
+        let (phase, stop, url) = (phase.clone(), stop.clone(), proxy.url(""));
+        load.push(tokio::spawn(async move {
+            let c = http();
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Acquire) {
+                let before = phase.load(Ordering::Acquire);
+                // A tag revalidates with the upstream each time (HEAD).
+                let status = c
+                    .get(format!("{url}/v2/{repo}/manifests/v1"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                seen.push(Seen {
+                    repo,
+                    phase_before: before,
+                    phase_after: phase.load(Ordering::Acquire),
+                    status,
+                });
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen
+        }));
+    }
+    let settle = || tokio::time::sleep(Duration::from_millis(400));
+    settle().await;
+
+    // 1: a rule added, by SIGHUP.
+    rewrite(
+        &proxy,
+        &config(
+            &up,
+            admin,
+            "old",
+            &format!(
+                "{}{}",
+                rule("lib", &up, "library"),
+                rule("team", &up, "team")
+            ),
+        ),
+    );
+    let reloads = || async {
+        proxy
+            .metric("registry_proxy_config_reloads_total{result=\"applied\"}")
+            .await
+    };
+    // SAFETY: kill(2) on our own child process.
+    unsafe { libc::kill(proxy.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads().await < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP reload applied:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    phase.store(1, Ordering::Release);
+    settle().await;
+
+    // 2: the credential rotated; the upstream accepts both while it happens.
+    up.require_basic(&[("mirror", "old"), ("mirror", "new")]);
+    rewrite(
+        &proxy,
+        &config(
+            &up,
+            admin,
+            "new",
+            &format!(
+                "{}{}",
+                rule("lib", &up, "library"),
+                rule("team", &up, "team")
+            ),
+        ),
+    );
+    let dir = proxy.dir.path().to_owned();
+    let (ok, out) = tokio::task::spawn_blocking(move || run(&dir, &["reload"]))
+        .await
+        .unwrap();
+    assert!(ok && out.contains("2 rules in force"), "{out}");
+    up.require_basic(&[("mirror", "new")]);
+    phase.store(2, Ordering::Release);
+    settle().await;
+
+    // 3: a rule removed.
+    rewrite(
+        &proxy,
+        &config(&up, admin, "new", &rule("team", &up, "team")),
+    );
+    let dir = proxy.dir.path().to_owned();
+    let (ok, out) = tokio::task::spawn_blocking(move || run(&dir, &["reload"]))
+        .await
+        .unwrap();
+    assert!(ok, "{out}");
+    phase.store(3, Ordering::Release);
+    settle().await;
+
+    // 4: an invalid file changes nothing.
+    rewrite(
+        &proxy,
+        &config(
+            &up,
+            admin,
+            "new",
+            &format!("{}[[rule]]\nname = \"broken\"\n", rule("team", &up, "team")),
+        ),
+    );
+    let dir = proxy.dir.path().to_owned();
+    let (ok, out) = tokio::task::spawn_blocking(move || run(&dir, &["reload"]))
+        .await
+        .unwrap();
+    assert!(!ok && out.contains("not reloaded"), "{out}");
+    settle().await;
+    stop.store(true, Ordering::Release);
+
+    let mut all = Vec::new();
+    for l in load {
+        all.extend(l.await.unwrap());
+    }
+    let mut checked = 0;
+    for s in all.iter().filter(|s| s.phase_before == s.phase_after) {
+        let want = match (s.repo, s.phase_before) {
+            ("team/c", 0) => 404,
+            ("library/a" | "library/b", 3) => 404,
+            _ => 200,
+        };
+        assert_eq!(s.status, want, "{s:?}");
+        checked += 1;
+    }
+    assert!(
+        checked > 30,
+        "the load ran through every phase ({checked} requests)"
+    );
+    for p in 0..4 {
+        assert!(
+            all.iter()
+                .any(|s| s.phase_before == p && s.phase_after == p),
+            "phase {p}"
+        );
+    }
+    assert_eq!(
+        proxy
+            .metric("registry_proxy_config_reloads_total{result=\"refused\"}")
+            .await,
+        1
+    );
+    assert!(
+        up.seen()
+            .iter()
+            .rev()
+            .take(5)
+            .all(|r| r.authorization.as_deref() != Some("Basic bWlycm9yOm9sZA==")),
+        "the rotated credential is in use"
+    );
+    let log = proxy.log();
+    assert!(
+        !log.contains("\"new\"") && !log.contains("password"),
+        "no secret in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_answer_outside_auth_and_readyz_fails_while_draining() {
+    let up = HostileRegistry::start("127.0.0.1");
+    let body = format!(
+        "{}\n[server]\ndrain_delay = \"2s\"\nshutdown_grace = \"2s\"\n[auth]\ntokens = [\"t\"]\n",
+        common::config_for(&up.host(), &up.url(), "")
+    );
+    let mut proxy = Proxy::start(&body);
+    let c = http();
+    let get = |p: &str| c.get(proxy.url(p)).send();
+    assert_eq!(
+        get("/healthz").await.unwrap().status(),
+        200,
+        "no auth needed"
+    );
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    assert_eq!(get("/v2/").await.unwrap().status(), 401);
+    let m = proxy.metrics().await;
+    assert!(
+        !m.contains("status=\"200\"} "),
+        "probes are not counted: {m}"
+    );
+    // SAFETY: kill(2) on our own child process.
+    unsafe { libc::kill(proxy.child.id() as i32, libc::SIGTERM) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = get("/readyz").await.unwrap();
+    assert_eq!(r.status(), 503, "draining: not ready");
+    assert_eq!(
+        c.get(proxy.url("/v2/"))
+            .bearer_auth("t")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "still serving while draining"
+    );
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "exits after drain and grace"
+    );
+}
