@@ -58,6 +58,11 @@ fn component_ok(c: &[u8]) -> bool {
 }
 
 impl RepoName {
+    /// The name's shared allocation (for indexes keyed by it without a copy).
+    pub(crate) fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
+
     /// Parses and validates a repository name.
     pub fn parse(s: &str) -> Result<Self> {
         let invalid = |reason| Error::invalid(InvalidKind::Name, s, reason);

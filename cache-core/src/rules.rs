@@ -306,44 +306,42 @@ impl fmt::Display for Explanation {
 }
 
 /// A hash index from a pattern's exact name or prefix to rule indices.
-/// `""` is the key of the catch-all `*`.
+/// `""` is the key of the catch-all `*`. Keys share the patterns' own
+/// allocations, so an index costs a table entry per rule and no copy.
 #[derive(Debug, Default, Clone)]
 struct PrefixIndex {
-    exact: HashMap<Arc<str>, usize>,
-    prefix: HashMap<Arc<str>, usize>,
+    exact: HashMap<Arc<str>, u32>,
+    prefix: HashMap<Arc<str>, u32>,
 }
 
 impl PrefixIndex {
     /// Inserts unless the key is taken; returns the index holding the key.
-    fn insert(&mut self, pat: &Pattern, scope: &str, idx: usize) -> usize {
+    fn insert(&mut self, pat: &Pattern, idx: usize) -> usize {
         let (map, key) = match pat {
-            Pattern::Exact(n) => (&mut self.exact, format!("{scope}{n}")),
-            Pattern::Prefix(None) => (&mut self.prefix, scope.to_owned()),
-            Pattern::Prefix(Some(p)) => (&mut self.prefix, format!("{scope}{p}")),
+            Pattern::Exact(n) => (&mut self.exact, n.shared()),
+            Pattern::Prefix(None) => (&mut self.prefix, Arc::from("")),
+            Pattern::Prefix(Some(p)) => (&mut self.prefix, p.shared()),
         };
-        *map.entry(Arc::from(key)).or_insert(idx)
+        *map.entry(key).or_insert(idx as u32) as usize
     }
 
     /// Exact first, then the longest prefix ending at a component boundary,
-    /// then the catch-all. One probe per component.
-    fn lookup(&self, scope: &str, name: &str) -> Option<usize> {
-        let mut key = String::with_capacity(scope.len() + name.len());
-        key.push_str(scope);
-        key.push_str(name);
-        if let Some(&i) = self.exact.get(key.as_str()) {
-            return Some(i);
+    /// then the catch-all. One probe per component, no allocation.
+    fn lookup(&self, name: &str) -> Option<usize> {
+        if let Some(&i) = self.exact.get(name) {
+            return Some(i as usize);
         }
         if self.prefix.is_empty() {
             return None;
         }
         let mut end = name.len();
         while let Some(slash) = name[..end].rfind('/') {
-            if let Some(&i) = self.prefix.get(&key[..scope.len() + slash]) {
-                return Some(i);
+            if let Some(&i) = self.prefix.get(&name[..slash]) {
+                return Some(i as usize);
             }
             end = slash;
         }
-        self.prefix.get(scope).copied()
+        self.prefix.get("").map(|&i| i as usize)
     }
 }
 
@@ -375,10 +373,10 @@ impl PrefixIndex {
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     rules: Vec<Rule>,
-    by_name: HashMap<Arc<str>, usize>,
+    by_name: HashMap<Arc<str>, u32>,
     by_target: PrefixIndex,
-    /// Keyed by `registry/` + source, for mirror requests (`?ns=registry`).
-    by_source: PrefixIndex,
+    /// Sources by registry, for mirror requests (`?ns=registry`).
+    by_source: HashMap<Registry, PrefixIndex>,
 }
 
 impl RuleSet {
@@ -387,46 +385,75 @@ impl RuleSet {
         Self::with_limit(specs, DEFAULT_MAX_RULES)
     }
 
+    /// As [`new`](Self::new), consuming the specs: each spec's strings are
+    /// freed as its rule is built, so a large set is not held twice.
+    pub fn from_specs(specs: Vec<RuleSpec>) -> Result<Self> {
+        Self::build(specs.len(), specs.into_iter(), DEFAULT_MAX_RULES)
+    }
+
     /// Builds a rule set, refusing more than `max_rules` rules.
     ///
     /// Errors name the offending rule: an invalid source or target, a
     /// wildcard on one side only, a duplicate name, a duplicate target.
     pub fn with_limit(specs: &[RuleSpec], max_rules: usize) -> Result<Self> {
-        if specs.len() > max_rules {
-            let rule = specs
-                .get(max_rules)
-                .map(|s| s.name.clone())
-                .unwrap_or_default();
+        Self::build(specs.len(), specs.iter().cloned(), max_rules)
+    }
+
+    fn build(
+        count: usize,
+        specs: impl Iterator<Item = RuleSpec>,
+        max_rules: usize,
+    ) -> Result<Self> {
+        let mut specs = specs.peekable();
+        if count > max_rules {
+            let rule = specs.nth(max_rules).map(|s| s.name).unwrap_or_default();
             return Err(Error::invalid_rule(
                 rule,
-                format!("{} rules exceed the limit of {max_rules}", specs.len()),
+                format!("{count} rules exceed the limit of {max_rules}"),
             ));
         }
         let mut set = RuleSet::default();
-        set.by_name.reserve(specs.len());
-        set.rules.reserve(specs.len());
-        for (i, spec) in specs.iter().enumerate() {
-            let rule = Rule::from_spec(spec)?;
+        let mut credentials: std::collections::HashSet<Arc<str>> = Default::default();
+        set.by_name.reserve(count);
+        set.rules.reserve_exact(count);
+        for (i, spec) in specs.enumerate() {
+            let mut rule = Rule::from_spec(&spec)?;
             if let Some(&j) = set.by_name.get(spec.name.as_str()) {
                 return Err(Error::invalid_rule(
                     spec.name.clone(),
                     format!("the name is already used by rule #{}", j + 1),
                 ));
             }
-            set.by_name.insert(rule.name.clone(), i);
-            let holder = set.by_target.insert(&rule.target, "", i);
+            set.by_name.insert(rule.name.clone(), i as u32);
+            // One registry value per host, shared by its rules.
+            let sources = match set.by_source.get_key_value(&rule.registry) {
+                Some((shared, _)) => {
+                    rule.registry = shared.clone();
+                    set.by_source.get_mut(&rule.registry).expect("present")
+                }
+                None => set.by_source.entry(rule.registry.clone()).or_default(),
+            };
+            // Several rules may share a source; the first declared serves mirror requests.
+            sources.insert(&rule.source, i);
+            // One allocation per credential-set name, shared by its rules.
+            if let Some(c) = &rule.credentials {
+                match credentials.get(c) {
+                    Some(shared) => rule.credentials = Some(shared.clone()),
+                    None => {
+                        credentials.insert(c.clone());
+                    }
+                }
+            }
+            let holder = set.by_target.insert(&rule.target, i);
             if holder != i {
                 return Err(Error::invalid_rule(
                     spec.name.clone(),
                     format!(
                         "target {:?} is already used by rule {:?}",
-                        spec.target, specs[holder].name
+                        spec.target, set.rules[holder].name
                     ),
                 ));
             }
-            // Several rules may share a source; the first declared serves mirror requests.
-            set.by_source
-                .insert(&rule.source, &format!("{}/", rule.registry), i);
             set.rules.push(rule);
         }
         Ok(set)
@@ -449,7 +476,7 @@ impl RuleSet {
 
     /// A rule by name.
     pub fn get(&self, name: &str) -> Option<&Rule> {
-        self.by_name.get(name).map(|&i| &self.rules[i])
+        self.by_name.get(name).map(|&i| &self.rules[i as usize])
     }
 
     /// Resolves a local repository name to its rule and upstream.
@@ -458,7 +485,7 @@ impl RuleSet {
     pub fn resolve(&self, name: &RepoName) -> Result<Resolved<'_>> {
         let i = self
             .by_target
-            .lookup("", name.as_str())
+            .lookup(name.as_str())
             .ok_or_else(|| Error::name_unknown(name))?;
         let rule = &self.rules[i];
         let rest = rule
@@ -484,11 +511,11 @@ impl RuleSet {
         upstream: &RepoName,
     ) -> Result<Resolved<'_>> {
         let upstream = registry.normalize_repo(upstream.clone());
-        let scope = format!("{registry}/");
         let unknown = || Error::name_unknown(format!("{registry}/{upstream}"));
         let i = self
             .by_source
-            .lookup(&scope, upstream.as_str())
+            .get(registry)
+            .and_then(|index| index.lookup(upstream.as_str()))
             .ok_or_else(unknown)?;
         let rule = &self.rules[i];
         let rest = rule.source.matches(upstream.as_str()).ok_or_else(unknown)?;
@@ -533,7 +560,7 @@ impl RuleSet {
             Err(e) => Explanation::Invalid {
                 rule: self
                     .by_target
-                    .lookup("", name.as_str())
+                    .lookup(name.as_str())
                     .map(|i| self.rules[i].name.to_string())
                     .unwrap_or_default(),
                 reason: e.to_string(),

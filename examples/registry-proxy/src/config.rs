@@ -355,6 +355,103 @@ source = "docker.io/library/*"
 target = "library/*"
 "#;
 
+/// Files at least this large have their `[[rule]]` tables parsed in
+/// batches: a TOML document in memory costs many times its text, and a
+/// file with a hundred thousand rules would otherwise need hundreds of
+/// megabytes for a moment.
+const BATCHED_ABOVE: usize = 1 << 20;
+
+/// Rule tables parsed per batch.
+const RULES_PER_BATCH: usize = 1000;
+
+/// Whether a line is a table header (`[name]`, `[[name]]`, `[a.b]`), as
+/// opposed to a value line (an array element such as `[1, 2],`).
+fn table_header(line: &str) -> Option<&str> {
+    let t = line.trim();
+    let t = t.split_once('#').map_or(t, |(h, _)| h).trim_end();
+    let inner = t
+        .strip_prefix("[[")
+        .and_then(|x| x.strip_suffix("]]"))
+        .or_else(|| t.strip_prefix('[').and_then(|x| x.strip_suffix(']')))?;
+    inner
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' ' | '"'))
+        .then(|| inner.trim())
+}
+
+/// Parses a large configuration in pieces: everything but the rule tables
+/// as one document (rule lines blanked, so its line numbers stay right),
+/// then the rule tables (with their `[rule.x]` sub-tables) in batches.
+fn parse_batched(text: &str) -> Result<RawConfig, ConfigError> {
+    let mut main = String::with_capacity(text.len() / 8);
+    // (first line number, text) of each rule table, in order.
+    let mut blocks: Vec<(usize, String)> = Vec::new();
+    let mut in_rule = false;
+    let mut in_multiline = false;
+    for (n, line) in text.lines().enumerate() {
+        if !in_multiline && let Some(h) = table_header(line) {
+            if h == "rule" && line.trim_start().starts_with("[[") {
+                in_rule = true;
+                blocks.push((n + 1, String::new()));
+            } else if !h.starts_with("rule.") {
+                in_rule = false;
+            }
+        }
+        // Multi-line strings: an odd number of delimiters opens or closes one.
+        if (line.matches("\"\"\"").count() + line.matches("'''").count()) % 2 == 1 {
+            in_multiline = !in_multiline;
+        }
+        if in_rule {
+            let block = &mut blocks.last_mut().expect("a rule block is open").1;
+            block.push_str(line);
+            block.push('\n');
+            main.push('\n');
+        } else {
+            main.push_str(line);
+            main.push('\n');
+        }
+    }
+    let mut raw: RawConfig =
+        toml::from_str(&main).map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+    drop(main);
+    #[derive(Deserialize)]
+    struct Batch {
+        #[serde(default)]
+        rule: Vec<RawRule>,
+    }
+    raw.rule.reserve_exact(blocks.len());
+    for chunk in blocks.chunks(RULES_PER_BATCH) {
+        let mut batch = String::new();
+        let mut starts = Vec::with_capacity(chunk.len());
+        let mut lines = 0;
+        for (line, block) in chunk {
+            starts.push((lines, *line));
+            lines += block.lines().count();
+            batch.push_str(block);
+        }
+        let parsed: Batch = toml::from_str(&batch).map_err(|e| {
+            // Name the line in the file, not in the batch.
+            let at = e
+                .span()
+                .map(|s| batch[..s.start.min(batch.len())].lines().count().max(1) - 1)
+                .unwrap_or(0);
+            let (offset, first) = starts
+                .iter()
+                .rev()
+                .find(|(o, _)| *o <= at)
+                .copied()
+                .unwrap_or((0, chunk[0].0));
+            ConfigError(format!(
+                "invalid configuration at line {}: {}",
+                first + at - offset,
+                e.message()
+            ))
+        })?;
+        raw.rule.extend(parsed.rule);
+    }
+    Ok(raw)
+}
+
 /// `server.admin_listen` of a configuration text, read on its own (so a
 /// file that does not validate still names where its server listens).
 pub fn admin_listen_of(text: &str) -> Option<SocketAddr> {
@@ -497,8 +594,11 @@ impl Config {
 
     /// Parses and validates a configuration text. `base` resolves relative paths.
     pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+        let raw = if text.len() < BATCHED_ABOVE {
+            toml::from_str(text).map_err(|e| ConfigError(format!("invalid configuration: {e}")))?
+        } else {
+            parse_batched(text)?
+        };
         Self::validate(raw, base)
     }
 
@@ -522,7 +622,7 @@ impl Config {
         let upstream = upstream(&raw.upstream)?;
         let registries = registries(&raw.registry)?;
         let credentials = credential_sets(&raw.credentials)?;
-        let (rules, policies) = rules(&raw.rule, &registries, &credentials)?;
+        let (rules, policies) = rules(raw.rule, &registries, &credentials)?;
         let auth = raw.auth.map(|a| auth(a, &abs)).transpose()?;
         Ok(Config {
             listen,
@@ -801,7 +901,7 @@ fn credential_sets(raw: &[RawCredentials]) -> Result<HashMap<String, Credentials
 }
 
 fn rules(
-    raw: &[RawRule],
+    raw: Vec<RawRule>,
     registries: &[UpstreamConfig],
     credentials: &HashMap<String, Credentials>,
 ) -> Result<(Arc<RuleSet>, HashMap<String, RulePolicy>), ConfigError> {
@@ -809,7 +909,7 @@ fn rules(
         registries.iter().map(|u| &u.host).collect();
     let mut rules = Vec::with_capacity(raw.len());
     let mut policies = HashMap::with_capacity(raw.len());
-    for (i, r) in raw.iter().enumerate() {
+    for (i, r) in raw.into_iter().enumerate() {
         let key = format!("rule[{i}] (name = {:?})", r.name);
         let tag_freshness = match &r.tag_freshness {
             None => TagFreshness::Revalidate,
@@ -840,9 +940,6 @@ fn rules(
                 "{key}: credentials = {c:?} names no [[credentials]] entry"
             ));
         }
-        let mut spec = RuleSpec::new(r.name.clone(), r.source.clone(), r.target.clone());
-        spec.credentials = r.credentials.clone();
-        rules.push(spec);
         let policy = RulePolicy {
             tag_freshness,
             stale_if_error,
@@ -851,18 +948,23 @@ fn rules(
         if policy != RulePolicy::default() {
             policies.insert(r.name.clone(), policy);
         }
+        // The strings move into the spec: a large file is not held twice.
+        let mut spec = RuleSpec::new(r.name, r.source, r.target);
+        spec.credentials = r.credentials;
+        rules.push(spec);
     }
     if rules.is_empty() {
         return err("no [[rule]]: the proxy would refuse every request".into());
     }
     // The rule set reports rule errors (duplicates, bad names), naming the rule.
-    let set = RuleSet::new(&rules).map_err(|e| ConfigError(e.to_string()))?;
+    let set = RuleSet::from_specs(rules).map_err(|e| ConfigError(e.to_string()))?;
     for (i, rule) in set.rules().iter().enumerate() {
         if !hosts.contains(rule.registry()) {
             return err(format!(
-                "rule[{i}] (name = {:?}): source = {:?} names registry {}, which has no [[registry]] entry",
+                "rule[{i}] (name = {:?}): source \"{}/{}\" names registry {}, which has no [[registry]] entry",
                 rule.name(),
-                raw[i].source,
+                rule.registry(),
+                rule.source(),
                 rule.registry()
             ));
         }
@@ -1109,6 +1211,38 @@ target = "library/*"
             let e = parse(&text).unwrap_err().to_string();
             assert!(e.contains(needle), "{e:?} should contain {needle:?}");
         }
+    }
+
+    #[test]
+    fn a_large_file_parses_in_batches_to_the_same_configuration() {
+        let mut text =
+            String::from("listen = \"127.0.0.1:5000\"\n[[registry]]\nhost = \"docker.io\"\n");
+        for i in 0..3000 {
+            text.push_str(&format!(
+                "[[rule]]\nname = \"r{i}\"\nsource = \"docker.io/ns{i}/*\"\ntarget = \"ns{i}/*\" # rule {i}\n"
+            ));
+            if i % 3 == 0 {
+                text.push_str("tag_freshness = \"ttl:10m\"\n");
+            }
+            if i == 1500 {
+                // Other tables between rules stay with the main document.
+                text.push_str("[server]\nidle_timeout = \"30s\"\n");
+            }
+        }
+        let pad = "# padding to pass the batching threshold\n".repeat(BATCHED_ABOVE / 40);
+        let whole = parse(&text).unwrap();
+        let batched = parse(&format!("{text}{pad}")).unwrap();
+        assert_eq!(batched.rules.len(), 3000);
+        assert_eq!(batched.policies, whole.policies);
+        assert_eq!(batched.idle_timeout, Duration::from_secs(30));
+        for r in whole.rules.rules() {
+            assert_eq!(batched.rules.get(r.name()).unwrap().target(), r.target());
+        }
+        // An error names the line in the file.
+        let broken = text.replace("target = \"ns2000/*\" # rule 2000", "target = ns2000");
+        let line = broken.lines().position(|l| l == "target = ns2000").unwrap() + 1;
+        let e = parse(&format!("{broken}{pad}")).unwrap_err().to_string();
+        assert!(e.contains(&format!("line {line}")), "{e}");
     }
 
     #[test]

@@ -62,6 +62,7 @@ impl Reloader {
     /// what changed; `Err` says why nothing did.
     pub fn reload(&self) -> Result<String, String> {
         let outcome = self.try_reload();
+        crate::release_freed_memory();
         self.metrics.reload(outcome.is_ok());
         match &outcome {
             Ok(msg) => tracing::info!(%msg, "configuration reloaded"),

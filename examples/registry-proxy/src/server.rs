@@ -109,22 +109,32 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         )),
         draining: Arc::new(AtomicBool::new(false)),
     };
-    let reloader = Arc::new(Reloader::new(
-        path,
-        cfg.clone(),
-        cache,
-        state.auth.clone(),
-        metrics,
-    ));
+    // What serving needs of the configuration, before the reloader owns it
+    // (holding a copy here would keep the first rule set alive after a reload).
+    let (listen, admin_listen, request_timeout, drain_delay) = (
+        cfg.listen,
+        cfg.admin_listen,
+        cfg.request_timeout,
+        cfg.drain_delay,
+    );
+    let rules = cfg.rules.len();
+    let limits = ConnLimits {
+        idle_timeout: cfg.idle_timeout,
+        send_timeout: cfg.send_timeout,
+        max_connections: cfg.max_connections,
+        shutdown_grace: cfg.shutdown_grace,
+    };
+    let reloader = Arc::new(Reloader::new(path, cfg, cache, state.auth.clone(), metrics));
+    crate::release_freed_memory();
     reload_on_sighup(reloader.clone());
-    let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("registry-proxy: cannot listen on {}: {e}", cfg.listen);
+            eprintln!("registry-proxy: cannot listen on {listen}: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Some(addr) = cfg.admin_listen {
+    if let Some(addr) = admin_listen {
         let admin = axum::Router::new()
             .route("/reload", post(admin_reload))
             .route("/healthz", get(|| async { healthz().await }))
@@ -149,16 +159,9 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     let draining = state.draining.clone();
     let app = router(state).layer(TimeoutLayer::with_status_code(
         axum::http::StatusCode::GATEWAY_TIMEOUT,
-        cfg.request_timeout,
+        request_timeout,
     ));
-    tracing::info!(listen = %cfg.listen, rules = cfg.rules.len(), "registry-proxy serving");
-    let limits = ConnLimits {
-        idle_timeout: cfg.idle_timeout,
-        send_timeout: cfg.send_timeout,
-        max_connections: cfg.max_connections,
-        shutdown_grace: cfg.shutdown_grace,
-    };
-    let drain_delay = cfg.drain_delay;
+    tracing::info!(%listen, rules, "registry-proxy serving");
     let shutdown = async move {
         shutdown_signal().await;
         draining.store(true, Ordering::Release);
