@@ -215,6 +215,7 @@ async fn manifest_by_tag_is_fetched_once_then_revalidated_with_head() {
         (CacheStatus::Miss, &img.manifest, &img.manifest_bytes)
     );
     assert_eq!(r.media_type, mt::OCI_MANIFEST);
+    e.clock.advance(Duration::from_secs(2));
     let r = e
         .cache
         .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
@@ -226,6 +227,7 @@ async fn manifest_by_tag_is_fetched_once_then_revalidated_with_head() {
     // The tag moves upstream: the next request sees the new manifest.
     let img2 =
         e.up.push_image(&n("library/app"), &t("v1"), &[content(2, 1000)]);
+    e.clock.advance(Duration::from_secs(2));
     let r = e
         .cache
         .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
@@ -1594,4 +1596,43 @@ async fn reconfigure_swaps_rules_at_once_and_a_fetch_in_progress_finishes_under_
         e.cache.rules().get("lib2").is_some(),
         "the old wiring stands"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_revalidations_of_one_tag_share_one_head_and_a_fresh_one_is_reused() {
+    let e = env_with(Setup {
+        real_time: true,
+        opts: CacheOptions {
+            revalidate_window: Duration::from_millis(300),
+            ..Setup::default().opts
+        },
+        ..Setup::default()
+    });
+    e.up.push_image(&n("library/app"), &t("v1"), &[content(120, 100)]);
+    let get = |c: PullThroughCache| async move {
+        c.manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
+            .await
+            .unwrap()
+            .status
+    };
+    assert_eq!(get(e.cache.clone()).await, CacheStatus::Miss);
+    // Within the window: nobody asks the upstream.
+    for _ in 0..10 {
+        assert_eq!(get(e.cache.clone()).await, CacheStatus::Revalidated);
+    }
+    assert_eq!(e.up.calls.manifest_heads.load(Ordering::SeqCst), 0);
+    // Past it, 32 at once: one HEAD, held open until all have joined.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    e.up.fail_next_manifest(Fault::Drip {
+        chunk: 1,
+        delay: Duration::from_millis(200),
+    });
+    let all: Vec<_> = (0..32)
+        .map(|_| tokio::spawn(get(e.cache.clone())))
+        .collect();
+    for h in all {
+        assert_eq!(h.await.unwrap(), CacheStatus::Revalidated);
+    }
+    assert_eq!(e.up.calls.manifest_heads.load(Ordering::SeqCst), 1);
+    assert_eq!(e.up.calls.manifest_gets.load(Ordering::SeqCst), 1);
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::flights::Flights;
 use super::queue::FetchQueue;
 use super::{CacheOptions, Inner, PullThroughCache, UpstreamSet, Wiring};
 use crate::error::{Error, Result};
@@ -208,7 +209,8 @@ impl CacheBuilder {
                 clock,
                 events,
                 inflight: Mutex::new(HashMap::new()),
-                manifest_flights: Mutex::new(HashMap::new()),
+                manifest_flights: Flights::new(opts.max_manifest_fetches),
+                head_flights: Flights::new(opts.max_manifest_fetches),
                 in_use: Mutex::new(HashMap::new()),
                 opts,
             }),

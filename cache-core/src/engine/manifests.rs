@@ -5,24 +5,19 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::keys::{self, TagRecord};
 use super::queue::UpstreamCall;
 use super::response::ManifestResponse;
-use super::{Ctx, PullThroughCache, lock};
+use super::{Ctx, PullThroughCache};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::events::{CacheStatus, Event};
 use crate::manifest::{ParsedManifest, Platform};
 use crate::names::{Reference, RepoName, Tag};
 use crate::policy::{AdmissionRequest, TagFreshness};
-use crate::runtime::timeout;
 use crate::store::BlobStoreExt;
-use crate::upstream::{Accept, Manifest, media_types};
-
-/// A manifest fetch in flight, shared by everyone who asked.
-pub(crate) type SharedManifest = Shared<BoxFuture<'static, Result<Manifest>>>;
+use crate::upstream::{Accept, Manifest, ManifestHead, media_types};
 
 impl PullThroughCache {
     /// A manifest by tag or digest. A manifest of a media type `accept`
@@ -145,13 +140,13 @@ impl PullThroughCache {
                 self.admit(ctx, &reference, &m).await?;
                 return Ok(Self::respond(m, CacheStatus::Hit));
             }
-            match self.head_manifest_upstream(ctx, &reference).await {
+            if age < inner.opts.revalidate_window {
+                // Confirmed a moment ago (by this request's neighbours).
+                self.admit(ctx, &reference, &m).await?;
+                return Ok(Self::respond(m, CacheStatus::Revalidated));
+            }
+            match self.revalidate(ctx, tag, rec).await {
                 Ok(head) if head.digest == m.digest => {
-                    let rec = TagRecord {
-                        confirmed: now,
-                        ..rec.clone()
-                    };
-                    inner.store.put_meta(&key, rec.encode()).await?;
                     self.admit(ctx, &reference, &m).await?;
                     return Ok(Self::respond(m, CacheStatus::Revalidated));
                 }
@@ -197,6 +192,7 @@ impl PullThroughCache {
         reference: &Reference,
         observed: Option<Digest>,
     ) -> Result<Manifest> {
+        let inner = &self.inner;
         let key = format!(
             "{}/{}@{}->{}",
             ctx.rule.registry(),
@@ -204,55 +200,75 @@ impl PullThroughCache {
             reference,
             ctx.local
         );
-        let fut = {
-            let mut flights = lock(&self.inner.manifest_flights);
-            match flights.get(&key) {
-                Some(f) => f.clone(),
-                None => {
-                    let max = self.inner.opts.max_manifest_fetches;
-                    if flights.len() >= max {
-                        return Err(Error::unavailable(
-                            format!("{max} manifest fetches are in flight; try again shortly"),
-                            Some(Duration::from_secs(1)),
-                        ));
-                    }
-                    let this = self.clone();
-                    let ctx = ctx.clone();
-                    let reference = reference.clone();
-                    let flight_key = key.clone();
-                    let fut = async move {
-                        let limit = this.inner.opts.manifest_timeout;
-                        let r = timeout(
-                            &*this.inner.clock,
-                            limit,
-                            this.fetch_manifest_once(&ctx, &reference, observed),
-                        )
-                        .await
-                        .unwrap_or_else(|| {
-                            Err(Error::timeout(format!(
-                                "manifest {}:{reference} from {} took longer than {limit:?}",
-                                ctx.upstream_repo,
-                                ctx.rule.registry()
-                            )))
-                        });
-                        lock(&this.inner.manifest_flights).remove(&flight_key);
-                        r
-                    }
-                    .boxed()
-                    .shared();
-                    flights.insert(key, fut.clone());
-                    let driver = fut.clone();
-                    self.inner.spawner.spawn(
-                        async move {
-                            let _ = driver.await;
+        inner
+            .manifest_flights
+            .join_or_start(
+                key,
+                &*inner.spawner,
+                inner.clock.clone(),
+                inner.opts.manifest_timeout,
+                || {
+                    format!(
+                        "manifest {}:{reference} from {}",
+                        ctx.upstream_repo,
+                        ctx.rule.registry()
+                    )
+                },
+                || {
+                    let (this, ctx, reference) = (self.clone(), ctx.clone(), reference.clone());
+                    async move { this.fetch_manifest_once(&ctx, &reference, observed).await }
+                },
+            )
+            .await
+    }
+
+    /// Asks the upstream whether the tag still names `rec.digest` (a
+    /// `HEAD`), once however many ask at the same time; when it does, the
+    /// confirmation is recorded, so for `revalidate_window` nobody asks again.
+    async fn revalidate(&self, ctx: &Ctx, tag: &Tag, rec: &TagRecord) -> Result<ManifestHead> {
+        let inner = &self.inner;
+        let key = format!(
+            "{}/{}:{tag}->{}",
+            ctx.rule.registry(),
+            ctx.upstream_repo,
+            ctx.local
+        );
+        inner
+            .head_flights
+            .join_or_start(
+                key,
+                &*inner.spawner,
+                inner.clock.clone(),
+                inner.opts.manifest_timeout,
+                || {
+                    format!(
+                        "HEAD {}:{tag} at {}",
+                        ctx.upstream_repo,
+                        ctx.rule.registry()
+                    )
+                },
+                || {
+                    let (this, ctx, tag, rec) =
+                        (self.clone(), ctx.clone(), tag.clone(), rec.clone());
+                    async move {
+                        let head = this
+                            .head_manifest_upstream(&ctx, &Reference::Tag(tag.clone()))
+                            .await?;
+                        if head.digest == rec.digest {
+                            let confirmed = TagRecord {
+                                confirmed: this.inner.clock.now(),
+                                ..rec
+                            };
+                            this.inner
+                                .store
+                                .put_meta(&keys::tag(&ctx.local, &tag), confirmed.encode())
+                                .await?;
                         }
-                        .boxed(),
-                    );
-                    fut
-                }
-            }
-        };
-        fut.await
+                        Ok(head)
+                    }
+                },
+            )
+            .await
     }
 
     async fn fetch_manifest_once(

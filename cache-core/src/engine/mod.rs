@@ -12,6 +12,7 @@ mod blobs;
 mod builder;
 mod entitlement;
 mod fetch;
+mod flights;
 mod image;
 pub(crate) mod keys;
 mod maintenance;
@@ -30,7 +31,7 @@ pub use maintenance::{GcReport, ScrubReport};
 pub use response::{BlobBody, BlobResponse, FileBody, ManifestResponse, TagList};
 
 use self::fetch::Fetch;
-use self::manifests::SharedManifest;
+use self::flights::Flights;
 use self::queue::FetchQueue;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -77,8 +78,14 @@ pub struct CacheOptions {
     /// readers all left is dropped before it starts.
     pub max_queued_fetches: usize,
     /// Manifest fetches in flight at once, all upstreams together
-    /// (default 1024); more are refused as [`Error::Unavailable`].
+    /// (default 1024); more are refused as [`Error::Unavailable`]. Tag
+    /// revalidations (`HEAD`s) have a bound of the same size of their own.
     pub max_manifest_fetches: usize,
+    /// Under `revalidate`, a tag the upstream confirmed less than this long
+    /// ago is served without asking again (default 1 s); concurrent
+    /// requests for one tag share one `HEAD` whatever this is. Zero asks
+    /// on every request that does not share a `HEAD` in flight.
+    pub revalidate_window: Duration,
     /// Bytes of the latest upstream chunks each fetch keeps in memory for
     /// its readers to share without copying (default 4 MiB); readers that
     /// fall further behind read the staged file.
@@ -99,6 +106,7 @@ impl Default for CacheOptions {
             max_concurrent_fetches: 32,
             max_queued_fetches: 256,
             max_manifest_fetches: 1024,
+            revalidate_window: Duration::from_secs(1),
             follow_window: 4 * 1024 * 1024,
         }
     }
@@ -142,7 +150,8 @@ pub(crate) struct Inner {
     pub(crate) opts: CacheOptions,
     pub(crate) events: Arc<dyn EventSink>,
     inflight: Mutex<HashMap<Digest, Arc<Fetch>>>,
-    manifest_flights: Mutex<HashMap<String, SharedManifest>>,
+    manifest_flights: Arc<Flights<crate::upstream::Manifest>>,
+    head_flights: Arc<Flights<crate::upstream::ManifestHead>>,
     in_use: Mutex<HashMap<Digest, usize>>,
 }
 

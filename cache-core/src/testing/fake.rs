@@ -229,7 +229,8 @@ impl FakeUpstream {
     }
 
     /// Applies `fault` to the next manifest GET or HEAD: `ServerError`,
-    /// `NotFound`, `TooManyRequests`, or `Stall(_)` (never answer).
+    /// `NotFound`, `TooManyRequests`, `Stall(_)` (never answer), or
+    /// `Drip { delay, .. }` (answer after `delay`, on the upstream's clock).
     pub fn fail_next_manifest(&self, fault: Fault) {
         lock(&self.state).manifest_faults.push_back(fault);
     }
@@ -267,6 +268,10 @@ impl FakeUpstream {
                 retry_after: Some(Duration::from_secs(30)),
             }),
             Some(Fault::Stall(_)) => futures::future::pending().await,
+            Some(Fault::Drip { delay, .. }) => {
+                self.clock.sleep(delay).await;
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
