@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -45,6 +45,15 @@ pub struct ClientOptions {
     /// Token realm hosts, besides the endpoint's host and registrable
     /// domain, that may receive the registry's credentials.
     pub token_hosts: Vec<String>,
+    /// How long an endpoint that failed (connection error, timeout, 5xx) is
+    /// skipped before it is tried again; doubles while it keeps failing, up
+    /// to ten times this (default 10 s).
+    pub endpoint_backoff: Duration,
+    /// Stop spending the upstream's pull budget at this many remaining
+    /// (from its `ratelimit-remaining` header, as Docker Hub sends): manifest
+    /// `GET`s are then refused as `TOOMANYREQUESTS` until the window
+    /// passes; `HEAD`s, which Docker Hub does not count, still go.
+    pub rate_limit_reserve: Option<u64>,
     /// The `User-Agent` header.
     pub user_agent: String,
 }
@@ -62,6 +71,8 @@ impl Default for ClientOptions {
             default_token_ttl: Duration::from_secs(60),
             redirect_hosts: Vec::new(),
             token_hosts: Vec::new(),
+            endpoint_backoff: Duration::from_secs(10),
+            rate_limit_reserve: None,
             user_agent: concat!("pull-through-cache/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }
@@ -70,13 +81,77 @@ impl Default for ClientOptions {
 /// How much of an upstream's error body is read, at most.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
-/// Docker Hub's pull-limit headers, as last seen.
+/// The upstream's pull budget, from the `ratelimit-limit` and
+/// `ratelimit-remaining` headers of its last response that had them
+/// (Docker Hub's `N;w=SECONDS` form).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimit {
-    /// `ratelimit-limit`, e.g. `100;w=21600`.
-    pub limit: String,
-    /// `ratelimit-remaining`, e.g. `76;w=21600`.
-    pub remaining: String,
+    /// Pulls allowed per window.
+    pub limit: u64,
+    /// Pulls left in the window.
+    pub remaining: u64,
+    /// The window.
+    pub window: Duration,
+    /// When the headers were seen.
+    pub seen: Instant,
+}
+
+impl RateLimit {
+    /// Parses `N` or `N;w=SECONDS`.
+    fn parse_pair(v: &str) -> Option<(u64, Option<u64>)> {
+        let mut parts = v.split(';');
+        let n = parts.next()?.trim().parse().ok()?;
+        let w = parts
+            .find_map(|p| p.trim().strip_prefix("w="))
+            .and_then(|w| w.trim().parse().ok());
+        Some((n, w))
+    }
+
+    fn from_headers(h: &HeaderMap) -> Option<Self> {
+        let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok());
+        let (limit, w1) = Self::parse_pair(get("ratelimit-limit")?)?;
+        let (remaining, w2) = Self::parse_pair(get("ratelimit-remaining")?)?;
+        Some(RateLimit {
+            limit,
+            remaining,
+            window: Duration::from_secs(w2.or(w1).unwrap_or(60)),
+            seen: Instant::now(),
+        })
+    }
+}
+
+/// One endpoint of a registry: its base URL, its tokens, and its breaker.
+struct Endpoint {
+    base: Url,
+    tokens: TokenCache,
+    basic: AtomicBool,
+    /// Skipped until then, after failing.
+    down_until: Mutex<Option<Instant>>,
+    failures: std::sync::atomic::AtomicU32,
+}
+
+impl Endpoint {
+    fn url(&self, path: &str) -> Url {
+        self.base
+            .join(path)
+            .expect("paths are built from validated names")
+    }
+
+    fn down(&self) -> Option<Instant> {
+        (*self.down_until.lock().unwrap_or_else(|p| p.into_inner())).filter(|t| *t > Instant::now())
+    }
+
+    fn failed(&self, backoff: Duration) {
+        let n = self.failures.fetch_add(1, Ordering::AcqRel).min(10);
+        let wait = (backoff * 2u32.saturating_pow(n)).min(backoff * 10);
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + wait);
+    }
+
+    fn answered(&self) {
+        if self.failures.swap(0, Ordering::AcqRel) > 0 {
+            *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
 }
 
 /// An OCI Distribution API client for one registry.
@@ -87,11 +162,9 @@ pub struct RateLimit {
 /// the challenge's token or basic credentials.
 pub struct RegistryClient {
     registry: Registry,
-    base: Url,
+    endpoints: Vec<Endpoint>,
     http: reqwest::Client,
     creds: Option<Credentials>,
-    tokens: TokenCache,
-    basic: AtomicBool,
     opts: ClientOptions,
     policy: AddressPolicy,
     rate: Mutex<Option<RateLimit>>,
@@ -99,12 +172,23 @@ pub struct RegistryClient {
 
 impl fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let eps: Vec<&str> = self.endpoints.iter().map(|e| e.base.as_str()).collect();
         f.debug_struct("RegistryClient")
             .field("registry", &self.registry)
-            .field("endpoint", &self.base.as_str())
+            .field("endpoints", &eps)
             .field("credentials", &self.creds)
             .finish_non_exhaustive()
     }
+}
+
+/// What one endpoint's attempt came to.
+enum Attempt {
+    /// An answer to pass on (any status but a 5xx).
+    Answer(Response),
+    /// The endpoint failed (connection, timeout, 5xx): try the next one.
+    Failed(Error),
+    /// A failure no other endpoint would fix (credentials refused, 429).
+    Final(Error),
 }
 
 /// What a request was for, to turn a 404 into the right error.
@@ -128,18 +212,40 @@ impl RegistryClient {
         let ep = endpoint
             .map(str::to_owned)
             .unwrap_or_else(|| format!("https://{}", registry.api_host()));
-        let invalid = |reason: &str| {
-            Error::invalid_rule(registry.to_string(), format!("endpoint {ep:?}: {reason}"))
-        };
-        let mut base = Url::parse(&ep).map_err(|e| invalid(&e.to_string()))?;
-        if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
-            return Err(invalid("must be an http:// or https:// URL with a host"));
+        Self::with_endpoints(registry, &[ep.as_str()], creds, opts)
+    }
+
+    /// A client for `registry` with several endpoints (mirrors first, say,
+    /// then the registry itself), tried in order on every call: an endpoint
+    /// that fails to connect, times out or answers 5xx is skipped for a
+    /// back-off period ([`ClientOptions::endpoint_backoff`]) and the next
+    /// is asked. Content is digest-verified, so any mirror is safe.
+    pub fn with_endpoints(
+        registry: Registry,
+        endpoints: &[&str],
+        creds: Option<Credentials>,
+        opts: ClientOptions,
+    ) -> Result<Self> {
+        if endpoints.is_empty() {
+            return Err(Error::invalid_rule(registry.to_string(), "no endpoint"));
         }
-        if !base.path().ends_with('/') {
-            let p = format!("{}/", base.path());
-            base.set_path(&p);
+        let mut bases = Vec::with_capacity(endpoints.len());
+        for ep in endpoints {
+            let invalid = |reason: &str| {
+                Error::invalid_rule(registry.to_string(), format!("endpoint {ep:?}: {reason}"))
+            };
+            let mut base = Url::parse(ep).map_err(|e| invalid(&e.to_string()))?;
+            if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
+                return Err(invalid("must be an http:// or https:// URL with a host"));
+            }
+            if !base.path().ends_with('/') {
+                let p = format!("{}/", base.path());
+                base.set_path(&p);
+            }
+            bases.push(base);
         }
-        let policy = AddressPolicy::new(&base, &opts.redirect_hosts, &opts.token_hosts);
+        let invalid = |reason: &str| Error::invalid_rule(registry.to_string(), reason);
+        let policy = AddressPolicy::for_endpoints(&bases, &opts.redirect_hosts, &opts.token_hosts);
         let redirect_policy = policy.clone();
         let http = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
@@ -161,13 +267,21 @@ impl RegistryClient {
             }))
             .build()
             .map_err(|e| invalid(&e.to_string()))?;
+        let endpoints = bases
+            .into_iter()
+            .map(|base| Endpoint {
+                base,
+                tokens: TokenCache::new(opts.max_cached_tokens),
+                basic: AtomicBool::new(false),
+                down_until: Mutex::new(None),
+                failures: Default::default(),
+            })
+            .collect();
         Ok(RegistryClient {
             registry,
-            base,
+            endpoints,
             http,
             creds,
-            tokens: TokenCache::new(opts.max_cached_tokens),
-            basic: AtomicBool::new(false),
             opts,
             policy,
             rate: Mutex::new(None),
@@ -179,15 +293,32 @@ impl RegistryClient {
         &self.registry
     }
 
-    /// Docker Hub's pull-limit headers from the last response that had them.
+    /// The pull budget from the last response that said (Docker Hub's
+    /// `ratelimit-*` headers).
     pub fn rate_limit(&self) -> Option<RateLimit> {
         self.rate.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn url(&self, path: &str) -> Url {
-        self.base
-            .join(path)
-            .expect("paths are built from validated names")
+    /// Refuses to spend the pull budget once it is down to the reserve,
+    /// until its window has passed.
+    fn check_budget(&self) -> Result<()> {
+        let (Some(reserve), Some(rate)) = (self.opts.rate_limit_reserve, self.rate_limit()) else {
+            return Ok(());
+        };
+        let resets = rate.seen + rate.window;
+        let now = Instant::now();
+        if rate.remaining <= reserve && now < resets {
+            tracing::warn!(
+                registry = %self.registry,
+                remaining = rate.remaining,
+                reserve,
+                "upstream pull budget at its reserve; not spending it"
+            );
+            return Err(Error::TooManyRequests {
+                retry_after: Some((resets - now).max(Duration::from_secs(1))),
+            });
+        }
+        Ok(())
     }
 
     fn upstream_err(&self, message: impl Into<String>, temporary: bool) -> Error {
@@ -226,58 +357,98 @@ impl RegistryClient {
     }
 
     fn record_rate_limit(&self, h: &HeaderMap) {
-        let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        if let (Some(limit), Some(remaining)) = (get("ratelimit-limit"), get("ratelimit-remaining"))
-        {
-            *self.rate.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(RateLimit { limit, remaining });
+        if let Some(r) = RateLimit::from_headers(h) {
+            *self.rate.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
         }
     }
 
-    /// Sends a request built by `build`, answering one `401` with the
-    /// challenge's credentials. One request (two with authentication); no
-    /// retries.
+    /// Sends a request built by `build` for an endpoint: the endpoints in
+    /// order, skipping those backing off (all backing off: the one back
+    /// soonest), moving on after a connection error, a timeout or a 5xx.
     async fn send(
         &self,
         repo: &RepoName,
-        build: &(dyn Fn() -> RequestBuilder + Sync),
+        build: &(dyn Fn(&Endpoint) -> RequestBuilder + Sync),
     ) -> Result<Response> {
+        let mut order: Vec<&Endpoint> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.down().is_none())
+            .collect();
+        if order.is_empty() {
+            order.extend(self.endpoints.iter().min_by_key(|e| e.down()));
+        }
+        let mut last = None;
+        for ep in order {
+            match self.send_to(ep, repo, build).await {
+                Attempt::Answer(r) => {
+                    ep.answered();
+                    if !std::ptr::eq(ep, &self.endpoints[0]) {
+                        tracing::info!(registry = %self.registry, endpoint = %ep.base, "answered by a fallback endpoint");
+                    }
+                    return Ok(r);
+                }
+                Attempt::Failed(e) => {
+                    ep.failed(self.opts.endpoint_backoff);
+                    if self.endpoints.len() > 1 {
+                        tracing::warn!(registry = %self.registry, endpoint = %ep.base, error = %e, "endpoint failed; trying the next");
+                    }
+                    last = Some(e);
+                }
+                Attempt::Final(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one endpoint was tried"))
+    }
+
+    /// One endpoint's attempt, answering one `401` with the challenge's
+    /// credentials (one request; two with authentication).
+    async fn send_to(
+        &self,
+        ep: &Endpoint,
+        repo: &RepoName,
+        build: &(dyn Fn(&Endpoint) -> RequestBuilder + Sync),
+    ) -> Attempt {
         let scope_repo = repo.as_str();
         let mut authed = false;
         // The token just obtained is used for the retry even if its lifetime is already over.
         let mut fresh: Option<Secret> = None;
         loop {
-            let mut rb = build();
-            if let Some(tok) = fresh
-                .clone()
-                .or_else(|| self.tokens.get(scope_repo, "pull"))
-            {
+            let mut rb = build(ep);
+            if let Some(tok) = fresh.clone().or_else(|| ep.tokens.get(scope_repo, "pull")) {
                 rb = rb.bearer_auth(tok.expose());
-            } else if self.basic.load(Ordering::Relaxed)
+            } else if ep.basic.load(Ordering::Relaxed)
                 && let Some(c) = &self.creds
             {
                 rb = rb.header(header::AUTHORIZATION, c.basic_header());
             }
             let resp = match tokio::time::timeout(self.opts.response_timeout, rb.send()).await {
                 Err(_) => {
-                    return Err(Error::timeout(format!(
-                        "{}: no response within {:?}",
-                        self.registry, self.opts.response_timeout
+                    return Attempt::Failed(Error::timeout(format!(
+                        "{} ({}): no response within {:?}",
+                        self.registry, ep.base, self.opts.response_timeout
                     )));
                 }
-                Ok(Err(e)) => return Err(self.transport_error("request", e)),
+                Ok(Err(e)) => {
+                    let e = self.transport_error("request", e);
+                    return if e.is_temporary() {
+                        Attempt::Failed(e)
+                    } else {
+                        Attempt::Final(e)
+                    };
+                }
                 Ok(Ok(r)) => r,
             };
             self.record_rate_limit(resp.headers());
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED {
                 if authed {
-                    return Err(
-                        self.refused_credentials(format!("refused the credentials for {repo}"))
+                    return Attempt::Final(
+                        self.refused_credentials(format!("refused the credentials for {repo}")),
                     );
                 }
                 authed = true;
-                self.tokens.forget(scope_repo, "pull");
+                ep.tokens.forget(scope_repo, "pull");
                 let challenge = resp
                     .headers()
                     .get_all(header::WWW_AUTHENTICATE)
@@ -286,9 +457,13 @@ impl RegistryClient {
                     .filter_map(Challenge::parse)
                     .max_by_key(|c| matches!(c, Challenge::Bearer { .. }));
                 match challenge {
-                    Some(c) => fresh = self.authenticate(repo, c).await?,
+                    Some(c) => match self.authenticate(ep, repo, c).await {
+                        Ok(t) => fresh = t,
+                        Err(e) if e.is_temporary() => return Attempt::Failed(e),
+                        Err(e) => return Attempt::Final(e),
+                    },
                     None => {
-                        return Err(self.refused_credentials(
+                        return Attempt::Final(self.refused_credentials(
                             "asked for authentication it did not describe".into(),
                         ));
                     }
@@ -302,17 +477,24 @@ impl RegistryClient {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .map(Duration::from_secs);
-                return Err(Error::TooManyRequests { retry_after });
+                return Attempt::Final(Error::TooManyRequests { retry_after });
             }
             if status.is_server_error() {
-                return Err(self.upstream_err(format!("HTTP {status}"), true));
+                return Attempt::Failed(
+                    self.upstream_err(format!("HTTP {status} from {}", ep.base), true),
+                );
             }
-            return Ok(resp);
+            return Attempt::Answer(resp);
         }
     }
 
     /// Answers a challenge; returns the bearer token obtained, if any.
-    async fn authenticate(&self, repo: &RepoName, c: Challenge) -> Result<Option<Secret>> {
+    async fn authenticate(
+        &self,
+        ep: &Endpoint,
+        repo: &RepoName,
+        c: Challenge,
+    ) -> Result<Option<Secret>> {
         match c {
             Challenge::Basic => {
                 if self.creds.is_none() {
@@ -320,7 +502,7 @@ impl RegistryClient {
                         "requires credentials and none are configured".into(),
                     ));
                 }
-                self.basic.store(true, Ordering::Relaxed);
+                ep.basic.store(true, Ordering::Relaxed);
                 Ok(None)
             }
             Challenge::Bearer {
@@ -346,7 +528,7 @@ impl RegistryClient {
                 }
                 let mut rb = self.http.get(url.clone());
                 if let Some(c) = &self.creds {
-                    match self.policy.may_send_credentials(&url) {
+                    match self.policy.may_send_credentials(&ep.base, &url) {
                         Ok(()) => rb = rb.basic_auth(&c.username, Some(c.password.expose())),
                         Err(why) => tracing::warn!(
                             registry = %self.registry,
@@ -390,7 +572,7 @@ impl RegistryClient {
                 // Renew a little early so a token does not expire in flight.
                 let ttl = ttl.saturating_sub(ttl / 10);
                 let token = Secret::new(token);
-                self.tokens.put(repo.as_str(), "pull", token.clone(), ttl);
+                ep.tokens.put(repo.as_str(), "pull", token.clone(), ttl);
                 Ok(Some(token))
             }
         }
@@ -450,12 +632,13 @@ impl RegistryClient {
 
     fn manifest_request(
         &self,
+        ep: &Endpoint,
         method: Method,
         repo: &RepoName,
         reference: &Reference,
         accept: &[&str],
     ) -> RequestBuilder {
-        let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
+        let url = ep.url(&format!("v2/{repo}/manifests/{reference}"));
         let accept = if accept.is_empty() {
             cache_core::media_types::ALL_MANIFESTS.join(", ")
         } else {
@@ -534,9 +717,11 @@ impl Upstream for RegistryClient {
         reference: &Reference,
         accept: &[&str],
     ) -> Result<Manifest> {
+        // Docker Hub counts manifest GETs against the pull limit.
+        self.check_budget()?;
         let resp = self
-            .send(repo, &|| {
-                self.manifest_request(Method::GET, repo, reference, accept)
+            .send(repo, &|ep| {
+                self.manifest_request(ep, Method::GET, repo, reference, accept)
             })
             .await?;
         if !resp.status().is_success() {
@@ -580,8 +765,8 @@ impl Upstream for RegistryClient {
         accept: &[&str],
     ) -> Result<ManifestHead> {
         let resp = self
-            .send(repo, &|| {
-                self.manifest_request(Method::HEAD, repo, reference, accept)
+            .send(repo, &|ep| {
+                self.manifest_request(ep, Method::HEAD, repo, reference, accept)
             })
             .await?;
         if !resp.status().is_success() {
@@ -610,10 +795,10 @@ impl Upstream for RegistryClient {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<UpstreamBlob> {
-        let url = self.url(&format!("v2/{repo}/blobs/{digest}"));
+        let path = format!("v2/{repo}/blobs/{digest}");
         let resp = self
-            .send(repo, &|| {
-                let rb = self.http.get(url.clone());
+            .send(repo, &|ep| {
+                let rb = self.http.get(ep.url(&path));
                 match range {
                     Some(r) => rb.header(header::RANGE, r.to_string()),
                     None => rb,
@@ -666,8 +851,8 @@ impl Upstream for RegistryClient {
     }
 
     async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        let url = self.url(&format!("v2/{repo}/blobs/{digest}"));
-        let resp = self.send(repo, &|| self.http.head(url.clone())).await?;
+        let path = format!("v2/{repo}/blobs/{digest}");
+        let resp = self.send(repo, &|ep| self.http.head(ep.url(&path))).await?;
         if !resp.status().is_success() {
             return Err(self.error_from(resp, What::Blob(digest)).await);
         }
@@ -680,17 +865,22 @@ impl Upstream for RegistryClient {
     }
 
     async fn tags(&self, repo: &RepoName, page: &TagPage) -> Result<Vec<Tag>> {
-        let mut url = self.url(&format!("v2/{repo}/tags/list"));
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(n) = page.limit {
-                q.append_pair("n", &n.to_string());
-            }
-            if let Some(l) = &page.last {
-                q.append_pair("last", l.as_str());
-            }
-        }
-        let resp = self.send(repo, &|| self.http.get(url.clone())).await?;
+        let path = format!("v2/{repo}/tags/list");
+        let resp = self
+            .send(repo, &|ep| {
+                let mut url = ep.url(&path);
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(n) = page.limit {
+                        q.append_pair("n", &n.to_string());
+                    }
+                    if let Some(l) = &page.last {
+                        q.append_pair("last", l.as_str());
+                    }
+                }
+                self.http.get(url)
+            })
+            .await?;
         if !resp.status().is_success() {
             return Err(self.error_from(resp, What::Tags(repo)).await);
         }
@@ -743,7 +933,10 @@ mod tests {
             ClientOptions::default(),
         )
         .unwrap();
-        assert_eq!(c.base.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(
+            c.endpoints[0].base.as_str(),
+            "https://registry-1.docker.io/"
+        );
         let c = RegistryClient::new(
             Registry::parse("127.0.0.1:5000").unwrap(),
             Some("http://127.0.0.1:5000"),
@@ -752,7 +945,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.url("v2/a/manifests/b").as_str(),
+            c.endpoints[0].url("v2/a/manifests/b").as_str(),
             "http://127.0.0.1:5000/v2/a/manifests/b"
         );
         assert!(

@@ -82,7 +82,6 @@ fn is_public_v4(v4: Ipv4Addr) -> bool {
 /// the rule for sending credentials.
 #[derive(Debug, Clone)]
 pub struct AddressPolicy {
-    endpoint: Url,
     /// Lower-cased host names and IP literals (as `url` prints them).
     trusted: Arc<HashSet<String>>,
     token_hosts: Arc<HashSet<String>>,
@@ -99,13 +98,20 @@ impl AddressPolicy {
     /// and `token_hosts` may be internal; `token_hosts` may also receive
     /// credentials.
     pub fn new(endpoint: &Url, redirect_hosts: &[String], token_hosts: &[String]) -> Self {
+        Self::for_endpoints(std::slice::from_ref(endpoint), redirect_hosts, token_hosts)
+    }
+
+    /// As [`new`](Self::new), for a client with several endpoints: each
+    /// one's host may be internal.
+    pub fn for_endpoints(
+        endpoints: &[Url],
+        redirect_hosts: &[String],
+        token_hosts: &[String],
+    ) -> Self {
         let mut trusted: HashSet<String> = redirect_hosts.iter().map(|h| host_key(h)).collect();
         trusted.extend(token_hosts.iter().map(|h| host_key(h)));
-        if let Some(h) = endpoint.host_str() {
-            trusted.insert(host_key(h));
-        }
+        trusted.extend(endpoints.iter().filter_map(|e| e.host_str()).map(host_key));
         AddressPolicy {
-            endpoint: endpoint.clone(),
             trusted: Arc::new(trusted),
             token_hosts: Arc::new(token_hosts.iter().map(|h| host_key(h)).collect()),
         }
@@ -143,13 +149,13 @@ impl AddressPolicy {
     }
 
     /// Whether the credentials configured for this registry may be sent to
-    /// a token realm: `Err` says why not.
-    pub fn may_send_credentials(&self, realm: &Url) -> Result<(), String> {
+    /// a token realm that `endpoint` named: `Err` says why not.
+    pub fn may_send_credentials(&self, endpoint: &Url, realm: &Url) -> Result<(), String> {
         let Some(host) = realm.host_str().map(host_key) else {
             return Err("the realm has no host".into());
         };
-        let endpoint_host = self.endpoint.host_str().map(host_key).unwrap_or_default();
-        if realm.scheme() != "https" && self.endpoint.scheme() == "https" {
+        let endpoint_host = endpoint.host_str().map(host_key).unwrap_or_default();
+        if realm.scheme() != "https" && endpoint.scheme() == "https" {
             return Err(format!(
                 "the realm {realm} is not https while the registry endpoint is"
             ));
@@ -158,7 +164,7 @@ impl AddressPolicy {
             return Ok(());
         }
         let same_domain = matches!(realm.host(), Some(Host::Domain(_)))
-            && matches!(self.endpoint.host(), Some(Host::Domain(_)))
+            && matches!(endpoint.host(), Some(Host::Domain(_)))
             && psl::domain_str(&host).is_some()
             && psl::domain_str(&host) == psl::domain_str(&endpoint_host);
         if same_domain {
@@ -276,12 +282,18 @@ mod tests {
 
     #[test]
     fn credentials_go_only_to_the_registrys_own_domain_or_listed_hosts() {
-        let hub = AddressPolicy::new(
-            &Url::parse("https://registry-1.docker.io").unwrap(),
-            &[],
-            &[],
-        );
-        let ok = |p: &AddressPolicy, u: &str| p.may_send_credentials(&Url::parse(u).unwrap());
+        let hub_url = Url::parse("https://registry-1.docker.io").unwrap();
+        let hub = AddressPolicy::new(&hub_url, &[], &[]);
+        let ok = |p: &AddressPolicy, u: &str| {
+            let ep = if u.contains("docker") || u.contains("evil") {
+                hub_url.clone()
+            } else if u.starts_with("http://127") {
+                Url::parse("http://127.0.0.1:5000").unwrap()
+            } else {
+                Url::parse("https://registry.example.co.uk").unwrap()
+            };
+            p.may_send_credentials(&ep, &Url::parse(u).unwrap())
+        };
         assert!(ok(&hub, "https://auth.docker.io/token").is_ok());
         assert!(ok(&hub, "https://registry-1.docker.io/token").is_ok());
         assert!(

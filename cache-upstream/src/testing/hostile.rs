@@ -33,6 +33,8 @@ pub enum WireFault {
     Stall(u64),
     /// Send the headers, then reset the connection before any body byte.
     Reset,
+    /// Never answer (no headers), keeping the connection open.
+    Hang,
     /// Answer with this status and an OCI error body.
     Status(u16),
     /// Answer 429 with `Retry-After` of this many seconds.
@@ -83,6 +85,8 @@ struct State {
     token_body: Option<Bytes>,
     drip: Option<(usize, Duration)>,
     basic: Vec<String>,
+    /// (limit, remaining, window seconds): Docker Hub's pull budget.
+    rate: Option<(u64, u64, u64)>,
 }
 
 /// What [`HostileRegistry::push_image`] created.
@@ -190,6 +194,11 @@ impl HostileRegistry {
             .retain(|(part, _)| !part.contains(digest.as_str()));
     }
 
+    /// Drops every queued fault.
+    pub fn clear_faults(&self) {
+        lock(&self.state).0.faults.clear();
+    }
+
     /// Forgets the requests seen so far.
     pub fn clear_seen(&self) {
         lock(&self.state).0.seen.clear();
@@ -258,6 +267,13 @@ impl HostileRegistry {
     /// between them (on top of any fault), or at full speed for `None`.
     pub fn set_drip(&self, drip: Option<(usize, Duration)>) {
         lock(&self.state).0.drip = drip;
+    }
+
+    /// Sends Docker Hub's pull-budget headers (`ratelimit-limit`,
+    /// `ratelimit-remaining`, `N;w=SECONDS`) on every answer; each manifest
+    /// `GET` spends one pull (`HEAD`s, as on Docker Hub, do not).
+    pub fn set_rate_limit(&self, limit: u64, remaining: u64, window_secs: u64) {
+        lock(&self.state).0.rate = Some((limit, remaining, window_secs));
     }
 
     /// Requires Basic authentication with one of these user/password
@@ -339,6 +355,33 @@ fn range(h: &HeaderMap, size: u64) -> Option<std::ops::Range<u64>> {
 }
 
 async fn handle(state: Arc<Mutex<StateHandle>>, addr: SocketAddr, req: Request) -> Response {
+    let spends =
+        req.method() == axum::http::Method::GET && req.uri().path().contains("/manifests/");
+    let rate = {
+        let mut s = lock(&state);
+        if let Some((_, remaining, _)) = s.0.rate.as_mut()
+            && spends
+        {
+            *remaining = remaining.saturating_sub(1);
+        }
+        s.0.rate
+    };
+    let mut resp = serve(state, addr, req).await;
+    if let Some((limit, remaining, w)) = rate {
+        let h = resp.headers_mut();
+        h.insert(
+            "ratelimit-limit",
+            HeaderValue::from_str(&format!("{limit};w={w}")).expect("ascii"),
+        );
+        h.insert(
+            "ratelimit-remaining",
+            HeaderValue::from_str(&format!("{remaining};w={w}")).expect("ascii"),
+        );
+    }
+    resp
+}
+
+async fn serve(state: Arc<Mutex<StateHandle>>, addr: SocketAddr, req: Request) -> Response {
     let method = req.method().as_str().to_owned();
     let path = req
         .uri()
@@ -403,6 +446,9 @@ async fn handle(state: Arc<Mutex<StateHandle>>, addr: SocketAddr, req: Request) 
             r#"{"errors":[{"code":"UNAUTHORIZED","message":"credentials required"}]}"#,
         )
             .into_response();
+    }
+    if fault == Some(WireFault::Hang) {
+        std::future::pending::<()>().await;
     }
     if let Some(r) = fault_response(&fault) {
         return r;

@@ -110,7 +110,9 @@ pub fn explain(cfg: &Config, name: &str) -> ExitCode {
 
 async fn open(cfg: &Config) -> Result<PullThroughCache, ExitCode> {
     let store = open_store(cfg).await.map_err(|e| usage(e.to_string()))?;
-    build_cache(cfg, store, Arc::new(NoEvents)).map_err(|e| usage(e.to_string()))
+    build_cache(cfg, store, Arc::new(NoEvents))
+        .map(|(cache, _)| cache)
+        .map_err(|e| usage(e.to_string()))
 }
 
 /// `warm`: every image's manifests and blobs (filtered by platform),

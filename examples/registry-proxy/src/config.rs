@@ -173,6 +173,12 @@ pub struct RawRegistry {
     pub host: String,
     /// The API endpoint, when not `https://HOST`.
     pub endpoint: Option<String>,
+    /// Several endpoints, tried in order (mirrors first): instead of `endpoint`.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Stop spending the upstream's pull budget (its `ratelimit-remaining`)
+    /// at this many pulls left.
+    pub reserve: Option<u64>,
     /// A user name.
     pub username: Option<String>,
     /// The password itself.
@@ -256,8 +262,10 @@ pub enum Storage {
 pub struct UpstreamConfig {
     /// The registry name rules use.
     pub host: cache_core::Registry,
-    /// Its endpoint, if not the default.
-    pub endpoint: Option<String>,
+    /// Its endpoints, tried in order (empty: the default, `https://HOST`).
+    pub endpoints: Vec<String>,
+    /// The pull budget's reserve, if any.
+    pub reserve: Option<u64>,
     /// Its credentials.
     pub credentials: Option<Credentials>,
     /// Hosts redirects may lead to although internal.
@@ -855,12 +863,16 @@ fn registries(raw: &[RawRegistry]) -> Result<Vec<UpstreamConfig>, ConfigError> {
         if out.iter().any(|u| u.host == host) {
             return err(format!("{key}: host {:?} appears twice", r.host));
         }
-        if let Some(ep) = &r.endpoint
-            && !(ep.starts_with("http://") || ep.starts_with("https://"))
-        {
-            return err(format!(
-                "{key}: endpoint = {ep:?} must start with http:// or https://"
-            ));
+        if r.endpoint.is_some() && !r.endpoints.is_empty() {
+            return err(format!("{key}: give endpoint or endpoints, not both"));
+        }
+        let endpoints: Vec<String> = r.endpoint.iter().chain(&r.endpoints).cloned().collect();
+        for ep in &endpoints {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                return err(format!(
+                    "{key}: endpoint = {ep:?} must start with http:// or https://"
+                ));
+            }
         }
         for (field, hosts) in [
             ("redirect_hosts", &r.redirect_hosts),
@@ -878,7 +890,8 @@ fn registries(raw: &[RawRegistry]) -> Result<Vec<UpstreamConfig>, ConfigError> {
         let pw = password(&key, &r.password, &r.password_env, &r.password_file)?;
         out.push(UpstreamConfig {
             host,
-            endpoint: r.endpoint.clone(),
+            endpoints,
+            reserve: r.reserve,
             credentials: creds(&key, &r.username, pw)?,
             redirect_hosts: r.redirect_hosts.clone(),
             token_hosts: r.token_hosts.clone(),

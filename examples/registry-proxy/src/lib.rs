@@ -99,34 +99,44 @@ pub fn cache_options(cfg: &Config) -> CacheOptions {
     }
 }
 
+/// The registry clients a configuration made, labelled by registry and
+/// credential set (`default` for the registry's own), for their gauges.
+pub type Clients = Vec<(String, String, Arc<RegistryClient>)>;
+
 /// The rules, upstreams and policies the configuration describes, ready
 /// for [`CacheBuilder::build`] or `PullThroughCache::reconfigure`: one
 /// `RegistryClient` per `[[registry]]`, and one per credential set a rule
-/// names on it.
-pub fn wiring(cfg: &Config) -> Result<CacheBuilder, ConfigError> {
+/// names on it; and those clients.
+pub fn wiring(cfg: &Config) -> Result<(CacheBuilder, Clients), ConfigError> {
     let up = &cfg.upstream;
     let client = |u: &config::UpstreamConfig, creds| {
-        RegistryClient::new(
-            u.host.clone(),
-            u.endpoint.as_deref(),
-            creds,
-            ClientOptions {
-                max_manifest_size: cfg.max_manifest_size,
-                connect_timeout: up.connect_timeout,
-                response_timeout: up.response_timeout,
-                read_timeout: up.stall_timeout,
-                redirect_hosts: u.redirect_hosts.clone(),
-                token_hosts: u.token_hosts.clone(),
-                ..ClientOptions::default()
-            },
-        )
-        .map_err(|e| ConfigError(format!("registry {}: {e}", u.host)))
+        let endpoints: Vec<&str> = u.endpoints.iter().map(String::as_str).collect();
+        let opts = ClientOptions {
+            max_manifest_size: cfg.max_manifest_size,
+            connect_timeout: up.connect_timeout,
+            response_timeout: up.response_timeout,
+            read_timeout: up.stall_timeout,
+            redirect_hosts: u.redirect_hosts.clone(),
+            token_hosts: u.token_hosts.clone(),
+            rate_limit_reserve: u.reserve,
+            ..ClientOptions::default()
+        };
+        let made = if endpoints.is_empty() {
+            RegistryClient::new(u.host.clone(), None, creds, opts)
+        } else {
+            RegistryClient::with_endpoints(u.host.clone(), &endpoints, creds, opts)
+        };
+        made.map(Arc::new)
+            .map_err(|e| ConfigError(format!("registry {}: {e}", u.host)))
     };
+    let mut clients: Clients = Vec::new();
     let mut b = PullThroughCache::builder().rules(cfg.rules.clone());
     let by_host: HashMap<&cache_core::Registry, &config::UpstreamConfig> =
         cfg.registries.iter().map(|u| (&u.host, u)).collect();
     for u in &cfg.registries {
-        b = b.upstream(u.host.as_str(), client(u, u.credentials.clone())?);
+        let c = client(u, u.credentials.clone())?;
+        clients.push((u.host.to_string(), "default".into(), c.clone()));
+        b = b.upstream(u.host.as_str(), c);
     }
     let mut named = HashSet::new();
     for rule in cfg.rules.rules() {
@@ -144,25 +154,29 @@ pub fn wiring(cfg: &Config) -> Result<CacheBuilder, ConfigError> {
             ))
         })?;
         let creds = cfg.credentials.get(name).cloned();
-        b = b.upstream_with_credentials(u.host.as_str(), name, client(u, creds)?);
+        let c = client(u, creds)?;
+        clients.push((u.host.to_string(), name.to_owned(), c.clone()));
+        b = b.upstream_with_credentials(u.host.as_str(), name, c);
     }
     for (name, p) in &cfg.policies {
         b = b.policy(name, p.clone());
     }
-    Ok(b)
+    Ok((b, clients))
 }
 
-/// Builds the cache the configuration describes on `store`.
+/// Builds the cache the configuration describes on `store`; and its
+/// registry clients.
 pub fn build_cache(
     cfg: &Config,
     store: Arc<dyn BlobStore>,
     events: Arc<dyn EventSink>,
-) -> Result<PullThroughCache, ConfigError> {
-    wiring(cfg)?
-        .store(store)
+) -> Result<(PullThroughCache, Clients), ConfigError> {
+    let (b, clients) = wiring(cfg)?;
+    b.store(store)
         .tokio()
         .events(events)
         .options(cache_options(cfg))
         .build()
+        .map(|c| (c, clients))
         .map_err(|e| ConfigError(e.to_string()))
 }

@@ -20,6 +20,7 @@ pub struct Metrics {
     upstream_errors: Mutex<BTreeMap<&'static str, u64>>,
     upstream_requests: Mutex<BTreeMap<&'static str, u64>>,
     reloads: Mutex<BTreeMap<&'static str, u64>>,
+    clients: Mutex<crate::Clients>,
 }
 
 fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
@@ -53,6 +54,11 @@ impl Metrics {
     /// Counts one HTTP response.
     pub fn request(&self, method: &Method, status: u16) {
         bump(&self.requests, (method_label(method), status));
+    }
+
+    /// The registry clients whose pull budgets are shown (a reload replaces them).
+    pub fn set_clients(&self, clients: crate::Clients) {
+        *self.clients.lock().unwrap_or_else(|p| p.into_inner()) = clients;
     }
 
     /// Counts one configuration reload, applied or refused.
@@ -165,6 +171,29 @@ impl Metrics {
                     call.as_str()
                 );
             }
+        }
+        out.push_str("# HELP registry_proxy_upstream_ratelimit_remaining Pulls left in the upstream's window, as it last said (ratelimit-remaining).\n# TYPE registry_proxy_upstream_ratelimit_remaining gauge\n");
+        let budgets: Vec<(String, String, cache_upstream::RateLimit)> = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(r, c, client)| client.rate_limit().map(|l| (r.clone(), c.clone(), l)))
+            .collect();
+        for (registry, creds, l) in &budgets {
+            let _ = writeln!(
+                out,
+                "registry_proxy_upstream_ratelimit_remaining{{registry=\"{registry}\",credentials=\"{creds}\"}} {}",
+                l.remaining
+            );
+        }
+        out.push_str("# HELP registry_proxy_upstream_ratelimit_limit Pulls allowed per window (ratelimit-limit).\n# TYPE registry_proxy_upstream_ratelimit_limit gauge\n");
+        for (registry, creds, l) in &budgets {
+            let _ = writeln!(
+                out,
+                "registry_proxy_upstream_ratelimit_limit{{registry=\"{registry}\",credentials=\"{creds}\"}} {}",
+                l.limit
+            );
         }
         out.push_str("# HELP registry_proxy_config_reloads_total Configuration reloads, applied or refused (invalid).\n# TYPE registry_proxy_config_reloads_total counter\n");
         {

@@ -75,9 +75,10 @@ impl Reloader {
 
     fn try_reload(&self) -> Result<String, String> {
         let new = read(&self.path)?;
-        let wiring = crate::wiring(&new).map_err(|e| e.to_string())?;
+        let (wiring, clients) = crate::wiring(&new).map_err(|e| e.to_string())?;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         self.cache.reconfigure(wiring).map_err(|e| e.to_string())?;
+        self.metrics.set_clients(clients);
         self.auth
             .store(new.auth.clone().map(|a| Arc::new(PullAuth::new(a))));
         let restart = running.restart_only_changes(&new);

@@ -82,7 +82,10 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     };
     let metrics = Arc::new(Metrics::default());
     let cache = match build_cache(&cfg, store, metrics.clone()) {
-        Ok(c) => c,
+        Ok((cache, clients)) => {
+            metrics.set_clients(clients);
+            cache
+        }
         Err(e) => {
             eprintln!("registry-proxy: {e}");
             return ExitCode::from(2);

@@ -266,3 +266,168 @@ async fn health_endpoints_answer_outside_auth_and_readyz_fails_while_draining() 
         "exits after drain and grace"
     );
 }
+
+/// A configuration whose one registry has `endpoints` (in order) and
+/// `extra` lines in its table; the rule `lib` maps `library/*`.
+fn with_endpoints(host: &str, endpoints: &[String], extra: &str) -> String {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "[storage]\npath = \"cache-data\"\n[upstream]\nresponse_timeout = \"1s\"\nconnect_timeout = \"1s\"\nmax_retries = 0\n\n[[registry]]\nhost = \"{host}\"\nendpoints = [{}]\n{extra}\n\n[[rule]]\nname = \"lib\"\nsource = \"{host}/library/*\"\ntarget = \"library/*\"\n",
+        list.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_first_endpoint_falls_back_to_the_next_and_is_then_skipped() {
+    use cache_upstream::testing::WireFault;
+    let mirror = HostileRegistry::start("127.0.0.2");
+    let origin = HostileRegistry::start("127.0.0.1");
+    let images: Vec<_> = (0..6)
+        .map(|i| {
+            origin.push_image(
+                &format!("library/app{i}"),
+                "v1",
+                &[Bytes::from(
+                    cache_core::testing::content(50 + i, 5000).to_vec(),
+                )],
+            )
+        })
+        .collect();
+    let refused = format!("http://127.0.0.3:{}", cache_upstream::testing::free_port());
+    for (case, first) in [
+        ("refuses connections", refused),
+        ("answers 503", mirror.url()),
+        ("hangs", mirror.url()),
+    ] {
+        match case {
+            "answers 503" => {
+                mirror.fault("/v2/", std::iter::repeat_n(WireFault::Status(503), 1000))
+            }
+            "hangs" => {
+                mirror.clear_faults();
+                mirror.fault("/manifests/", std::iter::repeat_n(WireFault::Hang, 1000));
+            }
+            _ => {}
+        }
+        let proxy = Proxy::start(&with_endpoints(&origin.host(), &[first, origin.url()], ""));
+        let before = mirror.seen().len();
+        let started = Instant::now();
+        let r = http()
+            .get(proxy.url("/v2/library/app0/manifests/v1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{case}: served by the second endpoint");
+        assert_eq!(
+            r.headers()["docker-content-digest"],
+            images[0].manifest.as_str()
+        );
+        let first_took = started.elapsed();
+        // The next requests skip the failed endpoint: quick, and it sees nothing.
+        let after_first = mirror.seen().len();
+        let started = Instant::now();
+        for (i, img) in images.iter().enumerate().skip(1) {
+            let r = http()
+                .get(proxy.url(&format!("/v2/library/app{i}/manifests/v1")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                r.headers()["docker-content-digest"],
+                img.manifest.as_str(),
+                "{case}"
+            );
+        }
+        let rest = started.elapsed();
+        assert_eq!(
+            mirror.seen().len(),
+            after_first,
+            "{case}: the breaker skips the first endpoint"
+        );
+        assert!(
+            rest < Duration::from_secs(1),
+            "{case}: five more pulls took {rest:?} (the first {first_took:?})"
+        );
+        if case == "hangs" {
+            assert!(
+                first_took >= Duration::from_secs(1),
+                "the first waited out the stall"
+            );
+        }
+        assert!(
+            proxy.log().contains("answered by a fallback endpoint"),
+            "{case}: logged"
+        );
+        if case != "refuses connections" {
+            assert!(
+                after_first > before,
+                "{case}: the first endpoint was tried first"
+            );
+        }
+        drop(proxy);
+        mirror.clear_seen();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_budget_stops_at_the_reserve_cached_tags_go_stale_and_cold_misses_get_429() {
+    let up = HostileRegistry::start("127.0.0.1");
+    let layer = |i: u64| Bytes::from(cache_core::testing::content(i, 1000).to_vec());
+    for i in 0..4 {
+        up.push_image(&format!("library/app{i}"), "v1", &[layer(i)]);
+    }
+    up.set_rate_limit(100, 4, 3600);
+    let proxy = Proxy::start(&with_endpoints(&up.host(), &[up.url()], "reserve = 2"));
+    let get = |repo: String| {
+        let url = proxy.url(&format!("/v2/{repo}/manifests/v1"));
+        async move { http().get(url).send().await.unwrap() }
+    };
+    // Two cold pulls spend 4 -> 2: the reserve.
+    for i in 0..2 {
+        assert_eq!(get(format!("library/app{i}")).await.status(), 200);
+    }
+    let m = proxy.metrics().await;
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("registry_proxy_upstream_ratelimit_remaining{") && l.ends_with(" 2")
+        ),
+        "the gauge shows what is left:\n{m}"
+    );
+    // A cold miss now would spend the reserve: refused, with when to come back.
+    let r = get("library/app2".into()).await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (3000..=3600).contains(&retry),
+        "Retry-After from the window: {retry}"
+    );
+    // A cached tag whose digest is unchanged revalidates with a HEAD (free).
+    let gets = up.requests("GET", "/manifests/");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = get("library/app0".into()).await;
+    assert_eq!(
+        (r.status(), &r.headers()["x-cache"]),
+        (
+            reqwest::StatusCode::OK,
+            &"revalidated"
+                .parse::<reqwest::header::HeaderValue>()
+                .unwrap()
+        )
+    );
+    // A cached tag that moved upstream is served stale rather than spent on.
+    up.push_image("library/app1", "v1", &[layer(9)]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = get("library/app1".into()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "stale");
+    assert_eq!(
+        up.requests("GET", "/manifests/"),
+        gets,
+        "no manifest GET spent past the reserve"
+    );
+    assert!(proxy.log().contains("pull budget at its reserve"), "logged");
+}
