@@ -8,8 +8,15 @@
 //! compared pair runs on the same data in the same process.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use cache_core::RuleSpec;
+use cache_upstream::testing::{free_port, require};
 
 /// `n` rules shaped like a large organisation's configuration: half exact
 /// repositories, half namespace wildcards, spread over several registries.
@@ -270,4 +277,172 @@ pub async fn pull(cache: &cache_core::PullThroughCache, d: &cache_core::Digest) 
         n += c.expect("blob bytes").len() as u64;
     }
     n
+}
+
+/// A child process killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    /// Its working directory, removed with it.
+    pub _dir: tempfile::TempDir,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (at most 15 s) until something answers HTTP on `port`.
+pub fn wait_http(port: u16, path: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+            let mut b = [0u8; 8];
+            if s.read(&mut b).is_ok_and(|n| n > 0) {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    Err(format!("nothing answered on 127.0.0.1:{port}"))
+}
+
+/// nginx serving the files of `root` on a free loopback port, with
+/// `sendfile` and two workers (one per core here).
+pub fn nginx(root: &Path) -> Result<(Proc, u16), String> {
+    let bin = require("nginx", "nginx-light")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = free_port();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 2;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  server {{\n    listen 127.0.0.1:{port};\n    root {r};\n  }}\n}}\n",
+        d = dir.path().display(),
+        r = root.display()
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).map_err(|e| e.to_string())?;
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("nginx: {e}"))?;
+    let p = Proc { child, _dir: dir };
+    wait_http(port, "/")?;
+    Ok((p, port))
+}
+
+/// A closed-loop HTTP/1.1 load of `conns` kept-alive connections for
+/// `secs` seconds against `url` (`http://host:port/path`), for what `wrk`
+/// cannot do (`HEAD`: it waits for a body that never comes). Returns
+/// requests per second and the 99th-percentile latency in ms; an answer
+/// other than 2xx is an error.
+pub fn load(url: &str, method: &str, conns: usize, secs: u64) -> Result<(f64, f64), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").ok_or("http:// URLs only")?;
+    let (host, path) = rest.split_once('/').ok_or("no path")?;
+    let request = format!("{method} /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let head = method == "HEAD";
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let results = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..conns {
+            let (host, request) = (host.to_owned(), request.clone());
+            tasks.push(tokio::spawn(async move {
+                let connect = || async {
+                    let s = tokio::net::TcpStream::connect(&host)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    s.set_nodelay(true).map_err(|e| e.to_string())?;
+                    Ok::<_, String>(s)
+                };
+                let mut s = connect().await?;
+                let mut lat = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut retried = false;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    if s.write_all(request.as_bytes()).await.is_err() && !retried {
+                        // A kept-alive connection the server ended: start over.
+                        retried = true;
+                        s = connect().await?;
+                        continue;
+                    }
+                    let mut got: Vec<u8> = Vec::new();
+                    let body_start = loop {
+                        let n = match s.read(&mut buf).await {
+                            Ok(n) => n,
+                            Err(_) if got.is_empty() && !retried => 0,
+                            Err(e) => return Err(e.to_string()),
+                        };
+                        if n == 0 && got.is_empty() {
+                            break 0;
+                        }
+                        if n == 0 {
+                            return Err("connection closed mid-answer".to_owned());
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    if body_start == 0 {
+                        // The server ended the kept-alive connection (as nginx
+                        // does after 1000 requests): reconnect and ask again.
+                        retried = true;
+                        s = connect().await?;
+                        continue;
+                    }
+                    retried = false;
+                    let head_text =
+                        String::from_utf8_lossy(&got[..body_start]).to_ascii_lowercase();
+                    if !head_text.starts_with("http/1.1 2") {
+                        return Err(format!(
+                            "answer: {}",
+                            head_text.lines().next().unwrap_or("")
+                        ));
+                    }
+                    let len: usize = head_text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let mut have = got.len() - body_start;
+                    while !head && have < len {
+                        let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+                        if n == 0 {
+                            return Err("short body".to_owned());
+                        }
+                        have += n;
+                    }
+                    lat.push(t.elapsed());
+                }
+                Ok::<_, String>(lat)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.map_err(|e| e.to_string())??);
+        }
+        Ok::<_, String>(all)
+    })?;
+    let mut lat = results;
+    if lat.is_empty() {
+        return Err("no request completed".into());
+    }
+    lat.sort();
+    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+    Ok((lat.len() as f64 / secs as f64, p99))
 }

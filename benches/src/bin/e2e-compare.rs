@@ -8,14 +8,13 @@
 //! started here is stopped on exit, also on failure.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use benches::{cpu_seconds, machine, vm_hwm_kib};
-use cache_upstream::testing::{TestRegistry, free_port, require, skopeo, write_image};
+use benches::{Proc, cpu_seconds, machine, nginx, vm_hwm_kib, wait_http};
+use cache_upstream::testing::{TestRegistry, free_port, skopeo, write_image};
 use futures::StreamExt;
 
 /// Runs per measurement; `E2E_RUNS` overrides it (for quick looks, not for BENCHMARKS.md).
@@ -32,35 +31,6 @@ const READERS: usize = 16;
 const WARM: usize = 3;
 const LAYER: usize = 256 * 1024 * 1024;
 const REPO: &str = "bench/big";
-
-/// A child process killed on drop.
-struct Proc {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_http(port: u16, path: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
-            let mut b = [0u8; 8];
-            if s.read(&mut b).is_ok_and(|n| n > 0) {
-                return Ok(());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(30));
-    }
-    Err(format!("nothing answered on 127.0.0.1:{port}"))
-}
 
 /// Which proxy a run measures.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -243,31 +213,6 @@ async fn measure(
     }
     drop(p);
     Ok(())
-}
-
-fn nginx(root: &Path) -> Result<(Proc, u16), String> {
-    let bin = require("nginx", "nginx-light")?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = free_port();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  server {{\n    listen 127.0.0.1:{port};\n    root {r};\n  }}\n}}\n",
-        d = dir.path().display(),
-        r = root.display()
-    );
-    std::fs::write(dir.path().join("nginx.conf"), conf).map_err(|e| e.to_string())?;
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(dir.path().join("nginx.conf"))
-        .arg("-e")
-        .arg(dir.path().join("error.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("nginx: {e}"))?;
-    let p = Proc { child, _dir: dir };
-    wait_http(port, "/")?;
-    Ok((p, port))
 }
 
 async fn run() -> Result<String, String> {

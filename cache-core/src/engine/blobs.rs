@@ -2,7 +2,6 @@
 //! upstream fetch per digest (see [`super::fetch`]).
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use futures::{FutureExt, StreamExt};
 
@@ -15,7 +14,7 @@ use crate::error::Result;
 use crate::events::{CacheStatus, Event};
 use crate::names::RepoName;
 use crate::range::ByteRange;
-use crate::store::BlobPayload;
+use crate::store::{BlobPayload, BlobStoreExt};
 
 impl PullThroughCache {
     /// A blob, whole or one range, from the store or through one shared
@@ -37,13 +36,11 @@ impl PullThroughCache {
         let ctx = self.ctx(name)?;
         let inner = &self.inner;
         let entitled = inner.is_entitled(&ctx.local, digest).await?;
-        if let Some(info) = inner.store.stat(digest).await? {
+        if self.stored_size(digest).await?.is_some() {
             if !entitled {
                 self.confirm_blob(&ctx, digest).await?;
             }
-            return self
-                .serve_stored(&ctx, digest, info.last_access, range)
-                .await;
+            return self.serve_stored(&ctx, digest, range).await;
         }
         let (fetch, interest, slot) = {
             let mut m = lock(&inner.inflight);
@@ -76,7 +73,7 @@ impl PullThroughCache {
             fetch.entitle(name.clone());
         }
         match fetch.ready().await? {
-            Ready::InStore => self.serve_stored(&ctx, digest, None, range).await,
+            Ready::InStore => self.serve_stored(&ctx, digest, range).await,
             Ready::Size(size) => {
                 let span = match range {
                     Some(r) => r.resolve(size)?,
@@ -101,23 +98,44 @@ impl PullThroughCache {
         }
     }
 
+    /// The size of a stored blob (from memory when known lately), or `None`.
+    async fn stored_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let inner = &self.inner;
+        if let Some(size) = inner.hot.size(digest) {
+            return Ok(Some(size));
+        }
+        let info = inner.store.stat(digest).await?;
+        if let Some(i) = &info {
+            inner.hot.keep_size(digest, i.size);
+        }
+        Ok(info.map(|i| i.size))
+    }
+
+    /// Records a read's access time, off the request path and at most once
+    /// per `touch_interval` per blob.
+    fn touch_later(&self, digest: &Digest) {
+        let inner = &self.inner;
+        if inner.hot.should_touch(digest) {
+            let (store, d, now) = (inner.store.clone(), digest.clone(), inner.clock.now());
+            // Access times only steer eviction; failing to record one must not fail a read.
+            inner.spawner.spawn(
+                async move {
+                    let _ = store.touch(&d, now).await;
+                }
+                .boxed(),
+            );
+        }
+    }
+
     async fn serve_stored(
         &self,
         ctx: &Ctx,
         digest: &Digest,
-        last_access: Option<SystemTime>,
         range: Option<ByteRange>,
     ) -> Result<BlobResponse> {
         let inner = &self.inner;
         let guard = InUse::new(inner, digest);
-        let read = inner.store.get(digest, range).await?;
-        let now = inner.clock.now();
-        let stale_access = last_access
-            .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= inner.opts.touch_interval);
-        if stale_access {
-            // Access times only steer eviction; failing to record one must not fail a read.
-            let _ = inner.store.touch(digest, now).await;
-        }
+        self.touch_later(digest);
         inner.events.event(&Event::Blob {
             rule: ctx.rule.name(),
             status: CacheStatus::Hit,
@@ -134,6 +152,38 @@ impl PullThroughCache {
             })
             .boxed()
         };
+        let small = inner.hot.content(digest).map(|(b, _)| b);
+        let small = match small {
+            Some(b) => Some(b),
+            None if range.is_none()
+                && self
+                    .stored_size(digest)
+                    .await?
+                    .is_some_and(|n| n as usize <= inner.hot.max_item()) =>
+            {
+                let b = inner.store.get_bytes(digest).await?;
+                inner.hot.keep_content(digest, b.clone(), None);
+                Some(b)
+            }
+            None => None,
+        };
+        if let Some(bytes) = small {
+            let size = bytes.len() as u64;
+            let span = match range {
+                Some(r) => r.resolve(size)?,
+                None => 0..size,
+            };
+            let part = bytes.slice(span.start as usize..span.end as usize);
+            return Ok(BlobResponse {
+                size,
+                range: span,
+                status: CacheStatus::Hit,
+                body: BlobBody::Stream(counted(
+                    futures::stream::once(async move { Ok(part) }).boxed(),
+                )),
+            });
+        }
+        let read = inner.store.get(digest, range).await?;
         let body = match read.payload {
             BlobPayload::Stream(s) => BlobBody::Stream(counted(s)),
             BlobPayload::File(f) => BlobBody::File(FileBody {
@@ -157,9 +207,9 @@ impl PullThroughCache {
     pub async fn head_blob(&self, name: &RepoName, digest: &Digest) -> Result<(u64, CacheStatus)> {
         let ctx = self.ctx(name)?;
         let inner = &self.inner;
-        if let Some(info) = inner.store.stat(digest).await? {
+        if let Some(size) = self.stored_size(digest).await? {
             self.ensure_entitled(&ctx, digest).await?;
-            return Ok((info.size, CacheStatus::Hit));
+            return Ok((size, CacheStatus::Hit));
         }
         let size = inner
             .call(UpstreamCall::BlobHead, || {

@@ -211,6 +211,13 @@ impl CacheBuilder {
                 inflight: Mutex::new(HashMap::new()),
                 manifest_flights: Flights::new(opts.max_manifest_fetches),
                 head_flights: Flights::new(opts.max_manifest_fetches),
+                hot: super::hot::Hot::new(
+                    opts.hot_bytes,
+                    opts.hot_max_item,
+                    opts.hot_validity,
+                    opts.touch_interval,
+                    opts.revalidate_window,
+                ),
                 in_use: Mutex::new(HashMap::new()),
                 opts,
             }),

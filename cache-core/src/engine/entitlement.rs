@@ -33,16 +33,25 @@ impl Inner {
     pub(crate) async fn entitle(&self, repo: &RepoName, d: &Digest) -> Result<()> {
         self.store
             .put_meta(&keys::entitlement(repo, d), Bytes::new())
-            .await
+            .await?;
+        self.hot.keep_entitled(repo, d);
+        Ok(())
     }
 
     /// Whether `repo` may read `d` without asking its upstream.
     pub(crate) async fn is_entitled(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
-        Ok(self
+        if self.hot.is_entitled(repo, d) {
+            return Ok(true);
+        }
+        let entitled = self
             .store
             .get_meta(&keys::entitlement(repo, d))
             .await?
-            .is_some())
+            .is_some();
+        if entitled {
+            self.hot.keep_entitled(repo, d);
+        }
+        Ok(entitled)
     }
 
     /// Entitles `repo` to everything a manifest its upstream served vouches for.

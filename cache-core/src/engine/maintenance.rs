@@ -46,6 +46,7 @@ pub struct ScrubReport {
 impl PullThroughCache {
     async fn remove_blob(&self, info: &BlobInfo) -> Result<bool> {
         let store = &self.inner.store;
+        self.inner.hot.forget(&info.digest);
         let existed = store.delete(&info.digest).await?;
         // A manifest's media type is meaningless once its bytes are gone.
         store.delete_meta(&keys::manifest(&info.digest)).await?;

@@ -48,6 +48,14 @@ impl PullThroughCache {
     }
 
     async fn load_manifest(&self, d: &Digest) -> Result<Option<Manifest>> {
+        let hot = &self.inner.hot;
+        if let Some((bytes, Some(media_type))) = hot.content(d) {
+            return Ok(Some(Manifest {
+                bytes,
+                media_type,
+                digest: d.clone(),
+            }));
+        }
         let Some(mt) = self.inner.store.get_meta(&keys::manifest(d)).await? else {
             return Ok(None);
         };
@@ -56,9 +64,11 @@ impl PullThroughCache {
             Err(Error::BlobUnknown { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
+        let media_type = String::from_utf8_lossy(&mt).into_owned();
+        hot.keep_content(d, bytes.clone(), Some(media_type.clone()));
         Ok(Some(Manifest {
             bytes,
-            media_type: String::from_utf8_lossy(&mt).into_owned(),
+            media_type,
             digest: d.clone(),
         }))
     }
@@ -117,11 +127,20 @@ impl PullThroughCache {
     async fn manifest_by_tag(&self, ctx: &Ctx, tag: &Tag) -> Result<ManifestResponse> {
         let inner = &self.inner;
         let key = keys::tag(&ctx.local, tag);
-        let record = inner
-            .store
-            .get_meta(&key)
-            .await?
-            .and_then(|b| TagRecord::decode(&b));
+        let record = match inner.hot.tag(&key) {
+            Some(rec) => Some(rec),
+            None => {
+                let rec = inner
+                    .store
+                    .get_meta(&key)
+                    .await?
+                    .and_then(|b| TagRecord::decode(&b));
+                if let Some(r) = &rec {
+                    inner.hot.keep_tag(&key, r);
+                }
+                rec
+            }
+        };
         let policy = ctx.policy().clone();
         let now = inner.clock.now();
         let reference = Reference::Tag(tag.clone());
@@ -259,10 +278,9 @@ impl PullThroughCache {
                                 confirmed: this.inner.clock.now(),
                                 ..rec
                             };
-                            this.inner
-                                .store
-                                .put_meta(&keys::tag(&ctx.local, &tag), confirmed.encode())
-                                .await?;
+                            let key = keys::tag(&ctx.local, &tag);
+                            this.inner.store.put_meta(&key, confirmed.encode()).await?;
+                            this.inner.hot.keep_tag(&key, &confirmed);
                         }
                         Ok(head)
                     }
@@ -330,6 +348,9 @@ impl PullThroughCache {
             )
             .await?;
         inner.entitle(&ctx.local, &m.digest).await?;
+        inner
+            .hot
+            .keep_content(&m.digest, m.bytes.clone(), Some(m.media_type.clone()));
         for (desc, platform) in &parsed.manifests {
             if let Some(p) = platform {
                 store
@@ -344,9 +365,9 @@ impl PullThroughCache {
                 media_type: m.media_type.clone(),
                 confirmed: inner.clock.now(),
             };
-            store
-                .put_meta(&keys::tag(&ctx.local, tag), rec.encode())
-                .await?;
+            let key = keys::tag(&ctx.local, tag);
+            store.put_meta(&key, rec.encode()).await?;
+            inner.hot.keep_tag(&key, &rec);
         }
         Ok(m)
     }

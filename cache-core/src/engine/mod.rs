@@ -13,6 +13,7 @@ mod builder;
 mod entitlement;
 mod fetch;
 mod flights;
+mod hot;
 mod image;
 pub(crate) mod keys;
 mod maintenance;
@@ -90,6 +91,15 @@ pub struct CacheOptions {
     /// its readers to share without copying (default 4 MiB); readers that
     /// fall further behind read the staged file.
     pub follow_window: usize,
+    /// Memory for small stored content (manifests, config blobs) served
+    /// without asking the store (default 32 MiB; 0 turns the warm-path
+    /// cache off, facts included).
+    pub hot_bytes: usize,
+    /// The largest content kept in that memory (default 64 KiB).
+    pub hot_max_item: usize,
+    /// How long facts about stored blobs (size, entitlement) are trusted
+    /// without asking the store again (default 10 s).
+    pub hot_validity: Duration,
 }
 
 impl Default for CacheOptions {
@@ -108,6 +118,9 @@ impl Default for CacheOptions {
             max_manifest_fetches: 1024,
             revalidate_window: Duration::from_secs(1),
             follow_window: 4 * 1024 * 1024,
+            hot_bytes: 32 * 1024 * 1024,
+            hot_max_item: 64 * 1024,
+            hot_validity: Duration::from_secs(10),
         }
     }
 }
@@ -152,6 +165,7 @@ pub(crate) struct Inner {
     inflight: Mutex<HashMap<Digest, Arc<Fetch>>>,
     manifest_flights: Arc<Flights<crate::upstream::Manifest>>,
     head_flights: Arc<Flights<crate::upstream::ManifestHead>>,
+    pub(crate) hot: hot::Hot,
     in_use: Mutex<HashMap<Digest, usize>>,
 }
 

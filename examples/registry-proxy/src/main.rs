@@ -102,7 +102,7 @@ fn main() -> ExitCode {
         (None, false) => Cmd::Serve,
         (Some(c), _) => c,
     };
-    registry_proxy::logging::init(matches!(cmd, Cmd::Serve));
+    let _log = registry_proxy::logging::init(matches!(cmd, Cmd::Serve));
     let path = config_path(&args.config);
     if let Cmd::Reload = cmd {
         // The server validates the file and reports; only its address is read here.
