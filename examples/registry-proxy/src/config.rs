@@ -150,6 +150,10 @@ pub struct RawUpstream {
     pub response_timeout: Option<String>,
     /// Longest a manifest fetch may take (default `60s`).
     pub manifest_timeout: Option<String>,
+    /// A tag confirmed upstream this recently is served without asking
+    /// again (default `1s`; `0s` asks on every request that does not share
+    /// a `HEAD` already in flight).
+    pub revalidate_window: Option<String>,
 }
 
 /// `[auth]`: pull-side client authentication.
@@ -293,6 +297,8 @@ pub struct UpstreamLimits {
     pub response_timeout: Duration,
     /// Time for a whole manifest fetch.
     pub manifest_timeout: Duration,
+    /// How recently a confirmed tag is served without asking again.
+    pub revalidate_window: Duration,
 }
 
 /// Pull-side authentication.
@@ -850,6 +856,11 @@ fn upstream(raw: &RawUpstream) -> Result<UpstreamLimits, ConfigError> {
             "upstream.manifest_timeout",
             &raw.manifest_timeout,
             defaults.manifest_timeout,
+        )?,
+        revalidate_window: duration(
+            "upstream.revalidate_window",
+            &raw.revalidate_window,
+            defaults.revalidate_window,
         )?,
     })
 }

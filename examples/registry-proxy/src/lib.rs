@@ -94,6 +94,7 @@ pub fn cache_options(cfg: &Config) -> CacheOptions {
         retry_backoff: up.retry_backoff,
         stall_timeout: up.stall_timeout,
         manifest_timeout: up.manifest_timeout,
+        revalidate_window: up.revalidate_window,
         max_manifest_size: cfg.max_manifest_size,
         ..CacheOptions::default()
     }

@@ -78,7 +78,9 @@ async fn with_the_upstream_down_cached_images_pull_and_uncached_ones_get_5xx() {
     let src = tempfile::tempdir().unwrap();
     let img = write_image(src.path(), "v1", 13, &[50_000]);
     up.push(&img.layout, "v1", "library/demo").unwrap();
-    let proxy = Proxy::start(&config(&up, ""));
+    // Every request asks the upstream (none is served on a confirmation
+    // from a moment ago), so each one meets the outage.
+    let proxy = Proxy::start(&config(&up, "\n[upstream]\nrevalidate_window = \"0s\"\n"));
     let first = tempfile::tempdir().unwrap();
     pull(&proxy, "library/demo:v1", first.path(), false).unwrap();
     up.stop();
