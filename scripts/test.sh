@@ -11,6 +11,7 @@ NEEDED=(
     "skopeo:skopeo"                     # pushes test images, pulls through the proxy
     "htpasswd:apache2-utils"            # bcrypt htpasswd files for registry auth
     "npm:npm"                           # installs Azurite, the Azure Blob emulator
+    "python3:python3"                   # runs moto, the S3 server
 )
 
 missing=()
@@ -20,6 +21,10 @@ for pair in "${NEEDED[@]}"; do
         missing+=("$pkg")
     fi
 done
+# moto's server runs from a virtual environment (Debian's python3-venv).
+if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+    missing+=("python3-venv")
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "==> installing missing Debian packages: ${missing[*]}"
     SUDO=""
@@ -34,6 +39,15 @@ AZURITE_VERSION=3.35.0   # the newest that runs on Node.js 20
 if ! grep -qs "\"version\": \"$AZURITE_VERSION\"" .tools/node_modules/azurite/package.json; then
     echo "==> installing Azurite $AZURITE_VERSION (npm) into .tools"
     npm install --prefix .tools --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION"
+fi
+
+# moto (PyPI), an S3 implementation with conditional writes, for the S3
+# backend's tests; in a virtual environment in .tools/moto (git-ignored).
+MOTO_VERSION=5.2.5
+if ! .tools/moto/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('moto') != '$MOTO_VERSION')" >/dev/null 2>&1; then
+    echo "==> installing moto $MOTO_VERSION (PyPI) into .tools/moto"
+    python3 -m venv .tools/moto
+    .tools/moto/bin/pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
 
 echo "==> cargo fmt --check"

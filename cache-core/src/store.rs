@@ -26,6 +26,9 @@ pub struct BlobInfo {
     /// Its size in bytes.
     pub size: u64,
     /// When it was last read or written, as far as the store tracks it.
+    /// [`BlobStore::list`] reports it; [`BlobStore::stat`] may leave it
+    /// `None` where it would cost another request (object storage keeps
+    /// access records apart from the blob).
     pub last_access: Option<SystemTime>,
 }
 
@@ -204,6 +207,9 @@ impl fmt::Debug for MetaKey {
 ///     async fn put_meta(&self, k: &MetaKey, v: Bytes) -> Result<()> { self.inner.put_meta(k, v).await }
 ///     async fn delete_meta(&self, k: &MetaKey) -> Result<bool> { self.inner.delete_meta(k).await }
 ///     async fn list_meta(&self, p: Option<&MetaKey>) -> Result<Vec<MetaKey>> { self.inner.list_meta(p).await }
+///     async fn create_meta(&self, k: &MetaKey, v: Bytes) -> Result<bool> { self.inner.create_meta(k, v).await }
+///     async fn replace_meta(&self, k: &MetaKey, old: &[u8], v: Bytes) -> Result<bool> { self.inner.replace_meta(k, old, v).await }
+///     fn shared(&self) -> bool { self.inner.shared() }
 /// }
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -260,6 +266,26 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Lists the metadata keys equal to `prefix` or beneath it (all keys
     /// for `None`), in no particular order.
     async fn list_meta(&self, prefix: Option<&MetaKey>) -> Result<Vec<MetaKey>>;
+
+    /// Writes `value` under `key` only if no value is there, atomically
+    /// for everyone who uses the store (object storage: a conditional
+    /// `PUT`). Returns whether this call wrote it; of several callers
+    /// racing for one absent key, exactly one gets `true`.
+    async fn create_meta(&self, key: &MetaKey, value: Bytes) -> Result<bool>;
+
+    /// Replaces the value under `key` with `value` only if it is still
+    /// `expected` (compare-and-swap), atomically for everyone who uses the
+    /// store. Returns whether this call replaced it: `false` if the value
+    /// is another or there is none. Of several callers racing to replace
+    /// one value, at most one gets `true`.
+    async fn replace_meta(&self, key: &MetaKey, expected: &[u8], value: Bytes) -> Result<bool>;
+
+    /// Whether other processes may use this store at the same time
+    /// (instances sharing an object store). The engine then coordinates
+    /// through it, with leases made by [`create_meta`](Self::create_meta)
+    /// and [`replace_meta`](Self::replace_meta): one upstream fetch per
+    /// digest across instances, one gc at a time. A decorator forwards it.
+    fn shared(&self) -> bool;
 }
 
 /// A write in progress. Created by [`BlobStore::stage`].
@@ -377,6 +403,15 @@ macro_rules! forward_blob_store {
             }
             async fn list_meta(&self, p: Option<&MetaKey>) -> Result<Vec<MetaKey>> {
                 (**self).list_meta(p).await
+            }
+            async fn create_meta(&self, k: &MetaKey, v: Bytes) -> Result<bool> {
+                (**self).create_meta(k, v).await
+            }
+            async fn replace_meta(&self, k: &MetaKey, old: &[u8], v: Bytes) -> Result<bool> {
+                (**self).replace_meta(k, old, v).await
+            }
+            fn shared(&self) -> bool {
+                (**self).shared()
             }
         }
     };

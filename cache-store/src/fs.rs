@@ -56,6 +56,9 @@ struct Inner {
     counter: AtomicU64,
     /// Holds the advisory lock on `.lock` for the store's lifetime.
     _lock: File,
+    /// Serialises conditional metadata writes. The advisory lock keeps
+    /// other processes out, so a lock within this one makes them atomic.
+    cas: std::sync::Mutex<()>,
 }
 
 /// A [`BlobStore`] on a local filesystem. Cloning shares the store.
@@ -139,6 +142,7 @@ impl FsStore {
                     opts,
                     counter: AtomicU64::new(0),
                     _lock: lock,
+                    cas: std::sync::Mutex::new(()),
                 }),
             })
         })
@@ -166,6 +170,44 @@ impl FsStore {
             .root
             .join("staging")
             .join(format!("{tag}.{}-{n}.tmp", std::process::id()))
+    }
+
+    /// Writes `value` under `key` if the current value is `expected`
+    /// (`None`: if there is none). Returns whether it wrote.
+    async fn write_meta_if(
+        &self,
+        key: &MetaKey,
+        expected: Option<Bytes>,
+        value: Bytes,
+    ) -> Result<bool> {
+        let (this, key) = (self.clone(), key.clone());
+        let target = self.meta_path(&key);
+        let staging = self.staging_path("meta");
+        blocking(move || {
+            let _held = this.inner.cas.lock().unwrap_or_else(|p| p.into_inner());
+            let current = match fs::read(&target) {
+                Ok(v) => Some(v),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_err("write_meta_if", &target, e)),
+            };
+            if current.as_deref() != expected.as_deref() {
+                return Ok(false);
+            }
+            let write = || -> io::Result<()> {
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&staging)?;
+                f.write_all(&value)?;
+                publish(&staging, Some(&f), &target, this.inner.opts.fsync)
+            };
+            write().map_err(|e| {
+                let _ = fs::remove_file(&staging);
+                io_err("write_meta_if", &target, e)
+            })?;
+            Ok(true)
+        })
+        .await
     }
 
     fn meta_path(&self, key: &MetaKey) -> PathBuf {
@@ -385,6 +427,20 @@ impl BlobStore for FsStore {
             Err(e) => Err(io_err("delete_meta", &path, e)),
         })
         .await
+    }
+
+    async fn create_meta(&self, key: &MetaKey, value: Bytes) -> Result<bool> {
+        self.write_meta_if(key, None, value).await
+    }
+
+    async fn replace_meta(&self, key: &MetaKey, expected: &[u8], value: Bytes) -> Result<bool> {
+        self.write_meta_if(key, Some(Bytes::copy_from_slice(expected)), value)
+            .await
+    }
+
+    fn shared(&self) -> bool {
+        // The advisory lock on `.lock` admits one process at a time.
+        false
     }
 
     async fn list_meta(&self, prefix: Option<&MetaKey>) -> Result<Vec<MetaKey>> {

@@ -35,12 +35,23 @@ struct Inner {
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
+    shared: bool,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// This store, reporting itself [shared](BlobStore::shared): engines
+    /// given clones of it coordinate as instances on one object store do
+    /// (for tests of that coordination within one process).
+    pub fn as_shared(&self) -> Self {
+        MemoryStore {
+            inner: self.inner.clone(),
+            shared: true,
+        }
     }
 
     /// Staged writes currently alive (for tests).
@@ -155,6 +166,30 @@ impl BlobStore for MemoryStore {
             .filter(|k| prefix.is_none_or(|p| k.starts_with(p)))
             .cloned()
             .collect())
+    }
+
+    async fn create_meta(&self, key: &MetaKey, value: Bytes) -> Result<bool> {
+        let mut m = lock(&self.inner.meta);
+        if m.contains_key(key) {
+            return Ok(false);
+        }
+        m.insert(key.clone(), value);
+        Ok(true)
+    }
+
+    async fn replace_meta(&self, key: &MetaKey, expected: &[u8], value: Bytes) -> Result<bool> {
+        let mut m = lock(&self.inner.meta);
+        match m.get_mut(key) {
+            Some(v) if v.as_ref() == expected => {
+                *v = value;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn shared(&self) -> bool {
+        self.shared
     }
 }
 

@@ -37,7 +37,10 @@ use cache_core::{
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
+    WriteMultipart,
+};
 
 use crate::fs::{blocking, pread_exact};
 use crate::staged;
@@ -49,6 +52,9 @@ const PART: usize = 16 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 4;
 /// The span of one ranged GET of a blob read.
 const READ_CHUNK: u64 = 4 * 1024 * 1024;
+/// The span of a read's first GET, which is read whole before the read
+/// answers: small, so the first byte is not kept waiting.
+const FIRST_PIECE: u64 = 256 * 1024;
 
 struct Inner {
     store: Arc<dyn ObjectStore>,
@@ -176,15 +182,6 @@ impl ObjectBlobStore {
             })
             .collect())
     }
-
-    /// The newest recorded access of `d`, if any.
-    async fn last_access(&self, d: &Digest) -> Result<Option<SystemTime>> {
-        let records = self.list_under(&self.access_dir(d)).await?;
-        Ok(records
-            .iter()
-            .filter_map(|(rest, _)| parse_millis(rest.first()?))
-            .max())
-    }
 }
 
 fn parse_millis(s: &str) -> Option<SystemTime> {
@@ -215,35 +212,83 @@ impl BlobStore for ObjectBlobStore {
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(os_err("stat", &path, e)),
         };
-        let written = SystemTime::from(meta.last_modified);
+        // One HEAD: the access records would cost a listing more, and
+        // only `list` (for gc) needs them.
         Ok(Some(BlobInfo {
             digest: digest.clone(),
             size: meta.size,
-            last_access: Some(self.last_access(digest).await?.unwrap_or(written)),
+            last_access: None,
         }))
     }
 
     async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<BlobRead> {
         let path = self.blob_path(digest);
-        let size = match self.inner.store.head(&path).await {
-            Ok(m) => m.size,
-            Err(e) if is_not_found(&e) => {
-                return Err(Error::blob_unknown(digest));
+        // The first piece comes with the blob's size (Content-Range), so a
+        // read costs no HEAD; a blob that turns out empty, or a range past
+        // its end, is answered after one.
+        let first = match range {
+            None => Some(0..FIRST_PIECE),
+            Some(ByteRange::From(s)) => Some(s..s.saturating_add(FIRST_PIECE)),
+            Some(ByteRange::Inclusive(s, e)) if s <= e => {
+                Some(s..e.saturating_add(1).min(s.saturating_add(FIRST_PIECE)))
             }
-            Err(e) => return Err(os_err("get", &path, e)),
+            Some(_) => None,
+        };
+        let mut piece = None;
+        if let Some(want) = first {
+            let opts = GetOptions {
+                range: Some(GetRange::Bounded(want.clone())),
+                ..GetOptions::default()
+            };
+            match self.inner.store.get_opts(&path, opts).await {
+                Ok(r) => {
+                    let (size, got) = (r.meta.size, r.range.clone());
+                    let bytes = r.bytes().await.map_err(|e| os_err("get", &path, e))?;
+                    piece = Some((size, got, bytes));
+                }
+                Err(e) if is_not_found(&e) => return Err(Error::blob_unknown(digest)),
+                // Empty, or the range starts past the end: the HEAD below says.
+                Err(_) => {}
+            }
+        }
+        let (size, head) = match piece {
+            Some((size, got, bytes)) => (size, Some((got, bytes))),
+            None => match self.inner.store.head(&path).await {
+                Ok(m) => (m.size, None),
+                Err(e) if is_not_found(&e) => return Err(Error::blob_unknown(digest)),
+                Err(e) => return Err(os_err("get", &path, e)),
+            },
         };
         let span = match range {
             Some(r) => r.resolve(size)?,
             None => 0..size,
         };
-        // One ranged GET per READ_CHUNK, each read whole before it is
+        let mut pos = span.start;
+        let mut first_piece = None;
+        if let Some((got, bytes)) = head {
+            if got.start != span.start
+                || got.end > span.end
+                || bytes.len() as u64 != got.end - got.start
+            {
+                return Err(Error::storage_busy(
+                    "get",
+                    format!(
+                        "{path}: {} bytes for range {got:?} of {span:?}",
+                        bytes.len()
+                    ),
+                ));
+            }
+            pos = got.end;
+            first_piece = Some(bytes);
+        }
+        // Then one ranged GET per READ_CHUNK, each read whole before it is
         // yielded: a request never waits on a slow client, so none outlives
         // object_store's request timeout however long the transfer takes,
-        // and a reader holds at most one piece. Nothing is requested until
-        // the stream is polled, like the other stores' streams.
+        // and a reader holds at most one piece. Nothing more is requested
+        // until the stream is polled.
         let store = self.inner.store.clone();
         let end = span.end;
-        let stream = stream::try_unfold(span.start, move |pos| {
+        let rest = stream::try_unfold(pos, move |pos| {
             let (store, path) = (store.clone(), path.clone());
             async move {
                 if pos >= end {
@@ -262,8 +307,8 @@ impl BlobStore for ObjectBlobStore {
                 }
                 Ok(Some((bytes, next)))
             }
-        })
-        .boxed();
+        });
+        let stream = stream::iter(first_piece.map(Ok)).chain(rest).boxed();
         Ok(BlobRead {
             size,
             range: span,
@@ -411,6 +456,49 @@ impl BlobStore for ObjectBlobStore {
             keys.push(p.clone());
         }
         Ok(keys)
+    }
+
+    async fn create_meta(&self, key: &MetaKey, value: Bytes) -> Result<bool> {
+        let path = self.meta_path(key);
+        let opts = PutOptions::from(PutMode::Create);
+        match self.inner.store.put_opts(&path, value.into(), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(os_err("create_meta", &path, e)),
+        }
+    }
+
+    async fn replace_meta(&self, key: &MetaKey, expected: &[u8], value: Bytes) -> Result<bool> {
+        let path = self.meta_path(key);
+        let current = match self.inner.store.get(&path).await {
+            Ok(r) => r,
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) => return Err(os_err("replace_meta", &path, e)),
+        };
+        let version = UpdateVersion {
+            e_tag: current.meta.e_tag.clone(),
+            version: current.meta.version.clone(),
+        };
+        let bytes = current
+            .bytes()
+            .await
+            .map_err(|e| os_err("replace_meta", &path, e))?;
+        if bytes.as_ref() != expected {
+            return Ok(false);
+        }
+        // Written only if nobody wrote since the read (If-Match).
+        let opts = PutOptions::from(PutMode::Update(version));
+        match self.inner.store.put_opts(&path, value.into(), opts).await {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Ok(false),
+            Err(e) => Err(os_err("replace_meta", &path, e)),
+        }
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
 

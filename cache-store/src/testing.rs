@@ -1,6 +1,6 @@
 //! Test support (feature `testing`): Azurite, Microsoft's Azure Storage
-//! emulator from npm, started on a free loopback port for the object
-//! storage backend's tests.
+//! emulator from npm, and moto's S3 server from PyPI, each started on a
+//! free loopback port for the object storage backend's tests.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -151,8 +151,132 @@ impl Azurite {
     }
 }
 
+/// The moto version `scripts/test.sh` installs.
+pub const MOTO_VERSION: &str = "5.2.5";
+
+/// Where to find `moto_server`: `$MOTO_SERVER`, the repository's
+/// `.tools/moto/bin`, or `PATH`.
+fn moto_bin() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("MOTO_SERVER") {
+        return Ok(PathBuf::from(p));
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/moto/bin/moto_server");
+    if local.is_file() {
+        return Ok(local);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("moto_server"))
+            .find(|p| p.is_file())
+    });
+    on_path.ok_or_else(|| {
+        format!(
+            "moto_server not found: install it with `python3 -m venv .tools/moto && \
+             .tools/moto/bin/pip install 'moto[server]=={MOTO_VERSION}'` in the repository \
+             (scripts/test.sh does), or set MOTO_SERVER"
+        )
+    })
+}
+
+/// A running moto S3 server on 127.0.0.1, stopped on drop. It keeps
+/// everything in memory and accepts any credentials.
+#[derive(Debug)]
+pub struct MotoS3 {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for MotoS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl MotoS3 {
+    /// Starts moto's server on a free port.
+    pub fn start() -> Result<MotoS3, String> {
+        let bin = moto_bin()?;
+        let port = free_port()?;
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let mut m = MotoS3 { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = m.child.try_wait() {
+                return Err(format!("moto_server exited with {status} before listening"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "moto_server did not listen on 127.0.0.1:{port} within 60 s"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(m)
+    }
+
+    /// The S3 endpoint, `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `object_store` options for this server (path-style requests).
+    pub fn options(&self) -> Vec<(String, String)> {
+        vec![
+            ("aws_endpoint".into(), self.endpoint()),
+            ("aws_allow_http".into(), "true".into()),
+            ("aws_region".into(), "us-east-1".into()),
+            ("aws_access_key_id".into(), "moto".into()),
+            ("aws_secret_access_key".into(), "moto".into()),
+        ]
+    }
+
+    /// Creates a bucket (object_store cannot): one unsigned `PUT`, which
+    /// moto accepts.
+    pub fn create_bucket(&self, name: &str) -> Result<(), String> {
+        let req = format!(
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            port = self.port
+        );
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        let status = resp.lines().next().unwrap_or("");
+        if status.contains(" 200 ") {
+            Ok(())
+        } else {
+            Err(format!("creating bucket {name}: {resp}"))
+        }
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_test_script_installs_the_moto_version_named_here() {
+        let script = include_str!("../../scripts/test.sh");
+        assert!(
+            script.contains(&format!("MOTO_VERSION={}", super::MOTO_VERSION)),
+            "scripts/test.sh and MOTO_VERSION disagree"
+        );
+    }
+
     #[test]
     fn the_test_script_installs_the_azurite_version_named_here() {
         let script = include_str!("../../scripts/test.sh");

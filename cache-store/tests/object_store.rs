@@ -1,6 +1,8 @@
 //! The object storage backend against Azurite, Microsoft's Azure Storage
-//! emulator (npm), started on a free loopback port: the whole conformance
-//! suite, a multipart upload, and errors that name what is wrong.
+//! emulator (npm), and moto's S3 server (PyPI), each started on a free
+//! loopback port: the whole conformance suite (conditional writes
+//! included) on both, a multipart upload, and errors that name what is
+//! wrong.
 
 use std::sync::Arc;
 
@@ -8,7 +10,7 @@ use bytes::Bytes;
 use cache_core::testing::{self, Harness, content};
 use cache_core::{BlobStore, BlobStoreExt, ByteRange, Digest};
 use cache_store::ObjectBlobStore;
-use cache_store::testing::Azurite;
+use cache_store::testing::{Azurite, MotoS3};
 use futures::StreamExt;
 
 fn azurite() -> Azurite {
@@ -53,6 +55,40 @@ async fn azurite_passes_the_conformance_suite() {
     testing::metadata_round_trips(&h("i")).await;
     testing::touch_records_access_time(&h("j")).await;
     testing::empty_and_sha512_blobs(&h("k")).await;
+    testing::large_reads_in_pieces(&h("l")).await;
+    testing::conditional_metadata_writes(&h("m")).await;
+}
+
+/// The same suite on S3 (moto's server), through the `s3://` URL a user
+/// would configure: conditional create and replace use S3's
+/// `If-None-Match` and `If-Match`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_on_moto_passes_the_conformance_suite() {
+    let s3 = MotoS3::start().unwrap_or_else(|e| panic!("{e}"));
+    s3.create_bucket("conformance").unwrap();
+    let h = |name: &str| {
+        let spool = tempfile::tempdir().unwrap();
+        let store = ObjectBlobStore::from_url(
+            &format!("s3://conformance/{name}"),
+            s3.options(),
+            spool.path(),
+        )
+        .unwrap();
+        harness(store, spool)
+    };
+    testing::put_get_stat_delete_list(&h("a")).await;
+    testing::unknown_blob_is_blob_unknown(&h("b")).await;
+    testing::ranged_reads(&h("c")).await;
+    testing::uncommitted_write_is_invisible_and_leaves_nothing(&h("d")).await;
+    testing::concurrent_writers_of_one_digest_both_succeed(&h("e")).await;
+    testing::mismatched_commit_is_refused(&h("f")).await;
+    testing::staged_reader_follows_the_writer(&h("g")).await;
+    testing::write_chunks_appends_in_order(&h("h")).await;
+    testing::metadata_round_trips(&h("i")).await;
+    testing::touch_records_access_time(&h("j")).await;
+    testing::empty_and_sha512_blobs(&h("k")).await;
+    testing::large_reads_in_pieces(&h("l")).await;
+    testing::conditional_metadata_writes(&h("m")).await;
 }
 
 async fn read(store: &dyn BlobStore, d: &Digest, range: Option<ByteRange>) -> Vec<u8> {
