@@ -121,6 +121,40 @@ pub enum Event<'a> {
         /// Its size.
         bytes: u64,
     },
+    /// On a shared store, a fetch found another instance fetching the
+    /// same digest, and this is how it ended.
+    PeerFetch(PeerFetch),
+}
+
+/// How a fetch that found another instance's lease on its digest ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerFetch {
+    /// The other instance published the blob; it was served from the store.
+    Published,
+    /// The other instance's lease lapsed (it died or stalled); this one
+    /// took the lease over and fetched.
+    TakenOver,
+    /// The other instance took longer than `lease_wait`; this one fetched
+    /// as well.
+    WaitedTooLong,
+}
+
+impl PeerFetch {
+    /// Every outcome, for exporters that pre-register their series.
+    pub const ALL: [PeerFetch; 3] = [
+        PeerFetch::Published,
+        PeerFetch::TakenOver,
+        PeerFetch::WaitedTooLong,
+    ];
+
+    /// `published`, `taken_over` or `waited_too_long`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerFetch::Published => "published",
+            PeerFetch::TakenOver => "taken_over",
+            PeerFetch::WaitedTooLong => "waited_too_long",
+        }
+    }
 }
 
 /// Receives engine events. Called inline: keep it cheap and non-blocking.
@@ -170,6 +204,12 @@ pub struct Counters {
     pub upstream_requests: AtomicU64,
     /// Bytes evicted by gc or scrub.
     pub evicted_bytes: AtomicU64,
+    /// Fetches served from what another instance published.
+    pub peer_published: AtomicU64,
+    /// Fetches that took over a lapsed lease of another instance.
+    pub peer_taken_over: AtomicU64,
+    /// Fetches that stopped waiting for another instance and fetched too.
+    pub peer_waited_too_long: AtomicU64,
 }
 
 impl Counters {
@@ -203,6 +243,9 @@ impl EventSink for Counters {
             Event::UpstreamError { .. } => add(&self.upstream_errors, 1),
             Event::UpstreamRequest { .. } => add(&self.upstream_requests, 1),
             Event::Evicted { bytes } => add(&self.evicted_bytes, *bytes),
+            Event::PeerFetch(PeerFetch::Published) => add(&self.peer_published, 1),
+            Event::PeerFetch(PeerFetch::TakenOver) => add(&self.peer_taken_over, 1),
+            Event::PeerFetch(PeerFetch::WaitedTooLong) => add(&self.peer_waited_too_long, 1),
         }
     }
 }

@@ -77,7 +77,7 @@ pub use engine::{
     ManifestResponse, PullReport, PullThroughCache, ScrubReport, TagList,
 };
 pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result, SharedError};
-pub use events::{CacheStatus, Event, EventSink, UpstreamCall};
+pub use events::{CacheStatus, Event, EventSink, PeerFetch, UpstreamCall};
 pub use names::{
     DOCKER_HUB, DOCKER_HUB_API_HOST, ImageRef, MAX_NAME_LEN, Reference, Registry, RepoName, Tag,
 };

@@ -10,11 +10,11 @@ use super::queue::UpstreamCall;
 use super::response::{BlobBody, BlobResponse, FileBody};
 use super::{Ctx, InUse, PullThroughCache, lock};
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events::{CacheStatus, Event};
 use crate::names::RepoName;
 use crate::range::ByteRange;
-use crate::store::{BlobPayload, BlobStoreExt};
+use crate::store::BlobPayload;
 
 impl PullThroughCache {
     /// A blob, whole or one range, from the store or through one shared
@@ -36,10 +36,16 @@ impl PullThroughCache {
         let ctx = self.ctx(name)?;
         let inner = &self.inner;
         let entitled = inner.is_entitled(&ctx.local, digest).await?;
-        if self.stored_size(digest).await?.is_some() {
-            if !entitled {
-                self.confirm_blob(&ctx, digest).await?;
+        if entitled {
+            // Content a repository is entitled to is usually stored: read it
+            // straight away (no separate existence check, so one request on
+            // object storage) and fetch only if it is not.
+            match self.serve_stored(&ctx, digest, range).await {
+                Err(Error::BlobUnknown { .. }) => {}
+                r => return r,
             }
+        } else if self.stored_size(digest).await?.is_some() {
+            self.confirm_blob(&ctx, digest).await?;
             return self.serve_stored(&ctx, digest, range).await;
         }
         let (fetch, interest, slot) = {
@@ -73,7 +79,14 @@ impl PullThroughCache {
             fetch.entitle(name.clone());
         }
         match fetch.ready().await? {
-            Ready::InStore => self.serve_stored(&ctx, digest, range).await,
+            Ready::InStore => {
+                // Published meanwhile, perhaps by another instance for
+                // another repository: this one's upstream must vouch too.
+                if !entitled {
+                    self.ensure_entitled(&ctx, digest).await?;
+                }
+                self.serve_stored(&ctx, digest, range).await
+            }
             Ready::Size(size) => {
                 let span = match range {
                     Some(r) => r.resolve(size)?,
@@ -135,11 +148,14 @@ impl PullThroughCache {
     ) -> Result<BlobResponse> {
         let inner = &self.inner;
         let guard = InUse::new(inner, digest);
-        self.touch_later(digest);
-        inner.events.event(&Event::Blob {
-            rule: ctx.rule.name(),
-            status: CacheStatus::Hit,
-        });
+        // Counted and touched once the blob turned out to be stored.
+        let hit = || {
+            self.touch_later(digest);
+            inner.events.event(&Event::Blob {
+                rule: ctx.rule.name(),
+                status: CacheStatus::Hit,
+            });
+        };
         let events = inner.events.clone();
         // The stream counts what it serves and keeps the blob in use.
         let counted = |s: crate::store::ByteStream| {
@@ -152,38 +168,19 @@ impl PullThroughCache {
             })
             .boxed()
         };
-        let small = inner.hot.content(digest).map(|(b, _)| b);
-        let small = match small {
-            Some(b) => Some(b),
-            None if range.is_none()
-                && self
-                    .stored_size(digest)
-                    .await?
-                    .is_some_and(|n| n as usize <= inner.hot.max_item()) =>
-            {
-                let b = inner.store.get_bytes(digest).await?;
-                inner.hot.keep_content(digest, b.clone(), None);
-                Some(b)
-            }
-            None => None,
-        };
-        if let Some(bytes) = small {
-            let size = bytes.len() as u64;
-            let span = match range {
-                Some(r) => r.resolve(size)?,
-                None => 0..size,
-            };
-            let part = bytes.slice(span.start as usize..span.end as usize);
-            return Ok(BlobResponse {
-                size,
-                range: span,
-                status: CacheStatus::Hit,
-                body: BlobBody::Stream(counted(
-                    futures::stream::once(async move { Ok(part) }).boxed(),
-                )),
-            });
+        if let Some((bytes, _)) = inner.hot.content(digest) {
+            hit();
+            return Self::small_response(bytes, range, counted);
         }
         let read = inner.store.get(digest, range).await?;
+        hit();
+        inner.hot.keep_size(digest, read.size);
+        if range.is_none() && read.size as usize <= inner.hot.max_item() {
+            // Small and whole: keep it in memory for the next request.
+            let bytes = collect_small(read.payload.into_stream(), digest, read.size).await?;
+            inner.hot.keep_content(digest, bytes.clone(), None);
+            return Self::small_response(bytes, range, counted);
+        }
         let body = match read.payload {
             BlobPayload::Stream(s) => BlobBody::Stream(counted(s)),
             BlobPayload::File(f) => BlobBody::File(FileBody {
@@ -199,6 +196,28 @@ impl PullThroughCache {
             range: read.range,
             status: CacheStatus::Hit,
             body,
+        })
+    }
+
+    /// A response of small content held in memory.
+    fn small_response(
+        bytes: bytes::Bytes,
+        range: Option<ByteRange>,
+        counted: impl FnOnce(crate::store::ByteStream) -> crate::store::ByteStream,
+    ) -> Result<BlobResponse> {
+        let size = bytes.len() as u64;
+        let span = match range {
+            Some(r) => r.resolve(size)?,
+            None => 0..size,
+        };
+        let part = bytes.slice(span.start as usize..span.end as usize);
+        Ok(BlobResponse {
+            size,
+            range: span,
+            status: CacheStatus::Hit,
+            body: BlobBody::Stream(counted(
+                futures::stream::once(async move { Ok(part) }).boxed(),
+            )),
         })
     }
 
@@ -227,4 +246,28 @@ impl PullThroughCache {
             }
         }
     }
+}
+
+/// Reads a small stored blob of `size` bytes into one buffer; a store that
+/// yields another length is an error, not a short or long answer.
+async fn collect_small(
+    mut stream: crate::store::ByteStream,
+    digest: &Digest,
+    size: u64,
+) -> Result<bytes::Bytes> {
+    let mut buf = bytes::BytesMut::with_capacity(size as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if (buf.len() + chunk.len()) as u64 > size {
+            break;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if buf.len() as u64 != size {
+        return Err(Error::storage_msg(
+            "get",
+            format!("stored {digest} is not {size} bytes long"),
+        ));
+    }
+    Ok(buf.freeze())
 }

@@ -201,7 +201,7 @@ impl CacheBuilder {
         let events = self.events.take().unwrap_or_else(|| Arc::new(NoEvents));
         let opts = std::mem::take(&mut self.opts);
         let wiring = self.wiring(&opts, None)?;
-        Ok(PullThroughCache {
+        let cache = PullThroughCache {
             inner: Arc::new(Inner {
                 wiring: arc_swap::ArcSwap::from_pointee(wiring),
                 store,
@@ -221,7 +221,16 @@ impl CacheBuilder {
                 in_use: Mutex::new(HashMap::new()),
                 opts,
             }),
-        })
+        };
+        if cache.inner.store.shared() {
+            cache
+                .inner
+                .spawner
+                .spawn(futures::FutureExt::boxed(super::Inner::renew_access_times(
+                    Arc::downgrade(&cache.inner),
+                )));
+        }
+        Ok(cache)
     }
 
     /// The rules, upstreams, policies and hooks, checked. Fetch queues of

@@ -29,10 +29,32 @@ use crate::names::{Reference, RepoName};
 use crate::upstream::{ManifestHead, media_types};
 
 impl Inner {
-    /// Records that `repo` may read `d`.
+    /// Records that `repo` may read `d`. A grant already there (which may
+    /// name a manifest's media type) is kept.
     pub(crate) async fn entitle(&self, repo: &RepoName, d: &Digest) -> Result<()> {
         self.store
-            .put_meta(&keys::entitlement(repo, d), Bytes::new())
+            .create_meta(&keys::entitlement(repo, d), Bytes::new())
+            .await?;
+        self.hot.keep_entitled(repo, d);
+        Ok(())
+    }
+
+    /// Records that `repo` may read the manifest `d`, served as
+    /// `media_type`: the grant carries the media type, so a manifest by
+    /// digest costs one metadata read before its bytes.
+    pub(crate) async fn entitle_manifest(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        media_type: &str,
+    ) -> Result<()> {
+        self.entitle_with(repo, d, Bytes::from(media_type.to_owned()))
+            .await
+    }
+
+    async fn entitle_with(&self, repo: &RepoName, d: &Digest, value: Bytes) -> Result<()> {
+        self.store
+            .put_meta(&keys::entitlement(repo, d), value)
             .await?;
         self.hot.keep_entitled(repo, d);
         Ok(())
@@ -40,18 +62,20 @@ impl Inner {
 
     /// Whether `repo` may read `d` without asking its upstream.
     pub(crate) async fn is_entitled(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
+        Ok(self.entitlement(repo, d).await?.is_some())
+    }
+
+    /// `repo`'s grant for `d`, if it has one: empty, or a manifest's media
+    /// type (empty too when the grant is known from memory).
+    pub(crate) async fn entitlement(&self, repo: &RepoName, d: &Digest) -> Result<Option<Bytes>> {
         if self.hot.is_entitled(repo, d) {
-            return Ok(true);
+            return Ok(Some(Bytes::new()));
         }
-        let entitled = self
-            .store
-            .get_meta(&keys::entitlement(repo, d))
-            .await?
-            .is_some();
-        if entitled {
+        let grant = self.store.get_meta(&keys::entitlement(repo, d)).await?;
+        if grant.is_some() {
             self.hot.keep_entitled(repo, d);
         }
-        Ok(entitled)
+        Ok(grant)
     }
 
     /// Entitles `repo` to everything a manifest its upstream served vouches for.

@@ -16,10 +16,10 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 
 use super::queue::{QueueSlot, UpstreamCall};
-use super::{InUse, Inner};
+use super::{InUse, Inner, lease};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::events::Event;
+use crate::events::{Event, PeerFetch};
 use crate::names::RepoName;
 use crate::range::ByteRange;
 use crate::runtime::timeout;
@@ -398,6 +398,18 @@ async fn next_batch(
     }
 }
 
+/// Whose turn it is to fetch, on a shared store.
+enum Turn {
+    /// Ours: we hold the digest's lease.
+    Lead(lease::Lease),
+    /// Another instance published the blob meanwhile.
+    Published,
+    /// Every reader left while we waited.
+    Deserted,
+    /// Another instance holds the lease still, past `lease_wait`.
+    Alone,
+}
+
 /// Everything the leader needs, owned, so it can run detached.
 pub(crate) struct Job {
     pub(crate) inner: Arc<Inner>,
@@ -461,6 +473,104 @@ impl Job {
         if inner.store.stat(d).await?.is_some() {
             return Ok(Outcome::InStore);
         }
+        if !inner.store.shared() {
+            return self.download().await;
+        }
+        let mut lease = match self.lead_or_follow().await? {
+            Turn::Lead(l) => l,
+            Turn::Published => return Ok(Outcome::InStore),
+            Turn::Deserted => return Ok(Outcome::Deserted),
+            Turn::Alone => return self.download().await,
+        };
+        let outcome = {
+            let download = std::pin::pin!(self.download());
+            let renew = std::pin::pin!(async {
+                loop {
+                    inner.clock.sleep(lease.renew_every()).await;
+                    match lease.renew(&*inner.store, inner.clock.now()).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(digest = %d, "lost the fetch lease to another instance; fetching on");
+                            std::future::pending::<()>().await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(digest = %d, error = %e, "renewing the fetch lease failed");
+                        }
+                    }
+                }
+            });
+            match futures::future::select(download, renew).await {
+                futures::future::Either::Left((o, _)) => o,
+                // Renewal does not end; were it to, the download goes on.
+                futures::future::Either::Right(((), download)) => download.await,
+            }
+        };
+        // Released once the blob is published (or the fetch failed), so a
+        // waiter finds the blob, or a free lease to fetch it itself.
+        if let Err(e) = lease.release(&*inner.store).await {
+            tracing::warn!(digest = %d, error = %e, "releasing the fetch lease failed; it lapses");
+        }
+        outcome
+    }
+
+    /// On a shared store: takes the digest's lease, or waits while another
+    /// instance holds it until the blob is published, the lease lapses
+    /// (then takes it over), every reader left, or `lease_wait` passed.
+    async fn lead_or_follow(&self) -> Result<Turn> {
+        let inner = &*self.inner;
+        let (store, clock, opts) = (&*inner.store, &*inner.clock, &inner.opts);
+        let d = &self.fetch.digest;
+        let key = super::keys::blob_lease(d);
+        let started = clock.now();
+        let mut lapses: Option<std::time::SystemTime> = None;
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            let now = clock.now();
+            if lapses.is_none_or(|t| now >= t) {
+                match lease::claim(store, &key, &opts.instance_name, opts.lease_ttl, now).await? {
+                    lease::Claim::Held(l) => {
+                        if l.taken_over {
+                            tracing::info!(digest = %d, "took over a lapsed fetch lease");
+                            inner.events.event(&Event::PeerFetch(PeerFetch::TakenOver));
+                        }
+                        return Ok(Turn::Lead(l));
+                    }
+                    lease::Claim::Busy(rec) => {
+                        if lapses.is_none() {
+                            tracing::debug!(digest = %d, holder = %rec.holder, "another instance is fetching; waiting for it");
+                        }
+                        lapses = Some(rec.expires);
+                    }
+                }
+            }
+            if now.duration_since(started).unwrap_or_default() >= opts.lease_wait {
+                tracing::warn!(digest = %d, waited = ?opts.lease_wait, "another instance is still fetching; fetching as well");
+                inner
+                    .events
+                    .event(&Event::PeerFetch(PeerFetch::WaitedTooLong));
+                return Ok(Turn::Alone);
+            }
+            {
+                let sleep = std::pin::pin!(clock.sleep(delay));
+                let deserted = std::pin::pin!(self.fetch.deserted());
+                if let futures::future::Either::Right(_) =
+                    futures::future::select(sleep, deserted).await
+                {
+                    return Ok(Turn::Deserted);
+                }
+            }
+            if store.stat(d).await?.is_some() {
+                inner.events.event(&Event::PeerFetch(PeerFetch::Published));
+                return Ok(Turn::Published);
+            }
+            delay = (delay * 2).min(std::time::Duration::from_secs(1));
+        }
+    }
+
+    /// Fetches from the upstream into a staged blob and commits it.
+    async fn download(&self) -> Result<Outcome> {
+        let inner = &*self.inner;
+        let d = &self.fetch.digest;
         // Wait for a turn; give the place up if every reader leaves first.
         let _permit = {
             let acquire = std::pin::pin!(self.slot.acquire());

@@ -37,6 +37,17 @@ pub(crate) fn platform(d: &Digest) -> MetaKey {
     key(format!("platforms/{}/{}", d.algorithm(), d.hex()))
 }
 
+/// `leases/blobs/<algo>/<hex>`: which instance fetches the blob (stores
+/// shared by several instances; see the `lease` module).
+pub(crate) fn blob_lease(d: &Digest) -> MetaKey {
+    key(format!("leases/blobs/{}/{}", d.algorithm(), d.hex()))
+}
+
+/// `leases/gc`: which instance runs gc.
+pub(crate) fn gc_lease() -> MetaKey {
+    key("leases/gc".to_owned())
+}
+
 /// Splits an entitlement key back into repository and digest.
 pub(crate) fn parse_entitlement(k: &MetaKey) -> Option<(RepoName, Digest)> {
     let rest = k.as_str().strip_prefix("repos/")?;

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 
-use super::{PullThroughCache, keys};
+use super::{PullThroughCache, keys, lease};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::events::Event;
@@ -28,6 +28,9 @@ pub struct GcReport {
     pub skipped_in_use: usize,
     /// Metadata records about blobs no longer stored, removed.
     pub dropped_records: usize,
+    /// On a shared store, the instance that held the gc lease when this
+    /// one would have run: then nothing was done.
+    pub lease_holder: Option<String>,
 }
 
 /// What [`PullThroughCache::scrub`] did.
@@ -63,7 +66,65 @@ impl PullThroughCache {
     /// remain. Never removes a blob that is being fetched or read. Records
     /// about blobs no longer stored (entitlements, platforms) go too, so
     /// the metadata stays in proportion to what is stored.
+    ///
+    /// On a [shared](crate::BlobStore::shared) store, one instance at a
+    /// time runs gc: whoever takes the store's gc lease (renewed while gc
+    /// runs); the others return at once with
+    /// [`lease_holder`](GcReport::lease_holder) set. Blobs that any
+    /// instance read within twice `touch_interval` are in use too: each
+    /// instance renews the access time of what it is reading or fetching
+    /// every `touch_interval`.
     pub async fn gc(&self, quota: Option<u64>) -> Result<GcReport> {
+        let inner = &self.inner;
+        if !inner.store.shared() {
+            return self.gc_now(quota).await;
+        }
+        let (store, opts) = (&*inner.store, &inner.opts);
+        let key = keys::gc_lease();
+        let mut lease = match lease::claim(
+            store,
+            &key,
+            &opts.instance_name,
+            opts.lease_ttl,
+            inner.clock.now(),
+        )
+        .await?
+        {
+            lease::Claim::Held(l) => l,
+            lease::Claim::Busy(rec) => {
+                tracing::info!(holder = %rec.holder, "gc: another instance holds the gc lease; skipping this run");
+                return Ok(GcReport {
+                    lease_holder: Some(rec.holder),
+                    ..GcReport::default()
+                });
+            }
+        };
+        tracing::info!(instance = %opts.instance_name, taken_over = lease.taken_over, "gc: took the gc lease");
+        let report = {
+            let run = std::pin::pin!(self.gc_now(quota));
+            let renew = std::pin::pin!(async {
+                loop {
+                    inner.clock.sleep(lease.renew_every()).await;
+                    if !matches!(lease.renew(store, inner.clock.now()).await, Ok(true)) {
+                        tracing::warn!(
+                            "gc: could not renew the gc lease; another instance may start gc too"
+                        );
+                    }
+                }
+            });
+            match futures::future::select(run, renew).await {
+                futures::future::Either::Left((r, _)) => r,
+                futures::future::Either::Right(((), run)) => run.await,
+            }
+        };
+        if let Err(e) = lease.release(store).await {
+            tracing::warn!(error = %e, "gc: releasing the gc lease failed; it lapses");
+        }
+        tracing::info!(?report, "gc: released the gc lease");
+        report
+    }
+
+    async fn gc_now(&self, quota: Option<u64>) -> Result<GcReport> {
         let inner = &self.inner;
         let wiring = inner.wiring.load_full();
         let now = inner.clock.now();
@@ -79,6 +140,14 @@ impl PullThroughCache {
             t.map_or(Duration::MAX, |t| now.duration_since(t).unwrap_or_default())
         };
 
+        // On a shared store, what another instance reads lately is in use
+        // too: readers renew access times every touch_interval.
+        let grace = if inner.store.shared() {
+            inner.opts.touch_interval * 2
+        } else {
+            Duration::ZERO
+        };
+        let in_use = |i: &BlobInfo| inner.is_busy(&i.digest) || age(i.last_access) < grace;
         let stored: HashSet<Digest> = blobs.keys().cloned().collect();
         let dangling = |d: &Digest| !stored.contains(d) && !inner.is_busy(d);
         // Per-rule TTLs apply to content known under the rule's repositories.
@@ -101,7 +170,7 @@ impl PullThroughCache {
                 if age(info.last_access) <= ttl {
                     continue;
                 }
-                if inner.is_busy(&d) {
+                if in_use(info) {
                     report.skipped_in_use += 1;
                     continue;
                 }
@@ -150,7 +219,7 @@ impl PullThroughCache {
                 if total <= quota {
                     break;
                 }
-                if inner.is_busy(&info.digest) {
+                if in_use(&info) {
                     report.skipped_in_use += 1;
                     continue;
                 }

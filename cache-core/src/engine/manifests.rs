@@ -48,6 +48,16 @@ impl PullThroughCache {
     }
 
     async fn load_manifest(&self, d: &Digest) -> Result<Option<Manifest>> {
+        self.load_manifest_as(d, None).await
+    }
+
+    /// A stored manifest, from memory or the store. `media_type`, when the
+    /// caller knows it (from a grant), saves reading the manifest's record.
+    async fn load_manifest_as(
+        &self,
+        d: &Digest,
+        media_type: Option<String>,
+    ) -> Result<Option<Manifest>> {
         let hot = &self.inner.hot;
         if let Some((bytes, Some(media_type))) = hot.content(d) {
             return Ok(Some(Manifest {
@@ -56,15 +66,19 @@ impl PullThroughCache {
                 digest: d.clone(),
             }));
         }
-        let Some(mt) = self.inner.store.get_meta(&keys::manifest(d)).await? else {
-            return Ok(None);
+        let mt = match media_type {
+            Some(mt) => mt,
+            None => match self.inner.store.get_meta(&keys::manifest(d)).await? {
+                Some(mt) => String::from_utf8_lossy(&mt).into_owned(),
+                None => return Ok(None),
+            },
         };
         let bytes = match self.inner.store.get_bytes(d).await {
             Ok(b) => b,
             Err(Error::BlobUnknown { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let media_type = String::from_utf8_lossy(&mt).into_owned();
+        let media_type = mt;
         hot.keep_content(d, bytes.clone(), Some(media_type.clone()));
         Ok(Some(Manifest {
             bytes,
@@ -112,8 +126,16 @@ impl PullThroughCache {
 
     async fn manifest_by_digest(&self, ctx: &Ctx, d: &Digest) -> Result<ManifestResponse> {
         let reference = Reference::Digest(d.clone());
-        if let Some(m) = self.load_manifest(d).await? {
-            if !self.inner.is_entitled(&ctx.local, d).await? {
+        // The grant first: it usually names the media type, so the
+        // manifest's own record need not be read.
+        let grant = self.inner.entitlement(&ctx.local, d).await?;
+        let known_type = grant
+            .as_ref()
+            .and_then(|g| std::str::from_utf8(g).ok())
+            .filter(|t| media_types::ALL_MANIFESTS.contains(t))
+            .map(str::to_owned);
+        if let Some(m) = self.load_manifest_as(d, known_type).await? {
+            if grant.is_none() {
                 // Stored through another repository: this one's upstream must vouch for it.
                 self.confirm_manifest(ctx, d).await?;
             }
@@ -347,7 +369,9 @@ impl PullThroughCache {
                 Bytes::from(m.media_type.clone()),
             )
             .await?;
-        inner.entitle(&ctx.local, &m.digest).await?;
+        inner
+            .entitle_manifest(&ctx.local, &m.digest, &m.media_type)
+            .await?;
         inner
             .hot
             .keep_content(&m.digest, m.bytes.clone(), Some(m.media_type.clone()));

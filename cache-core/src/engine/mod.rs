@@ -16,6 +16,7 @@ mod flights;
 mod hot;
 mod image;
 pub(crate) mod keys;
+mod lease;
 mod maintenance;
 mod manifests;
 mod queue;
@@ -100,6 +101,18 @@ pub struct CacheOptions {
     /// How long facts about stored blobs (size, entitlement) are trusted
     /// without asking the store again (default 10 s).
     pub hot_validity: Duration,
+    /// On a [shared](crate::BlobStore::shared) store, how long a lease
+    /// (to fetch a digest, to run gc) lasts unless its holder renews it
+    /// (default 30 s; renewed every third of that). A holder that dies
+    /// is replaced this long after its last renewal.
+    pub lease_ttl: Duration,
+    /// On a shared store, how long a fetch waits for another instance
+    /// that holds the digest's lease to publish it before fetching it
+    /// itself (default 5 minutes).
+    pub lease_wait: Duration,
+    /// This instance's name in the leases it holds (default: `HOSTNAME`,
+    /// process id and a random part).
+    pub instance_name: String,
 }
 
 impl Default for CacheOptions {
@@ -121,6 +134,9 @@ impl Default for CacheOptions {
             hot_bytes: 32 * 1024 * 1024,
             hot_max_item: 64 * 1024,
             hot_validity: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(30),
+            lease_wait: Duration::from_secs(300),
+            instance_name: lease::default_instance_name(),
         }
     }
 }
@@ -211,6 +227,35 @@ impl Inner {
 
     pub(crate) fn is_busy(&self, d: &Digest) -> bool {
         lock(&self.inflight).contains_key(d) || lock(&self.in_use).contains_key(d)
+    }
+
+    /// On a shared store: every `touch_interval`, records an access to
+    /// each blob this instance is reading or fetching, so gc on another
+    /// instance sees them in use however long the transfer takes. Ends
+    /// when the engine is dropped.
+    async fn renew_access_times(inner: std::sync::Weak<Inner>) {
+        let Some((clock, every)) = inner.upgrade().map(|i| {
+            (
+                i.clock.clone(),
+                i.opts.touch_interval.max(Duration::from_secs(1)),
+            )
+        }) else {
+            return;
+        };
+        loop {
+            clock.sleep(every).await;
+            let Some(this) = inner.upgrade() else { return };
+            let busy: Vec<Digest> = {
+                let mut v: Vec<Digest> = lock(&this.in_use).keys().cloned().collect();
+                v.extend(lock(&this.inflight).keys().cloned());
+                v
+            };
+            let now = this.clock.now();
+            for d in busy {
+                // Only steers gc; a failure is retried next round.
+                let _ = this.store.touch(&d, now).await;
+            }
+        }
     }
 }
 
