@@ -13,8 +13,8 @@ use bytes::Bytes;
 use cache_core::events::Counters;
 use cache_core::testing::{FakeUpstream, ManualClock, content};
 use cache_core::{
-    BlobStore, BlobStoreExt, CacheOptions, Clock, Digest, MetaKey, PullThroughCache,
-    RepoName, RuleSet, RuleSpec,
+    BlobStore, BlobStoreExt, CacheOptions, Clock, Digest, MetaKey, PullThroughCache, RepoName,
+    RuleSet, RuleSpec,
 };
 use cache_store::{MemoryStore, TokioRuntime};
 use futures::StreamExt;
@@ -105,7 +105,10 @@ async fn twelve_readers_on_three_instances_cost_one_upstream_fetch() {
         .iter()
         .map(|(_, c)| count(&c.peer_published))
         .sum();
-    assert_eq!(published, 2, "the two other instances served what one published");
+    assert_eq!(
+        published, 2,
+        "the two other instances served what one published"
+    );
     assert!(
         store.get_meta(&blob_lease(&d)).await.unwrap().is_none(),
         "the lease is released once the blob is published"
@@ -156,7 +159,10 @@ async fn a_holder_that_never_publishes_is_waited_for_only_lease_wait() {
         ..CacheOptions::default()
     };
     let (cache, counters) = instance("b", &store, &up, clock.clone(), opts);
-    assert!(read(&cache, &d).await == data, "the client is served, not failed");
+    assert!(
+        read(&cache, &d).await == data,
+        "the client is served, not failed"
+    );
     assert_eq!(gets(&up), 1);
     assert_eq!(count(&counters.peer_waited_too_long), 1);
 }

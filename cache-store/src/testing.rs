@@ -266,6 +266,111 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| e.to_string())
 }
 
+/// An [`ObjectStore`](object_store::ObjectStore) that records every
+/// request made through it, as `"<op> <path>"` lines (`get` with a range
+/// is `get_range`), for tests that count what a read costs.
+#[derive(Debug)]
+pub struct RecordingObjectStore {
+    inner: std::sync::Arc<dyn object_store::ObjectStore>,
+    log: std::sync::Mutex<Vec<String>>,
+}
+
+impl RecordingObjectStore {
+    /// Records the requests made to `inner`.
+    pub fn new(inner: std::sync::Arc<dyn object_store::ObjectStore>) -> Self {
+        RecordingObjectStore {
+            inner,
+            log: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The requests so far, oldest first, and forgets them.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn record(&self, op: &str, path: impl std::fmt::Display) {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("{op} {path}"));
+    }
+}
+
+impl std::fmt::Display for RecordingObjectStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Recording({})", self.inner)
+    }
+}
+
+mod recording {
+    use std::ops::Range;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use futures::stream::BoxStream;
+    use object_store::path::Path;
+    use object_store::{
+        GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+        PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+    };
+
+    use super::RecordingObjectStore;
+
+    #[async_trait]
+    impl ObjectStore for RecordingObjectStore {
+        async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> Result<PutResult> {
+            self.record("put", l);
+            self.inner.put_opts(l, p, o).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            l: &Path,
+            o: PutMultipartOptions,
+        ) -> Result<Box<dyn MultipartUpload>> {
+            self.record("put_multipart", l);
+            self.inner.put_multipart_opts(l, o).await
+        }
+        async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
+            let op = match (o.head, &o.range) {
+                (true, _) => "head",
+                (false, Some(_)) => "get_range",
+                (false, None) => "get",
+            };
+            self.record(op, l);
+            self.inner.get_opts(l, o).await
+        }
+        async fn get_range(&self, l: &Path, r: Range<u64>) -> Result<Bytes> {
+            self.record("get_range", l);
+            self.inner.get_range(l, r).await
+        }
+        async fn head(&self, l: &Path) -> Result<ObjectMeta> {
+            self.record("head", l);
+            self.inner.head(l).await
+        }
+        async fn delete(&self, l: &Path) -> Result<()> {
+            self.record("delete", l);
+            self.inner.delete(l).await
+        }
+        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+            self.record("list", prefix.map_or("", |p| p.as_ref()));
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+            self.record("list", prefix.map_or("", |p| p.as_ref()));
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
+            self.record("copy", to);
+            self.inner.copy(from, to).await
+        }
+        async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> Result<()> {
+            self.record("copy", to);
+            self.inner.copy_if_not_exists(from, to).await
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
