@@ -52,7 +52,7 @@ async fn a_warm_read_on_another_instance_costs_one_metadata_request() {
     let image = up.push_image(
         &n("library/app"),
         &Tag::parse("v1").unwrap(),
-        &[layer.clone()],
+        std::slice::from_ref(&layer),
     );
     let objects = Arc::new(RecordingObjectStore::new(Arc::new(InMemory::new())));
     let spool = tempfile::tempdir().unwrap();
