@@ -223,6 +223,13 @@ pub async fn gc(cfg: &Config, quota: Option<&str>) -> ExitCode {
         Err(code) => return code,
     };
     match cache.gc(quota).await {
+        Ok(r) if r.lease_holder.is_some() => {
+            println!(
+                "gc: another instance ({}) is running gc on this store; nothing done",
+                r.lease_holder.unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
         Ok(r) => {
             println!(
                 "gc: {} expired, {} evicted, {} bytes freed, {} bytes remain, {} in use skipped, {} stale records dropped",

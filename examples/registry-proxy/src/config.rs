@@ -82,6 +82,19 @@ pub struct RawStorage {
     pub fsync: Option<bool>,
     /// How often gc runs when a quota or TTL is set (default `10m`).
     pub gc_interval: Option<String>,
+    /// Object storage: how long a lease to fetch a digest or run gc lasts
+    /// unless renewed (default `30s`).
+    pub lease_ttl: Option<String>,
+    /// Object storage: how long a fetch waits for another instance that
+    /// is fetching the same digest before fetching too (default `5m`).
+    pub lease_wait: Option<String>,
+    /// Object storage: this instance's name in its leases (default: the
+    /// `HOSTNAME`, the process id and a random part).
+    pub instance_name: Option<String>,
+    /// How often a blob's access time is written at most (default `60s`).
+    /// On object storage, gc spares blobs read within twice this, and each
+    /// instance renews it for what it is reading.
+    pub touch_interval: Option<String>,
 }
 
 /// One `[storage.options]` value.
@@ -258,6 +271,12 @@ pub enum Storage {
         options: Vec<(String, PasswordSource)>,
         /// Where writes are spooled while they are fetched.
         spool: PathBuf,
+        /// Validity of leases between instances.
+        lease_ttl: Duration,
+        /// Longest wait for another instance's fetch.
+        lease_wait: Duration,
+        /// This instance's name in leases, if given.
+        instance_name: Option<String>,
     },
 }
 
@@ -319,6 +338,8 @@ pub struct Config {
     pub storage: Storage,
     /// Quota for gc.
     pub quota: Option<u64>,
+    /// How often access times are written at most.
+    pub touch_interval: Duration,
     /// gc period.
     pub gc_interval: Duration,
     /// Until-headers timeout.
@@ -577,8 +598,9 @@ impl Config {
         check("listen", self.listen == new.listen);
         check("storage", self.storage == new.storage);
         check(
-            "storage.quota / storage.gc_interval",
-            (self.quota, self.gc_interval) == (new.quota, new.gc_interval),
+            "storage.quota / storage.gc_interval / storage.touch_interval",
+            (self.quota, self.gc_interval, self.touch_interval)
+                == (new.quota, new.gc_interval, new.touch_interval),
         );
         check(
             "[server]",
@@ -632,6 +654,17 @@ impl Config {
             .map_err(|_| ConfigError(format!("listen = {listen_s:?}: not an IP:PORT address")))?;
         let storage = storage(&raw.storage, &abs)?;
         let (quota, gc_interval) = gc(&raw.storage)?;
+        let touch_interval = duration(
+            "storage.touch_interval",
+            &raw.storage.touch_interval,
+            cache_core::CacheOptions::default().touch_interval,
+        )?;
+        if touch_interval < Duration::from_secs(1) {
+            return err(format!(
+                "storage.touch_interval = {:?}: at least 1s",
+                raw.storage.touch_interval.as_deref().unwrap_or_default()
+            ));
+        }
         let server = server(&raw.server)?;
         let upstream = upstream(&raw.upstream)?;
         let registries = registries(&raw.registry)?;
@@ -643,6 +676,7 @@ impl Config {
             storage,
             quota,
             gc_interval,
+            touch_interval,
             request_timeout: server.request_timeout,
             idle_timeout: server.idle_timeout,
             send_timeout: server.send_timeout,
@@ -685,10 +719,30 @@ fn storage(raw: &RawStorage, abs: &impl Fn(PathBuf) -> PathBuf) -> Result<Storag
                     (k.clone(), source)
                 })
                 .collect();
+            let defaults = cache_core::CacheOptions::default();
+            let lease_ttl = positive("storage.lease_ttl", &raw.lease_ttl, defaults.lease_ttl)?;
+            if lease_ttl < Duration::from_secs(3) {
+                return err(format!(
+                    "storage.lease_ttl = {:?}: at least 3s (it is renewed every third of it)",
+                    raw.lease_ttl.as_deref().unwrap_or_default()
+                ));
+            }
+            if let Some(name) = &raw.instance_name
+                && (name.is_empty()
+                    || name.len() > 200
+                    || !name.bytes().all(|b| b.is_ascii_graphic()))
+            {
+                return err(format!(
+                    "storage.instance_name = {name:?}: 1 to 200 visible ASCII characters, no spaces"
+                ));
+            }
             Storage::Object {
                 url,
                 options,
                 spool: raw.spool.clone().map_or_else(std::env::temp_dir, abs),
+                lease_ttl,
+                lease_wait: duration("storage.lease_wait", &raw.lease_wait, defaults.lease_wait)?,
+                instance_name: raw.instance_name.clone(),
             }
         }
         other => {
@@ -702,6 +756,9 @@ fn storage(raw: &RawStorage, abs: &impl Fn(PathBuf) -> PathBuf) -> Result<Storag
             ("url", raw.url.is_some()),
             ("options", !raw.options.is_empty()),
             ("spool", raw.spool.is_some()),
+            ("lease_ttl", raw.lease_ttl.is_some()),
+            ("lease_wait", raw.lease_wait.is_some()),
+            ("instance_name", raw.instance_name.is_some()),
         ] {
             if set {
                 return err(format!(

@@ -46,6 +46,7 @@ pub async fn open_store(cfg: &Config) -> Result<Arc<dyn BlobStore>, ConfigError>
             url,
             options,
             spool,
+            ..
         } => {
             let mut resolved = Vec::with_capacity(options.len());
             for (k, v) in options {
@@ -87,6 +88,20 @@ pub fn release_freed_memory() {
 /// The engine tunables the configuration gives (`[upstream]`, `[server]`).
 pub fn cache_options(cfg: &Config) -> CacheOptions {
     let up = &cfg.upstream;
+    let mut opts = CacheOptions::default();
+    if let config::Storage::Object {
+        lease_ttl,
+        lease_wait,
+        instance_name,
+        ..
+    } = &cfg.storage
+    {
+        opts.lease_ttl = *lease_ttl;
+        opts.lease_wait = *lease_wait;
+        if let Some(name) = instance_name {
+            opts.instance_name = name.clone();
+        }
+    }
     CacheOptions {
         max_concurrent_fetches: up.max_concurrent_fetches,
         max_queued_fetches: up.max_queued_fetches,
@@ -96,7 +111,8 @@ pub fn cache_options(cfg: &Config) -> CacheOptions {
         manifest_timeout: up.manifest_timeout,
         revalidate_window: up.revalidate_window,
         max_manifest_size: cfg.max_manifest_size,
-        ..CacheOptions::default()
+        touch_interval: cfg.touch_interval,
+        ..opts
     }
 }
 

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use axum::http::Method;
-use cache_core::UpstreamCall;
 use cache_core::events::{Counters, Event, EventSink};
+use cache_core::{PeerFetch, UpstreamCall};
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -153,6 +153,19 @@ impl Metrics {
             "Blob bytes sent straight from stored files (sendfile).",
             crate::sendfile::bytes_sent(),
         );
+        out.push_str("# HELP registry_proxy_peer_fetches_total Blob fetches that found another instance fetching the same digest (shared object store), by how they ended.\n# TYPE registry_proxy_peer_fetches_total counter\n");
+        for (outcome, v) in [
+            (PeerFetch::Published, &c.peer_published),
+            (PeerFetch::TakenOver, &c.peer_taken_over),
+            (PeerFetch::WaitedTooLong, &c.peer_waited_too_long),
+        ] {
+            let _ = writeln!(
+                out,
+                "registry_proxy_peer_fetches_total{{outcome=\"{}\"}} {}",
+                outcome.as_str(),
+                Counters::get(v)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP registry_proxy_fetches_in_flight Upstream blob fetches running now.\n# TYPE registry_proxy_fetches_in_flight gauge\nregistry_proxy_fetches_in_flight {inflight}"

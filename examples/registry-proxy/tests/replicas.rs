@@ -1,0 +1,276 @@
+//! Three registry-proxy processes on one Azurite container act as one
+//! cache: a cold blob costs one upstream GET however many instances are
+//! asked for it, a killed lease holder is replaced, and gc runs on every
+//! instance without deleting what another instance is serving.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cache_core::testing::content;
+use cache_core::{BlobStore, BlobStoreExt, Digest, MetaKey};
+use cache_store::ObjectBlobStore;
+use cache_store::testing::Azurite;
+use cache_upstream::testing::HostileRegistry;
+use common::{Proxy, http};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn azurite(container: &str) -> Azurite {
+    let az = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
+    az.create_container(container).unwrap();
+    az
+}
+
+/// Instance `name`'s configuration: the container's `cache/` prefix,
+/// 3-second leases; `storage` is added to `[storage]`.
+fn config(
+    up: &HostileRegistry,
+    az: &Azurite,
+    container: &str,
+    name: &str,
+    storage: &str,
+) -> String {
+    let options: String = az
+        .options()
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+    format!(
+        "[storage]\nbackend = \"object\"\nurl = \"az://{container}/cache\"\nspool = \"spool\"\ninstance_name = \"{name}\"\nlease_ttl = \"3s\"\n{storage}\n[storage.options]\n{options}\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n\n[[rule]]\nname = \"lib\"\nsource = \"{h}/library/*\"\ntarget = \"library/*\"\n",
+        h = up.host(),
+        u = up.url()
+    )
+}
+
+/// The store the instances share, opened as a fourth party.
+fn shared_store(az: &Azurite, container: &str, spool: &std::path::Path) -> ObjectBlobStore {
+    ObjectBlobStore::from_url(&format!("az://{container}/cache"), az.options(), spool).unwrap()
+}
+
+/// GETs a blob through `proxy`: the body, or the error that ended it.
+async fn get_blob(url: String) -> Result<Bytes, String> {
+    let r = http().get(url).send().await.map_err(|e| e.to_string())?;
+    if r.status() != 200 {
+        return Err(format!("status {}", r.status()));
+    }
+    r.bytes().await.map_err(|e| e.to_string())
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twelve_cold_clients_on_three_instances_cost_one_upstream_get() {
+    let az = azurite("one");
+    let up = HostileRegistry::start("127.0.0.1");
+    let layer = Bytes::from(content(1, 8 * 1024 * 1024).to_vec());
+    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    // About two seconds per blob body, so every client arrives mid-fetch.
+    up.set_drip(Some((64 * 1024, Duration::from_millis(15))));
+    let proxies: Vec<Proxy> = (0..3)
+        .map(|i| Proxy::start(&config(&up, &az, "one", &format!("p{i}"), "")))
+        .collect();
+    let (d, _) = &img.layers[0];
+    let clients = (0..12).map(|i| {
+        let url = proxies[i % 3].url(&format!("/v2/library/app/blobs/{d}"));
+        tokio::spawn(get_blob(url))
+    });
+    for (i, r) in futures::future::join_all(clients)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let body = r.unwrap().unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert!(body == layer, "client {i} got other bytes");
+    }
+    assert_eq!(
+        up.requests("GET", d.as_str()),
+        1,
+        "one upstream GET of the blob for all three instances"
+    );
+    let mut published = 0;
+    for p in &proxies {
+        published += metric(
+            &p.metrics().await,
+            "registry_proxy_peer_fetches_total{outcome=\"published\"}",
+        );
+    }
+    assert_eq!(
+        published, 2,
+        "two instances served what the third published"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_holder_killed_mid_fetch_is_replaced_and_nothing_partial_is_published() {
+    let az = azurite("kill");
+    let up = HostileRegistry::start("127.0.0.1");
+    let layer = Bytes::from(content(2, 8 * 1024 * 1024).to_vec());
+    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    up.set_drip(Some((64 * 1024, Duration::from_millis(15))));
+    let mut proxies: Vec<Proxy> = (0..3)
+        .map(|i| Proxy::start(&config(&up, &az, "kill", &format!("p{i}"), "")))
+        .collect();
+    let (d, _) = &img.layers[0];
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let url = proxies[i % 3].url(&format!("/v2/library/app/blobs/{d}"));
+            (i % 3, tokio::spawn(get_blob(url)))
+        })
+        .collect();
+
+    // Find the holder in the lease object, and kill it mid-fetch.
+    let spool = tempfile::tempdir().unwrap();
+    let store = shared_store(&az, "kill", spool.path());
+    let lease = MetaKey::parse(&format!("leases/blobs/sha256/{}", d.hex())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let holder = loop {
+        if let Some(v) = store.get_meta(&lease).await.unwrap() {
+            break String::from_utf8_lossy(&v)
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_owned();
+        }
+        assert!(Instant::now() < deadline, "no instance took the lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let killed: usize = holder.strip_prefix('p').unwrap().parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    proxies[killed].child.kill().unwrap();
+    proxies[killed].child.wait().unwrap();
+
+    for (i, (proxy, c)) in clients.into_iter().enumerate() {
+        match c.await.unwrap() {
+            Ok(body) => assert!(body == layer, "client {i} got other bytes"),
+            Err(e) => assert_eq!(
+                proxy, killed,
+                "client {i} of a surviving instance failed: {e}"
+            ),
+        }
+    }
+    assert_eq!(
+        up.requests("GET", d.as_str()),
+        2,
+        "the killed holder's GET and one by the instance that took over"
+    );
+    let took_over = proxies
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| *i != killed && p.log().contains("took over a lapsed fetch lease"))
+        .count();
+    assert_eq!(took_over, 1, "one survivor took the lease over");
+    // What is stored is the whole blob; the lease is gone.
+    let stored = store.get_bytes(d).await.unwrap();
+    assert!(stored == layer, "the published blob is whole and verified");
+    assert!(store.get_meta(&lease).await.unwrap().is_none());
+}
+
+/// Reads a blob through `port` slowly (a client on a slow link), with a
+/// small receive buffer so the server cannot finish sending long before
+/// the client finishes reading. Returns the body.
+async fn slow_read(port: u16, digest: &Digest) -> Vec<u8> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut s = sock.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let req = format!(
+        "GET /v2/library/app/blobs/{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 128 * 1024];
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let head_end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    let head = String::from_utf8_lossy(&all[..head_end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    all.split_off(head_end)
+}
+
+async fn stored_bytes(store: &ObjectBlobStore) -> u64 {
+    store.list_all().await.unwrap().iter().map(|b| b.size).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_on_every_instance_spares_what_another_is_serving_and_keeps_the_quota() {
+    let az = azurite("gcrun");
+    let up = HostileRegistry::start("127.0.0.1");
+    let big = Bytes::from(content(3, 16 * 1024 * 1024).to_vec());
+    let small = [
+        Bytes::from(content(4, 3 * 1024 * 1024).to_vec()),
+        Bytes::from(content(5, 3 * 1024 * 1024).to_vec()),
+    ];
+    let img = up.push_image(
+        "library/app",
+        "v1",
+        &[big.clone(), small[0].clone(), small[1].clone()],
+    );
+    let quota = 8 * 1024 * 1024;
+    let storage = "quota = \"8MiB\"\ngc_interval = \"1s\"\ntouch_interval = \"1s\"\n";
+    let proxies: Vec<Proxy> = (0..3)
+        .map(|i| Proxy::start(&config(&up, &az, "gcrun", &format!("p{i}"), storage)))
+        .collect();
+    let spool = tempfile::tempdir().unwrap();
+    let store = shared_store(&az, "gcrun", spool.path());
+    let d_big = img.layers[0].0.clone();
+
+    // p0 fetches all three layers; p1 then serves the big one, slowly,
+    // while gc runs every second on each instance. The small layers are
+    // idle and go; the big one is evicted by whichever instance runs gc
+    // unless it knows p1 is reading it.
+    for (d, _) in &img.layers {
+        get_blob(proxies[0].url(&format!("/v2/library/app/blobs/{d}")))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let body = slow_read(proxies[1].port, &d_big).await;
+    assert!(
+        body == big,
+        "the slow read got {} bytes; the blob was deleted under it",
+        body.len()
+    );
+    for (d, _) in &img.layers[1..] {
+        assert!(
+            store.stat(d).await.unwrap().is_none(),
+            "an idle layer stayed"
+        );
+    }
+    // Once nobody reads it, the big layer goes too: the quota holds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stored_bytes(&store).await > quota {
+        assert!(Instant::now() < deadline, "the quota was not restored");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs: Vec<String> = proxies.iter().map(Proxy::log).collect();
+    let runs: usize = logs
+        .iter()
+        .map(|l| l.matches("gc: took the gc lease").count())
+        .sum();
+    assert!(
+        runs >= 3,
+        "each gc run takes the lease and says so:\n{}",
+        logs.join("\n")
+    );
+    assert!(
+        logs.iter()
+            .filter(|l| l.contains("gc: took the gc lease"))
+            .count()
+            >= 2,
+        "gc ran on more than one instance"
+    );
+}
