@@ -1150,6 +1150,57 @@ mod tests {
     }
 
     #[test]
+    fn lease_settings_are_checked_and_belong_to_the_object_backend() {
+        let object = "[storage]\nbackend = \"object\"\nurl = \"az://c/p\"\n";
+        let rest = "[[registry]]\nhost = \"docker.io\"\n[[rule]]\nname = \"r\"\nsource = \"docker.io/library/*\"\ntarget = \"library/*\"\n";
+        let c = parse(&format!(
+            "{object}lease_ttl = \"10s\"\nlease_wait = \"0s\"\ninstance_name = \"pod-7\"\ntouch_interval = \"5s\"\n{rest}"
+        ))
+        .unwrap();
+        let opts = crate::cache_options(&c);
+        assert_eq!(
+            (
+                opts.lease_ttl,
+                opts.lease_wait,
+                opts.instance_name.as_str(),
+                opts.touch_interval
+            ),
+            (
+                Duration::from_secs(10),
+                Duration::ZERO,
+                "pod-7",
+                Duration::from_secs(5)
+            )
+        );
+        for (line, says) in [
+            (
+                "lease_ttl = \"1s\"",
+                "storage.lease_ttl = \"1s\": at least 3s",
+            ),
+            ("lease_wait = \"soon\"", "storage.lease_wait"),
+            (
+                "instance_name = \"pod 7\"",
+                "storage.instance_name = \"pod 7\"",
+            ),
+            ("instance_name = \"\"", "storage.instance_name = \"\""),
+            (
+                "touch_interval = \"10ms\"",
+                "storage.touch_interval = \"10ms\": at least 1s",
+            ),
+        ] {
+            let e = parse(&format!("{object}{line}\n{rest}")).unwrap_err().0;
+            assert!(e.contains(says), "{line}: {e}");
+        }
+        let e = parse(&format!("[storage]\nlease_ttl = \"10s\"\n{rest}"))
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("storage.lease_ttl is for backend = \"object\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_object_backend_reads_its_url_options_and_spool_and_redacts_values() {
         let text = r#"
 [storage]
@@ -1172,6 +1223,9 @@ target = "library/*"
             url,
             options,
             spool,
+            lease_ttl,
+            lease_wait,
+            instance_name,
         } = &c.storage
         else {
             panic!("{:?}", c.storage);
@@ -1179,6 +1233,10 @@ target = "library/*"
         assert_eq!(
             (url.as_str(), spool.as_path()),
             ("az://cache/proxy", Path::new("/base/spool"))
+        );
+        assert_eq!(
+            (*lease_ttl, *lease_wait, instance_name.as_deref()),
+            (Duration::from_secs(30), Duration::from_secs(300), None)
         );
         assert_eq!(
             options,
