@@ -1,0 +1,265 @@
+//! Object storage through registry-proxy, side by side in one run, on
+//! Azurite (the Azure Blob emulator) on loopback:
+//!
+//! * **Warm**: a 64 MiB layer through one instance (release build) against
+//!   a direct ranged GET of the same object from Azurite, alternating:
+//!   time to first byte and throughput, on the instance that fetched it and
+//!   on a fresh instance that did not.
+//! * **Cold**: 16 clients asking for a blob nobody has, over three
+//!   instances sharing the container against all on one instance: time
+//!   until every client has the whole blob, and upstream GETs.
+//!
+//! Run with `scripts/bench-replicas.sh` (builds, installs Azurite if
+//! missing). `REPLICA_ROUNDS` (default 5) runs per figure; medians are
+//! reported. Loopback only; every run is bounded.
+
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use benches::{Proc, machine, wait_http};
+use bytes::Bytes;
+use cache_store::testing::Azurite;
+use cache_upstream::testing::{HostileRegistry, free_port};
+use futures::StreamExt;
+use object_store::ObjectStore;
+use object_store::path::Path as ObjectPath;
+
+const WARM_LAYER: usize = 64 * 1024 * 1024;
+const COLD_LAYER: usize = 32 * 1024 * 1024;
+const CLIENTS: usize = 16;
+
+fn rounds() -> usize {
+    std::env::var("REPLICA_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(5)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// A release registry-proxy on the container's `prefix`, named `name`.
+fn proxy(
+    bin: &std::path::Path,
+    az: &Azurite,
+    up: &HostileRegistry,
+    prefix: &str,
+    name: &str,
+) -> Result<(Proc, u16), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = free_port();
+    let options: String = az
+        .options()
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+    let cfg = format!(
+        "listen = \"127.0.0.1:{port}\"\n[storage]\nbackend = \"object\"\nurl = \"az://bench/{prefix}\"\nspool = \"spool\"\ninstance_name = \"{name}\"\n[storage.options]\n{options}\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n[[rule]]\nname = \"bench\"\nsource = \"{h}/bench/*\"\ntarget = \"bench/*\"\n",
+        h = up.host(),
+        u = up.url()
+    );
+    std::fs::write(dir.path().join("proxy.toml"), cfg).map_err(|e| e.to_string())?;
+    let child = Command::new(bin)
+        .arg("--config")
+        .arg(dir.path().join("proxy.toml"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let p = Proc { child, _dir: dir };
+    wait_http(port, "/v2/")?;
+    Ok((p, port))
+}
+
+/// Time to the first body byte and in all (seconds), and bytes read.
+async fn timed(
+    first: impl std::future::Future<
+        Output = Result<futures::stream::BoxStream<'static, Result<Bytes, String>>, String>,
+    >,
+) -> Result<(f64, f64, usize), String> {
+    let t = Instant::now();
+    let mut s = first.await?;
+    let mut ttfb = None;
+    let mut n = 0;
+    while let Some(c) = s.next().await {
+        let c = c?;
+        if ttfb.is_none() && !c.is_empty() {
+            ttfb = Some(t.elapsed().as_secs_f64());
+        }
+        n += c.len();
+    }
+    Ok((ttfb.unwrap_or_default(), t.elapsed().as_secs_f64(), n))
+}
+
+async fn via_proxy(
+    client: &reqwest::Client,
+    port: u16,
+    d: &cache_core::Digest,
+) -> Result<(f64, f64, usize), String> {
+    let url = format!("http://127.0.0.1:{port}/v2/bench/app/blobs/{d}");
+    timed(async {
+        let r = client.get(url).send().await.map_err(|e| e.to_string())?;
+        if r.status() != 200 {
+            return Err(format!("status {}", r.status()));
+        }
+        Ok(r.bytes_stream()
+            .map(|c| c.map_err(|e| e.to_string()))
+            .boxed())
+    })
+    .await
+}
+
+async fn direct(
+    store: &Arc<dyn ObjectStore>,
+    path: &ObjectPath,
+    len: usize,
+) -> Result<(f64, f64, usize), String> {
+    timed(async {
+        let r = store
+            .get_opts(
+                path,
+                object_store::GetOptions {
+                    range: Some(object_store::GetRange::Bounded(0..len as u64)),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(r.into_stream()
+            .map(|c| c.map_err(|e| e.to_string()))
+            .boxed())
+    })
+    .await
+}
+
+fn main() -> ExitCode {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    match rt.block_on(run()) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("replicas: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe.with_file_name("registry-proxy");
+    if !bin.is_file() {
+        return Err(format!(
+            "{} not found: run scripts/bench-replicas.sh",
+            bin.display()
+        ));
+    }
+    let az = Azurite::start()?;
+    az.create_container("bench")?;
+    let up = HostileRegistry::start("127.0.0.1");
+    let client = reqwest::Client::new();
+    let rounds = rounds();
+    let mut out = format!(
+        "Measured on {}, loopback, release build, by `scripts/bench-replicas.sh` ({rounds} rounds, medians).\n\n",
+        machine()
+    );
+
+    // Warm: one instance fetches the layer; then direct GETs from Azurite
+    // alternate with GETs through it, and through a fresh instance.
+    let layer = Bytes::from(cache_core::testing::content(1, WARM_LAYER).to_vec());
+    let d = up.add_blob(layer.clone());
+    let (_p0, port0) = proxy(&bin, &az, &up, "warm", "p0")?;
+    let (_, _, n) = via_proxy(&client, port0, &d).await?;
+    if n != WARM_LAYER {
+        return Err(format!("cold read of {n} bytes"));
+    }
+    let raw: Arc<dyn ObjectStore> = {
+        let url = url::Url::parse("az://bench/").map_err(|e| e.to_string())?;
+        let (s, _) = object_store::parse_url_opts(&url, az.options()).map_err(|e| e.to_string())?;
+        Arc::from(s)
+    };
+    let path = ObjectPath::from(format!("warm/blobs/sha256/{}", d.hex()));
+    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
+        ("direct ranged GET from Azurite", vec![], vec![]),
+        ("through the instance that fetched it", vec![], vec![]),
+        ("through a fresh instance", vec![], vec![]),
+    ];
+    for i in 0..rounds {
+        let fresh = proxy(&bin, &az, &up, "warm", &format!("fresh{i}"))?;
+        for (row, r) in [
+            (0, direct(&raw, &path, WARM_LAYER).await?),
+            (1, via_proxy(&client, port0, &d).await?),
+            (2, via_proxy(&client, fresh.1, &d).await?),
+        ] {
+            if r.2 != WARM_LAYER {
+                return Err(format!("{}: {} bytes", rows[row].0, r.2));
+            }
+            rows[row].1.push(r.0 * 1000.0);
+            rows[row].2.push(WARM_LAYER as f64 / 1048576.0 / r.1);
+        }
+    }
+    let base = (median(rows[0].1.clone()), median(rows[0].2.clone()));
+    out.push_str("| warm 64 MiB blob | time to first byte | vs direct | throughput | vs direct |\n|---|---|---|---|---|\n");
+    for (name, ttfb, mibs) in &rows {
+        let (t, m) = (median(ttfb.clone()), median(mibs.clone()));
+        out.push_str(&format!(
+            "| {name} | {t:.1} ms | {:.2}x | {m:.0} MiB/s | {:.2}x |\n",
+            t / base.0,
+            m / base.1
+        ));
+    }
+
+    // Cold: a new blob each round, 16 clients, one instance or three.
+    let mut cold: Vec<(&str, Vec<f64>, Vec<usize>)> = vec![
+        ("16 clients on one instance", vec![], vec![]),
+        ("16 clients over three instances", vec![], vec![]),
+    ];
+    for i in 0..rounds {
+        for (row, instances) in [(0usize, 1usize), (1, 3)] {
+            let prefix = format!("cold{i}-{instances}");
+            let procs: Vec<(Proc, u16)> = (0..instances)
+                .map(|k| proxy(&bin, &az, &up, &prefix, &format!("c{k}")))
+                .collect::<Result<_, _>>()?;
+            let blob = Bytes::from(
+                cache_core::testing::content(100 + (i * 2 + row) as u64, COLD_LAYER).to_vec(),
+            );
+            let d = up.add_blob(blob);
+            let t = Instant::now();
+            let reads = (0..CLIENTS).map(|c| {
+                let (client, port, d) = (client.clone(), procs[c % instances].1, d.clone());
+                async move { via_proxy(&client, port, &d).await }
+            });
+            for r in futures::future::join_all(reads).await {
+                let (_, _, n) = r?;
+                if n != COLD_LAYER {
+                    return Err(format!("cold read of {n} bytes"));
+                }
+            }
+            cold[row].1.push(t.elapsed().as_secs_f64());
+            cold[row].2.push(up.requests("GET", d.as_str()));
+            up.remove_blob(&d);
+        }
+    }
+    let base = median(cold[0].1.clone());
+    out.push_str("\n| cold 32 MiB blob | all clients done | vs one instance | upstream GETs per round |\n|---|---|---|---|\n");
+    for (name, secs, gets) in &cold {
+        let s = median(secs.clone());
+        out.push_str(&format!(
+            "| {name} | {:.0} ms | {:.2}x | {} |\n",
+            s * 1000.0,
+            s / base,
+            gets.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(out)
+}
