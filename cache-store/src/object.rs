@@ -51,7 +51,12 @@ const PART: usize = 16 * 1024 * 1024;
 /// Parts in flight at once during a multipart upload.
 const PARTS_IN_FLIGHT: usize = 4;
 /// The span of one ranged GET of a blob read.
-const READ_CHUNK: u64 = 4 * 1024 * 1024;
+const READ_CHUNK: u64 = 8 * 1024 * 1024;
+/// Ranged GETs of one read in flight at once: the next piece always, and
+/// up to two more while the store's read-ahead budget lasts.
+const READ_AHEAD: usize = 3;
+/// Default bytes of read-ahead all reads of one store may hold together.
+const READ_AHEAD_BUDGET: usize = 128 * 1024 * 1024;
 /// The span of a read's first GET, which is read whole before the read
 /// answers: small, so the first byte is not kept waiting.
 const FIRST_PIECE: u64 = 256 * 1024;
@@ -61,6 +66,8 @@ struct Inner {
     prefix: Path,
     spool_dir: PathBuf,
     spools: AtomicUsize,
+    /// Read-ahead beyond each read's next piece, in bytes (see `Pieces`).
+    read_ahead: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -97,6 +104,7 @@ impl ObjectBlobStore {
                 prefix,
                 spool_dir: spool_dir.into(),
                 spools: AtomicUsize::new(0),
+                read_ahead: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_BUDGET)),
             }),
         })
     }
@@ -181,6 +189,99 @@ impl ObjectBlobStore {
                 (rest, m)
             })
             .collect())
+    }
+}
+
+/// The pieces of a read after its first, as a stream: one ranged GET per
+/// `READ_CHUNK`, each read whole by a task of its own, so a request never
+/// waits on a slow client and none outlives object_store's request timeout
+/// however long the transfer takes. The next piece is always in flight;
+/// up to `READ_AHEAD - 1` more while the store-wide read-ahead budget has
+/// room for them, so the store's time to first byte is paid once rather
+/// than per piece, and memory stays bounded: one piece per read, plus the
+/// budget. Nothing is requested until the stream is polled; dropping it
+/// cancels what is in flight. The first error ends it.
+struct Pieces {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    budget: Arc<tokio::sync::Semaphore>,
+    next: u64,
+    end: u64,
+    inflight: std::collections::VecDeque<Piece>,
+    failed: bool,
+}
+
+/// One piece in flight, and the read-ahead budget it holds, if any.
+struct Piece {
+    task: tokio::task::JoinHandle<Result<Bytes>>,
+    _budget: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Piece {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Pieces {
+    fn start(&mut self, budget: Option<tokio::sync::OwnedSemaphorePermit>) {
+        let (from, to) = (self.next, self.end.min(self.next + READ_CHUNK));
+        self.next = to;
+        let (store, path) = (self.store.clone(), self.path.clone());
+        let task = tokio::spawn(async move {
+            let bytes = store
+                .get_range(&path, from..to)
+                .await
+                .map_err(|e| os_err("get", &path, e))?;
+            if bytes.len() as u64 != to - from {
+                return Err(Error::storage_busy(
+                    "get",
+                    format!("{path}: {} bytes for range {from}..{to}", bytes.len()),
+                ));
+            }
+            Ok(bytes)
+        });
+        self.inflight.push_back(Piece {
+            task,
+            _budget: budget,
+        });
+    }
+}
+
+impl futures::Stream for Pieces {
+    type Item = Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        if this.inflight.is_empty() && this.next < this.end {
+            this.start(None);
+        }
+        while this.inflight.len() < READ_AHEAD && this.next < this.end {
+            let want = (this.end.min(this.next + READ_CHUNK) - this.next) as u32;
+            match this.budget.clone().try_acquire_many_owned(want) {
+                Ok(permit) => this.start(Some(permit)),
+                Err(_) => break,
+            }
+        }
+        let Some(head) = this.inflight.front_mut() else {
+            return Poll::Ready(None);
+        };
+        let done = match std::pin::Pin::new(&mut head.task).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r.unwrap_or_else(|e| {
+                Err(Error::storage_msg("get", format!("a read task ended: {e}")))
+            }),
+        };
+        this.inflight.pop_front();
+        this.failed = done.is_err();
+        Poll::Ready(Some(done))
     }
 }
 
@@ -281,33 +382,16 @@ impl BlobStore for ObjectBlobStore {
             pos = got.end;
             first_piece = Some(bytes);
         }
-        // Then one ranged GET per READ_CHUNK, each read whole before it is
-        // yielded: a request never waits on a slow client, so none outlives
-        // object_store's request timeout however long the transfer takes,
-        // and a reader holds at most one piece. Nothing more is requested
-        // until the stream is polled.
-        let store = self.inner.store.clone();
-        let end = span.end;
-        let rest = stream::try_unfold(pos, move |pos| {
-            let (store, path) = (store.clone(), path.clone());
-            async move {
-                if pos >= end {
-                    return Ok(None);
-                }
-                let next = end.min(pos + READ_CHUNK);
-                let bytes = store
-                    .get_range(&path, pos..next)
-                    .await
-                    .map_err(|e| os_err("get", &path, e))?;
-                if bytes.len() as u64 != next - pos {
-                    return Err(Error::storage_busy(
-                        "get",
-                        format!("{path}: {} bytes for range {pos}..{next}", bytes.len()),
-                    ));
-                }
-                Ok(Some((bytes, next)))
-            }
-        });
+        // Then the rest in pieces, fetched ahead (see `Pieces`).
+        let rest = Pieces {
+            store: self.inner.store.clone(),
+            path,
+            budget: self.inner.read_ahead.clone(),
+            next: pos,
+            end: span.end,
+            inflight: std::collections::VecDeque::new(),
+            failed: false,
+        };
         let stream = stream::iter(first_piece.map(Ok)).chain(rest).boxed();
         Ok(BlobRead {
             size,

@@ -138,6 +138,21 @@ async fn direct(
     .await
 }
 
+async fn in_process(
+    store: &cache_store::ObjectBlobStore,
+    d: &cache_core::Digest,
+) -> Result<(f64, f64, usize), String> {
+    use cache_core::BlobStore as _;
+    timed(async {
+        let r = store.get(d, None).await.map_err(|e| e.to_string())?;
+        Ok(r.payload
+            .into_stream()
+            .map(|c| c.map_err(|e| e.to_string()))
+            .boxed())
+    })
+    .await
+}
+
 fn main() -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     match rt.block_on(run()) {
@@ -180,23 +195,28 @@ async fn run() -> Result<String, String> {
     if n != WARM_LAYER {
         return Err(format!("cold read of {n} bytes"));
     }
+    let path = ObjectPath::from(format!("warm/blobs/sha256/{}", d.hex()));
     let raw: Arc<dyn ObjectStore> = {
         let url = url::Url::parse("az://bench/").map_err(|e| e.to_string())?;
         let (s, _) = object_store::parse_url_opts(&url, az.options()).map_err(|e| e.to_string())?;
         Arc::from(s)
     };
-    let path = ObjectPath::from(format!("warm/blobs/sha256/{}", d.hex()));
     let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
         ("direct ranged GET from Azurite", vec![], vec![]),
         ("through the instance that fetched it", vec![], vec![]),
         ("through a fresh instance", vec![], vec![]),
+        ("ObjectBlobStore::get in this process", vec![], vec![]),
     ];
+    let spool = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let lib = cache_store::ObjectBlobStore::new(raw.clone(), "warm", spool.path())
+        .map_err(|e| e.to_string())?;
     for i in 0..rounds {
         let fresh = proxy(&bin, &az, &up, "warm", &format!("fresh{i}"))?;
         for (row, r) in [
             (0, direct(&raw, &path, WARM_LAYER).await?),
             (1, via_proxy(&client, port0, &d).await?),
             (2, via_proxy(&client, fresh.1, &d).await?),
+            (3, in_process(&lib, &d).await?),
         ] {
             if r.2 != WARM_LAYER {
                 return Err(format!("{}: {} bytes", rows[row].0, r.2));

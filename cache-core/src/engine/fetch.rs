@@ -563,7 +563,7 @@ impl Job {
                 inner.events.event(&Event::PeerFetch(PeerFetch::Published));
                 return Ok(Turn::Published);
             }
-            delay = (delay * 2).min(std::time::Duration::from_secs(1));
+            delay = (delay * 2).min(std::time::Duration::from_millis(250));
         }
     }
 

@@ -366,7 +366,7 @@ pub async fn empty_and_sha512_blobs(h: &Harness) {
 /// whole and in ranges that start and end inside later pieces.
 pub async fn large_reads_in_pieces(h: &Harness) {
     let s = &*h.store;
-    let len = 5 * 1024 * 1024 + 123;
+    let len = 17 * 1024 * 1024 + 123;
     let data = content(11, len);
     let d = Digest::sha256_of(&data);
     s.put(&d, data.clone()).await.unwrap();
@@ -374,9 +374,9 @@ pub async fn large_reads_in_pieces(h: &Harness) {
     let cases = [
         (None, 0..n),
         (Some(ByteRange::From(300_000)), 300_000..n),
-        (Some(ByteRange::Inclusive(100, 4_500_000)), 100..4_500_001),
-        (Some(ByteRange::Inclusive(4_200_000, n + 10)), 4_200_000..n),
-        (Some(ByteRange::Suffix(1_000_000)), n - 1_000_000..n),
+        (Some(ByteRange::Inclusive(100, 9_500_000)), 100..9_500_001),
+        (Some(ByteRange::Inclusive(9_200_000, n + 10)), 9_200_000..n),
+        (Some(ByteRange::Suffix(10_000_000)), n - 10_000_000..n),
     ];
     for (r, span) in cases {
         let got = read_all(s, &d, r).await.unwrap();
