@@ -56,6 +56,17 @@ pub struct RawConfig {
     /// `[[rule]]`.
     #[serde(default)]
     pub rule: Vec<RawRule>,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[log]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `"text"` (default) or `"json"`; `REGISTRY_PROXY_LOG_FORMAT` overrides it.
+    pub format: Option<String>,
 }
 
 /// `[storage]`.
@@ -336,6 +347,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The store.
     pub storage: Storage,
+    /// How log lines are written.
+    pub log_format: crate::logging::LogFormat,
     /// Quota for gc.
     pub quota: Option<u64>,
     /// How often access times are written at most.
@@ -597,6 +610,7 @@ impl Config {
         };
         check("listen", self.listen == new.listen);
         check("storage", self.storage == new.storage);
+        check("log.format", self.log_format == new.log_format);
         check(
             "storage.quota / storage.gc_interval / storage.touch_interval",
             (self.quota, self.gc_interval, self.touch_interval)
@@ -653,6 +667,12 @@ impl Config {
             .parse()
             .map_err(|_| ConfigError(format!("listen = {listen_s:?}: not an IP:PORT address")))?;
         let storage = storage(&raw.storage, &abs)?;
+        let log_format = match raw.log.format.as_deref() {
+            None => crate::logging::LogFormat::default(),
+            Some(f) => crate::logging::LogFormat::parse(f).ok_or_else(|| {
+                ConfigError(format!("log.format = {f:?}: use \"text\" or \"json\""))
+            })?,
+        };
         let (quota, gc_interval) = gc(&raw.storage)?;
         let touch_interval = duration(
             "storage.touch_interval",
@@ -675,6 +695,7 @@ impl Config {
             listen,
             storage,
             quota,
+            log_format,
             gc_interval,
             touch_interval,
             request_timeout: server.request_timeout,

@@ -86,6 +86,8 @@ fn load(path: &Option<PathBuf>) -> Result<Config, String> {
     }
 }
 
+use registry_proxy::logging::LogFormat;
+
 fn main() -> ExitCode {
     // Blob I/O runs on tokio's blocking threads; glibc would give each its
     // own malloc arena, and peak RSS would grow with the thread count rather
@@ -102,9 +104,9 @@ fn main() -> ExitCode {
         (None, false) => Cmd::Serve,
         (Some(c), _) => c,
     };
-    let _log = registry_proxy::logging::init(matches!(cmd, Cmd::Serve));
     let path = config_path(&args.config);
     if let Cmd::Reload = cmd {
+        let _log = registry_proxy::logging::init(false, LogFormat::Text);
         // The server validates the file and reports; only its address is read here.
         return cli::reload(path.as_deref());
     }
@@ -115,6 +117,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let _log = registry_proxy::logging::init(matches!(cmd, Cmd::Serve), cfg.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

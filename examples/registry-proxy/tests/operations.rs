@@ -441,3 +441,49 @@ async fn the_pull_budget_stops_at_the_reserve_cached_tags_go_stale_and_cold_miss
     );
     assert!(proxy.log().contains("pull budget at its reserve"), "logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_the_request_fields() {
+    let up = HostileRegistry::start("127.0.0.1");
+    up.push_image("library/a", "v1", &[Bytes::from_static(b"layer")]);
+    let admin = cache_upstream::testing::free_port();
+    let proxy = Proxy::start(&format!(
+        "{}[log]\nformat = \"json\"\n",
+        config(&up, admin, "", &rule("lib", &up, "library"))
+    ));
+    let r = http()
+        .get(proxy.url("/v2/library/a/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The access log is written by a background thread.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = proxy.log();
+        if log.contains("/v2/library/a/manifests/v1") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no access log line:\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!log.contains('\u{1b}'), "no ANSI codes:\n{log}");
+    let mut requests = 0;
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        if v["message"] == "request" && v["path"] != "/v2/" {
+            requests += 1;
+            assert_eq!(v["method"], "GET", "{line}");
+            assert_eq!(v["path"], "/v2/library/a/manifests/v1", "{line}");
+            assert_eq!(v["status"], 200, "{line}");
+            assert_eq!(v["cache"], "miss", "{line}");
+            assert!(v["elapsed_ms"].is_u64(), "{line}");
+        }
+    }
+    assert_eq!(requests, 1, "{log}");
+}
