@@ -56,6 +56,47 @@ pub struct ClientOptions {
     pub rate_limit_reserve: Option<u64>,
     /// The `User-Agent` header.
     pub user_agent: String,
+    /// Which certificates an upstream may present, and the client
+    /// certificate to present to it.
+    pub tls: TlsOptions,
+}
+
+/// How a [`RegistryClient`] checks an upstream's certificate and presents
+/// its own.
+#[derive(Clone)]
+pub struct TlsOptions {
+    /// PEM certificates of CAs to trust for this upstream: a private CA in
+    /// front of an internal registry.
+    pub ca_pem: Vec<String>,
+    /// Whether the system's roots are trusted too (default `true`); with
+    /// `false`, only `ca_pem`.
+    pub system_roots: bool,
+    /// A client certificate chain and its private key, PEM, for an
+    /// upstream that wants mutual TLS. Prints as `<redacted>`.
+    pub client_identity: Option<Secret>,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        TlsOptions {
+            ca_pem: Vec::new(),
+            system_roots: true,
+            client_identity: None,
+        }
+    }
+}
+
+impl fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field(
+                "ca_pem",
+                &format_args!("{} PEM document(s)", self.ca_pem.len()),
+            )
+            .field("system_roots", &self.system_roots)
+            .field("client_identity", &self.client_identity)
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -74,6 +115,7 @@ impl Default for ClientOptions {
             endpoint_backoff: Duration::from_secs(10),
             rate_limit_reserve: None,
             user_agent: concat!("pull-through-cache/", env!("CARGO_PKG_VERSION")).to_owned(),
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -247,7 +289,26 @@ impl RegistryClient {
         let invalid = |reason: &str| Error::invalid_rule(registry.to_string(), reason);
         let policy = AddressPolicy::for_endpoints(&bases, &opts.redirect_hosts, &opts.token_hosts);
         let redirect_policy = policy.clone();
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if !opts.tls.system_roots {
+            http = http.tls_built_in_root_certs(false);
+        }
+        for pem in &opts.tls.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| invalid(&format!("CA certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(invalid("CA certificates: none in the PEM given"));
+            }
+            for c in certs {
+                http = http.add_root_certificate(c);
+            }
+        }
+        if let Some(id) = &opts.tls.client_identity {
+            let id = reqwest::Identity::from_pem(id.expose().as_bytes())
+                .map_err(|e| invalid(&format!("client certificate: {e}")))?;
+            http = http.identity(id);
+        }
+        let http = http
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.read_timeout)
             .user_agent(opts.user_agent.clone())
@@ -343,7 +404,11 @@ impl RegistryClient {
         if let Some(refused) = refused_in(&e) {
             return self.upstream_err(refused.to_string(), false);
         }
-        let temporary = e.is_connect() || e.is_timeout() || e.is_request() || e.is_body();
+        // A TLS failure (an untrusted or refused certificate, a protocol
+        // the two sides do not share) is configuration, not weather: it
+        // will fail the same way on a retry.
+        let temporary = (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body())
+            && !is_tls_failure(&e);
         let mut cause: &(dyn std::error::Error + 'static) = &e;
         while let Some(next) = cause.source() {
             cause = next;
@@ -902,6 +967,25 @@ impl Upstream for RegistryClient {
         tags.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         Ok(tags)
     }
+}
+
+/// Whether a transport error was TLS refusing the connection (rustls's
+/// error anywhere in its chain, also inside an `io::Error`).
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        // An io::Error's source skips the error it wraps: look inside.
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
 }
 
 #[cfg(test)]

@@ -28,6 +28,6 @@ mod policy;
 pub mod testing;
 
 pub use auth::{Challenge, Credentials, PasswordSource, Secret};
-pub use client::{ClientOptions, RateLimit, RegistryClient};
+pub use client::{ClientOptions, RateLimit, RegistryClient, TlsOptions};
 pub use layout::OciLayout;
 pub use policy::{AddressPolicy, Refused, is_public};

@@ -55,26 +55,52 @@ pub struct TestRegistry {
     port: u16,
     dir: tempfile::TempDir,
     auth: Option<(String, String)>,
+    tls: bool,
+    push_cert_dir: Option<std::path::PathBuf>,
+}
+
+/// PEM files for a registry serving HTTPS: its certificate and key, and
+/// optionally CAs whose client certificates it requires.
+#[derive(Debug, Clone)]
+pub struct RegistryTls {
+    /// The certificate chain (PEM file).
+    pub certificate: std::path::PathBuf,
+    /// Its key (PEM file).
+    pub key: std::path::PathBuf,
+    /// Client CA certificates (PEM files); clients must present one's.
+    pub client_cas: Vec<std::path::PathBuf>,
+    /// A directory with a client certificate (`*.cert`, `*.key`) skopeo
+    /// pushes with, for a registry that requires one.
+    pub push_cert_dir: Option<std::path::PathBuf>,
 }
 
 impl TestRegistry {
     /// Starts an anonymous registry.
     pub fn start() -> Result<Self, String> {
-        Self::start_inner(None, None)
+        Self::start_inner(None, None, None)
+    }
+
+    /// Starts an anonymous registry serving HTTPS (`http.tls`).
+    pub fn start_tls(tls: RegistryTls) -> Result<Self, String> {
+        Self::start_inner(None, None, Some(tls))
     }
 
     /// Starts a registry that requires htpasswd (bcrypt) basic auth.
     pub fn start_with_auth(user: &str, password: &str) -> Result<Self, String> {
-        Self::start_inner(Some((user.to_owned(), password.to_owned())), None)
+        Self::start_inner(Some((user.to_owned(), password.to_owned())), None, None)
     }
 
     /// Starts the distribution registry in proxy mode (`proxy: remoteurl:`),
     /// a pull-through cache of `remote`, with empty storage.
     pub fn start_proxy(remote: &str) -> Result<Self, String> {
-        Self::start_inner(None, Some(remote.to_owned()))
+        Self::start_inner(None, Some(remote.to_owned()), None)
     }
 
-    fn start_inner(auth: Option<(String, String)>, proxy: Option<String>) -> Result<Self, String> {
+    fn start_inner(
+        auth: Option<(String, String)>,
+        proxy: Option<String>,
+        tls: Option<RegistryTls>,
+    ) -> Result<Self, String> {
         let bin = require("docker-registry", "docker-registry")?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let port = free_port();
@@ -100,8 +126,25 @@ impl TestRegistry {
         let proxy_yaml = proxy
             .map(|r| format!("proxy:\n  remoteurl: {r}\n"))
             .unwrap_or_default();
+        let tls_yaml = tls
+            .as_ref()
+            .map(|t| {
+                let mut y = format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    t.certificate.display(),
+                    t.key.display()
+                );
+                if !t.client_cas.is_empty() {
+                    y.push_str("    clientcas:\n");
+                    for ca in &t.client_cas {
+                        y.push_str(&format!("      - {}\n", ca.display()));
+                    }
+                }
+                y
+            })
+            .unwrap_or_default();
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-secret\n{auth_yaml}{proxy_yaml}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-secret\n{tls_yaml}{auth_yaml}{proxy_yaml}",
             dir.path().join("data").display()
         );
         let cfg = dir.path().join("config.yml");
@@ -121,6 +164,8 @@ impl TestRegistry {
             port,
             dir,
             auth,
+            push_cert_dir: tls.as_ref().and_then(|t| t.push_cert_dir.clone()),
+            tls: tls.is_some(),
         };
         reg.wait_ready()?;
         Ok(reg)
@@ -154,9 +199,10 @@ impl TestRegistry {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The port.
@@ -200,6 +246,9 @@ impl TestRegistry {
         ];
         if let Some((u, p)) = &self.auth {
             args.push(format!("--dest-creds={u}:{p}"));
+        }
+        if let Some(d) = &self.push_cert_dir {
+            args.push(format!("--dest-cert-dir={}", d.display()));
         }
         args.push(format!("oci:{}:{tag}", layout.display()));
         args.push(format!("docker://{}/{repo}:{tag}", self.host()));

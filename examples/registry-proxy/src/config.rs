@@ -59,6 +59,8 @@ pub struct RawConfig {
     /// `[log]`.
     #[serde(default)]
     pub log: RawLog,
+    /// `[tls]`.
+    pub tls: Option<RawTls>,
 }
 
 /// `[log]`.
@@ -223,6 +225,28 @@ pub struct RawRegistry {
     /// receive this registry's credentials.
     #[serde(default)]
     pub token_hosts: Vec<String>,
+    /// PEM certificates of a private CA to trust for this registry.
+    pub ca_file: Option<PathBuf>,
+    /// Whether the system's roots are trusted too (default true); `false`
+    /// trusts `ca_file` only.
+    pub system_roots: Option<bool>,
+    /// A client certificate chain (PEM) for an upstream that wants mutual TLS.
+    pub client_certificate: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub client_key: Option<PathBuf>,
+}
+
+/// `[tls]`: serve HTTPS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// The certificate chain (PEM), leaf first.
+    pub certificate: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA certificates (PEM) client certificates must chain to: with it,
+    /// clients must present one (mutual TLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[[credentials]]`.
@@ -306,6 +330,8 @@ pub struct UpstreamConfig {
     pub redirect_hosts: Vec<String>,
     /// Token realm hosts that may receive the credentials.
     pub token_hosts: Vec<String>,
+    /// Certificates to trust, and the client certificate to present.
+    pub tls: cache_upstream::TlsOptions,
 }
 
 /// `[upstream]`, validated.
@@ -349,6 +375,8 @@ pub struct Config {
     pub storage: Storage,
     /// How log lines are written.
     pub log_format: crate::logging::LogFormat,
+    /// HTTPS, if configured.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Quota for gc.
     pub quota: Option<u64>,
     /// How often access times are written at most.
@@ -611,6 +639,7 @@ impl Config {
         check("listen", self.listen == new.listen);
         check("storage", self.storage == new.storage);
         check("log.format", self.log_format == new.log_format);
+        check("[tls] files", self.tls == new.tls);
         check(
             "storage.quota / storage.gc_interval / storage.touch_interval",
             (self.quota, self.gc_interval, self.touch_interval)
@@ -667,6 +696,20 @@ impl Config {
             .parse()
             .map_err(|_| ConfigError(format!("listen = {listen_s:?}: not an IP:PORT address")))?;
         let storage = storage(&raw.storage, &abs)?;
+        let tls = match &raw.tls {
+            None => None,
+            Some(t) => {
+                let files = crate::tls::TlsFiles {
+                    certificate: abs(t.certificate.clone()),
+                    key: abs(t.key.clone()),
+                    client_ca: t.client_ca.clone().map(&abs),
+                };
+                files
+                    .check()
+                    .map_err(|e| ConfigError(format!("tls: {e}")))?;
+                Some(files)
+            }
+        };
         let log_format = match raw.log.format.as_deref() {
             None => crate::logging::LogFormat::default(),
             Some(f) => crate::logging::LogFormat::parse(f).ok_or_else(|| {
@@ -687,7 +730,7 @@ impl Config {
         }
         let server = server(&raw.server)?;
         let upstream = upstream(&raw.upstream)?;
-        let registries = registries(&raw.registry)?;
+        let registries = registries(&raw.registry, &abs)?;
         let credentials = credential_sets(&raw.credentials)?;
         let (rules, policies) = rules(raw.rule, &registries, &credentials)?;
         let auth = raw.auth.map(|a| auth(a, &abs)).transpose()?;
@@ -695,6 +738,7 @@ impl Config {
             listen,
             storage,
             quota,
+            tls,
             log_format,
             gc_interval,
             touch_interval,
@@ -943,7 +987,10 @@ fn upstream(raw: &RawUpstream) -> Result<UpstreamLimits, ConfigError> {
     })
 }
 
-fn registries(raw: &[RawRegistry]) -> Result<Vec<UpstreamConfig>, ConfigError> {
+fn registries(
+    raw: &[RawRegistry],
+    abs: &impl Fn(PathBuf) -> PathBuf,
+) -> Result<Vec<UpstreamConfig>, ConfigError> {
     let mut out: Vec<UpstreamConfig> = Vec::new();
     for (i, r) in raw.iter().enumerate() {
         let key = format!("registry[{i}] (host = {:?})", r.host);
@@ -977,6 +1024,7 @@ fn registries(raw: &[RawRegistry]) -> Result<Vec<UpstreamConfig>, ConfigError> {
             }
         }
         let pw = password(&key, &r.password, &r.password_env, &r.password_file)?;
+        let tls = upstream_tls(&key, r, abs)?;
         out.push(UpstreamConfig {
             host,
             endpoints,
@@ -984,9 +1032,57 @@ fn registries(raw: &[RawRegistry]) -> Result<Vec<UpstreamConfig>, ConfigError> {
             credentials: creds(&key, &r.username, pw)?,
             redirect_hosts: r.redirect_hosts.clone(),
             token_hosts: r.token_hosts.clone(),
+            tls,
         });
     }
     Ok(out)
+}
+
+/// A registry's TLS settings, with the files read and checked now, so a
+/// file that does not parse is a configuration error naming it.
+fn upstream_tls(
+    key: &str,
+    r: &RawRegistry,
+    abs: &impl Fn(PathBuf) -> PathBuf,
+) -> Result<cache_upstream::TlsOptions, ConfigError> {
+    let bad = |e: String| ConfigError(format!("{key}: {e}"));
+    let mut tls = cache_upstream::TlsOptions {
+        system_roots: r.system_roots.unwrap_or(true),
+        ..Default::default()
+    };
+    if let Some(ca) = &r.ca_file {
+        let path = abs(ca.clone());
+        crate::tls::read_certificates(&path).map_err(|e| bad(format!("ca_file: {e}")))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| bad(format!("ca_file: {}: {e}", path.display())))?;
+        tls.ca_pem.push(text);
+    } else if !tls.system_roots {
+        return Err(bad(
+            "system_roots = false needs a ca_file to trust instead".into()
+        ));
+    }
+    match (&r.client_certificate, &r.client_key) {
+        (None, None) => {}
+        (Some(c), Some(k)) => {
+            let files = crate::tls::TlsFiles {
+                certificate: abs(c.clone()),
+                key: abs(k.clone()),
+                client_ca: None,
+            };
+            files
+                .load()
+                .map_err(|e| bad(format!("client_certificate / client_key: {e}")))?;
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).map_err(|e| bad(format!("{}: {e}", p.display())))
+            };
+            let pem = format!("{}\n{}", read(&files.certificate)?, read(&files.key)?);
+            tls.client_identity = Some(cache_upstream::Secret::new(pem));
+        }
+        _ => {
+            return Err(bad("client_certificate and client_key go together".into()));
+        }
+    }
+    Ok(tls)
 }
 
 fn credential_sets(raw: &[RawCredentials]) -> Result<HashMap<String, Credentials>, ConfigError> {

@@ -164,6 +164,7 @@ pub async fn serve_connections(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     limits: ConnLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -203,6 +204,7 @@ pub async fn serve_connections(
                     builder: builder.clone(),
                     app: app.clone(),
                     limits,
+                    tls: tls.clone(),
                     stop: stop_rx.clone(),
                     open: open.clone(),
                 };
@@ -229,6 +231,7 @@ struct Connection {
     builder: Builder<TokioExecutor>,
     app: axum::Router,
     limits: ConnLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: tokio::sync::watch::Receiver<bool>,
     open: Arc<AtomicUsize>,
 }
@@ -250,7 +253,23 @@ impl Connection {
     }
 
     async fn serve(&mut self, stream: tokio::net::TcpStream) {
-        let (io, spans) = crate::sendfile::prepare(&mut self.builder, stream);
+        let Some(acceptor) = self.tls.clone() else {
+            let (io, spans) = crate::sendfile::prepare(&mut self.builder, stream);
+            return self.serve_io(io, Some(spans)).await;
+        };
+        // The handshake within the idle limit too; TLS bodies are streamed
+        // (sendfile cannot encrypt).
+        match tokio::time::timeout(self.limits.idle_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => self.serve_io(tls, None).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
+        }
+    }
+
+    async fn serve_io<I>(&mut self, io: I, spans: Option<crate::sendfile::Spans>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let io = SendTimeout::new(io, self.limits.send_timeout);
         let activity = Arc::new(Activity {
             last: Mutex::new(Instant::now()),
@@ -260,7 +279,9 @@ impl Connection {
         let seen = activity.clone();
         let svc =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                spans.attach(&mut req);
+                if let Some(spans) = &spans {
+                    spans.attach(&mut req);
+                }
                 seen.active.fetch_add(1, Ordering::AcqRel);
                 seen.touch();
                 let done = RequestDone(seen.clone());

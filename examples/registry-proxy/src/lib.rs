@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod reload;
 pub mod sendfile;
 pub mod server;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -136,6 +137,7 @@ pub fn wiring(cfg: &Config) -> Result<(CacheBuilder, Clients), ConfigError> {
             redirect_hosts: u.redirect_hosts.clone(),
             token_hosts: u.token_hosts.clone(),
             rate_limit_reserve: u.reserve,
+            tls: u.tls.clone(),
             ..ClientOptions::default()
         };
         let made = if endpoints.is_empty() {

@@ -27,6 +27,7 @@ pub struct Reloader {
     cache: PullThroughCache,
     auth: Arc<ArcSwapOption<PullAuth>>,
     metrics: Arc<Metrics>,
+    certificates: Option<Arc<crate::tls::Certificates>>,
 }
 
 fn read(path: &Option<PathBuf>) -> Result<Config, String> {
@@ -55,7 +56,14 @@ impl Reloader {
             cache,
             auth,
             metrics,
+            certificates: None,
         }
+    }
+
+    /// Re-reads the served TLS certificate on each reload too.
+    pub fn with_certificates(mut self, c: Option<Arc<crate::tls::Certificates>>) -> Self {
+        self.certificates = c;
+        self
     }
 
     /// Re-reads the configuration and swaps what can be swapped. `Ok` says
@@ -89,6 +97,10 @@ impl Reloader {
         running.credentials = new.credentials;
         running.auth = new.auth;
         let mut msg = format!("{rules} rules in force");
+        if let Some(c) = &self.certificates {
+            c.reload()?;
+            msg.push_str("; TLS certificate re-read");
+        }
         if !restart.is_empty() {
             tracing::warn!(
                 settings = %restart.join(", "),

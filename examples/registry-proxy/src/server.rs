@@ -127,7 +127,38 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         max_connections: cfg.max_connections,
         shutdown_grace: cfg.shutdown_grace,
     };
-    let reloader = Arc::new(Reloader::new(path, cfg, cache, state.auth.clone(), metrics));
+    let certificates = match cfg
+        .tls
+        .clone()
+        .map(crate::tls::Certificates::new)
+        .transpose()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("registry-proxy: tls: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tls = match &certificates {
+        None => None,
+        Some(c) => match c.server_config() {
+            Ok(sc) => {
+                // Files that change are re-read (and on SIGHUP): new
+                // handshakes get the new certificate.
+                c.watch(std::time::Duration::from_secs(2));
+                Some(tokio_rustls::TlsAcceptor::from(sc))
+            }
+            Err(e) => {
+                eprintln!("registry-proxy: tls: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let reloader = Arc::new(
+        Reloader::new(path, cfg, cache, state.auth.clone(), metrics)
+            .with_certificates(certificates),
+    );
     crate::release_freed_memory();
     reload_on_sighup(reloader.clone());
     let listener = match tokio::net::TcpListener::bind(listen).await {
@@ -164,7 +195,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         axum::http::StatusCode::GATEWAY_TIMEOUT,
         request_timeout,
     ));
-    tracing::info!(%listen, rules, "registry-proxy serving");
+    tracing::info!(%listen, scheme, rules, "registry-proxy serving");
     let shutdown = async move {
         shutdown_signal().await;
         draining.store(true, Ordering::Release);
@@ -173,6 +204,6 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
             tokio::time::sleep(drain_delay).await;
         }
     };
-    serve_connections(listener, app, limits, shutdown).await;
+    serve_connections(listener, app, limits, tls, shutdown).await;
     ExitCode::SUCCESS
 }

@@ -61,6 +61,9 @@ impl Proxy {
 
     /// Starts a server on the `proxy.toml` already in `dir`, listening on `port`.
     pub fn launch(dir: tempfile::TempDir, port: u16) -> Proxy {
+        let tls = std::fs::read_to_string(dir.path().join("proxy.toml"))
+            .unwrap_or_default()
+            .contains("[tls]");
         let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
         let child = Command::new(bin())
             .arg("--config")
@@ -75,6 +78,10 @@ impl Proxy {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                if tls {
+                    // Listening; HTTPS is the test's to check.
+                    return p;
+                }
                 let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
                 let mut b = [0u8; 8];
                 if s.read(&mut b).is_ok_and(|n| n > 0) {
@@ -197,4 +204,82 @@ pub async fn code_of(resp: reqwest::Response) -> (u16, String) {
         status,
         v["errors"][0]["code"].as_str().unwrap_or("").to_owned(),
     )
+}
+
+/// A certificate authority made for one test, and the certificates it issues.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    /// Where its files go.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            cert,
+            key,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// Writes the CA certificate to `dir/name` and returns the path.
+    pub fn write_to(&self, dir: &Path, name: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, self.pem()).unwrap();
+        p
+    }
+
+    /// Issues a certificate named `cn` for `names` (a server's, or with
+    /// `client` a client's): its PEM and its key's PEM.
+    pub fn issue(&self, cn: &str, names: &[&str], client: bool) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// As [`issue`](Self::issue), written to `dir/<stem>.pem` and
+    /// `dir/<stem>-key.pem`.
+    pub fn issue_files(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[&str],
+        client: bool,
+    ) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.issue(stem, names, client);
+        let (c, k) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}-key.pem")),
+        );
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c, k)
+    }
 }

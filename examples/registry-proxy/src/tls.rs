@@ -1,0 +1,182 @@
+//! Serving HTTPS: the certificate and key from PEM files (rustls, HTTP/2
+//! through ALPN), optionally requiring client certificates from a CA
+//! (mutual TLS), and re-read when the files change or on SIGHUP, without
+//! dropping connections: new handshakes get the new certificate.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// `[tls]`, validated: where the PEM files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates client certificates must chain to; with it, a
+    /// client without a valid certificate is refused in the handshake.
+    pub client_ca: Option<PathBuf>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Certificates in a PEM file; an error names the file.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file; an error names the file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    PrivateKeyDer::from_pem_slice(&text)
+        .map_err(|e| format!("{}: no usable private key: {e}", path.display()))
+}
+
+impl TlsFiles {
+    /// Reads and checks the certificate and key: they parse and the key
+    /// is the certificate's.
+    pub fn load(&self) -> Result<Arc<CertifiedKey>, String> {
+        let certs = read_certificates(&self.certificate)?;
+        let key = read_key(&self.key)?;
+        let ck = CertifiedKey::from_der(certs, key, &provider()).map_err(|e| {
+            format!(
+                "{} and {}: {e}",
+                self.certificate.display(),
+                self.key.display()
+            )
+        })?;
+        Ok(Arc::new(ck))
+    }
+
+    /// Checks every file: what `registry-proxy check` and loading the
+    /// configuration run.
+    pub fn check(&self) -> Result<(), String> {
+        self.load()?;
+        if let Some(ca) = &self.client_ca {
+            client_roots(ca)?;
+        }
+        Ok(())
+    }
+
+    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+        [&self.certificate, &self.key]
+            .iter()
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    }
+}
+
+fn client_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certificates(path)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// The certificate being served, replaced when the files change.
+#[derive(Debug)]
+pub struct Certificates {
+    files: TlsFiles,
+    current: ArcSwap<CertifiedKey>,
+    stamp: Mutex<Vec<Option<(SystemTime, u64)>>>,
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl Certificates {
+    /// Loads the files.
+    pub fn new(files: TlsFiles) -> Result<Arc<Self>, String> {
+        let stamp = files.stamp();
+        let current = files.load()?;
+        Ok(Arc::new(Certificates {
+            files,
+            current: ArcSwap::new(current),
+            stamp: Mutex::new(stamp),
+        }))
+    }
+
+    /// Re-reads the certificate and key. A pair that does not load is
+    /// reported and the one in use stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let stamp = self.files.stamp();
+        let loaded = self.files.load();
+        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+        match loaded {
+            Ok(ck) => {
+                self.current.store(ck);
+                tracing::info!(certificate = %self.files.certificate.display(), "TLS certificate loaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate not reloaded; serving the previous one");
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-reads the files whenever they change (checked every `every`).
+    pub fn watch(self: &Arc<Self>, every: Duration) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(this) = this.upgrade() else { return };
+                let now = this.files.stamp();
+                let changed = *this.stamp.lock().unwrap_or_else(|p| p.into_inner()) != now;
+                if changed {
+                    let _ = this.reload();
+                }
+            }
+        });
+    }
+
+    /// The rustls configuration: HTTP/2 and HTTP/1.1 by ALPN, client
+    /// certificates required when a client CA is configured.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, String> {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = match &self.files.client_ca {
+            Some(ca) => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(client_roots(ca)?),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
