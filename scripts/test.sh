@@ -12,6 +12,8 @@ NEEDED=(
     "htpasswd:apache2-utils"            # bcrypt htpasswd files for registry auth
     "npm:npm"                           # installs Azurite, the Azure Blob emulator
     "python3:python3"                   # runs moto, the S3 server
+    "podman:podman"                     # builds and runs the container image
+    "runc:runc"                         # podman's runtime here (crun fails under cgroups v1)
 )
 
 missing=()
@@ -55,6 +57,9 @@ cargo fmt --all --check
 
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+echo "==> scripts/image.sh (the container image the image test runs)"
+scripts/image.sh
 
 echo "==> cargo test"
 cargo test --workspace --all-features --locked

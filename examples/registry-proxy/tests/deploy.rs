@@ -1,0 +1,205 @@
+//! The Kubernetes manifests under `deploy/kubernetes/` and the image's
+//! default configuration: every manifest parses as YAML with the fields
+//! its kind needs, Deployments are wired to what they mount and probe,
+//! and every configuration they carry passes `registry-proxy check`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+fn manifests() -> Vec<(PathBuf, Yaml)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![deploy().join("kubernetes")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut docs = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let parsed =
+            YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert!(!parsed.is_empty(), "{}: no document", f.display());
+        for d in parsed {
+            docs.push((f.clone(), d));
+        }
+    }
+    docs
+}
+
+fn s<'a>(y: &'a Yaml, path: &[&str]) -> Option<&'a str> {
+    let mut cur = y;
+    for k in path {
+        cur = &cur[*k];
+    }
+    cur.as_str()
+}
+
+/// `registry-proxy check` on a configuration: whether it passed, and what it said.
+fn check(config: &str) -> (bool, String) {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("proxy.toml"), config).unwrap();
+    common::run(d.path(), &["check"])
+}
+
+#[test]
+fn every_manifest_parses_with_the_fields_its_kind_needs() {
+    let docs = manifests();
+    let kinds: Vec<&str> = docs.iter().filter_map(|(_, d)| s(d, &["kind"])).collect();
+    for want in [
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Kustomization",
+    ] {
+        assert!(kinds.contains(&want), "no {want} among {kinds:?}");
+    }
+    for (f, d) in &docs {
+        let f = f.display();
+        assert!(s(d, &["apiVersion"]).is_some(), "{f}: apiVersion");
+        let kind = s(d, &["kind"]).unwrap_or_else(|| panic!("{f}: kind"));
+        if kind == "Kustomization" {
+            for r in d["resources"]
+                .as_vec()
+                .unwrap_or_else(|| panic!("{f}: resources"))
+            {
+                let p = Path::new(&f.to_string())
+                    .parent()
+                    .unwrap()
+                    .join(r.as_str().unwrap());
+                assert!(p.is_file(), "{f}: resource {} missing", p.display());
+            }
+            continue;
+        }
+        assert!(s(d, &["metadata", "name"]).is_some(), "{f}: metadata.name");
+        match kind {
+            "Deployment" => deployment(&f.to_string(), d),
+            "Service" => {
+                assert!(!d["spec"]["selector"].is_badvalue(), "{f}: selector");
+                assert!(
+                    d["spec"]["ports"].as_vec().is_some_and(|p| !p.is_empty()),
+                    "{f}: ports"
+                );
+            }
+            "PersistentVolumeClaim" => {
+                assert!(
+                    s(d, &["spec", "resources", "requests", "storage"]).is_some(),
+                    "{f}"
+                )
+            }
+            "ConfigMap" => {
+                let config = s(d, &["data", "config.toml"])
+                    .unwrap_or_else(|| panic!("{f}: data.config.toml"));
+                let (ok, out) = check(config);
+                assert!(ok, "{f}: the configuration does not pass check:\n{out}");
+            }
+            _ => {}
+        }
+    }
+}
+
+fn deployment(f: &str, d: &Yaml) {
+    let labels = &d["spec"]["template"]["metadata"]["labels"];
+    let selector = d["spec"]["selector"]["matchLabels"]
+        .as_hash()
+        .unwrap_or_else(|| panic!("{f}: selector.matchLabels"));
+    for (k, v) in selector {
+        assert_eq!(
+            &labels[k.as_str().unwrap()],
+            v,
+            "{f}: the selector matches the pod labels"
+        );
+    }
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true),
+        "{f}: non-root"
+    );
+    let volumes: Vec<&str> = pod["volumes"]
+        .as_vec()
+        .unwrap_or_else(|| panic!("{f}: volumes"))
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    let containers = pod["containers"]
+        .as_vec()
+        .unwrap_or_else(|| panic!("{f}: containers"));
+    assert_eq!(containers.len(), 1, "{f}");
+    let c = &containers[0];
+    assert!(
+        s(c, &["image"]).is_some_and(|i| i.contains("registry-proxy")),
+        "{f}: image"
+    );
+    assert_eq!(
+        c["ports"][0]["containerPort"].as_i64(),
+        Some(5000),
+        "{f}: port"
+    );
+    assert_eq!(
+        s(c, &["livenessProbe", "httpGet", "path"]),
+        Some("/healthz"),
+        "{f}"
+    );
+    assert_eq!(
+        s(c, &["readinessProbe", "httpGet", "path"]),
+        Some("/readyz"),
+        "{f}"
+    );
+    assert_eq!(
+        c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true),
+        "{f}: read-only root filesystem"
+    );
+    assert_eq!(
+        c["securityContext"]["allowPrivilegeEscalation"].as_bool(),
+        Some(false),
+        "{f}"
+    );
+    for r in ["cpu", "memory"] {
+        assert!(
+            s(c, &["resources", "requests", r]).is_some(),
+            "{f}: requests.{r}"
+        );
+    }
+    assert!(
+        s(c, &["resources", "limits", "memory"]).is_some(),
+        "{f}: limits.memory"
+    );
+    let mounts = c["volumeMounts"]
+        .as_vec()
+        .unwrap_or_else(|| panic!("{f}: mounts"));
+    for m in mounts {
+        let name = m["name"].as_str().unwrap();
+        assert!(volumes.contains(&name), "{f}: mount {name} has no volume");
+    }
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"].as_str() == Some("/etc/registry-proxy")),
+        "{f}: the configuration is mounted where the image reads it"
+    );
+}
+
+#[test]
+fn the_image_default_configuration_passes_check_and_listens_on_every_interface() {
+    let config = std::fs::read_to_string(deploy().join("container/config.toml")).unwrap();
+    assert!(config.contains("listen = \"0.0.0.0:5000\""));
+    assert!(config.contains("path = \"/data\""));
+    let (ok, out) = check(&config);
+    assert!(ok, "{out}");
+}
