@@ -14,6 +14,7 @@ NEEDED=(
     "python3:python3"                   # runs moto, the S3 server
     "podman:podman"                     # builds and runs the container image
     "runc:runc"                         # podman's runtime here (crun fails under cgroups v1)
+    "openssl:openssl"                   # makes keys and signatures for the trust tests
 )
 
 missing=()

@@ -50,19 +50,22 @@ pub enum UpstreamCall {
     BlobHead,
     /// A tag listing.
     Tags,
+    /// A referrers listing (OCI 1.1 referrers API).
+    Referrers,
 }
 
 impl UpstreamCall {
     /// Every kind, for exporters that pre-register their series.
-    pub const ALL: [UpstreamCall; 5] = [
+    pub const ALL: [UpstreamCall; 6] = [
         UpstreamCall::Manifest,
         UpstreamCall::ManifestHead,
         UpstreamCall::Blob,
         UpstreamCall::BlobHead,
         UpstreamCall::Tags,
+        UpstreamCall::Referrers,
     ];
 
-    /// `manifest`, `manifest_head`, `blob`, `blob_head` or `tags`.
+    /// `manifest`, `manifest_head`, `blob`, `blob_head`, `tags` or `referrers`.
     pub fn as_str(self) -> &'static str {
         match self {
             UpstreamCall::Manifest => "manifest",
@@ -70,6 +73,7 @@ impl UpstreamCall {
             UpstreamCall::Blob => "blob",
             UpstreamCall::BlobHead => "blob_head",
             UpstreamCall::Tags => "tags",
+            UpstreamCall::Referrers => "referrers",
         }
     }
 }
@@ -124,6 +128,43 @@ pub enum Event<'a> {
     /// On a shared store, a fetch found another instance fetching the
     /// same digest, and this is how it ended.
     PeerFetch(PeerFetch),
+    /// A manifest was admitted or refused by the rule's policy (signature
+    /// policy, admission hooks).
+    Admission {
+        /// The rule's name.
+        rule: &'a str,
+        /// The decision.
+        outcome: AdmissionOutcome,
+    },
+}
+
+/// An admission decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdmissionOutcome {
+    /// Served: it passed.
+    Allowed,
+    /// Refused: `403 DENIED`.
+    Refused,
+    /// It would have been refused, but the policy only audits: served.
+    AuditOnly,
+}
+
+impl AdmissionOutcome {
+    /// Every outcome, for exporters that pre-register their series.
+    pub const ALL: [AdmissionOutcome; 3] = [
+        AdmissionOutcome::Allowed,
+        AdmissionOutcome::Refused,
+        AdmissionOutcome::AuditOnly,
+    ];
+
+    /// `allowed`, `refused` or `audit_only`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmissionOutcome::Allowed => "allowed",
+            AdmissionOutcome::Refused => "refused",
+            AdmissionOutcome::AuditOnly => "audit_only",
+        }
+    }
 }
 
 /// How a fetch that found another instance's lease on its digest ended.
@@ -210,6 +251,12 @@ pub struct Counters {
     pub peer_taken_over: AtomicU64,
     /// Fetches that stopped waiting for another instance and fetched too.
     pub peer_waited_too_long: AtomicU64,
+    /// Admission decisions that served.
+    pub admitted: AtomicU64,
+    /// Admission decisions that refused.
+    pub refused: AtomicU64,
+    /// Admission decisions that would have refused, under an audit-only policy.
+    pub audit_only: AtomicU64,
 }
 
 impl Counters {
@@ -246,6 +293,11 @@ impl EventSink for Counters {
             Event::PeerFetch(PeerFetch::Published) => add(&self.peer_published, 1),
             Event::PeerFetch(PeerFetch::TakenOver) => add(&self.peer_taken_over, 1),
             Event::PeerFetch(PeerFetch::WaitedTooLong) => add(&self.peer_waited_too_long, 1),
+            Event::Admission { outcome, .. } => match outcome {
+                AdmissionOutcome::Allowed => add(&self.admitted, 1),
+                AdmissionOutcome::Refused => add(&self.refused, 1),
+                AdmissionOutcome::AuditOnly => add(&self.audit_only, 1),
+            },
         }
     }
 }

@@ -52,6 +52,7 @@
 //! client in `cache-upstream`.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod cosign;
 mod digest;
 mod engine;
 mod error;
@@ -73,16 +74,17 @@ pub mod testing;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{
-    BlobBody, BlobResponse, CacheBuilder, CacheOptions, FileBody, GcReport, ImagePlan,
-    ManifestResponse, PullReport, PullThroughCache, ScrubReport, TagList,
+    BlobBody, BlobResponse, CacheBuilder, CacheOptions, Catalog, FileBody, GcReport, ImagePlan,
+    ManifestResponse, PullReport, PullThroughCache, Referrers, ScrubReport, TagList,
 };
 pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result, SharedError};
-pub use events::{CacheStatus, Event, EventSink, PeerFetch, UpstreamCall};
+pub use events::{AdmissionOutcome, CacheStatus, Event, EventSink, PeerFetch, UpstreamCall};
 pub use names::{
     DOCKER_HUB, DOCKER_HUB_API_HOST, ImageRef, MAX_NAME_LEN, Reference, Registry, RepoName, Tag,
 };
 pub use policy::{
-    Admission, AdmissionRequest, MaxImageSize, PlatformAllowList, RulePolicy, TagFreshness,
+    Admission, AdmissionRequest, MaxImageSize, PlatformAllowList, RulePolicy, SignatureMode,
+    SignaturePolicy, TagFreshness,
 };
 pub use range::ByteRange;
 pub use rules::{Explanation, Resolved, Rule, RuleSet, RuleSpec};

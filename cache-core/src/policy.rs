@@ -65,6 +65,59 @@ pub struct RulePolicy {
     pub stale_if_error: Duration,
     /// Content not accessed for this long is removed by `gc`.
     pub content_ttl: Option<Duration>,
+    /// Manifests must carry a cosign signature by one of these keys
+    /// (see [`SignaturePolicy`]).
+    pub signatures: Option<std::sync::Arc<SignaturePolicy>>,
+}
+
+/// A rule's signature policy: a manifest is served only if a cosign
+/// signature by one of `keys` covers its digest (an index's signature
+/// covers its platform manifests). Signatures are found under cosign's
+/// `sha256-<hex>.sig` tag and through the upstream's referrers API.
+///
+/// Under it, a blob is served only as part of a manifest that passed: the
+/// upstream's word that it has a blob (a `HEAD`) is not enough. Signature
+/// and attestation artifacts themselves (manifests whose layers are all
+/// signature payloads, never runnable content) pass unsigned, so `cosign
+/// verify` works through the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignaturePolicy {
+    /// The public keys a signature may be made with.
+    pub keys: Vec<crate::cosign::CosignKey>,
+    /// Refuse (`Enforce`) or only log and count (`Audit`).
+    pub mode: SignatureMode,
+    /// How long a refusal stands before the signatures are looked up
+    /// again, so one published later is picked up (default 60 s).
+    pub recheck_refused: Duration,
+    /// How long a verified signature stands before it is looked up again
+    /// (default 1 hour).
+    pub recheck_allowed: Duration,
+}
+
+impl SignaturePolicy {
+    /// A policy of `keys` in `mode`, with the default re-check intervals.
+    pub fn new(keys: Vec<crate::cosign::CosignKey>, mode: SignatureMode) -> Self {
+        SignaturePolicy {
+            keys,
+            mode,
+            recheck_refused: Duration::from_secs(60),
+            recheck_allowed: Duration::from_secs(3600),
+        }
+    }
+
+    /// Whether unsigned content is refused.
+    pub fn enforcing(&self) -> bool {
+        self.mode == SignatureMode::Enforce
+    }
+}
+
+/// What a signature policy does with content it cannot verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureMode {
+    /// Refuse it: `403 DENIED` with the reason.
+    Enforce,
+    /// Serve it, but log and count the refusal it would have been.
+    Audit,
 }
 
 impl Default for RulePolicy {
@@ -73,6 +126,7 @@ impl Default for RulePolicy {
             tag_freshness: TagFreshness::Revalidate,
             stale_if_error: Duration::from_secs(24 * 3600),
             content_ttl: None,
+            signatures: None,
         }
     }
 }

@@ -30,7 +30,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
 
 use crate::digest::Digest;
-use crate::engine::{BlobBody, BlobResponse, ManifestResponse, PullThroughCache, TagList};
+use crate::engine::{
+    BlobBody, BlobResponse, Catalog, ManifestResponse, PullThroughCache, Referrers, TagList,
+};
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::CacheStatus;
 use crate::names::{Reference, Registry, RepoName, Tag};
@@ -70,26 +72,47 @@ pub enum Route {
         /// Which page.
         page: TagPage,
     },
+    /// `/v2/<name>/referrers/<digest>?artifactType=`: the OCI 1.1
+    /// referrers API.
+    Referrers {
+        /// The repository as the client named it.
+        name: RepoName,
+        /// The manifest referred to.
+        digest: Digest,
+        /// Only referrers of this artifact type.
+        artifact_type: Option<String>,
+    },
+    /// `/v2/_catalog?n=&last=`: the repositories with content in the cache.
+    Catalog {
+        /// At most this many (`n`).
+        limit: Option<usize>,
+        /// Only those after this one (`last`).
+        last: Option<RepoName>,
+    },
 }
 
 impl Route {
     /// The repository the request names, if any.
     pub fn name(&self) -> Option<&RepoName> {
         match self {
-            Route::Base => None,
-            Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name, .. } => {
-                Some(name)
-            }
+            Route::Base | Route::Catalog { .. } => None,
+            Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::Tags { name, .. }
+            | Route::Referrers { name, .. } => Some(name),
         }
     }
 
-    /// A short label for logs and metrics: `base`, `manifest`, `blob`, `tags`.
+    /// A short label for logs and metrics: `base`, `manifest`, `blob`,
+    /// `tags`, `referrers`, `catalog`.
     pub fn kind(&self) -> &'static str {
         match self {
             Route::Base => "base",
             Route::Manifest { .. } => "manifest",
             Route::Blob { .. } => "blob",
             Route::Tags { .. } => "tags",
+            Route::Referrers { .. } => "referrers",
+            Route::Catalog { .. } => "catalog",
         }
     }
 }
@@ -240,18 +263,43 @@ impl PullRequest {
         };
         let rest = path.strip_prefix("/v2/").ok_or_else(unknown)?;
         let decode = |s: &str| s.replace("%3A", ":").replace("%3a", ":");
+        let limit = |query| match query_param(query, "n") {
+            None => Ok(None),
+            Some(n) => n.parse::<usize>().map(Some).map_err(|_| {
+                Error::invalid(
+                    crate::error::InvalidKind::Pagination,
+                    &n,
+                    "n must be a non-negative number",
+                )
+            }),
+        };
+        if rest == "_catalog" {
+            let last = query_param(query, "last")
+                .filter(|l| !l.is_empty())
+                .map(|l| RepoName::parse(&l))
+                .transpose()?;
+            return Ok(Route::Catalog {
+                limit: limit(query)?,
+                last,
+            });
+        }
+        if let Some(i) = rest.rfind("/referrers/") {
+            let name = RepoName::parse(&rest[..i])?;
+            let digest = Digest::parse(&decode(&rest[i + "/referrers/".len()..]))?;
+            // A media type has no spaces: a `+` decoded as one (form
+            // encoding) was a `+` (application/vnd...+json).
+            let artifact_type = query_param(query, "artifactType")
+                .filter(|t| !t.is_empty())
+                .map(|t| truncate(&t.replace(' ', "+")));
+            return Ok(Route::Referrers {
+                name,
+                digest,
+                artifact_type,
+            });
+        }
         if let Some(name) = rest.strip_suffix("/tags/list") {
             let name = RepoName::parse(name)?;
-            let limit = match query_param(query, "n") {
-                None => None,
-                Some(n) => Some(n.parse::<usize>().map_err(|_| {
-                    Error::invalid(
-                        crate::error::InvalidKind::Pagination,
-                        &n,
-                        "n must be a non-negative number",
-                    )
-                })?),
-            };
+            let limit = limit(query)?;
             let last = query_param(query, "last")
                 .filter(|l| !l.is_empty())
                 .map(|l| Tag::parse(&l))
@@ -432,6 +480,47 @@ pub fn tags_response(name: &RepoName, list: &TagList) -> Response<Bytes> {
     r
 }
 
+/// A referrers answer: the image index, and `OCI-Filters-Applied:
+/// artifactType` when it was filtered.
+pub fn referrers_response(r: &Referrers) -> Response<Bytes> {
+    let mut resp = response(StatusCode::OK, r.index.clone());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::media_types::OCI_INDEX),
+    );
+    if r.filtered {
+        resp.headers_mut().insert(
+            "oci-filters-applied",
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    cache_status(&mut resp, r.status);
+    resp
+}
+
+/// A catalog page: `{"repositories":[...]}`, with a `Link` to the next
+/// page when there is one.
+pub fn catalog_response(page: &Catalog, limit: Option<usize>) -> Response<Bytes> {
+    let body = serde_json::json!({
+        "repositories": page.repositories.iter().map(RepoName::as_str).collect::<Vec<_>>(),
+    });
+    let mut r = response(StatusCode::OK, Bytes::from(body.to_string()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if page.more
+        && let Some(last) = page.repositories.last()
+    {
+        let n = limit.map(|n| format!("&n={n}")).unwrap_or_default();
+        r.headers_mut().insert(
+            header::LINK,
+            hv(&format!("</v2/_catalog?last={last}{n}>; rel=\"next\"")),
+        );
+    }
+    r
+}
+
 /// An OCI error body: `{"errors":[{"code":..,"message":..,"detail":..}]}`.
 pub fn error_body(code: &str, message: &str) -> Bytes {
     Bytes::from(
@@ -517,6 +606,10 @@ async fn answer(
     headers: &HeaderMap,
 ) -> Result<Response<Body>> {
     let req = PullRequest::parse(method, uri, headers)?;
+    if let Route::Catalog { limit, last } = &req.route {
+        let page = cache.catalog(*limit, last.as_ref()).await?;
+        return Ok(catalog_response(&page, *limit).map(Body::Bytes));
+    }
     let Some(name) = req.local_name(&cache.rules())? else {
         return Ok(base_response().map(Body::Bytes));
     };
@@ -544,7 +637,21 @@ async fn answer(
             let list = cache.tags(&name, page).await?;
             Ok(tags_response(asked, &list).map(Body::Bytes))
         }
-        Route::Base => Ok(base_response().map(Body::Bytes)),
+        Route::Referrers {
+            digest,
+            artifact_type,
+            ..
+        } => {
+            let r = cache
+                .referrers(&name, digest, artifact_type.as_deref())
+                .await?;
+            let mut resp = referrers_response(&r);
+            if req.head {
+                *resp.body_mut() = Bytes::new();
+            }
+            Ok(resp.map(Body::Bytes))
+        }
+        Route::Base | Route::Catalog { .. } => Ok(base_response().map(Body::Bytes)),
     }
 }
 
@@ -706,6 +813,24 @@ mod tests {
                 };
                 format!("/v2/{name}/tags/list{q}")
             }
+            Route::Referrers {
+                name,
+                digest,
+                artifact_type,
+            } => match artifact_type {
+                Some(t) => format!("/v2/{name}/referrers/{digest}?artifactType={t}"),
+                None => format!("/v2/{name}/referrers/{digest}"),
+            },
+            Route::Catalog { limit, last } => {
+                let mut q = Vec::new();
+                if let Some(n) = limit {
+                    q.push(format!("n={n}"));
+                }
+                if let Some(l) = last {
+                    q.push(format!("last={l}"));
+                }
+                format!("/v2/_catalog?{}", q.join("&"))
+            }
         }
     }
 
@@ -736,7 +861,7 @@ mod tests {
         #[test]
         fn every_accepted_path_round_trips(
             name in "[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}",
-            kind in 0u8..4,
+            kind in 0u8..7,
             tag in "[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}",
             n in proptest::option::of(0usize..1000),
         ) {
@@ -744,7 +869,13 @@ mod tests {
                 0 => "/v2/".to_owned(),
                 1 => format!("/v2/{name}/manifests/{tag}"),
                 2 => format!("/v2/{name}/blobs/{}", Digest::sha256_of(tag.as_bytes())),
-                _ => format!("/v2/{name}/tags/list{}", n.map(|n| format!("?n={n}")).unwrap_or_default()),
+                3 => format!("/v2/{name}/tags/list{}", n.map(|n| format!("?n={n}")).unwrap_or_default()),
+                4 => format!("/v2/{name}/referrers/{}", Digest::sha256_of(tag.as_bytes())),
+                5 => format!(
+                    "/v2/{name}/referrers/{}?artifactType=application/vnd.{tag}+json",
+                    Digest::sha256_of(tag.as_bytes())
+                ),
+                _ => format!("/v2/_catalog?last={name}{}", n.map(|n| format!("&n={n}")).unwrap_or_default()),
             };
             let r = parse("GET", &path).unwrap();
             let again = parse("GET", &path_of(&r.route)).unwrap();

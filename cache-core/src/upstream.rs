@@ -230,6 +230,15 @@ pub trait Upstream: Send + Sync + fmt::Debug {
 
     /// Lists tags of a repository, in lexical order, one page at a time.
     async fn tags(&self, repo: &RepoName, page: &TagPage) -> Result<Vec<Tag>>;
+
+    /// The referrers of `digest` through the OCI 1.1 referrers API: the
+    /// image index the upstream answers (unfiltered), or `None` when it
+    /// has no referrers API; the caller then falls back to the tag schema
+    /// (`sha256-<hex>`). The default has no referrers API.
+    async fn referrers(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Manifest>> {
+        let _ = (repo, digest);
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -263,6 +272,9 @@ impl<T: Upstream + ?Sized> Upstream for std::sync::Arc<T> {
     }
     async fn tags(&self, repo: &RepoName, page: &TagPage) -> Result<Vec<Tag>> {
         (**self).tags(repo, page).await
+    }
+    async fn referrers(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Manifest>> {
+        (**self).referrers(repo, digest).await
     }
 }
 

@@ -929,6 +929,45 @@ impl Upstream for RegistryClient {
         })
     }
 
+    async fn referrers(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Manifest>> {
+        let path = format!("v2/{repo}/referrers/{digest}");
+        let resp = self
+            .send(repo, &|ep| {
+                self.http
+                    .get(ep.url(&path))
+                    .header(header::ACCEPT, cache_core::media_types::OCI_INDEX)
+            })
+            .await?;
+        // A registry without the API does not know the route.
+        if matches!(
+            resp.status(),
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+        ) {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self
+                .error_from(
+                    resp,
+                    What::Manifest(repo, &Reference::Digest(digest.clone())),
+                )
+                .await);
+        }
+        let bytes = self
+            .read_limited(resp, self.opts.max_manifest_size, "referrers index")
+            .await?;
+        let parsed = cache_core::manifest::ParsedManifest::parse(&bytes)
+            .map_err(|e| self.upstream_err(format!("referrers answer: {e}"), false))?;
+        if !parsed.is_index() {
+            return Err(self.upstream_err("referrers answer is not an image index", false));
+        }
+        Ok(Some(Manifest {
+            digest: Digest::sha256_of(&bytes),
+            bytes,
+            media_type: cache_core::media_types::OCI_INDEX.to_owned(),
+        }))
+    }
+
     async fn tags(&self, repo: &RepoName, page: &TagPage) -> Result<Vec<Tag>> {
         let path = format!("v2/{repo}/tags/list");
         let resp = self

@@ -36,6 +36,11 @@ impl PullThroughCache {
         let ctx = self.ctx(name)?;
         let inner = &self.inner;
         let entitled = inner.is_entitled(&ctx.local, digest).await?;
+        if !entitled && ctx.enforces_signatures() {
+            // Under a signature policy a blob is served only as part of a
+            // manifest that passed; the upstream's word is not enough.
+            return Err(Error::blob_unknown(digest));
+        }
         if entitled {
             // Content a repository is entitled to is usually stored: read it
             // straight away (no separate existence check, so one request on
@@ -226,6 +231,9 @@ impl PullThroughCache {
     pub async fn head_blob(&self, name: &RepoName, digest: &Digest) -> Result<(u64, CacheStatus)> {
         let ctx = self.ctx(name)?;
         let inner = &self.inner;
+        if ctx.enforces_signatures() && !inner.is_entitled(&ctx.local, digest).await? {
+            return Err(Error::blob_unknown(digest));
+        }
         if let Some(size) = self.stored_size(digest).await? {
             self.ensure_entitled(&ctx, digest).await?;
             return Ok((size, CacheStatus::Hit));

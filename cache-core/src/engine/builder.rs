@@ -219,6 +219,7 @@ impl CacheBuilder {
                     opts.revalidate_window,
                 ),
                 in_use: Mutex::new(HashMap::new()),
+                verdicts: Default::default(),
                 opts,
             }),
         };

@@ -37,6 +37,54 @@ pub(crate) fn platform(d: &Digest) -> MetaKey {
     key(format!("platforms/{}/{}", d.algorithm(), d.hex()))
 }
 
+/// `repos/<repo>/_referrers/<algo>/<hex>`: the referrers of a manifest,
+/// as last fetched (see [`ReferrersRecord`]).
+pub(crate) fn referrers(repo: &RepoName, d: &Digest) -> MetaKey {
+    key(format!(
+        "repos/{repo}/_referrers/{}/{}",
+        d.algorithm(),
+        d.hex()
+    ))
+}
+
+/// The repository a key under `repos/` is about.
+pub(crate) fn repo_of(k: &MetaKey) -> Option<RepoName> {
+    let rest = k.as_str().strip_prefix("repos/")?;
+    let (repo, _) = ["/_links/", "/_tags/"]
+        .iter()
+        .find_map(|sep| rest.split_once(sep))?;
+    RepoName::parse(repo).ok()
+}
+
+/// A referrers index and when the upstream gave it: the time in unix
+/// milliseconds on the first line, then the index's bytes.
+pub(crate) struct ReferrersRecord {
+    pub(crate) fetched: SystemTime,
+    pub(crate) index: bytes::Bytes,
+}
+
+impl ReferrersRecord {
+    pub(crate) fn encode(&self) -> bytes::Bytes {
+        let ms = self
+            .fetched
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let mut v = format!("{ms}\n").into_bytes();
+        v.extend_from_slice(&self.index);
+        bytes::Bytes::from(v)
+    }
+
+    pub(crate) fn decode(b: &bytes::Bytes) -> Option<ReferrersRecord> {
+        let nl = b.iter().position(|c| *c == b'\n')?;
+        let ms: u64 = std::str::from_utf8(&b[..nl]).ok()?.parse().ok()?;
+        Some(ReferrersRecord {
+            fetched: UNIX_EPOCH + Duration::from_millis(ms),
+            index: b.slice(nl + 1..),
+        })
+    }
+}
+
 /// `leases/blobs/<algo>/<hex>`: which instance fetches the blob (stores
 /// shared by several instances; see the `lease` module).
 pub(crate) fn blob_lease(d: &Digest) -> MetaKey {

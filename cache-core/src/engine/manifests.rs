@@ -89,10 +89,14 @@ impl PullThroughCache {
 
     /// Runs the admission hooks over a manifest that is about to be served or cached.
     async fn admit(&self, ctx: &Ctx, reference: &Reference, m: &Manifest) -> Result<()> {
-        if ctx.wiring.admission.is_empty() {
+        if ctx.wiring.admission.is_empty() && ctx.policy().signatures.is_none() {
             return Ok(());
         }
         let parsed = ParsedManifest::parse(&m.bytes)?;
+        self.check_signatures(ctx, reference, m, &parsed).await?;
+        if ctx.wiring.admission.is_empty() {
+            return Ok(());
+        }
         let platform = self
             .inner
             .store
@@ -109,6 +113,14 @@ impl PullThroughCache {
         };
         for hook in &ctx.wiring.admission {
             if let Err(reason) = hook.admit(&req).await {
+                self.audit(
+                    ctx,
+                    reference,
+                    &m.digest,
+                    crate::events::AdmissionOutcome::Refused,
+                    &reason,
+                    true,
+                );
                 return Err(Error::denied(reason));
             }
         }

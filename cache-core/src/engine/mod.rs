@@ -20,7 +20,9 @@ mod lease;
 mod maintenance;
 mod manifests;
 mod queue;
+mod referrers;
 mod response;
+mod signatures;
 mod tags;
 
 use std::collections::HashMap;
@@ -30,7 +32,9 @@ use std::time::Duration;
 pub use builder::CacheBuilder;
 pub use image::{ImagePlan, PullReport};
 pub use maintenance::{GcReport, ScrubReport};
-pub use response::{BlobBody, BlobResponse, FileBody, ManifestResponse, TagList};
+pub use response::{
+    BlobBody, BlobResponse, Catalog, FileBody, ManifestResponse, Referrers, TagList,
+};
 
 use self::fetch::Fetch;
 use self::flights::Flights;
@@ -183,6 +187,7 @@ pub(crate) struct Inner {
     head_flights: Arc<Flights<crate::upstream::ManifestHead>>,
     pub(crate) hot: hot::Hot,
     in_use: Mutex<HashMap<Digest, usize>>,
+    verdicts: signatures::Verdicts,
 }
 
 /// Marks a digest as being read, so gc leaves it alone.
@@ -293,6 +298,14 @@ pub(crate) struct Ctx {
 impl Ctx {
     fn policy(&self) -> &RulePolicy {
         self.wiring.policy(&self.rule)
+    }
+
+    /// Whether the rule refuses content no signature vouches for.
+    fn enforces_signatures(&self) -> bool {
+        self.policy()
+            .signatures
+            .as_ref()
+            .is_some_and(|s| s.enforcing())
     }
 }
 

@@ -10,7 +10,7 @@ use super::InUse;
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::events::{CacheStatus, Event, EventSink};
-use crate::names::Tag;
+use crate::names::{RepoName, Tag};
 
 /// A manifest answer.
 #[derive(Clone, PartialEq, Eq)]
@@ -132,4 +132,26 @@ pub struct TagList {
     pub tags: Vec<Tag>,
     /// `Miss` when the upstream answered, `Stale` when cached tags stood in.
     pub status: CacheStatus,
+}
+
+/// A referrers answer: an OCI image index of the manifests whose
+/// `subject` is the digest asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrers {
+    /// The image index, byte-exact as served.
+    pub index: Bytes,
+    /// Whether it was filtered by `artifactType`.
+    pub filtered: bool,
+    /// `Hit` from the cache, `Miss` fetched, `Stale` cached while the
+    /// upstream fails.
+    pub status: CacheStatus,
+}
+
+/// A page of the catalog: local repositories with content in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catalog {
+    /// The repositories, in lexical order.
+    pub repositories: Vec<RepoName>,
+    /// Whether more follow.
+    pub more: bool,
 }

@@ -87,6 +87,8 @@ struct State {
     basic: Vec<String>,
     /// (limit, remaining, window seconds): Docker Hub's pull budget.
     rate: Option<(u64, u64, u64)>,
+    /// `repo@digest` -> the referrers index the referrers API answers.
+    referrers: HashMap<String, Bytes>,
 }
 
 /// What [`HostileRegistry::push_image`] created.
@@ -192,6 +194,16 @@ impl HostileRegistry {
             .0
             .faults
             .retain(|(part, _)| !part.contains(digest.as_str()));
+    }
+
+    /// Answers `GET /v2/<repo>/referrers/<digest>` with `index` (an OCI
+    /// image index); without one, the referrers API answers 404 as a
+    /// registry without it does.
+    pub fn set_referrers(&self, repo: &str, digest: &Digest, index: impl Into<Bytes>) {
+        lock(&self.state)
+            .0
+            .referrers
+            .insert(format!("{repo}@{digest}"), index.into());
     }
 
     /// Drops every queued fault.
@@ -482,6 +494,19 @@ async fn serve(state: Arc<Mutex<StateHandle>>, addr: SocketAddr, req: Request) -
             Some(b) => (b.clone(), "application/octet-stream".to_owned(), digest),
             None => return oci_error(404, "BLOB_UNKNOWN"),
         }
+    } else if let Some(i) = rest.rfind("/referrers/") {
+        // The OCI 1.1 referrers API, which the Debian distribution
+        // registry does not have: answered only where one was set.
+        let key = format!("{}@{}", &rest[..i], &rest[i + "/referrers/".len()..]);
+        return match lock(&state).0.referrers.get(&key) {
+            Some(index) => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, media_types::OCI_INDEX)],
+                index.clone(),
+            )
+                .into_response(),
+            None => oci_error(404, "NOT_FOUND"),
+        };
     } else if rest.ends_with("/tags/list") {
         let name = rest.trim_end_matches("/tags/list");
         let s = lock(&state);

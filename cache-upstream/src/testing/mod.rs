@@ -414,6 +414,60 @@ pub fn write_image(dir: &Path, tag: &str, seed: u64, layer_sizes: &[usize]) -> T
     }
 }
 
+/// One layer of [`write_artifact`]: media type, content, annotations
+/// (a JSON object's text, `{}` for none).
+pub type ArtifactLayer<'a> = (&'a str, &'a [u8], &'a str);
+
+/// Writes an image manifest of `layers` with an empty JSON config (as
+/// cosign's signature manifests are), optionally with `artifactType` and a
+/// `subject` (digest, size, media type), tagged `tag`.
+pub fn write_artifact(
+    dir: &Path,
+    tag: &str,
+    layers: &[ArtifactLayer<'_>],
+    artifact_type: Option<&str>,
+    subject: Option<(&Digest, usize, &str)>,
+) -> TestImage {
+    let l = Layout::new(dir);
+    let config = b"{}";
+    let cd = l.blob(config);
+    let mut descs = Vec::new();
+    let mut out = Vec::new();
+    for (mt, data, annotations) in layers {
+        let d = l.blob(data);
+        descs.push(format!(
+            r#"{{"mediaType":"{mt}","digest":"{d}","size":{},"annotations":{annotations}}}"#,
+            data.len()
+        ));
+        out.push((d, data.len() as u64));
+    }
+    let mut extra = String::new();
+    if let Some(t) = artifact_type {
+        extra.push_str(&format!(r#","artifactType":"{t}""#));
+    }
+    if let Some((d, size, mt)) = subject {
+        extra.push_str(&format!(
+            r#","subject":{{"mediaType":"{mt}","digest":"{d}","size":{size}}}"#
+        ));
+    }
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{}]{extra}}}"#,
+        media_types::OCI_MANIFEST,
+        config.len(),
+        descs.join(",")
+    );
+    let d = l.blob(manifest.as_bytes());
+    l.index(&[(d.clone(), manifest.len(), media_types::OCI_MANIFEST, tag)]);
+    TestImage {
+        layout: dir.to_owned(),
+        tag: tag.to_owned(),
+        digest: d,
+        media_type: media_types::OCI_MANIFEST.to_owned(),
+        layers: out,
+        platforms: Vec::new(),
+    }
+}
+
 /// Writes a two-platform index (linux/amd64, linux/arm64), tagged `tag`.
 pub fn write_index(dir: &Path, tag: &str, seed: u64, layer_size: usize) -> TestImage {
     let l = Layout::new(dir);

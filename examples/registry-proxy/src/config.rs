@@ -283,6 +283,21 @@ pub struct RawRule {
     pub stale_if_error: Option<String>,
     /// Content not accessed for this long is removed by gc.
     pub content_ttl: Option<String>,
+    /// `[rule.signatures]`: serve only what a cosign signature covers.
+    pub signatures: Option<RawSignatures>,
+}
+
+/// `[rule.signatures]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignatures {
+    /// PEM public keys (ECDSA P-256), as `cosign generate-key-pair` writes.
+    pub cosign_keys: Vec<PathBuf>,
+    /// `"enforce"` (default) or `"audit"`.
+    pub mode: Option<String>,
+    /// How long a refusal stands before signatures are looked up again
+    /// (default `60s`).
+    pub recheck_refused: Option<String>,
 }
 
 /// Where content is kept.
@@ -732,7 +747,7 @@ impl Config {
         let upstream = upstream(&raw.upstream)?;
         let registries = registries(&raw.registry, &abs)?;
         let credentials = credential_sets(&raw.credentials)?;
-        let (rules, policies) = rules(raw.rule, &registries, &credentials)?;
+        let (rules, policies) = rules(raw.rule, &registries, &credentials, &abs)?;
         let auth = raw.auth.map(|a| auth(a, &abs)).transpose()?;
         Ok(Config {
             listen,
@@ -1102,7 +1117,10 @@ fn rules(
     raw: Vec<RawRule>,
     registries: &[UpstreamConfig],
     credentials: &HashMap<String, Credentials>,
+    abs: &impl Fn(PathBuf) -> PathBuf,
 ) -> Result<(Arc<RuleSet>, HashMap<String, RulePolicy>), ConfigError> {
+    // Key files are read once however many rules name them.
+    let mut keys: HashMap<PathBuf, cache_core::cosign::CosignKey> = HashMap::new();
     let hosts: std::collections::HashSet<&cache_core::Registry> =
         registries.iter().map(|u| &u.host).collect();
     let mut rules = Vec::with_capacity(raw.len());
@@ -1138,10 +1156,15 @@ fn rules(
                 "{key}: credentials = {c:?} names no [[credentials]] entry"
             ));
         }
+        let signatures = match &r.signatures {
+            None => None,
+            Some(sig) => Some(Arc::new(signature_policy(&key, sig, abs, &mut keys)?)),
+        };
         let policy = RulePolicy {
             tag_freshness,
             stale_if_error,
             content_ttl,
+            signatures,
         };
         if policy != RulePolicy::default() {
             policies.insert(r.name.clone(), policy);
@@ -1168,6 +1191,55 @@ fn rules(
         }
     }
     Ok((Arc::new(set), policies))
+}
+
+/// A rule's `[rule.signatures]`, with its key files read (a bad one is an
+/// error naming the file).
+fn signature_policy(
+    key: &str,
+    raw: &RawSignatures,
+    abs: &impl Fn(PathBuf) -> PathBuf,
+    loaded: &mut HashMap<PathBuf, cache_core::cosign::CosignKey>,
+) -> Result<cache_core::SignaturePolicy, ConfigError> {
+    if raw.cosign_keys.is_empty() {
+        return err(format!("{key}: signatures.cosign_keys is empty"));
+    }
+    let mut keys = Vec::with_capacity(raw.cosign_keys.len());
+    for p in &raw.cosign_keys {
+        let path = abs(p.clone());
+        if let Some(k) = loaded.get(&path) {
+            keys.push(k.clone());
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError(format!(
+                "{key}: signatures.cosign_keys: {}: {e}",
+                path.display()
+            ))
+        })?;
+        let k = cache_core::cosign::CosignKey::from_pem(p.display().to_string(), &text)
+            .map_err(|e| ConfigError(format!("{key}: signatures.cosign_keys: {e}")))?;
+        loaded.insert(path, k.clone());
+        keys.push(k);
+    }
+    let mode = match raw.mode.as_deref() {
+        None | Some("enforce") => cache_core::SignatureMode::Enforce,
+        Some("audit") => cache_core::SignatureMode::Audit,
+        Some(m) => {
+            return err(format!(
+                "{key}: signatures.mode = {m:?}: use \"enforce\" or \"audit\""
+            ));
+        }
+    };
+    let mut policy = cache_core::SignaturePolicy::new(keys, mode);
+    if raw.recheck_refused.is_some() {
+        policy.recheck_refused = duration(
+            &format!("{key}: signatures.recheck_refused"),
+            &raw.recheck_refused,
+            policy.recheck_refused,
+        )?;
+    }
+    Ok(policy)
 }
 
 fn auth(a: RawAuth, abs: &impl Fn(PathBuf) -> PathBuf) -> Result<AuthConfig, ConfigError> {

@@ -12,6 +12,10 @@ use axum::http::Method;
 use cache_core::events::{Counters, Event, EventSink};
 use cache_core::{PeerFetch, UpstreamCall};
 
+/// Rules named in admission metrics; decisions of further rules count
+/// under `other`, so the series stay bounded with any number of rules.
+const MAX_RULE_LABELS: usize = 500;
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -20,6 +24,9 @@ pub struct Metrics {
     upstream_errors: Mutex<BTreeMap<&'static str, u64>>,
     upstream_requests: Mutex<BTreeMap<&'static str, u64>>,
     reloads: Mutex<BTreeMap<&'static str, u64>>,
+    /// Admission decisions by (rule, outcome); at most `MAX_RULE_LABELS`
+    /// rules by name, the rest as `other`.
+    admissions: Mutex<BTreeMap<(String, &'static str), u64>>,
     clients: Mutex<crate::Clients>,
 }
 
@@ -36,6 +43,21 @@ impl EventSink for Metrics {
         match e {
             Event::UpstreamError { code, .. } => bump(&self.upstream_errors, code.as_str()),
             Event::UpstreamRequest { call } => bump(&self.upstream_requests, call.as_str()),
+            Event::Admission { rule, outcome } => {
+                let mut m = self.admissions.lock().unwrap_or_else(|p| p.into_inner());
+                let known = m.keys().any(|(r, _)| r == rule);
+                let rules = m
+                    .keys()
+                    .map(|(r, _)| r)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
+                let label = if known || rules < MAX_RULE_LABELS {
+                    (*rule).to_owned()
+                } else {
+                    "other".to_owned()
+                };
+                *m.entry((label, outcome.as_str())).or_default() += 1;
+            }
             _ => {}
         }
     }
@@ -153,6 +175,19 @@ impl Metrics {
             "Blob bytes sent straight from stored files (sendfile).",
             crate::sendfile::bytes_sent(),
         );
+        out.push_str("# HELP registry_proxy_admissions_total Admission decisions (signature policy, admission hooks) by rule and outcome (allowed, refused, audit_only).\n# TYPE registry_proxy_admissions_total counter\n");
+        for ((rule, outcome), v) in self
+            .admissions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let rule = rule.replace(['\\', '"', '\n'], "_");
+            let _ = writeln!(
+                out,
+                "registry_proxy_admissions_total{{rule=\"{rule}\",outcome=\"{outcome}\"}} {v}"
+            );
+        }
         out.push_str("# HELP registry_proxy_peer_fetches_total Blob fetches that found another instance fetching the same digest (shared object store), by how they ended.\n# TYPE registry_proxy_peer_fetches_total counter\n");
         for (outcome, v) in [
             (PeerFetch::Published, &c.peer_published),
