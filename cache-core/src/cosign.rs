@@ -73,10 +73,10 @@ impl CosignKey {
     }
 }
 
-/// The tag cosign's classic scheme keeps `d`'s signatures under.
-pub fn signature_tag(d: &Digest) -> Tag {
-    Tag::parse(&format!("{}-{}.sig", d.algorithm(), d.hex()))
-        .expect("an algorithm and hex digits make a valid tag")
+/// The tag cosign's classic scheme keeps `d`'s signatures under,
+/// `sha256-<hex>.sig`; `None` for a digest too long for a tag (sha512).
+pub fn signature_tag(d: &Digest) -> Option<Tag> {
+    Tag::parse(&format!("{}-{}.sig", d.algorithm(), d.hex())).ok()
 }
 
 /// Why a signature does not vouch for a manifest.

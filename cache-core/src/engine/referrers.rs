@@ -48,6 +48,15 @@ fn filter(index: &Bytes, t: &str) -> Result<Bytes> {
     Ok(Bytes::from(doc.to_string()))
 }
 
+/// The tag schema's tag for `d`: `<alg>-<hex>`, the algorithm cut to 32
+/// characters and the hex to 64, as the distribution spec has it (so a
+/// sha512 digest fits a tag's 128 characters).
+fn fallback_tag(d: &Digest) -> Option<Tag> {
+    let alg: String = d.algorithm().as_str().chars().take(32).collect();
+    let hex: String = d.hex().chars().take(64).collect();
+    Tag::parse(&format!("{alg}-{hex}")).ok()
+}
+
 impl PullThroughCache {
     /// The referrers of manifest `digest` in repository `name`, filtered
     /// to `artifact_type` when given.
@@ -121,10 +130,10 @@ impl PullThroughCache {
         if let Some(index) = api {
             return Ok(index.bytes);
         }
-        let tag = Reference::Tag(
-            Tag::parse(&format!("{}-{}", digest.algorithm(), digest.hex()))
-                .expect("an algorithm and hex digits make a valid tag"),
-        );
+        let Some(tag) = fallback_tag(digest) else {
+            return Ok(empty_index());
+        };
+        let tag = Reference::Tag(tag);
         let fallback = inner
             .call(UpstreamCall::Manifest, || {
                 ctx.upstream

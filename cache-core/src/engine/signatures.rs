@@ -200,11 +200,12 @@ impl PullThroughCache {
     ) -> Result<std::result::Result<String, Unverified>> {
         let mut candidates: Vec<Manifest> = Vec::new();
         // cosign's tag scheme.
-        let tag = Reference::Tag(cosign::signature_tag(d));
-        match self.signature_manifest(ctx, &tag).await {
-            Ok(m) => candidates.push(m),
-            Err(Error::ManifestUnknown { .. }) => {}
-            Err(e) => return Err(e),
+        if let Some(tag) = cosign::signature_tag(d) {
+            match self.signature_manifest(ctx, &Reference::Tag(tag)).await {
+                Ok(m) => candidates.push(m),
+                Err(Error::ManifestUnknown { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         // The referrers API, where the upstream has one.
         let referrers = self
