@@ -231,8 +231,10 @@ mod tests {
     fn the_signature_tag_follows_cosign() {
         let d = Digest::sha256_of(b"m");
         assert_eq!(
-            signature_tag(&d).as_str(),
+            signature_tag(&d).unwrap().as_str(),
             format!("sha256-{}.sig", d.hex())
         );
+        let long = Digest::parse(&format!("sha512:{}", "a".repeat(128))).unwrap();
+        assert!(signature_tag(&long).is_none());
     }
 }
