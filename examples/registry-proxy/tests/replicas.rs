@@ -230,15 +230,40 @@ async fn gc_on_every_instance_spares_what_another_is_serving_and_keeps_the_quota
 
     // p0 fetches all three layers; p1 then serves the big one, slowly,
     // while gc runs every second on each instance. The small layers are
-    // idle and go; the big one is evicted by whichever instance runs gc
-    // unless it knows p1 is reading it.
+    // idle and go; the big one would be evicted by whichever instance runs
+    // gc unless it knew p1 is reading it. (A read that starts in the very
+    // moment a gc run lists an idle blob can still lose it: that window is
+    // not what this tests.)
     for (d, _) in &img.layers {
         get_blob(proxies[0].url(&format!("/v2/library/app/blobs/{d}")))
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The read starts at once and lasts several grace periods (2 s): the
+    // idle layers age past it meanwhile; the big one stays in use.
+    // A watcher notes if the blob ever leaves the store while it is read
+    // (read-ahead could otherwise hide it from the reader).
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (reading, d) = (reading.clone(), d_big.clone());
+        let spool = tempfile::tempdir().unwrap();
+        let store = shared_store(&az, "gcrun", spool.path());
+        tokio::spawn(async move {
+            let _spool = spool;
+            let mut vanished = false;
+            while reading.load(std::sync::atomic::Ordering::Acquire) {
+                vanished |= store.stat(&d).await.unwrap().is_none();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            vanished
+        })
+    };
     let body = slow_read(proxies[1].port, &d_big).await;
+    reading.store(false, std::sync::atomic::Ordering::Release);
+    assert!(
+        !watcher.await.unwrap(),
+        "the blob was deleted while another instance was serving it"
+    );
     assert!(
         body == big,
         "the slow read got {} bytes; the blob was deleted under it",
