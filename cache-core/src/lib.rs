@@ -83,8 +83,8 @@ pub use names::{
     DOCKER_HUB, DOCKER_HUB_API_HOST, ImageRef, MAX_NAME_LEN, Reference, Registry, RepoName, Tag,
 };
 pub use policy::{
-    Admission, AdmissionRequest, MaxImageSize, PlatformAllowList, RulePolicy, SignatureMode,
-    SignaturePolicy, TagFreshness,
+    Admission, AdmissionRequest, Caller, MaxImageSize, PlatformAllowList, RulePolicy,
+    SignatureMode, SignaturePolicy, TagFreshness, Verdict,
 };
 pub use range::ByteRange;
 pub use rules::{Explanation, Resolved, Rule, RuleSet, RuleSpec};

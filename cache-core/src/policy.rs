@@ -146,20 +146,73 @@ pub struct AdmissionRequest<'a> {
     pub parsed: &'a ParsedManifest,
     /// The platform an index declared for this manifest, when known.
     pub platform: Option<&'a Platform>,
+    /// Who asks.
+    pub caller: &'a Caller,
 }
 
-/// Accepts or refuses a manifest before it is cached or served. A refusal
-/// reaches the client as `DENIED` with the reason.
+/// Who a request comes from, as far as admission cares.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Caller {
+    /// A client pulling: admission applies.
+    #[default]
+    Client,
+    /// A vulnerability scanner pulling `repository` with the short-lived
+    /// credential it was given to scan it: admission does not apply (the
+    /// scan is how admission is decided), and what it reads grants nothing
+    /// to anyone else. The server checks the credential's scope.
+    Scanner {
+        /// The one repository the credential may pull.
+        repository: RepoName,
+    },
+}
+
+/// What an admission hook decided, when it did not refuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The hook has nothing to say about this manifest.
+    Pass,
+    /// Allowed, for this reason; `fresh` when decided just now (audit
+    /// events are written for fresh decisions, counted for all).
+    Allowed {
+        /// Why.
+        reason: String,
+        /// Decided just now rather than remembered.
+        fresh: bool,
+    },
+    /// It would be refused, but the policy only audits: served.
+    AuditOnly {
+        /// Why it would have been refused.
+        reason: String,
+        /// Decided just now rather than remembered.
+        fresh: bool,
+    },
+}
+
+/// Accepts or refuses a manifest before it is cached or served.
 #[async_trait]
 pub trait Admission: Send + Sync + fmt::Debug {
-    /// `Ok(())` admits; `Err(reason)` refuses.
-    async fn admit(&self, req: &AdmissionRequest<'_>) -> Result<(), String>;
+    /// A [`Verdict`] admits; an error refuses: [`Error::Denied`] reaches
+    /// the client as `403 DENIED` with the reason, and any other error
+    /// (say [`Error::Unavailable`] while a verdict is not known yet) with
+    /// its own status.
+    async fn admit(&self, req: &AdmissionRequest<'_>) -> crate::Result<Verdict>;
+
+    /// Whether, under `rule`, blobs may be served only as parts of
+    /// manifests this hook admitted (not on the upstream's word that it
+    /// has them). Default: no.
+    fn restricts_blobs(&self, rule: &Rule) -> bool {
+        let _ = rule;
+        false
+    }
 }
 
 #[async_trait]
 impl<T: Admission + ?Sized> Admission for std::sync::Arc<T> {
-    async fn admit(&self, req: &AdmissionRequest<'_>) -> Result<(), String> {
+    async fn admit(&self, req: &AdmissionRequest<'_>) -> crate::Result<Verdict> {
         (**self).admit(req).await
+    }
+    fn restricts_blobs(&self, rule: &Rule) -> bool {
+        (**self).restricts_blobs(rule)
     }
 }
 
@@ -192,7 +245,7 @@ impl PlatformAllowList {
 
 #[async_trait]
 impl Admission for PlatformAllowList {
-    async fn admit(&self, req: &AdmissionRequest<'_>) -> Result<(), String> {
+    async fn admit(&self, req: &AdmissionRequest<'_>) -> crate::Result<Verdict> {
         if req.parsed.is_index() {
             // Entries without a platform, or "unknown/unknown" (attestations), do not count.
             let platforms: Vec<&Platform> = req
@@ -203,19 +256,18 @@ impl Admission for PlatformAllowList {
                 .filter(|p| p.os != "unknown")
                 .collect();
             if !platforms.is_empty() && !platforms.iter().any(|p| self.admitted(p)) {
-                return Err(format!(
+                return Err(crate::Error::denied(format!(
                     "index offers none of the allowed platforms ({})",
                     self.list()
-                ));
+                )));
             }
-            return Ok(());
+            return Ok(Verdict::Pass);
         }
         match req.platform {
-            Some(p) if p.os != "unknown" && !self.admitted(p) => Err(format!(
-                "platform {p} is not allowed (allowed: {})",
-                self.list()
+            Some(p) if p.os != "unknown" && !self.admitted(p) => Err(crate::Error::denied(
+                format!("platform {p} is not allowed (allowed: {})", self.list()),
             )),
-            _ => Ok(()),
+            _ => Ok(Verdict::Pass),
         }
     }
 }
@@ -235,15 +287,15 @@ impl MaxImageSize {
 
 #[async_trait]
 impl Admission for MaxImageSize {
-    async fn admit(&self, req: &AdmissionRequest<'_>) -> Result<(), String> {
+    async fn admit(&self, req: &AdmissionRequest<'_>) -> crate::Result<Verdict> {
         let size = req.parsed.image_size();
         if size > self.max {
-            return Err(format!(
+            return Err(crate::Error::denied(format!(
                 "image of {size} bytes exceeds the maximum of {} bytes",
                 self.max
-            ));
+            )));
         }
-        Ok(())
+        Ok(Verdict::Pass)
     }
 }
 

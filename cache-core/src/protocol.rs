@@ -36,6 +36,7 @@ use crate::engine::{
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::CacheStatus;
 use crate::names::{Reference, Registry, RepoName, Tag};
+use crate::policy::Caller;
 use crate::range::ByteRange;
 use crate::rules::RuleSet;
 use crate::upstream::{Accept, TagPage};
@@ -588,7 +589,19 @@ pub async fn handle(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Response<Body> {
-    match answer(cache, method, uri, headers).await {
+    handle_for(cache, &Caller::Client, method, uri, headers).await
+}
+
+/// [`handle`] for `caller`, whom the server authenticated (a scanner's
+/// scoped credential; see [`Caller`]).
+pub async fn handle_for(
+    cache: &PullThroughCache,
+    caller: &Caller,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    match answer(cache, caller, method, uri, headers).await {
         Ok(r) => r,
         Err(e) => {
             if !e.is_client_error() {
@@ -601,6 +614,7 @@ pub async fn handle(
 
 async fn answer(
     cache: &PullThroughCache,
+    caller: &Caller,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -616,7 +630,9 @@ async fn answer(
     let empty = |r: Response<()>| r.map(|()| Body::Empty);
     match &req.route {
         Route::Manifest { reference, .. } => {
-            let m = cache.manifest(&name, reference, &req.accept).await?;
+            let m = cache
+                .manifest_for(&name, reference, &req.accept, caller)
+                .await?;
             Ok(manifest_response(&m, req.head).map(Body::Bytes))
         }
         Route::Blob { digest, .. } if req.holds(digest) => {
@@ -625,11 +641,11 @@ async fn answer(
             Ok(empty(not_modified_response(digest)))
         }
         Route::Blob { digest, .. } if req.head => {
-            let (size, status) = cache.head_blob(&name, digest).await?;
+            let (size, status) = cache.head_blob_for(&name, digest, caller).await?;
             Ok(empty(blob_head_response(digest, size, status)))
         }
         Route::Blob { digest, .. } => {
-            let b = cache.blob(&name, digest, req.range).await?;
+            let b = cache.blob_for(&name, digest, req.range, caller).await?;
             let head = blob_response(digest, &b, req.range.is_some());
             Ok(head.map(|()| Body::Blob(b.body)))
         }

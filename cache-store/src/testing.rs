@@ -114,9 +114,21 @@ impl Azurite {
         ]
     }
 
-    /// Creates a container (object_store cannot): one `PUT`, signed with
-    /// the emulator's shared key.
+    /// Creates a container (object_store cannot): a `PUT` signed with the
+    /// emulator's shared key, retried for a few seconds while the emulator
+    /// is still starting up (it accepts connections before it answers).
     pub fn create_container(&self, name: &str) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.try_create_container(name) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    fn try_create_container(&self, name: &str) -> Result<(), String> {
         let date = httpdate::fmt_http_date(SystemTime::now());
         let version = "2021-08-06";
         // Path-style URLs put the account in the path, and the canonical
@@ -143,7 +155,8 @@ impl Azurite {
         let mut resp = String::new();
         let _ = s.read_to_string(&mut resp);
         let status = resp.lines().next().unwrap_or("");
-        if status.contains(" 201 ") {
+        // 409: an earlier attempt created it and its answer was lost.
+        if status.contains(" 201 ") || resp.contains("ContainerAlreadyExists") {
             Ok(())
         } else {
             Err(format!("creating container {name}: {resp}"))

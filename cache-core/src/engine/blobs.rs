@@ -13,6 +13,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::events::{CacheStatus, Event};
 use crate::names::RepoName;
+use crate::policy::Caller;
 use crate::range::ByteRange;
 use crate::store::BlobPayload;
 
@@ -33,12 +34,27 @@ impl PullThroughCache {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<BlobResponse> {
-        let ctx = self.ctx(name)?;
+        self.blob_for(name, digest, range, &Caller::Client).await
+    }
+
+    /// [`blob`](Self::blob) for `caller`: a scanner scoped to the
+    /// repository reads blobs of manifests not admitted yet, and what it
+    /// reads grants nothing to anyone else.
+    pub async fn blob_for(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        caller: &Caller,
+    ) -> Result<BlobResponse> {
+        let ctx = self.ctx_for(name, caller)?;
         let inner = &self.inner;
         let entitled = inner.is_entitled(&ctx.local, digest).await?;
-        if !entitled && ctx.enforces_signatures() {
-            // Under a signature policy a blob is served only as part of a
-            // manifest that passed; the upstream's word is not enough.
+        // Under a signature policy or a vulnerability gate a client gets a
+        // blob only as part of a manifest that passed; the upstream's word
+        // is not enough.
+        let ungranted = ctx.restricts_blobs() && ctx.is_scanner();
+        if !entitled && ctx.restricts_blobs() && !ctx.is_scanner() {
             return Err(Error::blob_unknown(digest));
         }
         if entitled {
@@ -50,7 +66,7 @@ impl PullThroughCache {
                 r => return r,
             }
         } else if self.stored_size(digest).await?.is_some() {
-            self.confirm_blob(&ctx, digest).await?;
+            self.vouch(&ctx, digest, ungranted).await?;
             return self.serve_stored(&ctx, digest, range).await;
         }
         let (fetch, interest, slot) = {
@@ -61,6 +77,9 @@ impl PullThroughCache {
                 None => {
                     let slot = ctx.queue.enter(ctx.rule.registry())?;
                     let f = Arc::new(Fetch::new(digest.clone(), name.clone()));
+                    if ungranted {
+                        f.ungrant();
+                    }
                     let i = f.join().expect("a new fetch has not been deserted");
                     m.insert(digest.clone(), f.clone());
                     (f, i, Some(slot))
@@ -80,15 +99,17 @@ impl PullThroughCache {
             inner.spawner.spawn(job.run().boxed());
         } else if !entitled && !fetch.is_entitled(name) {
             // Another repository started this fetch: ours must vouch too.
-            self.confirm_blob(&ctx, digest).await?;
-            fetch.entitle(name.clone());
+            self.vouch(&ctx, digest, ungranted).await?;
+            if !ungranted {
+                fetch.entitle(name.clone());
+            }
         }
         match fetch.ready().await? {
             Ready::InStore => {
                 // Published meanwhile, perhaps by another instance for
                 // another repository: this one's upstream must vouch too.
-                if !entitled {
-                    self.ensure_entitled(&ctx, digest).await?;
+                if !entitled && !inner.is_entitled(&ctx.local, digest).await? {
+                    self.vouch(&ctx, digest, ungranted).await?;
                 }
                 self.serve_stored(&ctx, digest, range).await
             }
@@ -229,13 +250,27 @@ impl PullThroughCache {
     /// A blob's size without its body: from the store, or from a `HEAD` to
     /// the upstream (which does not start a download).
     pub async fn head_blob(&self, name: &RepoName, digest: &Digest) -> Result<(u64, CacheStatus)> {
-        let ctx = self.ctx(name)?;
+        self.head_blob_for(name, digest, &Caller::Client).await
+    }
+
+    /// [`head_blob`](Self::head_blob) for `caller` (see [`blob_for`](Self::blob_for)).
+    pub async fn head_blob_for(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        caller: &Caller,
+    ) -> Result<(u64, CacheStatus)> {
+        let ctx = self.ctx_for(name, caller)?;
         let inner = &self.inner;
-        if ctx.enforces_signatures() && !inner.is_entitled(&ctx.local, digest).await? {
+        let ungranted = ctx.restricts_blobs() && ctx.is_scanner();
+        let entitled = inner.is_entitled(&ctx.local, digest).await?;
+        if ctx.restricts_blobs() && !ctx.is_scanner() && !entitled {
             return Err(Error::blob_unknown(digest));
         }
         if let Some(size) = self.stored_size(digest).await? {
-            self.ensure_entitled(&ctx, digest).await?;
+            if !entitled {
+                self.vouch(&ctx, digest, ungranted).await?;
+            }
             return Ok((size, CacheStatus::Hit));
         }
         let size = inner
@@ -245,7 +280,9 @@ impl PullThroughCache {
             .await;
         match size {
             Ok(size) => {
-                inner.entitle(name, digest).await?;
+                if !ungranted {
+                    inner.entitle(name, digest).await?;
+                }
                 Ok((size, CacheStatus::Miss))
             }
             Err(e) => {
@@ -253,6 +290,24 @@ impl PullThroughCache {
                 Err(e)
             }
         }
+    }
+
+    /// Has the request's upstream confirm it has blob `d` (a `HEAD`): a
+    /// grant for the repository, unless `ungranted` (a scanner's read).
+    async fn vouch(&self, ctx: &Ctx, d: &Digest, ungranted: bool) -> Result<()> {
+        if !ungranted {
+            return self.confirm_blob(ctx, d).await;
+        }
+        let r = self
+            .inner
+            .call(UpstreamCall::BlobHead, || {
+                ctx.upstream.head_blob(&ctx.upstream_repo, d)
+            })
+            .await;
+        if let Err(e) = &r {
+            self.upstream_error(ctx, e);
+        }
+        r.map(|_| ())
     }
 }
 

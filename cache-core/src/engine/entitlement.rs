@@ -149,15 +149,6 @@ impl PullThroughCache {
         }
         r
     }
-
-    /// Whether the request's repository may read stored `d`: entitled
-    /// already, or its upstream confirms it now.
-    pub(crate) async fn ensure_entitled(&self, ctx: &Ctx, d: &Digest) -> Result<()> {
-        if self.inner.is_entitled(&ctx.local, d).await? {
-            return Ok(());
-        }
-        self.confirm_blob(ctx, d).await
-    }
 }
 
 #[cfg(test)]

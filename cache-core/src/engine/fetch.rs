@@ -186,6 +186,14 @@ impl Fetch {
         }
     }
 
+    /// Grants nothing when it is published (a scanner's fetch).
+    pub(crate) fn ungrant(&self) {
+        self.entitled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     pub(crate) fn is_entitled(&self, repo: &RepoName) -> bool {
         self.entitled
             .lock()

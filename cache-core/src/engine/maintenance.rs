@@ -73,7 +73,7 @@ impl PullThroughCache {
     /// [`lease_holder`](GcReport::lease_holder) set. Blobs that any
     /// instance read within twice `touch_interval` are in use too: each
     /// instance renews the access time of what it is reading or fetching
-    /// every `touch_interval`.
+    /// every half `touch_interval`.
     pub async fn gc(&self, quota: Option<u64>) -> Result<GcReport> {
         let inner = &self.inner;
         if !inner.store.shared() {
@@ -141,7 +141,7 @@ impl PullThroughCache {
         };
 
         // On a shared store, what another instance reads lately is in use
-        // too: readers renew access times every touch_interval.
+        // too: readers renew access times every half touch_interval.
         let grace = if inner.store.shared() {
             inner.opts.touch_interval * 2
         } else {

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::events::{CacheStatus, Event};
 use crate::manifest::{ParsedManifest, Platform};
 use crate::names::{Reference, RepoName, Tag};
-use crate::policy::{AdmissionRequest, TagFreshness};
+use crate::policy::{AdmissionRequest, Caller, TagFreshness};
 use crate::store::BlobStoreExt;
 use crate::upstream::{Accept, Manifest, ManifestHead, media_types};
 
@@ -29,7 +29,21 @@ impl PullThroughCache {
         reference: &Reference,
         accept: &Accept,
     ) -> Result<ManifestResponse> {
-        let ctx = self.ctx(name)?;
+        self.manifest_for(name, reference, accept, &Caller::Client)
+            .await
+    }
+
+    /// [`manifest`](Self::manifest) for `caller`: a scanner scoped to the
+    /// repository is not held to admission (its scan decides it), and
+    /// what it reads grants nothing to anyone else.
+    pub async fn manifest_for(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+        accept: &Accept,
+        caller: &Caller,
+    ) -> Result<ManifestResponse> {
+        let ctx = self.ctx_for(name, caller)?;
         let resp = match reference {
             Reference::Digest(d) => self.manifest_by_digest(&ctx, d).await?,
             Reference::Tag(t) => self.manifest_by_tag(&ctx, t).await?,
@@ -92,6 +106,10 @@ impl PullThroughCache {
         if ctx.wiring.admission.is_empty() && ctx.policy().signatures.is_none() {
             return Ok(());
         }
+        if ctx.is_scanner() {
+            // The scan is how admission is decided; its reads grant nothing.
+            return Ok(());
+        }
         let parsed = ParsedManifest::parse(&m.bytes)?;
         self.check_signatures(ctx, reference, m, &parsed).await?;
         if ctx.wiring.admission.is_empty() {
@@ -110,18 +128,42 @@ impl PullThroughCache {
             manifest: m,
             parsed: &parsed,
             platform: platform.as_ref(),
+            caller: &ctx.caller,
         };
+        use crate::events::AdmissionOutcome;
+        use crate::policy::Verdict;
         for hook in &ctx.wiring.admission {
-            if let Err(reason) = hook.admit(&req).await {
-                self.audit(
+            match hook.admit(&req).await {
+                Ok(Verdict::Pass) => {}
+                Ok(Verdict::Allowed { reason, fresh }) => self.audit(
                     ctx,
                     reference,
                     &m.digest,
-                    crate::events::AdmissionOutcome::Refused,
+                    AdmissionOutcome::Allowed,
                     &reason,
-                    true,
-                );
-                return Err(Error::denied(reason));
+                    fresh,
+                ),
+                Ok(Verdict::AuditOnly { reason, fresh }) => self.audit(
+                    ctx,
+                    reference,
+                    &m.digest,
+                    AdmissionOutcome::AuditOnly,
+                    &reason,
+                    fresh,
+                ),
+                Err(e) => {
+                    if let Error::Denied { reason } = &e {
+                        self.audit(
+                            ctx,
+                            reference,
+                            &m.digest,
+                            AdmissionOutcome::Refused,
+                            reason,
+                            true,
+                        );
+                    }
+                    return Err(e);
+                }
             }
         }
         Ok(())
@@ -149,9 +191,14 @@ impl PullThroughCache {
         if let Some(m) = self.load_manifest_as(d, known_type).await? {
             if grant.is_none() {
                 // Stored through another repository: this one's upstream must vouch for it.
-                self.confirm_manifest(ctx, d).await?;
+                if ctx.restricts_blobs() && ctx.is_scanner() {
+                    self.head_manifest_upstream(ctx, &reference).await?;
+                } else {
+                    self.confirm_manifest(ctx, d).await?;
+                }
             }
             self.admit(ctx, &reference, &m).await?;
+            self.grant_referenced(ctx, &m).await?;
             return Ok(Self::respond(m, CacheStatus::Hit));
         }
         let m = self.fetch_manifest(ctx, &reference, None).await?;
@@ -191,16 +238,19 @@ impl PullThroughCache {
             };
             if fresh {
                 self.admit(ctx, &reference, &m).await?;
+                self.grant_referenced(ctx, &m).await?;
                 return Ok(Self::respond(m, CacheStatus::Hit));
             }
             if age < inner.opts.revalidate_window {
                 // Confirmed a moment ago (by this request's neighbours).
                 self.admit(ctx, &reference, &m).await?;
+                self.grant_referenced(ctx, &m).await?;
                 return Ok(Self::respond(m, CacheStatus::Revalidated));
             }
             match self.revalidate(ctx, tag, rec).await {
                 Ok(head) if head.digest == m.digest => {
                     self.admit(ctx, &reference, &m).await?;
+                    self.grant_referenced(ctx, &m).await?;
                     return Ok(Self::respond(m, CacheStatus::Revalidated));
                 }
                 Ok(_) => {}
@@ -209,6 +259,7 @@ impl PullThroughCache {
                     if age <= policy.stale_if_error {
                         tracing::warn!(repo = %ctx.local, %tag, error = %e, "upstream failed; serving cached tag");
                         self.admit(ctx, &reference, &m).await?;
+                        self.grant_referenced(ctx, &m).await?;
                         return Ok(Self::respond(m, CacheStatus::Stale));
                     }
                     return Err(e);
@@ -225,6 +276,7 @@ impl PullThroughCache {
                         && age <= policy.stale_if_error =>
                 {
                     self.admit(ctx, &reference, &m).await?;
+                    self.grant_referenced(ctx, &m).await?;
                     Ok(Self::respond(m, CacheStatus::Stale))
                 }
                 _ => Err(e),
@@ -246,12 +298,14 @@ impl PullThroughCache {
         observed: Option<Digest>,
     ) -> Result<Manifest> {
         let inner = &self.inner;
+        // A scanner's fetch is not admitted: never share it with a client's.
         let key = format!(
-            "{}/{}@{}->{}",
+            "{}/{}@{}->{}{}",
             ctx.rule.registry(),
             ctx.upstream_repo,
             reference,
-            ctx.local
+            ctx.local,
+            if ctx.is_scanner() { "#scanner" } else { "" }
         );
         inner
             .manifest_flights
@@ -381,9 +435,14 @@ impl PullThroughCache {
                 Bytes::from(m.media_type.clone()),
             )
             .await?;
-        inner
-            .entitle_manifest(&ctx.local, &m.digest, &m.media_type)
-            .await?;
+        // A scanner's read grants nothing: a client of a gated rule gets
+        // this manifest and its content once admitted itself.
+        let grants = !(ctx.restricts_blobs() && ctx.is_scanner());
+        if grants {
+            inner
+                .entitle_manifest(&ctx.local, &m.digest, &m.media_type)
+                .await?;
+        }
         inner
             .hot
             .keep_content(&m.digest, m.bytes.clone(), Some(m.media_type.clone()));
@@ -393,6 +452,9 @@ impl PullThroughCache {
                     .put_meta(&keys::platform(&desc.digest), Bytes::from(p.to_string()))
                     .await?;
             }
+        }
+        if !grants {
+            return Ok(m);
         }
         inner.entitle_referenced(&ctx.local, &parsed).await?;
         if let Reference::Tag(tag) = reference {
@@ -406,6 +468,24 @@ impl PullThroughCache {
             inner.hot.keep_tag(&key, &rec);
         }
         Ok(m)
+    }
+
+    /// Under a gated rule, a client admitted to a stored manifest gets
+    /// grants to what it references, if it has none yet (the manifest may
+    /// have been stored by a scanner's read, which grants nothing).
+    async fn grant_referenced(&self, ctx: &Ctx, m: &Manifest) -> Result<()> {
+        if !ctx.restricts_blobs() || ctx.is_scanner() {
+            return Ok(());
+        }
+        let parsed = ParsedManifest::parse(&m.bytes)?;
+        let mut vouched = super::entitlement::vouched_by(&parsed);
+        let Some(first) = vouched.next() else {
+            return Ok(());
+        };
+        if self.inner.is_entitled(&ctx.local, first).await? {
+            return Ok(());
+        }
+        self.inner.entitle_referenced(&ctx.local, &parsed).await
     }
 
     /// Checks a manifest from the upstream: size, digest (never trusting

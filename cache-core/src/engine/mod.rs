@@ -234,15 +234,16 @@ impl Inner {
         lock(&self.inflight).contains_key(d) || lock(&self.in_use).contains_key(d)
     }
 
-    /// On a shared store: every `touch_interval`, records an access to
-    /// each blob this instance is reading or fetching, so gc on another
+    /// On a shared store: every half `touch_interval`, records an access
+    /// to each blob this instance is reading or fetching (gc spares what
+    /// was accessed within twice `touch_interval`), so gc on another
     /// instance sees them in use however long the transfer takes. Ends
     /// when the engine is dropped.
     async fn renew_access_times(inner: std::sync::Weak<Inner>) {
         let Some((clock, every)) = inner.upgrade().map(|i| {
             (
                 i.clock.clone(),
-                i.opts.touch_interval.max(Duration::from_secs(1)),
+                (i.opts.touch_interval / 2).max(Duration::from_millis(500)),
             )
         }) else {
             return;
@@ -293,9 +294,28 @@ pub(crate) struct Ctx {
     upstream: Arc<dyn Upstream>,
     queue: Arc<FetchQueue>,
     wiring: Arc<Wiring>,
+    caller: crate::policy::Caller,
 }
 
 impl Ctx {
+    /// Whether the request comes from a scanner scoped to this repository
+    /// (admission does not apply; what it reads grants nothing).
+    fn is_scanner(&self) -> bool {
+        matches!(&self.caller, crate::policy::Caller::Scanner { repository } if *repository == self.local)
+    }
+
+    /// Whether, under this rule, a client gets blobs only as parts of
+    /// admitted manifests: an enforcing signature policy, or a hook that
+    /// says so (a vulnerability gate).
+    fn restricts_blobs(&self) -> bool {
+        self.enforces_signatures()
+            || self
+                .wiring
+                .admission
+                .iter()
+                .any(|h| h.restricts_blobs(&self.rule))
+    }
+
     fn policy(&self) -> &RulePolicy {
         self.wiring.policy(&self.rule)
     }
@@ -326,6 +346,10 @@ impl PullThroughCache {
     }
 
     fn ctx(&self, name: &RepoName) -> Result<Ctx> {
+        self.ctx_for(name, &crate::policy::Caller::Client)
+    }
+
+    fn ctx_for(&self, name: &RepoName, caller: &crate::policy::Caller) -> Result<Ctx> {
         let wiring = self.inner.wiring.load_full();
         let r = wiring.rules.resolve(name)?;
         let missing = || {
@@ -349,6 +373,7 @@ impl PullThroughCache {
             upstream,
             queue,
             wiring,
+            caller: caller.clone(),
         })
     }
 
