@@ -23,6 +23,7 @@ mod auth;
 mod client;
 mod layout;
 mod policy;
+pub mod scanner;
 
 #[cfg(feature = "testing")]
 pub mod testing;

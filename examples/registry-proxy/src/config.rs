@@ -61,6 +61,29 @@ pub struct RawConfig {
     pub log: RawLog,
     /// `[tls]`.
     pub tls: Option<RawTls>,
+    /// `[[scanner]]`: vulnerability scanners (Harbor Scanner Adapter API).
+    #[serde(default)]
+    pub scanner: Vec<RawScanner>,
+}
+
+/// `[[scanner]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScanner {
+    /// The name rules use.
+    pub name: String,
+    /// The adapter's base URL (`http://127.0.0.1:8080`).
+    pub url: String,
+    /// A bearer token for the adapter.
+    pub token: Option<String>,
+    /// An environment variable holding it.
+    pub token_env: Option<String>,
+    /// A file holding it.
+    pub token_file: Option<PathBuf>,
+    /// The URL the scanner reaches this proxy at, to pull what it scans
+    /// (default: `http://` and the listen address, `127.0.0.1` for
+    /// `0.0.0.0`).
+    pub proxy_url: Option<String>,
 }
 
 /// `[log]`.
@@ -285,6 +308,29 @@ pub struct RawRule {
     pub content_ttl: Option<String>,
     /// `[rule.signatures]`: serve only what a cosign signature covers.
     pub signatures: Option<RawSignatures>,
+    /// `[rule.scan]`: serve only what a vulnerability scan allows.
+    pub scan: Option<RawScan>,
+}
+
+/// `[rule.scan]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScan {
+    /// A `[[scanner]]` name.
+    pub scanner: String,
+    /// Deny findings at or above: `low`, `medium`, `high` (default), `critical`.
+    pub deny_severity: Option<String>,
+    /// Accepted risks: finding ids that never deny.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// `"enforce"` (default) or `"audit"`.
+    pub mode: Option<String>,
+    /// How old a scan may be before it is run again (default `24h`).
+    pub rescan: Option<String>,
+    /// `"deny"` (default) or `"allow"`: what a failing scanner means.
+    pub on_scanner_error: Option<String>,
+    /// How long a first pull waits for its scan before `503` (default `60s`).
+    pub wait: Option<String>,
 }
 
 /// `[rule.signatures]`.
@@ -328,6 +374,19 @@ pub enum Storage {
         /// This instance's name in leases, if given.
         instance_name: Option<String>,
     },
+}
+
+/// One `[[scanner]]`, validated.
+#[derive(Debug, Clone)]
+pub struct ScannerConfig {
+    /// Its name.
+    pub name: String,
+    /// The adapter's URL.
+    pub url: String,
+    /// Its bearer token, if any.
+    pub token: Option<PasswordSource>,
+    /// Where the scanner reaches this proxy.
+    pub proxy_url: String,
 }
 
 /// One upstream registry, ready to connect.
@@ -392,6 +451,11 @@ pub struct Config {
     pub log_format: crate::logging::LogFormat,
     /// HTTPS, if configured.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Vulnerability scanners: name, URL, token, and the URL they reach
+    /// this proxy at.
+    pub scanners: Vec<ScannerConfig>,
+    /// Per rule, its vulnerability policy.
+    pub scan_policies: HashMap<String, cache_upstream::scanner::ScanPolicy>,
     /// Quota for gc.
     pub quota: Option<u64>,
     /// How often access times are written at most.
@@ -704,7 +768,7 @@ impl Config {
         Self::parse(&text, &base).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
     }
 
-    fn validate(raw: RawConfig, base: &Path) -> Result<Self, ConfigError> {
+    fn validate(mut raw: RawConfig, base: &Path) -> Result<Self, ConfigError> {
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let listen_s = raw.listen.unwrap_or_else(|| "127.0.0.1:5000".into());
         let listen: SocketAddr = listen_s
@@ -747,13 +811,22 @@ impl Config {
         let upstream = upstream(&raw.upstream)?;
         let registries = registries(&raw.registry, &abs)?;
         let credentials = credential_sets(&raw.credentials)?;
+        let scan_raw: Vec<(String, RawScan)> = raw
+            .rule
+            .iter_mut()
+            .filter_map(|r| r.scan.take().map(|sc| (r.name.clone(), sc)))
+            .collect();
         let (rules, policies) = rules(raw.rule, &registries, &credentials, &abs)?;
+        let scanners = scanners(&raw.scanner, listen, &abs)?;
+        let scan_policies = scan_policies(scan_raw, &scanners)?;
         let auth = raw.auth.map(|a| auth(a, &abs)).transpose()?;
         Ok(Config {
             listen,
             storage,
             quota,
             tls,
+            scanners,
+            scan_policies,
             log_format,
             gc_interval,
             touch_interval,
@@ -1191,6 +1264,129 @@ fn rules(
         }
     }
     Ok((Arc::new(set), policies))
+}
+
+fn scanners(
+    raw: &[RawScanner],
+    listen: SocketAddr,
+    abs: &impl Fn(PathBuf) -> PathBuf,
+) -> Result<Vec<ScannerConfig>, ConfigError> {
+    let mut out: Vec<ScannerConfig> = Vec::new();
+    for (i, s) in raw.iter().enumerate() {
+        let key = format!("scanner[{i}] (name = {:?})", s.name);
+        if s.name.is_empty()
+            || s.name.len() > 64
+            || !s
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return err(format!(
+                "{key}: name: 1 to 64 letters, digits, '.', '_', '-'"
+            ));
+        }
+        if out.iter().any(|o| o.name == s.name) {
+            return err(format!("{key}: the name appears twice"));
+        }
+        for (field, u) in [("url", Some(&s.url)), ("proxy_url", s.proxy_url.as_ref())] {
+            if let Some(u) = u
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return err(format!(
+                    "{key}: {field} = {u:?} must start with http:// or https://"
+                ));
+            }
+        }
+        let token = match (&s.token, &s.token_env, &s.token_file) {
+            (None, None, None) => None,
+            (Some(t), None, None) => Some(PasswordSource::Value(Secret::new(t.clone()))),
+            (None, Some(e), None) => Some(PasswordSource::Env(e.clone())),
+            (None, None, Some(f)) => Some(PasswordSource::File(abs(f.clone()))),
+            _ => {
+                return err(format!(
+                    "{key}: give only one of token, token_env, token_file"
+                ));
+            }
+        };
+        let proxy_url = s.proxy_url.clone().unwrap_or_else(|| {
+            let ip = if listen.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                listen.ip().to_string()
+            };
+            format!("http://{ip}:{}", listen.port())
+        });
+        out.push(ScannerConfig {
+            name: s.name.clone(),
+            url: s.url.clone(),
+            token,
+            proxy_url,
+        });
+    }
+    Ok(out)
+}
+
+fn scan_policies(
+    raw: Vec<(String, RawScan)>,
+    scanners: &[ScannerConfig],
+) -> Result<HashMap<String, cache_upstream::scanner::ScanPolicy>, ConfigError> {
+    use cache_upstream::scanner::{GateMode, OnScannerError, ScanPolicy, Severity};
+    let mut out = HashMap::new();
+    for (rule, sc) in raw {
+        let key = format!("rule {rule:?}: scan");
+        if !scanners.iter().any(|s| s.name == sc.scanner) {
+            return err(format!(
+                "{key}.scanner = {:?} names no [[scanner]]",
+                sc.scanner
+            ));
+        }
+        let deny_severity = match sc.deny_severity.as_deref() {
+            None => Severity::High,
+            Some(s) => Severity::parse(s)
+                .filter(|s| *s >= Severity::Low)
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "{key}.deny_severity = {s:?}: use low, medium, high or critical"
+                    ))
+                })?,
+        };
+        let mode = match sc.mode.as_deref() {
+            None | Some("enforce") => GateMode::Enforce,
+            Some("audit") => GateMode::Audit,
+            Some(m) => return err(format!("{key}.mode = {m:?}: use \"enforce\" or \"audit\"")),
+        };
+        let on_scanner_error = match sc.on_scanner_error.as_deref() {
+            None | Some("deny") => OnScannerError::Deny,
+            Some("allow") => OnScannerError::Allow,
+            Some(m) => {
+                return err(format!(
+                    "{key}.on_scanner_error = {m:?}: use \"deny\" or \"allow\""
+                ));
+            }
+        };
+        let rescan = positive(
+            &format!("{key}.rescan"),
+            &sc.rescan,
+            Duration::from_secs(86_400),
+        )?;
+        let wait = positive(&format!("{key}.wait"), &sc.wait, Duration::from_secs(60))?;
+        if wait > Duration::from_secs(600) {
+            return err(format!("{key}.wait: at most 10m (clients give up sooner)"));
+        }
+        out.insert(
+            rule,
+            ScanPolicy {
+                scanner: sc.scanner,
+                deny_severity,
+                allow: sc.allow.into_iter().collect(),
+                mode,
+                rescan,
+                on_scanner_error,
+                wait,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// A rule's `[rule.signatures]`, with its key files read (a bad one is an

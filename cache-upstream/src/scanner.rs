@@ -1,0 +1,864 @@
+//! A vulnerability gate through Harbor's Scanner Adapter API (the
+//! pluggable-scanner-spec, v1.1), which the Trivy, Clair, Anchore, Aqua and
+//! Sysdig adapters implement.
+//!
+//! [`ScannerClient`] speaks the API: `GET /api/v1/metadata` (the adapter
+//! must consume OCI or Docker image manifests and produce Harbor's
+//! vulnerability report), `POST /api/v1/scan` naming this cache as the
+//! registry with a short-lived pull credential scoped to the one
+//! repository (so the scanner pulls the image through the cache, which
+//! fetches it once), then `GET /api/v1/scan/{id}/report` until it is ready
+//! (`302` with `Refresh-After` meanwhile).
+//!
+//! [`ScanGate`] is the engine's admission hook: per rule, a manifest is
+//! served once a scan of its digest says it has no finding at or above the
+//! rule's severity (minus accepted risks). Findings are kept in the cache's
+//! store (`scans/<scanner>/<alg>/<hex>`), so they survive restarts and
+//! replicas on one store share them, and are refreshed every `rescan` by a
+//! background task: a new CVE turns an allowed image into a denied one
+//! without anyone pulling it first. A first pull waits for the scan at most
+//! `wait`, then gets `503` with `Retry-After` while the scan goes on.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cache_core::policy::{Admission, AdmissionRequest, Verdict};
+use cache_core::{BlobStore, Digest, Error, MetaKey, RepoName, Result, Rule};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Secret;
+
+/// The report media type asked for.
+pub const REPORT_TYPE: &str =
+    "application/vnd.scanner.adapter.vuln.report.harbor+json; version=1.1";
+/// The scan request media type.
+pub const SCAN_REQUEST_TYPE: &str =
+    "application/vnd.scanner.adapter.scan.request+json; version=1.0";
+/// The scan response media type.
+pub const SCAN_RESPONSE_TYPE: &str =
+    "application/vnd.scanner.adapter.scan.response+json; version=1.0";
+/// The metadata media type.
+pub const METADATA_TYPE: &str = "application/vnd.scanner.adapter.metadata+json; version=1.0";
+/// Image manifest types a scanner must consume.
+pub const IMAGE_MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+/// The most of a scanner's answer read (reports of big images are large).
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+/// Findings kept per digest (the most severe first).
+const MAX_FINDINGS: usize = 500;
+/// Verdicts kept in memory.
+const MAX_REMEMBERED: usize = 10_000;
+/// Findings named in a refusal.
+const TOP_FINDINGS: usize = 5;
+
+/// A vulnerability's severity, in the spec's scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Severity {
+    /// Not yet rated.
+    Unknown,
+    /// Theoretical.
+    Negligible,
+    /// Hard to exploit.
+    Low,
+    /// Exploitable by many.
+    Medium,
+    /// Serious.
+    High,
+    /// World-burning.
+    Critical,
+}
+
+impl Severity {
+    /// Parses `low`, `Medium`, ... (any case).
+    pub fn parse(s: &str) -> Option<Severity> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "unknown" => Severity::Unknown,
+            "negligible" => Severity::Negligible,
+            "low" => Severity::Low,
+            "medium" => Severity::Medium,
+            "high" => Severity::High,
+            "critical" => Severity::Critical,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One finding of a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// `CVE-2024-0001`.
+    pub id: String,
+    /// How bad.
+    pub severity: Severity,
+    /// The package it is in.
+    #[serde(default)]
+    pub package: String,
+    /// Its version.
+    #[serde(default)]
+    pub version: String,
+    /// The version that fixes it, if any.
+    #[serde(default)]
+    pub fix_version: String,
+}
+
+/// What a scanner answered for a digest, as kept in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanRecord {
+    /// When the scan finished (unix milliseconds).
+    pub scanned_at_ms: u64,
+    /// The repository it was scanned in (for rescans).
+    pub repository: String,
+    /// The manifest's media type (for rescans).
+    pub mime_type: String,
+    /// The findings, most severe first, at most 500.
+    pub findings: Vec<Finding>,
+}
+
+impl ScanRecord {
+    fn scanned_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.scanned_at_ms)
+    }
+}
+
+/// Why a scan could not be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanError(pub String);
+
+impl fmt::Display for ScanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A scanner adapter, spoken to over HTTP.
+#[derive(Debug)]
+pub struct ScannerClient {
+    name: String,
+    base: url::Url,
+    http: reqwest::Client,
+    token: Option<Secret>,
+}
+
+/// A scan to ask for.
+#[derive(Debug, Clone)]
+pub struct ScanTarget {
+    /// The registry the scanner pulls from: this cache, as the scanner reaches it.
+    pub registry_url: String,
+    /// The `Authorization` header value the scanner pulls with.
+    pub authorization: Secret,
+    /// The repository.
+    pub repository: RepoName,
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// The manifest's media type.
+    pub mime_type: String,
+}
+
+impl ScannerClient {
+    /// A client of the adapter at `url` (`http://127.0.0.1:8080`), named
+    /// `name` in records and logs; `token` is sent as a bearer.
+    pub fn new(name: &str, url: &str, token: Option<Secret>) -> std::result::Result<Self, String> {
+        let mut base =
+            url::Url::parse(url).map_err(|e| format!("scanner {name}: url {url:?}: {e}"))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(format!("scanner {name}: url {url:?}: not http(s)"));
+        }
+        if !base.path().ends_with('/') {
+            let p = format!("{}/", base.path());
+            base.set_path(&p);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("scanner {name}: {e}"))?;
+        Ok(ScannerClient {
+            name: name.to_owned(),
+            base,
+            http,
+            token,
+        })
+    }
+
+    /// The scanner's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let url = self.base.join(path).expect("a relative API path");
+        let rb = self.http.request(method, url);
+        match &self.token {
+            Some(t) => rb.bearer_auth(t.expose()),
+            None => rb,
+        }
+    }
+
+    async fn body(&self, r: reqwest::Response) -> std::result::Result<Bytes, ScanError> {
+        if r.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+            return Err(ScanError(format!(
+                "scanner {}: answer too large",
+                self.name
+            )));
+        }
+        let b = r
+            .bytes()
+            .await
+            .map_err(|e| ScanError(format!("scanner {}: {e}", self.name)))?;
+        if b.len() > MAX_ANSWER {
+            return Err(ScanError(format!(
+                "scanner {}: answer too large",
+                self.name
+            )));
+        }
+        Ok(b)
+    }
+
+    /// `GET /api/v1/metadata`: the scanner's name and version, after
+    /// checking it scans image manifests into Harbor's report.
+    pub async fn metadata(&self) -> std::result::Result<String, ScanError> {
+        let err = |m: String| ScanError(format!("scanner {}: metadata: {m}", self.name));
+        let r = self
+            .request(reqwest::Method::GET, "api/v1/metadata")
+            .header(reqwest::header::ACCEPT, METADATA_TYPE)
+            .send()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if r.status() != StatusCode::OK {
+            return Err(err(format!("HTTP {}", r.status())));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&self.body(r).await?).map_err(|e| err(e.to_string()))?;
+        let caps = v["capabilities"].as_array().cloned().unwrap_or_default();
+        let fits = caps.iter().any(|c| {
+            let has = |k: &str, want: &dyn Fn(&str) -> bool| {
+                c[k].as_array()
+                    .is_some_and(|a| a.iter().filter_map(|t| t.as_str()).any(want))
+            };
+            has("consumes_mime_types", &|t| {
+                IMAGE_MANIFEST_TYPES.contains(&t)
+            }) && has("produces_mime_types", &|t| {
+                t.starts_with("application/vnd.scanner.adapter.vuln.report.harbor+json")
+            })
+        });
+        if !fits {
+            return Err(err(
+                "it does not scan image manifests into Harbor's vulnerability report".into(),
+            ));
+        }
+        Ok(format!(
+            "{} {}",
+            v["scanner"]["name"].as_str().unwrap_or("?"),
+            v["scanner"]["version"].as_str().unwrap_or("?")
+        ))
+    }
+
+    /// `POST /api/v1/scan`: the scan's id.
+    pub async fn scan(&self, target: &ScanTarget) -> std::result::Result<String, ScanError> {
+        let err = |m: String| ScanError(format!("scanner {}: scan request: {m}", self.name));
+        let body = serde_json::json!({
+            "registry": {
+                "url": target.registry_url,
+                "authorization": target.authorization.expose(),
+            },
+            "artifact": {
+                "repository": target.repository.as_str(),
+                "digest": target.digest.as_str(),
+                "mime_type": target.mime_type,
+            },
+        });
+        let r = self
+            .request(reqwest::Method::POST, "api/v1/scan")
+            .header(reqwest::header::CONTENT_TYPE, SCAN_REQUEST_TYPE)
+            .header(reqwest::header::ACCEPT, SCAN_RESPONSE_TYPE)
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if r.status() != StatusCode::ACCEPTED {
+            return Err(err(format!("HTTP {}", r.status())));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&self.body(r).await?).map_err(|e| err(e.to_string()))?;
+        v["id"]
+            .as_str()
+            .filter(|id| !id.is_empty() && id.len() <= 256 && !id.contains('/'))
+            .map(str::to_owned)
+            .ok_or_else(|| err("no usable id".into()))
+    }
+
+    /// `GET /api/v1/scan/{id}/report` until ready (following
+    /// `Refresh-After`, at most `deadline`): the findings, most severe first.
+    pub async fn report(
+        &self,
+        id: &str,
+        deadline: Duration,
+    ) -> std::result::Result<Vec<Finding>, ScanError> {
+        let err = |m: String| ScanError(format!("scanner {}: report {id}: {m}", self.name));
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let r = self
+                .request(reqwest::Method::GET, &format!("api/v1/scan/{id}/report"))
+                .header(reqwest::header::ACCEPT, REPORT_TYPE)
+                .send()
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            match r.status() {
+                StatusCode::OK => {
+                    let v: serde_json::Value = serde_json::from_slice(&self.body(r).await?)
+                        .map_err(|e| err(format!("not JSON: {e}")))?;
+                    return parse_findings(&v).map_err(err);
+                }
+                StatusCode::FOUND => {
+                    let after = r
+                        .headers()
+                        .get("refresh-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .unwrap_or(1)
+                        .clamp(1, 60);
+                    let next = tokio::time::Instant::now() + Duration::from_secs(after);
+                    if next > until {
+                        return Err(err(format!("not ready within {deadline:?}")));
+                    }
+                    tokio::time::sleep_until(next).await;
+                }
+                s => return Err(err(format!("HTTP {s}"))),
+            }
+        }
+    }
+}
+
+/// The findings of a Harbor vulnerability report, most severe first.
+pub fn parse_findings(v: &serde_json::Value) -> std::result::Result<Vec<Finding>, String> {
+    let items = v["vulnerabilities"]
+        .as_array()
+        .ok_or("no vulnerabilities list")?;
+    let mut out = Vec::with_capacity(items.len().min(MAX_FINDINGS));
+    for item in items {
+        let id = item["id"].as_str().ok_or("a finding without an id")?;
+        let severity = item["severity"]
+            .as_str()
+            .and_then(Severity::parse)
+            .ok_or_else(|| format!("finding {id}: no known severity"))?;
+        let s = |k: &str| item[k].as_str().unwrap_or("").chars().take(200).collect();
+        out.push(Finding {
+            id: id.chars().take(200).collect(),
+            severity,
+            package: s("package"),
+            version: s("version"),
+            fix_version: s("fix_version"),
+        });
+    }
+    out.sort_by(|a, b| b.severity.cmp(&a.severity).then_with(|| a.id.cmp(&b.id)));
+    out.truncate(MAX_FINDINGS);
+    Ok(out)
+}
+
+/// Refuse or only audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateMode {
+    /// Refuse what the policy denies: `403 DENIED` with the top findings.
+    Enforce,
+    /// Serve it, logging and counting the refusal it would have been.
+    Audit,
+}
+
+/// What a scanner failure means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnScannerError {
+    /// Refuse (`403`), as for a denied image.
+    Deny,
+    /// Serve, logging it.
+    Allow,
+}
+
+/// A rule's vulnerability policy.
+#[derive(Debug, Clone)]
+pub struct ScanPolicy {
+    /// The scanner's name.
+    pub scanner: String,
+    /// Deny findings at or above this.
+    pub deny_severity: Severity,
+    /// Accepted risks: finding ids that never deny.
+    pub allow: HashSet<String>,
+    /// Enforce or audit.
+    pub mode: GateMode,
+    /// How old a scan may be before the digest is scanned again.
+    pub rescan: Duration,
+    /// What a scanner failure means.
+    pub on_scanner_error: OnScannerError,
+    /// How long a first pull waits for the scan before `503`.
+    pub wait: Duration,
+}
+
+/// Makes short-lived pull credentials for one repository, which the server
+/// accepts as [`Caller::Scanner`](cache_core::Caller::Scanner) for that
+/// repository only.
+pub trait PullCredentials: Send + Sync + fmt::Debug {
+    /// An `Authorization` header value that pulls `repository` for `ttl`.
+    fn issue(&self, repository: &RepoName, ttl: Duration) -> Secret;
+}
+
+type Flight = Shared<BoxFuture<'static, std::result::Result<ScanRecord, ScanError>>>;
+
+/// The admission hook: see the module docs.
+#[derive(Debug)]
+pub struct ScanGate {
+    inner: Arc<GateInner>,
+}
+
+struct GateInner {
+    scanners: HashMap<String, Arc<ScannerClient>>,
+    policies: HashMap<String, ScanPolicy>,
+    store: Arc<dyn BlobStore>,
+    credentials: Arc<dyn PullCredentials>,
+    registry_url: String,
+    remembered: Mutex<HashMap<(String, Digest), ScanRecord>>,
+    flights: Mutex<HashMap<(String, Digest), Flight>>,
+}
+
+impl fmt::Debug for GateInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScanGate")
+            .field("scanners", &self.scanners.keys().collect::<Vec<_>>())
+            .field("rules", &self.policies.len())
+            .field("registry_url", &self.registry_url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn record_key(scanner: &str, d: &Digest) -> MetaKey {
+    MetaKey::parse(&format!("scans/{scanner}/{}/{}", d.algorithm(), d.hex()))
+        .expect("scanner names are checked at construction; digests are valid")
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl ScanGate {
+    /// A gate with `scanners`, the rules' `policies` (by rule name), the
+    /// cache's `store` for findings, `credentials` for the scanner's pulls,
+    /// and the URL the scanners reach this cache at.
+    pub fn new(
+        scanners: Vec<ScannerClient>,
+        policies: HashMap<String, ScanPolicy>,
+        store: Arc<dyn BlobStore>,
+        credentials: Arc<dyn PullCredentials>,
+        registry_url: &str,
+    ) -> std::result::Result<ScanGate, String> {
+        let scanners: HashMap<String, Arc<ScannerClient>> = scanners
+            .into_iter()
+            .map(|s| (s.name.clone(), Arc::new(s)))
+            .collect();
+        for (name, s) in &scanners {
+            if MetaKey::parse(&format!("scans/{name}")).is_err() {
+                return Err(format!(
+                    "scanner name {:?}: letters, digits, . _ - only",
+                    s.name
+                ));
+            }
+        }
+        for (rule, p) in &policies {
+            if !scanners.contains_key(&p.scanner) {
+                return Err(format!(
+                    "rule {rule:?}: scan.scanner = {:?} names no [[scanner]]",
+                    p.scanner
+                ));
+            }
+        }
+        Ok(ScanGate {
+            inner: Arc::new(GateInner {
+                scanners,
+                policies,
+                store,
+                credentials,
+                registry_url: registry_url.trim_end_matches('/').to_owned(),
+                remembered: Mutex::new(HashMap::new()),
+                flights: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Checks every scanner's metadata: what it is, or why it will not do.
+    pub async fn check_scanners(&self) -> Vec<(String, std::result::Result<String, ScanError>)> {
+        let mut out = Vec::new();
+        for (name, s) in &self.inner.scanners {
+            out.push((name.clone(), s.metadata().await));
+        }
+        out
+    }
+
+    /// The kept findings for `d` by `scanner`, if scanned.
+    pub async fn record(&self, scanner: &str, d: &Digest) -> Result<Option<ScanRecord>> {
+        self.inner.record(scanner, d).await
+    }
+
+    /// Starts the background rescans: every `every`, each kept scan older
+    /// than its rules' `rescan` is run again. Ends when the gate is dropped.
+    pub fn spawn_rescans(&self, every: Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = inner.rescan_due().await {
+                    tracing::warn!(error = %e, "rescans failed; trying again later");
+                }
+            }
+        });
+    }
+
+    /// Scans `d` in `repository` now (however fresh the kept scan), waiting
+    /// for the report: the findings.
+    pub async fn scan_now(
+        &self,
+        scanner: &str,
+        repository: &RepoName,
+        d: &Digest,
+        mime_type: &str,
+    ) -> std::result::Result<ScanRecord, ScanError> {
+        self.inner
+            .clone()
+            .flight(scanner, repository, d, mime_type)
+            .await
+    }
+}
+
+impl GateInner {
+    async fn record(&self, scanner: &str, d: &Digest) -> Result<Option<ScanRecord>> {
+        let key = (scanner.to_owned(), d.clone());
+        if let Some(r) = self
+            .remembered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(Some(r.clone()));
+        }
+        let rec = self
+            .store
+            .get_meta(&record_key(scanner, d))
+            .await?
+            .and_then(|b| serde_json::from_slice::<ScanRecord>(&b).ok());
+        if let Some(r) = &rec {
+            self.remember(key, r.clone());
+        }
+        Ok(rec)
+    }
+
+    fn remember(&self, key: (String, Digest), r: ScanRecord) {
+        let mut m = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_REMEMBERED && !m.contains_key(&key) {
+            // Forget an arbitrary one: the store still has it.
+            if let Some(k) = m.keys().next().cloned() {
+                m.remove(&k);
+            }
+        }
+        m.insert(key, r);
+    }
+
+    /// One scan of `d` by `scanner` at a time, however many ask; it runs
+    /// detached, so a client that stops waiting does not cancel it.
+    fn flight(
+        self: Arc<Self>,
+        scanner: &str,
+        repository: &RepoName,
+        d: &Digest,
+        mime_type: &str,
+    ) -> Flight {
+        let key = (scanner.to_owned(), d.clone());
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = flights.get(&key) {
+            return f.clone();
+        }
+        let (this, scanner_name, repo, digest, mt) = (
+            self.clone(),
+            scanner.to_owned(),
+            repository.clone(),
+            d.clone(),
+            mime_type.to_owned(),
+        );
+        let job = async move {
+            let r = this.run_scan(&scanner_name, &repo, &digest, &mt).await;
+            this.flights
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(scanner_name, digest));
+            r
+        };
+        let handle = tokio::spawn(job);
+        let f: Flight = async move {
+            handle
+                .await
+                .unwrap_or_else(|e| Err(ScanError(format!("scan task ended: {e}"))))
+        }
+        .boxed()
+        .shared();
+        flights.insert(key, f.clone());
+        f
+    }
+
+    async fn run_scan(
+        &self,
+        scanner: &str,
+        repository: &RepoName,
+        d: &Digest,
+        mime_type: &str,
+    ) -> std::result::Result<ScanRecord, ScanError> {
+        let client = self
+            .scanners
+            .get(scanner)
+            .ok_or_else(|| ScanError(format!("no scanner {scanner}")))?;
+        let target = ScanTarget {
+            registry_url: self.registry_url.clone(),
+            authorization: self.credentials.issue(repository, Duration::from_secs(900)),
+            repository: repository.clone(),
+            digest: d.clone(),
+            mime_type: mime_type.to_owned(),
+        };
+        let id = client.scan(&target).await?;
+        let findings = client.report(&id, Duration::from_secs(900)).await?;
+        let rec = ScanRecord {
+            scanned_at_ms: now_ms(),
+            repository: repository.to_string(),
+            mime_type: mime_type.to_owned(),
+            findings,
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&rec).expect("a record serialises"));
+        if let Err(e) = self.store.put_meta(&record_key(scanner, d), bytes).await {
+            tracing::warn!(error = %e, digest = %d, "scan findings not stored; kept in memory");
+        }
+        self.remember((scanner.to_owned(), d.clone()), rec.clone());
+        tracing::info!(target: "audit", scanner, repository = %repository, digest = %d, findings = rec.findings.len(), "scan finished");
+        Ok(rec)
+    }
+
+    /// Rescans every kept scan older than the shortest `rescan` of the
+    /// rules that use its scanner.
+    async fn rescan_due(self: &Arc<Self>) -> Result<()> {
+        let prefix = MetaKey::parse("scans").expect("static key");
+        let keys = self.store.list_meta(Some(&prefix)).await?;
+        let now = SystemTime::now();
+        for key in keys {
+            let parts: Vec<&str> = key.as_str().split('/').collect();
+            let [_, scanner, alg, hex] = parts[..] else {
+                continue;
+            };
+            let Some(every) = self
+                .policies
+                .values()
+                .filter(|p| p.scanner == scanner)
+                .map(|p| p.rescan)
+                .min()
+            else {
+                continue;
+            };
+            let Ok(d) = Digest::parse(&format!("{alg}:{hex}")) else {
+                continue;
+            };
+            let Some(rec) = self
+                .store
+                .get_meta(&key)
+                .await?
+                .and_then(|b| serde_json::from_slice::<ScanRecord>(&b).ok())
+            else {
+                continue;
+            };
+            if now.duration_since(rec.scanned_at()).unwrap_or_default() < every {
+                continue;
+            }
+            let Ok(repo) = RepoName::parse(&rec.repository) else {
+                continue;
+            };
+            tracing::info!(scanner, digest = %d, "rescanning");
+            if let Err(e) = self
+                .clone()
+                .flight(scanner, &repo, &d, &rec.mime_type)
+                .await
+            {
+                tracing::warn!(scanner, digest = %d, error = %e, "rescan failed; the kept findings stand");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a manifest is something a vulnerability scanner scans: an image
+/// manifest with layers that are not signature or attestation payloads.
+fn scannable(req: &AdmissionRequest<'_>) -> bool {
+    !req.parsed.is_index()
+        && !req.parsed.layers.is_empty()
+        && !req.parsed.layers.iter().all(|l| {
+            l.media_type
+                .as_deref()
+                .is_some_and(|t| cache_core::cosign::ARTIFACT_LAYER_TYPES.contains(&t))
+        })
+}
+
+/// The findings that deny under `policy`, most severe first.
+fn denying<'a>(policy: &ScanPolicy, rec: &'a ScanRecord) -> Vec<&'a Finding> {
+    rec.findings
+        .iter()
+        .filter(|f| f.severity >= policy.deny_severity && !policy.allow.contains(&f.id))
+        .collect()
+}
+
+#[async_trait]
+impl Admission for ScanGate {
+    async fn admit(&self, req: &AdmissionRequest<'_>) -> Result<Verdict> {
+        let inner = &self.inner;
+        let Some(policy) = inner.policies.get(req.rule.name()) else {
+            return Ok(Verdict::Pass);
+        };
+        if !scannable(req) {
+            return Ok(Verdict::Pass);
+        }
+        let d = &req.manifest.digest;
+        let kept = inner.record(&policy.scanner, d).await?;
+        let stale = kept.as_ref().is_none_or(|r| {
+            SystemTime::now()
+                .duration_since(r.scanned_at())
+                .unwrap_or_default()
+                >= policy.rescan
+        });
+        let (rec, fresh) = match kept {
+            // Fresh, or stale with a rescan under way in the background.
+            Some(r) if !stale => (r, false),
+            Some(r) => {
+                // The scan runs detached; the kept findings answer meanwhile.
+                let _rescan = inner.clone().flight(
+                    &policy.scanner,
+                    req.repository,
+                    d,
+                    &req.manifest.media_type,
+                );
+                (r, false)
+            }
+            None => {
+                let f = inner.clone().flight(
+                    &policy.scanner,
+                    req.repository,
+                    d,
+                    &req.manifest.media_type,
+                );
+                match tokio::time::timeout(policy.wait, f).await {
+                    Ok(Ok(r)) => (r, true),
+                    Ok(Err(e)) => {
+                        return match policy.on_scanner_error {
+                            OnScannerError::Deny => Err(Error::denied(format!(
+                                "{} {}: vulnerability scan failed ({e}); on_scanner_error = deny",
+                                req.repository, req.reference
+                            ))),
+                            OnScannerError::Allow => Ok(Verdict::Allowed {
+                                reason: format!(
+                                    "vulnerability scan failed ({e}); on_scanner_error = allow"
+                                ),
+                                fresh: true,
+                            }),
+                        };
+                    }
+                    Err(_) => {
+                        return Err(Error::unavailable(
+                            format!(
+                                "{} {}: the vulnerability scan of {d} is not finished; retry",
+                                req.repository, req.reference
+                            ),
+                            Some(Duration::from_secs(5)),
+                        ));
+                    }
+                }
+            }
+        };
+        let bad = denying(policy, &rec);
+        if bad.is_empty() {
+            return Ok(Verdict::Allowed {
+                reason: format!(
+                    "scanned by {}: no finding at or above {}",
+                    policy.scanner, policy.deny_severity
+                ),
+                fresh,
+            });
+        }
+        let top: Vec<String> = bad
+            .iter()
+            .take(TOP_FINDINGS)
+            .map(|f| format!("{} ({}, {} {})", f.id, f.severity, f.package, f.version))
+            .collect();
+        let reason = format!(
+            "{} finding(s) at or above {}: {}{}",
+            bad.len(),
+            policy.deny_severity,
+            top.join(", "),
+            if bad.len() > TOP_FINDINGS {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+        match policy.mode {
+            GateMode::Enforce => Err(Error::denied(format!(
+                "{} {} refused by the vulnerability policy of rule {:?}: {reason}",
+                req.repository,
+                req.reference,
+                req.rule.name()
+            ))),
+            GateMode::Audit => Ok(Verdict::AuditOnly { reason, fresh }),
+        }
+    }
+
+    fn restricts_blobs(&self, rule: &Rule) -> bool {
+        self.inner
+            .policies
+            .get(rule.name())
+            .is_some_and(|p| p.mode == GateMode::Enforce)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_parse_most_severe_first_and_junk_is_refused() {
+        let v = serde_json::json!({"vulnerabilities": [
+            {"id": "CVE-1", "severity": "Low", "package": "a", "version": "1"},
+            {"id": "CVE-2", "severity": "Critical", "package": "b", "version": "2"},
+            {"id": "CVE-3", "severity": "Medium"},
+        ]});
+        let f = parse_findings(&v).unwrap();
+        assert_eq!(
+            f.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),
+            ["CVE-2", "CVE-3", "CVE-1"]
+        );
+        assert!(parse_findings(&serde_json::json!({})).is_err());
+        assert!(
+            parse_findings(
+                &serde_json::json!({"vulnerabilities": [{"id": "x", "severity": "Dire"}]})
+            )
+            .is_err()
+        );
+        assert!(Severity::Critical > Severity::High && Severity::Low > Severity::Negligible);
+        assert_eq!(Severity::parse("HIGH"), Some(Severity::High));
+    }
+}
