@@ -55,8 +55,11 @@ pub const IMAGE_MANIFEST_TYPES: &[&str] = &[
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 /// Findings kept per digest (the most severe first).
 const MAX_FINDINGS: usize = 500;
-/// Verdicts kept in memory.
+/// Findings kept in memory (the store has them all).
 const MAX_REMEMBERED: usize = 10_000;
+/// How long findings are taken from memory before the store is read again
+/// (another instance on the store may have rescanned).
+const REMEMBER_FOR: Duration = Duration::from_secs(30);
 /// Findings named in a refusal.
 const TOP_FINDINGS: usize = 5;
 
@@ -139,6 +142,25 @@ impl ScanRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanError(pub String);
 
+/// Why a scanner is not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataError {
+    /// It did not answer usably (it may later).
+    Unreachable(ScanError),
+    /// It answered, and does not scan image manifests into Harbor's
+    /// vulnerability report.
+    Unfit(String),
+}
+
+impl fmt::Display for MetadataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetadataError::Unreachable(e) => e.fmt(f),
+            MetadataError::Unfit(m) => f.write_str(m),
+        }
+    }
+}
+
 impl fmt::Display for ScanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -152,6 +174,7 @@ pub struct ScannerClient {
     base: url::Url,
     http: reqwest::Client,
     token: Option<Secret>,
+    registry_url: String,
 }
 
 /// A scan to ask for.
@@ -171,8 +194,14 @@ pub struct ScanTarget {
 
 impl ScannerClient {
     /// A client of the adapter at `url` (`http://127.0.0.1:8080`), named
-    /// `name` in records and logs; `token` is sent as a bearer.
-    pub fn new(name: &str, url: &str, token: Option<Secret>) -> std::result::Result<Self, String> {
+    /// `name` in records and logs; `token` is sent as a bearer;
+    /// `registry_url` is where the scanner reaches this cache to pull.
+    pub fn new(
+        name: &str,
+        url: &str,
+        token: Option<Secret>,
+        registry_url: &str,
+    ) -> std::result::Result<Self, String> {
         let mut base =
             url::Url::parse(url).map_err(|e| format!("scanner {name}: url {url:?}: {e}"))?;
         if !matches!(base.scheme(), "http" | "https") {
@@ -193,6 +222,7 @@ impl ScannerClient {
             base,
             http,
             token,
+            registry_url: registry_url.trim_end_matches('/').to_owned(),
         })
     }
 
@@ -232,8 +262,10 @@ impl ScannerClient {
 
     /// `GET /api/v1/metadata`: the scanner's name and version, after
     /// checking it scans image manifests into Harbor's report.
-    pub async fn metadata(&self) -> std::result::Result<String, ScanError> {
-        let err = |m: String| ScanError(format!("scanner {}: metadata: {m}", self.name));
+    pub async fn metadata(&self) -> std::result::Result<String, MetadataError> {
+        let err = |m: String| {
+            MetadataError::Unreachable(ScanError(format!("scanner {}: metadata: {m}", self.name)))
+        };
         let r = self
             .request(reqwest::Method::GET, "api/v1/metadata")
             .header(reqwest::header::ACCEPT, METADATA_TYPE)
@@ -243,8 +275,8 @@ impl ScannerClient {
         if r.status() != StatusCode::OK {
             return Err(err(format!("HTTP {}", r.status())));
         }
-        let v: serde_json::Value =
-            serde_json::from_slice(&self.body(r).await?).map_err(|e| err(e.to_string()))?;
+        let body = self.body(r).await.map_err(MetadataError::Unreachable)?;
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| err(e.to_string()))?;
         let caps = v["capabilities"].as_array().cloned().unwrap_or_default();
         let fits = caps.iter().any(|c| {
             let has = |k: &str, want: &dyn Fn(&str) -> bool| {
@@ -258,9 +290,10 @@ impl ScannerClient {
             })
         });
         if !fits {
-            return Err(err(
-                "it does not scan image manifests into Harbor's vulnerability report".into(),
-            ));
+            return Err(MetadataError::Unfit(format!(
+                "scanner {}: it does not scan image manifests into Harbor's vulnerability report",
+                self.name
+            )));
         }
         Ok(format!(
             "{} {}",
@@ -371,6 +404,51 @@ pub fn parse_findings(v: &serde_json::Value) -> std::result::Result<Vec<Finding>
     Ok(out)
 }
 
+/// One manifest of an image as [`ScanGate::scan_image`] found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageScan {
+    /// The manifest scanned.
+    pub digest: String,
+    /// Its platform, for an entry of an index.
+    pub platform: Option<String>,
+    /// The scanner.
+    pub scanner: String,
+    /// Whether the rule's policy denies it (or, in audit mode, would).
+    pub denied: bool,
+    /// `enforce` or `audit`.
+    pub mode: String,
+    /// The policy's threshold.
+    pub deny_severity: Severity,
+    /// Every finding, most severe first.
+    pub findings: Vec<Finding>,
+    /// The ids of the findings that deny.
+    pub denying: Vec<String>,
+}
+
+/// Why [`ScanGate::scan_image`] did not scan.
+#[derive(Debug)]
+pub enum ScanImageError {
+    /// No rule declares the name, or its rule has no scan policy.
+    NotCovered(String),
+    /// The image could not be had (the cache's error, with its status).
+    Cache(Error),
+    /// The scanner failed.
+    Scan(ScanError),
+}
+
+impl fmt::Display for ScanImageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScanImageError::NotCovered(m) => f.write_str(m),
+            ScanImageError::Cache(e) => e.fmt(f),
+            ScanImageError::Scan(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Index entries scanned at most by [`ScanGate::scan_image`].
+const MAX_SCANNED_ENTRIES: usize = 32;
+
 /// Refuse or only audit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GateMode {
@@ -418,8 +496,8 @@ pub trait PullCredentials: Send + Sync + fmt::Debug {
 
 type Flight = Shared<BoxFuture<'static, std::result::Result<ScanRecord, ScanError>>>;
 
-/// The admission hook: see the module docs.
-#[derive(Debug)]
+/// The admission hook: see the module docs. Clones share one gate.
+#[derive(Debug, Clone)]
 pub struct ScanGate {
     inner: Arc<GateInner>,
 }
@@ -429,8 +507,7 @@ struct GateInner {
     policies: HashMap<String, ScanPolicy>,
     store: Arc<dyn BlobStore>,
     credentials: Arc<dyn PullCredentials>,
-    registry_url: String,
-    remembered: Mutex<HashMap<(String, Digest), ScanRecord>>,
+    remembered: Mutex<HashMap<(String, Digest), (ScanRecord, std::time::Instant)>>,
     flights: Mutex<HashMap<(String, Digest), Flight>>,
 }
 
@@ -439,7 +516,6 @@ impl fmt::Debug for GateInner {
         f.debug_struct("ScanGate")
             .field("scanners", &self.scanners.keys().collect::<Vec<_>>())
             .field("rules", &self.policies.len())
-            .field("registry_url", &self.registry_url)
             .finish_non_exhaustive()
     }
 }
@@ -458,14 +534,13 @@ fn now_ms() -> u64 {
 
 impl ScanGate {
     /// A gate with `scanners`, the rules' `policies` (by rule name), the
-    /// cache's `store` for findings, `credentials` for the scanner's pulls,
-    /// and the URL the scanners reach this cache at.
+    /// cache's `store` for findings, and `credentials` for the scanners'
+    /// pulls.
     pub fn new(
         scanners: Vec<ScannerClient>,
         policies: HashMap<String, ScanPolicy>,
         store: Arc<dyn BlobStore>,
         credentials: Arc<dyn PullCredentials>,
-        registry_url: &str,
     ) -> std::result::Result<ScanGate, String> {
         let scanners: HashMap<String, Arc<ScannerClient>> = scanners
             .into_iter()
@@ -493,7 +568,6 @@ impl ScanGate {
                 policies,
                 store,
                 credentials,
-                registry_url: registry_url.trim_end_matches('/').to_owned(),
                 remembered: Mutex::new(HashMap::new()),
                 flights: Mutex::new(HashMap::new()),
             }),
@@ -501,7 +575,9 @@ impl ScanGate {
     }
 
     /// Checks every scanner's metadata: what it is, or why it will not do.
-    pub async fn check_scanners(&self) -> Vec<(String, std::result::Result<String, ScanError>)> {
+    pub async fn check_scanners(
+        &self,
+    ) -> Vec<(String, std::result::Result<String, MetadataError>)> {
         let mut out = Vec::new();
         for (name, s) in &self.inner.scanners {
             out.push((name.clone(), s.metadata().await));
@@ -514,9 +590,15 @@ impl ScanGate {
         self.inner.record(scanner, d).await
     }
 
-    /// Starts the background rescans: every `every`, each kept scan older
-    /// than its rules' `rescan` is run again. Ends when the gate is dropped.
-    pub fn spawn_rescans(&self, every: Duration) {
+    /// Starts the background rescans: each kept scan older than the
+    /// `rescan` of its scanner's rules is run again, checked every quarter
+    /// of the shortest `rescan` (1 s to 5 min). Ends when the gate is
+    /// dropped (a reload that replaces it).
+    pub fn spawn_rescans(&self) {
+        let Some(shortest) = self.inner.policies.values().map(|p| p.rescan).min() else {
+            return;
+        };
+        let every = (shortest / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             loop {
@@ -527,6 +609,93 @@ impl ScanGate {
                 }
             }
         });
+    }
+
+    /// The policy of rule `rule`, if it has one.
+    pub fn policy(&self, rule: &str) -> Option<&ScanPolicy> {
+        self.inner.policies.get(rule)
+    }
+
+    /// The findings of `rec` that deny under `policy`, most severe first.
+    pub fn denying<'a>(policy: &ScanPolicy, rec: &'a ScanRecord) -> Vec<&'a Finding> {
+        denying(policy, rec)
+    }
+
+    /// Scans the image `name:reference` of `cache` now, ahead of any pull:
+    /// the manifest (each platform's, for an index, at most 32; attestation
+    /// entries skipped) is fetched as the scanner would (no admission), each
+    /// is scanned and its findings kept as a pull's would be, and judged by
+    /// the policy of the rule `name` falls under.
+    pub async fn scan_image(
+        &self,
+        cache: &cache_core::PullThroughCache,
+        name: &RepoName,
+        reference: &cache_core::Reference,
+    ) -> std::result::Result<Vec<ImageScan>, ScanImageError> {
+        let rule = {
+            let rules = cache.rules();
+            let resolved = rules
+                .resolve(name)
+                .map_err(|e| ScanImageError::NotCovered(e.to_string()))?;
+            resolved.rule.name().to_owned()
+        };
+        let policy = self
+            .policy(&rule)
+            .ok_or_else(|| {
+                ScanImageError::NotCovered(format!("rule {rule:?} has no [rule.scan] policy"))
+            })?
+            .clone();
+        let caller = cache_core::Caller::Scanner {
+            repository: name.clone(),
+        };
+        let m = cache
+            .manifest_for(name, reference, &cache_core::Accept::any(), &caller)
+            .await
+            .map_err(ScanImageError::Cache)?;
+        let parsed =
+            cache_core::manifest::ParsedManifest::parse(&m.bytes).map_err(ScanImageError::Cache)?;
+        let targets: Vec<(Digest, String, Option<String>)> = if parsed.is_index() {
+            parsed
+                .manifests
+                .iter()
+                .filter(|(_, p)| p.as_ref().is_none_or(|p| p.os != "unknown"))
+                .take(MAX_SCANNED_ENTRIES)
+                .map(|(d, p)| {
+                    let mt = d
+                        .media_type
+                        .clone()
+                        .unwrap_or_else(|| IMAGE_MANIFEST_TYPES[0].to_owned());
+                    (d.digest.clone(), mt, p.as_ref().map(ToString::to_string))
+                })
+                .collect()
+        } else {
+            vec![(m.digest.clone(), m.media_type.clone(), None)]
+        };
+        let mut out = Vec::with_capacity(targets.len());
+        for (digest, mime_type, platform) in targets {
+            let rec = self
+                .scan_now(&policy.scanner, name, &digest, &mime_type)
+                .await
+                .map_err(ScanImageError::Scan)?;
+            let denying = denying(&policy, &rec)
+                .iter()
+                .map(|f| f.id.clone())
+                .collect::<Vec<_>>();
+            out.push(ImageScan {
+                digest: digest.to_string(),
+                platform,
+                scanner: policy.scanner.clone(),
+                denied: !denying.is_empty(),
+                mode: match policy.mode {
+                    GateMode::Enforce => "enforce".into(),
+                    GateMode::Audit => "audit".into(),
+                },
+                deny_severity: policy.deny_severity,
+                findings: rec.findings,
+                denying,
+            });
+        }
+        Ok(out)
     }
 
     /// Scans `d` in `repository` now (however fresh the kept scan), waiting
@@ -548,11 +717,12 @@ impl ScanGate {
 impl GateInner {
     async fn record(&self, scanner: &str, d: &Digest) -> Result<Option<ScanRecord>> {
         let key = (scanner.to_owned(), d.clone());
-        if let Some(r) = self
+        if let Some((r, at)) = self
             .remembered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
+            && at.elapsed() < REMEMBER_FOR
         {
             return Ok(Some(r.clone()));
         }
@@ -575,7 +745,7 @@ impl GateInner {
                 m.remove(&k);
             }
         }
-        m.insert(key, r);
+        m.insert(key, (r, std::time::Instant::now()));
     }
 
     /// One scan of `d` by `scanner` at a time, however many ask; it runs
@@ -631,7 +801,7 @@ impl GateInner {
             .get(scanner)
             .ok_or_else(|| ScanError(format!("no scanner {scanner}")))?;
         let target = ScanTarget {
-            registry_url: self.registry_url.clone(),
+            registry_url: client.registry_url.clone(),
             authorization: self.credentials.issue(repository, Duration::from_secs(900)),
             repository: repository.clone(),
             digest: d.clone(),

@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, header};
 use sha2::{Digest as _, Sha256};
 
+use cache_core::RepoName;
+use cache_upstream::Secret;
+use cache_upstream::scanner::PullCredentials;
+
 use crate::config::AuthConfig;
 
 /// How long a verified login is remembered.
@@ -147,11 +151,101 @@ impl PullAuth {
     }
 }
 
+/// Scoped pull credentials issued at most at once (a scan holds one for
+/// at most its time to live).
+const MAX_SCOPED: usize = 4096;
+
+/// Short-lived pull credentials scoped to one repository, issued to
+/// vulnerability scanners so they pull what they scan through this cache
+/// (as [`Caller::Scanner`]). The credential is `Basic` with user `scanner`
+/// and a random 256-bit password (scanners built on go-containerregistry
+/// send Basic credentials as-is); the same password as a `Bearer` token is
+/// accepted too. Only a hash of each password is kept, in a bounded map;
+/// expired ones are forgotten.
+#[derive(Debug, Default)]
+pub struct ScopedTokens {
+    issued: Mutex<HashMap<[u8; 32], (RepoName, Instant)>>,
+}
+
+impl ScopedTokens {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The repository the request's credential is scoped to, if it carries
+    /// an unexpired scoped credential.
+    pub fn scope(&self, headers: &HeaderMap) -> Option<RepoName> {
+        let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, credentials) = v.trim().split_once(' ')?;
+        let credentials = credentials.trim();
+        let password = if scheme.eq_ignore_ascii_case("bearer") {
+            credentials.to_owned()
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            use base64::Engine as _;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(credentials)
+                .ok()?;
+            let raw = String::from_utf8(raw).ok()?;
+            let (user, pass) = raw.split_once(':')?;
+            if user != "scanner" {
+                return None;
+            }
+            pass.to_owned()
+        } else {
+            return None;
+        };
+        if password.len() != 64 {
+            return None;
+        }
+        let key: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        let mut m = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get(&key) {
+            Some((repo, until)) if Instant::now() < *until => Some(repo.clone()),
+            Some(_) => {
+                m.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+impl PullCredentials for ScopedTokens {
+    fn issue(&self, repository: &RepoName, ttl: Duration) -> Secret {
+        use rand::RngCore as _;
+        let mut raw = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let password = hex::encode(raw);
+        let key: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        let now = Instant::now();
+        let mut m = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_SCOPED {
+            m.retain(|_, (_, until)| now < *until);
+            if m.len() >= MAX_SCOPED {
+                // The oldest goes: its scan has waited longest.
+                if let Some(k) = m
+                    .iter()
+                    .min_by_key(|(_, (_, until))| *until)
+                    .map(|(k, _)| *k)
+                {
+                    m.remove(&k);
+                }
+            }
+        }
+        m.insert(key, (repository.clone(), now + ttl));
+        use base64::Engine as _;
+        Secret::new(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("scanner:{password}"))
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
-    use cache_upstream::Secret;
 
     fn auth() -> PullAuth {
         let mut cfg = AuthConfig::default();
@@ -182,6 +276,41 @@ mod tests {
         let good = basic("alice", &"a".repeat(72));
         assert!(a.check(&header(&format!("basic {good}"))).await);
         assert!(a.check(&header(&format!("BASIC {good}"))).await);
+    }
+
+    #[test]
+    fn scoped_credentials_name_their_repository_and_expire() {
+        let t = ScopedTokens::new();
+        let repo = RepoName::parse("library/alpine").unwrap();
+        let basic = t.issue(&repo, Duration::from_secs(60));
+        assert_eq!(t.scope(&header(basic.expose())), Some(repo.clone()));
+        let password = {
+            use base64::Engine as _;
+            let b64 = basic.expose().strip_prefix("Basic ").unwrap();
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            String::from_utf8(raw)
+                .unwrap()
+                .split_once(':')
+                .unwrap()
+                .1
+                .to_owned()
+        };
+        assert_eq!(
+            t.scope(&header(&format!("Bearer {password}"))),
+            Some(repo.clone())
+        );
+        assert_eq!(
+            t.scope(&header(&format!("Bearer {}", "0".repeat(64)))),
+            None
+        );
+        assert_eq!(
+            t.scope(&header(&format!("Basic {}", basic("alice", &password)))),
+            None
+        );
+        let gone = t.issue(&repo, Duration::ZERO);
+        assert_eq!(t.scope(&header(gone.expose())), None, "expired");
     }
 
     #[tokio::test]

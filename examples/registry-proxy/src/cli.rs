@@ -18,26 +18,30 @@ fn usage(msg: String) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// `reload`: asks the running server (at the file's `server.admin_listen`)
-/// to re-read its configuration file, and prints its answer. Only that key
-/// is read here: the server validates the file and says what it thinks.
-pub fn reload(path: Option<&std::path::Path>) -> ExitCode {
+/// `POST target` to the running server's admin endpoint (the file's
+/// `server.admin_listen`): whether it answered 200, and the body. Only that
+/// key is read here: the server validates the file and says what it thinks.
+fn admin_post(
+    path: Option<&std::path::Path>,
+    what: &str,
+    target: &str,
+    wait: std::time::Duration,
+) -> Result<(bool, String), ExitCode> {
     use std::io::{Read, Write};
     let admin = path
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|text| crate::config::admin_listen_of(&text));
     let Some(addr) = admin else {
-        return usage(
-            "reload needs server.admin_listen (a loopback address) in the configuration file; or send the server SIGHUP"
-                .into(),
-        );
+        return Err(usage(format!(
+            "{what} needs server.admin_listen (a loopback address) in the configuration file"
+        )));
     };
     let answer = (|| {
         let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
-        s.write_all(b"POST /reload HTTP/1.0\r\nContent-Length: 0\r\n\r\n")?;
+        s.set_read_timeout(Some(wait))?;
+        s.write_all(format!("POST {target} HTTP/1.0\r\nContent-Length: 0\r\n\r\n").as_bytes())?;
         let mut text = String::new();
-        s.read_to_string(&mut text)?;
+        s.take(64 * 1024 * 1024).read_to_string(&mut text)?;
         Ok::<_, std::io::Error>(text)
     })();
     match answer {
@@ -46,6 +50,25 @@ pub fn reload(path: Option<&std::path::Path>) -> ExitCode {
             let body = text
                 .split_once("\r\n\r\n")
                 .map_or(text.as_str(), |(_, b)| b);
+            Ok((ok, body.to_owned()))
+        }
+        Err(e) => {
+            eprintln!("registry-proxy: no answer from the server at {addr}: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `reload`: asks the running server to re-read its configuration file,
+/// and prints its answer. (SIGHUP does the same.)
+pub fn reload(path: Option<&std::path::Path>) -> ExitCode {
+    match admin_post(
+        path,
+        "reload",
+        "/reload",
+        std::time::Duration::from_secs(120),
+    ) {
+        Ok((ok, body)) => {
             print!("{body}");
             if ok {
                 ExitCode::SUCCESS
@@ -53,11 +76,94 @@ pub fn reload(path: Option<&std::path::Path>) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Err(e) => {
-            eprintln!("registry-proxy: no answer from the server at {addr}: {e}");
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
+}
+
+/// `scan IMAGE`: asks the running server to scan the image now through
+/// its vulnerability gate, and prints the findings: 0 when the policy
+/// serves it, 1 when it denies it (or the scan failed).
+pub fn scan(path: Option<&std::path::Path>, image: &str) -> ExitCode {
+    if image
+        .bytes()
+        .any(|b| b"&#% +".contains(&b) || b.is_ascii_control())
+    {
+        return usage(format!("image {image:?}: not an image name"));
+    }
+    let target = format!("/scan?image={image}");
+    let (ok, body) = match admin_post(path, "scan", &target, std::time::Duration::from_secs(1800)) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if !ok {
+        eprint!("registry-proxy: {body}");
+        return ExitCode::FAILURE;
+    }
+    let scans: Vec<cache_upstream::scanner::ImageScan> = match serde_json::from_str(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("registry-proxy: the server's answer is not a scan list: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", findings_table(image, &scans));
+    if scans.iter().any(|s| s.denied && s.mode == "enforce") {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The findings of `scans` as a text table, one block per manifest.
+pub fn findings_table(image: &str, scans: &[cache_upstream::scanner::ImageScan]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for s in scans {
+        let verdict = match (s.denied, s.mode.as_str()) {
+            (false, _) => "allowed".to_owned(),
+            (true, "audit") => "would be denied (audit mode: served)".to_owned(),
+            (true, _) => "denied".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{image}{} {}\nscanner {}: {} finding(s); {verdict} (denies at or above {})",
+            s.platform
+                .as_deref()
+                .map(|p| format!(" [{p}]"))
+                .unwrap_or_default(),
+            s.digest,
+            s.scanner,
+            s.findings.len(),
+            s.deny_severity,
+        );
+        if s.findings.is_empty() {
+            out.push('\n');
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "{:<20} {:<10} {:<24} {:<16} {:<16} DENIES",
+            "ID", "SEVERITY", "PACKAGE", "VERSION", "FIXED IN"
+        );
+        for f in &s.findings {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<10} {:<24} {:<16} {:<16} {}",
+                f.id,
+                f.severity.to_string(),
+                f.package,
+                f.version,
+                f.fix_version,
+                if s.denying.contains(&f.id) {
+                    "yes"
+                } else {
+                    "no"
+                }
+            );
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// `check`: the configuration parsed and validated (the rules included).
@@ -110,8 +216,9 @@ pub fn explain(cfg: &Config, name: &str) -> ExitCode {
 
 async fn open(cfg: &Config) -> Result<PullThroughCache, ExitCode> {
     let store = open_store(cfg).await.map_err(|e| usage(e.to_string()))?;
-    build_cache(cfg, store, Arc::new(NoEvents))
-        .map(|(cache, _)| cache)
+    // The vulnerability gate is the server's: it applies when clients pull.
+    build_cache(cfg, store, Arc::new(NoEvents), None)
+        .map(|(cache, _, _)| cache)
         .map_err(|e| usage(e.to_string()))
 }
 

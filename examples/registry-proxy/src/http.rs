@@ -14,10 +14,10 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cache_core::PullThroughCache;
 use cache_core::protocol;
+use cache_core::{Caller, Error, PullThroughCache};
 
-use crate::auth::PullAuth;
+use crate::auth::{PullAuth, ScopedTokens};
 use crate::metrics::Metrics;
 
 /// What every handler shares.
@@ -31,6 +31,8 @@ pub struct AppState {
     pub auth: Arc<ArcSwapOption<PullAuth>>,
     /// Whether the server is draining (after SIGTERM: not ready).
     pub draining: Arc<AtomicBool>,
+    /// Pull credentials issued to vulnerability scanners.
+    pub scoped: Arc<ScopedTokens>,
 }
 
 /// The router: `/v2/...`, `/metrics`, and the health endpoints.
@@ -69,7 +71,11 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
 
 /// Authenticates `/v2` requests, counts and logs every response but the
 /// health probes'.
-async fn access(State(st): State<AppState>, req: Request, next: Next) -> Response {
+///
+/// A scanner's scoped credential (see [`ScopedTokens`]) makes the request a
+/// [`Caller::Scanner`] for its repository, with or without pull-side auth;
+/// it reads that repository and the API base, and nothing else (`403`).
+async fn access(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -77,9 +83,37 @@ async fn access(State(st): State<AppState>, req: Request, next: Next) -> Respons
         return next.run(req).await;
     }
     let needs_auth = path == "/v2" || path.starts_with("/v2/");
+    let scope = if needs_auth {
+        st.scoped.scope(req.headers())
+    } else {
+        None
+    };
     let auth = st.auth.load_full();
-    let resp = match auth {
-        Some(auth) if needs_auth && !auth.check(req.headers()).await => {
+    let resp = match (scope, auth) {
+        (Some(repository), _) => {
+            let parsed = protocol::PullRequest::parse(req.method(), req.uri(), req.headers());
+            let within = match &parsed {
+                Ok(p) => {
+                    p.ns.is_none()
+                        && match p.route.name() {
+                            Some(name) => *name == repository,
+                            None => p.route == protocol::Route::Base,
+                        }
+                }
+                // The handler answers a malformed request as for anyone.
+                Err(_) => true,
+            };
+            if within {
+                req.extensions_mut().insert(Caller::Scanner { repository });
+                next.run(req).await
+            } else {
+                protocol::error_response(&Error::denied(format!(
+                    "this credential pulls {repository} only"
+                )))
+                .map(Body::from)
+            }
+        }
+        (None, Some(auth)) if needs_auth && !auth.check(req.headers()).await => {
             protocol::unauthorized_response("registry-proxy").map(Body::from)
         }
         _ => next.run(req).await,
@@ -106,7 +140,19 @@ async fn metrics(State(st): State<AppState>) -> Response {
 async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
     // A pull has no body worth reading: keep the head, by value.
     let (parts, _) = req.into_parts();
-    let resp = protocol::handle(&st.cache, &parts.method, &parts.uri, &parts.headers).await;
+    let caller = parts
+        .extensions
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_default();
+    let resp = protocol::handle_for(
+        &st.cache,
+        &caller,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+    )
+    .await;
     resp.map(|body| match body {
         protocol::Body::Empty => Body::empty(),
         protocol::Body::Bytes(b) => Body::from(b),

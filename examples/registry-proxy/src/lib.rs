@@ -27,6 +27,9 @@ use cache_core::{BlobStore, CacheBuilder, CacheOptions, EventSink, PullThroughCa
 use cache_store::{FsStore, FsStoreOptions, MemoryStore, ObjectBlobStore};
 use cache_upstream::{ClientOptions, RegistryClient};
 
+use cache_upstream::scanner::{ScanGate, ScannerClient};
+
+use crate::auth::ScopedTokens;
 use crate::config::{Config, ConfigError, Storage};
 
 /// Opens the configured store.
@@ -121,11 +124,62 @@ pub fn cache_options(cfg: &Config) -> CacheOptions {
 /// credential set (`default` for the registry's own), for their gauges.
 pub type Clients = Vec<(String, String, Arc<RegistryClient>)>;
 
-/// The rules, upstreams and policies the configuration describes, ready
-/// for [`CacheBuilder::build`] or `PullThroughCache::reconfigure`: one
+/// What [`wiring`] makes of a configuration.
+#[derive(Debug)]
+pub struct Wired {
+    /// Rules, upstreams, policies and admission hooks, ready for
+    /// [`CacheBuilder::build`] or `PullThroughCache::reconfigure`.
+    pub builder: CacheBuilder,
+    /// The registry clients, for their gauges.
+    pub clients: Clients,
+    /// The vulnerability gate, when scanners are configured and a gate was
+    /// asked for (its rescans are the caller's to start).
+    pub gate: Option<ScanGate>,
+}
+
+/// What a vulnerability gate needs besides the configuration: the store
+/// its findings are kept in and the credentials its scanners pull with.
+#[derive(Debug, Clone)]
+pub struct GateParts {
+    /// The cache's store.
+    pub store: Arc<dyn BlobStore>,
+    /// Scoped pull credentials the server accepts.
+    pub credentials: Arc<ScopedTokens>,
+}
+
+/// The vulnerability gate the configuration describes, if it has
+/// `[[scanner]]`s (each scanner's token read now).
+pub fn scan_gate(cfg: &Config, parts: &GateParts) -> Result<Option<ScanGate>, ConfigError> {
+    if cfg.scanners.is_empty() {
+        return Ok(None);
+    }
+    let mut clients = Vec::with_capacity(cfg.scanners.len());
+    for s in &cfg.scanners {
+        let token = s
+            .token
+            .as_ref()
+            .map(|t| t.resolve())
+            .transpose()
+            .map_err(|e| ConfigError(format!("scanner {:?}: token: {e}", s.name)))?;
+        clients
+            .push(ScannerClient::new(&s.name, &s.url, token, &s.proxy_url).map_err(ConfigError)?);
+    }
+    ScanGate::new(
+        clients,
+        cfg.scan_policies.clone(),
+        parts.store.clone(),
+        parts.credentials.clone(),
+    )
+    .map(Some)
+    .map_err(ConfigError)
+}
+
+/// The rules, upstreams and policies the configuration describes: one
 /// `RegistryClient` per `[[registry]]`, and one per credential set a rule
-/// names on it; and those clients.
-pub fn wiring(cfg: &Config) -> Result<(CacheBuilder, Clients), ConfigError> {
+/// names on it; and with `gate`, the vulnerability gate as an admission
+/// hook (tools that only fill or inspect the cache leave it out: the
+/// server applies it when clients pull).
+pub fn wiring(cfg: &Config, gate: Option<&GateParts>) -> Result<Wired, ConfigError> {
     let up = &cfg.upstream;
     let client = |u: &config::UpstreamConfig, creds| {
         let endpoints: Vec<&str> = u.endpoints.iter().map(String::as_str).collect();
@@ -180,22 +234,40 @@ pub fn wiring(cfg: &Config) -> Result<(CacheBuilder, Clients), ConfigError> {
     for (name, p) in &cfg.policies {
         b = b.policy(name, p.clone());
     }
-    Ok((b, clients))
+    let gate = match gate {
+        Some(parts) => scan_gate(cfg, parts)?,
+        None => None,
+    };
+    if let Some(g) = &gate {
+        b = b.admission(g.clone());
+    }
+    Ok(Wired {
+        builder: b,
+        clients,
+        gate,
+    })
 }
 
-/// Builds the cache the configuration describes on `store`; and its
-/// registry clients.
+/// Builds the cache the configuration describes on `store` (with the
+/// vulnerability gate when `credentials` are given); and its registry
+/// clients and gate.
 pub fn build_cache(
     cfg: &Config,
     store: Arc<dyn BlobStore>,
     events: Arc<dyn EventSink>,
-) -> Result<(PullThroughCache, Clients), ConfigError> {
-    let (b, clients) = wiring(cfg)?;
-    b.store(store)
+    credentials: Option<Arc<ScopedTokens>>,
+) -> Result<(PullThroughCache, Clients, Option<ScanGate>), ConfigError> {
+    let parts = credentials.map(|credentials| GateParts {
+        store: store.clone(),
+        credentials,
+    });
+    let w = wiring(cfg, parts.as_ref())?;
+    w.builder
+        .store(store)
         .tokio()
         .events(events)
         .options(cache_options(cfg))
         .build()
-        .map(|c| (c, clients))
+        .map(|c| (c, w.clients, w.gate))
         .map_err(|e| ConfigError(e.to_string()))
 }

@@ -1,7 +1,8 @@
 //! `registry-proxy`: serves the pull side of the OCI Distribution API for
 //! the repositories its caching rules declare, fetching each image from its
 //! upstream once, verified, and serving it from the cache afterwards; and
-//! the tools that go with it (`warm`, `gc`, `scrub`, `check`, `explain`).
+//! the tools that go with it (`warm`, `gc`, `scrub`, `check`, `explain`,
+//! `reload`, `scan`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,14 @@ enum Cmd {
     /// Ask the running server to re-read its configuration (through
     /// server.admin_listen; SIGHUP does the same).
     Reload,
+    /// Ask the running server (through server.admin_listen) to scan an
+    /// image with its rule's vulnerability scanner now, and print the
+    /// findings. IMAGE is a local name: library/nginx:1.27 or
+    /// library/nginx@sha256:... Exits 1 when the policy denies it.
+    Scan {
+        /// The image.
+        image: String,
+    },
     /// Say which rule and upstream a repository maps to, or why none does.
     /// NAME is a local repository (library/nginx) or an upstream one
     /// (docker.io/library/nginx).
@@ -110,6 +119,10 @@ fn main() -> ExitCode {
         // The server validates the file and reports; only its address is read here.
         return cli::reload(path.as_deref());
     }
+    if let Cmd::Scan { image } = &cmd {
+        let _log = registry_proxy::logging::init(false, LogFormat::Text);
+        return cli::scan(path.as_deref(), image);
+    }
     let cfg = match load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -132,7 +145,7 @@ fn main() -> ExitCode {
         match cmd {
             Cmd::Serve => registry_proxy::server::serve(cfg, path).await,
             Cmd::Check => cli::check(&cfg),
-            Cmd::Reload => unreachable!("answered above"),
+            Cmd::Reload | Cmd::Scan { .. } => unreachable!("answered above"),
             Cmd::Explain { name } => cli::explain(&cfg, &name),
             Cmd::Warm {
                 platforms,

@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 use cache_core::PullThroughCache;
 
-use crate::auth::PullAuth;
+use cache_upstream::scanner::ScanGate;
+
+use crate::auth::{PullAuth, ScopedTokens};
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::metrics::Metrics;
 
@@ -28,6 +30,8 @@ pub struct Reloader {
     auth: Arc<ArcSwapOption<PullAuth>>,
     metrics: Arc<Metrics>,
     certificates: Option<Arc<crate::tls::Certificates>>,
+    credentials: Arc<ScopedTokens>,
+    gate: ArcSwapOption<ScanGate>,
 }
 
 fn read(path: &Option<PathBuf>) -> Result<Config, String> {
@@ -57,7 +61,22 @@ impl Reloader {
             auth,
             metrics,
             certificates: None,
+            credentials: Arc::new(ScopedTokens::new()),
+            gate: ArcSwapOption::empty(),
         }
+    }
+
+    /// The vulnerability gate in force, and the scoped credentials its
+    /// scanners are issued (the server's).
+    pub fn with_gate(mut self, gate: Option<ScanGate>, credentials: Arc<ScopedTokens>) -> Self {
+        self.gate = ArcSwapOption::from(gate.map(Arc::new));
+        self.credentials = credentials;
+        self
+    }
+
+    /// The vulnerability gate in force, if scanners are configured.
+    pub fn gate(&self) -> Option<Arc<ScanGate>> {
+        self.gate.load_full()
     }
 
     /// Re-reads the served TLS certificate on each reload too.
@@ -83,10 +102,21 @@ impl Reloader {
 
     fn try_reload(&self) -> Result<String, String> {
         let new = read(&self.path)?;
-        let (wiring, clients) = crate::wiring(&new).map_err(|e| e.to_string())?;
+        let parts = crate::GateParts {
+            store: self.cache.store().clone(),
+            credentials: self.credentials.clone(),
+        };
+        let wired = crate::wiring(&new, Some(&parts)).map_err(|e| e.to_string())?;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        self.cache.reconfigure(wiring).map_err(|e| e.to_string())?;
-        self.metrics.set_clients(clients);
+        self.cache
+            .reconfigure(wired.builder)
+            .map_err(|e| e.to_string())?;
+        self.metrics.set_clients(wired.clients);
+        // The old gate's rescans end with it.
+        if let Some(g) = &wired.gate {
+            g.spawn_rescans();
+        }
+        self.gate.store(wired.gate.map(Arc::new));
         self.auth
             .store(new.auth.clone().map(|a| Arc::new(PullAuth::new(a))));
         let restart = running.restart_only_changes(&new);
@@ -96,6 +126,8 @@ impl Reloader {
         running.registries = new.registries;
         running.credentials = new.credentials;
         running.auth = new.auth;
+        running.scanners = new.scanners;
+        running.scan_policies = new.scan_policies;
         let mut msg = format!("{rules} rules in force");
         if let Some(c) = &self.certificates {
             c.reload()?;

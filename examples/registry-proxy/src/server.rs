@@ -14,7 +14,9 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower_http::timeout::TimeoutLayer;
 
-use crate::auth::PullAuth;
+use cache_upstream::scanner::{MetadataError, ScanImageError};
+
+use crate::auth::{PullAuth, ScopedTokens};
 use crate::config::Config;
 use crate::conn::{ConnLimits, serve_connections};
 use crate::http::{AppState, healthz, readyz, router};
@@ -66,6 +68,54 @@ async fn admin_reload(State((reloader, _)): State<(Arc<Reloader>, AppState)>) ->
     }
 }
 
+/// `POST /scan?image=NAME:TAG` (or `NAME@DIGEST`): scans the image now
+/// through the vulnerability gate; 200 with a JSON list of
+/// [`ImageScan`](cache_upstream::scanner::ImageScan)s, 400 for a bad name
+/// or an image no scan policy covers, 502 when the scan fails.
+async fn admin_scan(
+    State((reloader, st)): State<(Arc<Reloader>, AppState)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> axum::response::Response {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, format!("{m}\n")).into_response();
+    let Some(image) = cache_core::protocol::query_param(query.as_deref(), "image") else {
+        return bad("give the image: POST /scan?image=NAME:TAG".into());
+    };
+    let (name, reference) = match split_image(&image) {
+        Ok(x) => x,
+        Err(e) => return bad(e),
+    };
+    let Some(gate) = reloader.gate() else {
+        return bad("no [[scanner]] is configured".into());
+    };
+    let scanned = gate.scan_image(&st.cache, &name, &reference).await;
+    match scanned {
+        Ok(list) => axum::Json(list).into_response(),
+        Err(ScanImageError::NotCovered(m)) => bad(m),
+        Err(ScanImageError::Cache(e)) => {
+            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+            (status, format!("{e}\n")).into_response()
+        }
+        Err(e @ ScanImageError::Scan(_)) => {
+            (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response()
+        }
+    }
+}
+
+/// `library/alpine:3.19` or `library/alpine@sha256:...` (no tag: `latest`).
+pub fn split_image(image: &str) -> Result<(cache_core::RepoName, cache_core::Reference), String> {
+    let (name, reference) = match image.split_once('@') {
+        Some((n, d)) => (n, d),
+        None => match image.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n, t),
+            _ => (image, "latest"),
+        },
+    };
+    let name = cache_core::RepoName::parse(name).map_err(|e| format!("image {image:?}: {e}"))?;
+    let reference =
+        cache_core::Reference::parse(reference).map_err(|e| format!("image {image:?}: {e}"))?;
+    Ok((name, reference))
+}
+
 /// Serves until SIGTERM or SIGINT. `path` is the configuration file, if
 /// one was read (a reload reads it again).
 pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
@@ -81,16 +131,35 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         }
     };
     let metrics = Arc::new(Metrics::default());
-    let cache = match build_cache(&cfg, store, metrics.clone()) {
-        Ok((cache, clients)) => {
+    let scoped = Arc::new(ScopedTokens::new());
+    let (cache, gate) = match build_cache(&cfg, store, metrics.clone(), Some(scoped.clone())) {
+        Ok((cache, clients, gate)) => {
             metrics.set_clients(clients);
-            cache
+            (cache, gate)
         }
         Err(e) => {
             eprintln!("registry-proxy: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(g) = &gate {
+        // A scanner that answers and cannot scan images is a configuration
+        // error; one that does not answer yet may later (on_scanner_error
+        // says what pulls get meanwhile).
+        for (name, checked) in g.check_scanners().await {
+            match checked {
+                Ok(what) => tracing::info!(scanner = %name, %what, "vulnerability scanner ready"),
+                Err(MetadataError::Unfit(e)) => {
+                    eprintln!("registry-proxy: {e}");
+                    return ExitCode::from(2);
+                }
+                Err(MetadataError::Unreachable(e)) => {
+                    tracing::warn!(scanner = %name, error = %e, "vulnerability scanner not answering")
+                }
+            }
+        }
+        g.spawn_rescans();
+    }
     if cfg.quota.is_some() || cfg.policies.values().any(|p| p.content_ttl.is_some()) {
         let (cache, quota, every) = (cache.clone(), cfg.quota, cfg.gc_interval);
         tokio::spawn(async move {
@@ -111,6 +180,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
             cfg.auth.clone().map(|a| Arc::new(PullAuth::new(a))),
         )),
         draining: Arc::new(AtomicBool::new(false)),
+        scoped: scoped.clone(),
     };
     // What serving needs of the configuration, before the reloader owns it
     // (holding a copy here would keep the first rule set alive after a reload).
@@ -157,7 +227,8 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let reloader = Arc::new(
         Reloader::new(path, cfg, cache, state.auth.clone(), metrics)
-            .with_certificates(certificates),
+            .with_certificates(certificates)
+            .with_gate(gate, scoped),
     );
     crate::release_freed_memory();
     reload_on_sighup(reloader.clone());
@@ -171,6 +242,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     if let Some(addr) = admin_listen {
         let admin = axum::Router::new()
             .route("/reload", post(admin_reload))
+            .route("/scan", post(admin_scan))
             .route("/healthz", get(|| async { healthz().await }))
             .route(
                 "/readyz",
