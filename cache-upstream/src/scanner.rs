@@ -508,6 +508,7 @@ struct GateInner {
     store: Arc<dyn BlobStore>,
     credentials: Arc<dyn PullCredentials>,
     remembered: Mutex<HashMap<(String, Digest), (ScanRecord, std::time::Instant)>>,
+    cache: std::sync::OnceLock<cache_core::WeakCache>,
     flights: Mutex<HashMap<(String, Digest), Flight>>,
 }
 
@@ -569,9 +570,19 @@ impl ScanGate {
                 store,
                 credentials,
                 remembered: Mutex::new(HashMap::new()),
+                cache: std::sync::OnceLock::new(),
                 flights: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Lets the gate withdraw grants from `cache` (which it admits for):
+    /// when a scan (a rescan, mostly) denies a manifest under an enforcing
+    /// rule, what clients of its repository were granted by reading it
+    /// earlier is withdrawn, so its layers are refused by digest too. Set
+    /// once; the gate does not keep the cache alive.
+    pub fn revoke_through(&self, cache: &cache_core::PullThroughCache) {
+        let _ = self.inner.cache.set(cache.downgrade());
     }
 
     /// Checks every scanner's metadata: what it is, or why it will not do.
@@ -821,7 +832,43 @@ impl GateInner {
         }
         self.remember((scanner.to_owned(), d.clone()), rec.clone());
         tracing::info!(target: "audit", scanner, repository = %repository, digest = %d, findings = rec.findings.len(), "scan finished");
+        self.revoke_if_denied(scanner, repository, d, &rec).await;
         Ok(rec)
+    }
+
+    /// Withdraws the grants of `d` in `repository` when the rule it falls
+    /// under enforces a policy of `scanner` that `rec` denies.
+    async fn revoke_if_denied(
+        &self,
+        scanner: &str,
+        repository: &RepoName,
+        d: &Digest,
+        rec: &ScanRecord,
+    ) {
+        let Some(cache) = self.cache.get().and_then(|w| w.upgrade()) else {
+            return;
+        };
+        let rule = match cache.rules().resolve(repository) {
+            Ok(r) => r.rule.name().to_owned(),
+            Err(_) => return,
+        };
+        let Some(policy) = self.policies.get(&rule) else {
+            return;
+        };
+        if policy.scanner != scanner
+            || policy.mode != GateMode::Enforce
+            || denying(policy, rec).is_empty()
+        {
+            return;
+        }
+        match cache.revoke_grants(repository, d).await {
+            Ok(()) => {
+                tracing::info!(target: "audit", rule, repository = %repository, digest = %d, "denied by a scan: grants withdrawn")
+            }
+            Err(e) => {
+                tracing::warn!(repository = %repository, digest = %d, error = %e, "denied by a scan; withdrawing its grants failed")
+            }
+        }
     }
 
     /// Rescans every kept scan older than the shortest `rescan` of the

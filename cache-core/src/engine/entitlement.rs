@@ -89,6 +89,37 @@ impl Inner {
         }
         Ok(())
     }
+
+    /// Withdraws `repo`'s grants to what a manifest vouches for. Digests
+    /// another manifest of `repo` shares are granted again when that
+    /// manifest is next admitted.
+    pub(crate) async fn revoke_referenced(
+        &self,
+        repo: &RepoName,
+        parsed: &ParsedManifest,
+    ) -> Result<()> {
+        for d in vouched_by(parsed) {
+            self.hot.forget_entitled(repo, d);
+            self.store.delete_meta(&keys::entitlement(repo, d)).await?;
+        }
+        Ok(())
+    }
+}
+
+impl PullThroughCache {
+    /// Withdraws what clients of `repo` were granted by reading the stored
+    /// manifest `manifest` (its config, layers and index children), for an
+    /// admission hook whose verdict on it turned to a refusal after it was
+    /// served (a vulnerability found by a rescan): under a rule that gives
+    /// clients blobs only as parts of admitted manifests, its layers are
+    /// then refused by digest too. `Ok` when the manifest is not stored.
+    pub async fn revoke_grants(&self, repo: &RepoName, manifest: &Digest) -> Result<()> {
+        let Some(m) = self.load_manifest(manifest).await? else {
+            return Ok(());
+        };
+        let parsed = ParsedManifest::parse(&m.bytes)?;
+        self.inner.revoke_referenced(repo, &parsed).await
+    }
 }
 
 /// The digests a manifest vouches for in its repository: config, layers

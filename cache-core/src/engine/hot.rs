@@ -202,6 +202,11 @@ impl Hot {
         lock(&self.entitled).insert((repo.clone(), d.clone()), (), ENTRY, self.expiry());
     }
 
+    /// Forgets that `repo` may read `d` (a grant withdrawn).
+    pub(crate) fn forget_entitled(&self, repo: &RepoName, d: &Digest) {
+        lock(&self.entitled).remove(&(repo.clone(), d.clone()));
+    }
+
     /// Forgets a blob gc removed: its size and bytes (its entitlements
     /// expire on their own, and matter only for stored blobs).
     pub(crate) fn forget(&self, d: &Digest) {

@@ -61,7 +61,7 @@ impl PullThroughCache {
         Ok(resp)
     }
 
-    async fn load_manifest(&self, d: &Digest) -> Result<Option<Manifest>> {
+    pub(crate) async fn load_manifest(&self, d: &Digest) -> Result<Option<Manifest>> {
         self.load_manifest_as(d, None).await
     }
 
@@ -161,12 +161,32 @@ impl PullThroughCache {
                             reason,
                             true,
                         );
+                        self.withdraw_if_granted(ctx, &parsed).await;
                     }
                     return Err(e);
                 }
             }
         }
         Ok(())
+    }
+
+    /// A refused manifest whose referenced content `ctx`'s repository was
+    /// granted (it was admitted before: a verdict changed) loses those
+    /// grants, under a rule that gives clients blobs only as parts of
+    /// admitted manifests. One grant read when there is nothing to do.
+    async fn withdraw_if_granted(&self, ctx: &Ctx, parsed: &ParsedManifest) {
+        if !ctx.restricts_blobs() {
+            return;
+        }
+        let Some(first) = super::entitlement::vouched_by(parsed).next() else {
+            return;
+        };
+        if !matches!(self.inner.is_entitled(&ctx.local, first).await, Ok(true)) {
+            return;
+        }
+        if let Err(e) = self.inner.revoke_referenced(&ctx.local, parsed).await {
+            tracing::warn!(repository = %ctx.local, error = %e, "withdrawing the grants of a refused manifest failed");
+        }
     }
 
     fn respond(m: Manifest, status: CacheStatus) -> ManifestResponse {
@@ -425,7 +445,18 @@ impl PullThroughCache {
         };
         // Serve a manifest media type, whatever the upstream's Content-Type said.
         m.media_type = parsed.served_media_type(&m.media_type).to_owned();
-        self.admit(ctx, reference, &m).await?;
+        // Held in memory (verified) while admission runs, stored only
+        // after: a hook that reads it back meanwhile (a vulnerability
+        // scanner pulling through this cache) gets it without a second
+        // upstream fetch; a client gets it only once admitted; nothing
+        // refused is kept.
+        inner
+            .hot
+            .keep_content(&m.digest, m.bytes.clone(), Some(m.media_type.clone()));
+        if let Err(e) = self.admit(ctx, reference, &m).await {
+            inner.hot.forget(&m.digest);
+            return Err(e);
+        }
         let store = &inner.store;
         store.put(&m.digest, m.bytes.clone()).await?;
         store.touch(&m.digest, inner.clock.now()).await?;
@@ -443,9 +474,6 @@ impl PullThroughCache {
                 .entitle_manifest(&ctx.local, &m.digest, &m.media_type)
                 .await?;
         }
-        inner
-            .hot
-            .keep_content(&m.digest, m.bytes.clone(), Some(m.media_type.clone()));
         for (desc, platform) in &parsed.manifests {
             if let Some(p) = platform {
                 store
@@ -478,14 +506,14 @@ impl PullThroughCache {
             return Ok(());
         }
         let parsed = ParsedManifest::parse(&m.bytes)?;
-        let mut vouched = super::entitlement::vouched_by(&parsed);
-        let Some(first) = vouched.next() else {
-            return Ok(());
-        };
-        if self.inner.is_entitled(&ctx.local, first).await? {
-            return Ok(());
+        // Every digest is checked (from memory, mostly): grants of a
+        // manifest refused since may have taken some it shares.
+        for d in super::entitlement::vouched_by(&parsed) {
+            if !self.inner.is_entitled(&ctx.local, d).await? {
+                self.inner.entitle(&ctx.local, d).await?;
+            }
         }
-        self.inner.entitle_referenced(&ctx.local, &parsed).await
+        Ok(())
     }
 
     /// Checks a manifest from the upstream: size, digest (never trusting

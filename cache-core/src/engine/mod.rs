@@ -276,6 +276,25 @@ pub struct PullThroughCache {
     inner: Arc<Inner>,
 }
 
+/// A handle on a [`PullThroughCache`] that does not keep it alive (for
+/// what the cache itself holds, such as an admission hook that calls back).
+#[derive(Clone, Debug)]
+pub struct WeakCache(std::sync::Weak<Inner>);
+
+impl WeakCache {
+    /// The cache, if it still exists.
+    pub fn upgrade(&self) -> Option<PullThroughCache> {
+        self.0.upgrade().map(|inner| PullThroughCache { inner })
+    }
+}
+
+impl PullThroughCache {
+    /// A handle that does not keep the cache alive.
+    pub fn downgrade(&self) -> WeakCache {
+        WeakCache(Arc::downgrade(&self.inner))
+    }
+}
+
 impl std::fmt::Debug for PullThroughCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PullThroughCache")

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use cache_core::{Digest, media_types};
 
 mod hostile;
+mod scanner;
 
 pub use hostile::{HostileImage, HostileRegistry, SeenRequest, WireFault};
+pub use scanner::{PACKAGES_LABEL, SeenScan, TestScanner, spec_schemas, spec_violations};
 
 /// Finds a binary or says which Debian package provides it.
 pub fn require(bin: &str, package: &str) -> Result<PathBuf, String> {
@@ -371,6 +373,7 @@ fn image_manifest(
     seed: u64,
     layer_sizes: &[usize],
     arch: &str,
+    labels: &[(&str, &str)],
 ) -> (Digest, usize, Vec<(Digest, u64)>) {
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
@@ -385,8 +388,17 @@ fn image_manifest(
         ));
         layers.push((d, tar.len() as u64));
     }
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+        .collect();
+    let image_config = if labels.is_empty() {
+        "{}".to_owned()
+    } else {
+        serde_json::json!({ "Labels": labels }).to_string()
+    };
     let config = format!(
-        r#"{{"architecture":"{arch}","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        r#"{{"architecture":"{arch}","os":"linux","config":{image_config},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
         diff_ids.join(",")
     );
     let cd = l.blob(config.as_bytes());
@@ -401,8 +413,19 @@ fn image_manifest(
 
 /// Writes a single-platform image with layers of the given sizes, tagged `tag`.
 pub fn write_image(dir: &Path, tag: &str, seed: u64, layer_sizes: &[usize]) -> TestImage {
+    write_labeled_image(dir, tag, seed, layer_sizes, &[])
+}
+
+/// [`write_image`] with these labels in the image config.
+pub fn write_labeled_image(
+    dir: &Path,
+    tag: &str,
+    seed: u64,
+    layer_sizes: &[usize],
+    labels: &[(&str, &str)],
+) -> TestImage {
     let l = Layout::new(dir);
-    let (d, size, layers) = image_manifest(&l, seed, layer_sizes, "amd64");
+    let (d, size, layers) = image_manifest(&l, seed, layer_sizes, "amd64", labels);
     l.index(&[(d.clone(), size, media_types::OCI_MANIFEST, tag)]);
     TestImage {
         layout: dir.to_owned(),
@@ -475,7 +498,7 @@ pub fn write_index(dir: &Path, tag: &str, seed: u64, layer_size: usize) -> TestI
     let mut layers = Vec::new();
     let mut entries = Vec::new();
     for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
-        let (d, size, ls) = image_manifest(&l, seed * 10 + i as u64, &[layer_size], arch);
+        let (d, size, ls) = image_manifest(&l, seed * 10 + i as u64, &[layer_size], arch, &[]);
         entries.push(format!(
             r#"{{"mediaType":"{}","digest":"{d}","size":{size},"platform":{{"os":"linux","architecture":"{arch}"}}}}"#,
             media_types::OCI_MANIFEST

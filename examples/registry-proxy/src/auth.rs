@@ -282,11 +282,11 @@ mod tests {
     fn scoped_credentials_name_their_repository_and_expire() {
         let t = ScopedTokens::new();
         let repo = RepoName::parse("library/alpine").unwrap();
-        let basic = t.issue(&repo, Duration::from_secs(60));
-        assert_eq!(t.scope(&header(basic.expose())), Some(repo.clone()));
+        let issued = t.issue(&repo, Duration::from_secs(60));
+        assert_eq!(t.scope(&header(issued.expose())), Some(repo.clone()));
         let password = {
             use base64::Engine as _;
-            let b64 = basic.expose().strip_prefix("Basic ").unwrap();
+            let b64 = issued.expose().strip_prefix("Basic ").unwrap();
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .unwrap();

@@ -114,6 +114,7 @@ impl Reloader {
         self.metrics.set_clients(wired.clients);
         // The old gate's rescans end with it.
         if let Some(g) = &wired.gate {
+            g.revoke_through(&self.cache);
             g.spawn_rescans();
         }
         self.gate.store(wired.gate.map(Arc::new));

@@ -158,6 +158,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
                 }
             }
         }
+        g.revoke_through(&cache);
         g.spawn_rescans();
     }
     if cfg.quota.is_some() || cfg.policies.values().any(|p| p.content_ttl.is_some()) {

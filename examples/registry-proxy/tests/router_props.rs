@@ -61,6 +61,7 @@ fn world() -> &'static World {
                 metrics: metrics.clone(),
                 auth: Arc::new(arc_swap::ArcSwapOption::from_pointee(PullAuth::new(auth))),
                 draining: Arc::default(),
+                scoped: Arc::default(),
             };
             (
                 router(state),
