@@ -493,12 +493,24 @@ pub fn write_artifact(
 
 /// Writes a two-platform index (linux/amd64, linux/arm64), tagged `tag`.
 pub fn write_index(dir: &Path, tag: &str, seed: u64, layer_size: usize) -> TestImage {
+    write_labeled_index(dir, tag, seed, layer_size, [&[], &[]])
+}
+
+/// [`write_index`] with these labels in the amd64 and the arm64 config.
+pub fn write_labeled_index(
+    dir: &Path,
+    tag: &str,
+    seed: u64,
+    layer_size: usize,
+    labels: [&[(&str, &str)]; 2],
+) -> TestImage {
     let l = Layout::new(dir);
     let mut platforms = Vec::new();
     let mut layers = Vec::new();
     let mut entries = Vec::new();
     for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
-        let (d, size, ls) = image_manifest(&l, seed * 10 + i as u64, &[layer_size], arch, &[]);
+        let (d, size, ls) =
+            image_manifest(&l, seed * 10 + i as u64, &[layer_size], arch, labels[i]);
         entries.push(format!(
             r#"{{"mediaType":"{}","digest":"{d}","size":{size},"platform":{{"os":"linux","architecture":"{arch}"}}}}"#,
             media_types::OCI_MANIFEST
