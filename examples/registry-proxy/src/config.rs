@@ -1535,6 +1535,92 @@ mod tests {
     }
 
     #[test]
+    fn scan_policies_and_scanners_are_checked_and_name_the_offending_value() {
+        use cache_upstream::scanner::{GateMode, OnScannerError, Severity};
+        let head = "listen = \"0.0.0.0:5000\"\n[[registry]]\nhost = \"docker.io\"\n[[scanner]]\nname = \"trivy\"\nurl = \"http://127.0.0.1:8080\"\ntoken = \"t\"\n";
+        let rule = "[[rule]]\nname = \"r\"\nsource = \"docker.io/library/*\"\ntarget = \"library/*\"\n[rule.scan]\nscanner = \"trivy\"\n";
+        let c = parse(&format!(
+            "{head}{rule}deny_severity = \"Critical\"\nallow = [\"CVE-1\"]\nmode = \"audit\"\nrescan = \"1h\"\non_scanner_error = \"allow\"\nwait = \"5s\"\n"
+        ))
+        .unwrap();
+        let p = &c.scan_policies["r"];
+        assert_eq!(
+            (
+                p.deny_severity,
+                p.mode,
+                p.on_scanner_error,
+                p.rescan,
+                p.wait
+            ),
+            (
+                Severity::Critical,
+                GateMode::Audit,
+                OnScannerError::Allow,
+                Duration::from_secs(3600),
+                Duration::from_secs(5)
+            )
+        );
+        assert!(p.allow.contains("CVE-1"));
+        // The scanner pulls from the listen address; 0.0.0.0 means loopback.
+        assert_eq!(c.scanners[0].proxy_url, "http://127.0.0.1:5000");
+        assert!(
+            !format!("{:?}", c.scanners).contains("\"t\""),
+            "token redacted"
+        );
+        let d = parse(&format!("{head}{rule}")).unwrap();
+        let p = &d.scan_policies["r"];
+        assert_eq!(
+            (p.deny_severity, p.mode, p.on_scanner_error),
+            (Severity::High, GateMode::Enforce, OnScannerError::Deny)
+        );
+        for (extra, says) in [
+            ("deny_severity = \"dire\"", "scan.deny_severity = \"dire\""),
+            (
+                "deny_severity = \"negligible\"",
+                "scan.deny_severity = \"negligible\"",
+            ),
+            ("mode = \"strict\"", "scan.mode = \"strict\""),
+            (
+                "on_scanner_error = \"retry\"",
+                "scan.on_scanner_error = \"retry\"",
+            ),
+            ("rescan = \"often\"", "scan.rescan"),
+            ("wait = \"1h\"", "scan.wait: at most 10m"),
+            ("colour = \"red\"", "colour"),
+        ] {
+            let e = parse(&format!("{head}{rule}{extra}\n")).unwrap_err().0;
+            assert!(e.contains(says), "{extra}: {e}");
+        }
+        let e = parse(&format!(
+            "{head}{}",
+            rule.replace("scanner = \"trivy\"", "scanner = \"clair\"")
+        ))
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("scan.scanner = \"clair\" names no [[scanner]]"),
+            "{e}"
+        );
+        for (scanner, says) in [
+            ("name = \"a b\"\nurl = \"http://x\"", "name: 1 to 64"),
+            ("name = \"s\"\nurl = \"ftp://x\"", "url = \"ftp://x\""),
+            (
+                "name = \"s\"\nurl = \"http://x\"\ntoken = \"a\"\ntoken_env = \"B\"",
+                "only one of token, token_env, token_file",
+            ),
+            (
+                "name = \"trivy\"\nurl = \"http://x\"",
+                "the name appears twice",
+            ),
+        ] {
+            let e = parse(&format!("{head}[[scanner]]\n{scanner}\n{rule}"))
+                .unwrap_err()
+                .0;
+            assert!(e.contains(says), "{scanner}: {e}");
+        }
+    }
+
+    #[test]
     fn lease_settings_are_checked_and_belong_to_the_object_backend() {
         let object = "[storage]\nbackend = \"object\"\nurl = \"az://c/p\"\n";
         let rest = "[[registry]]\nhost = \"docker.io\"\n[[rule]]\nname = \"r\"\nsource = \"docker.io/library/*\"\ntarget = \"library/*\"\n";

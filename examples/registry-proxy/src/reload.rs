@@ -107,6 +107,15 @@ impl Reloader {
             credentials: self.credentials.clone(),
         };
         let wired = crate::wiring(&new, Some(&parts)).map_err(|e| e.to_string())?;
+        // A scanner that answers and cannot scan images is refused, as at
+        // start (reloads run on a blocking thread of the runtime).
+        if let (Some(g), Ok(rt)) = (&wired.gate, tokio::runtime::Handle::try_current()) {
+            for (_, checked) in rt.block_on(g.check_scanners()) {
+                if let Err(cache_upstream::scanner::MetadataError::Unfit(e)) = checked {
+                    return Err(e);
+                }
+            }
+        }
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         self.cache
             .reconfigure(wired.builder)
