@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use super::keys::TagRecord;
 use crate::digest::Digest;
+use crate::manifest::Platform;
 use crate::names::RepoName;
 use crate::store::MetaKey;
 
@@ -98,6 +99,8 @@ pub(crate) struct Hot {
     touched: Mutex<Bounded<Digest, ()>>,
     /// Tag records, by metadata key, trusted for `tag_validity`.
     tags: Mutex<Bounded<MetaKey, TagRecord>>,
+    /// A manifest's platform as its index named it (`None`: none named).
+    platforms: Mutex<Bounded<Digest, Option<Platform>>>,
     tag_validity: Duration,
     validity: Duration,
     touch_interval: Duration,
@@ -121,6 +124,7 @@ impl Hot {
         let facts = if bytes == 0 { 0 } else { 100_000 };
         Hot {
             tags: Mutex::new(Bounded::new(facts, usize::MAX)),
+            platforms: Mutex::new(Bounded::new(facts, usize::MAX)),
             tag_validity,
             content: Mutex::new(Bounded::new(usize::MAX, bytes)),
             sizes: Mutex::new(Bounded::new(facts, usize::MAX)),
@@ -182,6 +186,16 @@ impl Hot {
             let size = bytes.len() + ENTRY + media_type.as_ref().map_or(0, String::len);
             lock(&self.content).insert(d.clone(), (bytes, media_type), size, None);
         }
+    }
+
+    /// `d`'s platform record, if read within the validity: `Some(None)`
+    /// when it has none.
+    pub(crate) fn platform(&self, d: &Digest) -> Option<Option<Platform>> {
+        lock(&self.platforms).get(d)
+    }
+
+    pub(crate) fn keep_platform(&self, d: &Digest, p: Option<Platform>) {
+        lock(&self.platforms).insert(d.clone(), p, ENTRY, self.expiry());
     }
 
     pub(crate) fn size(&self, d: &Digest) -> Option<u64> {

@@ -101,26 +101,47 @@ impl PullThroughCache {
         }))
     }
 
-    /// Runs the admission hooks over a manifest that is about to be served or cached.
-    async fn admit(&self, ctx: &Ctx, reference: &Reference, m: &Manifest) -> Result<()> {
+    /// Admits a stored manifest, then grants what it references (parsing
+    /// it once for both).
+    async fn admit_and_grant(&self, ctx: &Ctx, reference: &Reference, m: &Manifest) -> Result<()> {
+        let parsed = self.admit(ctx, reference, m).await?;
+        self.grant_referenced(ctx, m, parsed).await
+    }
+
+    /// Runs the admission hooks over a manifest that is about to be served
+    /// or cached; the manifest parsed, if that was needed.
+    async fn admit(
+        &self,
+        ctx: &Ctx,
+        reference: &Reference,
+        m: &Manifest,
+    ) -> Result<Option<ParsedManifest>> {
         if ctx.wiring.admission.is_empty() && ctx.policy().signatures.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         if ctx.is_scanner() {
             // The scan is how admission is decided; its reads grant nothing.
-            return Ok(());
+            return Ok(None);
         }
         let parsed = ParsedManifest::parse(&m.bytes)?;
         self.check_signatures(ctx, reference, m, &parsed).await?;
         if ctx.wiring.admission.is_empty() {
-            return Ok(());
+            return Ok(Some(parsed));
         }
-        let platform = self
-            .inner
-            .store
-            .get_meta(&keys::platform(&m.digest))
-            .await?
-            .and_then(|b| std::str::from_utf8(&b).ok().and_then(Platform::parse));
+        // Remembered for a while: a warm pull costs no store read for it.
+        let platform = match self.inner.hot.platform(&m.digest) {
+            Some(p) => p,
+            None => {
+                let p = self
+                    .inner
+                    .store
+                    .get_meta(&keys::platform(&m.digest))
+                    .await?
+                    .and_then(|b| std::str::from_utf8(&b).ok().and_then(Platform::parse));
+                self.inner.hot.keep_platform(&m.digest, p.clone());
+                p
+            }
+        };
         let req = AdmissionRequest {
             rule: &ctx.rule,
             repository: &ctx.local,
@@ -167,7 +188,7 @@ impl PullThroughCache {
                 }
             }
         }
-        Ok(())
+        Ok(Some(parsed))
     }
 
     /// A refused manifest whose referenced content `ctx`'s repository was
@@ -217,8 +238,7 @@ impl PullThroughCache {
                     self.confirm_manifest(ctx, d).await?;
                 }
             }
-            self.admit(ctx, &reference, &m).await?;
-            self.grant_referenced(ctx, &m).await?;
+            self.admit_and_grant(ctx, &reference, &m).await?;
             return Ok(Self::respond(m, CacheStatus::Hit));
         }
         let m = self.fetch_manifest(ctx, &reference, None).await?;
@@ -257,20 +277,17 @@ impl PullThroughCache {
                 TagFreshness::Revalidate => false,
             };
             if fresh {
-                self.admit(ctx, &reference, &m).await?;
-                self.grant_referenced(ctx, &m).await?;
+                self.admit_and_grant(ctx, &reference, &m).await?;
                 return Ok(Self::respond(m, CacheStatus::Hit));
             }
             if age < inner.opts.revalidate_window {
                 // Confirmed a moment ago (by this request's neighbours).
-                self.admit(ctx, &reference, &m).await?;
-                self.grant_referenced(ctx, &m).await?;
+                self.admit_and_grant(ctx, &reference, &m).await?;
                 return Ok(Self::respond(m, CacheStatus::Revalidated));
             }
             match self.revalidate(ctx, tag, rec).await {
                 Ok(head) if head.digest == m.digest => {
-                    self.admit(ctx, &reference, &m).await?;
-                    self.grant_referenced(ctx, &m).await?;
+                    self.admit_and_grant(ctx, &reference, &m).await?;
                     return Ok(Self::respond(m, CacheStatus::Revalidated));
                 }
                 Ok(_) => {}
@@ -278,8 +295,7 @@ impl PullThroughCache {
                 Err(e) => {
                     if age <= policy.stale_if_error {
                         tracing::warn!(repo = %ctx.local, %tag, error = %e, "upstream failed; serving cached tag");
-                        self.admit(ctx, &reference, &m).await?;
-                        self.grant_referenced(ctx, &m).await?;
+                        self.admit_and_grant(ctx, &reference, &m).await?;
                         return Ok(Self::respond(m, CacheStatus::Stale));
                     }
                     return Err(e);
@@ -295,8 +311,7 @@ impl PullThroughCache {
                     if !matches!(e, Error::ManifestUnknown { .. } | Error::Denied { .. })
                         && age <= policy.stale_if_error =>
                 {
-                    self.admit(ctx, &reference, &m).await?;
-                    self.grant_referenced(ctx, &m).await?;
+                    self.admit_and_grant(ctx, &reference, &m).await?;
                     Ok(Self::respond(m, CacheStatus::Stale))
                 }
                 _ => Err(e),
@@ -479,6 +494,7 @@ impl PullThroughCache {
                 store
                     .put_meta(&keys::platform(&desc.digest), Bytes::from(p.to_string()))
                     .await?;
+                inner.hot.keep_platform(&desc.digest, Some(p.clone()));
             }
         }
         if !grants {
@@ -501,11 +517,19 @@ impl PullThroughCache {
     /// Under a gated rule, a client admitted to a stored manifest gets
     /// grants to what it references, if it has none yet (the manifest may
     /// have been stored by a scanner's read, which grants nothing).
-    async fn grant_referenced(&self, ctx: &Ctx, m: &Manifest) -> Result<()> {
+    async fn grant_referenced(
+        &self,
+        ctx: &Ctx,
+        m: &Manifest,
+        parsed: Option<ParsedManifest>,
+    ) -> Result<()> {
         if !ctx.restricts_blobs() || ctx.is_scanner() {
             return Ok(());
         }
-        let parsed = ParsedManifest::parse(&m.bytes)?;
+        let parsed = match parsed {
+            Some(p) => p,
+            None => ParsedManifest::parse(&m.bytes)?,
+        };
         // Every digest is checked (from memory, mostly): grants of a
         // manifest refused since may have taken some it shares.
         for d in super::entitlement::vouched_by(&parsed) {
