@@ -35,9 +35,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Secret;
 
-/// The report media type asked for.
+/// The report media type asked for when the scanner's metadata is not
+/// known (spec v1.1's).
 pub const REPORT_TYPE: &str =
     "application/vnd.scanner.adapter.vuln.report.harbor+json; version=1.1";
+/// Harbor's vulnerability report as spec v1.2 names it (preferred when a
+/// scanner lists it).
+pub const SECURITY_REPORT_TYPE: &str = "application/vnd.security.vulnerability.report; version=1.1";
+/// The family of spec v1.0/v1.1 report types.
+const HARBOR_REPORT_FAMILY: &str = "application/vnd.scanner.adapter.vuln.report.harbor+json";
 /// The scan request media type.
 pub const SCAN_REQUEST_TYPE: &str =
     "application/vnd.scanner.adapter.scan.request+json; version=1.0";
@@ -175,6 +181,8 @@ pub struct ScannerClient {
     http: reqwest::Client,
     token: Option<Secret>,
     registry_url: String,
+    /// The report type its metadata offered (`None`: not known yet).
+    report_type: Mutex<Option<String>>,
 }
 
 /// A scan to ask for.
@@ -223,6 +231,7 @@ impl ScannerClient {
             http,
             token,
             registry_url: registry_url.trim_end_matches('/').to_owned(),
+            report_type: Mutex::new(None),
         })
     }
 
@@ -277,24 +286,13 @@ impl ScannerClient {
         }
         let body = self.body(r).await.map_err(MetadataError::Unreachable)?;
         let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| err(e.to_string()))?;
-        let caps = v["capabilities"].as_array().cloned().unwrap_or_default();
-        let fits = caps.iter().any(|c| {
-            let has = |k: &str, want: &dyn Fn(&str) -> bool| {
-                c[k].as_array()
-                    .is_some_and(|a| a.iter().filter_map(|t| t.as_str()).any(want))
-            };
-            has("consumes_mime_types", &|t| {
-                IMAGE_MANIFEST_TYPES.contains(&t)
-            }) && has("produces_mime_types", &|t| {
-                t.starts_with("application/vnd.scanner.adapter.vuln.report.harbor+json")
-            })
-        });
-        if !fits {
+        let Some(report_type) = pick_report_type(&v) else {
             return Err(MetadataError::Unfit(format!(
                 "scanner {}: it does not scan image manifests into Harbor's vulnerability report",
                 self.name
             )));
-        }
+        };
+        *self.report_type.lock().unwrap_or_else(|p| p.into_inner()) = Some(report_type);
         Ok(format!(
             "{} {}",
             v["scanner"]["name"].as_str().unwrap_or("?"),
@@ -344,11 +342,23 @@ impl ScannerClient {
         deadline: Duration,
     ) -> std::result::Result<Vec<Finding>, ScanError> {
         let err = |m: String| ScanError(format!("scanner {}: report {id}: {m}", self.name));
+        let known = || {
+            self.report_type
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        if known().is_none() {
+            // Not answering at start: learn what it produces now (a failure
+            // here shows again below).
+            let _ = self.metadata().await;
+        }
+        let accept = known().unwrap_or_else(|| REPORT_TYPE.to_owned());
         let until = tokio::time::Instant::now() + deadline;
         loop {
             let r = self
                 .request(reqwest::Method::GET, &format!("api/v1/scan/{id}/report"))
-                .header(reqwest::header::ACCEPT, REPORT_TYPE)
+                .header(reqwest::header::ACCEPT, &accept)
                 .send()
                 .await
                 .map_err(|e| err(e.to_string()))?;
@@ -376,6 +386,46 @@ impl ScannerClient {
             }
         }
     }
+}
+
+/// The vulnerability report type to ask a scanner for, from its metadata:
+/// of a capability that consumes image manifests (and is not of another
+/// `type` than `vulnerability`), Harbor's report as spec v1.2 names it if
+/// listed, else a spec v1.0/v1.1 one. `None`: it does not scan images into
+/// Harbor's vulnerability report.
+pub fn pick_report_type(metadata: &serde_json::Value) -> Option<String> {
+    let caps = metadata["capabilities"].as_array()?;
+    let strings = |c: &serde_json::Value, k: &str| -> Vec<String> {
+        c[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut fallback = None;
+    for c in caps {
+        if c["type"].as_str().is_some_and(|t| t != "vulnerability") {
+            continue;
+        }
+        if !strings(c, "consumes_mime_types")
+            .iter()
+            .any(|t| IMAGE_MANIFEST_TYPES.contains(&t.as_str()))
+        {
+            continue;
+        }
+        let produces = strings(c, "produces_mime_types");
+        if produces.iter().any(|t| t == SECURITY_REPORT_TYPE) {
+            return Some(SECURITY_REPORT_TYPE.to_owned());
+        }
+        if fallback.is_none() {
+            fallback = produces
+                .into_iter()
+                .find(|t| t.starts_with(HARBOR_REPORT_FAMILY));
+        }
+    }
+    fallback
 }
 
 /// The findings of a Harbor vulnerability report, most severe first.
@@ -1077,5 +1127,39 @@ mod tests {
         );
         assert!(Severity::Critical > Severity::High && Severity::Low > Severity::Negligible);
         assert_eq!(Severity::parse("HIGH"), Some(Severity::High));
+    }
+
+    #[test]
+    fn the_report_type_is_negotiated_from_the_metadata() {
+        let oci = "application/vnd.oci.image.manifest.v1+json";
+        let meta =
+            |caps: serde_json::Value| serde_json::json!({"scanner": {}, "capabilities": caps});
+        // Spec v1.1 adapters.
+        let v11 = "application/vnd.scanner.adapter.vuln.report.harbor+json; version=1.1";
+        assert_eq!(
+            pick_report_type(&meta(serde_json::json!([
+                {"consumes_mime_types": [oci], "produces_mime_types": ["application/vnd.scanner.adapter.vuln.report.raw", v11]}
+            ]))),
+            Some(v11.to_owned())
+        );
+        // Spec v1.2 adapters (Trivy's): the security report is preferred; an
+        // SBOM capability is not a vulnerability scanner.
+        assert_eq!(
+            pick_report_type(&meta(serde_json::json!([
+                {"type": "sbom", "consumes_mime_types": [oci], "produces_mime_types": ["application/vnd.security.sbom.report+json; version=1.0"]},
+                {"type": "vulnerability", "consumes_mime_types": [oci], "produces_mime_types": [
+                    "application/vnd.scanner.adapter.vuln.report.harbor+json; version=1.0", SECURITY_REPORT_TYPE]}
+            ]))),
+            Some(SECURITY_REPORT_TYPE.to_owned())
+        );
+        for unfit in [
+            serde_json::json!([{"type": "sbom", "consumes_mime_types": [oci], "produces_mime_types": [SECURITY_REPORT_TYPE]}]),
+            serde_json::json!([{"consumes_mime_types": ["application/vnd.cncf.helm.chart.v1+json"], "produces_mime_types": [v11]}]),
+            serde_json::json!([{"consumes_mime_types": [oci], "produces_mime_types": ["application/vnd.scanner.adapter.vuln.report.raw"]}]),
+            serde_json::json!([]),
+        ] {
+            assert_eq!(pick_report_type(&meta(unfit.clone())), None, "{unfit}");
+        }
+        assert_eq!(pick_report_type(&serde_json::json!({})), None);
     }
 }

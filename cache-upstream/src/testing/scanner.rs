@@ -78,7 +78,12 @@ fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 const METADATA: &str = "application/vnd.scanner.adapter.metadata+json; version=1.0";
 const SCAN_REQUEST: &str = "application/vnd.scanner.adapter.scan.request+json; version=1.0";
 const SCAN_RESPONSE: &str = "application/vnd.scanner.adapter.scan.response+json; version=1.0";
-const REPORT: &str = "application/vnd.scanner.adapter.vuln.report.harbor+json; version=1.1";
+/// The report types it produces: spec v1.1's and v1.2's names for Harbor's
+/// vulnerability report.
+const REPORTS: [&str; 2] = [
+    "application/vnd.scanner.adapter.vuln.report.harbor+json; version=1.1",
+    "application/vnd.security.vulnerability.report; version=1.1",
+];
 const ERROR: &str = "application/vnd.scanner.adapter.error+json; version=1.0";
 /// The config label listing an image's packages.
 pub const PACKAGES_LABEL: &str = "org.example.packages";
@@ -241,7 +246,7 @@ async fn metadata(state: Arc<Mutex<State>>, _h: HeaderMap) -> Response {
         "scanner": {"name": "test-scanner", "vendor": "cache tests", "version": "1.0"},
         "capabilities": [{
             "consumes_mime_types": consumes,
-            "produces_mime_types": [REPORT]
+            "produces_mime_types": REPORTS
         }],
         "properties": {"harbor.scanner-adapter/scanner-type": "os-package-vulnerability"}
     });
@@ -424,9 +429,10 @@ async fn report(state: Arc<Mutex<State>>, id: String, h: HeaderMap) -> Response 
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    if accept != REPORT {
+    if !REPORTS.contains(&accept.as_str()) {
         s.violations
             .push(format!("report request: Accept {accept:?}"));
+        return error(StatusCode::NOT_IMPLEMENTED, "no such report type");
     }
     let Some(job) = s.jobs.get_mut(&id) else {
         return StatusCode::NOT_FOUND.into_response();
@@ -441,7 +447,7 @@ async fn report(state: Arc<Mutex<State>>, id: String, h: HeaderMap) -> Response 
             for v in spec_violations("HarborVulnerabilityReport", &body) {
                 s.violations.push(format!("report answer: {v}"));
             }
-            typed(REPORT, StatusCode::OK, &body)
+            typed(&accept, StatusCode::OK, &body)
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
     }
