@@ -1,10 +1,10 @@
 //! A vulnerability gate through Harbor's Scanner Adapter API (the
-//! pluggable-scanner-spec, v1.1), which the Trivy, Clair, Anchore, Aqua and
-//! Sysdig adapters implement.
+//! pluggable-scanner-spec, v1.1 and v1.2), which the Trivy, Clair, Anchore,
+//! Aqua and Sysdig adapters implement.
 //!
 //! [`ScannerClient`] speaks the API: `GET /api/v1/metadata` (the adapter
 //! must consume OCI or Docker image manifests and produce Harbor's
-//! vulnerability report), `POST /api/v1/scan` naming this cache as the
+//! vulnerability report, whose type it then asks for), `POST /api/v1/scan` naming this cache as the
 //! registry with a short-lived pull credential scoped to the one
 //! repository (so the scanner pulls the image through the cache, which
 //! fetches it once), then `GET /api/v1/scan/{id}/report` until it is ready
