@@ -66,6 +66,8 @@ const MAX_REMEMBERED: usize = 10_000;
 /// How long findings are taken from memory before the store is read again
 /// (another instance on the store may have rescanned).
 const REMEMBER_FOR: Duration = Duration::from_secs(30);
+/// Scans in progress at most (each holds a detached task and a credential).
+const MAX_SCANS_IN_FLIGHT: usize = 256;
 /// Findings named in a refusal.
 const TOP_FINDINGS: usize = 5;
 
@@ -768,10 +770,12 @@ impl ScanGate {
         d: &Digest,
         mime_type: &str,
     ) -> std::result::Result<ScanRecord, ScanError> {
-        self.inner
-            .clone()
-            .flight(scanner, repository, d, mime_type)
-            .await
+        match self.inner.clone().flight(scanner, repository, d, mime_type) {
+            Some(f) => f.await,
+            None => Err(ScanError(format!(
+                "{MAX_SCANS_IN_FLIGHT} scans are in progress; try again later"
+            ))),
+        }
     }
 }
 
@@ -810,18 +814,22 @@ impl GateInner {
     }
 
     /// One scan of `d` by `scanner` at a time, however many ask; it runs
-    /// detached, so a client that stops waiting does not cancel it.
+    /// detached, so a client that stops waiting does not cancel it. `None`
+    /// when 256 other scans are in progress.
     fn flight(
         self: Arc<Self>,
         scanner: &str,
         repository: &RepoName,
         d: &Digest,
         mime_type: &str,
-    ) -> Flight {
+    ) -> Option<Flight> {
         let key = (scanner.to_owned(), d.clone());
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = flights.get(&key) {
-            return f.clone();
+            return Some(f.clone());
+        }
+        if flights.len() >= MAX_SCANS_IN_FLIGHT {
+            return None;
         }
         let (this, scanner_name, repo, digest, mt) = (
             self.clone(),
@@ -847,7 +855,7 @@ impl GateInner {
         .boxed()
         .shared();
         flights.insert(key, f.clone());
-        f
+        Some(f)
     }
 
     async fn run_scan(
@@ -944,6 +952,19 @@ impl GateInner {
             let Ok(d) = Digest::parse(&format!("{alg}:{hex}")) else {
                 continue;
             };
+            // Known fresh from memory: no read (a rescan elsewhere since
+            // only makes it fresher).
+            let fresh_in_memory = self
+                .remembered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(scanner.to_owned(), d.clone()))
+                .is_some_and(|(r, _)| {
+                    now.duration_since(r.scanned_at()).unwrap_or_default() < every
+                });
+            if fresh_in_memory {
+                continue;
+            }
             let Some(rec) = self
                 .store
                 .get_meta(&key)
@@ -953,17 +974,18 @@ impl GateInner {
                 continue;
             };
             if now.duration_since(rec.scanned_at()).unwrap_or_default() < every {
+                self.remember((scanner.to_owned(), d.clone()), rec);
                 continue;
             }
             let Ok(repo) = RepoName::parse(&rec.repository) else {
                 continue;
             };
             tracing::info!(scanner, digest = %d, "rescanning");
-            if let Err(e) = self
-                .clone()
-                .flight(scanner, &repo, &d, &rec.mime_type)
-                .await
-            {
+            let Some(f) = self.clone().flight(scanner, &repo, &d, &rec.mime_type) else {
+                tracing::warn!("too many scans in progress; the remaining rescans wait");
+                return Ok(());
+            };
+            if let Err(e) = f.await {
                 tracing::warn!(scanner, digest = %d, error = %e, "rescan failed; the kept findings stand");
             }
         }
@@ -1023,12 +1045,20 @@ impl Admission for ScanGate {
                 (r, false)
             }
             None => {
-                let f = inner.clone().flight(
+                let Some(f) = inner.clone().flight(
                     &policy.scanner,
                     req.repository,
                     d,
                     &req.manifest.media_type,
-                );
+                ) else {
+                    return Err(Error::unavailable(
+                        format!(
+                            "{} {}: too many vulnerability scans in progress; retry",
+                            req.repository, req.reference
+                        ),
+                        Some(Duration::from_secs(10)),
+                    ));
+                };
                 match tokio::time::timeout(policy.wait, f).await {
                     Ok(Ok(r)) => (r, true),
                     Ok(Err(e)) => {
