@@ -105,10 +105,8 @@ pub struct HostileImage {
 /// The running hostile registry. See the module docs.
 #[derive(Debug)]
 pub struct HostileRegistry {
-    addr: SocketAddr,
     state: Arc<Mutex<StateHandle>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: super::Served,
 }
 
 struct StateHandle(State);
@@ -126,49 +124,25 @@ fn lock(s: &Mutex<StateHandle>) -> std::sync::MutexGuard<'_, StateHandle> {
 impl HostileRegistry {
     /// Starts one on `ip` (a loopback address such as `127.0.0.2`) and a free port.
     pub fn start(ip: &str) -> Self {
-        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind a loopback address");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let addr = listener.local_addr().expect("local address");
         let state = Arc::new(Mutex::new(StateHandle(State::default())));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shared = state.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let app = axum::Router::new().fallback(move |req: Request| {
-                    let state = shared.clone();
-                    async move { Ok::<_, Infallible>(handle(state, addr, req).await) }
-                });
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
-            // Stalled bodies never end: do not wait for them.
-            rt.shutdown_timeout(Duration::from_millis(100));
+        let server = super::Served::start(ip, move |addr| {
+            axum::Router::new().fallback(move |req: Request| {
+                let state = shared.clone();
+                async move { Ok::<_, Infallible>(handle(state, addr, req).await) }
+            })
         });
-        HostileRegistry {
-            addr,
-            state,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        HostileRegistry { state, server }
     }
 
     /// `IP:PORT`, the registry name rules use.
     pub fn host(&self) -> String {
-        self.addr.to_string()
+        self.server.addr().to_string()
     }
 
     /// `http://IP:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// Serves `data` as a blob of every repository, under its digest.
@@ -327,17 +301,6 @@ impl HostileRegistry {
             .iter()
             .filter(|r| r.method == method && r.path.contains(path_part))
             .count()
-    }
-}
-
-impl Drop for HostileRegistry {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

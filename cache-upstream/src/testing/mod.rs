@@ -20,6 +20,67 @@ mod scanner;
 pub use hostile::{HostileImage, HostileRegistry, SeenRequest, WireFault};
 pub use scanner::{PACKAGES_LABEL, SeenScan, TestScanner, spec_schemas, spec_violations};
 
+/// An axum app served on its own thread and runtime on a loopback address,
+/// until dropped (what [`HostileRegistry`] and [`TestScanner`] run on).
+#[derive(Debug)]
+pub(crate) struct Served {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Served {
+    /// Serves the router `app` makes of the bound address on `ip` (a
+    /// loopback address) and a free port.
+    pub(crate) fn start(
+        ip: &str,
+        app: impl FnOnce(std::net::SocketAddr) -> axum::Router + Send + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind((ip, 0)).expect("bind a loopback address");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let _ = axum::serve(listener, app(addr))
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+            // Stalled bodies never end: do not wait for them.
+            rt.shutdown_timeout(Duration::from_millis(100));
+        });
+        Served {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// The bound address.
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Finds a binary or says which Debian package provides it.
 pub fn require(bin: &str, package: &str) -> Result<PathBuf, String> {
     let candidates = [

@@ -18,7 +18,6 @@
 //! test to assert on ([`TestScanner::violations`]).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,10 +64,8 @@ struct State {
 /// The running adapter; stops when dropped.
 #[derive(Debug)]
 pub struct TestScanner {
-    addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: super::Served,
 }
 
 fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -92,59 +89,35 @@ impl TestScanner {
     /// Starts one on 127.0.0.1 and a free port: fit for images, reports
     /// ready on the second poll (the first gets `302`).
     pub fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let addr = listener.local_addr().expect("local address");
         let state = Arc::new(Mutex::new(State {
             fit: true,
             polls_before_ready: 1,
             ..State::default()
         }));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let shared = state.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let (m, s, r) = (shared.clone(), shared.clone(), shared);
-                let app = axum::Router::new()
-                    .route(
-                        "/api/v1/metadata",
-                        axum::routing::get(move |h: HeaderMap| metadata(m.clone(), h)),
-                    )
-                    .route(
-                        "/api/v1/scan",
-                        axum::routing::post(move |req: Request| accept(s.clone(), req)),
-                    )
-                    .route(
-                        "/api/v1/scan/{id}/report",
-                        axum::routing::get(move |id: Path<String>, h: HeaderMap| {
-                            report(r.clone(), id.0, h)
-                        }),
-                    );
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
-            rt.shutdown_timeout(Duration::from_millis(100));
+        let (m, s, r) = (state.clone(), state.clone(), state.clone());
+        let server = super::Served::start("127.0.0.1", move |_| {
+            axum::Router::new()
+                .route(
+                    "/api/v1/metadata",
+                    axum::routing::get(move |h: HeaderMap| metadata(m.clone(), h)),
+                )
+                .route(
+                    "/api/v1/scan",
+                    axum::routing::post(move |req: Request| accept(s.clone(), req)),
+                )
+                .route(
+                    "/api/v1/scan/{id}/report",
+                    axum::routing::get(move |id: Path<String>, h: HeaderMap| {
+                        report(r.clone(), id.0, h)
+                    }),
+                )
         });
-        TestScanner {
-            addr,
-            state,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        TestScanner { state, server }
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// Publishes an advisory: `package` (any version) has `id` at
@@ -201,17 +174,6 @@ impl TestScanner {
     /// What did not conform to the spec, in requests or answers.
     pub fn violations(&self) -> Vec<String> {
         lock(&self.state).violations.clone()
-    }
-}
-
-impl Drop for TestScanner {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
