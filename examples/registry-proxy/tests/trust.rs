@@ -248,14 +248,7 @@ async fn an_enforcing_rule_serves_signed_images_and_refuses_the_rest_without_fet
             .unwrap();
         assert_eq!(r.status(), 403, "{repo}");
         assert!(r.text().await.unwrap().contains("DENIED"));
-        for (d, _) in &img.layers {
-            let r = http()
-                .get(proxy.url(&format!("/v2/{repo}/blobs/{d}")))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 404, "{repo}: a layer of a refused image");
-        }
+        common::assert_layers_refused(&proxy, repo, img, "a layer of a refused image").await;
         assert_eq!(layer_gets(&up, img), 0, "{repo}: still no layer fetched");
     }
 

@@ -192,6 +192,23 @@ pub fn pull(proxy: &Proxy, reference: &str, dest: &Path, all: bool) -> Result<()
     skopeo(&args)
 }
 
+/// Asserts that no layer of `img` is served under `repo` (`BLOB_UNKNOWN`).
+pub async fn assert_layers_refused(
+    proxy: &Proxy,
+    repo: &str,
+    img: &cache_upstream::testing::TestImage,
+    why: &str,
+) {
+    for (d, _) in &img.layers {
+        let r = http()
+            .get(proxy.url(&format!("/v2/{repo}/blobs/{d}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{repo} {d}: {why}");
+    }
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }
