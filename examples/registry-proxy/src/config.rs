@@ -81,8 +81,8 @@ pub struct RawScanner {
     /// A file holding it.
     pub token_file: Option<PathBuf>,
     /// The URL the scanner reaches this proxy at, to pull what it scans
-    /// (default: `http://` and the listen address, `127.0.0.1` for
-    /// `0.0.0.0`).
+    /// (default: `http://`, or `https://` with `[tls]`, and the listen
+    /// address, `127.0.0.1` for `0.0.0.0`).
     pub proxy_url: Option<String>,
 }
 
@@ -817,7 +817,7 @@ impl Config {
             .filter_map(|r| r.scan.take().map(|sc| (r.name.clone(), sc)))
             .collect();
         let (rules, policies) = rules(raw.rule, &registries, &credentials, &abs)?;
-        let scanners = scanners(&raw.scanner, listen, &abs)?;
+        let scanners = scanners(&raw.scanner, listen, tls.is_some(), &abs)?;
         let scan_policies = scan_policies(scan_raw, &scanners)?;
         let auth = raw.auth.map(|a| auth(a, &abs)).transpose()?;
         Ok(Config {
@@ -1269,6 +1269,7 @@ fn rules(
 fn scanners(
     raw: &[RawScanner],
     listen: SocketAddr,
+    https: bool,
     abs: &impl Fn(PathBuf) -> PathBuf,
 ) -> Result<Vec<ScannerConfig>, ConfigError> {
     let mut out: Vec<ScannerConfig> = Vec::new();
@@ -1309,12 +1310,11 @@ fn scanners(
             }
         };
         let proxy_url = s.proxy_url.clone().unwrap_or_else(|| {
-            let ip = if listen.ip().is_unspecified() {
-                "127.0.0.1".to_owned()
-            } else {
-                listen.ip().to_string()
-            };
-            format!("http://{ip}:{}", listen.port())
+            let mut at = listen;
+            if at.ip().is_unspecified() {
+                at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("{}://{at}", if https { "https" } else { "http" })
         });
         out.push(ScannerConfig {
             name: s.name.clone(),
