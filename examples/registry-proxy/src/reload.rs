@@ -3,7 +3,8 @@
 //!
 //! The new file is read and validated as at start. If it is invalid,
 //! nothing changes and the error is logged, counted and returned. If it is
-//! valid, the rules, registries, credentials, policies and pull-side auth
+//! valid (and no scanner it names answers that it cannot scan images), the
+//! rules, registries, credentials, policies, scanners and pull-side auth
 //! are swapped at once; requests and transfers in progress finish under
 //! the configuration they started with. Settings that only a restart can
 //! change (listen address, storage, `[server]`, `[upstream]`) keep their
