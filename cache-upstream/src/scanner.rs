@@ -993,12 +993,24 @@ impl GateInner {
     }
 }
 
+/// Image config types: what a manifest an image scanner scans has.
+const IMAGE_CONFIG_TYPES: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
 /// Whether a manifest is something a vulnerability scanner scans: an image
-/// manifest with layers that are not signature or attestation payloads.
-fn scannable(req: &AdmissionRequest<'_>) -> bool {
-    !req.parsed.is_index()
-        && !req.parsed.layers.is_empty()
-        && !req.parsed.layers.iter().all(|l| {
+/// manifest (with an image config: not a Helm chart or another artifact)
+/// whose layers are not all signature or attestation payloads.
+fn scannable(parsed: &cache_core::manifest::ParsedManifest) -> bool {
+    let image_config = parsed.config.as_ref().is_some_and(|c| {
+        c.media_type
+            .as_deref()
+            .is_some_and(|t| IMAGE_CONFIG_TYPES.contains(&t))
+    });
+    image_config
+        && !parsed.layers.is_empty()
+        && !parsed.layers.iter().all(|l| {
             l.media_type
                 .as_deref()
                 .is_some_and(|t| cache_core::cosign::ARTIFACT_LAYER_TYPES.contains(&t))
@@ -1020,7 +1032,7 @@ impl Admission for ScanGate {
         let Some(policy) = inner.policies.get(req.rule.name()) else {
             return Ok(Verdict::Pass);
         };
-        if !scannable(req) {
+        if !scannable(req.parsed) {
             return Ok(Verdict::Pass);
         }
         let d = &req.manifest.digest;
@@ -1157,6 +1169,36 @@ mod tests {
         );
         assert!(Severity::Critical > Severity::High && Severity::Low > Severity::Negligible);
         assert_eq!(Severity::parse("HIGH"), Some(Severity::High));
+    }
+
+    #[test]
+    fn images_are_scanned_and_other_artifacts_pass() {
+        let parse = |config_type: &str, layer_type: &str| {
+            let m = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": config_type, "digest": format!("sha256:{}", "a".repeat(64)), "size": 2},
+                "layers": [{"mediaType": layer_type, "digest": format!("sha256:{}", "b".repeat(64)), "size": 3}],
+            });
+            cache_core::manifest::ParsedManifest::parse(m.to_string().as_bytes()).unwrap()
+        };
+        let oci = "application/vnd.oci.image.config.v1+json";
+        let tar = "application/vnd.oci.image.layer.v1.tar+gzip";
+        assert!(scannable(&parse(oci, tar)));
+        assert!(scannable(&parse(
+            "application/vnd.docker.container.image.v1+json",
+            tar
+        )));
+        // A Helm chart, a cosign signature: not images.
+        assert!(!scannable(&parse(
+            "application/vnd.cncf.helm.config.v1+json",
+            "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+        )));
+        assert!(!scannable(&parse(oci, cache_core::cosign::SIMPLE_SIGNING)));
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": []});
+        assert!(!scannable(
+            &cache_core::manifest::ParsedManifest::parse(index.to_string().as_bytes()).unwrap()
+        ));
     }
 
     #[test]
