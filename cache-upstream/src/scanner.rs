@@ -1074,18 +1074,37 @@ impl Admission for ScanGate {
                 match tokio::time::timeout(policy.wait, f).await {
                     Ok(Ok(r)) => (r, true),
                     Ok(Err(e)) => {
-                        return match policy.on_scanner_error {
-                            OnScannerError::Deny => Err(Error::denied(format!(
-                                "{} {}: vulnerability scan failed ({e}); on_scanner_error = deny",
-                                req.repository, req.reference
-                            ))),
-                            OnScannerError::Allow => Ok(Verdict::Allowed {
+                        return match (policy.on_scanner_error, policy.mode) {
+                            (OnScannerError::Allow, _) => Ok(Verdict::Allowed {
                                 reason: format!(
                                     "vulnerability scan failed ({e}); on_scanner_error = allow"
                                 ),
                                 fresh: true,
                             }),
+                            (OnScannerError::Deny, GateMode::Audit) => Ok(Verdict::AuditOnly {
+                                reason: format!(
+                                    "vulnerability scan failed ({e}); on_scanner_error = deny"
+                                ),
+                                fresh: true,
+                            }),
+                            (OnScannerError::Deny, GateMode::Enforce) => {
+                                Err(Error::denied(format!(
+                                    "{} {}: vulnerability scan failed ({e}); on_scanner_error = deny",
+                                    req.repository, req.reference
+                                )))
+                            }
                         };
+                    }
+                    // Audit mode never holds a pull up: it is served, and
+                    // the scan's verdict is logged when a later pull meets it.
+                    Err(_) if policy.mode == GateMode::Audit => {
+                        return Ok(Verdict::Allowed {
+                            reason: format!(
+                                "the vulnerability scan of {d} is not finished within {:?}; audit mode serves",
+                                policy.wait
+                            ),
+                            fresh: true,
+                        });
                     }
                     Err(_) => {
                         return Err(Error::unavailable(
