@@ -191,9 +191,9 @@ pub enum Verdict {
 /// Accepts or refuses a manifest before it is cached or served.
 #[async_trait]
 pub trait Admission: Send + Sync + fmt::Debug {
-    /// A [`Verdict`] admits; an error refuses: [`Error::Denied`] reaches
+    /// A [`Verdict`] admits; an error refuses: [`Error::Denied`](crate::Error::Denied) reaches
     /// the client as `403 DENIED` with the reason, and any other error
-    /// (say [`Error::Unavailable`] while a verdict is not known yet) with
+    /// (say [`Error::Unavailable`](crate::Error::Unavailable) while a verdict is not known yet) with
     /// its own status.
     async fn admit(&self, req: &AdmissionRequest<'_>) -> crate::Result<Verdict>;
 

@@ -157,7 +157,7 @@ const MAX_SCOPED: usize = 4096;
 
 /// Short-lived pull credentials scoped to one repository, issued to
 /// vulnerability scanners so they pull what they scan through this cache
-/// (as [`Caller::Scanner`]). The credential is `Basic` with user `scanner`
+/// (as [`Caller::Scanner`](cache_core::Caller::Scanner)). The credential is `Basic` with user `scanner`
 /// and a random 256-bit password (scanners built on go-containerregistry
 /// send Basic credentials as-is); the same password as a `Bearer` token is
 /// accepted too. Only a hash of each password is kept, in a bounded map;
