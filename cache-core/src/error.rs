@@ -272,6 +272,9 @@ pub enum Error {
     Denied {
         /// Details, e.g. the admission hook's reason.
         reason: String,
+        /// Structured details for the OCI error body's `detail` (the
+        /// findings that refused an image, say), if any.
+        detail: Option<Box<serde_json::Value>>,
     },
     /// The operation is not supported (a push, a method other than
     /// `GET`/`HEAD`): HTTP 405.
@@ -472,6 +475,25 @@ impl Error {
     pub fn denied(reason: impl Into<String>) -> Self {
         Error::Denied {
             reason: reason.into(),
+            detail: None,
+        }
+    }
+
+    /// An [`Error::Denied`] with structured details, which the pull API
+    /// puts in the OCI error body's `detail`.
+    pub fn denied_with(reason: impl Into<String>, detail: serde_json::Value) -> Self {
+        Error::Denied {
+            reason: reason.into(),
+            detail: Some(Box::new(detail)),
+        }
+    }
+
+    /// The structured details of the error, for the OCI error body's
+    /// `detail` (`None`: `null`).
+    pub fn detail(&self) -> Option<&serde_json::Value> {
+        match self {
+            Error::Denied { detail, .. } => detail.as_deref(),
+            _ => None,
         }
     }
 

@@ -522,10 +522,15 @@ pub fn catalog_response(page: &Catalog, limit: Option<usize>) -> Response<Bytes>
     r
 }
 
-/// An OCI error body: `{"errors":[{"code":..,"message":..,"detail":..}]}`.
+/// An OCI error body: `{"errors":[{"code":..,"message":..,"detail":null}]}`.
 pub fn error_body(code: &str, message: &str) -> Bytes {
+    error_body_with(code, message, None)
+}
+
+/// An OCI error body with `detail` (`null` for `None`).
+pub fn error_body_with(code: &str, message: &str, detail: Option<&serde_json::Value>) -> Bytes {
     Bytes::from(
-        serde_json::json!({"errors": [{"code": code, "message": message, "detail": null}]})
+        serde_json::json!({"errors": [{"code": code, "message": message, "detail": detail}]})
             .to_string(),
     )
 }
@@ -537,7 +542,7 @@ pub fn error_response(e: &Error) -> Response<Bytes> {
     let status = e.http_status();
     let mut r = response(
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        error_body(code.as_str(), &e.to_string()),
+        error_body_with(code.as_str(), &e.to_string(), e.detail()),
     );
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1145,12 +1145,22 @@ impl Admission for ScanGate {
             }
         );
         match policy.mode {
-            GateMode::Enforce => Err(Error::denied(format!(
-                "{} {} refused by the vulnerability policy of rule {:?}: {reason}",
-                req.repository,
-                req.reference,
-                req.rule.name()
-            ))),
+            GateMode::Enforce => Err(Error::denied_with(
+                format!(
+                    "{} {} refused by the vulnerability policy of rule {:?}: {reason}",
+                    req.repository,
+                    req.reference,
+                    req.rule.name()
+                ),
+                serde_json::json!({
+                    "rule": req.rule.name(),
+                    "scanner": policy.scanner,
+                    "digest": d.as_str(),
+                    "deny_severity": policy.deny_severity,
+                    "denying": bad.len(),
+                    "findings": bad.iter().take(TOP_FINDINGS).collect::<Vec<_>>(),
+                }),
+            )),
             GateMode::Audit => Ok(Verdict::AuditOnly { reason, fresh }),
         }
     }

@@ -173,7 +173,7 @@ impl PullThroughCache {
                     fresh,
                 ),
                 Err(e) => {
-                    if let Error::Denied { reason } = &e {
+                    if let Error::Denied { reason, .. } = &e {
                         self.audit(
                             ctx,
                             reference,
