@@ -920,7 +920,8 @@ impl GateInner {
             return;
         }
         match cache.revoke_grants(repository, d).await {
-            Ok(()) => {
+            Ok(false) => {}
+            Ok(true) => {
                 tracing::info!(target: "audit", rule, repository = %repository, digest = %d, "denied by a scan: grants withdrawn")
             }
             Err(e) => {
@@ -975,6 +976,17 @@ impl GateInner {
             };
             if now.duration_since(rec.scanned_at()).unwrap_or_default() < every {
                 self.remember((scanner.to_owned(), d.clone()), rec);
+                continue;
+            }
+            // Only what the cache holds is rescanned. A verdict on a
+            // manifest it does not hold (gc removed it, or it was refused
+            // and never kept) goes: its next pull is scanned afresh.
+            if self.store.stat(&d).await?.is_none() {
+                self.store.delete_meta(&key).await?;
+                self.remembered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(scanner.to_owned(), d.clone()));
                 continue;
             }
             let Ok(repo) = RepoName::parse(&rec.repository) else {

@@ -90,19 +90,28 @@ impl Inner {
         Ok(())
     }
 
-    /// Withdraws `repo`'s grants to what a manifest vouches for. Digests
-    /// another manifest of `repo` shares are granted again when that
-    /// manifest is next admitted.
+    /// Withdraws `repo`'s grants to what a manifest vouches for, if it
+    /// has them: whether it had. A manifest's grants are written together,
+    /// so the first one (its config, for an image) answers for all: one
+    /// grant read when there is nothing to withdraw. Digests another
+    /// manifest of `repo` shares are granted again when that manifest is
+    /// next admitted.
     pub(crate) async fn revoke_referenced(
         &self,
         repo: &RepoName,
         parsed: &ParsedManifest,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let Some(first) = vouched_by(parsed).next() else {
+            return Ok(false);
+        };
+        if !self.is_entitled(repo, first).await? {
+            return Ok(false);
+        }
         for d in vouched_by(parsed) {
             self.hot.forget_entitled(repo, d);
             self.store.delete_meta(&keys::entitlement(repo, d)).await?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -112,10 +121,11 @@ impl PullThroughCache {
     /// admission hook whose verdict on it turned to a refusal after it was
     /// served (a vulnerability found by a rescan): under a rule that gives
     /// clients blobs only as parts of admitted manifests, its layers are
-    /// then refused by digest too. `Ok` when the manifest is not stored.
-    pub async fn revoke_grants(&self, repo: &RepoName, manifest: &Digest) -> Result<()> {
+    /// then refused by digest too. Whether there were grants to withdraw
+    /// (`false` too when the manifest is not stored).
+    pub async fn revoke_grants(&self, repo: &RepoName, manifest: &Digest) -> Result<bool> {
         let Some(m) = self.load_manifest(manifest).await? else {
-            return Ok(());
+            return Ok(false);
         };
         let parsed = ParsedManifest::parse(&m.bytes)?;
         self.inner.revoke_referenced(repo, &parsed).await

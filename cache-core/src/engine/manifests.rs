@@ -199,12 +199,6 @@ impl PullThroughCache {
         if !ctx.restricts_blobs() {
             return;
         }
-        let Some(first) = super::entitlement::vouched_by(parsed).next() else {
-            return;
-        };
-        if !matches!(self.inner.is_entitled(&ctx.local, first).await, Ok(true)) {
-            return;
-        }
         if let Err(e) = self.inner.revoke_referenced(&ctx.local, parsed).await {
             tracing::warn!(repository = %ctx.local, error = %e, "withdrawing the grants of a refused manifest failed");
         }
