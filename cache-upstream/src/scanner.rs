@@ -548,6 +548,50 @@ pub trait PullCredentials: Send + Sync + fmt::Debug {
 
 type Flight = Shared<BoxFuture<'static, std::result::Result<ScanRecord, ScanError>>>;
 
+/// Scanner names counted by name; more count under `other`.
+const MAX_COUNTED_SCANNERS: usize = 64;
+
+/// Scans finished and failed, by scanner, and scans in progress: for
+/// metrics. One set may be shared by the gates a server replaces on
+/// reload ([`ScanGate::with_counters`]), so the counts only grow.
+#[derive(Debug, Default)]
+pub struct ScanCounters {
+    by_scanner: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
+    in_progress: std::sync::atomic::AtomicUsize,
+}
+
+impl ScanCounters {
+    fn count(&self, scanner: &str, ok: bool) {
+        let mut m = self.by_scanner.lock().unwrap_or_else(|p| p.into_inner());
+        let name = if m.contains_key(scanner) || m.len() < MAX_COUNTED_SCANNERS {
+            scanner
+        } else {
+            "other"
+        };
+        let e = m.entry(name.to_owned()).or_default();
+        if ok {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
+
+    /// Per scanner: scans finished, scans failed.
+    pub fn by_scanner(&self) -> Vec<(String, u64, u64)> {
+        self.by_scanner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, (ok, failed))| (k.clone(), *ok, *failed))
+            .collect()
+    }
+
+    /// Scans in progress.
+    pub fn in_progress(&self) -> usize {
+        self.in_progress.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The admission hook: see the module docs. Clones share one gate.
 #[derive(Debug, Clone)]
 pub struct ScanGate {
@@ -562,6 +606,7 @@ struct GateInner {
     remembered: Mutex<HashMap<(String, Digest), (ScanRecord, std::time::Instant)>>,
     cache: std::sync::OnceLock<cache_core::WeakCache>,
     flights: Mutex<HashMap<(String, Digest), Flight>>,
+    counters: Arc<ScanCounters>,
 }
 
 impl fmt::Debug for GateInner {
@@ -624,8 +669,23 @@ impl ScanGate {
                 remembered: Mutex::new(HashMap::new()),
                 cache: std::sync::OnceLock::new(),
                 flights: Mutex::new(HashMap::new()),
+                counters: Arc::default(),
             }),
         })
+    }
+
+    /// Counts into `counters` (shared with the gate this one replaces, so
+    /// the counts survive a reload). Only before the gate is cloned.
+    pub fn with_counters(mut self, counters: Arc<ScanCounters>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.counters = counters;
+        }
+        self
+    }
+
+    /// Scans finished and failed, and in progress.
+    pub fn counters(&self) -> &Arc<ScanCounters> {
+        &self.inner.counters
     }
 
     /// Lets the gate withdraw grants from `cache` (which it admits for):
@@ -838,8 +898,16 @@ impl GateInner {
             d.clone(),
             mime_type.to_owned(),
         );
+        let counters = self.counters.clone();
+        counters
+            .in_progress
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let job = async move {
             let r = this.run_scan(&scanner_name, &repo, &digest, &mt).await;
+            this.counters.count(&scanner_name, r.is_ok());
+            this.counters
+                .in_progress
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             this.flights
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

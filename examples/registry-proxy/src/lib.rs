@@ -27,7 +27,7 @@ use cache_core::{BlobStore, CacheBuilder, CacheOptions, EventSink, PullThroughCa
 use cache_store::{FsStore, FsStoreOptions, MemoryStore, ObjectBlobStore};
 use cache_upstream::{ClientOptions, RegistryClient};
 
-use cache_upstream::scanner::{ScanGate, ScannerClient};
+use cache_upstream::scanner::{ScanCounters, ScanGate, ScannerClient};
 
 use crate::auth::ScopedTokens;
 use crate::config::{Config, ConfigError, Storage};
@@ -137,14 +137,24 @@ pub struct Wired {
     pub gate: Option<ScanGate>,
 }
 
+/// What the server lends its vulnerability gates, kept across reloads:
+/// the credentials their scanners are issued, and where scans are counted.
+#[derive(Debug, Clone, Default)]
+pub struct GateServices {
+    /// Scoped pull credentials the server accepts.
+    pub credentials: Arc<ScopedTokens>,
+    /// Scans finished, failed and in progress, for `/metrics`.
+    pub counters: Arc<ScanCounters>,
+}
+
 /// What a vulnerability gate needs besides the configuration: the store
-/// its findings are kept in and the credentials its scanners pull with.
+/// its findings are kept in, and the server's services.
 #[derive(Debug, Clone)]
 pub struct GateParts {
     /// The cache's store.
     pub store: Arc<dyn BlobStore>,
-    /// Scoped pull credentials the server accepts.
-    pub credentials: Arc<ScopedTokens>,
+    /// Credentials and counters.
+    pub services: GateServices,
 }
 
 /// The vulnerability gate the configuration describes, if it has
@@ -168,9 +178,9 @@ pub fn scan_gate(cfg: &Config, parts: &GateParts) -> Result<Option<ScanGate>, Co
         clients,
         cfg.scan_policies.clone(),
         parts.store.clone(),
-        parts.credentials.clone(),
+        parts.services.credentials.clone(),
     )
-    .map(Some)
+    .map(|g| Some(g.with_counters(parts.services.counters.clone())))
     .map_err(ConfigError)
 }
 
@@ -249,17 +259,17 @@ pub fn wiring(cfg: &Config, gate: Option<&GateParts>) -> Result<Wired, ConfigErr
 }
 
 /// Builds the cache the configuration describes on `store` (with the
-/// vulnerability gate when `credentials` are given); and its registry
-/// clients and gate.
+/// vulnerability gate when the server lends it `services`); and its
+/// registry clients and gate.
 pub fn build_cache(
     cfg: &Config,
     store: Arc<dyn BlobStore>,
     events: Arc<dyn EventSink>,
-    credentials: Option<Arc<ScopedTokens>>,
+    services: Option<GateServices>,
 ) -> Result<(PullThroughCache, Clients, Option<ScanGate>), ConfigError> {
-    let parts = credentials.map(|credentials| GateParts {
+    let parts = services.map(|services| GateParts {
         store: store.clone(),
-        credentials,
+        services,
     });
     let w = wiring(cfg, parts.as_ref())?;
     w.builder

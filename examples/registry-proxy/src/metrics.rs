@@ -28,6 +28,8 @@ pub struct Metrics {
     /// rules by name, the rest as `other`.
     admissions: Mutex<BTreeMap<(String, &'static str), u64>>,
     clients: Mutex<crate::Clients>,
+    /// Vulnerability scans, counted by the gates.
+    pub scans: std::sync::Arc<cache_upstream::scanner::ScanCounters>,
 }
 
 fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
@@ -188,6 +190,20 @@ impl Metrics {
                 "registry_proxy_admissions_total{{rule=\"{rule}\",outcome=\"{outcome}\"}} {v}"
             );
         }
+        out.push_str("# HELP registry_proxy_scans_total Vulnerability scans by scanner and outcome (finished, failed).\n# TYPE registry_proxy_scans_total counter\n");
+        for (scanner, finished, failed) in self.scans.by_scanner() {
+            for (outcome, v) in [("finished", finished), ("failed", failed)] {
+                let _ = writeln!(
+                    out,
+                    "registry_proxy_scans_total{{scanner=\"{scanner}\",outcome=\"{outcome}\"}} {v}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP registry_proxy_scans_in_progress Vulnerability scans running now.\n# TYPE registry_proxy_scans_in_progress gauge\nregistry_proxy_scans_in_progress {}",
+            self.scans.in_progress()
+        );
         out.push_str("# HELP registry_proxy_peer_fetches_total Blob fetches that found another instance fetching the same digest (shared object store), by how they ended.\n# TYPE registry_proxy_peer_fetches_total counter\n");
         for (outcome, v) in [
             (PeerFetch::Published, &c.peer_published),

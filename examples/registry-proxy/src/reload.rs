@@ -18,7 +18,7 @@ use cache_core::PullThroughCache;
 
 use cache_upstream::scanner::ScanGate;
 
-use crate::auth::{PullAuth, ScopedTokens};
+use crate::auth::PullAuth;
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::metrics::Metrics;
 
@@ -31,7 +31,7 @@ pub struct Reloader {
     auth: Arc<ArcSwapOption<PullAuth>>,
     metrics: Arc<Metrics>,
     certificates: Option<Arc<crate::tls::Certificates>>,
-    credentials: Arc<ScopedTokens>,
+    services: crate::GateServices,
     gate: ArcSwapOption<ScanGate>,
 }
 
@@ -62,16 +62,17 @@ impl Reloader {
             auth,
             metrics,
             certificates: None,
-            credentials: Arc::new(ScopedTokens::new()),
+            services: crate::GateServices::default(),
             gate: ArcSwapOption::empty(),
         }
     }
 
-    /// The vulnerability gate in force, and the scoped credentials its
-    /// scanners are issued (the server's).
-    pub fn with_gate(mut self, gate: Option<ScanGate>, credentials: Arc<ScopedTokens>) -> Self {
+    /// The vulnerability gate in force, and what the server lends the
+    /// gates a reload makes (the credentials their scanners are issued,
+    /// the scan counters).
+    pub fn with_gate(mut self, gate: Option<ScanGate>, services: crate::GateServices) -> Self {
         self.gate = ArcSwapOption::from(gate.map(Arc::new));
-        self.credentials = credentials;
+        self.services = services;
         self
     }
 
@@ -105,7 +106,7 @@ impl Reloader {
         let new = read(&self.path)?;
         let parts = crate::GateParts {
             store: self.cache.store().clone(),
-            credentials: self.credentials.clone(),
+            services: self.services.clone(),
         };
         let wired = crate::wiring(&new, Some(&parts)).map_err(|e| e.to_string())?;
         // A scanner that answers and cannot scan images is refused, as at

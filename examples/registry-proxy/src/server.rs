@@ -131,8 +131,11 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         }
     };
     let metrics = Arc::new(Metrics::default());
-    let scoped = Arc::new(ScopedTokens::new());
-    let (cache, gate) = match build_cache(&cfg, store, metrics.clone(), Some(scoped.clone())) {
+    let services = crate::GateServices {
+        credentials: Arc::new(ScopedTokens::new()),
+        counters: metrics.scans.clone(),
+    };
+    let (cache, gate) = match build_cache(&cfg, store, metrics.clone(), Some(services.clone())) {
         Ok((cache, clients, gate)) => {
             metrics.set_clients(clients);
             (cache, gate)
@@ -181,7 +184,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
             cfg.auth.clone().map(|a| Arc::new(PullAuth::new(a))),
         )),
         draining: Arc::new(AtomicBool::new(false)),
-        scoped: scoped.clone(),
+        scoped: services.credentials.clone(),
     };
     // What serving needs of the configuration, before the reloader owns it
     // (holding a copy here would keep the first rule set alive after a reload).
@@ -229,7 +232,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     let reloader = Arc::new(
         Reloader::new(path, cfg, cache, state.auth.clone(), metrics)
             .with_certificates(certificates)
-            .with_gate(gate, scoped),
+            .with_gate(gate, services),
     );
     crate::release_freed_memory();
     reload_on_sighup(reloader.clone());
