@@ -1344,3 +1344,123 @@ mod tests {
         assert_eq!(pick_report_type(&serde_json::json!({})), None);
     }
 }
+
+/// The client against a scanner that misbehaves: every answer it gives is
+/// bounded or refused with a message, never a hang or a crash.
+#[cfg(test)]
+mod hostile_scanner {
+    use super::*;
+    use axum::http::StatusCode as S;
+    use axum::response::IntoResponse;
+
+    /// Serves `app` on 127.0.0.1 for the test's lifetime: its base URL.
+    async fn serve(app: axum::Router) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app).await;
+        });
+        format!("http://{addr}")
+    }
+
+    fn client(url: &str) -> ScannerClient {
+        ScannerClient::new("hostile", url, None, "http://127.0.0.1:5000").unwrap()
+    }
+
+    fn target() -> ScanTarget {
+        ScanTarget {
+            registry_url: "http://127.0.0.1:5000".into(),
+            authorization: Secret::new("Basic eDp5"),
+            repository: RepoName::parse("library/app").unwrap(),
+            digest: Digest::sha256_of(b"m"),
+            mime_type: IMAGE_MANIFEST_TYPES[0].into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_answers_bad_ids_and_endless_polling_are_refused() {
+        let huge = "x".repeat(MAX_ANSWER + 1);
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/metadata",
+                axum::routing::get(move || {
+                    let huge = huge.clone();
+                    async move { huge }
+                }),
+            )
+            .route(
+                "/api/v1/scan",
+                axum::routing::post(|| async {
+                    (S::ACCEPTED, r#"{"id":"../../admin"}"#).into_response()
+                }),
+            )
+            .route(
+                "/api/v1/scan/{id}/report",
+                axum::routing::get(|| async {
+                    // Not ready, and says to ask again at once, forever.
+                    (S::FOUND, [("Refresh-After", "0")]).into_response()
+                }),
+            );
+        let c = client(&serve(app).await);
+        let e = c.metadata().await.unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+        let e = c.scan(&target()).await.unwrap_err().0;
+        assert!(e.contains("no usable id"), "{e}");
+        let started = tokio::time::Instant::now();
+        let e = c.report("abc", Duration::from_secs(3)).await.unwrap_err().0;
+        assert!(e.contains("not ready within"), "{e}");
+        // Refresh-After 0 is read as 1 s: three polls at most, not a spin.
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn reports_are_checked_and_bounded() {
+        let many: Vec<serde_json::Value> = (0..2000)
+            .map(|i| {
+                let severity = if i % 1000 == 7 { "Critical" } else { "Low" };
+                serde_json::json!({"id": format!("CVE-{i}"), "severity": severity, "package": "p".repeat(1000)})
+            })
+            .collect();
+        let report = serde_json::json!({ "vulnerabilities": many }).to_string();
+        let app = axum::Router::new().route(
+            "/api/v1/scan/{id}/report",
+            axum::routing::get(
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    let report = report.clone();
+                    async move {
+                        match id.as_str() {
+                            "many" => report.into_response(),
+                            "dire" => r#"{"vulnerabilities":[{"id":"X","severity":"Dire"}]}"#
+                                .into_response(),
+                            "html" => "<html>".into_response(),
+                            _ => S::NOT_FOUND.into_response(),
+                        }
+                    }
+                },
+            ),
+        );
+        let c = client(&serve(app).await);
+        let f = c.report("many", Duration::from_secs(5)).await.unwrap();
+        assert_eq!(f.len(), MAX_FINDINGS);
+        assert_eq!(
+            f.iter()
+                .take(2)
+                .map(|f| (f.id.as_str(), f.severity))
+                .collect::<Vec<_>>(),
+            [
+                ("CVE-1007", Severity::Critical),
+                ("CVE-7", Severity::Critical)
+            ],
+            "the most severe are kept"
+        );
+        assert!(f.iter().all(|f| f.package.len() <= 200));
+        for (id, says) in [
+            ("dire", "no known severity"),
+            ("html", "not JSON"),
+            ("gone", "HTTP 404"),
+        ] {
+            let e = c.report(id, Duration::from_secs(5)).await.unwrap_err().0;
+            assert!(e.contains(says), "{id}: {e}");
+        }
+    }
+}
