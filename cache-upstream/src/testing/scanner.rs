@@ -4,9 +4,9 @@
 //! background), `GET /api/v1/scan/{id}/report` (`302` with `Refresh-After`
 //! until ready, then Harbor's vulnerability report).
 //!
-//! A scan pulls the manifest and its config **from the registry the request
-//! names, with the `Authorization` it carries** (as a real adapter does),
-//! checks both against their digests, and finds the packages listed in the
+//! A scan pulls the manifest, its config and its layers **from the registry
+//! the request names, with the `Authorization` it carries** (as a real
+//! adapter does), checks each against its digest, and finds the packages listed in the
 //! config label `org.example.packages` (`"openssl 3.0.1, zlib 1.2.13"`).
 //! Its vulnerability database maps package names to advisories; a test
 //! changes it with [`TestScanner::advise`] (a new CVE published). With
@@ -341,6 +341,19 @@ async fn scan(
     )
     .await?;
     let c: Value = serde_json::from_slice(&config).map_err(|e| format!("config: {e}"))?;
+    // Every layer too, as a real scanner unpacks the image.
+    for layer in m["layers"].as_array().into_iter().flatten() {
+        let d = layer["digest"]
+            .as_str()
+            .ok_or("manifest: a layer without a digest")?;
+        fetch(
+            "layer",
+            format!("/v2/{}/blobs/{d}", seen.repository),
+            "*/*".into(),
+            d.to_owned(),
+        )
+        .await?;
+    }
     let packages = c["config"]["Labels"][PACKAGES_LABEL]
         .as_str()
         .unwrap_or("")
