@@ -295,6 +295,34 @@ impl Drop for Proc {
     }
 }
 
+/// A `registry-proxy` (`bin`) on a free loopback port with the
+/// configuration `body` (its `listen` added), in a directory of its own,
+/// logging at `rust_log` to nowhere; answered once it answers `/v2/`.
+pub fn registry_proxy(bin: &Path, body: &str, rust_log: &str) -> Result<(Proc, u16), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = cache_upstream::testing::free_port();
+    let cfg = format!("listen = \"127.0.0.1:{port}\"\n{body}");
+    std::fs::write(dir.path().join("proxy.toml"), cfg).map_err(|e| e.to_string())?;
+    let child = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(dir.path().join("proxy.toml"))
+        .env("RUST_LOG", rust_log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let p = Proc { child, _dir: dir };
+    wait_http(port, "/v2/")?;
+    Ok((p, port))
+}
+
+/// The median of `v` (the upper one for an even count); `v` is sorted.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 /// Waits (at most 15 s) until something answers HTTP on `port`.
 pub fn wait_http(port: u16, path: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(15);

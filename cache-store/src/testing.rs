@@ -44,6 +44,30 @@ fn azurite_bin() -> Result<PathBuf, String> {
     })
 }
 
+/// Waits until `child` listens on 127.0.0.1:`port`: an error if it exits
+/// first or does not within `within`.
+fn wait_listening(
+    child: &mut std::process::Child,
+    port: u16,
+    name: &str,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{name} exited with {status} before listening"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{name} did not listen on 127.0.0.1:{port} within {} s",
+                within.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// A running Azurite blob service on 127.0.0.1, stopped on drop.
 #[derive(Debug)]
 pub struct Azurite {
@@ -84,18 +108,7 @@ impl Azurite {
             port,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = a.child.try_wait() {
-                return Err(format!("azurite exited with {status} before listening"));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "azurite did not listen on 127.0.0.1:{port} within 30 s"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(&mut a.child, port, "azurite", Duration::from_secs(30))?;
         Ok(a)
     }
 
@@ -219,18 +232,7 @@ impl MotoS3 {
             .spawn()
             .map_err(|e| format!("{}: {e}", bin.display()))?;
         let mut m = MotoS3 { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = m.child.try_wait() {
-                return Err(format!("moto_server exited with {status} before listening"));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "moto_server did not listen on 127.0.0.1:{port} within 60 s"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(&mut m.child, port, "moto_server", Duration::from_secs(60))?;
         Ok(m)
     }
 

@@ -10,11 +10,11 @@
 use std::fmt::Write as _;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use benches::{Proc, cpu_seconds, machine, nginx, vm_hwm_kib, wait_http};
-use cache_upstream::testing::{TestRegistry, free_port, skopeo, write_image};
+use benches::{Proc, cpu_seconds, machine, median, nginx, registry_proxy, vm_hwm_kib};
+use cache_upstream::testing::{TestRegistry, skopeo, write_image};
 use futures::StreamExt;
 
 /// Runs per measurement; `E2E_RUNS` overrides it (for quick looks, not for BENCHMARKS.md).
@@ -59,27 +59,14 @@ fn start(which: Which, up: &TestRegistry, bin: &Path) -> Result<Running, String>
             })
         }
         Which::Ours => {
-            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let port = free_port();
-            let cfg = format!(
-                "listen = \"127.0.0.1:{port}\"\n[storage]\npath = \"store\"\n{extra}[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n[[rule]]\nname = \"bench\"\nsource = \"{h}/bench/*\"\ntarget = \"bench/*\"\n",
+            let body = format!(
+                "[storage]\npath = \"store\"\n{extra}[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n[[rule]]\nname = \"bench\"\nsource = \"{h}/bench/*\"\ntarget = \"bench/*\"\n",
                 h = up.host(),
                 u = up.url(),
                 extra = std::env::var("E2E_STORAGE_EXTRA").unwrap_or_default()
             );
-            std::fs::write(dir.path().join("proxy.toml"), cfg).map_err(|e| e.to_string())?;
-            let child = Command::new(bin)
-                .arg("--config")
-                .arg(dir.path().join("proxy.toml"))
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("{}: {e}", bin.display()))?;
-            let pid = child.id();
-            let p = Proc { child, _dir: dir };
-            wait_http(port, "/v2/")?;
+            let (p, port) = registry_proxy(bin, &body, "warn")?;
+            let pid = p.child.id();
             Ok(Running {
                 port,
                 pid,
@@ -102,11 +89,6 @@ async fn get(client: &reqwest::Client, url: &str) -> Result<(Duration, u64), Str
         n += c.map_err(|e| e.to_string())?.len() as u64;
     }
     Ok((t.elapsed(), n))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 #[derive(Default)]

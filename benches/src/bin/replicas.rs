@@ -13,14 +13,14 @@
 //! missing). `REPLICA_ROUNDS` (default 5) runs per figure; medians are
 //! reported. Loopback only; every run is bounded.
 
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use benches::{Proc, machine, wait_http};
+use benches::{Proc, machine, median, registry_proxy};
 use bytes::Bytes;
 use cache_store::testing::Azurite;
-use cache_upstream::testing::{HostileRegistry, free_port};
+use cache_upstream::testing::HostileRegistry;
 use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
@@ -37,11 +37,6 @@ fn rounds() -> usize {
         .unwrap_or(5)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// A release registry-proxy on the container's `prefix`, named `name`.
 fn proxy(
     bin: &std::path::Path,
@@ -50,31 +45,17 @@ fn proxy(
     prefix: &str,
     name: &str,
 ) -> Result<(Proc, u16), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = free_port();
     let options: String = az
         .options()
         .iter()
         .map(|(k, v)| format!("{k} = \"{v}\"\n"))
         .collect();
-    let cfg = format!(
-        "listen = \"127.0.0.1:{port}\"\n[storage]\nbackend = \"object\"\nurl = \"az://bench/{prefix}\"\nspool = \"spool\"\ninstance_name = \"{name}\"\n[storage.options]\n{options}\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n[[rule]]\nname = \"bench\"\nsource = \"{h}/bench/*\"\ntarget = \"bench/*\"\n",
+    let body = format!(
+        "[storage]\nbackend = \"object\"\nurl = \"az://bench/{prefix}\"\nspool = \"spool\"\ninstance_name = \"{name}\"\n[storage.options]\n{options}\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n[[rule]]\nname = \"bench\"\nsource = \"{h}/bench/*\"\ntarget = \"bench/*\"\n",
         h = up.host(),
         u = up.url()
     );
-    std::fs::write(dir.path().join("proxy.toml"), cfg).map_err(|e| e.to_string())?;
-    let child = Command::new(bin)
-        .arg("--config")
-        .arg(dir.path().join("proxy.toml"))
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
-    let p = Proc { child, _dir: dir };
-    wait_http(port, "/v2/")?;
-    Ok((p, port))
+    registry_proxy(bin, &body, "warn")
 }
 
 /// Time to the first body byte and in all (seconds), and bytes read.
@@ -225,10 +206,13 @@ async fn run() -> Result<String, String> {
             rows[row].2.push(WARM_LAYER as f64 / 1048576.0 / r.1);
         }
     }
-    let base = (median(rows[0].1.clone()), median(rows[0].2.clone()));
+    let base = (
+        median(&mut rows[0].1.clone()),
+        median(&mut rows[0].2.clone()),
+    );
     out.push_str("| warm 64 MiB blob | time to first byte | vs direct | throughput | vs direct |\n|---|---|---|---|---|\n");
     for (name, ttfb, mibs) in &rows {
-        let (t, m) = (median(ttfb.clone()), median(mibs.clone()));
+        let (t, m) = (median(&mut ttfb.clone()), median(&mut mibs.clone()));
         out.push_str(&format!(
             "| {name} | {t:.1} ms | {:.2}x | {m:.0} MiB/s | {:.2}x |\n",
             t / base.0,
@@ -267,10 +251,10 @@ async fn run() -> Result<String, String> {
             up.remove_blob(&d);
         }
     }
-    let base = median(cold[0].1.clone());
+    let base = median(&mut cold[0].1.clone());
     out.push_str("\n| cold 32 MiB blob | all clients done | vs one instance | upstream GETs per round |\n|---|---|---|---|\n");
     for (name, secs, gets) in &cold {
-        let s = median(secs.clone());
+        let s = median(&mut secs.clone());
         out.push_str(&format!(
             "| {name} | {:.0} ms | {:.2}x | {} |\n",
             s * 1000.0,

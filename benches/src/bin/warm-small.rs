@@ -14,8 +14,8 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use benches::{Proc, machine, nginx, wait_http};
-use cache_upstream::testing::{TestRegistry, free_port, require, write_image};
+use benches::{Proc, machine, median, nginx, registry_proxy};
+use cache_upstream::testing::{TestRegistry, require, write_image};
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -63,35 +63,14 @@ fn wrk(url: &str, head: bool, accept: bool, secs: u64) -> Result<(f64, f64), Str
     Ok((rps, p99))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn proxy(bin: &Path, up: &TestRegistry) -> Result<(Proc, u16), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = free_port();
-    let cfg = format!(
-        "listen = \"127.0.0.1:{port}\"\n[storage]\npath = \"store\"\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n[[rule]]\nname = \"bench\"\nsource = \"{h}/bench/*\"\ntarget = \"bench/*\"\n",
+    let body = format!(
+        "[storage]\npath = \"store\"\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n[[rule]]\nname = \"bench\"\nsource = \"{h}/bench/*\"\ntarget = \"bench/*\"\n",
         h = up.host(),
         u = up.url()
     );
-    std::fs::write(dir.path().join("proxy.toml"), cfg).map_err(|e| e.to_string())?;
-    let child = Command::new(bin)
-        .arg("--config")
-        .arg(dir.path().join("proxy.toml"))
-        .env(
-            "RUST_LOG",
-            std::env::var("WARM_RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
-    let p = Proc { child, _dir: dir };
-    wait_http(port, "/v2/")?;
-    Ok((p, port))
+    let log = std::env::var("WARM_RUST_LOG").unwrap_or_else(|_| "info".into());
+    registry_proxy(bin, &body, &log)
 }
 
 fn main() -> ExitCode {
@@ -227,8 +206,8 @@ fn run() -> Result<String, String> {
             results[i].1.push(p99);
         }
     }
-    let rps: Vec<f64> = results.iter().map(|r| median(r.0.clone())).collect();
-    let p99: Vec<f64> = results.iter().map(|r| median(r.1.clone())).collect();
+    let rps: Vec<f64> = results.iter().map(|r| median(&mut r.0.clone())).collect();
+    let p99: Vec<f64> = results.iter().map(|r| median(&mut r.1.clone())).collect();
     let mut t = format!(
         "Measured on {}, loopback, by `scripts/bench-warm.sh`: wrk -t2 -c64, {rounds} rounds of {secs} s per case, alternating; medians. Manifest {} B, config blob {config_size} B. Took {} s.\n\n",
         machine(),
@@ -258,7 +237,7 @@ fn run() -> Result<String, String> {
     t.push_str(&format!(
         "\nTag under revalidate vs the same manifest by digest: {:.2}x the throughput; {:.1} upstream HEADs/s for the one hot tag.\n",
         rps[9] / rps[0],
-        median(heads_per_sec)
+        median(&mut heads_per_sec)
     ));
     Ok(t)
 }
