@@ -44,19 +44,7 @@ async fn azurite_passes_the_conformance_suite() {
         let spool = tempfile::tempdir().unwrap();
         harness(store_in(&az, "conformance", name, spool.path()), spool)
     };
-    testing::put_get_stat_delete_list(&h("a")).await;
-    testing::unknown_blob_is_blob_unknown(&h("b")).await;
-    testing::ranged_reads(&h("c")).await;
-    testing::uncommitted_write_is_invisible_and_leaves_nothing(&h("d")).await;
-    testing::concurrent_writers_of_one_digest_both_succeed(&h("e")).await;
-    testing::mismatched_commit_is_refused(&h("f")).await;
-    testing::staged_reader_follows_the_writer(&h("g")).await;
-    testing::write_chunks_appends_in_order(&h("h")).await;
-    testing::metadata_round_trips(&h("i")).await;
-    testing::touch_records_access_time(&h("j")).await;
-    testing::empty_and_sha512_blobs(&h("k")).await;
-    testing::large_reads_in_pieces(&h("l")).await;
-    testing::conditional_metadata_writes(&h("m")).await;
+    testing::all_checks(h).await;
 }
 
 /// The same suite on S3 (moto's server), through the `s3://` URL a user
@@ -76,19 +64,7 @@ async fn s3_on_moto_passes_the_conformance_suite() {
         .unwrap();
         harness(store, spool)
     };
-    testing::put_get_stat_delete_list(&h("a")).await;
-    testing::unknown_blob_is_blob_unknown(&h("b")).await;
-    testing::ranged_reads(&h("c")).await;
-    testing::uncommitted_write_is_invisible_and_leaves_nothing(&h("d")).await;
-    testing::concurrent_writers_of_one_digest_both_succeed(&h("e")).await;
-    testing::mismatched_commit_is_refused(&h("f")).await;
-    testing::staged_reader_follows_the_writer(&h("g")).await;
-    testing::write_chunks_appends_in_order(&h("h")).await;
-    testing::metadata_round_trips(&h("i")).await;
-    testing::touch_records_access_time(&h("j")).await;
-    testing::empty_and_sha512_blobs(&h("k")).await;
-    testing::large_reads_in_pieces(&h("l")).await;
-    testing::conditional_metadata_writes(&h("m")).await;
+    testing::all_checks(h).await;
 }
 
 async fn read(store: &dyn BlobStore, d: &Digest, range: Option<ByteRange>) -> Vec<u8> {

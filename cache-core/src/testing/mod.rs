@@ -437,6 +437,26 @@ pub async fn conditional_metadata_writes(h: &Harness) {
     assert_eq!(s.get_meta(&racing).await.unwrap().unwrap(), vec![winner]);
 }
 
+/// Runs every conformance check in turn, each on a fresh harness `make`
+/// gives for a name of its own (for stores whose setup is costly, such as
+/// an emulator shared by all checks). The list is the one
+/// [`blob_store_conformance!`](crate::blob_store_conformance) expands.
+pub async fn all_checks(make: impl Fn(&str) -> Harness) {
+    put_get_stat_delete_list(&make("a")).await;
+    unknown_blob_is_blob_unknown(&make("b")).await;
+    ranged_reads(&make("c")).await;
+    uncommitted_write_is_invisible_and_leaves_nothing(&make("d")).await;
+    concurrent_writers_of_one_digest_both_succeed(&make("e")).await;
+    mismatched_commit_is_refused(&make("f")).await;
+    staged_reader_follows_the_writer(&make("g")).await;
+    write_chunks_appends_in_order(&make("h")).await;
+    metadata_round_trips(&make("i")).await;
+    touch_records_access_time(&make("j")).await;
+    empty_and_sha512_blobs(&make("k")).await;
+    large_reads_in_pieces(&make("l")).await;
+    conditional_metadata_writes(&make("m")).await;
+}
+
 /// Expands to one `#[tokio::test]` per conformance check. The argument is
 /// an async function returning a [`Harness`]; the caller's crate needs
 /// `tokio` with the `macros` and `rt` features.
