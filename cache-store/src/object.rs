@@ -476,8 +476,11 @@ impl BlobStore for ObjectBlobStore {
                 .put(&record, PutPayload::new())
                 .await
                 .map_err(|e| os_err("touch", &record, e))?;
+            // Only older records go (names are zero-padded milliseconds):
+            // a touch racing this one, here or on another instance, may
+            // have written a later one, and the latest must survive.
             for (rest, m) in old {
-                if rest.first().map(String::as_str) != Some(name.as_str()) {
+                if rest.first().is_some_and(|r| r.as_str() < name.as_str()) {
                     delete_quietly(&*self.inner.store, &m.location).await?;
                 }
             }

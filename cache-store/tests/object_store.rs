@@ -186,3 +186,47 @@ async fn a_reader_slower_than_the_request_timeout_still_reads_everything() {
     }
     assert!(got == data[..]);
 }
+
+/// Instances on one store record accesses to a blob at the same time (a
+/// reader's renewal on one, a read starting on another): however their
+/// requests interleave, the latest access stays recorded, so gc elsewhere
+/// never takes a blob in use for an idle one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_touches_from_two_instances_keep_the_latest_access() {
+    let az = azurite();
+    az.create_container("touches").unwrap();
+    let spools = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let stores: Vec<Arc<ObjectBlobStore>> = spools
+        .iter()
+        .map(|s| Arc::new(store_in(&az, "touches", "shared", s.path())))
+        .collect();
+    let data = content(21, 1000);
+    let d = Digest::sha256_of(&data);
+    stores[0].put(&d, data).await.unwrap();
+    // Far from now, so the blob's own modification time cannot pass for it.
+    // Whole milliseconds: access records keep milliseconds.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let base = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms + 86_400_000);
+    for round in 0..20u64 {
+        let times: Vec<std::time::SystemTime> = (0..8u64)
+            .map(|i| base + std::time::Duration::from_millis(round * 100 + i))
+            .collect();
+        let touches = times.iter().enumerate().map(|(i, t)| {
+            let (s, d, t) = (stores[i % 2].clone(), d.clone(), *t);
+            tokio::spawn(async move { s.touch(&d, t).await.unwrap() })
+        });
+        for t in futures::future::join_all(touches).await {
+            assert!(t.unwrap(), "the blob exists");
+        }
+        let listed: Vec<_> = stores[1].list_all().await.unwrap();
+        let info = listed.iter().find(|b| b.digest == d).unwrap();
+        assert_eq!(
+            info.last_access,
+            times.iter().max().copied(),
+            "round {round}: the latest access is recorded"
+        );
+    }
+}
