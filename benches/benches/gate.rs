@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use cache_core::PullCredentials;
 use cache_core::testing::{FakeUpstream, content};
 use cache_core::{
     Accept, BlobStore, MetaKey, PullThroughCache, Reference, RepoName, RuleSet, RuleSpec, Tag,
@@ -16,7 +17,7 @@ use cache_core::{
 use cache_store::MemoryStore;
 use cache_upstream::Secret;
 use cache_upstream::scanner::{
-    GateMode, OnScannerError, PullCredentials, ScanGate, ScanPolicy, ScannerClient, Severity,
+    GateMode, OnScannerError, ScanGate, ScanPolicy, ScannerClient, Severity,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::StreamExt;

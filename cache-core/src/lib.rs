@@ -65,6 +65,7 @@ pub mod protocol;
 mod range;
 pub mod rules;
 pub mod runtime;
+mod secret;
 mod store;
 mod upstream;
 mod verify;
@@ -83,12 +84,13 @@ pub use names::{
     DOCKER_HUB, DOCKER_HUB_API_HOST, ImageRef, MAX_NAME_LEN, Reference, Registry, RepoName, Tag,
 };
 pub use policy::{
-    Admission, AdmissionRequest, Caller, MaxImageSize, PlatformAllowList, RulePolicy,
-    SignatureMode, SignaturePolicy, TagFreshness, Verdict,
+    Admission, AdmissionRequest, Caller, MaxImageSize, PlatformAllowList, PullCredentials,
+    RulePolicy, SignatureMode, SignaturePolicy, TagFreshness, Verdict,
 };
 pub use range::ByteRange;
 pub use rules::{Explanation, Resolved, Rule, RuleSet, RuleSpec};
 pub use runtime::{Clock, Spawner};
+pub use secret::Secret;
 pub use store::{
     BlobInfo, BlobPayload, BlobRead, BlobStore, BlobStoreExt, ByteStream, FileSpan, MetaKey,
     StagedBlob, StagedReader,

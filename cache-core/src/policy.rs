@@ -166,6 +166,15 @@ pub enum Caller {
     },
 }
 
+/// Makes short-lived pull credentials for one repository: what a server
+/// accepts as [`Caller::Scanner`] for that repository only. A vulnerability
+/// scanner is handed one to pull the image it scans through the cache.
+pub trait PullCredentials: Send + Sync + fmt::Debug {
+    /// An `Authorization` header value that pulls `repository`, and nothing
+    /// else, for `ttl`; after that the server refuses it.
+    fn issue(&self, repository: &RepoName, ttl: Duration) -> crate::Secret;
+}
+
 /// What an admission hook decided, when it did not refuse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

@@ -7,35 +7,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub use cache_core::Secret;
 use cache_core::{Error, Result};
-
-/// A secret string. `Debug` and `Display` print `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    /// The secret itself; keep it out of logs.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 /// Where a password comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,11 +26,11 @@ impl PasswordSource {
     pub fn resolve(&self) -> Result<Secret> {
         match self {
             PasswordSource::Value(s) => Ok(s.clone()),
-            PasswordSource::Env(var) => std::env::var(var).map(Secret).map_err(|_| {
+            PasswordSource::Env(var) => std::env::var(var).map(Secret::new).map_err(|_| {
                 Error::misconfigured(format!("environment variable {var} is not set"))
             }),
             PasswordSource::File(p) => std::fs::read_to_string(p)
-                .map(|s| Secret(s.trim_end_matches(['\n', '\r']).to_owned()))
+                .map(|s| Secret::new(s.trim_end_matches(['\n', '\r']).to_owned()))
                 .map_err(|e| {
                     Error::misconfigured(format!("cannot read password file {}: {e}", p.display()))
                 }),

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, header};
 use sha2::{Digest as _, Sha256};
 
+use cache_core::PullCredentials;
 use cache_core::RepoName;
 use cache_upstream::Secret;
-use cache_upstream::scanner::PullCredentials;
 
 use crate::config::AuthConfig;
 
