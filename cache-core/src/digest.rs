@@ -277,11 +277,84 @@ mod tests {
         }
 
         #[test]
-        fn whatever_parses_is_a_safe_path_component(s in "(sha256|sha512|md5):[0-9a-fA-F./]{0,130}") {
-            if let Ok(d) = Digest::parse(&s) {
-                prop_assert!(d.hex().bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-                prop_assert_eq!(d.hex().len(), d.algorithm().hex_len());
+        fn parse_agrees_with_a_naive_reference_and_what_parses_is_a_safe_path_component(s in digest_like()) {
+            match Digest::parse(&s) {
+                Ok(d) => {
+                    prop_assert!(naive_valid(&s), "accepted {s:?}");
+                    prop_assert!(d.hex().bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+                    prop_assert_eq!(d.hex().len(), d.algorithm().hex_len());
+                    prop_assert_eq!(d.as_str(), s.as_str());
+                }
+                Err(e) => {
+                    prop_assert!(!naive_valid(&s), "refused {s:?}: {e}");
+                    prop_assert!(e.is_client_error());
+                }
             }
         }
+    }
+
+    /// What a digest is, written as plainly as possible: the reference the
+    /// parser is checked against.
+    fn naive_valid(s: &str) -> bool {
+        let Some((alg, hex)) = s.split_once(':') else {
+            return false;
+        };
+        let len = match alg {
+            "sha256" => 64,
+            "sha512" => 128,
+            _ => return false,
+        };
+        hex.len() == len && hex.chars().all(|c| "0123456789abcdef".contains(c))
+    }
+
+    /// Strings shaped like digests: the right algorithms (and wrong ones),
+    /// the right lengths (and off by one), all hex or with one character
+    /// that does not belong, so that valid and invalid digests are both
+    /// common.
+    fn digest_like() -> impl Strategy<Value = String> {
+        let any_alg = prop_oneof![
+            Just("sha256"),
+            Just("sha512"),
+            Just("SHA256"),
+            Just("md5"),
+            Just(""),
+        ];
+        let odd_len = prop_oneof![
+            prop_oneof![Just(63usize), Just(65), Just(127), Just(129), Just(0)],
+            0usize..140,
+        ];
+        let shape = prop_oneof![
+            3 => Just(("sha256", 64usize)),
+            3 => Just(("sha512", 128usize)),
+            2 => (any_alg, odd_len),
+        ];
+        let intruder = proptest::option::weighted(
+            0.4,
+            (
+                any::<prop::sample::Index>(),
+                "[A-Fg-z./:%\\\\ \\x00-\\x1f\\u{e9}]",
+            ),
+        );
+        (shape, "[0-9a-f]{140}", intruder).prop_map(|((alg, len), hex, intruder)| {
+            let mut hex = hex[..len].to_owned();
+            if let Some((at, c)) = intruder
+                && len > 0
+            {
+                let i = at.index(len);
+                hex.replace_range(i..i + 1, &c);
+            }
+            format!("{alg}:{hex}")
+        })
+    }
+
+    #[test]
+    fn the_digest_generator_yields_valid_and_invalid_digests_alike() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = digest_like();
+        let valid = (0..1000)
+            .filter(|_| naive_valid(&strategy.new_tree(&mut runner).unwrap().current()))
+            .count();
+        assert!((150..=850).contains(&valid), "{valid} of 1000 valid");
     }
 }

@@ -153,10 +153,17 @@ mod tests {
 
     proptest! {
         #[test]
-        fn parse_never_panics_and_resolved_spans_lie_inside(h in "\\PC{0,40}", size in 0u64..1000) {
-            if let Ok(r) = ByteRange::parse_http(&h)
-                && let Ok(span) = r.resolve(size)
-            {
+        fn parse_never_panics(h in "\\PC{0,40}", size in 0u64..1000) {
+            if let Ok(r) = ByteRange::parse_http(&h) {
+                let _ = r.resolve(size);
+            }
+        }
+
+        #[test]
+        fn resolved_spans_agree_with_a_naive_reference_and_lie_inside((size, h) in sized_range_like()) {
+            let got = ByteRange::parse_http(&h).and_then(|r| r.resolve(size)).ok();
+            prop_assert_eq!(&got, &naive_span(&h, size), "{:?} of {} bytes", h, size);
+            if let Some(span) = got {
                 prop_assert!(span.start < span.end && span.end <= size);
             }
         }
@@ -166,5 +173,75 @@ mod tests {
             let r = match which { 0 => ByteRange::From(a), 1 => ByteRange::Inclusive(a.min(b), a.max(b)), _ => ByteRange::Suffix(a) };
             prop_assert_eq!(ByteRange::parse_http(&r.to_string()).unwrap(), r);
         }
+    }
+
+    /// RFC 9110's single byte range, as plainly as possible: the reference
+    /// the parser and `resolve` are checked against.
+    fn naive_span(h: &str, size: u64) -> Option<Range<u64>> {
+        let re = regex::Regex::new(r"^\s*bytes=\s*([0-9]*)\s*-\s*([0-9]*)\s*$").unwrap();
+        let c = re.captures(h)?;
+        let num = |i: usize| -> Option<Option<u128>> {
+            let t = c.get(i).unwrap().as_str();
+            if t.is_empty() {
+                Some(None)
+            } else {
+                // Bounds past u64 are refused, not clamped.
+                t.parse::<u64>().ok().map(|n| Some(u128::from(n)))
+            }
+        };
+        let (a, b, size) = (num(1)?, num(2)?, u128::from(size));
+        let (start, end) = match (a, b) {
+            (Some(a), Some(b)) if b >= a => (a, (b + 1).min(size)),
+            (Some(a), None) => (a, size),
+            (None, Some(n)) if n > 0 => (size.saturating_sub(n), size),
+            _ => return None,
+        };
+        (start < end).then_some(start as u64..end as u64)
+    }
+
+    /// Strings shaped like `Range` headers: mostly `bytes=` with bounds
+    /// around the content's size, some with the pieces that make them
+    /// invalid (another unit, two ranges, letters, huge numbers).
+    fn range_like(size: u64) -> impl Strategy<Value = String> {
+        let near = prop_oneof![
+            Just(0),
+            Just(1),
+            Just(size.saturating_sub(1)),
+            Just(size),
+            Just(size + 1),
+            0..size + 2,
+        ];
+        let bound = prop_oneof![
+            8 => near.prop_map(|n| n.to_string()),
+            2 => Just(String::new()),
+            1 => Just("99999999999999999999".to_owned()),
+            1 => "[0-9a-x+]{1,3}",
+        ];
+        let unit = prop_oneof![12 => Just("bytes="), 1 => Just("items="), 1 => Just("bytes")];
+        let pad = prop_oneof![4 => Just(""), 1 => Just(" "), 1 => Just("\t")];
+        let tail = prop_oneof![12 => Just(""), 1 => Just(",0-1"), 1 => Just("-")];
+        (pad.clone(), unit, bound.clone(), pad, bound, tail)
+            .prop_map(|(p, u, a, q, b, t)| format!("{p}{u}{a}{q}-{q}{b}{t}{p}"))
+    }
+
+    /// A content size, and a header shaped for it: bounds at, just inside
+    /// and just outside its edges are as likely as any other.
+    fn sized_range_like() -> impl Strategy<Value = (u64, String)> {
+        prop_oneof![Just(0u64), Just(1), 2u64..1000]
+            .prop_flat_map(|size| (Just(size), range_like(size)))
+    }
+
+    #[test]
+    fn the_range_generator_yields_satisfiable_and_refused_ranges_alike() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = sized_range_like();
+        let spans = (0..1000)
+            .filter(|_| {
+                let (size, h) = strategy.new_tree(&mut runner).unwrap().current();
+                naive_span(&h, size).is_some()
+            })
+            .count();
+        assert!((150..=850).contains(&spans), "{spans} of 1000 satisfiable");
     }
 }
