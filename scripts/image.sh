@@ -17,13 +17,21 @@ done
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 target=x86_64-unknown-linux-gnu
 echo "==> building the static registry-proxy $version" >&2
-RUSTFLAGS="-C target-feature=+crt-static" \
+# Where the binary lands is cargo's to say (CARGO_TARGET_DIR, a
+# configured build.target-dir): it names the executable in its messages.
+bin=$(RUSTFLAGS="-C target-feature=+crt-static" \
 CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
-    cargo build --locked --release --target "$target" -p registry-proxy >&2
+    cargo build --locked --release --target "$target" -p registry-proxy \
+        --message-format=json-render-diagnostics |
+    sed -n 's/.*"executable":"\([^"]*\/registry-proxy\)".*/\1/p' | tail -n 1)
+if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+    echo "scripts/image.sh: cargo named no registry-proxy executable" >&2
+    exit 1
+fi
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
-cp "target/$target/release/registry-proxy" "$ctx/"
+cp "$bin" "$ctx/"
 cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
 cp deploy/container/config.toml "$ctx/"
 mkdir "$ctx/data"

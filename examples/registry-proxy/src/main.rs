@@ -19,7 +19,7 @@ struct Args {
     /// working directory if present, else the built-in default (listen on
     /// 127.0.0.1:5000, store in ./cache-data, Docker Hub official images
     /// under library/*).
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, env = "REGISTRY_PROXY_CONFIG")]
     config: Option<PathBuf>,
     /// The same as the `check` subcommand.
     #[arg(long, hide = true)]

@@ -202,3 +202,79 @@ fn the_image_serves_pulls_stops_on_sigterm_and_keeps_its_store() {
     assert!(logs.contains("\"cache\":\"hit\""), "{logs}");
     drop(container);
 }
+
+/// The image runs the way container images are run: the binary is the
+/// entry point, so arguments replace only the default command. A
+/// configuration of one's own passed as `--config` (as `podman run IMAGE
+/// --config ...`, or `serve --config ...`, or Kubernetes `args:`) is the
+/// one served; a subcommand alone (`check`) reads the image's default.
+#[test]
+fn the_image_takes_its_configuration_and_subcommand_as_arguments() {
+    let podman = Podman::new();
+    let images = podman.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(
+        images.lines().any(|l| l == IMAGE),
+        "{IMAGE} not built: run scripts/image.sh (scripts/test.sh does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(65532), Some(65532)).unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+
+    // The image's own configuration, checked by the subcommand alone.
+    let out = podman.run(&["run", "--rm", IMAGE, "check"]);
+    assert!(
+        out.status.success(),
+        "check with the image's configuration: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for args in [&["--config"][..], &["serve", "--config"][..]] {
+        let port = free_port();
+        std::fs::write(
+            conf.join("mine.toml"),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\n[storage]\npath = \"/data\"\n{}",
+                common::config_for("127.0.0.1:9", "http://127.0.0.1:9", "")
+                    .replace("[storage]\nbackend = \"fs\"\npath = \"cache-data\"\n", "")
+            ),
+        )
+        .unwrap();
+        let name = format!("registry-proxy-args-{port}");
+        let container = Container {
+            podman: &podman,
+            name: name.clone(),
+        };
+        let mut run = vec![
+            "run".to_owned(),
+            "-d".into(),
+            "--name".into(),
+            name.clone(),
+            "--network".into(),
+            "host".into(),
+            "-v".into(),
+            format!("{}:/conf:ro", conf.display()),
+            "-v".into(),
+            format!("{}:/data", data.display()),
+            IMAGE.into(),
+        ];
+        run.extend(args.iter().map(|a| a.to_string()));
+        run.push("/conf/mine.toml".into());
+        podman.ok(&run.iter().map(String::as_str).collect::<Vec<_>>());
+        // It listens where the given file says, not on the image's 5000.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !answers(port) {
+            let state = podman.ok(&["inspect", "--format", "{{.State.Status}}", &name]);
+            assert!(
+                Instant::now() < deadline && state != "exited",
+                "podman run {IMAGE} {}: {state}\n{}",
+                args.join(" "),
+                podman.logs(&name)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(container);
+    }
+}
