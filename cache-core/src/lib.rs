@@ -57,6 +57,7 @@ mod digest;
 mod engine;
 mod error;
 pub mod events;
+pub mod keys;
 pub mod manifest;
 mod names;
 pub mod policy;
