@@ -82,7 +82,8 @@ pub use engine::{
 pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result, SharedError};
 pub use events::{AdmissionOutcome, CacheStatus, Event, EventSink, PeerFetch, UpstreamCall};
 pub use names::{
-    DOCKER_HUB, DOCKER_HUB_API_HOST, ImageRef, MAX_NAME_LEN, Reference, Registry, RepoName, Tag,
+    DOCKER_HUB, DOCKER_HUB_API_HOST, ImageRef, LocalRef, MAX_NAME_LEN, Reference, Registry,
+    RepoName, Tag,
 };
 pub use policy::{
     Admission, AdmissionRequest, Caller, MaxImageSize, PlatformAllowList, PullCredentials,

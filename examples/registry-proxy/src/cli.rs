@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cache_core::events::NoEvents;
 use cache_core::manifest::Platform;
-use cache_core::{Digest, ImageRef, PullThroughCache, RepoName};
+use cache_core::{Digest, ImageRef, LocalRef, PullThroughCache, RepoName};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -120,13 +120,13 @@ pub fn reload(path: Option<&std::path::Path>) -> ExitCode {
 /// its vulnerability gate, and prints the findings: 0 when the policy
 /// serves it, 1 when it denies it (or the scan failed).
 pub fn scan(path: Option<&std::path::Path>, image: &str) -> ExitCode {
-    if image
-        .bytes()
-        .any(|b| b"&#% +".contains(&b) || b.is_ascii_control())
-    {
-        return usage(format!("image {image:?}: not an image name"));
-    }
-    let target = format!("/scan?image={image}");
+    // Parsed here, so what goes into the query is a validated name, tag
+    // and digest only (no `&`, `#`, `%` or space can reach it).
+    let local = match LocalRef::parse(image) {
+        Ok(r) => r,
+        Err(e) => return usage(format!("image {image:?}: {e}")),
+    };
+    let target = format!("/scan?image={local}");
     let (ok, body) = match admin_post(path, "scan", &target, std::time::Duration::from_secs(1800)) {
         Ok(x) => x,
         Err(code) => return code,
@@ -214,10 +214,7 @@ pub fn explain(cfg: &Config, name: &str) -> ExitCode {
     let rules = &cfg.rules;
     // An upstream name starts with a registry host, as Docker reads names.
     if let Ok(image) = ImageRef::parse(name)
-        && name
-            .split('/')
-            .next()
-            .is_some_and(|h| h.contains(['.', ':']) || h == "localhost")
+        && name.split('/').next().is_some_and(ImageRef::names_registry)
     {
         return match rules.resolve_upstream(&image.registry, &image.repository) {
             Ok(r) => {
