@@ -43,6 +43,15 @@ impl fmt::Debug for Harness {
     }
 }
 
+/// A free TCP port on 127.0.0.1 (the one helper every crate's test kit
+/// uses: `cache_upstream::testing` and `cache_store::testing` re-use it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
 /// Deterministic test content of `len` bytes, different for each `seed`.
 pub fn content(seed: u64, len: usize) -> Bytes {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
