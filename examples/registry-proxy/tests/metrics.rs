@@ -11,9 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use cache_upstream::testing::{
-    HostileRegistry, PACKAGES_LABEL, TestRegistry, TestScanner, free_port, write_labeled_image,
-};
+use cache_upstream::testing::{HostileRegistry, TestRegistry, TestScanner, free_port};
 use common::{Proxy, http};
 
 /// One parsed exposition: per series (`name{sorted labels}`) its type and
@@ -166,20 +164,8 @@ async fn the_exposition_for_fixed_traffic_matches_the_golden_file() {
     let up = TestRegistry::start().unwrap_or_else(|e| panic!("{e}"));
     let scanner = TestScanner::start();
     scanner.advise("openssl", "CVE-2099-0001", "Critical");
-    let push = |repo: &str, seed: u64, packages: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let img = write_labeled_image(
-            dir.path(),
-            "v1",
-            seed,
-            &[20_000],
-            &[(PACKAGES_LABEL, packages)],
-        );
-        up.push(&img.layout, "v1", repo).unwrap();
-        (img, dir)
-    };
-    let (app, _a) = push("lib/app", 1, "curl 8.0");
-    let (_bad, _b) = push("lib/bad", 2, "openssl 3.0.1");
+    let (app, _a) = common::push_labeled(&up, "lib/app", 1, "curl 8.0");
+    let (_bad, _b) = common::push_labeled(&up, "lib/bad", 2, "openssl 3.0.1");
     let budget = HostileRegistry::start("127.0.0.1");
     let layer = |i: u64| Bytes::from(cache_core::testing::content(i, 1000).to_vec());
     budget.push_image("library/x", "v1", &[layer(1)]);

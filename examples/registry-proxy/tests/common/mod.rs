@@ -146,6 +146,26 @@ pub fn config(up: &TestRegistry, extra_rule: &str) -> String {
     config_for(&up.host(), &up.url(), extra_rule)
 }
 
+/// An image whose config lists `packages` (what `TestScanner` reads),
+/// pushed to `up` as `repo:v1`; its layout's directory goes with it.
+pub fn push_labeled(
+    up: &TestRegistry,
+    repo: &str,
+    seed: u64,
+    packages: &str,
+) -> (cache_upstream::testing::TestImage, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = cache_upstream::testing::write_labeled_image(
+        dir.path(),
+        "v1",
+        seed,
+        &[20_000],
+        &[(cache_upstream::testing::PACKAGES_LABEL, packages)],
+    );
+    up.push(&img.layout, "v1", repo).unwrap();
+    (img, dir)
+}
+
 pub fn pull(proxy: &Proxy, reference: &str, dest: &Path, all: bool) -> Result<(), String> {
     let mut args = vec![
         "copy".to_owned(),
