@@ -12,7 +12,7 @@ use bytes::Bytes;
 use cache_core::PullCredentials;
 use cache_core::testing::{FakeUpstream, content};
 use cache_core::{
-    Accept, BlobStore, MetaKey, PullThroughCache, Reference, RepoName, RuleSet, RuleSpec, Tag,
+    Accept, BlobStore, PullThroughCache, Reference, RepoName, RuleSet, RuleSpec, Tag,
 };
 use cache_store::MemoryStore;
 use cache_upstream::Secret;
@@ -63,7 +63,7 @@ fn build(gated: bool) -> (PullThroughCache, RepoName, Tag, cache_core::Digest) {
             "mime_type": "application/vnd.oci.image.manifest.v1+json",
             "findings": [{"id": "CVE-1", "severity": "Low", "package": "p", "version": "1", "fix_version": ""}],
         });
-        let key = MetaKey::parse(&format!("scans/s/sha256/{}", img.manifest.hex())).unwrap();
+        let key = cache_core::keys::scan_record("s", &img.manifest).unwrap();
         futures::executor::block_on(store.put_meta(&key, Bytes::from(record.to_string()))).unwrap();
         let client =
             ScannerClient::new("s", "http://127.0.0.1:9", None, "http://127.0.0.1:5000").unwrap();

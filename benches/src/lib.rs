@@ -8,15 +8,13 @@
 //! compared pair runs on the same data in the same process.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cache_core::RuleSpec;
-use cache_upstream::testing::{free_port, require};
+use cache_upstream::testing::{free_port, require, wait_http};
 
 /// `n` rules shaped like a large organisation's configuration: half exact
 /// repositories, half namespace wildcards, spread over several registries.
@@ -295,49 +293,10 @@ impl Drop for Proc {
     }
 }
 
-/// A `registry-proxy` (`bin`) on a free loopback port with the
-/// configuration `body` (its `listen` added), in a directory of its own,
-/// logging at `rust_log` to nowhere; answered once it answers `/v2/`.
-pub fn registry_proxy(bin: &Path, body: &str, rust_log: &str) -> Result<(Proc, u16), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = cache_upstream::testing::free_port();
-    let cfg = format!("listen = \"127.0.0.1:{port}\"\n{body}");
-    std::fs::write(dir.path().join("proxy.toml"), cfg).map_err(|e| e.to_string())?;
-    let child = std::process::Command::new(bin)
-        .arg("--config")
-        .arg(dir.path().join("proxy.toml"))
-        .env("RUST_LOG", rust_log)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
-    let p = Proc { child, _dir: dir };
-    wait_http(port, "/v2/")?;
-    Ok((p, port))
-}
-
 /// The median of `v` (the upper one for an even count); `v` is sorted.
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-/// Waits (at most 15 s) until something answers HTTP on `port`.
-pub fn wait_http(port: u16, path: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
-            let mut b = [0u8; 8];
-            if s.read(&mut b).is_ok_and(|n| n > 0) {
-                return Ok(());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(30));
-    }
-    Err(format!("nothing answered on 127.0.0.1:{port}"))
 }
 
 /// nginx serving the files of `root` on a free loopback port, with
@@ -362,8 +321,8 @@ pub fn nginx(root: &Path) -> Result<(Proc, u16), String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("nginx: {e}"))?;
-    let p = Proc { child, _dir: dir };
-    wait_http(port, "/")?;
+    let mut p = Proc { child, _dir: dir };
+    wait_http(port, "/", Some(&mut p.child)).map_err(|e| format!("nginx: {e}"))?;
     Ok((p, port))
 }
 

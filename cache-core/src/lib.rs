@@ -57,6 +57,7 @@ mod digest;
 mod engine;
 mod error;
 pub mod events;
+pub mod keys;
 pub mod manifest;
 mod names;
 pub mod policy;
@@ -81,7 +82,8 @@ pub use engine::{
 pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result, SharedError};
 pub use events::{AdmissionOutcome, CacheStatus, Event, EventSink, PeerFetch, UpstreamCall};
 pub use names::{
-    DOCKER_HUB, DOCKER_HUB_API_HOST, ImageRef, MAX_NAME_LEN, Reference, Registry, RepoName, Tag,
+    DOCKER_HUB, DOCKER_HUB_API_HOST, ImageRef, LocalRef, MAX_NAME_LEN, Reference, Registry,
+    RepoName, Tag,
 };
 pub use policy::{
     Admission, AdmissionRequest, Caller, MaxImageSize, PlatformAllowList, PullCredentials,

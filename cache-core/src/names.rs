@@ -389,25 +389,12 @@ impl ImageRef {
     /// `localhost`; otherwise the registry is Docker Hub.
     pub fn parse(s: &str) -> Result<Self> {
         let invalid = |reason| Error::invalid(InvalidKind::ImageRef, s, reason);
-        let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => (r, Some(Digest::parse(d)?)),
-            None => (s, None),
-        };
-        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match rest[last_slash..].find(':') {
-            Some(i) => (
-                &rest[..last_slash + i],
-                Some(Tag::parse(&rest[last_slash + i + 1..])?),
-            ),
-            None => (rest, None),
-        };
+        let (name, tag, digest) = split_reference(s)?;
         if name.is_empty() {
             return Err(invalid("no repository"));
         }
         let (registry, repo) = match name.split_once('/') {
-            Some((first, repo))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
+            Some((first, repo)) if ImageRef::names_registry(first) => {
                 (Registry::parse(first)?, repo)
             }
             _ => (Registry::docker_hub(), name),
@@ -421,14 +408,45 @@ impl ImageRef {
         })
     }
 
+    /// Whether `component`, the first `/`-separated component of a
+    /// reference, names a registry rather than a repository: it contains
+    /// `.` or `:`, or is `localhost` (as Docker reads references).
+    pub fn names_registry(component: &str) -> bool {
+        component.contains(['.', ':']) || component == "localhost"
+    }
+
     /// What to ask the registry for: the digest if given, else the tag, else `latest`.
     pub fn reference(&self) -> Reference {
-        if let Some(d) = &self.digest {
-            Reference::Digest(d.clone())
-        } else {
-            Reference::Tag(self.tag.clone().unwrap_or_else(|| Tag(Arc::from("latest"))))
-        }
+        reference_of(self.tag.as_ref(), self.digest.as_ref())
     }
+}
+
+/// The digest if given, else the tag, else `latest`.
+fn reference_of(tag: Option<&Tag>, digest: Option<&Digest>) -> Reference {
+    match (digest, tag) {
+        (Some(d), _) => Reference::Digest(d.clone()),
+        (None, Some(t)) => Reference::Tag(t.clone()),
+        (None, None) => Reference::Tag(Tag(Arc::from("latest"))),
+    }
+}
+
+/// Splits `name[:tag][@digest]` (the one splitter of image references):
+/// the name as written, and the tag and digest, validated. A `:` is a
+/// tag's only after the last `/`, so a registry's port stays in the name.
+fn split_reference(s: &str) -> Result<(&str, Option<Tag>, Option<Digest>)> {
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => (r, Some(Digest::parse(d)?)),
+        None => (s, None),
+    };
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].find(':') {
+        Some(i) => (
+            &rest[..last_slash + i],
+            Some(Tag::parse(&rest[last_slash + i + 1..])?),
+        ),
+        None => (rest, None),
+    };
+    Ok((name, tag, digest))
 }
 
 impl fmt::Display for ImageRef {
@@ -448,6 +466,69 @@ impl FromStr for ImageRef {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         ImageRef::parse(s)
+    }
+}
+
+/// A reference to an image in the cache's own namespace, as its clients
+/// name it: `repository[:tag][@digest]` (`library/alpine:3.20`,
+/// `library/alpine@sha256:...`, `library/alpine`). Unlike [`ImageRef`]
+/// there is no registry part and no Docker Hub normalisation: the name is
+/// the local repository as it is written.
+///
+/// ```
+/// use cache_core::{LocalRef, Reference};
+///
+/// let r = LocalRef::parse("library/alpine:3.20")?;
+/// assert_eq!((r.repository.as_str(), r.reference().to_string().as_str()), ("library/alpine", "3.20"));
+/// assert_eq!(LocalRef::parse("library/alpine")?.reference().to_string(), "latest");
+/// assert!(LocalRef::parse("Library/Alpine").is_err());
+/// # Ok::<(), cache_core::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct LocalRef {
+    /// The local repository.
+    pub repository: RepoName,
+    /// The tag, if one was given.
+    pub tag: Option<Tag>,
+    /// The digest, if one was given; it wins over the tag.
+    pub digest: Option<Digest>,
+}
+
+impl LocalRef {
+    /// Parses a local image reference; an error names what is wrong with
+    /// the repository, the tag or the digest.
+    pub fn parse(s: &str) -> Result<Self> {
+        let (name, tag, digest) = split_reference(s)?;
+        Ok(LocalRef {
+            repository: RepoName::parse(name)?,
+            tag,
+            digest,
+        })
+    }
+
+    /// What to ask for: the digest if given, else the tag, else `latest`.
+    pub fn reference(&self) -> Reference {
+        reference_of(self.tag.as_ref(), self.digest.as_ref())
+    }
+}
+
+impl fmt::Display for LocalRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.repository.as_str())?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for LocalRef {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        LocalRef::parse(s)
     }
 }
 
@@ -566,6 +647,71 @@ mod tests {
         s.len() <= 255 && re.is_match(s)
     }
 
+    /// The oracle: the grammar `repository[:tag][@digest]` read the plain
+    /// way, a `@` first, then the last `:` unless a `/` follows it.
+    fn naive_local(s: &str) -> Option<LocalRef> {
+        let (rest, digest) = match s.find('@') {
+            Some(i) => (&s[..i], Some(Digest::parse(&s[i + 1..]).ok()?)),
+            None => (s, None),
+        };
+        let (name, tag) = match rest.rfind(':') {
+            Some(i) if !rest[i..].contains('/') => {
+                (&rest[..i], Some(Tag::parse(&rest[i + 1..]).ok()?))
+            }
+            _ => (rest, None),
+        };
+        Some(LocalRef {
+            repository: RepoName::parse(name).ok()?,
+            tag,
+            digest,
+        })
+    }
+
+    /// Texts shaped like local references, valid or nearly so: names,
+    /// tags and digests drawn from their alphabets with stray separators.
+    fn local_ref_text() -> impl Strategy<Value = String> {
+        let digest = prop_oneof![
+            Just(Digest::sha256_of(b"x").to_string()),
+            "sha256:[0-9a-f]{62,66}",
+            "[a-z0-9:@/]{0,8}",
+        ];
+        (
+            "[a-z0-9._/-]{0,16}",
+            proptest::option::of("[A-Za-z0-9_.:/-]{0,10}"),
+            proptest::option::of(digest),
+        )
+            .prop_map(|(name, tag, digest)| {
+                let mut s = name;
+                if let Some(t) = tag {
+                    s.push(':');
+                    s.push_str(&t);
+                }
+                if let Some(d) = digest {
+                    s.push('@');
+                    s.push_str(&d);
+                }
+                s
+            })
+    }
+
+    #[test]
+    fn local_references_name_tag_and_digest() {
+        let d = Digest::sha256_of(b"");
+        let r = LocalRef::parse(&format!("library/alpine:3.20@{d}")).unwrap();
+        assert_eq!(r.repository.as_str(), "library/alpine");
+        assert_eq!(r.tag.as_ref().map(Tag::as_str), Some("3.20"));
+        assert_eq!(r.reference(), Reference::Digest(d.clone()));
+        let r = LocalRef::parse("nginx").unwrap();
+        assert_eq!(
+            (r.repository.as_str(), r.reference().to_string()),
+            ("nginx", "latest".to_owned())
+        );
+        // No Docker Hub normalisation, no registry.
+        assert!(LocalRef::parse("127.0.0.1:5000/app:v1").is_err());
+        assert!(LocalRef::parse("app:").is_err());
+        assert!(LocalRef::parse("app@sha256:nothex").is_err());
+    }
+
     proptest! {
         #[test]
         fn name_parser_agrees_with_the_spec_regex(s in "[a-z0-9._/-]{0,24}") {
@@ -579,6 +725,15 @@ mod tests {
             let _ = Reference::parse(&s);
             let _ = Registry::parse(&s);
             let _ = ImageRef::parse(&s);
+            let _ = LocalRef::parse(&s);
+        }
+
+        #[test]
+        fn local_references_agree_with_a_naive_split(s in local_ref_text()) {
+            prop_assert_eq!(LocalRef::parse(&s).ok(), naive_local(&s), "{}", s);
+            if let Ok(r) = LocalRef::parse(&s) {
+                prop_assert_eq!(LocalRef::parse(&r.to_string()).unwrap(), r);
+            }
         }
 
         #[test]

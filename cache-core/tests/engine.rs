@@ -1525,7 +1525,7 @@ async fn gc_drops_the_records_of_blobs_it_evicts_so_metadata_stays_bounded() {
     wait_until(|| e.cache.inflight() == 0).await;
     let records = |store: Arc<dyn BlobStore>| async move {
         store
-            .list_meta(Some(&cache_core::MetaKey::parse("repos").unwrap()))
+            .list_meta(Some(&cache_core::keys::repos()))
             .await
             .unwrap()
             .len()

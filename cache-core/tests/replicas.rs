@@ -11,10 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cache_core::events::Counters;
+use cache_core::keys::blob_lease;
 use cache_core::testing::{FakeUpstream, ManualClock, content};
 use cache_core::{
-    BlobStore, BlobStoreExt, CacheOptions, Clock, Digest, MetaKey, PullThroughCache, RepoName,
-    RuleSet, RuleSpec,
+    BlobStore, BlobStoreExt, CacheOptions, Clock, Digest, PullThroughCache, RepoName, RuleSet,
+    RuleSpec,
 };
 use cache_store::{MemoryStore, TokioRuntime};
 use futures::StreamExt;
@@ -64,10 +65,6 @@ fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
 
 fn gets(up: &FakeUpstream) -> u64 {
     count(&up.calls.blob_gets)
-}
-
-fn blob_lease(d: &Digest) -> MetaKey {
-    MetaKey::parse(&format!("leases/blobs/{}/{}", d.algorithm(), d.hex())).unwrap()
 }
 
 /// A lease value as another instance writes it: `holder expires-ms nonce`.
@@ -179,7 +176,7 @@ async fn gc_runs_on_the_instance_holding_the_gc_lease_only() {
     store.put(&d, old).await.unwrap();
     store.touch(&d, manual.now()).await.unwrap();
     manual.advance(Duration::from_secs(3600));
-    let gc = MetaKey::parse("leases/gc").unwrap();
+    let gc = cache_core::keys::gc_lease();
     store
         .put_meta(
             &gc,

@@ -26,11 +26,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use cache_core::{
     Algorithm, BlobInfo, BlobPayload, BlobRead, BlobStore, ByteRange, Digest, Error, FileSpan,
-    Hasher, MetaKey, Result, StagedBlob, StagedReader,
+    MetaKey, Result, StagedBlob, StagedReader,
 };
 use futures::stream::{self, BoxStream, StreamExt};
 
-use crate::staged;
+use crate::staged::{self, HashingSpool};
 
 /// Size of the reads a blob stream makes.
 const READ_CHUNK: usize = 1024 * 1024;
@@ -68,15 +68,7 @@ pub struct FsStore {
 }
 
 fn io_err(op: &'static str, path: &Path, e: io::Error) -> Error {
-    let temporary = matches!(
-        e.kind(),
-        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    );
-    if temporary {
-        Error::storage_temporary(op, path.display().to_string(), e)
-    } else {
-        Error::storage(op, path.display().to_string(), e)
-    }
+    staged::io_err(op, &path.display().to_string(), e)
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -310,14 +302,8 @@ impl BlobStore for FsStore {
         .await?;
         Ok(Box::new(FsStaged {
             store: self.clone(),
-            digest: digest.clone(),
-            size,
-            state: Some(WriteState {
-                file,
-                hasher: digest.algorithm().hasher(),
-            }),
+            spool: HashingSpool::new(digest, size, Arc::new(file), path.display().to_string()),
             path,
-            written: 0,
             done: false,
         }))
     }
@@ -563,20 +549,10 @@ fn file_stream(
 }
 
 #[derive(Debug)]
-struct WriteState {
-    file: File,
-    hasher: Hasher,
-}
-
-#[derive(Debug)]
 struct FsStaged {
     store: FsStore,
-    digest: Digest,
-    size: Option<u64>,
-    /// `None` while a write is running on a blocking thread, or after a failure.
-    state: Option<WriteState>,
+    spool: HashingSpool<File>,
     path: PathBuf,
-    written: u64,
     /// Committed or aborted: nothing left to clean up.
     done: bool,
 }
@@ -592,11 +568,11 @@ impl Drop for FsStaged {
 #[async_trait]
 impl StagedBlob for FsStaged {
     fn digest(&self) -> &Digest {
-        &self.digest
+        self.spool.digest()
     }
 
     fn written(&self) -> u64 {
-        self.written
+        self.spool.written()
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
@@ -604,30 +580,7 @@ impl StagedBlob for FsStaged {
     }
 
     async fn write_chunks(&mut self, chunks: Vec<Bytes>) -> Result<()> {
-        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-        let new_len = self.written + len;
-        if let Err(e) = staged::check_room(&self.digest, self.size, new_len) {
-            self.state = None;
-            return Err(e);
-        }
-        let mut st = self
-            .state
-            .take()
-            .ok_or_else(|| staged::void(&self.digest))?;
-        let path = self.path.clone();
-        let st = blocking(move || {
-            for c in &chunks {
-                st.file
-                    .write_all(c)
-                    .map_err(|e| io_err("write", &path, e))?;
-                st.hasher.update(c);
-            }
-            Ok(st)
-        })
-        .await?;
-        self.state = Some(st);
-        self.written = new_len;
-        Ok(())
+        self.spool.write_chunks(chunks).await
     }
 
     async fn reader(&self) -> Result<Arc<dyn StagedReader>> {
@@ -641,15 +594,12 @@ impl StagedBlob for FsStaged {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<BlobInfo> {
-        let WriteState { file, hasher } = self
-            .state
-            .take()
-            .ok_or_else(|| staged::void(&self.digest))?;
-        staged::verify(&self.digest, self.size, self.written, hasher)?;
-        let target = self.store.blob_path(&self.digest);
+        self.spool.verify()?;
+        let digest = self.spool.digest().clone();
+        let target = self.store.blob_path(&digest);
         let staging = self.path.clone();
         let fsync = self.store.inner.opts.fsync;
-        let digest = self.digest.clone();
+        let file = self.spool.file().clone();
         let info = blocking(move || {
             publish(&staging, Some(&file), &target, fsync)
                 .map_err(|e| io_err("commit", &target, e))?;

@@ -23,7 +23,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use cache_core::{
-    BlobInfo, BlobPayload, BlobRead, BlobStore, ByteRange, Digest, Error, Hasher, MetaKey, Result,
+    BlobInfo, BlobPayload, BlobRead, BlobStore, ByteRange, Digest, Error, MetaKey, Result,
     StagedBlob, StagedReader,
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
@@ -43,7 +42,7 @@ use object_store::{
 };
 
 use crate::fs::{blocking, pread_exact};
-use crate::staged;
+use crate::staged::{self, HashingSpool};
 
 /// Blobs up to this size are uploaded in one `PUT`; larger ones in parts of
 /// this size (S3 needs at least 5 MiB per part but the last).
@@ -410,14 +409,15 @@ impl BlobStore for ObjectBlobStore {
         self.inner.spools.fetch_add(1, Ordering::SeqCst);
         Ok(Box::new(ObjectStaged {
             store: self.clone(),
-            digest: digest.clone(),
-            size,
-            spool: Arc::new(Spool {
-                file,
-                store: self.inner.clone(),
-            }),
-            hasher: Some(digest.algorithm().hasher()),
-            written: 0,
+            spool: HashingSpool::new(
+                digest,
+                size,
+                Arc::new(Spool {
+                    file,
+                    store: self.inner.clone(),
+                }),
+                "spool file".to_owned(),
+            ),
         }))
     }
 
@@ -617,6 +617,12 @@ struct Spool {
     store: Arc<Inner>,
 }
 
+impl staged::SpoolFile for Spool {
+    fn file(&self) -> &File {
+        &self.file
+    }
+}
+
 impl Drop for Spool {
     fn drop(&mut self) {
         self.store.spools.fetch_sub(1, Ordering::SeqCst);
@@ -626,12 +632,7 @@ impl Drop for Spool {
 #[derive(Debug)]
 struct ObjectStaged {
     store: ObjectBlobStore,
-    digest: Digest,
-    size: Option<u64>,
-    spool: Arc<Spool>,
-    /// `None` once a write failed: the write is void.
-    hasher: Option<Hasher>,
-    written: u64,
+    spool: HashingSpool<Spool>,
 }
 
 impl ObjectStaged {
@@ -639,15 +640,16 @@ impl ObjectStaged {
     /// `PART`-sized parts read one at a time (memory stays bounded).
     async fn upload(&self, path: &Path) -> Result<()> {
         let store = &self.store.inner.store;
+        let written = self.spool.written();
         let read = |pos: u64, len: usize| {
-            let spool = self.spool.clone();
+            let spool = self.spool.file().clone();
             blocking(move || {
                 pread_exact(&spool.file, len, pos)
                     .map_err(|e| Error::storage("commit", "reading the spool file", e))
             })
         };
-        if self.written <= PART as u64 {
-            let body = read(0, self.written as usize).await?;
+        if written <= PART as u64 {
+            let body = read(0, written as usize).await?;
             store
                 .put(path, PutPayload::from(body))
                 .await
@@ -660,15 +662,15 @@ impl ObjectStaged {
             .map_err(|e| os_err("commit", path, e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
         let mut pos = 0u64;
-        while pos < self.written {
-            let len = (self.written - pos).min(PART as u64) as usize;
+        while pos < written {
+            let len = (written - pos).min(PART as u64) as usize;
             let part = match read(pos, len).await {
                 Ok(p) if p.len() == len => p,
                 Ok(_) | Err(_) => {
                     let _ = w.abort().await;
                     return Err(Error::storage_msg(
                         "commit",
-                        format!("spool file of {} unreadable at {pos}", self.digest),
+                        format!("spool file of {} unreadable at {pos}", self.spool.digest()),
                     ));
                 }
             };
@@ -689,11 +691,11 @@ impl ObjectStaged {
 #[async_trait]
 impl StagedBlob for ObjectStaged {
     fn digest(&self) -> &Digest {
-        &self.digest
+        self.spool.digest()
     }
 
     fn written(&self) -> u64 {
-        self.written
+        self.spool.written()
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
@@ -701,52 +703,25 @@ impl StagedBlob for ObjectStaged {
     }
 
     async fn write_chunks(&mut self, chunks: Vec<Bytes>) -> Result<()> {
-        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-        let new_len = self.written + len;
-        if let Err(e) = staged::check_room(&self.digest, self.size, new_len) {
-            self.hasher = None;
-            return Err(e);
-        }
-        let mut hasher = self
-            .hasher
-            .take()
-            .ok_or_else(|| staged::void(&self.digest))?;
-        let spool = self.spool.clone();
-        let hasher = blocking(move || {
-            for c in &chunks {
-                (&spool.file)
-                    .write_all(c)
-                    .map_err(|e| Error::storage("write", "spool file", e))?;
-                hasher.update(c);
-            }
-            Ok(hasher)
-        })
-        .await?;
-        self.hasher = Some(hasher);
-        self.written = new_len;
-        Ok(())
+        self.spool.write_chunks(chunks).await
     }
 
     async fn reader(&self) -> Result<Arc<dyn StagedReader>> {
         Ok(Arc::new(SpoolReader {
-            spool: self.spool.clone(),
+            spool: self.spool.file().clone(),
         }))
     }
 
     async fn commit(mut self: Box<Self>) -> Result<BlobInfo> {
-        let hasher = self
-            .hasher
-            .take()
-            .ok_or_else(|| staged::void(&self.digest))?;
-        staged::verify(&self.digest, self.size, self.written, hasher)?;
-        let path = self.store.blob_path(&self.digest);
+        self.spool.verify()?;
+        let path = self.store.blob_path(self.spool.digest());
         // Content-addressed: a blob already stored is this one.
         if !self.store.exists("commit", &path).await? {
             self.upload(&path).await?;
         }
         Ok(BlobInfo {
-            digest: self.digest.clone(),
-            size: self.written,
+            digest: self.spool.digest().clone(),
+            size: self.spool.written(),
             last_access: Some(SystemTime::now()),
         })
     }

@@ -1,7 +1,30 @@
 //! The checks every backend's staged write makes, in one place: the
-//! announced size while writing, then size and digest at commit.
+//! announced size while writing, then size and digest at commit; and
+//! [`HashingSpool`], the hashing write to a local file that the filesystem
+//! and object stores share.
 
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::sync::Arc;
+
+use bytes::Bytes;
 use cache_core::{Digest, Error, Hasher, Result};
+
+use crate::fs::blocking;
+
+/// A storage error of `op` on `what` (a path, a spool file): temporary
+/// for the kinds of I/O error that may pass.
+pub(crate) fn io_err(op: &'static str, what: &str, e: io::Error) -> Error {
+    let temporary = matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    );
+    if temporary {
+        Error::storage_temporary(op, what.to_owned(), e)
+    } else {
+        Error::storage(op, what.to_owned(), e)
+    }
+}
 
 /// Fails a write that would carry the blob `digest` to `new_len` bytes,
 /// past its announced `size`. The caller then voids the staged write.
@@ -50,4 +73,94 @@ pub(crate) fn void(digest: &Digest) -> Error {
         "write",
         format!("staged write of {digest} is void: an earlier write failed"),
     )
+}
+
+/// The file a staged write spools to: the staging file itself, or a
+/// wrapper that also counts it.
+pub(crate) trait SpoolFile: Send + Sync + 'static {
+    /// The file the bytes are appended to.
+    fn file(&self) -> &File;
+}
+
+impl SpoolFile for File {
+    fn file(&self) -> &File {
+        self
+    }
+}
+
+/// A staged write's bytes on their way to a local file, hashed as they
+/// are written, with the announced size enforced: the one implementation
+/// the filesystem store and the object store's spool share. A failed
+/// write voids it (every later write and the commit fail).
+#[derive(Debug)]
+pub(crate) struct HashingSpool<S> {
+    digest: Digest,
+    size: Option<u64>,
+    file: Arc<S>,
+    /// What the file is, for errors (a path, or "spool file").
+    what: String,
+    /// `None` while a write runs on a blocking thread, or once one failed.
+    hasher: Option<Hasher>,
+    written: u64,
+}
+
+impl<S: SpoolFile> HashingSpool<S> {
+    /// Spools the blob `digest` (of `size` bytes, when announced) to `file`.
+    pub(crate) fn new(digest: &Digest, size: Option<u64>, file: Arc<S>, what: String) -> Self {
+        HashingSpool {
+            digest: digest.clone(),
+            size,
+            file,
+            what,
+            hasher: Some(digest.algorithm().hasher()),
+            written: 0,
+        }
+    }
+
+    /// The blob's digest.
+    pub(crate) fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The spool file.
+    pub(crate) fn file(&self) -> &Arc<S> {
+        &self.file
+    }
+
+    /// Appends `chunks` in order and hashes them, on a blocking thread;
+    /// past the announced size nothing is written and the write is void.
+    pub(crate) async fn write_chunks(&mut self, chunks: Vec<Bytes>) -> Result<()> {
+        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let new_len = self.written + len;
+        if let Err(e) = check_room(&self.digest, self.size, new_len) {
+            self.hasher = None;
+            return Err(e);
+        }
+        let mut hasher = self.hasher.take().ok_or_else(|| void(&self.digest))?;
+        let (file, what) = (self.file.clone(), self.what.clone());
+        let hasher = blocking(move || {
+            let mut f = file.file();
+            for c in &chunks {
+                f.write_all(c).map_err(|e| io_err("write", &what, e))?;
+                hasher.update(c);
+            }
+            Ok(hasher)
+        })
+        .await?;
+        self.hasher = Some(hasher);
+        self.written = new_len;
+        Ok(())
+    }
+
+    /// Checks the finished write: the announced size, then the digest.
+    /// The spool is void afterwards, whatever the outcome.
+    pub(crate) fn verify(&mut self) -> Result<()> {
+        let hasher = self.hasher.take().ok_or_else(|| void(&self.digest))?;
+        verify(&self.digest, self.size, self.written, hasher)
+    }
 }

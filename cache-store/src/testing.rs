@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
+use cache_core::testing::free_port;
 
 /// The emulator's well-known account.
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -88,10 +89,7 @@ impl Azurite {
     pub fn start() -> Result<Azurite, String> {
         let bin = azurite_bin()?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
+        let port = free_port();
         let child = Command::new(&bin)
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
             // In memory; the directory only takes Azurite's debug and extent
@@ -223,7 +221,7 @@ impl MotoS3 {
     /// Starts moto's server on a free port.
     pub fn start() -> Result<MotoS3, String> {
         let bin = moto_bin()?;
-        let port = free_port()?;
+        let port = free_port();
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -272,13 +270,6 @@ impl MotoS3 {
             Err(format!("creating bucket {name}: {resp}"))
         }
     }
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
 }
 
 /// An [`ObjectStore`](object_store::ObjectStore) that records every

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use benches::{Proc, cpu_seconds, machine, median, nginx, registry_proxy, vm_hwm_kib};
+use benches::{cpu_seconds, machine, median, nginx, vm_hwm_kib};
+use cache_upstream::testing::RegistryProxy;
 use cache_upstream::testing::{TestRegistry, skopeo, write_image};
 use futures::StreamExt;
 
@@ -43,7 +44,7 @@ enum Which {
 struct Running {
     port: u16,
     pid: u32,
-    _ours: Option<Proc>,
+    _ours: Option<RegistryProxy>,
     _dist: Option<TestRegistry>,
 }
 
@@ -65,8 +66,8 @@ fn start(which: Which, up: &TestRegistry, bin: &Path) -> Result<Running, String>
                 u = up.url(),
                 extra = std::env::var("E2E_STORAGE_EXTRA").unwrap_or_default()
             );
-            let (p, port) = registry_proxy(bin, &body, "warn")?;
-            let pid = p.child.id();
+            let p = RegistryProxy::start(bin, &body, "warn", false)?;
+            let (port, pid) = (p.port, p.child.id());
             Ok(Running {
                 port,
                 pid,

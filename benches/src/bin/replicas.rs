@@ -17,10 +17,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use benches::{Proc, machine, median, registry_proxy};
+use benches::{machine, median};
 use bytes::Bytes;
 use cache_store::testing::Azurite;
 use cache_upstream::testing::HostileRegistry;
+use cache_upstream::testing::RegistryProxy;
 use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
@@ -44,7 +45,7 @@ fn proxy(
     up: &HostileRegistry,
     prefix: &str,
     name: &str,
-) -> Result<(Proc, u16), String> {
+) -> Result<RegistryProxy, String> {
     let options: String = az
         .options()
         .iter()
@@ -55,7 +56,7 @@ fn proxy(
         h = up.host(),
         u = up.url()
     );
-    registry_proxy(bin, &body, "warn")
+    RegistryProxy::start(bin, &body, "warn", false)
 }
 
 /// Time to the first body byte and in all (seconds), and bytes read.
@@ -171,7 +172,8 @@ async fn run() -> Result<String, String> {
     // alternate with GETs through it, and through a fresh instance.
     let layer = Bytes::from(cache_core::testing::content(1, WARM_LAYER).to_vec());
     let d = up.add_blob(layer.clone());
-    let (_p0, port0) = proxy(&bin, &az, &up, "warm", "p0")?;
+    let p0 = proxy(&bin, &az, &up, "warm", "p0")?;
+    let port0 = p0.port;
     let (_, _, n) = via_proxy(&client, port0, &d).await?;
     if n != WARM_LAYER {
         return Err(format!("cold read of {n} bytes"));
@@ -196,7 +198,7 @@ async fn run() -> Result<String, String> {
         for (row, r) in [
             (0, direct(&raw, &path, WARM_LAYER).await?),
             (1, via_proxy(&client, port0, &d).await?),
-            (2, via_proxy(&client, fresh.1, &d).await?),
+            (2, via_proxy(&client, fresh.port, &d).await?),
             (3, in_process(&lib, &d).await?),
         ] {
             if r.2 != WARM_LAYER {
@@ -228,7 +230,7 @@ async fn run() -> Result<String, String> {
     for i in 0..rounds {
         for (row, instances) in [(0usize, 1usize), (1, 3)] {
             let prefix = format!("cold{i}-{instances}");
-            let procs: Vec<(Proc, u16)> = (0..instances)
+            let procs: Vec<RegistryProxy> = (0..instances)
                 .map(|k| proxy(&bin, &az, &up, &prefix, &format!("c{k}")))
                 .collect::<Result<_, _>>()?;
             let blob = Bytes::from(
@@ -237,7 +239,7 @@ async fn run() -> Result<String, String> {
             let d = up.add_blob(blob);
             let t = Instant::now();
             let reads = (0..CLIENTS).map(|c| {
-                let (client, port, d) = (client.clone(), procs[c % instances].1, d.clone());
+                let (client, port, d) = (client.clone(), procs[c % instances].port, d.clone());
                 async move { via_proxy(&client, port, &d).await }
             });
             for r in futures::future::join_all(reads).await {

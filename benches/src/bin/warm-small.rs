@@ -14,7 +14,8 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use benches::{Proc, machine, median, nginx, registry_proxy};
+use benches::{machine, median, nginx};
+use cache_upstream::testing::RegistryProxy;
 use cache_upstream::testing::{TestRegistry, require, write_image};
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -63,14 +64,14 @@ fn wrk(url: &str, head: bool, accept: bool, secs: u64) -> Result<(f64, f64), Str
     Ok((rps, p99))
 }
 
-fn proxy(bin: &Path, up: &TestRegistry) -> Result<(Proc, u16), String> {
+fn proxy(bin: &Path, up: &TestRegistry) -> Result<RegistryProxy, String> {
     let body = format!(
         "[storage]\npath = \"store\"\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n[[rule]]\nname = \"bench\"\nsource = \"{h}/bench/*\"\ntarget = \"bench/*\"\n",
         h = up.host(),
         u = up.url()
     );
     let log = std::env::var("WARM_RUST_LOG").unwrap_or_else(|_| "info".into());
-    registry_proxy(bin, &body, &log)
+    RegistryProxy::start(bin, &body, &log, false)
 }
 
 fn main() -> ExitCode {
@@ -117,7 +118,8 @@ fn run() -> Result<String, String> {
         .to_owned();
     let config_size = m["config"]["size"].as_u64().unwrap_or(0);
     let (_ng, ng_port) = nginx(&blobs)?;
-    let (_ours, port) = proxy(&bin, &up)?;
+    let running = proxy(&bin, &up)?;
+    let port = running.port;
     let dist = TestRegistry::start_proxy(&up.url())?;
     let ours = format!("http://127.0.0.1:{port}/v2/bench/small");
     let theirs = format!("http://127.0.0.1:{}/v2/bench/small", dist.port());

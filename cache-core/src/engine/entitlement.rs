@@ -21,9 +21,10 @@
 use bytes::Bytes;
 
 use super::queue::UpstreamCall;
-use super::{Ctx, Inner, PullThroughCache, keys};
+use super::{Ctx, Inner, PullThroughCache};
 use crate::digest::Digest;
 use crate::error::Result;
+use crate::keys;
 use crate::manifest::ParsedManifest;
 use crate::names::{Reference, RepoName};
 use crate::upstream::{ManifestHead, media_types};
@@ -33,7 +34,7 @@ impl Inner {
     /// name a manifest's media type) is kept.
     pub(crate) async fn entitle(&self, repo: &RepoName, d: &Digest) -> Result<()> {
         self.store
-            .create_meta(&keys::entitlement(repo, d), Bytes::new())
+            .create_meta(&keys::grant(repo, d), Bytes::new())
             .await?;
         self.hot.keep_entitled(repo, d);
         Ok(())
@@ -53,9 +54,7 @@ impl Inner {
     }
 
     async fn entitle_with(&self, repo: &RepoName, d: &Digest, value: Bytes) -> Result<()> {
-        self.store
-            .put_meta(&keys::entitlement(repo, d), value)
-            .await?;
+        self.store.put_meta(&keys::grant(repo, d), value).await?;
         self.hot.keep_entitled(repo, d);
         Ok(())
     }
@@ -71,7 +70,7 @@ impl Inner {
         if self.hot.is_entitled(repo, d) {
             return Ok(Some(Bytes::new()));
         }
-        let grant = self.store.get_meta(&keys::entitlement(repo, d)).await?;
+        let grant = self.store.get_meta(&keys::grant(repo, d)).await?;
         if grant.is_some() {
             self.hot.keep_entitled(repo, d);
         }
@@ -109,7 +108,7 @@ impl Inner {
         }
         for d in vouched_by(parsed) {
             self.hot.forget_entitled(repo, d);
-            self.store.delete_meta(&keys::entitlement(repo, d)).await?;
+            self.store.delete_meta(&keys::grant(repo, d)).await?;
         }
         Ok(true)
     }

@@ -528,7 +528,7 @@ impl Job {
         let inner = &*self.inner;
         let (store, clock, opts) = (&*inner.store, &*inner.clock, &inner.opts);
         let d = &self.fetch.digest;
-        let key = super::keys::blob_lease(d);
+        let key = crate::keys::blob_lease(d);
         let started = clock.now();
         let mut lapses: Option<std::time::SystemTime> = None;
         let mut delay = std::time::Duration::from_millis(50);

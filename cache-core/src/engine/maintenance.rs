@@ -6,11 +6,12 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 
-use super::{PullThroughCache, keys, lease};
+use super::{PullThroughCache, keys as records, lease};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::store::{BlobInfo, BlobStoreExt, MetaKey};
+use crate::keys;
+use crate::store::{BlobInfo, BlobStoreExt};
 use crate::verify::VerifyingStream;
 
 /// What [`PullThroughCache::gc`] did.
@@ -151,10 +152,10 @@ impl PullThroughCache {
         let stored: HashSet<Digest> = blobs.keys().cloned().collect();
         let dangling = |d: &Digest| !stored.contains(d) && !inner.is_busy(d);
         // Per-rule TTLs apply to content known under the rule's repositories.
-        let repos = MetaKey::parse("repos").expect("static key");
+        let repos = keys::repos();
         let meta = inner.store.list_meta(Some(&repos)).await?;
         for key in &meta {
-            if let Some((repo, d)) = keys::parse_entitlement(key) {
+            if let Some((repo, d)) = keys::parse_grant(key) {
                 if dangling(&d) {
                     inner.store.delete_meta(key).await?;
                     report.dropped_records += 1;
@@ -191,7 +192,7 @@ impl PullThroughCache {
                     .store
                     .get_meta(key)
                     .await?
-                    .and_then(|b| keys::TagRecord::decode(&b))
+                    .and_then(|b| records::TagRecord::decode(&b))
                     .is_none_or(|rec| age(Some(rec.confirmed)) > ttl);
                 if stale {
                     inner.store.delete_meta(key).await?;
@@ -199,7 +200,7 @@ impl PullThroughCache {
             }
         }
 
-        let platforms = MetaKey::parse("platforms").expect("static key");
+        let platforms = keys::platforms();
         for key in inner.store.list_meta(Some(&platforms)).await? {
             if keys::parse_platform(&key).is_some_and(|d| dangling(&d)) {
                 inner.store.delete_meta(&key).await?;
@@ -232,7 +233,7 @@ impl PullThroughCache {
             }
         }
         for key in &meta {
-            if keys::parse_entitlement(key).is_some_and(|(_, d)| evicted.contains(&d)) {
+            if keys::parse_grant(key).is_some_and(|(_, d)| evicted.contains(&d)) {
                 inner.store.delete_meta(key).await?;
                 report.dropped_records += 1;
             }

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::keys::{self, TagRecord};
+use super::keys::TagRecord;
 use super::queue::UpstreamCall;
 use super::response::ManifestResponse;
 use super::{Ctx, PullThroughCache};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::events::{CacheStatus, Event};
+use crate::keys;
 use crate::manifest::{ParsedManifest, Platform};
 use crate::names::{Reference, RepoName, Tag};
 use crate::policy::{AdmissionRequest, Caller, TagFreshness};

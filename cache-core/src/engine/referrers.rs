@@ -14,16 +14,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::keys::{self, ReferrersRecord};
+use super::keys::ReferrersRecord;
 use super::queue::UpstreamCall;
 use super::response::{Catalog, Referrers};
 use super::{Ctx, PullThroughCache};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::events::CacheStatus;
+use crate::keys;
 use crate::names::{Reference, RepoName, Tag};
 use crate::policy::TagFreshness;
-use crate::store::MetaKey;
 use crate::upstream::media_types;
 
 /// The largest catalog page.
@@ -161,7 +161,7 @@ impl PullThroughCache {
     pub async fn catalog(&self, limit: Option<usize>, last: Option<&RepoName>) -> Result<Catalog> {
         let limit = limit.unwrap_or(DEFAULT_CATALOG_PAGE).min(MAX_CATALOG_PAGE);
         let rules = self.rules();
-        let prefix = MetaKey::parse("repos").expect("static key");
+        let prefix = keys::repos();
         let repos: BTreeSet<RepoName> = self
             .inner
             .store

@@ -2,11 +2,11 @@
 //! when the upstream fails (but not when it says the repository is unknown).
 
 use super::PullThroughCache;
-use super::keys;
 use super::queue::UpstreamCall;
 use super::response::TagList;
 use crate::error::Result;
 use crate::events::CacheStatus;
+use crate::keys;
 use crate::names::{RepoName, Tag};
 use crate::upstream::TagPage;
 
@@ -29,11 +29,7 @@ impl PullThroughCache {
             Err(e) if e.is_not_found() => Err(e),
             Err(e) => {
                 self.upstream_error(&ctx, &e);
-                let keys = self
-                    .inner
-                    .store
-                    .list_meta(Some(&keys::tags_prefix(name)))
-                    .await?;
+                let keys = self.inner.store.list_meta(Some(&keys::tags(name))).await?;
                 let mut tags: Vec<Tag> = keys
                     .iter()
                     .filter_map(keys::parse_tag)

@@ -1,10 +1,12 @@
 //! Test support: the [`BlobStore`] conformance suite, an in-process
 //! [`FakeUpstream`] with fault injection, and a [`ManualClock`].
 //!
-//! The [`BlobStore`] conformance suite. Every backend runs all of it, through
+//! The [`BlobStore`] conformance suite. Every backend runs all of it
+//! ([`CHECKS`], one list), through
 //! [`blob_store_conformance!`](crate::blob_store_conformance), which expands
 //! to one `#[tokio::test]` per check inside the caller's module (so test
-//! names read `memory_store::conformance::ranged_reads`).
+//! names read `memory_store::conformance::ranged_reads`), or through
+//! [`all_checks`] for stores whose setup is shared by every check.
 
 use std::any::Any;
 use std::fmt;
@@ -39,6 +41,15 @@ impl fmt::Debug for Harness {
             .field("store", &self.store)
             .finish_non_exhaustive()
     }
+}
+
+/// A free TCP port on 127.0.0.1 (the one helper every crate's test kit
+/// uses: `cache_upstream::testing` and `cache_store::testing` re-use it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
 }
 
 /// Deterministic test content of `len` bytes, different for each `seed`.
@@ -437,33 +448,38 @@ pub async fn conditional_metadata_writes(h: &Harness) {
     assert_eq!(s.get_meta(&racing).await.unwrap().unwrap(), vec![winner]);
 }
 
-/// Runs every conformance check in turn, each on a fresh harness `make`
-/// gives for a name of its own (for stores whose setup is costly, such as
-/// an emulator shared by all checks). The list is the one
-/// [`blob_store_conformance!`](crate::blob_store_conformance) expands.
-pub async fn all_checks(make: impl Fn(&str) -> Harness) {
-    put_get_stat_delete_list(&make("a")).await;
-    unknown_blob_is_blob_unknown(&make("b")).await;
-    ranged_reads(&make("c")).await;
-    uncommitted_write_is_invisible_and_leaves_nothing(&make("d")).await;
-    concurrent_writers_of_one_digest_both_succeed(&make("e")).await;
-    mismatched_commit_is_refused(&make("f")).await;
-    staged_reader_follows_the_writer(&make("g")).await;
-    write_chunks_appends_in_order(&make("h")).await;
-    metadata_round_trips(&make("i")).await;
-    touch_records_access_time(&make("j")).await;
-    empty_and_sha512_blobs(&make("k")).await;
-    large_reads_in_pieces(&make("l")).await;
-    conditional_metadata_writes(&make("m")).await;
-}
-
-/// Expands to one `#[tokio::test]` per conformance check. The argument is
-/// an async function returning a [`Harness`]; the caller's crate needs
-/// `tokio` with the `macros` and `rt` features.
+/// The conformance checks, listed once: [`all_checks`], [`CHECKS`] and
+/// [`blob_store_conformance!`](crate::blob_store_conformance) all expand
+/// from this list, so a check cannot run on one backend and be skipped on
+/// another. A check is a `pub async fn NAME(h: &Harness)` in this module;
+/// a test fails if one is missing here.
+#[doc(hidden)]
 #[macro_export]
-macro_rules! blob_store_conformance {
-    ($harness:path) => {
-        $crate::blob_store_conformance!(@tests $harness;
+macro_rules! __blob_store_checks {
+    (@expand [tests $harness:path] $($name:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let h = $harness().await;
+                $crate::testing::$name(&h).await;
+            }
+        )*
+    };
+    (@expand [all] $($name:ident,)*) => {
+        /// The name of every conformance check, in the order they run.
+        pub const CHECKS: &[&str] = &[$(stringify!($name)),*];
+
+        /// Runs every conformance check in turn, each on a fresh harness
+        /// `make` gives for the check's name (for stores whose setup is
+        /// costly, such as an emulator shared by all checks: a prefix or
+        /// container per check). The list is the one
+        /// [`blob_store_conformance!`](crate::blob_store_conformance) expands.
+        pub async fn all_checks(make: impl Fn(&str) -> Harness) {
+            $( $name(&make(stringify!($name))).await; )*
+        }
+    };
+    ($($mode:tt)*) => {
+        $crate::__blob_store_checks!(@expand [$($mode)*]
             put_get_stat_delete_list,
             unknown_blob_is_blob_unknown,
             ranged_reads,
@@ -479,13 +495,49 @@ macro_rules! blob_store_conformance {
             conditional_metadata_writes,
         );
     };
-    (@tests $harness:path; $($name:ident,)*) => {
-        $(
-            #[tokio::test]
-            async fn $name() {
-                let h = $harness().await;
-                $crate::testing::$name(&h).await;
-            }
-        )*
+}
+
+crate::__blob_store_checks!(all);
+
+/// Expands to one `#[tokio::test]` per conformance check (the list of
+/// [`CHECKS`]). The argument is an async function returning a
+/// [`Harness`]; the caller's crate needs `tokio` with the `macros` and
+/// `rt` features.
+#[macro_export]
+macro_rules! blob_store_conformance {
+    ($harness:path) => {
+        $crate::__blob_store_checks!(tests $harness);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The check functions this module defines: every public `async fn`
+    /// at its top level taking only a `&Harness`.
+    fn defined_checks(src: &str) -> BTreeSet<&str> {
+        src.lines()
+            .filter(|l| l.contains(": &Harness)"))
+            .filter_map(|l| l.strip_prefix("pub async fn "))
+            .filter_map(|rest| rest.split('(').next())
+            .collect()
+    }
+
+    #[test]
+    fn every_check_function_is_in_the_one_list() {
+        let defined = defined_checks(include_str!("mod.rs"));
+        let listed: BTreeSet<&str> = super::CHECKS.iter().copied().collect();
+        assert_eq!(
+            defined, listed,
+            "a check defined here is missing from __blob_store_checks (or the reverse)"
+        );
+        assert_eq!(listed.len(), super::CHECKS.len(), "a check is listed twice");
+    }
+
+    #[test]
+    fn the_scan_finds_a_check_that_is_not_listed() {
+        let src = "pub async fn listed(h: &Harness) {}\npub async fn forgotten(h: &Harness) {}\npub async fn helper(x: u8) {}\n";
+        assert_eq!(defined_checks(src), BTreeSet::from(["listed", "forgotten"]));
+    }
 }

@@ -103,12 +103,145 @@ pub fn require(bin: &str, package: &str) -> Result<PathBuf, String> {
     ))
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+pub use cache_core::testing::free_port;
+
+/// Waits (at most 15 s) until something answers HTTP on 127.0.0.1:`port`
+/// (a `GET path` gets any answer); with `child`, an error as soon as that
+/// process exits instead.
+pub fn wait_http(port: u16, path: &str, mut child: Option<&mut Child>) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(
+                format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
+            );
+            let mut buf = [0u8; 8];
+            if s.read(&mut buf).is_ok_and(|n| n > 0) && buf.starts_with(b"HTTP/") {
+                return Ok(());
+            }
+        }
+        if let Some(Ok(Some(status))) = child.as_mut().map(|c| c.try_wait()) {
+            return Err(format!(
+                "it exited ({status}) before answering on port {port}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    Err(format!(
+        "nothing answered HTTP on 127.0.0.1:{port} within 15 s"
+    ))
+}
+
+/// A `registry-proxy` process (the binary at a path the caller gives:
+/// tests pass `env!("CARGO_BIN_EXE_registry-proxy")`, benches a release
+/// build) on a loopback port, in a directory of its own that holds its
+/// `proxy.toml` and its log, `proxy.log`; killed when dropped. The one
+/// launcher of the server for tests and benches.
+#[derive(Debug)]
+pub struct RegistryProxy {
+    /// The process.
+    pub child: Child,
+    /// The port it listens on.
+    pub port: u16,
+    /// Its directory: `proxy.toml`, `proxy.log`, and what the
+    /// configuration puts there (a relative storage path lands here).
+    pub dir: tempfile::TempDir,
+}
+
+impl RegistryProxy {
+    /// Writes `dir/proxy.toml`: `body` with a `listen` line for a free
+    /// port, which it returns.
+    pub fn write_config(dir: &Path, body: &str) -> Result<u16, String> {
+        let port = free_port();
+        let cfg = format!("listen = \"127.0.0.1:{port}\"\n{body}");
+        std::fs::write(dir.join("proxy.toml"), cfg).map_err(|e| e.to_string())?;
+        Ok(port)
+    }
+
+    /// Starts `bin` on the configuration `body` (a `listen` line added) in
+    /// a new directory, logging at `rust_log` (to `proxy.log` with
+    /// `keep_log`, else nowhere: a long bench's log would weigh on it);
+    /// returns once it answers.
+    pub fn start(bin: &Path, body: &str, rust_log: &str, keep_log: bool) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port = Self::write_config(dir.path(), body)?;
+        Self::launch(bin, dir, port, rust_log, keep_log)
+    }
+
+    /// Starts `bin` on the `proxy.toml` already in `dir`, which listens on
+    /// `port`, logging at `rust_log` (to `dir/proxy.log` with `keep_log`);
+    /// returns once it answers HTTP on `/v2/` (or, serving TLS, accepts
+    /// connections). An error carries the log.
+    pub fn launch(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        port: u16,
+        rust_log: &str,
+        keep_log: bool,
+    ) -> Result<Self, String> {
+        let config = dir.path().join("proxy.toml");
+        let tls = std::fs::read_to_string(&config)
+            .unwrap_or_default()
+            .contains("[tls]");
+        let (out, err) = if keep_log {
+            let log =
+                std::fs::File::create(dir.path().join("proxy.log")).map_err(|e| e.to_string())?;
+            (
+                Stdio::from(log.try_clone().map_err(|e| e.to_string())?),
+                Stdio::from(log),
+            )
+        } else {
+            (Stdio::null(), Stdio::null())
+        };
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", rust_log)
+            .stdout(out)
+            .stderr(err)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let mut p = RegistryProxy { child, port, dir };
+        let ready = if tls {
+            // Listening is enough: HTTPS is the caller's to check.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break Ok(());
+                }
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    break Err(format!("it exited ({status}) before listening"));
+                }
+                if Instant::now() > deadline {
+                    break Err(format!("it did not listen on port {port} within 15 s"));
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        } else {
+            wait_http(port, "/v2/", Some(&mut p.child))
+        };
+        match ready {
+            Ok(()) => Ok(p),
+            Err(e) => Err(format!(
+                "registry-proxy did not start: {e}; log:\n{}",
+                p.log()
+            )),
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RegistryProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A running distribution registry on 127.0.0.1.
@@ -222,7 +355,7 @@ impl TestRegistry {
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| format!("starting docker-registry: {e}"))?;
-        let reg = TestRegistry {
+        let mut reg = TestRegistry {
             child,
             port,
             dir,
@@ -234,27 +367,9 @@ impl TestRegistry {
         Ok(reg)
     }
 
-    fn wait_ready(&self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-                let mut buf = [0u8; 32];
-                if let Ok(n) = s.read(&mut buf)
-                    && n > 0
-                    && buf.starts_with(b"HTTP/")
-                {
-                    return Ok(());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!(
-            "docker-registry did not answer on 127.0.0.1:{}; log:\n{}",
-            self.port,
-            self.log()
-        ))
+    fn wait_ready(&mut self) -> Result<(), String> {
+        wait_http(self.port, "/v2/", Some(&mut self.child))
+            .map_err(|e| format!("docker-registry: {e}; log:\n{}", self.log()))
     }
 
     /// `127.0.0.1:PORT`.

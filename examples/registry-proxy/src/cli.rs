@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cache_core::events::NoEvents;
 use cache_core::manifest::Platform;
-use cache_core::{Digest, ImageRef, PullThroughCache, RepoName};
+use cache_core::{Digest, ImageRef, LocalRef, PullThroughCache, RepoName};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -18,16 +18,22 @@ fn usage(msg: String) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The largest answer an admin call reads.
+const MAX_ADMIN_ANSWER: usize = 64 * 1024 * 1024;
+/// How long connecting to the admin endpoint may take.
+const ADMIN_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `POST target` to the running server's admin endpoint (the file's
-/// `server.admin_listen`): whether it answered 200, and the body. Only that
-/// key is read here: the server validates the file and says what it thinks.
+/// `server.admin_listen`), with hyper's HTTP/1.1 client: whether it
+/// answered 200, and the body (at most 64 MiB; the whole exchange within
+/// `wait`). Only that key is read here: the server validates the file and
+/// says what it thinks.
 fn admin_post(
     path: Option<&std::path::Path>,
     what: &str,
     target: &str,
     wait: std::time::Duration,
 ) -> Result<(bool, String), ExitCode> {
-    use std::io::{Read, Write};
     let admin = path
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|text| crate::config::admin_listen_of(&text));
@@ -36,27 +42,57 @@ fn admin_post(
             "{what} needs server.admin_listen (a loopback address) in the configuration file"
         )));
     };
-    let answer = (|| {
-        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
-        s.set_read_timeout(Some(wait))?;
-        s.write_all(format!("POST {target} HTTP/1.0\r\nContent-Length: 0\r\n\r\n").as_bytes())?;
-        let mut text = String::new();
-        s.take(64 * 1024 * 1024).read_to_string(&mut text)?;
-        Ok::<_, std::io::Error>(text)
-    })();
-    match answer {
-        Ok(text) => {
-            let ok = text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200");
-            let body = text
-                .split_once("\r\n\r\n")
-                .map_or(text.as_str(), |(_, b)| b);
-            Ok((ok, body.to_owned()))
-        }
-        Err(e) => {
-            eprintln!("registry-proxy: no answer from the server at {addr}: {e}");
-            Err(ExitCode::FAILURE)
-        }
-    }
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(post(addr, target, wait)));
+    answer.map_err(|e| {
+        eprintln!("registry-proxy: no answer from the server at {addr}: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// One `POST target` with an empty body to `addr`: whether the answer is
+/// 200, and its body as text.
+async fn post(
+    addr: std::net::SocketAddr,
+    target: &str,
+    wait: std::time::Duration,
+) -> Result<(bool, String), String> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    let stream = tokio::time::timeout(ADMIN_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connecting took over {ADMIN_CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        let request = hyper::Request::post(target)
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| format!("{target:?}: {e}"))?;
+        // The connection runs beside the exchange; it ends with the runtime.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ok = resp.status() == hyper::StatusCode::OK;
+        let body = Limited::new(resp.into_body(), MAX_ADMIN_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        Ok::<_, String>((ok, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(wait, exchange)
+        .await
+        .map_err(|_| format!("no answer within {wait:?}"))?
 }
 
 /// `reload`: asks the running server to re-read its configuration file,
@@ -84,13 +120,13 @@ pub fn reload(path: Option<&std::path::Path>) -> ExitCode {
 /// its vulnerability gate, and prints the findings: 0 when the policy
 /// serves it, 1 when it denies it (or the scan failed).
 pub fn scan(path: Option<&std::path::Path>, image: &str) -> ExitCode {
-    if image
-        .bytes()
-        .any(|b| b"&#% +".contains(&b) || b.is_ascii_control())
-    {
-        return usage(format!("image {image:?}: not an image name"));
-    }
-    let target = format!("/scan?image={image}");
+    // Parsed here, so what goes into the query is a validated name, tag
+    // and digest only (no `&`, `#`, `%` or space can reach it).
+    let local = match LocalRef::parse(image) {
+        Ok(r) => r,
+        Err(e) => return usage(format!("image {image:?}: {e}")),
+    };
+    let target = format!("/scan?image={local}");
     let (ok, body) = match admin_post(path, "scan", &target, std::time::Duration::from_secs(1800)) {
         Ok(x) => x,
         Err(code) => return code,
@@ -178,10 +214,7 @@ pub fn explain(cfg: &Config, name: &str) -> ExitCode {
     let rules = &cfg.rules;
     // An upstream name starts with a registry host, as Docker reads names.
     if let Ok(image) = ImageRef::parse(name)
-        && name
-            .split('/')
-            .next()
-            .is_some_and(|h| h.contains(['.', ':']) || h == "localhost")
+        && name.split('/').next().is_some_and(ImageRef::names_registry)
     {
         return match rules.resolve_upstream(&image.registry, &image.repository) {
             Ok(r) => {
@@ -383,5 +416,81 @@ pub async fn scrub(cfg: &Config) -> ExitCode {
             eprintln!("registry-proxy scrub: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// A one-connection server on a loopback port that reads the request
+    /// head, then writes `answer` (unless `None`: it then stalls).
+    fn serve_once(answer: Option<Vec<u8>>) -> std::net::SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut b).unwrap();
+                if n == 0 {
+                    return;
+                }
+                head.extend_from_slice(&b[..n]);
+            }
+            assert!(head.starts_with(b"POST /reload HTTP/1.1\r\n"));
+            match answer {
+                Some(a) => {
+                    let _ = s.write_all(&a);
+                }
+                None => std::thread::sleep(Duration::from_secs(5)),
+            }
+        });
+        addr
+    }
+
+    fn post(addr: std::net::SocketAddr, wait: Duration) -> Result<(bool, String), String> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(super::post(addr, "/reload", wait))
+    }
+
+    #[test]
+    fn an_admin_call_reads_the_status_and_the_body() {
+        let ok = serve_once(Some(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\nreloaded: 3\n".to_vec(),
+        ));
+        assert_eq!(
+            post(ok, Duration::from_secs(10)),
+            Ok((true, "reloaded: 3\n".to_owned()))
+        );
+        let refused = serve_once(Some(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 4\r\n\r\nbad\n".to_vec(),
+        ));
+        assert_eq!(
+            post(refused, Duration::from_secs(10)),
+            Ok((false, "bad\n".to_owned()))
+        );
+    }
+
+    #[test]
+    fn an_admin_call_gives_up_after_its_wait() {
+        let stalls = serve_once(None);
+        let e = post(stalls, Duration::from_millis(300)).unwrap_err();
+        assert!(e.contains("no answer within"), "{e}");
+    }
+
+    #[test]
+    fn an_admin_answer_over_the_bound_is_refused() {
+        let len = super::MAX_ADMIN_ANSWER + 1;
+        let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").into_bytes();
+        answer.resize(answer.len() + len, b'x');
+        let huge = serve_once(Some(answer));
+        let e = post(huge, Duration::from_secs(60)).unwrap_err();
+        assert!(e.contains("reading the answer"), "{e}");
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cache_core::testing::content;
-use cache_core::{BlobStore, BlobStoreExt, Digest, MetaKey};
+use cache_core::{BlobStore, BlobStoreExt, Digest};
 use cache_store::ObjectBlobStore;
 use cache_store::testing::Azurite;
 use cache_upstream::testing::HostileRegistry;
@@ -126,7 +126,7 @@ async fn a_lease_holder_killed_mid_fetch_is_replaced_and_nothing_partial_is_publ
     // Find the holder in the lease object, and kill it mid-fetch.
     let spool = tempfile::tempdir().unwrap();
     let store = shared_store(&az, "kill", spool.path());
-    let lease = MetaKey::parse(&format!("leases/blobs/sha256/{}", d.hex())).unwrap();
+    let lease = cache_core::keys::blob_lease(d);
     let deadline = Instant::now() + Duration::from_secs(10);
     let holder = loop {
         if let Some(v) = store.get_meta(&lease).await.unwrap() {

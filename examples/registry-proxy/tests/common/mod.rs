@@ -3,13 +3,10 @@
 //! small HTTP helpers.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use cache_upstream::testing::{TestRegistry, free_port, skopeo};
+use cache_upstream::testing::{RegistryProxy, TestRegistry, skopeo};
 
 /// The binary under test: this build's, or `REGISTRY_PROXY_BIN` (to run
 /// the suite against a release build, or an older one to see a test fail).
@@ -18,19 +15,26 @@ pub fn bin() -> String {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_registry-proxy").to_owned())
 }
 
-/// A running `registry-proxy`; killed when dropped.
-pub struct Proxy {
-    pub child: Child,
-    pub port: u16,
-    pub dir: tempfile::TempDir,
+/// A running `registry-proxy` (the test kit's [`RegistryProxy`]: its
+/// `child`, `port` and `dir` read through); killed when dropped.
+pub struct Proxy(RegistryProxy);
+
+impl std::ops::Deref for Proxy {
+    type Target = RegistryProxy;
+    fn deref(&self) -> &RegistryProxy {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proxy {
+    fn deref_mut(&mut self) -> &mut RegistryProxy {
+        &mut self.0
+    }
 }
 
 /// Writes `dir/proxy.toml`: `body` listening on a free port, which it returns.
 pub fn write_config(dir: &Path, body: &str) -> u16 {
-    let port = free_port();
-    let cfg = format!("listen = \"127.0.0.1:{port}\"\n{body}");
-    std::fs::write(dir.join("proxy.toml"), cfg).unwrap();
-    port
+    RegistryProxy::write_config(dir, body).unwrap()
 }
 
 /// Runs the binary with `args` (a subcommand, say) on `dir/proxy.toml`:
@@ -61,40 +65,15 @@ impl Proxy {
 
     /// Starts a server on the `proxy.toml` already in `dir`, listening on `port`.
     pub fn launch(dir: tempfile::TempDir, port: u16) -> Proxy {
-        let tls = std::fs::read_to_string(dir.path().join("proxy.toml"))
-            .unwrap_or_default()
-            .contains("[tls]");
-        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
-        let child = Command::new(bin())
-            .arg("--config")
-            .arg(dir.path().join("proxy.toml"))
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let p = Proxy { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                if tls {
-                    // Listening; HTTPS is the test's to check.
-                    return p;
-                }
-                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
-                let mut b = [0u8; 8];
-                if s.read(&mut b).is_ok_and(|n| n > 0) {
-                    return p;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "proxy did not start:\n{}",
-                p.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        Proxy(
+            RegistryProxy::launch(Path::new(&bin()), dir, port, "info", true)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.0.log()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -103,10 +82,6 @@ impl Proxy {
 
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
     }
 
     pub fn store(&self) -> PathBuf {
@@ -167,15 +142,28 @@ pub fn config_for(host: &str, url: &str, extra: &str) -> String {
     )
 }
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 pub fn config(up: &TestRegistry, extra_rule: &str) -> String {
     config_for(&up.host(), &up.url(), extra_rule)
+}
+
+/// An image whose config lists `packages` (what `TestScanner` reads),
+/// pushed to `up` as `repo:v1`; its layout's directory goes with it.
+pub fn push_labeled(
+    up: &TestRegistry,
+    repo: &str,
+    seed: u64,
+    packages: &str,
+) -> (cache_upstream::testing::TestImage, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = cache_upstream::testing::write_labeled_image(
+        dir.path(),
+        "v1",
+        seed,
+        &[20_000],
+        &[(cache_upstream::testing::PACKAGES_LABEL, packages)],
+    );
+    up.push(&img.layout, "v1", repo).unwrap();
+    (img, dir)
 }
 
 pub fn pull(proxy: &Proxy, reference: &str, dest: &Path, all: bool) -> Result<(), String> {

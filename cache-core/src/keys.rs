@@ -1,0 +1,246 @@
+//! The metadata-key layout: every key the engine and its admission hooks
+//! keep in a [`BlobStore`](crate::BlobStore)'s metadata space is built
+//! here, and parsed back here, so that the layout has one home.
+//!
+//! ```text
+//! repos/<repo>/_tags/<tag>              a cached tag (digest, media type, when confirmed)
+//! repos/<repo>/_links/<alg>/<hex>       a grant: the repository may read the content
+//! repos/<repo>/_referrers/<alg>/<hex>   the referrers of a manifest, as last fetched
+//! manifests/<alg>/<hex>                 a stored manifest's media type
+//! platforms/<alg>/<hex>                 the platform an index declared for a manifest
+//! leases/blobs/<alg>/<hex>              which instance fetches the blob
+//! leases/gc                             which instance runs gc
+//! scans/<scanner>/<alg>/<hex>           a vulnerability scanner's findings on a manifest
+//! ```
+//!
+//! Repository components never start with `_`, so `_tags`, `_links` and
+//! `_referrers` cannot collide with a nested repository. Keys are built
+//! from validated names and digests only; the one raw input, a scanner's
+//! name, is checked ([`scans_of`]).
+//!
+//! ```
+//! use cache_core::{Digest, RepoName, keys};
+//!
+//! let repo = RepoName::parse("library/nginx")?;
+//! let d = Digest::sha256_of(b"{}");
+//! let k = keys::grant(&repo, &d);
+//! assert_eq!(k.as_str(), format!("repos/library/nginx/_links/sha256/{}", d.hex()));
+//! assert_eq!(keys::parse_grant(&k), Some((repo, d.clone())));
+//! assert!(k.starts_with(&keys::repos()));
+//! assert!(keys::scan_record("trivy", &d).is_ok());
+//! assert!(keys::scan_record("not/one/segment", &d).is_err());
+//! # Ok::<(), cache_core::Error>(())
+//! ```
+
+use crate::digest::Digest;
+use crate::error::{Error, InvalidKind, Result};
+use crate::names::{RepoName, Tag};
+use crate::store::MetaKey;
+
+fn key(s: String) -> MetaKey {
+    MetaKey::parse(&s).expect("keys are built from validated names and digests")
+}
+
+/// `<alg>/<hex>` of a digest, as it stands at the end of a key.
+fn digest_part(d: &Digest) -> String {
+    format!("{}/{}", d.algorithm(), d.hex())
+}
+
+/// The digest of an `<alg>/<hex>` tail.
+fn parse_digest_part(tail: &str) -> Option<Digest> {
+    let (alg, hex) = tail.split_once('/')?;
+    Digest::parse(&format!("{alg}:{hex}")).ok()
+}
+
+/// `repos`: everything kept per repository (tags, grants, referrers).
+pub fn repos() -> MetaKey {
+    key("repos".to_owned())
+}
+
+/// `repos/<repo>/_tags/<tag>`: the tag's record.
+pub fn tag(repo: &RepoName, tag: &Tag) -> MetaKey {
+    key(format!("repos/{repo}/_tags/{tag}"))
+}
+
+/// `repos/<repo>/_tags`: every cached tag of a repository.
+pub fn tags(repo: &RepoName) -> MetaKey {
+    key(format!("repos/{repo}/_tags"))
+}
+
+/// `repos/<repo>/_links/<alg>/<hex>`: a grant, the repository is entitled
+/// to the content.
+pub fn grant(repo: &RepoName, d: &Digest) -> MetaKey {
+    key(format!("repos/{repo}/_links/{}", digest_part(d)))
+}
+
+/// `repos/<repo>/_referrers/<alg>/<hex>`: the referrers of a manifest, as
+/// last fetched.
+pub fn referrers(repo: &RepoName, d: &Digest) -> MetaKey {
+    key(format!("repos/{repo}/_referrers/{}", digest_part(d)))
+}
+
+/// `manifests/<alg>/<hex>`: a stored manifest's media type.
+pub fn manifest(d: &Digest) -> MetaKey {
+    key(format!("manifests/{}", digest_part(d)))
+}
+
+/// `platforms`: every platform record.
+pub fn platforms() -> MetaKey {
+    key("platforms".to_owned())
+}
+
+/// `platforms/<alg>/<hex>`: the platform an index declared for a manifest.
+pub fn platform(d: &Digest) -> MetaKey {
+    key(format!("platforms/{}", digest_part(d)))
+}
+
+/// `leases/blobs/<alg>/<hex>`: which instance fetches the blob (stores
+/// shared by several instances).
+pub fn blob_lease(d: &Digest) -> MetaKey {
+    key(format!("leases/blobs/{}", digest_part(d)))
+}
+
+/// `leases/gc`: which instance runs gc.
+pub fn gc_lease() -> MetaKey {
+    key("leases/gc".to_owned())
+}
+
+/// `scans`: every scanner's findings.
+pub fn scans() -> MetaKey {
+    key("scans".to_owned())
+}
+
+/// `scans/<scanner>`: one scanner's findings. The name must be one key
+/// segment (letters, digits, `.`, `_`, `-`); anything else is an error
+/// naming it.
+pub fn scans_of(scanner: &str) -> Result<MetaKey> {
+    if scanner.contains('/') {
+        return Err(Error::invalid(
+            InvalidKind::MetaKey,
+            scanner,
+            "a scanner name is one segment: letters, digits, '.', '_' and '-'",
+        ));
+    }
+    MetaKey::parse(&format!("scans/{scanner}")).map_err(|_| {
+        Error::invalid(
+            InvalidKind::MetaKey,
+            scanner,
+            "a scanner name is one segment: letters, digits, '.', '_' and '-'",
+        )
+    })
+}
+
+/// `scans/<scanner>/<alg>/<hex>`: a scanner's findings on a manifest; an
+/// error for a scanner name [`scans_of`] refuses.
+pub fn scan_record(scanner: &str, d: &Digest) -> Result<MetaKey> {
+    Ok(key(format!("{}/{}", scans_of(scanner)?, digest_part(d))))
+}
+
+/// The repository a key under `repos/` is about (a tag or a grant).
+pub fn repo_of(k: &MetaKey) -> Option<RepoName> {
+    let rest = k.as_str().strip_prefix("repos/")?;
+    let (repo, _) = ["/_links/", "/_tags/"]
+        .iter()
+        .find_map(|sep| rest.split_once(sep))?;
+    RepoName::parse(repo).ok()
+}
+
+/// A grant key's repository and digest.
+pub fn parse_grant(k: &MetaKey) -> Option<(RepoName, Digest)> {
+    let rest = k.as_str().strip_prefix("repos/")?;
+    let (repo, tail) = rest.split_once("/_links/")?;
+    Some((RepoName::parse(repo).ok()?, parse_digest_part(tail)?))
+}
+
+/// A tag key's repository and tag.
+pub fn parse_tag(k: &MetaKey) -> Option<(RepoName, Tag)> {
+    let rest = k.as_str().strip_prefix("repos/")?;
+    let (repo, tag) = rest.split_once("/_tags/")?;
+    Some((RepoName::parse(repo).ok()?, Tag::parse(tag).ok()?))
+}
+
+/// The digest a platform key is about.
+pub fn parse_platform(k: &MetaKey) -> Option<Digest> {
+    parse_digest_part(k.as_str().strip_prefix("platforms/")?)
+}
+
+/// A scan record key's scanner and digest.
+pub fn parse_scan_record(k: &MetaKey) -> Option<(&str, Digest)> {
+    let (scanner, tail) = k.as_str().strip_prefix("scans/")?.split_once('/')?;
+    Some((scanner, parse_digest_part(tail)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn digest(seed: u8) -> Digest {
+        Digest::sha256_of(&[seed])
+    }
+
+    #[test]
+    fn every_key_parses_back_to_what_built_it() {
+        let repo = RepoName::parse("acme/team/app").unwrap();
+        let t = Tag::parse("v1.2").unwrap();
+        let d = digest(1);
+        assert_eq!(parse_tag(&tag(&repo, &t)), Some((repo.clone(), t.clone())));
+        assert_eq!(
+            parse_grant(&grant(&repo, &d)),
+            Some((repo.clone(), d.clone()))
+        );
+        assert_eq!(parse_platform(&platform(&d)), Some(d.clone()));
+        let scan = scan_record("trivy-1.0", &d).unwrap();
+        assert_eq!(parse_scan_record(&scan), Some(("trivy-1.0", d.clone())));
+        assert_eq!(repo_of(&tag(&repo, &t)), Some(repo.clone()));
+        assert_eq!(repo_of(&grant(&repo, &d)), Some(repo.clone()));
+        // One kind of key does not parse as another.
+        assert_eq!(parse_tag(&grant(&repo, &d)), None);
+        assert_eq!(parse_grant(&tag(&repo, &t)), None);
+        assert_eq!(parse_platform(&manifest(&d)), None);
+        assert_eq!(parse_scan_record(&blob_lease(&d)), None);
+    }
+
+    #[test]
+    fn keys_lie_under_their_prefixes() {
+        let repo = RepoName::parse("library/nginx").unwrap();
+        let d = digest(2);
+        assert!(tag(&repo, &Tag::parse("latest").unwrap()).starts_with(&tags(&repo)));
+        for k in [tags(&repo), grant(&repo, &d), referrers(&repo, &d)] {
+            assert!(k.starts_with(&repos()), "{k}");
+        }
+        assert!(platform(&d).starts_with(&platforms()));
+        assert!(
+            scan_record("s", &d)
+                .unwrap()
+                .starts_with(&scans_of("s").unwrap())
+        );
+        assert!(scans_of("s").unwrap().starts_with(&scans()));
+        assert!(
+            !scan_record("s", &d)
+                .unwrap()
+                .starts_with(&scans_of("s2").unwrap())
+        );
+    }
+
+    #[test]
+    fn scanner_names_that_are_not_one_segment_are_refused_by_name() {
+        for bad in ["", "a/b", "..", ".", "a b", "a\"b", "a\nb"] {
+            let e = scan_record(bad, &digest(3)).unwrap_err();
+            assert!(e.to_string().contains("scanner name"), "{bad:?}: {e}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn scan_records_round_trip_for_every_accepted_name(name in "[A-Za-z0-9._/-]{0,12}", seed: u8) {
+            let d = digest(seed);
+            match scan_record(&name, &d) {
+                Ok(k) => prop_assert_eq!(parse_scan_record(&k), Some((name.as_str(), d))),
+                Err(_) => prop_assert!(
+                    name.is_empty() || name.contains('/') || name == "." || name == ".."
+                ),
+            }
+        }
+    }
+}
