@@ -34,6 +34,7 @@ impl Admission for RefuseAll {
 
 struct World {
     pull: PullService,
+    pull_cache: PullThroughCache,
     img: PushedImage,
     scoped: Arc<ScopedTokens>,
     _dir: tempfile::TempDir,
@@ -63,7 +64,8 @@ async fn world(refuse: bool) -> World {
         b = b.admission(RefuseAll);
     }
     let scoped = Arc::new(ScopedTokens::new());
-    let pull = PullService::new(b.build().unwrap())
+    let cache = b.build().unwrap();
+    let pull = PullService::new(cache.clone())
         .auth(PullAuth::new(
             AuthConfig::default().token(Secret::new("good")),
         ))
@@ -71,6 +73,7 @@ async fn world(refuse: bool) -> World {
         .realm("test-realm");
     World {
         pull,
+        pull_cache: cache,
         img,
         scoped,
         _dir: dir,
@@ -289,4 +292,16 @@ async fn shutdown_closes_the_listener_and_returns() {
         TcpStream::connect(addr).await.is_err(),
         "no longer listening"
     );
+}
+
+#[tokio::test]
+async fn auth_added_to_a_clone_leaves_the_original_as_it_was() {
+    let w = world(false).await;
+    let open = PullService::new(w.pull_cache.clone());
+    let guarded = open
+        .clone()
+        .auth(PullAuth::new(AuthConfig::default().token(Secret::new("t"))));
+    let base = || http::Request::get("/v2/").body(()).unwrap();
+    assert_eq!(guarded.answer(base()).await.status(), 401);
+    assert_eq!(open.answer(base()).await.status(), 200, "still open");
 }

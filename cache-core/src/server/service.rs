@@ -98,8 +98,9 @@ impl PullService {
     /// let pull = PullService::new(cache).auth(PullAuth::new(users));
     /// # let _ = pull; Ok(()) }
     /// ```
-    pub fn auth(self, auth: PullAuth) -> Self {
-        self.auth.store(Some(Arc::new(auth)));
+    pub fn auth(mut self, auth: PullAuth) -> Self {
+        // A slot of its own: clones made before this step keep theirs.
+        self.auth = Arc::new(ArcSwapOption::from_pointee(auth));
         self
     }
 
