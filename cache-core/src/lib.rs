@@ -67,6 +67,8 @@ mod range;
 pub mod rules;
 pub mod runtime;
 mod secret;
+#[cfg(feature = "server")]
+pub mod server;
 mod store;
 mod upstream;
 mod verify;

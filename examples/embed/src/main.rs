@@ -1,16 +1,30 @@
-//! The engine inside an existing axum application, wired by hand: caching
-//! rules, a filesystem store, one upstream, an image pulled ahead of time,
-//! and the pull API mounted next to the application's own routes.
+//! The engine inside an existing axum application: caching rules, a
+//! filesystem store, one upstream, and the library's pull service
+//! (`cache_core::server`) with pull-side auth and the vulnerability gate,
+//! mounted next to the application's own routes and served with the
+//! library's connection limits and zero-copy blob sends.
 //!
 //! `embed [UPSTREAM_ENDPOINT] [LISTEN] [IMAGE_TO_WARM]`; by default Docker
-//! Hub, 127.0.0.1:5001, nothing warmed.
+//! Hub, 127.0.0.1:5001, nothing warmed. With `EMBED_HTPASSWD=FILE`, pulls
+//! need the credentials of a user in that htpasswd (bcrypt) file; with
+//! `EMBED_SCANNER=URL`, an image is served only once the Harbor scanner
+//! adapter there finds no High or Critical vulnerability in it (the
+//! scanner pulls it from this server with a credential scoped to its
+//! repository).
 
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::routing::{any, get};
+use std::collections::HashMap;
+use std::future::pending;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use cache_core::ImageRef;
 use cache_core::prelude::*;
-use cache_core::protocol;
+use cache_core::server::{
+    AuthConfig, ConnLimits, PullAuth, PullService, ScopedTokens, serve_connections,
+};
 use cache_store::FsStore;
+use cache_upstream::scanner::{GateMode, OnScannerError, ScanGate, ScanPolicy, ScannerClient};
 use cache_upstream::{ClientOptions, RegistryClient};
 
 #[tokio::main]
@@ -19,57 +33,63 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let endpoint = args.next();
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:5001".into());
     let warm = args.next();
-    // The upstream's name, as rules write it: the endpoint's host, or Docker Hub.
+    // The upstream's name, as rules write it: the endpoint's host[:port], or Docker Hub.
     let host = match &endpoint {
-        Some(e) => e
-            .split("://")
-            .nth(1)
-            .unwrap_or(e)
-            .trim_end_matches('/')
-            .to_owned(),
+        Some(e) => url::Url::parse(e)?.authority().to_owned(),
         None => "docker.io".to_owned(),
     };
-    let client = RegistryClient::new(
-        Registry::parse(&host)?,
-        endpoint.as_deref(),
-        None,
-        ClientOptions::default(),
-    )?;
-    let cache = PullThroughCache::builder()
-        .rule(RuleSpec::new(
-            "library",
-            format!("{host}/library/*"),
-            "library/*",
-        ))
-        .store(FsStore::open("embed-cache").await?)
+    let opts = ClientOptions::default();
+    let client = RegistryClient::new(Registry::parse(&host)?, endpoint.as_deref(), None, opts)?;
+    let store: Arc<dyn BlobStore> = Arc::new(FsStore::open("embed-cache").await?);
+    let scoped = Arc::new(ScopedTokens::new());
+    let rule = RuleSpec::new("library", format!("{host}/library/*"), "library/*");
+    let mut builder = PullThroughCache::builder()
+        .rule(rule)
+        .store(store.clone())
         .tokio()
-        .upstream(&host, client)
-        .build()?;
+        .upstream(&host, client);
+    if let Ok(url) = std::env::var("EMBED_SCANNER") {
+        let scanner = ScannerClient::new("scanner", &url, None, &format!("http://{listen}"))?;
+        let policies = HashMap::from([("library".to_owned(), deny_high("scanner"))]);
+        let gate = ScanGate::new(vec![scanner], policies, store, scoped.clone())?;
+        builder = builder.admission(gate);
+    }
+    let cache = builder.build()?;
+    let mut pull = PullService::new(cache.clone()).scoped(scoped);
+    if let Ok(file) = std::env::var("EMBED_HTPASSWD") {
+        pull = pull.auth(PullAuth::new(AuthConfig::read_htpasswd(file.as_ref())?));
+    }
+    // The application's own routes; the pull API (`/v2/...`) answers the rest.
+    let app = axum::Router::new()
+        .route("/", get(|| async { "the host application" }))
+        .fallback_service(pull);
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    // Zero-copy blob sends, a connection cap, idle and send timeouts; until killed.
+    let server = serve_connections(listener, app, ConnLimits::default(), None, pending());
+    let served = tokio::spawn(server);
+    println!("serving on {listen}");
     if let Some(image) = warm {
-        let (name, tag) = image.split_once(':').unwrap_or((&image, "latest"));
+        // After the listener: a gate's scanner pulls what it scans from here.
+        let local = ImageRef::parse(&image)?;
         let report = cache
-            .pull_image(&RepoName::parse(name)?, &Reference::parse(tag)?, &[], 4)
+            .pull_image(&local.repository, &local.reference(), &[], 4)
             .await?;
         println!("warmed {image}: {report:?}");
     }
-    // The application's own routes, and the pull API under /v2/.
-    let app = axum::Router::new()
-        .route("/", get(|| async { "the host application" }))
-        .route("/v2", any(pull_api))
-        .route("/v2/{*rest}", any(pull_api))
-        .with_state(cache);
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
-    println!("serving on {listen}");
-    axum::serve(listener, app).await?;
+    served.await?;
     Ok(())
 }
 
-/// The whole pull API: `cache_core::protocol` answers, axum carries.
-async fn pull_api(State(cache): State<PullThroughCache>, req: Request) -> axum::response::Response {
-    let r = protocol::handle(&cache, req.method(), req.uri(), req.headers()).await;
-    r.map(|body| match body {
-        protocol::Body::Empty => Body::empty(),
-        protocol::Body::Bytes(b) => Body::from(b),
-        protocol::Body::Blob(b) => Body::from_stream(b.into_stream()),
-    })
+/// Refuses images with a High or Critical finding; a scanner that fails
+/// refuses too.
+fn deny_high(scanner: &str) -> ScanPolicy {
+    ScanPolicy {
+        scanner: scanner.to_owned(),
+        deny_severity: cache_upstream::scanner::Severity::High,
+        allow: Default::default(),
+        mode: GateMode::Enforce,
+        rescan: Duration::from_secs(24 * 3600),
+        on_scanner_error: OnScannerError::Deny,
+        wait: Duration::from_secs(60),
+    }
 }

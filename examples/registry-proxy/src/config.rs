@@ -431,14 +431,7 @@ pub struct UpstreamLimits {
     pub revalidate_window: Duration,
 }
 
-/// Pull-side authentication.
-#[derive(Debug, Clone, Default)]
-pub struct AuthConfig {
-    /// `user -> bcrypt hash`.
-    pub htpasswd: HashMap<String, String>,
-    /// Accepted bearer tokens.
-    pub tokens: Vec<Secret>,
-}
+pub use cache_core::server::AuthConfig;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]

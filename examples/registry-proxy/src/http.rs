@@ -1,6 +1,7 @@
-//! The pull side of the OCI Distribution API: `cache_core::protocol`
-//! answers each request; this module adds pull-side auth, metrics and the
-//! access log, and sends blob bodies from files where it can.
+//! The server's own HTTP surface around the library's pull service
+//! ([`cache_core::server::PullService`]: pull-side auth, scanner scoping,
+//! the pull API, blobs sent from files): health endpoints, `/metrics`, and
+//! the access log and request metrics as a layer around it all.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,14 +9,13 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cache_core::protocol;
-use cache_core::{Caller, Error, PullThroughCache};
+use cache_core::PullThroughCache;
+use cache_core::server::PullService;
 
 use crate::auth::{PullAuth, ScopedTokens};
 use crate::metrics::Metrics;
@@ -35,13 +35,19 @@ pub struct AppState {
     pub scoped: Arc<ScopedTokens>,
 }
 
-/// The router: `/v2/...`, `/metrics`, and the health endpoints.
+/// The router: `/metrics`, the health endpoints, and everything else
+/// (`/v2/...`) answered by the library's [`PullService`], with the
+/// state's auth (swapped on reload) and scoped credentials.
 pub fn router(state: AppState) -> Router {
+    let pull = PullService::new(state.cache.clone())
+        .auth_from(state.auth.clone())
+        .scoped(state.scoped.clone())
+        .realm("registry-proxy");
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .fallback(dispatch)
+        .fallback_service(pull)
         .layer(middleware::from_fn_with_state(state.clone(), access))
         .with_state(state)
 }
@@ -69,55 +75,15 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
-/// Authenticates `/v2` requests, counts and logs every response but the
-/// health probes'.
-///
-/// A scanner's scoped credential (see [`ScopedTokens`]) makes the request a
-/// [`Caller::Scanner`] for its repository, with or without pull-side auth;
-/// it reads that repository and the API base, and nothing else (`403`).
-async fn access(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+/// Counts and logs every response but the health probes'.
+async fn access(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     if path == "/healthz" || path == "/readyz" {
         return next.run(req).await;
     }
-    let needs_auth = path == "/v2" || path.starts_with("/v2/");
-    let scope = if needs_auth {
-        st.scoped.scope(req.headers())
-    } else {
-        None
-    };
-    let auth = st.auth.load_full();
-    let resp = match (scope, auth) {
-        (Some(repository), _) => {
-            let parsed = protocol::PullRequest::parse(req.method(), req.uri(), req.headers());
-            let within = match &parsed {
-                Ok(p) => {
-                    p.ns.is_none()
-                        && match p.route.name() {
-                            Some(name) => *name == repository,
-                            None => p.route == protocol::Route::Base,
-                        }
-                }
-                // The handler answers a malformed request as for anyone.
-                Err(_) => true,
-            };
-            if within {
-                req.extensions_mut().insert(Caller::Scanner { repository });
-                next.run(req).await
-            } else {
-                protocol::error_response(&Error::denied(format!(
-                    "this credential pulls {repository} only"
-                )))
-                .map(Body::from)
-            }
-        }
-        (None, Some(auth)) if needs_auth && !auth.check(req.headers()).await => {
-            protocol::unauthorized_response("registry-proxy").map(Body::from)
-        }
-        _ => next.run(req).await,
-    };
+    let resp = next.run(req).await;
     let status = resp.status().as_u16();
     st.metrics.request(&method, status);
     let cache = resp
@@ -135,27 +101,4 @@ async fn metrics(State(st): State<AppState>) -> Response {
         st.metrics.render(st.cache.inflight()),
     )
         .into_response()
-}
-
-async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
-    // A pull has no body worth reading: keep the head, by value.
-    let (parts, _) = req.into_parts();
-    let caller = parts
-        .extensions
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or_default();
-    let resp = protocol::handle_for(
-        &st.cache,
-        &caller,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-    )
-    .await;
-    resp.map(|body| match body {
-        protocol::Body::Empty => Body::empty(),
-        protocol::Body::Bytes(b) => Body::from(b),
-        protocol::Body::Blob(b) => crate::sendfile::blob_body(b, &parts.extensions),
-    })
 }

@@ -14,11 +14,10 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower_http::timeout::TimeoutLayer;
 
+use cache_core::server::{ConnLimits, PullAuth, ScopedTokens, serve_connections};
 use cache_upstream::scanner::{MetadataError, ScanImageError};
 
-use crate::auth::{PullAuth, ScopedTokens};
 use crate::config::Config;
-use crate::conn::{ConnLimits, serve_connections};
 use crate::http::{AppState, healthz, readyz, router};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;

@@ -1,0 +1,45 @@
+//! The server half of a pull-through cache, for any hyper or axum server
+//! (feature `server`):
+//!
+//! * [`PullService`]: the pull API (`/v2/...`, answered by
+//!   [`protocol`](crate::protocol)) as a `tower::Service`, with pull-side
+//!   authentication ([`AuthConfig`], [`PullAuth`]: htpasswd users and
+//!   bearer tokens, a `401` challenge) and caller scoping (a scanner's
+//!   [`ScopedTokens`] credential reads its one repository as
+//!   [`Caller::Scanner`](crate::Caller::Scanner), `403` elsewhere); it
+//!   mounts at the root or under any path with axum's `nest_service`;
+//! * the transport: [`sendfile`] (stored blobs sent from their files,
+//!   zero-copy, on HTTP/1) and [`conn`] ([`serve_connections`]: a
+//!   connection cap, idle and send timeouts, TLS, graceful shutdown).
+//!
+//! The whole server, mounted next to an application's own routes:
+//!
+//! ```no_run
+//! # async fn run(cache: cache_core::PullThroughCache) -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use axum::routing::get;
+//! use cache_core::server::{AuthConfig, ConnLimits, PullAuth, PullService, ScopedTokens, serve_connections};
+//!
+//! let users = AuthConfig::read_htpasswd("htpasswd".as_ref()).map_err(std::io::Error::other)?;
+//! let scanners = Arc::new(ScopedTokens::new()); // a ScanGate's PullCredentials
+//! let pull = PullService::new(cache).auth(PullAuth::new(users)).scoped(scanners);
+//! let app = axum::Router::new()
+//!     .route("/", get(|| async { "the host application" }))
+//!     .nest_service("/mirror", pull.clone()) // /mirror/v2/... as well
+//!     .fallback_service(pull);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
+//! serve_connections(listener, app, ConnLimits::default(), None, std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! `cache-core`'s default build has none of this, nor its dependencies
+//! (axum, hyper, tower, tokio's networking, bcrypt, rustls).
+
+mod auth;
+pub mod conn;
+pub mod sendfile;
+mod service;
+
+pub use auth::{AuthConfig, PullAuth, ScopedTokens};
+pub use conn::{ConnLimits, serve_connections};
+pub use service::PullService;

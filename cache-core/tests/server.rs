@@ -1,0 +1,307 @@
+//! `cache_core::server` over real sockets: the pull service mounted at
+//! the root and under a prefix, pull-side auth and scoped scanner
+//! credentials, warm blobs sent from their files, connection limits and
+//! shutdown.
+#![cfg(feature = "server")]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use cache_core::runtime::TokioRuntime;
+use cache_core::server::{
+    AuthConfig, ConnLimits, PullAuth, PullService, ScopedTokens, sendfile, serve_connections,
+};
+use cache_core::testing::{FakeUpstream, PushedImage, content};
+use cache_core::{
+    Admission, AdmissionRequest, BlobStore, PullCredentials, PullThroughCache, RepoName, RuleSpec,
+    Secret, Tag, Verdict,
+};
+
+/// Refuses every manifest a client asks for.
+#[derive(Debug)]
+struct RefuseAll;
+
+#[async_trait::async_trait]
+impl Admission for RefuseAll {
+    async fn admit(&self, _: &AdmissionRequest<'_>) -> cache_core::Result<Verdict> {
+        Err(cache_core::Error::denied("refused by policy"))
+    }
+}
+
+struct World {
+    pull: PullService,
+    pull_cache: PullThroughCache,
+    img: PushedImage,
+    scoped: Arc<ScopedTokens>,
+    _dir: tempfile::TempDir,
+}
+
+/// A cache over a filesystem store (so warm blobs are files) with
+/// `library/app:v1` (a 300 KB layer) upstream, token auth and scoped
+/// credentials; `refuse` adds a hook refusing every client's manifest.
+async fn world(refuse: bool) -> World {
+    let up = Arc::new(FakeUpstream::new(
+        "up.example",
+        Arc::new(TokioRuntime::current()),
+    ));
+    let img = up.push_image(
+        &RepoName::parse("library/app").unwrap(),
+        &Tag::parse("v1").unwrap(),
+        &[content(7, 300_000)],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn BlobStore> = Arc::new(cache_store::FsStore::open(dir.path()).await.unwrap());
+    let mut b = PullThroughCache::builder()
+        .rule(RuleSpec::new("lib", "up.example/library/*", "library/*"))
+        .store(store)
+        .tokio()
+        .upstream("up.example", up);
+    if refuse {
+        b = b.admission(RefuseAll);
+    }
+    let scoped = Arc::new(ScopedTokens::new());
+    let cache = b.build().unwrap();
+    let pull = PullService::new(cache.clone())
+        .auth(PullAuth::new(
+            AuthConfig::default().token(Secret::new("good")),
+        ))
+        .scoped(scoped.clone())
+        .realm("test-realm");
+    World {
+        pull,
+        pull_cache: cache,
+        img,
+        scoped,
+        _dir: dir,
+    }
+}
+
+/// Serves `app` on 127.0.0.1 with [`serve_connections`] until the
+/// returned sender is dropped.
+async fn serve(
+    app: axum::Router,
+    limits: ConnLimits,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_connections(l, app, limits, None, async move {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
+/// One HTTP/1.1 request on a fresh connection: status, head, body.
+async fn get(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> (u16, String, Bytes) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: application/vnd.oci.image.manifest.v1+json\r\n{auth}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head[9..12].parse().unwrap();
+    (status, head, Bytes::copy_from_slice(&raw[split + 4..]))
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test]
+async fn mounted_under_a_prefix_and_at_the_root_it_answers_the_same() {
+    let w = world(false).await;
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "home" }))
+        .nest_service("/mirror", w.pull.clone())
+        .fallback_service(w.pull.clone());
+    let (addr, _stop) = serve(app, ConnLimits::default()).await;
+    let (status, _, body) = get(addr, "/", None).await;
+    assert_eq!(
+        (status, &body[..]),
+        (200, &b"home"[..]),
+        "the app's own route"
+    );
+    for prefix in ["", "/mirror"] {
+        let manifest = format!("{prefix}/v2/library/app/manifests/v1");
+        let (status, head, _) = get(addr, &manifest, None).await;
+        assert_eq!(status, 401, "{prefix}: no credentials");
+        assert_eq!(
+            header(&head, "www-authenticate"),
+            Some("Basic realm=\"test-realm\""),
+            "{prefix}"
+        );
+        let (status, head, body) = get(addr, &manifest, Some("Bearer good")).await;
+        assert_eq!(status, 200, "{prefix}: {head}");
+        assert_eq!(
+            header(&head, "docker-content-digest"),
+            Some(w.img.manifest.as_str()),
+            "{prefix}"
+        );
+        assert!(w.img.manifest.verifies(&body), "{prefix}");
+        let (status, _, _) = get(addr, &format!("{prefix}/v2/"), Some("Bearer good")).await;
+        assert_eq!(status, 200, "{prefix}: the API base");
+        let (status, _, _) = get(addr, &format!("{prefix}/v2/"), Some("Bearer bad")).await;
+        assert_eq!(status, 401, "{prefix}: a wrong token");
+    }
+    // Outside /v2 nothing is challenged: it is the API's 404.
+    let (status, _, _) = get(addr, "/mirror/other", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_scoped_credential_reads_its_repository_and_nothing_else() {
+    let w = world(false).await;
+    let issued = w.scoped.issue(
+        &RepoName::parse("library/app").unwrap(),
+        Duration::from_secs(60),
+    );
+    let cred = issued.expose();
+    let (addr, _stop) = serve(w.pull.clone().into_router(), ConnLimits::default()).await;
+    let (status, head, _) = get(addr, "/v2/library/app/manifests/v1", Some(cred)).await;
+    assert_eq!(
+        status, 200,
+        "its repository, without the auth token: {head}"
+    );
+    let (status, _, _) = get(addr, "/v2/", Some(cred)).await;
+    assert_eq!(status, 200, "the API base");
+    for other in [
+        "/v2/library/other/manifests/v1",
+        "/v2/library/app/manifests/v1?ns=up.example",
+        "/v2/_catalog",
+    ] {
+        let (status, _, body) = get(addr, other, Some(cred)).await;
+        assert_eq!(status, 403, "{other}");
+        assert!(
+            String::from_utf8_lossy(&body).contains("this credential pulls library/app only"),
+            "{other}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_scoped_credential_reads_as_the_scanner_past_admission() {
+    let w = world(true).await;
+    let (addr, _stop) = serve(w.pull.clone().into_router(), ConnLimits::default()).await;
+    let (status, _, _) = get(addr, "/v2/library/app/manifests/v1", Some("Bearer good")).await;
+    assert_eq!(status, 403, "a client is refused by the hook");
+    let issued = w.scoped.issue(
+        &RepoName::parse("library/app").unwrap(),
+        Duration::from_secs(60),
+    );
+    let (status, _, body) = get(addr, "/v2/library/app/manifests/v1", Some(issued.expose())).await;
+    assert_eq!(status, 200, "the scanner reads what it is to scan");
+    assert!(w.img.manifest.verifies(&body));
+}
+
+#[tokio::test]
+async fn warm_blobs_go_out_from_their_files_through_serve_connections() {
+    let w = world(false).await;
+    let (addr, _stop) = serve(w.pull.clone().into_router(), ConnLimits::default()).await;
+    let (d, bytes) = &w.img.layers[0];
+    let path = format!("/v2/library/app/blobs/{d}");
+    let (status, head, cold) = get(addr, &path, Some("Bearer good")).await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(&cold, bytes, "a miss, streamed");
+    let before = sendfile::bytes_sent();
+    let (status, head, warm) = get(addr, &path, Some("Bearer good")).await;
+    assert_eq!((status, header(&head, "x-cache")), (200, Some("hit")));
+    assert!(warm == *bytes, "byte-exact from the file");
+    if sendfile::AVAILABLE {
+        assert!(
+            sendfile::bytes_sent() - before >= bytes.len() as u64,
+            "the warm blob went out with sendfile"
+        );
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_and_idle_ones_too() {
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let limits = ConnLimits {
+        max_connections: 1,
+        idle_timeout: Duration::from_millis(300),
+        ..ConnLimits::default()
+    };
+    let (addr, _stop) = serve(app, limits).await;
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // The one connection allowed is open: the next is closed unanswered.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let _ = second.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .expect("closed, not left hanging")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "over the cap");
+    // The first, idle past the limit, is closed by the server.
+    let start = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+        .await
+        .expect("the idle connection was closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn shutdown_closes_the_listener_and_returns() {
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve_connections(
+        l,
+        app,
+        ConnLimits::default(),
+        None,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    assert_eq!(get(addr, "/", None).await.0, 200);
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("returned after shutdown")
+        .unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer listening"
+    );
+}
+
+#[tokio::test]
+async fn auth_added_to_a_clone_leaves_the_original_as_it_was() {
+    let w = world(false).await;
+    let open = PullService::new(w.pull_cache.clone());
+    let guarded = open
+        .clone()
+        .auth(PullAuth::new(AuthConfig::default().token(Secret::new("t"))));
+    let base = || http::Request::get("/v2/").body(()).unwrap();
+    assert_eq!(guarded.answer(base()).await.status(), 401);
+    assert_eq!(open.answer(base()).await.status(), 200, "still open");
+}
