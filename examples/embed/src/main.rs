@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
-use cache_core::ImageRef;
+use cache_core::LocalRef;
 use cache_core::prelude::*;
 use cache_core::server::{
     AuthConfig, ConnLimits, PullAuth, PullService, ScopedTokens, serve_connections,
@@ -70,7 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("serving on {listen}");
     if let Some(image) = warm {
         // After the listener: a gate's scanner pulls what it scans from here.
-        let local = ImageRef::parse(&image)?;
+        let local = LocalRef::parse(&image)?;
         let report = cache
             .pull_image(&local.repository, &local.reference(), &[], 4)
             .await?;

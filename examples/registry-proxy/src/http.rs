@@ -17,8 +17,8 @@ use axum::routing::get;
 use cache_core::PullThroughCache;
 use cache_core::server::PullService;
 
-use crate::auth::{PullAuth, ScopedTokens};
 use crate::metrics::Metrics;
+use cache_core::server::{PullAuth, ScopedTokens};
 
 /// What every handler shares.
 #[derive(Debug, Clone)]

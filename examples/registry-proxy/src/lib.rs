@@ -1,22 +1,21 @@
 //! # registry-proxy
 //!
 //! The OCI pull-through registry server built on `cache-core`,
-//! `cache-store` and `cache-upstream`: configuration, wiring, pull-side
-//! auth, metrics, connection limits and the sendfile transport; every
-//! caching decision, and the pull API itself (`cache_core::protocol`), is
-//! the library's. The binary's subcommands (`serve`, `warm`, `gc`,
-//! `scrub`, `check`, `explain`) share one configuration.
+//! `cache-store` and `cache-upstream`: configuration, wiring, metrics, the
+//! access log, health and admin endpoints, reloads. Every caching
+//! decision, the pull API (`cache_core::protocol`) and its HTTP service
+//! with pull-side auth, connection limits and zero-copy sends
+//! (`cache_core::server`) are the library's. The binary's subcommands
+//! (`serve`, `check`, `explain`, `warm`, `gc`, `scrub`, `reload`, `scan`)
+//! share one configuration.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod conn;
 pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod reload;
-pub mod sendfile;
 pub mod server;
 pub mod tls;
 
@@ -29,8 +28,8 @@ use cache_upstream::{ClientOptions, RegistryClient};
 
 use cache_upstream::scanner::{ScanCounters, ScanGate, ScannerClient};
 
-use crate::auth::ScopedTokens;
 use crate::config::{Config, ConfigError, Storage};
+use cache_core::server::ScopedTokens;
 
 /// Opens the configured store.
 pub async fn open_store(cfg: &Config) -> Result<Arc<dyn BlobStore>, ConfigError> {

@@ -328,7 +328,7 @@ impl Collector for ReadOnScrape {
             &mut e,
             "registry_proxy_sendfile_bytes",
             "Blob bytes sent straight from stored files (sendfile).",
-            crate::sendfile::bytes_sent(),
+            cache_core::server::sendfile::bytes_sent(),
         )?;
 
         let mut scans = e.encode_descriptor(

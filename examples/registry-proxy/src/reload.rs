@@ -18,9 +18,9 @@ use cache_core::PullThroughCache;
 
 use cache_upstream::scanner::ScanGate;
 
-use crate::auth::PullAuth;
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::metrics::Metrics;
+use cache_core::server::PullAuth;
 
 /// Swaps a running server's configuration.
 #[derive(Debug)]

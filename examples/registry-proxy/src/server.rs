@@ -79,9 +79,9 @@ async fn admin_scan(
     let Some(image) = cache_core::protocol::query_param(query.as_deref(), "image") else {
         return bad("give the image: POST /scan?image=NAME:TAG".into());
     };
-    let (name, reference) = match split_image(&image) {
-        Ok(x) => x,
-        Err(e) => return bad(e),
+    let (name, reference) = match cache_core::LocalRef::parse(&image) {
+        Ok(r) => (r.repository.clone(), r.reference()),
+        Err(e) => return bad(format!("image {image:?}: {e}")),
     };
     let Some(gate) = reloader.gate() else {
         return bad("no [[scanner]] is configured".into());
@@ -98,21 +98,6 @@ async fn admin_scan(
             (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response()
         }
     }
-}
-
-/// `library/alpine:3.19` or `library/alpine@sha256:...` (no tag: `latest`).
-pub fn split_image(image: &str) -> Result<(cache_core::RepoName, cache_core::Reference), String> {
-    let (name, reference) = match image.split_once('@') {
-        Some((n, d)) => (n, d),
-        None => match image.rsplit_once(':') {
-            Some((n, t)) if !t.contains('/') => (n, t),
-            _ => (image, "latest"),
-        },
-    };
-    let name = cache_core::RepoName::parse(name).map_err(|e| format!("image {image:?}: {e}"))?;
-    let reference =
-        cache_core::Reference::parse(reference).map_err(|e| format!("image {image:?}: {e}"))?;
-    Ok((name, reference))
 }
 
 /// Serves until SIGTERM or SIGINT. `path` is the configuration file, if
