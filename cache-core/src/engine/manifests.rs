@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::flights;
 use super::keys::{self, TagRecord};
 use super::queue::UpstreamCall;
 use super::response::ManifestResponse;
@@ -340,9 +341,6 @@ impl PullThroughCache {
             .manifest_flights
             .join_or_start(
                 key,
-                &*inner.spawner,
-                inner.clock.clone(),
-                inner.opts.manifest_timeout,
                 || {
                     format!(
                         "manifest {}:{reference} from {}",
@@ -355,6 +353,7 @@ impl PullThroughCache {
                     async move { this.fetch_manifest_once(&ctx, &reference, observed).await }
                 },
             )
+            .map_err(flights::busy)?
             .await
     }
 
@@ -373,9 +372,6 @@ impl PullThroughCache {
             .head_flights
             .join_or_start(
                 key,
-                &*inner.spawner,
-                inner.clock.clone(),
-                inner.opts.manifest_timeout,
                 || {
                     format!(
                         "HEAD {}:{tag} at {}",
@@ -403,6 +399,7 @@ impl PullThroughCache {
                     }
                 },
             )
+            .map_err(flights::busy)?
             .await
     }
 
