@@ -340,9 +340,13 @@ async fn a_stale_verdict_is_served_while_one_rescan_runs_and_the_rescan_then_dec
     );
     assert!(first.findings.is_empty());
 
-    // A new advisory; an hour passes on the clock: the verdict is stale.
+    // A new advisory. For an hour on the clock the verdict is fresh: no
+    // rescan; then it is stale.
     g.scanner.advise("openssl", "CVE-2099-0001", "Critical");
-    g.clock.advance(HOUR);
+    g.clock.advance(HOUR - SECOND);
+    assert_eq!(g.pull("lib/app").await.unwrap().digest, d);
+    assert_eq!(g.gate.counters().in_progress(), 0, "fresh: no rescan");
+    g.clock.advance(SECOND);
     // Pulls are answered from the kept verdict at once, while one rescan
     // runs (its report polls wait on the clock, which nobody moves).
     for _ in 0..3 {
@@ -352,6 +356,7 @@ async fn a_stale_verdict_is_served_while_one_rescan_runs_and_the_rescan_then_dec
     g.until_sleeps(|s| s.contains(&SECOND)).await;
     assert_eq!(g.pull("lib/app").await.unwrap().digest, d);
     assert_eq!(g.scanner.scans().len(), 2, "one rescan for all the pulls");
+    assert_eq!(g.gate.counters().in_progress(), 1);
 
     // Joined, the rescan finishes as the clock moves, and decides.
     let rescanned = g
@@ -390,6 +395,11 @@ async fn kept_findings_are_read_again_from_the_store_after_30_s_of_clock_time() 
     assert_eq!(e.http_status(), 403, "{e}");
     assert!(e.to_string().contains("CVE-2099-0002"), "{e}");
     assert_eq!(g.scanner.scans().len(), 0, "no scan: the store had them");
+    assert_eq!(
+        g.gate.counters().in_progress(),
+        0,
+        "nor a rescan: they are fresh"
+    );
     g.assert_quick(Duration::from_secs(30));
 }
 
