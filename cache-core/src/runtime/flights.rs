@@ -168,8 +168,10 @@ where
     /// future `start()` makes, started now (detached, so it runs whether
     /// or not the returned [`Flight`] is awaited) and ending with
     /// [`Aborted::TimedOut`] naming `what()` after the limit. `start` and
-    /// `what` are called only for a new flight. [`Busy`] when a new one is
-    /// needed and `max` are up.
+    /// `what` are called only for a new flight, while these flights are
+    /// locked: they make the future and its description, and must not ask
+    /// these flights for anything. [`Busy`] when a new one is needed and
+    /// `max` are up.
     pub fn join_or_start<F>(
         &self,
         key: String,
