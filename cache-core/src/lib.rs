@@ -40,7 +40,8 @@
 //!   repository to an upstream one, indexed so a lookup does not scan;
 //! * the traits the engine is built on: [`Upstream`] (where content comes
 //!   from) and [`BlobStore`] (where it is kept), each with its contract, and
-//!   [`Spawner`] and [`Clock`] (feature `tokio`: `runtime::TokioRuntime`);
+//!   [`Spawner`] and [`Clock`] (feature `tokio`: `runtime::TokioRuntime`),
+//!   and on them [`runtime::Flights`], the one single-flight;
 //! * `protocol` (feature `http`): the pull API sans IO, for any server;
 //! * one error type, [`Error`], mapped to OCI error codes ([`ErrorCode`])
 //!   and HTTP statuses;

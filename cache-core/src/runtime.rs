@@ -2,12 +2,20 @@
 //! spawner for detached fetches and a clock for freshness, TTLs and
 //! timeouts. With the `tokio` feature, `TokioRuntime` is tokio's; tests
 //! can pass a manual clock (`testing::ManualClock`).
+//!
+//! Built on the two: [`Flights`], the workspace's one single-flight
+//! (detached, bounded, time-limited, joiners share the result), and
+//! [`timeout`].
 
 use std::fmt;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use futures::future::{BoxFuture, Either, select};
+
+mod flights;
+
+pub use flights::{Aborted, Busy, Flight, Flights};
 
 /// Runs futures to completion in the background.
 pub trait Spawner: Send + Sync + fmt::Debug {
@@ -45,7 +53,8 @@ impl<T: Clock + ?Sized> Clock for std::sync::Arc<T> {
 #[cfg(feature = "tokio")]
 #[derive(Debug, Clone)]
 pub struct TokioRuntime {
-    handle: tokio::runtime::Handle,
+    /// `None`: the runtime each spawn is called from.
+    handle: Option<tokio::runtime::Handle>,
 }
 
 #[cfg(feature = "tokio")]
@@ -53,20 +62,37 @@ impl TokioRuntime {
     /// The runtime this is called from. Panics outside a tokio runtime.
     pub fn current() -> Self {
         TokioRuntime {
-            handle: tokio::runtime::Handle::current(),
+            handle: Some(tokio::runtime::Handle::current()),
         }
     }
 
     /// A specific runtime.
     pub fn with_handle(handle: tokio::runtime::Handle) -> Self {
-        TokioRuntime { handle }
+        TokioRuntime {
+            handle: Some(handle),
+        }
+    }
+
+    /// The runtime each spawn is called from, as `tokio::spawn` (which
+    /// panics outside one): a value that can be made before any runtime
+    /// exists, for a default that is only used on one.
+    pub fn ambient() -> Self {
+        TokioRuntime { handle: None }
     }
 }
 
 #[cfg(feature = "tokio")]
 impl Spawner for TokioRuntime {
     fn spawn(&self, fut: BoxFuture<'static, ()>) {
-        self.handle.spawn(fut);
+        // Detached: the join handles are dropped.
+        match &self.handle {
+            Some(h) => {
+                h.spawn(fut);
+            }
+            None => {
+                tokio::spawn(fut);
+            }
+        }
     }
 }
 

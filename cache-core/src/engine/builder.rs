@@ -201,6 +201,22 @@ impl CacheBuilder {
         let events = self.events.take().unwrap_or_else(|| Arc::new(NoEvents));
         let opts = std::mem::take(&mut self.opts);
         let wiring = self.wiring(&opts, None)?;
+        fn flights<T>(
+            opts: &CacheOptions,
+            spawner: &Arc<dyn Spawner>,
+            clock: &Arc<dyn Clock>,
+        ) -> Arc<Flights<T>> {
+            Arc::new(Flights::new(
+                opts.max_manifest_fetches,
+                opts.manifest_timeout,
+                spawner.clone(),
+                clock.clone(),
+            ))
+        }
+        let (manifest_flights, head_flights) = (
+            flights(&opts, &spawner, &clock),
+            flights(&opts, &spawner, &clock),
+        );
         let cache = PullThroughCache {
             inner: Arc::new(Inner {
                 wiring: arc_swap::ArcSwap::from_pointee(wiring),
@@ -209,8 +225,8 @@ impl CacheBuilder {
                 clock,
                 events,
                 inflight: Mutex::new(HashMap::new()),
-                manifest_flights: Flights::new(opts.max_manifest_fetches),
-                head_flights: Flights::new(opts.max_manifest_fetches),
+                manifest_flights,
+                head_flights,
                 hot: super::hot::Hot::new(
                     opts.hot_bytes,
                     opts.hot_max_item,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::flights;
 use super::keys::TagRecord;
 use super::queue::UpstreamCall;
 use super::response::ManifestResponse;
@@ -341,9 +342,6 @@ impl PullThroughCache {
             .manifest_flights
             .join_or_start(
                 key,
-                &*inner.spawner,
-                inner.clock.clone(),
-                inner.opts.manifest_timeout,
                 || {
                     format!(
                         "manifest {}:{reference} from {}",
@@ -356,6 +354,7 @@ impl PullThroughCache {
                     async move { this.fetch_manifest_once(&ctx, &reference, observed).await }
                 },
             )
+            .map_err(flights::busy)?
             .await
     }
 
@@ -374,9 +373,6 @@ impl PullThroughCache {
             .head_flights
             .join_or_start(
                 key,
-                &*inner.spawner,
-                inner.clock.clone(),
-                inner.opts.manifest_timeout,
                 || {
                     format!(
                         "HEAD {}:{tag} at {}",
@@ -404,6 +400,7 @@ impl PullThroughCache {
                     }
                 },
             )
+            .map_err(flights::busy)?
             .await
     }
 

@@ -2,11 +2,12 @@
 //! metadata, scan requests and reports, each answer bounded.
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cache_core::{Digest, RepoName};
+use cache_core::runtime::{Aborted, TokioRuntime};
+use cache_core::{Clock, Digest, RepoName};
 use reqwest::StatusCode;
 
 use super::policy::Severity;
@@ -70,7 +71,19 @@ impl fmt::Display for ScanError {
     }
 }
 
+impl From<Aborted> for ScanError {
+    /// A scan that took longer than its time limit, or failed on a bug.
+    fn from(a: Aborted) -> Self {
+        ScanError(a.to_string())
+    }
+}
+
 /// A scanner adapter, spoken to over HTTP.
+///
+/// Report polling waits on its [`Clock`] (tokio's unless
+/// [`with_clock`](Self::with_clock) says otherwise; a `ScanGate` hands its
+/// scanners its own); each HTTP request is bounded by the HTTP client's
+/// own timeouts (5 s to connect, 30 s in all).
 #[derive(Debug)]
 pub struct ScannerClient {
     pub(crate) name: String,
@@ -80,6 +93,7 @@ pub struct ScannerClient {
     pub(crate) registry_url: String,
     /// The report type its metadata offered (`None`: not known yet).
     report_type: Mutex<Option<String>>,
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 /// A scan to ask for.
@@ -129,7 +143,15 @@ impl ScannerClient {
             token,
             registry_url: registry_url.trim_end_matches('/').to_owned(),
             report_type: Mutex::new(None),
+            clock: Arc::new(TokioRuntime::ambient()),
         })
+    }
+
+    /// Polls for reports on `clock` (the engine's, a manual one in tests)
+    /// instead of tokio's timers and the system clock.
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 
     /// The scanner's name.
@@ -231,8 +253,11 @@ impl ScannerClient {
             .ok_or_else(|| err("no usable id".into()))
     }
 
-    /// `GET /api/v1/scan/{id}/report` until ready (following
-    /// `Refresh-After`, at most `deadline`): the findings, most severe first.
+    /// `GET /api/v1/scan/{id}/report` until ready: the findings, most
+    /// severe first. While the report is not ready (`302`), the next poll
+    /// is `Refresh-After` seconds later (1 s to 60 s; 1 s when missing or
+    /// unreadable) on the client's clock; a poll that would come later than
+    /// `deadline` after the first is not made, and the report is given up.
     pub async fn report(
         &self,
         id: &str,
@@ -251,7 +276,7 @@ impl ScannerClient {
             let _ = self.metadata().await;
         }
         let accept = known().unwrap_or_else(|| REPORT_TYPE.to_owned());
-        let until = tokio::time::Instant::now() + deadline;
+        let until = self.clock.now() + deadline;
         loop {
             let r = self
                 .request(reqwest::Method::GET, &format!("api/v1/scan/{id}/report"))
@@ -273,11 +298,11 @@ impl ScannerClient {
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .unwrap_or(1)
                         .clamp(1, 60);
-                    let next = tokio::time::Instant::now() + Duration::from_secs(after);
-                    if next > until {
+                    let after = Duration::from_secs(after);
+                    if self.clock.now() + after > until {
                         return Err(err(format!("not ready within {deadline:?}")));
                     }
-                    tokio::time::sleep_until(next).await;
+                    self.clock.sleep(after).await;
                 }
                 s => return Err(err(format!("HTTP {s}"))),
             }
@@ -417,9 +442,34 @@ mod tests {
 /// bounded or refused with a message, never a hang or a crash.
 #[cfg(test)]
 mod hostile_scanner {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
     use axum::http::StatusCode as S;
     use axum::response::IntoResponse;
+    use cache_core::testing::ManualClock;
+
+    /// Runs `fut` to its end on `clock`, moving the clock to each sleep it
+    /// waits on as soon as it waits: its output, and how long each sleep
+    /// was. Real time barely passes (at most 10 s, or the test fails).
+    async fn drive<T>(clock: &ManualClock, fut: impl Future<Output = T>) -> (T, Vec<Duration>) {
+        let run = async {
+            let mut fut = std::pin::pin!(fut);
+            let mut slept = Vec::new();
+            loop {
+                tokio::select! {
+                    out = &mut fut => return (out, slept),
+                    () = clock.until_sleeps(|s| !s.is_empty()) => {
+                        slept.extend(clock.advance_to_next());
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("finished on the manual clock")
+    }
 
     /// Serves `app` on 127.0.0.1 for the test's lifetime: its base URL.
     async fn serve(app: axum::Router) -> String {
@@ -469,16 +519,86 @@ mod hostile_scanner {
                     (S::FOUND, [("Refresh-After", "0")]).into_response()
                 }),
             );
-        let c = client(&serve(app).await);
+        let clock = ManualClock::new();
+        let c = client(&serve(app).await).with_clock(clock.clone());
         let e = c.metadata().await.unwrap_err().to_string();
         assert!(e.contains("too large"), "{e}");
         let e = c.scan(&target()).await.unwrap_err().0;
         assert!(e.contains("no usable id"), "{e}");
-        let started = tokio::time::Instant::now();
-        let e = c.report("abc", Duration::from_secs(3)).await.unwrap_err().0;
+        let (r, slept) = drive(&clock, c.report("abc", Duration::from_secs(3))).await;
+        let e = r.unwrap_err().0;
         assert!(e.contains("not ready within"), "{e}");
-        // Refresh-After 0 is read as 1 s: three polls at most, not a spin.
-        assert!(started.elapsed() < Duration::from_secs(5));
+        // Refresh-After 0 is read as 1 s: polls at 0, 1, 2 and 3 s, not a spin.
+        assert_eq!(slept, [Duration::from_secs(1); 3]);
+    }
+
+    #[tokio::test]
+    async fn report_polling_waits_refresh_after_on_the_clock_and_gives_up_at_the_deadline() {
+        let started = std::time::Instant::now();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counted = polls.clone();
+        let app = axum::Router::new().route(
+            "/api/v1/scan/{id}/report",
+            axum::routing::get(
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                    async move {
+                        match id.as_str() {
+                            // Ready at the third poll.
+                            "third" if n == 3 => r#"{"vulnerabilities":[]}"#.into_response(),
+                            "third" => (S::FOUND, [("Refresh-After", "7")]).into_response(),
+                            "hour" => (S::FOUND, [("Refresh-After", "3600")]).into_response(),
+                            _ => (S::FOUND, [("Refresh-After", "5")]).into_response(),
+                        }
+                    }
+                },
+            ),
+        );
+        let clock = ManualClock::new();
+        let c = client(&serve(app).await).with_clock(clock.clone());
+        let t0 = clock.now();
+
+        // Polls at 0, 5 and 10 s; the next would be at 15 s, past 12 s.
+        let (r, slept) = drive(&clock, c.report("slow", Duration::from_secs(12))).await;
+        let e = r.unwrap_err().0;
+        assert!(e.contains("report slow: not ready within 12s"), "{e}");
+        assert_eq!(slept, [Duration::from_secs(5); 2]);
+        assert_eq!(polls.swap(0, Ordering::SeqCst), 3);
+        assert_eq!(
+            clock.now().duration_since(t0).unwrap(),
+            Duration::from_secs(10)
+        );
+
+        // No poll before Refresh-After has passed on the clock.
+        let report = tokio::spawn({
+            let c = client(c.base.as_ref()).with_clock(clock.clone());
+            async move { c.report("third", Duration::from_secs(60)).await }
+        });
+        let seven = [Duration::from_secs(7)];
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            clock.until_sleeps(move |s| s == seven),
+        )
+        .await
+        .unwrap();
+        clock.advance(Duration::from_secs(6));
+        assert_eq!(clock.sleeps(), [Duration::from_secs(1)], "still waiting");
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        let (r, slept) = drive(&clock, report).await;
+        assert_eq!(r.unwrap(), Ok(vec![]));
+        assert_eq!(slept, [Duration::from_secs(1), Duration::from_secs(7)]);
+        assert_eq!(polls.swap(0, Ordering::SeqCst), 3);
+
+        // Refresh-After is capped at 60 s.
+        let (r, slept) = drive(&clock, c.report("hour", Duration::from_secs(100))).await;
+        assert!(r.is_err());
+        assert_eq!(slept, [Duration::from_secs(60)]);
+
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?} of real time for 94 s on the clock",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

@@ -1,5 +1,9 @@
 //! The admission hook: one scan per digest, findings kept in the store,
 //! judged by the rule's policy, rescanned in the background.
+//!
+//! Every wait and every timestamp is on the gate's [`Clock`], its scans and
+//! rescans run on its [`Spawner`], and its scans fly through the engine's
+//! single-flight ([`Flights`]): a gate runs on `ManualClock` in tests.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use cache_core::policy::{Admission, AdmissionRequest, PullCredentials, Verdict};
-use cache_core::{BlobStore, Digest, Error, MetaKey, RepoName, Result, Rule};
+use cache_core::runtime::{Busy, Flight, Flights, TokioRuntime, timeout};
+use cache_core::{BlobStore, Clock, Digest, Error, MetaKey, RepoName, Result, Rule, Spawner};
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
 use serde::{Deserialize, Serialize};
 
 use super::client::{IMAGE_MANIFEST_TYPES, MetadataError, ScanError, ScanTarget, ScannerClient};
@@ -24,6 +28,12 @@ const MAX_REMEMBERED: usize = 10_000;
 const REMEMBER_FOR: Duration = Duration::from_secs(30);
 /// Scans in progress at most (each holds a detached task and a credential).
 const MAX_SCANS_IN_FLIGHT: usize = 256;
+/// How long a scanner may take to have a report ready, and how long the
+/// pull credential it is given lasts.
+const REPORT_DEADLINE: Duration = Duration::from_secs(900);
+/// The time limit of a whole scan: the report's deadline, and time to ask
+/// for the scan and keep its findings.
+const SCAN_LIMIT: Duration = Duration::from_secs(1200);
 /// Findings named in a refusal.
 const TOP_FINDINGS: usize = 5;
 
@@ -91,7 +101,7 @@ impl fmt::Display for ScanImageError {
 /// Index entries scanned at most by [`ScanGate::scan_image`].
 const MAX_SCANNED_ENTRIES: usize = 32;
 
-type Flight = Shared<BoxFuture<'static, std::result::Result<ScanRecord, ScanError>>>;
+type ScanFlight = Flight<ScanRecord, ScanError>;
 
 /// Scanner names counted by name; more count under `other`.
 const MAX_COUNTED_SCANNERS: usize = 64;
@@ -103,6 +113,43 @@ const MAX_COUNTED_SCANNERS: usize = 64;
 pub struct ScanCounters {
     by_scanner: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
     in_progress: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a scan in progress while it lives, and as failed if it ends
+/// without a result (its flight's time limit dropped it).
+struct InProgress {
+    counters: Arc<ScanCounters>,
+    scanner: String,
+    counted: bool,
+}
+
+impl InProgress {
+    fn new(counters: Arc<ScanCounters>, scanner: &str) -> Self {
+        counters
+            .in_progress
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InProgress {
+            counters,
+            scanner: scanner.to_owned(),
+            counted: false,
+        }
+    }
+
+    fn finish(mut self, ok: bool) {
+        self.counters.count(&self.scanner, ok);
+        self.counted = true;
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        if !self.counted {
+            self.counters.count(&self.scanner, false);
+        }
+        self.counters
+            .in_progress
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl ScanCounters {
@@ -144,14 +191,18 @@ pub struct ScanGate {
 }
 
 struct GateInner {
-    scanners: HashMap<String, Arc<ScannerClient>>,
+    scanners: HashMap<String, ScannerClient>,
     policies: HashMap<String, ScanPolicy>,
     store: Arc<dyn BlobStore>,
     credentials: Arc<dyn PullCredentials>,
-    remembered: Mutex<HashMap<(String, Digest), (ScanRecord, std::time::Instant)>>,
+    /// Findings read or made, with when (on `clock`) they were.
+    remembered: Mutex<HashMap<(String, Digest), (ScanRecord, SystemTime)>>,
     cache: std::sync::OnceLock<cache_core::WeakCache>,
-    flights: Mutex<HashMap<(String, Digest), Flight>>,
+    /// One scan per (scanner, digest); keyed `"{scanner} {digest}"`.
+    flights: Flights<ScanRecord, ScanError>,
     counters: Arc<ScanCounters>,
+    spawner: Arc<dyn Spawner>,
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for GateInner {
@@ -168,26 +219,47 @@ fn record_key(scanner: &str, d: &Digest) -> MetaKey {
         .expect("scanner names are checked at construction; digests are valid")
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// How long ago `then` was; zero when the clock says it is still to come.
+fn age(now: SystemTime, then: SystemTime) -> Duration {
+    now.duration_since(then).unwrap_or_default()
+}
+
+fn scan_flights(
+    spawner: &Arc<dyn Spawner>,
+    clock: &Arc<dyn Clock>,
+) -> Flights<ScanRecord, ScanError> {
+    Flights::new(
+        MAX_SCANS_IN_FLIGHT,
+        SCAN_LIMIT,
+        spawner.clone(),
+        clock.clone(),
+    )
 }
 
 impl ScanGate {
     /// A gate with `scanners`, the rules' `policies` (by rule name), the
     /// cache's `store` for findings, and `credentials` for the scanners'
-    /// pulls.
+    /// pulls. It runs on tokio (the runtime each call is made from,
+    /// `TokioRuntime::ambient()`) until [`with_runtime`](Self::with_runtime)
+    /// gives it the engine's spawner and clock.
     pub fn new(
         scanners: Vec<ScannerClient>,
         policies: HashMap<String, ScanPolicy>,
         store: Arc<dyn BlobStore>,
         credentials: Arc<dyn PullCredentials>,
     ) -> std::result::Result<ScanGate, String> {
-        let scanners: HashMap<String, Arc<ScannerClient>> = scanners
+        let spawner: Arc<dyn Spawner> = Arc::new(TokioRuntime::ambient());
+        let clock: Arc<dyn Clock> = Arc::new(TokioRuntime::ambient());
+        let scanners: HashMap<String, ScannerClient> = scanners
             .into_iter()
-            .map(|s| (s.name.clone(), Arc::new(s)))
+            .map(|mut s| {
+                s.clock = clock.clone();
+                (s.name.clone(), s)
+            })
             .collect();
         for (name, s) in &scanners {
             if MetaKey::parse(&format!("scans/{name}")).is_err() {
@@ -213,10 +285,41 @@ impl ScanGate {
                 credentials,
                 remembered: Mutex::new(HashMap::new()),
                 cache: std::sync::OnceLock::new(),
-                flights: Mutex::new(HashMap::new()),
+                flights: scan_flights(&spawner, &clock),
                 counters: Arc::default(),
+                spawner,
+                clock,
             }),
         })
+    }
+
+    /// Runs the gate's scans and rescans on `spawner`, and tells its time
+    /// on `clock`: how long a first pull waits, how old a verdict is, when
+    /// kept findings are read again, when rescans are due, when a record
+    /// was made, and its scanners' report polling. Pass the engine's (a
+    /// `ManualClock` in tests). Only before the gate is cloned: a gate
+    /// already shared keeps its runtime (and this says so in the log).
+    pub fn with_runtime(
+        mut self,
+        spawner: impl Spawner + 'static,
+        clock: impl Clock + 'static,
+    ) -> Self {
+        let (spawner, clock): (Arc<dyn Spawner>, Arc<dyn Clock>) =
+            (Arc::new(spawner), Arc::new(clock));
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                for s in inner.scanners.values_mut() {
+                    s.clock = clock.clone();
+                }
+                inner.flights = scan_flights(&spawner, &clock);
+                inner.spawner = spawner;
+                inner.clock = clock;
+            }
+            None => tracing::warn!(
+                "ScanGate::with_runtime on a gate already cloned: it keeps its runtime"
+            ),
+        }
+        self
     }
 
     /// Counts into `counters` (shared with the gate this one replaces, so
@@ -258,25 +361,30 @@ impl ScanGate {
         self.inner.record(scanner, d).await
     }
 
-    /// Starts the background rescans: each kept scan older than the
-    /// `rescan` of its scanner's rules is run again, checked every quarter
-    /// of the shortest `rescan` (1 s to 5 min). Ends when the gate is
-    /// dropped (a reload that replaces it).
+    /// Starts the background rescans on the gate's spawner: each kept
+    /// scan older than the `rescan` of its scanner's rules is run again,
+    /// checked every quarter of the shortest `rescan` (1 s to 5 min) on the
+    /// gate's clock. Ends when the gate is dropped (a reload that replaces
+    /// it).
     pub fn spawn_rescans(&self) {
         let Some(shortest) = self.inner.policies.values().map(|p| p.rescan).min() else {
             return;
         };
         let every = (shortest / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
         let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(inner) = weak.upgrade() else { return };
-                if let Err(e) = inner.rescan_due().await {
-                    tracing::warn!(error = %e, "rescans failed; trying again later");
+        let clock = self.inner.clock.clone();
+        self.inner.spawner.spawn(
+            async move {
+                loop {
+                    clock.sleep(every).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    if let Err(e) = inner.rescan_due().await {
+                        tracing::warn!(error = %e, "rescans failed; trying again later");
+                    }
                 }
             }
-        });
+            .boxed(),
+        );
     }
 
     /// The policy of rule `rule`, if it has one.
@@ -375,10 +483,10 @@ impl ScanGate {
         d: &Digest,
         mime_type: &str,
     ) -> std::result::Result<ScanRecord, ScanError> {
-        match self.inner.clone().flight(scanner, repository, d, mime_type) {
-            Some(f) => f.await,
-            None => Err(ScanError(format!(
-                "{MAX_SCANS_IN_FLIGHT} scans are in progress; try again later"
+        match self.inner.flight(scanner, repository, d, mime_type) {
+            Ok(f) => f.await,
+            Err(Busy { max }) => Err(ScanError(format!(
+                "{max} scans are in progress; try again later"
             ))),
         }
     }
@@ -392,7 +500,8 @@ impl GateInner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
-            && at.elapsed() < REMEMBER_FOR
+            // A clock set back makes memory stale, not fresh for longer.
+            && self.clock.now().duration_since(*at).is_ok_and(|a| a < REMEMBER_FOR)
         {
             return Ok(Some(r.clone()));
         }
@@ -415,60 +524,38 @@ impl GateInner {
                 m.remove(&k);
             }
         }
-        m.insert(key, (r, std::time::Instant::now()));
+        m.insert(key, (r, self.clock.now()));
     }
 
     /// One scan of `d` by `scanner` at a time, however many ask; it runs
-    /// detached, so a client that stops waiting does not cancel it. `None`
-    /// when 256 other scans are in progress.
+    /// detached, so a client that stops waiting does not cancel it, and
+    /// within [`SCAN_LIMIT`]. [`Busy`] when 256 other scans are in progress.
     fn flight(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         scanner: &str,
         repository: &RepoName,
         d: &Digest,
         mime_type: &str,
-    ) -> Option<Flight> {
-        let key = (scanner.to_owned(), d.clone());
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = flights.get(&key) {
-            return Some(f.clone());
-        }
-        if flights.len() >= MAX_SCANS_IN_FLIGHT {
-            return None;
-        }
-        let (this, scanner_name, repo, digest, mt) = (
-            self.clone(),
-            scanner.to_owned(),
-            repository.clone(),
-            d.clone(),
-            mime_type.to_owned(),
-        );
-        let counters = self.counters.clone();
-        counters
-            .in_progress
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let job = async move {
-            let r = this.run_scan(&scanner_name, &repo, &digest, &mt).await;
-            this.counters.count(&scanner_name, r.is_ok());
-            this.counters
-                .in_progress
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            this.flights
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&(scanner_name, digest));
-            r
-        };
-        let handle = tokio::spawn(job);
-        let f: Flight = async move {
-            handle
-                .await
-                .unwrap_or_else(|e| Err(ScanError(format!("scan task ended: {e}"))))
-        }
-        .boxed()
-        .shared();
-        flights.insert(key, f.clone());
-        Some(f)
+    ) -> std::result::Result<ScanFlight, Busy> {
+        self.flights.join_or_start(
+            format!("{scanner} {d}"),
+            || format!("the scan of {repository}@{d} by {scanner}"),
+            || {
+                let (this, scanner, repo, digest, mt) = (
+                    self.clone(),
+                    scanner.to_owned(),
+                    repository.clone(),
+                    d.clone(),
+                    mime_type.to_owned(),
+                );
+                let progress = InProgress::new(self.counters.clone(), &scanner);
+                async move {
+                    let r = this.run_scan(&scanner, &repo, &digest, &mt).await;
+                    progress.finish(r.is_ok());
+                    r
+                }
+            },
+        )
     }
 
     async fn run_scan(
@@ -484,15 +571,15 @@ impl GateInner {
             .ok_or_else(|| ScanError(format!("no scanner {scanner}")))?;
         let target = ScanTarget {
             registry_url: client.registry_url.clone(),
-            authorization: self.credentials.issue(repository, Duration::from_secs(900)),
+            authorization: self.credentials.issue(repository, REPORT_DEADLINE),
             repository: repository.clone(),
             digest: d.clone(),
             mime_type: mime_type.to_owned(),
         };
         let id = client.scan(&target).await?;
-        let findings = client.report(&id, Duration::from_secs(900)).await?;
+        let findings = client.report(&id, REPORT_DEADLINE).await?;
         let rec = ScanRecord {
-            scanned_at_ms: now_ms(),
+            scanned_at_ms: unix_ms(self.clock.now()),
             repository: repository.to_string(),
             mime_type: mime_type.to_owned(),
             findings,
@@ -548,7 +635,7 @@ impl GateInner {
     async fn rescan_due(self: &Arc<Self>) -> Result<()> {
         let prefix = MetaKey::parse("scans").expect("static key");
         let keys = self.store.list_meta(Some(&prefix)).await?;
-        let now = SystemTime::now();
+        let now = self.clock.now();
         for key in keys {
             let parts: Vec<&str> = key.as_str().split('/').collect();
             let [_, scanner, alg, hex] = parts[..] else {
@@ -573,9 +660,7 @@ impl GateInner {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&(scanner.to_owned(), d.clone()))
-                .is_some_and(|(r, _)| {
-                    now.duration_since(r.scanned_at()).unwrap_or_default() < every
-                });
+                .is_some_and(|(r, _)| age(now, r.scanned_at()) < every);
             if fresh_in_memory {
                 continue;
             }
@@ -587,7 +672,7 @@ impl GateInner {
             else {
                 continue;
             };
-            if now.duration_since(rec.scanned_at()).unwrap_or_default() < every {
+            if age(now, rec.scanned_at()) < every {
                 self.remember((scanner.to_owned(), d.clone()), rec);
                 continue;
             }
@@ -606,7 +691,7 @@ impl GateInner {
                 continue;
             };
             tracing::info!(scanner, digest = %d, "rescanning");
-            let Some(f) = self.clone().flight(scanner, &repo, &d, &rec.mime_type) else {
+            let Ok(f) = self.flight(scanner, &repo, &d, &rec.mime_type) else {
                 tracing::warn!("too many scans in progress; the remaining rescans wait");
                 return Ok(());
             };
@@ -630,32 +715,23 @@ impl Admission for ScanGate {
         }
         let d = &req.manifest.digest;
         let kept = inner.record(&policy.scanner, d).await?;
-        let stale = kept.as_ref().is_none_or(|r| {
-            SystemTime::now()
-                .duration_since(r.scanned_at())
-                .unwrap_or_default()
-                >= policy.rescan
-        });
+        let now = inner.clock.now();
+        let stale = kept
+            .as_ref()
+            .is_none_or(|r| age(now, r.scanned_at()) >= policy.rescan);
         let (rec, fresh) = match kept {
             // Fresh, or stale with a rescan under way in the background.
             Some(r) if !stale => (r, false),
             Some(r) => {
                 // The scan runs detached; the kept findings answer meanwhile.
-                let _rescan = inner.clone().flight(
-                    &policy.scanner,
-                    req.repository,
-                    d,
-                    &req.manifest.media_type,
-                );
+                let _rescan =
+                    inner.flight(&policy.scanner, req.repository, d, &req.manifest.media_type);
                 (r, false)
             }
             None => {
-                let Some(f) = inner.clone().flight(
-                    &policy.scanner,
-                    req.repository,
-                    d,
-                    &req.manifest.media_type,
-                ) else {
+                let Ok(f) =
+                    inner.flight(&policy.scanner, req.repository, d, &req.manifest.media_type)
+                else {
                     return Err(Error::unavailable(
                         format!(
                             "{} {}: too many vulnerability scans in progress; retry",
@@ -664,9 +740,9 @@ impl Admission for ScanGate {
                         Some(Duration::from_secs(10)),
                     ));
                 };
-                match tokio::time::timeout(policy.wait, f).await {
-                    Ok(Ok(r)) => (r, true),
-                    Ok(Err(e)) => {
+                match timeout(&*inner.clock, policy.wait, f).await {
+                    Some(Ok(r)) => (r, true),
+                    Some(Err(e)) => {
                         return match (policy.on_scanner_error, policy.mode) {
                             (OnScannerError::Allow, _) => Ok(Verdict::Allowed {
                                 reason: format!(
@@ -690,7 +766,7 @@ impl Admission for ScanGate {
                     }
                     // Audit mode never holds a pull up: it is served, and
                     // the scan's verdict is logged when a later pull meets it.
-                    Err(_) if policy.mode == GateMode::Audit => {
+                    None if policy.mode == GateMode::Audit => {
                         return Ok(Verdict::Allowed {
                             reason: format!(
                                 "the vulnerability scan of {d} is not finished within {:?}; audit mode serves",
@@ -699,7 +775,7 @@ impl Admission for ScanGate {
                             fresh: true,
                         });
                     }
-                    Err(_) => {
+                    None => {
                         return Err(Error::unavailable(
                             format!(
                                 "{} {}: the vulnerability scan of {d} is not finished; retry",

@@ -18,6 +18,14 @@
 //! background task: a new CVE turns an allowed image into a denied one
 //! without anyone pulling it first. A first pull waits for the scan at most
 //! `wait`, then gets `503` with `Retry-After` while the scan goes on.
+//!
+//! The gate runs on the engine's parts: its scans fly through the engine's
+//! single-flight (`cache_core::runtime::Flights`: one scan per digest,
+//! detached, bounded, time-limited), and it waits, stamps records and
+//! paces rescans and report polls on the [`Clock`](cache_core::Clock) and
+//! [`Spawner`](cache_core::Spawner) it is handed
+//! ([`ScanGate::with_runtime`]; tokio's by default), so it runs on
+//! `cache_core::testing::ManualClock` in tests.
 
 mod client;
 mod gate;

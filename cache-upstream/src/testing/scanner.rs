@@ -160,6 +160,18 @@ impl TestScanner {
         lock(&self.state).scans.clone()
     }
 
+    /// Scans received whose pulls and findings are done (their reports
+    /// are ready once their `302`s are used up). A test on a manual clock
+    /// waits for this before moving the clock past a `Refresh-After`, as
+    /// real time would pass while the scanner works.
+    pub fn scans_done(&self) -> usize {
+        lock(&self.state)
+            .jobs
+            .values()
+            .filter(|(_, result)| result.is_some())
+            .count()
+    }
+
     /// Report polls answered, and of those, `302`s.
     pub fn polls(&self) -> (usize, usize) {
         let s = lock(&self.state);
