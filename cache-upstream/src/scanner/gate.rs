@@ -215,7 +215,7 @@ impl fmt::Debug for GateInner {
 }
 
 fn record_key(scanner: &str, d: &Digest) -> MetaKey {
-    MetaKey::parse(&format!("scans/{scanner}/{}/{}", d.algorithm(), d.hex()))
+    cache_core::keys::scan_record(scanner, d)
         .expect("scanner names are checked at construction; digests are valid")
 }
 
@@ -262,7 +262,7 @@ impl ScanGate {
             })
             .collect();
         for (name, s) in &scanners {
-            if MetaKey::parse(&format!("scans/{name}")).is_err() {
+            if cache_core::keys::scans_of(name).is_err() {
                 return Err(format!(
                     "scanner name {:?}: letters, digits, . _ - only",
                     s.name
@@ -633,12 +633,13 @@ impl GateInner {
     /// Rescans every kept scan older than the shortest `rescan` of the
     /// rules that use its scanner.
     async fn rescan_due(self: &Arc<Self>) -> Result<()> {
-        let prefix = MetaKey::parse("scans").expect("static key");
-        let keys = self.store.list_meta(Some(&prefix)).await?;
+        let keys = self
+            .store
+            .list_meta(Some(&cache_core::keys::scans()))
+            .await?;
         let now = self.clock.now();
         for key in keys {
-            let parts: Vec<&str> = key.as_str().split('/').collect();
-            let [_, scanner, alg, hex] = parts[..] else {
+            let Some((scanner, d)) = cache_core::keys::parse_scan_record(&key) else {
                 continue;
             };
             let Some(every) = self
@@ -648,9 +649,6 @@ impl GateInner {
                 .map(|p| p.rescan)
                 .min()
             else {
-                continue;
-            };
-            let Ok(d) = Digest::parse(&format!("{alg}:{hex}")) else {
                 continue;
             };
             // Known fresh from memory: no read (a rescan elsewhere since
