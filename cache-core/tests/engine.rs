@@ -1636,3 +1636,63 @@ async fn concurrent_revalidations_of_one_tag_share_one_head_and_a_fresh_one_is_r
     assert_eq!(e.up.calls.manifest_heads.load(Ordering::SeqCst), 1);
     assert_eq!(e.up.calls.manifest_gets.load(Ordering::SeqCst), 1);
 }
+
+/// An admission hook that takes its time (a vulnerability scan) and then
+/// says "not yet": 503 with `Retry-After`.
+#[derive(Debug, Default)]
+struct SlowJudge {
+    clock: std::sync::OnceLock<ManualClock>,
+}
+
+#[async_trait::async_trait]
+impl cache_core::Admission for SlowJudge {
+    async fn admit(
+        &self,
+        _: &cache_core::AdmissionRequest<'_>,
+    ) -> cache_core::Result<cache_core::Verdict> {
+        let clock = self.clock.get().expect("clock set").clone();
+        cache_core::Clock::sleep(&clock, Duration::from_secs(61)).await;
+        Err(Error::unavailable(
+            "the judge is not finished",
+            Some(Duration::from_secs(5)),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_time_does_not_count_against_the_manifest_fetch_limit() {
+    // The manifest arrives at once; its admission takes longer than
+    // manifest_timeout (60 s by default, as a gate's default wait): the
+    // hook's answer (503) reaches the client, not a fetch timeout (504).
+    let judge = Arc::new(SlowJudge::default());
+    let e = env_with(Setup {
+        admission: vec![judge.clone()],
+        ..Setup::default()
+    });
+    judge.clock.set(e.clock.clone()).unwrap();
+    e.up.push_image(&n("library/app"), &t("v1"), &[content(41, 10)]);
+    let cache = e.cache.clone();
+    let pull = tokio::spawn(async move {
+        cache
+            .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
+            .await
+    });
+    let sixty_one = Duration::from_secs(61);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        e.clock.until_sleeps(move |s| s.contains(&sixty_one)),
+    )
+    .await
+    .expect("the judge is asked");
+    // Time passes as it does: a minute, then the second the judge needs.
+    e.clock.advance(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    e.clock.advance(Duration::from_secs(1));
+    let err = tokio::time::timeout(Duration::from_secs(5), pull)
+        .await
+        .expect("answered")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.http_status(), 503, "{err}");
+    assert!(err.to_string().contains("judge"), "{err}");
+}

@@ -1,5 +1,7 @@
 //! Wiring a [`PullThroughCache`]: rules, store, runtime, upstreams, policies.
 
+use std::time::Duration;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -203,19 +205,20 @@ impl CacheBuilder {
         let wiring = self.wiring(&opts, None)?;
         fn flights<T>(
             opts: &CacheOptions,
+            admission: Duration,
             spawner: &Arc<dyn Spawner>,
             clock: &Arc<dyn Clock>,
         ) -> Arc<Flights<T>> {
             Arc::new(Flights::new(
                 opts.max_manifest_fetches,
-                opts.manifest_timeout,
+                opts.manifest_timeout + admission,
                 spawner.clone(),
                 clock.clone(),
             ))
         }
         let (manifest_flights, head_flights) = (
-            flights(&opts, &spawner, &clock),
-            flights(&opts, &spawner, &clock),
+            flights(&opts, super::manifests::MAX_ADMISSION, &spawner, &clock),
+            flights(&opts, Duration::ZERO, &spawner, &clock),
         );
         let cache = PullThroughCache {
             inner: Arc::new(Inner {

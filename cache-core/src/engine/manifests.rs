@@ -21,6 +21,12 @@ use crate::policy::{AdmissionRequest, Caller, TagFreshness};
 use crate::store::BlobStoreExt;
 use crate::upstream::{Accept, Manifest, ManifestHead, media_types};
 
+/// The longest admission of a fetched manifest may take, on top of
+/// `manifest_timeout` for the fetch itself. Hooks bound their own waits
+/// (a scan gate's `wait` is at most 10 minutes and then answers 503);
+/// this only keeps a hook that never answers from holding the flight.
+pub(crate) const MAX_ADMISSION: Duration = Duration::from_secs(660);
+
 impl PullThroughCache {
     /// A manifest by tag or digest. A manifest of a media type `accept`
     /// does not admit is refused as `MANIFEST_UNKNOWN`, as the distribution
@@ -427,12 +433,22 @@ impl PullThroughCache {
             }
         }
         let registry = ctx.rule.registry();
-        let fetched = inner
-            .call(UpstreamCall::Manifest, || {
-                ctx.upstream
-                    .manifest(&ctx.upstream_repo, reference, media_types::ALL_MANIFESTS)
-            })
+        // The upstream gets manifest_timeout (retries included); the
+        // flight's own limit adds MAX_ADMISSION for the hooks, which bound
+        // their own waits (a scan gate answers 503 after its `wait`).
+        let limit = inner.opts.manifest_timeout;
+        let fetch = inner.call(UpstreamCall::Manifest, || {
+            ctx.upstream
+                .manifest(&ctx.upstream_repo, reference, media_types::ALL_MANIFESTS)
+        });
+        let fetched = crate::runtime::timeout(&*inner.clock, limit, fetch)
             .await
+            .unwrap_or_else(|| {
+                Err(Error::timeout(format!(
+                    "manifest {}:{reference} from {registry} took longer than {limit:?}",
+                    ctx.upstream_repo
+                )))
+            })
             .map_err(|e| e.blame_upstream(registry));
         let mut m = match fetched {
             Ok(m) => m,
