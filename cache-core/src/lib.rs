@@ -41,6 +41,8 @@
 //! * the traits the engine is built on: [`Upstream`] (where content comes
 //!   from) and [`BlobStore`] (where it is kept), each with its contract, and
 //!   [`Spawner`] and [`Clock`] (feature `tokio`: `runtime::TokioRuntime`);
+//! * `config` (feature `serde`): the configurable types (`CacheOptions`,
+//!   rules and their policies) deserialise and validate themselves;
 //! * `protocol` (feature `http`): the pull API sans IO, for any server;
 //! * one error type, [`Error`], mapped to OCI error codes ([`ErrorCode`])
 //!   and HTTP statuses;
@@ -52,6 +54,8 @@
 //! client in `cache-upstream`.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+#[cfg(feature = "serde")]
+pub mod config;
 pub mod cosign;
 mod digest;
 mod engine;
