@@ -20,9 +20,13 @@
 //! `wait`, then gets `503` with `Retry-After` while the scan goes on.
 
 mod client;
+#[cfg(feature = "serde")]
+mod config;
 mod gate;
 mod policy;
 
 pub use client::*;
+#[cfg(feature = "serde")]
+pub use config::*;
 pub use gate::*;
 pub use policy::*;
