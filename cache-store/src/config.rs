@@ -370,7 +370,7 @@ mod tests {
             ),
             (
                 "backend = \"object\"\nurl = \"az://c/p\"\n[options]\nk = 1",
-                "options",
+                "a string, { env = \"VAR\" } or { file = \"path\" }",
             ),
             ("quota = \"5GiB\"", "unknown field `quota`"),
         ] {
