@@ -25,6 +25,17 @@ pub enum Backend {
     Memory,
 }
 
+impl fmt::Display for Backend {
+    /// As written: `fs`, `object`, `memory`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Fs => "fs",
+            Backend::Object => "object",
+            Backend::Memory => "memory",
+        })
+    }
+}
+
 /// Where an object store option's value comes from: the value itself,
 /// `{ env = "VAR" }` or `{ file = "path" }`. Values print as `<redacted>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,11 +163,7 @@ impl TryFrom<RawStorage> for StorageConfig {
 
     fn try_from(r: RawStorage) -> Result<Self, ConfigError> {
         let backend = r.backend.unwrap_or(Backend::Fs);
-        let name = match backend {
-            Backend::Fs => "fs",
-            Backend::Object => "object",
-            Backend::Memory => "memory",
-        };
+        let name = backend.to_string();
         let not_for = |key: &str| {
             ConfigError::new(format!(
                 "{key} is for backend = {:?}, not {name:?}",
@@ -236,6 +243,15 @@ impl StorageConfig {
                     }
                 }
             }
+        }
+    }
+
+    /// Which backend.
+    pub fn backend(&self) -> Backend {
+        match self {
+            StorageConfig::Memory => Backend::Memory,
+            StorageConfig::Fs { .. } => Backend::Fs,
+            StorageConfig::Object { .. } => Backend::Object,
         }
     }
 
