@@ -142,7 +142,11 @@ impl fmt::Display for SizeText {
 }
 
 /// `key = "text"` as a duration, `default` when absent.
-pub fn duration(key: &str, text: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+pub fn duration(
+    key: &str,
+    text: &Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match text {
         None => Ok(default),
         Some(s) => parse_duration(s).ok_or_else(|| {
@@ -154,70 +158,81 @@ pub fn duration(key: &str, text: Option<&str>, default: Duration) -> Result<Dura
 }
 
 /// As [`duration`], refusing zero.
-pub fn positive(key: &str, text: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+pub fn positive(
+    key: &str,
+    text: &Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     let d = duration(key, text, default)?;
     if d.is_zero() {
         return Err(ConfigError(format!(
             "{key} = {:?}: must be more than 0",
-            text.unwrap_or_default()
+            text.as_deref().unwrap_or_default()
         )));
     }
     Ok(d)
 }
 
-/// As [`duration`], refusing less than `min` (written `min_text`), with
-/// `why` appended to the error when not empty.
+/// As [`duration`], refusing less than `min`.
 pub fn at_least(
     key: &str,
-    text: Option<&str>,
+    text: &Option<String>,
     default: Duration,
-    (min, min_text): (Duration, &str),
-    why: &str,
+    min: Duration,
 ) -> Result<Duration, ConfigError> {
     let d = duration(key, text, default)?;
     if d < min {
-        let why = if why.is_empty() {
-            String::new()
-        } else {
-            format!(" ({why})")
-        };
-        return Err(ConfigError(format!(
-            "{key} = {:?}: at least {min_text}{why}",
-            text.unwrap_or_default()
-        )));
+        let t = text.as_deref().unwrap_or_default();
+        return Err(ConfigError(format!("{key} = {t:?}: at least {min:?}")));
     }
     Ok(d)
 }
 
-/// `key = size` in bytes, `default` when absent, at most `max` (written
-/// `max_text`), and at least 1 if `nonzero`.
-pub fn size(
-    key: &str,
-    text: Option<&SizeText>,
-    default: u64,
-    (max, max_text): (u64, &str),
-    nonzero: bool,
-) -> Result<usize, ConfigError> {
-    let n = match text {
-        None => default,
-        Some(SizeText::Bytes(n)) => *n,
-        Some(t @ SizeText::Text(s)) => parse_size(s).ok_or_else(|| {
+/// `key = size` in bytes.
+pub fn bytes(key: &str, text: &SizeText) -> Result<u64, ConfigError> {
+    match text {
+        SizeText::Bytes(n) => Ok(*n),
+        SizeText::Text(s) => parse_size(s).ok_or_else(|| {
             ConfigError(format!(
-                "{key} = {t}: not a size (use e.g. 512, 10KiB, 50GiB, 1.5GB)"
+                "{key} = {text}: not a size (use e.g. 512, 10KiB, 50GiB, 1.5GB)"
             ))
-        })?,
-    };
-    if n > max || (nonzero && n == 0) {
-        let t = text.map(ToString::to_string).unwrap_or_default();
-        let low = if nonzero { "from 1 byte " } else { "" };
-        return Err(ConfigError(format!(
-            "{key} = {t}: a size {low}up to {max_text}"
-        )));
+        }),
     }
-    usize::try_from(n).map_err(|_| ConfigError(format!("{key} = {n}: too large for this machine")))
 }
 
-/// A count that must be at least `min`.
+/// `n` bytes as a person writes them: `64MiB`, `1GiB`, `512`.
+fn human_size(n: u64) -> String {
+    match [(30, "GiB"), (20, "MiB"), (10, "KiB")]
+        .iter()
+        .find(|(s, _)| n >> s > 0 && n % (1 << s) == 0)
+    {
+        Some((s, unit)) => format!("{}{unit}", n >> s),
+        None => n.to_string(),
+    }
+}
+
+/// `key = size` in bytes within `range`, `default` when absent.
+pub fn size(
+    key: &str,
+    text: &Option<SizeText>,
+    default: usize,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<usize, ConfigError> {
+    let Some(t) = text else { return Ok(default) };
+    let n = bytes(key, t)?;
+    if !range.contains(&n) {
+        let (lo, hi) = (range.start(), human_size(*range.end()));
+        let from = if *lo > 0 {
+            format!("from {} ", human_size(*lo))
+        } else {
+            String::new()
+        };
+        return Err(ConfigError(format!("{key} = {t}: a size {from}up to {hi}")));
+    }
+    usize::try_from(n).map_err(|_| ConfigError(format!("{key} = {t}: too large for this machine")))
+}
+
+/// A count, at least `min`.
 pub fn count_at_least(
     key: &str,
     value: Option<usize>,
@@ -305,88 +320,69 @@ impl TryFrom<RawCacheOptions> for CacheOptions {
                 "instance_name = {name:?}: 1 to 200 visible ASCII characters, no spaces"
             )));
         }
-        let size = |key, t: &Option<SizeText>, default: usize, max, nonzero| {
-            size(key, t.as_ref(), default as u64, max, nonzero)
-        };
+        let lease_ttl = at_least(
+            "lease_ttl",
+            &r.lease_ttl,
+            d.lease_ttl,
+            Duration::from_secs(3),
+        )
+        .map_err(|e| ConfigError(format!("{e} (it is renewed every third of it)")))?;
+        let count = |key, n, default| count_at_least(key, n, default, 1);
         Ok(CacheOptions {
             max_manifest_size: size(
                 "max_manifest_size",
                 &r.max_manifest_size,
                 d.max_manifest_size,
-                (64 * MIB, "64MiB"),
-                true,
+                1..=64 * MIB,
             )?,
-            fetch_timeout: positive("fetch_timeout", r.fetch_timeout.as_deref(), d.fetch_timeout)?,
+            fetch_timeout: positive("fetch_timeout", &r.fetch_timeout, d.fetch_timeout)?,
             manifest_timeout: positive(
                 "manifest_timeout",
-                r.manifest_timeout.as_deref(),
+                &r.manifest_timeout,
                 d.manifest_timeout,
             )?,
-            stall_timeout: positive("stall_timeout", r.stall_timeout.as_deref(), d.stall_timeout)?,
+            stall_timeout: positive("stall_timeout", &r.stall_timeout, d.stall_timeout)?,
             max_retries,
-            retry_backoff: duration("retry_backoff", r.retry_backoff.as_deref(), d.retry_backoff)?,
+            retry_backoff: duration("retry_backoff", &r.retry_backoff, d.retry_backoff)?,
             touch_interval: at_least(
                 "touch_interval",
-                r.touch_interval.as_deref(),
+                &r.touch_interval,
                 d.touch_interval,
-                (Duration::from_secs(1), "1s"),
-                "",
+                Duration::from_secs(1),
             )?,
-            read_chunk: size(
-                "read_chunk",
-                &r.read_chunk,
-                d.read_chunk,
-                (64 * MIB, "64MiB"),
-                true,
-            )?,
-            max_concurrent_fetches: count_at_least(
+            read_chunk: size("read_chunk", &r.read_chunk, d.read_chunk, 1..=64 * MIB)?,
+            max_concurrent_fetches: count(
                 "max_concurrent_fetches",
                 r.max_concurrent_fetches,
                 d.max_concurrent_fetches,
-                1,
             )?,
             max_queued_fetches: r.max_queued_fetches.unwrap_or(d.max_queued_fetches),
-            max_manifest_fetches: count_at_least(
+            max_manifest_fetches: count(
                 "max_manifest_fetches",
                 r.max_manifest_fetches,
                 d.max_manifest_fetches,
-                1,
             )?,
             revalidate_window: duration(
                 "revalidate_window",
-                r.revalidate_window.as_deref(),
+                &r.revalidate_window,
                 d.revalidate_window,
             )?,
             follow_window: size(
                 "follow_window",
                 &r.follow_window,
                 d.follow_window,
-                (1024 * MIB, "1GiB"),
-                false,
+                0..=1024 * MIB,
             )?,
-            hot_bytes: size(
-                "hot_bytes",
-                &r.hot_bytes,
-                d.hot_bytes,
-                (u64::MAX, "any"),
-                false,
-            )?,
+            hot_bytes: size("hot_bytes", &r.hot_bytes, d.hot_bytes, 0..=u64::MAX)?,
             hot_max_item: size(
                 "hot_max_item",
                 &r.hot_max_item,
                 d.hot_max_item,
-                (64 * MIB, "64MiB"),
-                false,
+                0..=64 * MIB,
             )?,
-            hot_validity: duration("hot_validity", r.hot_validity.as_deref(), d.hot_validity)?,
-            lease_ttl: at_least(
-                "lease_ttl",
-                r.lease_ttl.as_deref(),
-                d.lease_ttl,
-                (Duration::from_secs(3), "3s"),
-                "it is renewed every third of it",
-            )?,
-            lease_wait: duration("lease_wait", r.lease_wait.as_deref(), d.lease_wait)?,
+            hot_validity: duration("hot_validity", &r.hot_validity, d.hot_validity)?,
+            lease_ttl,
+            lease_wait: duration("lease_wait", &r.lease_wait, d.lease_wait)?,
             instance_name: r.instance_name.unwrap_or(d.instance_name),
         })
     }
@@ -463,7 +459,7 @@ impl<'de> Deserialize<'de> for SignatureSpec {
         Ok(SignatureSpec {
             cosign_keys: r.cosign_keys,
             mode: r.mode.unwrap_or(SignatureMode::Enforce),
-            recheck_refused: duration("recheck_refused", r.recheck_refused.as_deref(), default)
+            recheck_refused: duration("recheck_refused", &r.recheck_refused, default)
                 .map_err(custom)?,
         })
     }
@@ -560,13 +556,9 @@ impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let r = RawRule::<S>::deserialize(d)?;
         let default = RulePolicy::default();
-        let stale_if_error = duration(
-            "stale_if_error",
-            r.stale_if_error.as_deref(),
-            default.stale_if_error,
-        )
-        .map_err(custom)?;
-        let content_ttl = match r.content_ttl.as_deref() {
+        let stale_if_error = duration("stale_if_error", &r.stale_if_error, default.stale_if_error)
+            .map_err(custom)?;
+        let content_ttl = match &r.content_ttl {
             None => None,
             t => Some(duration("content_ttl", t, Duration::ZERO).map_err(custom)?),
         };
@@ -722,7 +714,7 @@ mod tests {
             ("instance_name = \"\"", "instance_name = \"\""),
             (
                 "max_manifest_size = \"65MiB\"",
-                "max_manifest_size = \"65MiB\": a size from 1 byte up to 64MiB",
+                "max_manifest_size = \"65MiB\": a size from 1 up to 64MiB",
             ),
             (
                 "max_manifest_size = \"lots\"",
@@ -730,7 +722,7 @@ mod tests {
             ),
             (
                 "read_chunk = 0",
-                "read_chunk = 0: a size from 1 byte up to 64MiB",
+                "read_chunk = 0: a size from 1 up to 64MiB",
             ),
             ("colour = \"red\"", "unknown field `colour`"),
         ] {

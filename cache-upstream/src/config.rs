@@ -113,9 +113,8 @@ impl<'de> Deserialize<'de> for ClientOptions {
         let r = RawClientOptions::deserialize(d)?;
         (|| {
             let o = ClientOptions::default();
-            let sz = |key, t: &Option<SizeText>, default: usize| {
-                size(key, t.as_ref(), default as u64, (64 * MIB, "64MiB"), true)
-            };
+            let sz =
+                |key, t: &Option<SizeText>, default: usize| size(key, t, default, 1..=64 * MIB);
             hosts("redirect_hosts", &r.redirect_hosts)?;
             hosts("token_hosts", &r.token_hosts)?;
             if let Some(ua) = &r.user_agent
@@ -128,15 +127,15 @@ impl<'de> Deserialize<'de> for ClientOptions {
             Ok(ClientOptions {
                 connect_timeout: positive(
                     "connect_timeout",
-                    r.connect_timeout.as_deref(),
+                    &r.connect_timeout,
                     o.connect_timeout,
                 )?,
                 response_timeout: positive(
                     "response_timeout",
-                    r.response_timeout.as_deref(),
+                    &r.response_timeout,
                     o.response_timeout,
                 )?,
-                read_timeout: positive("read_timeout", r.read_timeout.as_deref(), o.read_timeout)?,
+                read_timeout: positive("read_timeout", &r.read_timeout, o.read_timeout)?,
                 max_manifest_size: sz(
                     "max_manifest_size",
                     &r.max_manifest_size,
@@ -156,14 +155,14 @@ impl<'de> Deserialize<'de> for ClientOptions {
                 )?,
                 default_token_ttl: positive(
                     "default_token_ttl",
-                    r.default_token_ttl.as_deref(),
+                    &r.default_token_ttl,
                     o.default_token_ttl,
                 )?,
                 redirect_hosts: r.redirect_hosts,
                 token_hosts: r.token_hosts,
                 endpoint_backoff: duration(
                     "endpoint_backoff",
-                    r.endpoint_backoff.as_deref(),
+                    &r.endpoint_backoff,
                     o.endpoint_backoff,
                 )?,
                 rate_limit_reserve: r.rate_limit_reserve,
@@ -392,6 +391,38 @@ impl RegistryConfig {
             RegistryClient::with_endpoints(self.host.clone(), &endpoints, credentials, opts)
         };
         made.map_err(|e| ConfigError::new(format!("registry {}: {e}", self.host)))
+    }
+}
+
+/// A registry entry with what it names read once: its client options
+/// (certificate files) and its own credentials (password); it makes as
+/// many clients as it is asked for (one per credential set, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedRegistry {
+    /// As configured.
+    pub config: RegistryConfig,
+    /// Its client options.
+    pub options: ClientOptions,
+    /// Its own credentials.
+    pub credentials: Option<Credentials>,
+}
+
+impl RegistryConfig {
+    /// Reads what the entry names, on `base` options (see
+    /// [`options`](Self::options) and [`credentials`](Self::credentials)).
+    pub fn prepare(self, base: &ClientOptions) -> Result<PreparedRegistry, ConfigError> {
+        Ok(PreparedRegistry {
+            options: self.options(base)?,
+            credentials: self.credentials()?,
+            config: self,
+        })
+    }
+}
+
+impl PreparedRegistry {
+    /// A client with `credentials` (the entry's own, or a credential set's).
+    pub fn client(&self, credentials: Option<Credentials>) -> Result<RegistryClient, ConfigError> {
+        self.config.client(self.options.clone(), credentials)
     }
 }
 

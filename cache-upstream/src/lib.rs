@@ -42,6 +42,6 @@ pub mod testing;
 pub use auth::{Challenge, Credentials, PasswordSource, Secret};
 pub use client::{ClientOptions, RateLimit, RegistryClient, TlsOptions};
 #[cfg(feature = "serde")]
-pub use config::{CredentialSet, RegistryConfig};
+pub use config::{CredentialSet, PreparedRegistry, RegistryConfig};
 pub use layout::OciLayout;
 pub use policy::{AddressPolicy, Refused, is_public};

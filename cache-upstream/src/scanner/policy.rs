@@ -161,7 +161,7 @@ impl<'de> Deserialize<'de> for ScanPolicy {
                         ))
                     })?,
             };
-            let wait = positive("wait", r.wait.as_deref(), Duration::from_secs(60))?;
+            let wait = positive("wait", &r.wait, Duration::from_secs(60))?;
             if wait > Duration::from_secs(600) {
                 return Err(ConfigError::new(format!(
                     "wait = {:?}: at most 10m (clients give up sooner)",
@@ -173,7 +173,7 @@ impl<'de> Deserialize<'de> for ScanPolicy {
                 deny_severity,
                 allow: r.allow.into_iter().collect(),
                 mode: r.mode.unwrap_or(GateMode::Enforce),
-                rescan: positive("rescan", r.rescan.as_deref(), Duration::from_secs(86_400))?,
+                rescan: positive("rescan", &r.rescan, Duration::from_secs(86_400))?,
                 on_scanner_error: r.on_scanner_error.unwrap_or(OnScannerError::Deny),
                 wait,
             })

@@ -25,8 +25,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cache_core::{BlobStore, CacheBuilder, CacheOptions, EventSink, PullThroughCache};
-use cache_upstream::RegistryClient;
 use cache_upstream::scanner::{ScanCounters, ScanGate};
+use cache_upstream::{PreparedRegistry, RegistryClient};
 
 use crate::auth::ScopedTokens;
 use crate::config::{Config, ConfigError};
@@ -90,6 +90,17 @@ pub struct GateParts {
     pub services: GateServices,
 }
 
+/// Where a scanner reaches this proxy unless its `proxy_url` says: the
+/// listen address (`127.0.0.1` for `0.0.0.0`), over https with `[tls]`.
+pub fn proxy_url(cfg: &Config) -> String {
+    let mut at = cfg.listen;
+    if at.ip().is_unspecified() {
+        at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{at}")
+}
+
 /// The vulnerability gate the configuration describes, if it has
 /// `[[scanner]]`s (each scanner's token read now).
 pub fn scan_gate(cfg: &Config, parts: &GateParts) -> Result<Option<ScanGate>, ConfigError> {
@@ -120,11 +131,10 @@ pub fn scan_gate(cfg: &Config, parts: &GateParts) -> Result<Option<ScanGate>, Co
 /// hook (tools that only fill or inspect the cache leave it out: the
 /// server applies it when clients pull).
 pub fn wiring(cfg: &Config, gate: Option<&GateParts>) -> Result<Wired, ConfigError> {
-    let client =
-        |u: &config::Upstream, creds| u.config.client(u.options.clone(), creds).map(Arc::new);
+    let client = |u: &PreparedRegistry, creds| u.client(creds).map(Arc::new);
     let mut clients: Clients = Vec::new();
     let mut b = PullThroughCache::builder().rules(cfg.rules.clone());
-    let by_host: HashMap<&cache_core::Registry, &config::Upstream> =
+    let by_host: HashMap<&cache_core::Registry, &PreparedRegistry> =
         cfg.registries.iter().map(|u| (&u.config.host, u)).collect();
     for u in &cfg.registries {
         let c = client(u, u.credentials.clone())?;

@@ -121,10 +121,7 @@ fn rules_refer_to_scanners_registries_and_credentials_that_exist() {
     let c = parse(&format!("{head}{RULE}{scan}deny_severity = \"critical\"\n")).unwrap();
     assert_eq!(c.scan_policies["r"].deny_severity, Severity::Critical);
     // The scanner pulls from the listen address; 0.0.0.0 means loopback.
-    assert_eq!(
-        c.scanners[0].proxy_url.as_deref(),
-        Some("http://127.0.0.1:5000")
-    );
+    assert_eq!(registry_proxy::proxy_url(&c), "http://127.0.0.1:5000");
     assert!(
         !format!("{:?}", c.scanners).contains("\"t\""),
         "token redacted"
@@ -148,7 +145,7 @@ fn rules_refer_to_scanners_registries_and_credentials_that_exist() {
         ),
         (
             format!("{head}[[scanner]]\nname = \"trivy\"\nurl = \"http://x\"\n{RULE}"),
-            "scanner[1] (name = \"trivy\"): the name appears twice",
+            "scanner[1] (name = \"trivy\"): name appears twice",
         ),
         (
             format!("{head}[[scanner]]\nname = \"a b\"\nurl = \"http://x\"\n{RULE}"),

@@ -4,27 +4,19 @@
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::{ConfigError, RawConfig, err};
+use super::{ConfigError, RawConfig, Result, err};
 
-/// Files at least this large have their `[[rule]]` tables parsed in
-/// batches: a TOML document in memory costs many times its text, and a
-/// file with a hundred thousand rules would otherwise need hundreds of
-/// megabytes for a moment.
-pub(super) const BATCHED_ABOVE: usize = 1 << 20;
+/// Files this large have their `[[rule]]` tables parsed in batches: a
+/// parsed TOML document costs many times its text (100k rules: 100s of MB).
+const BATCHED_ABOVE: usize = 1 << 20;
 
 /// Rule tables parsed per batch.
 const RULES_PER_BATCH: usize = 1000;
 
-/// Deserialises `text`, a whole file or (`whole` false) a piece of one. An
-/// error is read again with its path tracked (so tracking costs nothing
-/// when the file is valid) to name the key's path (`rule[3].tag_freshness
-/// = "x": ...`, the rule index shifted by `first_rule`); a syntax error
-/// names the line in the file (`line` maps one of `text`).
-fn de<T: DeserializeOwned>(
-    text: &str,
-    (whole, first_rule): (bool, usize),
-    line: impl Fn(usize) -> usize,
-) -> Result<T, ConfigError> {
+/// Deserialises `text`, a file or a piece from `first_line` and `first_rule`
+/// on. An error is read again with its path tracked (no cost while valid),
+/// to name the key (`rule[3].tag_freshness = "x": ...`), or else the line.
+fn de<T: DeserializeOwned>(text: &str, first_rule: usize, first_line: usize) -> Result<T> {
     let plain = match toml::from_str::<T>(text) {
         Ok(v) => return Ok(v),
         Err(e) => e,
@@ -32,11 +24,12 @@ fn de<T: DeserializeOwned>(
     let tracked = toml::Deserializer::parse(text).map(serde_path_to_error::deserialize::<_, T>);
     let e = match tracked {
         Ok(Err(e)) if e.path().iter().next().is_some() => e,
-        _ if whole => return Err(ConfigError::new(format!("invalid configuration: {plain}"))),
+        _ if first_line == 1 => return err(format!("invalid configuration: {plain}")),
         _ => {
             let n = plain
                 .span()
-                .map_or(0, |s| line(text[..s.start].matches('\n').count() + 1));
+                .map_or(0, |s| text[..s.start].matches('\n').count())
+                + first_line;
             return err(format!(
                 "invalid configuration at line {n}: {}",
                 plain.message()
@@ -54,43 +47,33 @@ fn de<T: DeserializeOwned>(
 }
 
 /// Deserialises a section read as a table, errors under `section`.
-pub(super) fn section<T: DeserializeOwned>(
-    section: &str,
-    table: toml::Table,
-) -> Result<T, ConfigError> {
+pub(super) fn section<T: DeserializeOwned>(section: &str, table: toml::Table) -> Result<T> {
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let path = e.path().to_string();
-        let full = if path == "." {
-            section.to_owned()
-        } else {
-            format!("{section}.{path}")
-        };
-        ConfigError::new(e.into_inner().message()).at(&full)
+        let path = format!("{section}.{}", e.path());
+        ConfigError::new(e.into_inner().message()).at(&path)
     })
 }
 
 /// Whether a line is a table header (`[name]`, `[[name]]`, `[a.b]`), as
 /// opposed to a value line (an array element such as `[1, 2],`).
 fn table_header(line: &str) -> Option<&str> {
-    let t = line.trim();
-    let t = t.split_once('#').map_or(t, |(h, _)| h).trim_end();
-    let inner = t
-        .strip_prefix("[[")
-        .and_then(|x| x.strip_suffix("]]"))
-        .or_else(|| t.strip_prefix('[').and_then(|x| x.strip_suffix(']')))?;
-    inner
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' ' | '"'))
-        .then(|| inner.trim())
+    let t = line.split_once('#').map_or(line, |(h, _)| h).trim();
+    let inner = t.strip_prefix('[')?.strip_suffix(']')?;
+    let inner = inner
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(inner);
+    let name = |c: char| c.is_ascii_alphanumeric() || "_-. \"".contains(c);
+    inner.chars().all(name).then(|| inner.trim())
 }
 
 /// Parses a configuration text; a large one in pieces: everything but the
 /// rule tables as one document (rule lines blanked, so its line numbers
 /// stay right), then the rule tables (with their `[rule.x]` sub-tables) in
 /// batches.
-pub(super) fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+pub(super) fn parse(text: &str) -> Result<RawConfig> {
     if text.len() < BATCHED_ABOVE {
-        return de(text, (true, 0), |n| n);
+        return de(text, 0, 1);
     }
     let mut main = String::with_capacity(text.len() / 8);
     // (first line number, text) of each rule table, in order.
@@ -119,7 +102,7 @@ pub(super) fn parse(text: &str) -> Result<RawConfig, ConfigError> {
             main.push('\n');
         }
     }
-    let mut raw: RawConfig = de(&main, (true, 0), |n| n)?;
+    let mut raw: RawConfig = de(&main, 0, 1)?;
     drop(main);
     #[derive(Deserialize)]
     struct Batch {
@@ -128,25 +111,15 @@ pub(super) fn parse(text: &str) -> Result<RawConfig, ConfigError> {
     }
     raw.rule.reserve_exact(blocks.len());
     for (b, chunk) in blocks.chunks(RULES_PER_BATCH).enumerate() {
-        let mut batch = String::new();
-        // (first line in the batch, first line in the file) of each block.
-        let mut starts = Vec::with_capacity(chunk.len());
-        let mut lines = 1;
+        let (mut batch, first) = (String::new(), chunk[0].0);
+        let mut at = first;
         for (line, block) in chunk {
-            starts.push((lines, *line));
-            lines += block.matches('\n').count();
+            // Blank lines for other tables between rules keep lines in step.
+            batch.extend(std::iter::repeat_n('\n', line - at));
             batch.push_str(block);
+            at = line + block.matches('\n').count();
         }
-        let line = |at: usize| {
-            let (offset, first) = starts
-                .iter()
-                .rev()
-                .find(|(o, _)| *o <= at)
-                .copied()
-                .unwrap_or((1, chunk[0].0));
-            first + at - offset
-        };
-        let parsed: Batch = de(&batch, (false, b * RULES_PER_BATCH), line)?;
+        let parsed: Batch = de(&batch, b * RULES_PER_BATCH, first)?;
         raw.rule.extend(parsed.rule);
     }
     Ok(raw)

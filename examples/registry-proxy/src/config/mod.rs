@@ -1,8 +1,7 @@
-//! The TOML configuration file: its sections are the libraries' own
-//! configuration types, which validate themselves (`cache_core::config`,
-//! `cache_store::StorageConfig`, `cache_upstream::RegistryConfig`, ...);
-//! here are the file's layout, what refers to what, and loading. Every
-//! error names the key (its path in the file) and the offending value.
+//! The TOML configuration file: sections are the libraries' types, which
+//! validate themselves (`cache_core::config`, `cache_store::StorageConfig`,
+//! `cache_upstream::RegistryConfig`, ...); here are the file's layout, what
+//! refers to what, and loading. Errors name the key's path and the value.
 
 mod load;
 mod rules;
@@ -20,15 +19,17 @@ use cache_core::config::RuleConfig;
 use cache_core::{CacheOptions, RulePolicy, RuleSet};
 use cache_store::StorageConfig;
 use cache_upstream::scanner::{ScanPolicy, ScannerConfig};
-use cache_upstream::{ClientOptions, CredentialSet, Credentials, RegistryConfig};
+use cache_upstream::{ClientOptions, CredentialSet, Credentials, PreparedRegistry, RegistryConfig};
 use serde::Deserialize;
 
 use crate::logging::LogFormat;
 use crate::tls::TlsFiles;
 
 pub use cache_core::config::ConfigError;
+
+/// What loading a configuration comes to.
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
 pub use server::AuthConfig;
-pub use upstream::Upstream;
 
 /// The file as written. `[storage]`, `[server]` and `[upstream]` hold keys
 /// of several types, so they are read as tables and split.
@@ -66,8 +67,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// HTTPS, if configured.
     pub tls: Option<TlsFiles>,
-    /// Vulnerability scanners (each `proxy_url` filled in: the listen
-    /// address, `127.0.0.1` for `0.0.0.0`, over https with `[tls]`).
+    /// Vulnerability scanners.
     pub scanners: Vec<ScannerConfig>,
     /// Per rule, its vulnerability policy.
     pub scan_policies: HashMap<String, ScanPolicy>,
@@ -91,11 +91,10 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// The engine's tunables, from `[upstream]`, `[storage]` and `[server]`.
     pub cache: CacheOptions,
-    /// How registries are fetched from (`[upstream]`), before each
-    /// registry's own settings.
+    /// How registries are fetched from, before each one's own settings.
     pub client: ClientOptions,
     /// Upstreams, in the file's order.
-    pub registries: Vec<Upstream>,
+    pub registries: Vec<PreparedRegistry>,
     /// Named credential sets.
     pub credentials: HashMap<String, Credentials>,
     /// The caching rules, validated and indexed.
@@ -106,29 +105,48 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
 }
 
-/// The built-in default (`default.toml`): 127.0.0.1:5000, `./cache-data`,
-/// Docker Hub official images under `library/*`.
+/// The built-in default (`default.toml`).
 pub const DEFAULT_CONFIG: &str = include_str!("../../default.toml");
 
-fn err<T>(msg: String) -> Result<T, ConfigError> {
+fn err<T>(msg: String) -> Result<T> {
     Err(ConfigError::new(msg))
+}
+
+/// The entries of the array of tables `what`, made by `make`, their `name`s
+/// unique; an error names the entry (`registry[1] (host = "x")`).
+fn named<T, U, C: FromIterator<U>>(
+    what: &str,
+    raw: Vec<T>,
+    name: impl Fn(&T) -> (&'static str, String),
+    mut make: impl FnMut(String, T) -> Result<U>,
+) -> Result<C> {
+    let mut seen = std::collections::HashSet::new();
+    let mut entry = |(i, t)| {
+        let (key, n) = name(&t);
+        let at = format!("{what}[{i}] ({key} = {n:?})");
+        if !seen.insert(n.clone()) {
+            return err(format!("{at}: {key} appears twice"));
+        }
+        make(n, t).map_err(|e| ConfigError::new(format!("{at}: {e}")))
+    };
+    raw.into_iter().enumerate().map(&mut entry).collect()
 }
 
 impl Config {
     /// Parses and validates a configuration text. `base` resolves relative paths.
-    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+    pub fn parse(text: &str, base: &Path) -> Result<Self> {
         Self::validate(load::parse(text)?, base)
     }
 
     /// Reads a configuration file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(format!("{}: {e}", path.display())))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::parse(&text, &base).map_err(|e| ConfigError::new(format!("{}: {e}", path.display())))
     }
 
-    fn validate(raw: RawConfig, base: &Path) -> Result<Self, ConfigError> {
+    fn validate(raw: RawConfig, base: &Path) -> Result<Self> {
         let listen_s = raw.listen.unwrap_or_else(|| "127.0.0.1:5000".into());
         let listen: SocketAddr = listen_s.parse().map_err(|_| {
             ConfigError::new(format!("listen = {listen_s:?}: not an IP:PORT address"))
@@ -138,6 +156,7 @@ impl Config {
         let (cache, client) = upstream::options(raw.upstream, storage.cache, max_manifest_size)?;
         let registries = upstream::registries(raw.registry, &client, base)?;
         let credentials = upstream::credential_sets(raw.credentials, base)?;
+        let scanners = rules::scanners(raw.scanner, base)?;
         let mut tls = raw.tls;
         if let Some(files) = &mut tls {
             files.rebase(base);
@@ -145,15 +164,15 @@ impl Config {
                 .check()
                 .map_err(|e| ConfigError::new(format!("tls: {e}")))?;
         }
-        let scanners = rules::scanners(raw.scanner, listen, tls.is_some(), base)?;
-        let rules = rules::rules(raw.rule, &registries, &credentials, &scanners, base)?;
+        let (rules, policies, scan_policies) =
+            rules::rules(raw.rule, &registries, &credentials, &scanners, base)?;
         Ok(Config {
             listen,
             storage: storage.store,
             log_format: raw.log.format,
             tls,
             scanners,
-            scan_policies: rules.scan_policies,
+            scan_policies,
             quota: storage.quota,
             gc_interval: storage.gc_interval,
             request_timeout: server.request_timeout,
@@ -167,8 +186,8 @@ impl Config {
             client,
             registries,
             credentials,
-            rules: rules.set,
-            policies: rules.policies,
+            rules,
+            policies,
             auth: raw.auth.map(|a| a.validate(base)).transpose()?,
         })
     }

@@ -2,7 +2,6 @@
 //! files are read once however many rules name them.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,50 +11,26 @@ use cache_core::{RulePolicy, RuleSet};
 use cache_upstream::Credentials;
 use cache_upstream::scanner::{ScanPolicy, ScannerConfig};
 
-use super::{ConfigError, Upstream, err};
+use super::{ConfigError, Result, err, named};
 
-/// The scanners, each with the URL it reaches this proxy at (by default
-/// the listen address, `127.0.0.1` for `0.0.0.0`).
-pub(super) fn scanners(
-    raw: Vec<ScannerConfig>,
-    listen: SocketAddr,
-    https: bool,
-    base: &Path,
-) -> Result<Vec<ScannerConfig>, ConfigError> {
-    let mut at = listen;
-    if at.ip().is_unspecified() {
-        at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let default = format!("{}://{at}", if https { "https" } else { "http" });
-    let mut out: Vec<ScannerConfig> = Vec::with_capacity(raw.len());
-    for (i, mut s) in raw.into_iter().enumerate() {
-        if out.iter().any(|o| o.name == s.name) {
-            return err(format!(
-                "scanner[{i}] (name = {:?}): the name appears twice",
-                s.name
-            ));
-        }
-        s.rebase(base);
-        s.proxy_url.get_or_insert_with(|| default.clone());
-        out.push(s);
-    }
-    Ok(out)
+/// The scanners, their names unique.
+pub(super) fn scanners(mut raw: Vec<ScannerConfig>, base: &Path) -> Result<Vec<ScannerConfig>> {
+    raw.iter_mut().for_each(|s| s.rebase(base));
+    named("scanner", raw, |s| ("name", s.name.clone()), |_, s| Ok(s))
 }
 
-/// The rules, indexed; their policies where not the default.
-pub(super) struct Rules {
-    pub(super) set: Arc<RuleSet>,
-    pub(super) policies: HashMap<String, RulePolicy>,
-    pub(super) scan_policies: HashMap<String, ScanPolicy>,
-}
+/// The rules, their policies where not the default, their scan policies.
+type Rules = (Arc<RuleSet>, Policies<RulePolicy>, Policies<ScanPolicy>);
+type Policies<P> = HashMap<String, P>;
 
+/// The rules, each checked against the sections it refers to.
 pub(super) fn rules(
     raw: Vec<RuleConfig<ScanPolicy>>,
-    registries: &[Upstream],
+    registries: &[cache_upstream::PreparedRegistry],
     credentials: &HashMap<String, Credentials>,
     scanners: &[ScannerConfig],
     base: &Path,
-) -> Result<Rules, ConfigError> {
+) -> Result<Rules> {
     let mut keys: HashMap<PathBuf, CosignKey> = HashMap::new();
     let mut load = |path: &Path| -> Result<CosignKey, String> {
         if let Some(k) = keys.get(path) {
@@ -63,8 +38,7 @@ pub(super) fn rules(
         }
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let key = CosignKey::from_pem(path.display().to_string(), &text)?;
-        keys.insert(path.to_owned(), key.clone());
-        Ok(key)
+        Ok(keys.entry(path.to_owned()).or_insert(key).clone())
     };
     let mut specs = Vec::with_capacity(raw.len());
     let (mut policies, mut scan_policies) = (HashMap::new(), HashMap::new());
@@ -115,9 +89,5 @@ pub(super) fn rules(
             ));
         }
     }
-    Ok(Rules {
-        set: Arc::new(set),
-        policies,
-        scan_policies,
-    })
+    Ok((Arc::new(set), policies, scan_policies))
 }

@@ -9,7 +9,7 @@ use cache_core::Secret;
 use cache_core::config::{count_at_least, duration, positive, rebase};
 use serde::Deserialize;
 
-use super::{ConfigError, err, load};
+use super::{ConfigError, Result, err, load};
 
 /// `[server]` without `max_manifest_size`, which is the engine's.
 #[derive(Debug, Deserialize)]
@@ -39,37 +39,30 @@ pub(super) struct Settings {
 
 /// `[server]`: its own settings, and the engine's `max_manifest_size` as a
 /// table of its own.
-pub(super) fn settings(mut table: toml::Table) -> Result<(Settings, toml::Table), ConfigError> {
+pub(super) fn settings(mut table: toml::Table) -> Result<(Settings, toml::Table)> {
     let engine = super::storage::take(&mut table, &["max_manifest_size"]);
     let r: RawServer = load::section("server", table)?;
     if r.max_concurrent_fetches.is_some() {
         return err("server.max_concurrent_fetches has moved: set upstream.max_concurrent_fetches (per registry)".into());
     }
-    let admin_listen = match &r.admin_listen {
-        None => None,
-        Some(a) => match a.parse::<SocketAddr>() {
-            Ok(addr) if addr.ip().is_loopback() => Some(addr),
-            Ok(_) => {
-                return err(format!(
-                    "server.admin_listen = {a:?}: must be a loopback address (127.0.0.1:PORT)"
-                ));
-            }
-            Err(_) => {
-                return err(format!(
-                    "server.admin_listen = {a:?}: not an IP:PORT address"
-                ));
-            }
-        },
-    };
+    let admin_listen = r.admin_listen.as_deref().map(|a| {
+        let why = match a.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() => return Ok(addr),
+            Ok(_) => "must be a loopback address (127.0.0.1:PORT)",
+            Err(_) => "not an IP:PORT address",
+        };
+        err(format!("server.admin_listen = {a:?}: {why}"))
+    });
+    let admin_listen = admin_listen.transpose()?;
     let s = Duration::from_secs;
     let settings = (|| {
         Ok(Settings {
-            request_timeout: positive("request_timeout", r.request_timeout.as_deref(), s(300))?,
-            idle_timeout: positive("idle_timeout", r.idle_timeout.as_deref(), s(60))?,
-            send_timeout: positive("send_timeout", r.send_timeout.as_deref(), s(60))?,
+            request_timeout: positive("request_timeout", &r.request_timeout, s(300))?,
+            idle_timeout: positive("idle_timeout", &r.idle_timeout, s(60))?,
+            send_timeout: positive("send_timeout", &r.send_timeout, s(60))?,
             max_connections: count_at_least("max_connections", r.max_connections, 1024, 1)?,
-            shutdown_grace: duration("shutdown_grace", r.shutdown_grace.as_deref(), s(30))?,
-            drain_delay: duration("drain_delay", r.drain_delay.as_deref(), s(0))?,
+            shutdown_grace: duration("shutdown_grace", &r.shutdown_grace, s(30))?,
+            drain_delay: duration("drain_delay", &r.drain_delay, s(0))?,
             admin_listen,
         })
     })();
@@ -96,7 +89,7 @@ pub struct AuthConfig {
 }
 
 impl RawAuth {
-    pub(super) fn validate(self, base: &Path) -> Result<AuthConfig, ConfigError> {
+    pub(super) fn validate(self, base: &Path) -> Result<AuthConfig> {
         let mut cfg = AuthConfig::default();
         if let Some(mut p) = self.htpasswd {
             rebase(&mut p, base);

@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cache_core::config::{SizeText, at_least};
+use cache_core::config::{SizeText, at_least, bytes};
 use cache_store::StorageConfig;
 use serde::Deserialize;
 
-use super::{ConfigError, err, load};
+use super::{ConfigError, Result, err, load};
 
 /// The engine's keys in `[storage]`.
 const ENGINE_KEYS: &[&str] = &["lease_ttl", "lease_wait", "instance_name", "touch_interval"];
@@ -31,16 +31,15 @@ struct RawGc {
     gc_interval: Option<String>,
 }
 
-/// `[storage]`, read.
+/// `[storage]`, read; the engine's keys as a table, for `CacheOptions`.
 pub(super) struct Section {
     pub(super) store: StorageConfig,
-    /// The engine's keys, for `CacheOptions`.
     pub(super) cache: toml::Table,
     pub(super) quota: Option<u64>,
     pub(super) gc_interval: Duration,
 }
 
-pub(super) fn section(mut table: toml::Table, base: &Path) -> Result<Section, ConfigError> {
+pub(super) fn section(mut table: toml::Table, base: &Path) -> Result<Section> {
     let cache = take(&mut table, ENGINE_KEYS);
     let gc: RawGc = load::section("storage", take(&mut table, &["quota", "gc_interval"]))?;
     let mut store: StorageConfig = load::section("storage", table)?;
@@ -53,23 +52,21 @@ pub(super) fn section(mut table: toml::Table, base: &Path) -> Result<Section, Co
             store.backend()
         ));
     }
-    let quota = gc
-        .quota
-        .map(|q| cache_core::config::size("quota", Some(&q), 0, (u64::MAX, ""), false))
-        .transpose()
-        .map_err(|e| e.at("storage"))?;
-    let gc_interval = at_least(
-        "gc_interval",
-        gc.gc_interval.as_deref(),
-        Duration::from_secs(600),
-        (Duration::from_secs(1), "1s"),
-        "",
-    )
-    .map_err(|e| e.at("storage"))?;
+    let (quota, gc_interval) = (|| {
+        let every = Duration::from_secs(600);
+        let every = at_least(
+            "gc_interval",
+            &gc.gc_interval,
+            every,
+            Duration::from_secs(1),
+        )?;
+        Ok((gc.quota.map(|q| bytes("quota", &q)).transpose()?, every))
+    })()
+    .map_err(|e: ConfigError| e.at("storage"))?;
     Ok(Section {
         store,
         cache,
-        quota: quota.map(|q| q as u64),
+        quota,
         gc_interval,
     })
 }

@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use cache_core::CacheOptions;
-use cache_upstream::{ClientOptions, CredentialSet, Credentials, RegistryConfig};
+use cache_upstream::{ClientOptions, CredentialSet, Credentials, PreparedRegistry, RegistryConfig};
 
 use super::storage::take;
-use super::{ConfigError, err, load};
+use super::{Result, err, load, named};
 
 /// The engine's keys in `[upstream]`.
 const ENGINE_KEYS: &[&str] = &[
@@ -26,15 +26,13 @@ const ENGINE_KEYS: &[&str] = &[
 const CLIENT_KEYS: &[&str] = &["connect_timeout", "response_timeout"];
 
 /// The engine's options from its keys in `[upstream]`, `[storage]` and
-/// `[server]`, each part checked under its own section (so an error names
-/// it, and a key in the wrong section is refused by that section); and
-/// the HTTP client's, which read bodies with the engine's stall timeout
-/// and take manifests up to the engine's size.
+/// `[server]`, each part checked under its section (which refuses others'
+/// keys); and the HTTP client's, with the engine's stall and size limits.
 pub(super) fn options(
     mut upstream: toml::Table,
     storage: toml::Table,
     server: toml::Table,
-) -> Result<(CacheOptions, ClientOptions), ConfigError> {
+) -> Result<(CacheOptions, ClientOptions)> {
     let engine = take(&mut upstream, ENGINE_KEYS);
     let client = take(&mut upstream, CLIENT_KEYS);
     if let Some(key) = upstream.keys().next() {
@@ -65,53 +63,31 @@ pub(super) fn options(
     Ok((cache, client))
 }
 
-/// One `[[registry]]`, ready to connect.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// As configured.
-    pub config: RegistryConfig,
-    /// Its client options (its certificate files read).
-    pub options: ClientOptions,
-    /// Its own credentials (the password read).
-    pub credentials: Option<Credentials>,
-}
-
+/// The registries, each with what it names read.
 pub(super) fn registries(
-    raw: Vec<RegistryConfig>,
+    mut raw: Vec<RegistryConfig>,
     client: &ClientOptions,
     base: &Path,
-) -> Result<Vec<Upstream>, ConfigError> {
-    let mut out: Vec<Upstream> = Vec::with_capacity(raw.len());
-    for (i, mut config) in raw.into_iter().enumerate() {
-        let key = format!("registry[{i}] (host = {:?})", config.host.as_str());
-        if out.iter().any(|u| u.config.host == config.host) {
-            return err(format!("{key}: host appears twice"));
-        }
-        config.rebase(base);
-        let bad = |e: ConfigError| ConfigError::new(format!("{key}: {e}"));
-        out.push(Upstream {
-            options: config.options(client).map_err(bad)?,
-            credentials: config.credentials().map_err(bad)?,
-            config,
-        });
-    }
-    Ok(out)
+) -> Result<Vec<PreparedRegistry>> {
+    raw.iter_mut().for_each(|r| r.rebase(base));
+    named(
+        "registry",
+        raw,
+        |r| ("host", r.host.to_string()),
+        |_, r| r.prepare(client),
+    )
 }
 
+/// The credential sets by name, their passwords read.
 pub(super) fn credential_sets(
-    raw: Vec<CredentialSet>,
+    mut raw: Vec<CredentialSet>,
     base: &Path,
-) -> Result<HashMap<String, Credentials>, ConfigError> {
-    let mut out = HashMap::with_capacity(raw.len());
-    for (i, mut c) in raw.into_iter().enumerate() {
-        let key = format!("credentials[{i}] (name = {:?})", c.name);
-        c.rebase(base);
-        let creds = c
-            .credentials()
-            .map_err(|e| ConfigError::new(format!("{key}: {e}")))?;
-        if out.insert(c.name, creds).is_some() {
-            return err(format!("{key}: the name is used twice"));
-        }
-    }
-    Ok(out)
+) -> Result<HashMap<String, Credentials>> {
+    raw.iter_mut().for_each(|c| c.rebase(base));
+    named(
+        "credentials",
+        raw,
+        |c| ("name", c.name.clone()),
+        |n, c| Ok((n, c.credentials()?)),
+    )
 }
