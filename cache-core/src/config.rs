@@ -204,7 +204,7 @@ pub fn bytes(key: &str, text: &SizeText) -> Result<u64, ConfigError> {
 fn human_size(n: u64) -> String {
     match [(30, "GiB"), (20, "MiB"), (10, "KiB")]
         .iter()
-        .find(|(s, _)| n >> s > 0 && n % (1 << s) == 0)
+        .find(|(s, _)| n >> s > 0 && n.is_multiple_of(1 << s))
     {
         Some((s, unit)) => format!("{}{unit}", n >> s),
         None => n.to_string(),
