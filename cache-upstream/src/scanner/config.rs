@@ -92,6 +92,7 @@ impl ScannerConfig {
             .transpose()
             .map_err(|e| ConfigError::new(format!("token: {e}")))?;
         let proxy = self.proxy_url.as_deref().unwrap_or(default_proxy_url);
+        http_url("proxy_url", proxy)?;
         ScannerClient::new(&self.name, &self.url, token, proxy).map_err(ConfigError::new)
     }
 }
@@ -109,6 +110,8 @@ mod tests {
         assert!(!format!("{s:?}").contains("t0ken"), "token redacted");
         let c = s.client("http://127.0.0.1:5000").unwrap();
         assert!(!format!("{c:?}").contains("t0ken"));
+        let e = s.client("").unwrap_err();
+        assert!(e.message().starts_with("proxy_url = \"\""), "{e}");
         for (text, says) in [
             (
                 "name = \"a b\"\nurl = \"http://x\"",

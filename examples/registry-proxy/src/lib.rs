@@ -107,13 +107,10 @@ pub fn scan_gate(cfg: &Config, parts: &GateParts) -> Result<Option<ScanGate>, Co
     if cfg.scanners.is_empty() {
         return Ok(None);
     }
-    let mut clients = Vec::with_capacity(cfg.scanners.len());
+    let (mut clients, default) = (Vec::with_capacity(cfg.scanners.len()), proxy_url(cfg));
     for s in &cfg.scanners {
-        // The configuration filled in each scanner's proxy_url.
-        let client = s
-            .client("")
-            .map_err(|e| e.at(&format!("scanner {:?}", s.name)))?;
-        clients.push(client);
+        let client = s.client(&default);
+        clients.push(client.map_err(|e| e.at(&format!("scanner {:?}", s.name)))?);
     }
     ScanGate::new(
         clients,
