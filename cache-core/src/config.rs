@@ -23,7 +23,10 @@
 //! `max_retries = 50: at most 10`. A program that nests a table under a
 //! section (`[upstream]`, `rule[3]`) prefixes the section with
 //! [`ConfigError::at`] or [`join_key`], which gives
-//! `upstream.max_retries = 50: at most 10`.
+//! `upstream.max_retries = 50: at most 10`. A value of the wrong type, or
+//! not one of an enum's names, gets serde's own message (the variants or
+//! the type expected), placed at the key by the format (toml shows the
+//! line) or by `serde_path_to_error`, which gives the key's path.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
