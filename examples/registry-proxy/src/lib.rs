@@ -110,7 +110,7 @@ pub fn scan_gate(cfg: &Config, parts: &GateParts) -> Result<Option<ScanGate>, Co
     let (mut clients, default) = (Vec::with_capacity(cfg.scanners.len()), proxy_url(cfg));
     for s in &cfg.scanners {
         let client = s.client(&default);
-        clients.push(client.map_err(|e| e.at(&format!("scanner {:?}", s.name)))?);
+        clients.push(client.map_err(|e| ConfigError::new(format!("scanner {:?}: {e}", s.name)))?);
     }
     ScanGate::new(
         clients,
