@@ -42,6 +42,8 @@
 //!   from) and [`BlobStore`] (where it is kept), each with its contract, and
 //!   [`Spawner`] and [`Clock`] (feature `tokio`: `runtime::TokioRuntime`),
 //!   and on them [`runtime::Flights`], the one single-flight;
+//! * `config` (feature `serde`): the configurable types (`CacheOptions`,
+//!   rules and their policies) deserialise and validate themselves;
 //! * `protocol` (feature `http`): the pull API sans IO, for any server;
 //! * one error type, [`Error`], mapped to OCI error codes ([`ErrorCode`])
 //!   and HTTP statuses;
@@ -53,6 +55,8 @@
 //! client in `cache-upstream`.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+#[cfg(feature = "serde")]
+pub mod config;
 pub mod cosign;
 mod digest;
 mod engine;

@@ -9,11 +9,17 @@
 //! * [`ObjectBlobStore`]: object storage through `object_store` (Azure
 //!   Blob, S3, GCS), so that several cache instances can share one store.
 //!
+//! With the `serde` feature, `StorageConfig` is the store as configured
+//! (`backend = "fs" | "object" | "memory"` and its keys), validated when
+//! read, with an `open()` that returns the store.
+//!
 //! [`TokioRuntime`] hands the engine tokio's spawner and timers.
 //!
 //! Every backend passes the conformance suite in `cache_core::testing`.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+#[cfg(feature = "serde")]
+mod config;
 mod fs;
 mod memory;
 mod object;
@@ -22,6 +28,8 @@ mod staged;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "serde")]
+pub use config::{Backend, OptionValue, StorageConfig};
 pub use fs::{FsStore, FsStoreOptions};
 pub use memory::MemoryStore;
 pub use object::ObjectBlobStore;

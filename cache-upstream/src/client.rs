@@ -20,8 +20,9 @@ use url::Url;
 use crate::auth::{Challenge, Credentials, Secret, TokenCache, TokenResponse};
 use crate::policy::{AddressPolicy, GuardedResolver, refused_in};
 
-/// Tunables of a [`RegistryClient`].
-#[derive(Debug, Clone)]
+/// Tunables of a [`RegistryClient`]. With the `serde` feature, a table
+/// of them deserialises and validates itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientOptions {
     /// Longest wait for a TCP/TLS connection (default 10 s).
     pub connect_timeout: Duration,
@@ -63,7 +64,7 @@ pub struct ClientOptions {
 
 /// How a [`RegistryClient`] checks an upstream's certificate and presents
 /// its own.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TlsOptions {
     /// PEM certificates of CAs to trust for this upstream: a private CA in
     /// front of an internal registry.

@@ -15,12 +15,23 @@
 //! * [`OciLayout`]: an OCI image-layout directory, for offline use,
 //!   air-gapped import and tests.
 //!
+//! * [`scanner`]: a vulnerability gate through Harbor's Scanner Adapter API,
+//!   the engine's admission hook.
+//!
+//! With the `serde` feature, [`ClientOptions`], a registry entry
+//! (`RegistryConfig`), a credential set (`CredentialSet`), a scanner
+//! (`scanner::ScannerConfig`) and a rule's vulnerability policy
+//! (`scanner::ScanPolicy`) deserialise and validate themselves, with
+//! errors that name the key and the value.
+//!
 //! With the `testing` feature, the `testing` module starts the Debian distribution
 //! registry on loopback and builds and pushes deterministic test images.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod auth;
 mod client;
+#[cfg(feature = "serde")]
+mod config;
 mod layout;
 mod policy;
 pub mod scanner;
@@ -30,5 +41,7 @@ pub mod testing;
 
 pub use auth::{Challenge, Credentials, PasswordSource, Secret};
 pub use client::{ClientOptions, RateLimit, RegistryClient, TlsOptions};
+#[cfg(feature = "serde")]
+pub use config::{CredentialSet, PreparedRegistry, RegistryConfig};
 pub use layout::OciLayout;
 pub use policy::{AddressPolicy, Refused, is_public};

@@ -49,8 +49,9 @@ use crate::runtime::{Clock, Spawner};
 use crate::store::BlobStore;
 use crate::upstream::Upstream;
 
-/// Tunables of a [`PullThroughCache`].
-#[derive(Debug, Clone)]
+/// Tunables of a [`PullThroughCache`]. With the `serde` feature, a table
+/// of them deserialises and validates itself (see `cache_core::config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheOptions {
     /// Largest manifest accepted from an upstream (default 4 MiB).
     pub max_manifest_size: usize,

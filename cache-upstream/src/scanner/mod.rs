@@ -28,9 +28,13 @@
 //! `cache_core::testing::ManualClock` in tests.
 
 mod client;
+#[cfg(feature = "serde")]
+mod config;
 mod gate;
 mod policy;
 
 pub use client::*;
+#[cfg(feature = "serde")]
+pub use config::*;
 pub use gate::*;
 pub use policy::*;

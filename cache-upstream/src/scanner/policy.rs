@@ -65,8 +65,13 @@ pub struct Finding {
     pub fix_version: String,
 }
 
-/// Refuse or only audit.
+/// Refuse or only audit (`"enforce"`, `"audit"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum GateMode {
     /// Refuse what the policy denies: `403 DENIED` with the top findings.
     Enforce,
@@ -74,8 +79,13 @@ pub enum GateMode {
     Audit,
 }
 
-/// What a scanner failure means.
+/// What a scanner failure means (`"deny"`, `"allow"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum OnScannerError {
     /// Refuse (`403`), as for a denied image.
     Deny,
@@ -84,7 +94,25 @@ pub enum OnScannerError {
 }
 
 /// A rule's vulnerability policy.
-#[derive(Debug, Clone)]
+///
+/// With the `serde` feature it deserialises from a table and validates
+/// itself: `scanner` (required), `deny_severity` (`low`, `medium`, `high`,
+/// `critical`, any case; default `high`), `allow` (finding ids),
+/// `mode` (`"enforce"` or `"audit"`), `rescan` (more than 0, default
+/// `24h`), `on_scanner_error` (`"deny"` or `"allow"`) and `wait` (more
+/// than 0, at most `10m`, default `60s`).
+///
+/// ```
+/// # #[cfg(feature = "serde")] {
+/// use cache_upstream::scanner::{ScanPolicy, Severity};
+///
+/// let p: ScanPolicy = toml::from_str("scanner = \"trivy\"\ndeny_severity = \"Critical\"").unwrap();
+/// assert_eq!(p.deny_severity, Severity::Critical);
+/// let e = toml::from_str::<ScanPolicy>("scanner = \"trivy\"\nwait = \"1h\"").unwrap_err();
+/// assert!(e.message().contains("wait = \"1h\": at most 10m"), "{e}");
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanPolicy {
     /// The scanner's name.
     pub scanner: String,
@@ -100,6 +128,58 @@ pub struct ScanPolicy {
     pub on_scanner_error: OnScannerError,
     /// How long a first pull waits for the scan before `503`.
     pub wait: Duration,
+}
+
+#[cfg(feature = "serde")]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScan {
+    scanner: String,
+    deny_severity: Option<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    mode: Option<GateMode>,
+    rescan: Option<String>,
+    on_scanner_error: Option<OnScannerError>,
+    wait: Option<String>,
+}
+
+#[cfg(feature = "serde")]
+impl<'de> Deserialize<'de> for ScanPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use cache_core::config::{ConfigError, positive};
+        use serde::de::Error as _;
+        let r = RawScan::deserialize(d)?;
+        (|| {
+            let deny_severity = match r.deny_severity.as_deref() {
+                None => Severity::High,
+                Some(s) => Severity::parse(s)
+                    .filter(|s| *s >= Severity::Low)
+                    .ok_or_else(|| {
+                        ConfigError::new(format!(
+                            "deny_severity = {s:?}: use low, medium, high or critical"
+                        ))
+                    })?,
+            };
+            let wait = positive("wait", &r.wait, Duration::from_secs(60))?;
+            if wait > Duration::from_secs(600) {
+                return Err(ConfigError::new(format!(
+                    "wait = {:?}: at most 10m (clients give up sooner)",
+                    r.wait.unwrap_or_default()
+                )));
+            }
+            Ok(ScanPolicy {
+                scanner: r.scanner,
+                deny_severity,
+                allow: r.allow.into_iter().collect(),
+                mode: r.mode.unwrap_or(GateMode::Enforce),
+                rescan: positive("rescan", &r.rescan, Duration::from_secs(86_400))?,
+                on_scanner_error: r.on_scanner_error.unwrap_or(OnScannerError::Deny),
+                wait,
+            })
+        })()
+        .map_err(|e: ConfigError| D::Error::custom(e))
+    }
 }
 
 /// Image config types: what a manifest an image scanner scans has.
@@ -137,6 +217,75 @@ pub(crate) fn denying<'a>(policy: &ScanPolicy, rec: &'a ScanRecord) -> Vec<&'a F
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn scan_policies_read_every_key_and_name_the_offending_value() {
+        let p: ScanPolicy = toml::from_str(
+            "scanner = \"trivy\"\ndeny_severity = \"Critical\"\nallow = [\"CVE-1\"]\nmode = \"audit\"\nrescan = \"1h\"\non_scanner_error = \"allow\"\nwait = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                p.deny_severity,
+                p.mode,
+                p.on_scanner_error,
+                p.rescan,
+                p.wait
+            ),
+            (
+                Severity::Critical,
+                GateMode::Audit,
+                OnScannerError::Allow,
+                Duration::from_secs(3600),
+                Duration::from_secs(5)
+            )
+        );
+        assert!(p.allow.contains("CVE-1"));
+        let d: ScanPolicy = toml::from_str("scanner = \"trivy\"").unwrap();
+        assert_eq!(
+            (
+                d.deny_severity,
+                d.mode,
+                d.on_scanner_error,
+                d.rescan,
+                d.wait
+            ),
+            (
+                Severity::High,
+                GateMode::Enforce,
+                OnScannerError::Deny,
+                Duration::from_secs(86_400),
+                Duration::from_secs(60)
+            )
+        );
+        for (extra, says) in [
+            (
+                "deny_severity = \"dire\"",
+                "deny_severity = \"dire\": use low, medium, high or critical",
+            ),
+            (
+                "deny_severity = \"negligible\"",
+                "deny_severity = \"negligible\"",
+            ),
+            (
+                "mode = \"strict\"",
+                "unknown variant `strict`, expected `enforce` or `audit`",
+            ),
+            (
+                "on_scanner_error = \"retry\"",
+                "unknown variant `retry`, expected `deny` or `allow`",
+            ),
+            ("rescan = \"often\"", "rescan = \"often\": not a duration"),
+            ("rescan = \"0s\"", "rescan = \"0s\": must be more than 0"),
+            ("wait = \"1h\"", "wait = \"1h\": at most 10m"),
+            ("colour = \"red\"", "unknown field `colour`"),
+        ] {
+            let e =
+                toml::from_str::<ScanPolicy>(&format!("scanner = \"trivy\"\n{extra}")).unwrap_err();
+            assert!(e.message().contains(says), "{extra}: {e}");
+        }
+    }
 
     #[test]
     fn images_are_scanned_and_other_artifacts_pass() {

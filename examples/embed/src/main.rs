@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 use std::future::pending;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::routing::get;
 use cache_core::LocalRef;
@@ -24,7 +23,7 @@ use cache_core::server::{
     AuthConfig, ConnLimits, PullAuth, PullService, ScopedTokens, serve_connections,
 };
 use cache_store::FsStore;
-use cache_upstream::scanner::{GateMode, OnScannerError, ScanGate, ScanPolicy, ScannerClient};
+use cache_upstream::scanner::{ScanGate, ScanPolicy, ScannerClient};
 use cache_upstream::{ClientOptions, RegistryClient};
 
 #[tokio::main]
@@ -50,7 +49,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .upstream(&host, client);
     if let Ok(url) = std::env::var("EMBED_SCANNER") {
         let scanner = ScannerClient::new("scanner", &url, None, &format!("http://{listen}"))?;
-        let policies = HashMap::from([("library".to_owned(), deny_high("scanner"))]);
+        // Deny at High and above (the defaults), as a configuration file says it.
+        let policy: ScanPolicy = toml::from_str(r#"scanner = "scanner""#)?;
+        let policies = HashMap::from([("library".to_owned(), policy)]);
         let gate = ScanGate::new(vec![scanner], policies, store, scoped.clone())?;
         builder = builder.admission(gate);
     }
@@ -78,18 +79,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     served.await?;
     Ok(())
-}
-
-/// Refuses images with a High or Critical finding; a scanner that fails
-/// refuses too.
-fn deny_high(scanner: &str) -> ScanPolicy {
-    ScanPolicy {
-        scanner: scanner.to_owned(),
-        deny_severity: cache_upstream::scanner::Severity::High,
-        allow: Default::default(),
-        mode: GateMode::Enforce,
-        rescan: Duration::from_secs(24 * 3600),
-        on_scanner_error: OnScannerError::Deny,
-        wait: Duration::from_secs(60),
-    }
 }

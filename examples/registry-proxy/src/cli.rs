@@ -10,8 +10,9 @@ use cache_core::{Digest, ImageRef, LocalRef, PullThroughCache, RepoName};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::config::{Config, parse_size};
+use crate::config::Config;
 use crate::{build_cache, open_store};
+use cache_core::config::parse_size;
 
 fn usage(msg: String) -> ExitCode {
     eprintln!("registry-proxy: {msg}");
@@ -22,6 +23,18 @@ fn usage(msg: String) -> ExitCode {
 const MAX_ADMIN_ANSWER: usize = 64 * 1024 * 1024;
 /// How long connecting to the admin endpoint may take.
 const ADMIN_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `server.admin_listen` of a configuration text, read on its own (so a
+/// file that does not validate still names where its server listens).
+pub fn admin_listen_of(text: &str) -> Option<std::net::SocketAddr> {
+    let v: toml::Value = toml::from_str(text).ok()?;
+    v.get("server")?
+        .get("admin_listen")?
+        .as_str()?
+        .parse()
+        .ok()
+        .filter(|a: &std::net::SocketAddr| a.ip().is_loopback())
+}
 
 /// `POST target` to the running server's admin endpoint (the file's
 /// `server.admin_listen`), with hyper's HTTP/1.1 client: whether it
@@ -36,7 +49,7 @@ fn admin_post(
 ) -> Result<(bool, String), ExitCode> {
     let admin = path
         .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|text| crate::config::admin_listen_of(&text));
+        .and_then(|text| admin_listen_of(&text));
     let Some(addr) = admin else {
         return Err(usage(format!(
             "{what} needs server.admin_listen (a loopback address) in the configuration file"

@@ -23,58 +23,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cache_core::{BlobStore, CacheBuilder, CacheOptions, EventSink, PullThroughCache};
-use cache_store::{FsStore, FsStoreOptions, MemoryStore, ObjectBlobStore};
-use cache_upstream::{ClientOptions, RegistryClient};
+use cache_upstream::scanner::{ScanCounters, ScanGate};
+use cache_upstream::{PreparedRegistry, RegistryClient};
 
-use cache_upstream::scanner::{ScanCounters, ScanGate, ScannerClient};
-
-use crate::config::{Config, ConfigError, Storage};
+use crate::config::{Config, ConfigError};
 use cache_core::server::ScopedTokens;
 
-/// Opens the configured store.
+/// Opens the configured store (an object store is asked once now).
 pub async fn open_store(cfg: &Config) -> Result<Arc<dyn BlobStore>, ConfigError> {
-    Ok(match &cfg.storage {
-        Storage::Memory => Arc::new(MemoryStore::new()),
-        Storage::Fs { path, fsync } => Arc::new(
-            FsStore::open_with(path, FsStoreOptions { fsync: *fsync })
-                .await
-                .map_err(|e| {
-                    ConfigError(format!(
-                        "storage.path = {:?}: {e}",
-                        path.display().to_string()
-                    ))
-                })?,
-        ),
-        Storage::Object {
-            url,
-            options,
-            spool,
-            ..
-        } => {
-            let mut resolved = Vec::with_capacity(options.len());
-            for (k, v) in options {
-                let value = v
-                    .resolve()
-                    .map_err(|e| ConfigError(format!("storage.options.{k}: {e}")))?;
-                resolved.push((k.clone(), value.expose().to_owned()));
-            }
-            std::fs::create_dir_all(spool).map_err(|e| {
-                ConfigError(format!(
-                    "storage.spool = {:?}: {e}",
-                    spool.display().to_string()
-                ))
-            })?;
-            let store = ObjectBlobStore::from_url(url, resolved, spool)
-                .map_err(|e| ConfigError(format!("storage.url = {url:?}: {e}")))?;
-            // Fail at start, not on the first pull: one HEAD shows that the
-            // store answers and takes the credentials.
-            store
-                .stat(&cache_core::Digest::sha256_of(b""))
-                .await
-                .map_err(|e| ConfigError(format!("storage.url = {url:?}: {e}")))?;
-            Arc::new(store)
-        }
-    })
+    cfg.storage.open().await.map_err(|e| e.at("storage"))
 }
 
 /// Gives memory freed by a large passing allocation (parsing a
@@ -88,35 +45,10 @@ pub fn release_freed_memory() {
     }
 }
 
-/// The engine tunables the configuration gives (`[upstream]`, `[server]`).
+/// The engine tunables the configuration gives (`[upstream]`,
+/// `[storage]`, `[server]`).
 pub fn cache_options(cfg: &Config) -> CacheOptions {
-    let up = &cfg.upstream;
-    let mut opts = CacheOptions::default();
-    if let config::Storage::Object {
-        lease_ttl,
-        lease_wait,
-        instance_name,
-        ..
-    } = &cfg.storage
-    {
-        opts.lease_ttl = *lease_ttl;
-        opts.lease_wait = *lease_wait;
-        if let Some(name) = instance_name {
-            opts.instance_name = name.clone();
-        }
-    }
-    CacheOptions {
-        max_concurrent_fetches: up.max_concurrent_fetches,
-        max_queued_fetches: up.max_queued_fetches,
-        max_retries: up.max_retries,
-        retry_backoff: up.retry_backoff,
-        stall_timeout: up.stall_timeout,
-        manifest_timeout: up.manifest_timeout,
-        revalidate_window: up.revalidate_window,
-        max_manifest_size: cfg.max_manifest_size,
-        touch_interval: cfg.touch_interval,
-        ..opts
-    }
+    cfg.cache.clone()
 }
 
 /// The registry clients a configuration made, labelled by registry and
@@ -156,22 +88,27 @@ pub struct GateParts {
     pub services: GateServices,
 }
 
+/// Where a scanner reaches this proxy unless its `proxy_url` says: the
+/// listen address (`127.0.0.1` for `0.0.0.0`), over https with `[tls]`.
+pub fn proxy_url(cfg: &Config) -> String {
+    let mut at = cfg.listen;
+    if at.ip().is_unspecified() {
+        at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{at}")
+}
+
 /// The vulnerability gate the configuration describes, if it has
 /// `[[scanner]]`s (each scanner's token read now).
 pub fn scan_gate(cfg: &Config, parts: &GateParts) -> Result<Option<ScanGate>, ConfigError> {
     if cfg.scanners.is_empty() {
         return Ok(None);
     }
-    let mut clients = Vec::with_capacity(cfg.scanners.len());
+    let (mut clients, default) = (Vec::with_capacity(cfg.scanners.len()), proxy_url(cfg));
     for s in &cfg.scanners {
-        let token = s
-            .token
-            .as_ref()
-            .map(|t| t.resolve())
-            .transpose()
-            .map_err(|e| ConfigError(format!("scanner {:?}: token: {e}", s.name)))?;
-        clients
-            .push(ScannerClient::new(&s.name, &s.url, token, &s.proxy_url).map_err(ConfigError)?);
+        let client = s.client(&default);
+        clients.push(client.map_err(|e| ConfigError::new(format!("scanner {:?}: {e}", s.name)))?);
     }
     ScanGate::new(
         clients,
@@ -180,7 +117,7 @@ pub fn scan_gate(cfg: &Config, parts: &GateParts) -> Result<Option<ScanGate>, Co
         parts.services.credentials.clone(),
     )
     .map(|g| Some(g.with_counters(parts.services.counters.clone())))
-    .map_err(ConfigError)
+    .map_err(ConfigError::new)
 }
 
 /// The rules, upstreams and policies the configuration describes: one
@@ -189,36 +126,15 @@ pub fn scan_gate(cfg: &Config, parts: &GateParts) -> Result<Option<ScanGate>, Co
 /// hook (tools that only fill or inspect the cache leave it out: the
 /// server applies it when clients pull).
 pub fn wiring(cfg: &Config, gate: Option<&GateParts>) -> Result<Wired, ConfigError> {
-    let up = &cfg.upstream;
-    let client = |u: &config::UpstreamConfig, creds| {
-        let endpoints: Vec<&str> = u.endpoints.iter().map(String::as_str).collect();
-        let opts = ClientOptions {
-            max_manifest_size: cfg.max_manifest_size,
-            connect_timeout: up.connect_timeout,
-            response_timeout: up.response_timeout,
-            read_timeout: up.stall_timeout,
-            redirect_hosts: u.redirect_hosts.clone(),
-            token_hosts: u.token_hosts.clone(),
-            rate_limit_reserve: u.reserve,
-            tls: u.tls.clone(),
-            ..ClientOptions::default()
-        };
-        let made = if endpoints.is_empty() {
-            RegistryClient::new(u.host.clone(), None, creds, opts)
-        } else {
-            RegistryClient::with_endpoints(u.host.clone(), &endpoints, creds, opts)
-        };
-        made.map(Arc::new)
-            .map_err(|e| ConfigError(format!("registry {}: {e}", u.host)))
-    };
+    let client = |u: &PreparedRegistry, creds| u.client(creds).map(Arc::new);
     let mut clients: Clients = Vec::new();
     let mut b = PullThroughCache::builder().rules(cfg.rules.clone());
-    let by_host: HashMap<&cache_core::Registry, &config::UpstreamConfig> =
-        cfg.registries.iter().map(|u| (&u.host, u)).collect();
+    let by_host: HashMap<&cache_core::Registry, &PreparedRegistry> =
+        cfg.registries.iter().map(|u| (&u.config.host, u)).collect();
     for u in &cfg.registries {
         let c = client(u, u.credentials.clone())?;
-        clients.push((u.host.to_string(), "default".into(), c.clone()));
-        b = b.upstream(u.host.as_str(), c);
+        clients.push((u.config.host.to_string(), "default".into(), c.clone()));
+        b = b.upstream(u.config.host.as_str(), c);
     }
     let mut named = HashSet::new();
     for rule in cfg.rules.rules() {
@@ -229,7 +145,7 @@ pub fn wiring(cfg: &Config, gate: Option<&GateParts>) -> Result<Wired, ConfigErr
             continue;
         }
         let u = by_host.get(rule.registry()).ok_or_else(|| {
-            ConfigError(format!(
+            ConfigError::new(format!(
                 "rule {:?}: no [[registry]] for {}",
                 rule.name(),
                 rule.registry()
@@ -237,8 +153,8 @@ pub fn wiring(cfg: &Config, gate: Option<&GateParts>) -> Result<Wired, ConfigErr
         })?;
         let creds = cfg.credentials.get(name).cloned();
         let c = client(u, creds)?;
-        clients.push((u.host.to_string(), name.to_owned(), c.clone()));
-        b = b.upstream_with_credentials(u.host.as_str(), name, c);
+        clients.push((u.config.host.to_string(), name.to_owned(), c.clone()));
+        b = b.upstream_with_credentials(u.config.host.as_str(), name, c);
     }
     for (name, p) in &cfg.policies {
         b = b.policy(name, p.clone());
@@ -278,5 +194,5 @@ pub fn build_cache(
         .options(cache_options(cfg))
         .build()
         .map(|c| (c, w.clients, w.gate))
-        .map_err(|e| ConfigError(e.to_string()))
+        .map_err(|e| ConfigError::new(e.to_string()))
 }

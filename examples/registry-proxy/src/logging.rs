@@ -9,8 +9,9 @@
 
 use tracing_appender::non_blocking::WorkerGuard;
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How log lines are written (`"text"` or `"json"` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]

@@ -45,6 +45,39 @@ fn read(path: &Option<PathBuf>) -> Result<Config, String> {
     }
 }
 
+/// The settings that differ between `old` and `new` and only take effect
+/// on a restart (a reload leaves them as they are).
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let server = |c: &Config| {
+        let t = (c.request_timeout, c.idle_timeout, c.send_timeout);
+        (
+            t,
+            c.shutdown_grace,
+            c.max_connections,
+            c.drain_delay,
+            c.admin_listen,
+        )
+    };
+    [
+        ("listen", old.listen == new.listen),
+        ("storage", old.storage == new.storage),
+        ("log.format", old.log_format == new.log_format),
+        ("[tls] files", old.tls == new.tls),
+        (
+            "storage.quota / storage.gc_interval",
+            (old.quota, old.gc_interval) == (new.quota, new.gc_interval),
+        ),
+        ("[server]", server(old) == server(new)),
+        (
+            "[upstream] / storage lease and touch settings / server.max_manifest_size",
+            (&old.cache, &old.client) == (&new.cache, &new.client),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, same)| (!same).then_some(key))
+    .collect()
+}
+
 impl Reloader {
     /// A reloader for a server started from `path` (the built-in default
     /// for `None`) with `running`.
@@ -131,7 +164,7 @@ impl Reloader {
         self.gate.store(wired.gate.map(Arc::new));
         self.auth
             .store(new.auth.clone().map(|a| Arc::new(PullAuth::new(a))));
-        let restart = running.restart_only_changes(&new);
+        let restart = restart_only_changes(&running, &new);
         let rules = new.rules.len();
         running.rules = new.rules;
         running.policies = new.policies;

@@ -13,8 +13,9 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// `[tls]`, validated: where the PEM files are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `[tls]`: where the PEM files are (checked by [`TlsFiles::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The certificate chain, leaf first.
     pub certificate: PathBuf,
@@ -62,6 +63,14 @@ impl TlsFiles {
             )
         })?;
         Ok(Arc::new(ck))
+    }
+
+    /// Makes relative paths relative to `base`.
+    pub fn rebase(&mut self, base: &Path) {
+        let files = [&mut self.certificate, &mut self.key];
+        for p in files.into_iter().chain(&mut self.client_ca) {
+            cache_core::config::rebase(p, base);
+        }
     }
 
     /// Checks every file: what `registry-proxy check` and loading the

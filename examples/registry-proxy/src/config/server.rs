@@ -1,0 +1,111 @@
+//! The server's own sections: `[server]` and `[auth]`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cache_core::Secret;
+use cache_core::config::{count_at_least, duration, positive, rebase};
+use cache_core::server::AuthConfig;
+use serde::Deserialize;
+
+use super::{ConfigError, Result, err, load};
+
+/// `[server]` without `max_manifest_size`, which is the engine's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    request_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    send_timeout: Option<String>,
+    max_connections: Option<usize>,
+    shutdown_grace: Option<String>,
+    drain_delay: Option<String>,
+    admin_listen: Option<String>,
+    /// Moved to `[upstream]`; kept only to say so.
+    max_concurrent_fetches: Option<usize>,
+}
+
+/// `[server]`, validated.
+pub(super) struct Settings {
+    pub(super) request_timeout: Duration,
+    pub(super) idle_timeout: Duration,
+    pub(super) send_timeout: Duration,
+    pub(super) max_connections: usize,
+    pub(super) shutdown_grace: Duration,
+    pub(super) drain_delay: Duration,
+    pub(super) admin_listen: Option<SocketAddr>,
+}
+
+/// `[server]`: its own settings, and the engine's `max_manifest_size` as a
+/// table of its own.
+pub(super) fn settings(mut table: toml::Table) -> Result<(Settings, toml::Table)> {
+    let engine = super::storage::take(&mut table, &["max_manifest_size"]);
+    let r: RawServer = load::section("server", table)?;
+    if r.max_concurrent_fetches.is_some() {
+        return err("server.max_concurrent_fetches has moved: set upstream.max_concurrent_fetches (per registry)".into());
+    }
+    let admin_listen = r.admin_listen.as_deref().map(|a| {
+        let why = match a.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() => return Ok(addr),
+            Ok(_) => "must be a loopback address (127.0.0.1:PORT)",
+            Err(_) => "not an IP:PORT address",
+        };
+        err(format!("server.admin_listen = {a:?}: {why}"))
+    });
+    let admin_listen = admin_listen.transpose()?;
+    let s = Duration::from_secs;
+    let settings = (|| {
+        Ok(Settings {
+            request_timeout: positive("request_timeout", &r.request_timeout, s(300))?,
+            idle_timeout: positive("idle_timeout", &r.idle_timeout, s(60))?,
+            send_timeout: positive("send_timeout", &r.send_timeout, s(60))?,
+            max_connections: count_at_least("max_connections", r.max_connections, 1024, 1)?,
+            shutdown_grace: duration("shutdown_grace", &r.shutdown_grace, s(30))?,
+            drain_delay: duration("drain_delay", &r.drain_delay, s(0))?,
+            admin_listen,
+        })
+    })();
+    Ok((settings.map_err(|e: ConfigError| e.at("server"))?, engine))
+}
+
+/// `[auth]`: pull-side client authentication.
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawAuth {
+    htpasswd: Option<PathBuf>,
+    tokens: Vec<String>,
+    /// An environment variable holding comma-separated bearer tokens.
+    tokens_env: Option<String>,
+}
+
+impl RawAuth {
+    pub(super) fn validate(self, base: &Path) -> Result<AuthConfig> {
+        let mut cfg = AuthConfig::default();
+        if let Some(mut p) = self.htpasswd {
+            rebase(&mut p, base);
+            cfg = AuthConfig::read_htpasswd(&p).map_err(|e| match e {
+                cache_core::Error::Misconfigured { reason } => {
+                    ConfigError::new(format!("auth.htpasswd = {reason}"))
+                }
+                e => ConfigError::new(format!("auth.htpasswd: {e}")),
+            })?;
+        }
+        if let Some(i) = self.tokens.iter().position(|t| t.trim().is_empty()) {
+            return err(format!(
+                "auth.tokens[{i}] is empty: a token must have characters"
+            ));
+        }
+        cfg.tokens = self.tokens.into_iter().map(Secret::new).collect();
+        if let Some(var) = &self.tokens_env {
+            let v = std::env::var(var)
+                .map_err(|_| ConfigError::new(format!("auth.tokens_env = {var:?}: not set")))?;
+            let tokens = v.split(',').map(str::trim).filter(|t| !t.is_empty());
+            cfg.tokens.extend(tokens.map(Secret::new));
+        }
+        if cfg.htpasswd.is_empty() && cfg.tokens.is_empty() {
+            return err("[auth] is present but names no htpasswd users and no tokens".into());
+        }
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,401 @@
+//! The server's configuration file: how its sections compose the
+//! libraries' validated types, cross-references between sections, and the
+//! batched parse of huge rule files. Each library type's own validation is
+//! tested with the type.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cache_store::{OptionValue, StorageConfig};
+use cache_upstream::scanner::Severity;
+use registry_proxy::config::{Config, DEFAULT_CONFIG};
+
+fn parse(s: &str) -> Result<Config, String> {
+    Config::parse(s, Path::new("/base")).map_err(|e| e.to_string())
+}
+
+const REGISTRY: &str = "[[registry]]\nhost = \"docker.io\"\n";
+
+fn rule_with_credentials(name: &str) -> String {
+    format!(
+        "[[rule]]\nname = \"r\"\nsource = \"docker.io/library/*\"\ntarget = \"library/*\"\ncredentials = {name:?}\n"
+    )
+}
+
+#[test]
+fn credential_set_names_are_metric_labels_and_must_be_plain() {
+    // The name becomes the `credentials` label of the upstream gauges: a
+    // quote or a newline in it would break the Prometheus exposition.
+    for bad in ["hub\"x", "hub\nx", "", "a b", &"x".repeat(65)] {
+        let text = format!(
+            "{REGISTRY}[[credentials]]\nname = {bad:?}\nusername = \"u\"\npassword = \"p\"\n{}",
+            rule_with_credentials(bad)
+        );
+        let e = parse(&text).expect_err(bad);
+        assert!(
+            e.contains("credentials[0].name") && e.contains(&format!("{bad:?}")),
+            "{bad:?}: {e}"
+        );
+    }
+    let ok = format!(
+        "{REGISTRY}[[credentials]]\nname = \"hub.ro_1-x\"\nusername = \"u\"\npassword = \"p\"\n{}",
+        rule_with_credentials("hub.ro_1-x")
+    );
+    parse(&ok).unwrap();
+}
+
+const RULE: &str =
+    "[[rule]]\nname = \"r\"\nsource = \"docker.io/library/*\"\ntarget = \"library/*\"\n";
+
+#[test]
+fn the_built_in_default_is_valid() {
+    let c = Config::parse(DEFAULT_CONFIG, Path::new("/base")).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+    assert_eq!(
+        c.storage,
+        StorageConfig::Fs {
+            path: "/base/cache-data".into(),
+            fsync: true
+        }
+    );
+    assert!(c.rules.get("hub-library").is_some());
+}
+
+#[test]
+fn the_example_file_is_valid_and_means_what_it_says() {
+    // The example names HUB_TOKEN; point it at a file instead of mutating the environment.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hub-token"), "x\n").unwrap();
+    let text = include_str!("../registry-proxy.example.toml").replace(
+        "password_env = \"HUB_TOKEN\"",
+        &format!(
+            "password_file = \"{}\"",
+            dir.path().join("hub-token").display()
+        ),
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.quota, Some(50 * 1024 * 1024 * 1024));
+    assert_eq!(c.registries[0].options.rate_limit_reserve, Some(10));
+    assert_eq!(
+        c.registries[0]
+            .credentials
+            .as_ref()
+            .unwrap()
+            .password
+            .expose(),
+        "x"
+    );
+    assert_eq!(
+        c.policies["acme"].tag_freshness,
+        cache_core::TagFreshness::Ttl(Duration::from_secs(600))
+    );
+    // The engine's keys of [upstream], [storage] and [server] all reach it.
+    let o = registry_proxy::cache_options(&c);
+    assert_eq!(
+        (
+            o.max_concurrent_fetches,
+            o.max_retries,
+            o.touch_interval,
+            o.max_manifest_size
+        ),
+        (32, 3, Duration::from_secs(60), 4 * 1024 * 1024)
+    );
+    // The client reads bodies with the engine's stall timeout.
+    assert_eq!(
+        (c.client.connect_timeout, c.client.read_timeout),
+        (Duration::from_secs(10), Duration::from_secs(60))
+    );
+}
+
+#[test]
+fn the_deployed_configuration_is_valid() {
+    let text = include_str!("../../../deploy/container/config.toml");
+    let c = parse(text).unwrap();
+    assert_eq!(c.drain_delay, Duration::from_secs(5));
+}
+
+#[test]
+fn rules_refer_to_scanners_registries_and_credentials_that_exist() {
+    let head = "listen = \"0.0.0.0:5000\"\n[[registry]]\nhost = \"docker.io\"\n[[scanner]]\nname = \"trivy\"\nurl = \"http://127.0.0.1:8080\"\ntoken = \"t\"\n";
+    let scan = "[rule.scan]\nscanner = \"trivy\"\n";
+    let c = parse(&format!("{head}{RULE}{scan}deny_severity = \"critical\"\n")).unwrap();
+    assert_eq!(c.scan_policies["r"].deny_severity, Severity::Critical);
+    // The scanner pulls from the listen address; 0.0.0.0 means loopback.
+    assert_eq!(registry_proxy::proxy_url(&c), "http://127.0.0.1:5000");
+    assert!(
+        !format!("{:?}", c.scanners).contains("\"t\""),
+        "token redacted"
+    );
+    for (text, says) in [
+        (
+            format!("{head}{RULE}{}", scan.replace("trivy", "clair")),
+            "rule[0] (name = \"r\"): scan.scanner = \"clair\" names no [[scanner]]",
+        ),
+        (
+            format!("{head}{RULE}{scan}mode = \"strict\"\n"),
+            "rule[0].scan.mode: unknown variant `strict`",
+        ),
+        (
+            format!("{head}{RULE}{scan}wait = \"1h\"\n"),
+            "rule[0].scan.wait = \"1h\": at most 10m",
+        ),
+        (
+            format!("{head}{RULE}{scan}colour = \"red\"\n"),
+            "rule[0].scan.colour: unknown field `colour`",
+        ),
+        (
+            format!("{head}[[scanner]]\nname = \"trivy\"\nurl = \"http://x\"\n{RULE}"),
+            "scanner[1] (name = \"trivy\"): name appears twice",
+        ),
+        (
+            format!("{head}[[scanner]]\nname = \"a b\"\nurl = \"http://x\"\n{RULE}"),
+            "scanner[1].name = \"a b\": 1 to 64",
+        ),
+        (
+            format!("{head}{RULE}credentials = \"hub\"\n"),
+            "rule[0] (name = \"r\"): credentials = \"hub\" names no [[credentials]] entry",
+        ),
+        (
+            format!("{head}[[rule]]\nname = \"q\"\nsource = \"quay.io/*\"\ntarget = \"q/*\"\n"),
+            "names registry quay.io, which has no [[registry]] entry",
+        ),
+        (format!("{head}{RULE}{RULE}"), "\"r\""),
+        (head.to_owned(), "no [[rule]]"),
+    ] {
+        let e = parse(&text).unwrap_err();
+        assert!(e.contains(says), "{says}: {e}");
+    }
+}
+
+#[test]
+fn engine_keys_are_composed_from_three_sections_and_refused_in_others() {
+    let object = "[storage]\nbackend = \"object\"\nurl = \"az://c/p\"\n";
+    let c = parse(&format!(
+        "{object}lease_ttl = \"10s\"\nlease_wait = \"0s\"\ninstance_name = \"pod-7\"\ntouch_interval = \"5s\"\n[server]\nmax_manifest_size = \"8MiB\"\n[upstream]\nmax_retries = 5\n{REGISTRY}{RULE}"
+    ))
+    .unwrap();
+    let o = registry_proxy::cache_options(&c);
+    assert_eq!(
+        (
+            o.lease_ttl,
+            o.lease_wait,
+            o.instance_name.as_str(),
+            o.touch_interval
+        ),
+        (
+            Duration::from_secs(10),
+            Duration::ZERO,
+            "pod-7",
+            Duration::from_secs(5)
+        )
+    );
+    assert_eq!((o.max_manifest_size, o.max_retries), (8 << 20, 5));
+    assert_eq!(c.client.max_manifest_size, 8 << 20);
+    for (text, says) in [
+        (
+            format!("{object}lease_ttl = \"1s\"\n"),
+            "storage.lease_ttl = \"1s\": at least 3s",
+        ),
+        (
+            format!("{object}lease_wait = \"soon\"\n"),
+            "storage.lease_wait = \"soon\": not a duration",
+        ),
+        (
+            format!("{object}instance_name = \"pod 7\"\n"),
+            "storage.instance_name = \"pod 7\"",
+        ),
+        (
+            format!("{object}instance_name = \"\"\n"),
+            "storage.instance_name = \"\"",
+        ),
+        (
+            "[storage]\ntouch_interval = \"10ms\"\n".into(),
+            "storage.touch_interval = \"10ms\": at least 1s",
+        ),
+        (
+            "[storage]\nlease_ttl = \"10s\"\n".into(),
+            "storage.lease_ttl is for backend = \"object\", not \"fs\"",
+        ),
+        (
+            "[storage]\nmax_retries = 3\n".into(),
+            "storage.max_retries: unknown field `max_retries`",
+        ),
+        (
+            "[upstream]\nlease_ttl = \"10s\"\n".into(),
+            "upstream: unknown field `lease_ttl`, expected one of",
+        ),
+        (
+            "[server]\ntouch_interval = \"10s\"\n".into(),
+            "server.touch_interval: unknown field `touch_interval`",
+        ),
+        (
+            "[upstream]\nmax_retries = 11\n".into(),
+            "upstream.max_retries = 11: at most 10",
+        ),
+        (
+            "[upstream]\nmax_concurrent_fetches = 0\n".into(),
+            "upstream.max_concurrent_fetches = 0: must be at least 1",
+        ),
+        (
+            "[upstream]\nstall_timeout = \"soon\"\n".into(),
+            "upstream.stall_timeout = \"soon\"",
+        ),
+        (
+            "[upstream]\nconnect_timeout = \"0s\"\n".into(),
+            "upstream.connect_timeout = \"0s\": must be more than 0",
+        ),
+        (
+            "[upstream]\nmax_retries = \"3\"\n".into(),
+            "upstream.max_retries: invalid type: string \"3\"",
+        ),
+        (
+            "[server]\nmax_manifest_size = \"65MiB\"\n".into(),
+            "server.max_manifest_size = \"65MiB\"",
+        ),
+        (
+            "[server]\nmax_concurrent_fetches = 8\n".into(),
+            "upstream.max_concurrent_fetches",
+        ),
+    ] {
+        let e = parse(&format!("{text}{REGISTRY}{RULE}")).unwrap_err();
+        assert!(e.contains(says), "{says}: {e}");
+    }
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_file() {
+    let text = "[storage]\nbackend = \"object\"\nurl = \"az://cache/proxy\"\nspool = \"spool\"\n[storage.options]\nazure_storage_account_key = { env = \"CACHE_KEY\" }\nazure_storage_token = { file = \"token\" }\n";
+    let c = parse(&format!("{text}{REGISTRY}{RULE}")).unwrap();
+    let StorageConfig::Object { spool, options, .. } = &c.storage else {
+        panic!("{:?}", c.storage);
+    };
+    assert_eq!(spool, Path::new("/base/spool"));
+    assert_eq!(options[1].1, OptionValue::File("/base/token".into()));
+}
+
+#[test]
+fn errors_name_the_key_and_the_value() {
+    let cases = [
+        ("listen = \"nope\"\n", "listen = \"nope\""),
+        (
+            "[storage]\nbackend = \"s3\"\n",
+            "storage.backend: unknown variant `s3`",
+        ),
+        (
+            "[storage]\nquota = \"lots\"\n",
+            "storage.quota = \"lots\": not a size",
+        ),
+        (
+            "[storage]\nbackend = \"object\"\n",
+            "storage.backend = \"object\" needs url",
+        ),
+        (
+            "[storage]\nurl = \"az://c/p\"\n",
+            "storage.url is for backend = \"object\", not \"fs\"",
+        ),
+        (
+            "[storage]\ngc_interval = \"0s\"\n",
+            "storage.gc_interval = \"0s\": at least 1s",
+        ),
+        ("[auth]\ntokens = [\"\"]\n", "auth.tokens[0] is empty"),
+        (
+            "[server]\nsend_timeout = \"0s\"\n",
+            "server.send_timeout = \"0s\": must be more than 0",
+        ),
+        (
+            "[server]\nmax_connections = 0\n",
+            "server.max_connections = 0: must be at least 1",
+        ),
+        (
+            "[server]\nadmin_listen = \"0.0.0.0:9000\"\n",
+            "must be a loopback address",
+        ),
+        (
+            "[log]\nformat = \"xml\"\n",
+            "log.format: unknown variant `xml`",
+        ),
+        ("bogus = 1\n", "unknown field `bogus`"),
+    ];
+    for (text, needle) in cases {
+        let e = parse(&format!("{text}{REGISTRY}{RULE}")).unwrap_err();
+        assert!(e.contains(needle), "{e:?} should contain {needle:?}");
+    }
+    let registry = |extra: &str| parse(&format!("{REGISTRY}{extra}\n{RULE}")).unwrap_err();
+    for (extra, needle) in [
+        ("username = \"me\"", "registry[0].username needs a password"),
+        (
+            "endpoint = \"ftp://x\"",
+            "registry[0].endpoint = \"ftp://x\" must start with http",
+        ),
+        (
+            "redirect_hosts = [\"http://x/\"]",
+            "redirect_hosts entry \"http://x/\"",
+        ),
+        (
+            "password_env = \"PTC_SURELY_UNSET\"\nusername = \"me\"",
+            "registry[0] (host = \"docker.io\"): misconfigured: environment variable PTC_SURELY_UNSET",
+        ),
+    ] {
+        let e = registry(extra);
+        assert!(e.contains(needle), "{e:?} should contain {needle:?}");
+    }
+    let rule = |extra: &str| parse(&format!("{REGISTRY}{RULE}{extra}\n")).unwrap_err();
+    for (extra, needle) in [
+        (
+            "tag_freshness = \"sometimes\"",
+            "rule[0].tag_freshness = \"sometimes\": use \"revalidate\"",
+        ),
+        (
+            "stale_if_error = \"1y\"",
+            "rule[0].stale_if_error = \"1y\": not a duration",
+        ),
+        ("bogus = 1", "rule[0].bogus: unknown field `bogus`"),
+        (
+            "[rule.signatures]\ncosign_keys = []",
+            "rule[0].signatures.cosign_keys is empty",
+        ),
+    ] {
+        let e = rule(extra);
+        assert!(e.contains(needle), "{e:?} should contain {needle:?}");
+    }
+}
+
+#[test]
+fn a_large_file_parses_in_batches_to_the_same_configuration() {
+    let mut text = format!("listen = \"127.0.0.1:5000\"\n{REGISTRY}");
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "[[rule]]\nname = \"r{i}\"\nsource = \"docker.io/ns{i}/*\"\ntarget = \"ns{i}/*\" # rule {i}\n"
+        ));
+        if i % 3 == 0 {
+            text.push_str("tag_freshness = \"ttl:10m\"\n");
+        }
+        if i == 1500 {
+            // Other tables between rules stay with the main document.
+            text.push_str("[server]\nidle_timeout = \"30s\"\n");
+        }
+    }
+    let pad = "# padding to pass the batching threshold\n".repeat((1 << 20) / 40);
+    let whole = parse(&text).unwrap();
+    let batched = parse(&format!("{text}{pad}")).unwrap();
+    assert_eq!(batched.rules.len(), 3000);
+    assert_eq!(batched.policies, whole.policies);
+    assert_eq!(batched.idle_timeout, Duration::from_secs(30));
+    for r in whole.rules.rules() {
+        assert_eq!(batched.rules.get(r.name()).unwrap().target(), r.target());
+    }
+    // A syntax error names the line in the file.
+    let broken = text.replace("target = \"ns2000/*\" # rule 2000", "target = ns2000");
+    let line = broken.lines().position(|l| l == "target = ns2000").unwrap() + 1;
+    let e = parse(&format!("{broken}{pad}")).unwrap_err();
+    assert!(e.contains(&format!("line {line}")), "{e}");
+    // A bad value names the rule's index in the file, not in its batch.
+    let bad = text.replace(
+        "target = \"ns2500/*\" # rule 2500",
+        "target = \"ns2500/*\"\nstale_if_error = \"1y\"",
+    );
+    let e = parse(&format!("{bad}{pad}")).unwrap_err();
+    assert!(e.contains("rule[2500].stale_if_error = \"1y\""), "{e}");
+    let e = parse(&bad).unwrap_err();
+    assert!(e.contains("rule[2500].stale_if_error = \"1y\""), "{e}");
+}
