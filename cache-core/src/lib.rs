@@ -121,6 +121,8 @@ pub mod prelude {
     };
 }
 
-#[cfg(doctest)]
+/// The README's examples, compiled as doctests (they use the `server`
+/// feature, which the workspace's test command turns on).
+#[cfg(all(doctest, feature = "server"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;

@@ -1,5 +1,6 @@
 //! `RegistryClient`: the OCI Distribution API over HTTP, with registry
-//! token and basic authentication, retries and typed errors.
+//! token and basic authentication, endpoint fallbacks and typed errors;
+//! one request per call (the engine is the one retry layer).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};

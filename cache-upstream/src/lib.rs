@@ -13,10 +13,12 @@
 //!   from upstream OCI error bodies. It makes one request per call: the
 //!   engine is the one retry layer;
 //! * [`OciLayout`]: an OCI image-layout directory, for offline use,
-//!   air-gapped import and tests.
-//!
-//! * [`scanner`]: a vulnerability gate through Harbor's Scanner Adapter API,
-//!   the engine's admission hook.
+//!   air-gapped import and tests;
+//! * [`scanner`]: the vulnerability gate: a client of Harbor's Scanner
+//!   Adapter API (`ScannerClient`) and `ScanGate`, the engine's admission
+//!   hook that scans each new image once (on the engine's `Flights`,
+//!   `Spawner` and `Clock`), keeps findings in the store, judges them by a
+//!   rule's `ScanPolicy` and rescans in the background.
 //!
 //! With the `serde` feature, [`ClientOptions`], a registry entry
 //! (`RegistryConfig`), a credential set (`CredentialSet`), a scanner
@@ -24,8 +26,12 @@
 //! (`scanner::ScanPolicy`) deserialise and validate themselves, with
 //! errors that name the key and the value.
 //!
-//! With the `testing` feature, the `testing` module starts the Debian distribution
-//! registry on loopback and builds and pushes deterministic test images.
+//! With the `testing` feature, the `testing` module is the workspace's test
+//! kit: it starts the Debian distribution registry on loopback, builds and
+//! pushes deterministic test images, runs `HostileRegistry` (an upstream
+//! that misbehaves on demand) and `TestScanner` (a scanner adapter), and
+//! launches the `registry-proxy` binary for tests and benches
+//! (`RegistryProxy`).
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod auth;
