@@ -220,7 +220,7 @@ async fn gc_on_every_instance_spares_what_another_is_serving_and_keeps_the_quota
         &[big.clone(), small[0].clone(), small[1].clone()],
     );
     let quota = 8 * 1024 * 1024;
-    let storage = "quota = \"8MiB\"\ngc_interval = \"1s\"\ntouch_interval = \"1s\"\n";
+    let storage = "quota = \"8MiB\"\ngc_interval = \"1s\"\ntouch_interval = \"2s\"\n";
     let proxies: Vec<Proxy> = (0..3)
         .map(|i| Proxy::start(&config(&up, &az, "gcrun", &format!("p{i}"), storage)))
         .collect();
@@ -234,12 +234,15 @@ async fn gc_on_every_instance_spares_what_another_is_serving_and_keeps_the_quota
     // gc unless it knew p1 is reading it. (A read that starts in the very
     // moment a gc run lists an idle blob can still lose it: that window is
     // not what this tests.)
-    for (d, _) in &img.layers {
+    // The big layer last, so its access time is the freshest when the
+    // slow read begins: on a loaded machine the other fetches can take
+    // longer than the grace period.
+    for (d, _) in img.layers.iter().rev() {
         get_blob(proxies[0].url(&format!("/v2/library/app/blobs/{d}")))
             .await
             .unwrap();
     }
-    // The read starts at once and lasts several grace periods (2 s): the
+    // The read starts at once and lasts longer than the grace period (4 s): the
     // idle layers age past it meanwhile; the big one stays in use.
     // A watcher notes if the blob ever leaves the store while it is read
     // (read-ahead could otherwise hide it from the reader).
