@@ -147,6 +147,9 @@ async fn reloads_under_load_change_only_what_they_change() {
     up.require_basic(&[("mirror", "new")]);
     phase.store(2, Ordering::Release);
     settle().await;
+    // From here on (transfers begun before the reload have had their
+    // time), only the new credential may reach the upstream.
+    let after_rotation = up.seen().len();
 
     // 3: a rule removed.
     phase.store(CHANGING, Ordering::Release);
@@ -214,13 +217,28 @@ async fn reloads_under_load_change_only_what_they_change() {
             .await,
         1
     );
+    // One more upstream request for certain: team/c's tag, once the
+    // revalidation window (1 s) has passed.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let status = http()
+        .get(proxy.url("/v2/team/c/manifests/v1"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let seen = up.seen();
+    let since: Vec<Option<&str>> = seen[after_rotation..]
+        .iter()
+        .map(|r| r.authorization.as_deref())
+        .collect();
     assert!(
-        up.seen()
-            .iter()
-            .rev()
-            .take(5)
-            .all(|r| r.authorization.as_deref() != Some("Basic bWlycm9yOm9sZA==")),
-        "the rotated credential is in use"
+        since.iter().all(|a| *a != Some("Basic bWlycm9yOm9sZA==")),
+        "the rotated credential is in use: {since:?}"
+    );
+    assert!(
+        since.contains(&Some("Basic bWlycm9yOm5ldw==")),
+        "the new credential is in use: {since:?}"
     );
     let log = proxy.log();
     assert!(
