@@ -72,6 +72,7 @@ mod range;
 pub mod rules;
 pub mod runtime;
 mod secret;
+pub mod signatures;
 #[cfg(feature = "server")]
 pub mod server;
 mod store;
@@ -80,6 +81,8 @@ mod verify;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "trust")]
+pub mod trust;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{

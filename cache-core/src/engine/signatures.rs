@@ -12,7 +12,7 @@
 //! `recheck_allowed`. Failing to look signatures up (the upstream is down)
 //! is an upstream error, not a verdict.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -25,19 +25,20 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::events::{AdmissionOutcome, Event};
 use crate::manifest::ParsedManifest;
-use crate::names::Reference;
+use crate::names::{Reference, Tag};
 use crate::policy::SignaturePolicy;
+use crate::signatures::{self, Artifact, ArtifactKind, Subject};
 use crate::upstream::{Manifest, media_types};
 
 /// Verdicts kept at once, all rules together.
 const MAX_VERDICTS: usize = 10_000;
 /// Signature manifests looked at per digest, and signatures per manifest.
-const MAX_SIGNATURE_MANIFESTS: usize = 8;
+const MAX_SIGNATURE_MANIFESTS: usize = 16;
 const MAX_SIGNATURES: usize = 16;
 
 #[derive(Debug, Clone)]
 enum Verdict {
-    /// Signed, by this key.
+    /// Passed: who vouched for it.
     Signed(String),
     /// A platform manifest of this signed index.
     Covered(Digest),
@@ -114,7 +115,7 @@ impl PullThroughCache {
         let (verdict, fresh) = match inner.verdicts.get(rule, &m.digest, now) {
             Some(v) => (v, false),
             None => {
-                let v = match self.find_signature(ctx, &m.digest, &policy).await? {
+                let v = match self.find_signature(ctx, m, &policy).await? {
                     Ok(key) => Verdict::Signed(key),
                     Err(why) => Verdict::Unverified(why),
                 };
@@ -140,12 +141,14 @@ impl PullThroughCache {
             }
         }
         let (outcome, reason) = match &verdict {
-            Verdict::Signed(key) => (AdmissionOutcome::Allowed, format!("signed with {key}")),
+            Verdict::Signed(by) => (AdmissionOutcome::Allowed, by.clone()),
             Verdict::Covered(index) => (
                 AdmissionOutcome::Allowed,
                 format!("covered by the signed index {index}"),
             ),
-            Verdict::Unverified(Unverified::NoSignature) if parsed.is_index() => (
+            Verdict::Unverified(Unverified::NoSignature | Unverified::NoAttestation(_))
+                if parsed.is_index() =>
+            (
                 AdmissionOutcome::Allowed,
                 "unsigned index: each platform manifest is checked when pulled".to_owned(),
             ),
@@ -189,83 +192,131 @@ impl PullThroughCache {
         }
     }
 
-    /// Looks for a signature of `d` by the policy's keys: `Ok(Ok(key))`
-    /// when one verifies, `Ok(Err(why))` when none does, `Err` when the
-    /// upstream could not be asked.
+    /// Finds the signature material of `d` and judges it by the policy:
+    /// `Ok(Ok(who))` when it passes, `Ok(Err(why))` when not, `Err` when
+    /// the upstream could not be asked.
     async fn find_signature(
         &self,
         ctx: &Ctx,
-        d: &Digest,
+        m: &Manifest,
         policy: &SignaturePolicy,
     ) -> Result<std::result::Result<String, Unverified>> {
-        let mut candidates: Vec<Manifest> = Vec::new();
-        // cosign's tag scheme.
-        if let Some(tag) = cosign::signature_tag(d) {
+        let verifiers = policy.all_verifiers();
+        let kinds: BTreeSet<ArtifactKind> = verifiers
+            .iter()
+            .flat_map(|v| v.reads().iter().copied())
+            .collect();
+        let (artifacts, problem) = self.find_artifacts(ctx, &m.digest, &kinds).await?;
+        let scope = format!("{}/{}", ctx.rule.registry(), ctx.upstream_repo);
+        let subject = Subject {
+            digest: &m.digest,
+            size: m.bytes.len() as u64,
+            media_type: &m.media_type,
+            scope: &scope,
+        };
+        let now = self.inner.clock.now();
+        Ok(match signatures::judge(&verifiers, &subject, &artifacts, now).verdict {
+            Err(why) => Err(match problem {
+                Some(p) if p.rank() > why.rank() => p,
+                _ => why,
+            }),
+            ok => ok,
+        })
+    }
+
+    /// The signature material of `d` of these kinds: layers of cosign's
+    /// `.sig` and `.att` tag manifests and of the manifests that refer to
+    /// `d` (the referrers API, else its tag schema), each checked against
+    /// its descriptor. Also the most telling problem with a layer that
+    /// could not be used (missing, too large, altered).
+    pub(super) async fn find_artifacts(
+        &self,
+        ctx: &Ctx,
+        d: &Digest,
+        kinds: &BTreeSet<ArtifactKind>,
+    ) -> Result<(Vec<Artifact>, Option<Unverified>)> {
+        let mut manifests: Vec<(String, Manifest)> = Vec::new();
+        // cosign's tag scheme: signatures, then attestations.
+        for (kind, suffix) in [(ArtifactKind::SimpleSigning, "sig"), (ArtifactKind::Dsse, "att")] {
+            if !kinds.contains(&kind) {
+                continue;
+            }
+            let Some(tag) = cosign::signature_tag(d)
+                .and_then(|t| Tag::parse(&t.as_str().replace(".sig", &format!(".{suffix}"))).ok())
+            else {
+                continue;
+            };
+            let found = format!("tag {tag}");
             match self.signature_manifest(ctx, &Reference::Tag(tag)).await {
-                Ok(m) => candidates.push(m),
+                Ok(m) => manifests.push((found, m)),
                 Err(Error::ManifestUnknown { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        // The referrers API, where the upstream has one.
-        let referrers = self
-            .inner
-            .call(UpstreamCall::Referrers, || {
-                ctx.upstream.referrers(&ctx.upstream_repo, d)
-            })
-            .await?;
-        if let Some(index) = referrers
-            && let Ok(parsed) = ParsedManifest::parse(&index.bytes)
-        {
-            let doc: serde_json::Value = serde_json::from_slice(&index.bytes).unwrap_or_default();
+        // The referrers: the API where the upstream has one, else the tag schema.
+        if !kinds.is_empty() {
+            let index = self.fetch_referrers(ctx, d).await?;
+            let doc: serde_json::Value = serde_json::from_slice(&index).unwrap_or_default();
             let entries = doc["manifests"].as_array().cloned().unwrap_or_default();
-            for (desc, _) in parsed.manifests.iter().take(MAX_SIGNATURE_MANIFESTS) {
-                let is_sig = entries.iter().any(|e| {
-                    e["digest"].as_str() == Some(desc.digest.as_str())
-                        && e["artifactType"].as_str() == Some(cosign::SIGNATURE_ARTIFACT)
-                });
-                if !is_sig || candidates.iter().any(|c| c.digest == desc.digest) {
+            let wanted = entries.iter().filter(|e| {
+                let t = e["artifactType"].as_str().unwrap_or_default();
+                referrer_kinds(t).iter().any(|k| kinds.contains(k))
+            });
+            for e in wanted.take(MAX_SIGNATURE_MANIFESTS) {
+                let Some(digest) = e["digest"].as_str().and_then(|s| Digest::parse(s).ok()) else {
+                    continue;
+                };
+                if manifests.iter().any(|(_, m)| m.digest == digest) {
                     continue;
                 }
+                let found = format!("referrer {digest}");
                 match self
-                    .signature_manifest(ctx, &Reference::Digest(desc.digest.clone()))
+                    .signature_manifest(ctx, &Reference::Digest(digest))
                     .await
                 {
-                    Ok(m) => candidates.push(m),
+                    Ok(m) => manifests.push((found, m)),
                     Err(Error::ManifestUnknown { .. }) => {}
                     Err(e) => return Err(e),
                 }
             }
         }
-        let mut best = Unverified::NoSignature;
-        for m in &candidates {
+        let mut artifacts = Vec::new();
+        let mut problem: Option<Unverified> = None;
+        for (found, m) in &manifests {
             let doc: serde_json::Value = match serde_json::from_slice(&m.bytes) {
                 Ok(v) => v,
                 Err(e) => {
-                    best = Unverified::Malformed(format!("signature manifest: {e}"));
+                    problem = Some(Unverified::Malformed(format!("signature manifest: {e}")));
                     continue;
                 }
             };
+            let manifest_annotations = string_map(&doc["annotations"]);
             let layers = doc["layers"].as_array().cloned().unwrap_or_default();
             for layer in layers.iter().take(MAX_SIGNATURES) {
-                let Some(sig) = layer["annotations"][cosign::SIGNATURE_ANNOTATION].as_str() else {
+                let Some(kind) = layer["mediaType"].as_str().and_then(ArtifactKind::of_layer)
+                else {
                     continue;
                 };
-                let payload = match self.signature_payload(ctx, layer).await? {
-                    Ok(p) => p,
+                if !kinds.contains(&kind) {
+                    continue;
+                }
+                match self.signature_payload(ctx, layer, kind.max_size()).await? {
+                    Ok(bytes) => artifacts.push(Artifact {
+                        kind,
+                        found: found.clone(),
+                        bytes: bytes.into(),
+                        annotations: string_map(&layer["annotations"]),
+                        manifest_annotations: manifest_annotations.clone(),
+                    }),
                     Err(why) => {
-                        best = why;
-                        continue;
+                        if problem.as_ref().is_none_or(|p| why.rank() >= p.rank()) {
+                            problem = Some(why);
+                        }
                     }
-                };
-                match cosign::verify(&payload, sig, d, &policy.keys) {
-                    Ok(key) => return Ok(Ok(key.name().to_owned())),
-                    // Keep the most telling reason: anything beats "none".
-                    Err(why) => best = why,
                 }
             }
         }
-        Ok(Err(best))
+        Ok((artifacts, problem))
     }
 
     async fn signature_manifest(&self, ctx: &Ctx, reference: &Reference) -> Result<Manifest> {
@@ -285,23 +336,20 @@ impl PullThroughCache {
         Ok(m)
     }
 
-    /// A signature layer's payload, fetched and checked against its
+    /// A signature layer's content, fetched and checked against its
     /// descriptor: `Ok(Err(why))` when it is not usable.
     async fn signature_payload(
         &self,
         ctx: &Ctx,
         layer: &serde_json::Value,
+        max: usize,
     ) -> Result<std::result::Result<Vec<u8>, Unverified>> {
         let Some(d) = layer["digest"].as_str().and_then(|d| Digest::parse(d).ok()) else {
             return Ok(Err(Unverified::Malformed("payload digest".into())));
         };
-        if layer["size"]
-            .as_u64()
-            .is_none_or(|n| n > cosign::MAX_PAYLOAD as u64)
-        {
+        if layer["size"].as_u64().is_none_or(|n| n > max as u64) {
             return Ok(Err(Unverified::Malformed(format!(
-                "payload {d} larger than {} bytes",
-                cosign::MAX_PAYLOAD
+                "payload {d} larger than {max} bytes"
             ))));
         }
         let blob = match self
@@ -323,7 +371,7 @@ impl PullThroughCache {
         let mut s = blob.stream;
         while let Some(c) = s.next().await {
             let c = c?;
-            if bytes.len() + c.len() > cosign::MAX_PAYLOAD {
+            if bytes.len() + c.len() > max {
                 return Ok(Err(Unverified::Malformed(format!("payload {d} too large"))));
             }
             bytes.extend_from_slice(&c);
@@ -335,4 +383,26 @@ impl PullThroughCache {
         }
         Ok(Ok(bytes))
     }
+}
+
+/// The kinds of layer a referrer of this artifact type holds.
+fn referrer_kinds(artifact_type: &str) -> &'static [ArtifactKind] {
+    match artifact_type {
+        cosign::SIGNATURE_ARTIFACT => &[ArtifactKind::SimpleSigning],
+        signatures::NOTATION_ARTIFACT => &[ArtifactKind::Jws, ArtifactKind::Cose],
+        signatures::DSSE_ENVELOPE | "application/vnd.in-toto+json" => &[ArtifactKind::Dsse],
+        t if t.starts_with("application/vnd.dev.sigstore.bundle") => &[ArtifactKind::Bundle],
+        _ => &[],
+    }
+}
+
+/// A JSON object's string values.
+fn string_map(v: &serde_json::Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
