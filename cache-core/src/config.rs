@@ -40,10 +40,10 @@ use crate::engine::CacheOptions;
 use crate::policy::{RulePolicy, SignatureMode, TagFreshness, parse_duration};
 
 mod signatures;
+use crate::rules::{Rule, RuleSet, RuleSpec};
 pub use signatures::{
     AttestationSpec, KeylessSpec, MatchSpec, NotationSpec, SignatureFiles, SignatureSpec,
 };
-use crate::rules::{Rule, RuleSet, RuleSpec};
 
 /// A configuration error: the key (relative to the table read) and the
 /// offending value, or what is wrong with the table.

@@ -72,9 +72,9 @@ mod range;
 pub mod rules;
 pub mod runtime;
 mod secret;
-pub mod signatures;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod signatures;
 mod store;
 mod upstream;
 mod verify;

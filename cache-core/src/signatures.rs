@@ -399,11 +399,17 @@ mod tests {
         assert_eq!(j.checks.len(), 2);
         let j = judge(&[ok(Role::Signature), bad(att())], &s, &arts, now);
         let e = j.verdict.unwrap_err().to_string();
-        assert!(e.contains("no attestation of type slsa verifies: issuer x (wanted fixed)"), "{e}");
+        assert!(
+            e.contains("no attestation of type slsa verifies: issuer x (wanted fixed)"),
+            "{e}"
+        );
         let j = judge(&[ok(Role::Signature), ok(att())], &s, &[], now);
         assert_eq!(j.verdict.unwrap_err(), Unverified::NoSignature);
         let j = judge(&[ok(att())], &s, &[], now);
-        assert_eq!(j.verdict.unwrap_err(), Unverified::NoAttestation("slsa".into()));
+        assert_eq!(
+            j.verdict.unwrap_err(),
+            Unverified::NoAttestation("slsa".into())
+        );
         let j = judge(&[ok(Role::Signature), ok(att())], &s, &arts, now);
         assert_eq!(j.verdict.unwrap(), "by me; attestation slsa by me");
     }

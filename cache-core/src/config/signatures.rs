@@ -140,11 +140,7 @@ struct RawSignatures {
     recheck_refused: Option<String>,
 }
 
-fn one(
-    key: &str,
-    exact: Option<String>,
-    regex: Option<String>,
-) -> Result<MatchSpec, ConfigError> {
+fn one(key: &str, exact: Option<String>, regex: Option<String>) -> Result<MatchSpec, ConfigError> {
     match (exact, regex) {
         (Some(v), None) if !v.is_empty() => Ok(MatchSpec::Exact(v)),
         (None, Some(r)) => {
@@ -209,7 +205,11 @@ impl TryFrom<RawSignatures> for SignatureSpec {
                     "{at} needs keyless or cosign_keys, here or in the table"
                 )));
             }
-            if let Some(k) = a.predicate.keys().find(|k| k.is_empty() || k.split('.').any(str::is_empty)) {
+            if let Some(k) = a
+                .predicate
+                .keys()
+                .find(|k| k.is_empty() || k.split('.').any(str::is_empty))
+            {
                 return Err(ConfigError::new(format!(
                     "{at}.predicate: {k:?} is not a dotted path"
                 )));
@@ -273,7 +273,10 @@ pub trait SignatureFiles {
         for (named, key) in [
             (!spec.keyless.is_empty(), "keyless"),
             (spec.notation.is_some(), "notation"),
-            (!spec.require_attestations.is_empty(), "require_attestations"),
+            (
+                !spec.require_attestations.is_empty(),
+                "require_attestations",
+            ),
         ] {
             if named {
                 return Err(ConfigError::new(format!(
@@ -363,7 +366,10 @@ mode = "audit"
             s.keyless[0].subject,
             MatchSpec::Regex("https://github.com/acme/.+".into())
         );
-        assert_eq!(s.require_attestations[0].predicate["runDetails.builder.id"], "b");
+        assert_eq!(
+            s.require_attestations[0].predicate["runDetails.builder.id"],
+            "b"
+        );
         assert_eq!(s.mode, SignatureMode::Audit);
         for (text, says) in [
             ("", "cosign_keys is empty"),
@@ -395,8 +401,14 @@ mode = "audit"
                 "cosign_keys = [\"k\"]\nrequire_attestations = [{ predicate_type = \"p\", predicate = { \"a..b\" = \"x\" } }]",
                 "not a dotted path",
             ),
-            ("notation = { trust_store = \"t\" }", "missing field `trust_policy`"),
-            ("cosign_keys = [\"k\"]\nkeyles = []", "unknown field `keyles`"),
+            (
+                "notation = { trust_store = \"t\" }",
+                "missing field `trust_policy`",
+            ),
+            (
+                "cosign_keys = [\"k\"]\nkeyles = []",
+                "unknown field `keyles`",
+            ),
         ] {
             let e = table(text).unwrap_err();
             assert!(e.contains(says), "{text}: {e}");

@@ -148,10 +148,12 @@ impl PullThroughCache {
             ),
             Verdict::Unverified(Unverified::NoSignature | Unverified::NoAttestation(_))
                 if parsed.is_index() =>
-            (
-                AdmissionOutcome::Allowed,
-                "unsigned index: each platform manifest is checked when pulled".to_owned(),
-            ),
+            {
+                (
+                    AdmissionOutcome::Allowed,
+                    "unsigned index: each platform manifest is checked when pulled".to_owned(),
+                )
+            }
             Verdict::Unverified(why) if policy.enforcing() => {
                 (AdmissionOutcome::Refused, why.to_string())
             }
@@ -215,13 +217,15 @@ impl PullThroughCache {
             scope: &scope,
         };
         let now = self.inner.clock.now();
-        Ok(match signatures::judge(&verifiers, &subject, &artifacts, now).verdict {
-            Err(why) => Err(match problem {
-                Some(p) if p.rank() > why.rank() => p,
-                _ => why,
-            }),
-            ok => ok,
-        })
+        Ok(
+            match signatures::judge(&verifiers, &subject, &artifacts, now).verdict {
+                Err(why) => Err(match problem {
+                    Some(p) if p.rank() > why.rank() => p,
+                    _ => why,
+                }),
+                ok => ok,
+            },
+        )
     }
 
     /// The signature material of `d` of these kinds: layers of cosign's
@@ -237,7 +241,10 @@ impl PullThroughCache {
     ) -> Result<(Vec<Artifact>, Option<Unverified>)> {
         let mut manifests: Vec<(String, Manifest)> = Vec::new();
         // cosign's tag scheme: signatures, then attestations.
-        for (kind, suffix) in [(ArtifactKind::SimpleSigning, "sig"), (ArtifactKind::Dsse, "att")] {
+        for (kind, suffix) in [
+            (ArtifactKind::SimpleSigning, "sig"),
+            (ArtifactKind::Dsse, "att"),
+        ] {
             if !kinds.contains(&kind) {
                 continue;
             }

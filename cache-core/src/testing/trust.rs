@@ -31,7 +31,8 @@ fn b64(b: impl AsRef<[u8]>) -> String {
 }
 
 fn secs(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A P-256 key derived from `seed`.
@@ -98,7 +99,12 @@ fn name(parts: &[(DnType, &str)]) -> DistinguishedName {
     dn
 }
 
-fn ca_params(dn: DistinguishedName, constraint: BasicConstraints, from: SystemTime, to: SystemTime) -> CertificateParams {
+fn ca_params(
+    dn: DistinguishedName,
+    constraint: BasicConstraints,
+    from: SystemTime,
+    to: SystemTime,
+) -> CertificateParams {
     let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(constraint);
@@ -215,7 +221,10 @@ impl TestSigstore {
         let year = Duration::from_secs(365 * 86_400);
         let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
         let root = ca_params(
-            name(&[(DnType::OrganizationName, "sigstore.test"), (DnType::CommonName, &format!("{seed} root"))]),
+            name(&[
+                (DnType::OrganizationName, "sigstore.test"),
+                (DnType::CommonName, &format!("{seed} root")),
+            ]),
             BasicConstraints::Unconstrained,
             now - 5 * year,
             now + 10 * year,
@@ -224,14 +233,19 @@ impl TestSigstore {
         .expect("root");
         let inter_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
         let mut p = ca_params(
-            name(&[(DnType::OrganizationName, "sigstore.test"), (DnType::CommonName, &format!("{seed} intermediate"))]),
+            name(&[
+                (DnType::OrganizationName, "sigstore.test"),
+                (DnType::CommonName, &format!("{seed} intermediate")),
+            ]),
             BasicConstraints::Constrained(0),
             now - 4 * year,
             now + 9 * year,
         );
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
         p.use_authority_key_identifier_extension = true;
-        let inter = p.signed_by(&inter_key, &root, &root_key).expect("intermediate");
+        let inter = p
+            .signed_by(&inter_key, &root, &root_key)
+            .expect("intermediate");
         TestSigstore {
             root_key,
             root,
@@ -276,7 +290,14 @@ impl TestSigstore {
     /// A leaf certificate for `subject` (a URI, or an e-mail address if it
     /// has an `@` and no `:`) from OIDC `issuer`, valid `from` `to`, with
     /// an SCT by this instance's CT log when `sct`.
-    pub fn leaf(&self, issuer: &str, subject: &str, from: SystemTime, to: SystemTime, sct: bool) -> Leaf {
+    pub fn leaf(
+        &self,
+        issuer: &str,
+        subject: &str,
+        from: SystemTime,
+        to: SystemTime,
+        sct: bool,
+    ) -> Leaf {
         let key = p256_key(&format!("leaf/{issuer}/{subject}/{}", secs(from)));
         let kp = rcgen_key(&key);
         let make = |extra: Option<CustomExtension>| {
@@ -292,14 +313,17 @@ impl TestSigstore {
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
             p.not_before = from.into();
             p.not_after = to.into();
-            p.serial_number = Some(rcgen::SerialNumber::from_slice(&Sha256::digest(subject.as_bytes())[..16]));
+            p.serial_number = Some(rcgen::SerialNumber::from_slice(
+                &Sha256::digest(subject.as_bytes())[..16],
+            ));
             p.use_authority_key_identifier_extension = true;
             p.custom_extensions = vec![CustomExtension::from_oid_content(
                 ISSUER_OID,
                 der(0x0c, issuer.as_bytes()),
             )];
             p.custom_extensions.extend(extra);
-            p.signed_by(&kp, &self.inter, &self.inter_key).expect("leaf")
+            p.signed_by(&kp, &self.inter, &self.inter_key)
+                .expect("leaf")
         };
         let pre = make(None);
         if !sct {
@@ -342,7 +366,10 @@ impl TestSigstore {
         list.extend_from_slice(&sct);
         let mut tls = (list.len() as u16).to_be_bytes().to_vec();
         tls.extend_from_slice(&list);
-        let full = make(Some(CustomExtension::from_oid_content(SCT_OID, der(0x04, &tls))));
+        let full = make(Some(CustomExtension::from_oid_content(
+            SCT_OID,
+            der(0x04, &tls),
+        )));
         Leaf {
             key,
             der: full.der().to_vec(),
@@ -534,7 +561,10 @@ pub fn cosign_signature(
         })
         .to_string()
         .into_bytes();
-        a.insert(BUNDLE_ANNOTATION.to_owned(), log_entry(body, &l).cosign_annotation());
+        a.insert(
+            BUNDLE_ANNOTATION.to_owned(),
+            log_entry(body, &l).cosign_annotation(),
+        );
     }
     a
 }
@@ -584,7 +614,10 @@ pub fn cosign_attestation(
         })
         .to_string()
         .into_bytes();
-        a.insert(BUNDLE_ANNOTATION.to_owned(), log_entry(body, &l).cosign_annotation());
+        a.insert(
+            BUNDLE_ANNOTATION.to_owned(),
+            log_entry(body, &l).cosign_annotation(),
+        );
     }
     (env.to_string().into_bytes(), a)
 }
@@ -763,11 +796,16 @@ pub fn notation_cose(
     use coset::TaggedCborSerializable as _;
     use coset::cbor::value::Value;
     let time = |t: SystemTime| Value::Tag(1, Box::new(Value::Integer(secs(t).into())));
-    let mut crit = vec![coset::RegisteredLabel::Text("io.cncf.notary.signingScheme".into())];
+    let mut crit = vec![coset::RegisteredLabel::Text(
+        "io.cncf.notary.signingScheme".into(),
+    )];
     let mut b = coset::HeaderBuilder::new()
         .algorithm(coset::iana::Algorithm::ES256)
         .content_type("application/vnd.cncf.notary.payload.v1+json".into())
-        .text_value("io.cncf.notary.signingScheme".into(), Value::Text("notary.x509".into()))
+        .text_value(
+            "io.cncf.notary.signingScheme".into(),
+            Value::Text("notary.x509".into()),
+        )
         .text_value("io.cncf.notary.signingTime".into(), time(signed));
     if let Some(e) = expiry {
         b = b.text_value("io.cncf.notary.expiry".into(), time(e));
@@ -776,8 +814,14 @@ pub fn notation_cose(
     let mut protected = b.build();
     protected.crit = crit;
     let unprotected = coset::HeaderBuilder::new()
-        .value(33, Value::Array(s.chain.iter().map(|c| Value::Bytes(c.clone())).collect()))
-        .text_value("io.cncf.notary.signingAgent".into(), Value::Text("notation-go/1.3.0".into()))
+        .value(
+            33,
+            Value::Array(s.chain.iter().map(|c| Value::Bytes(c.clone())).collect()),
+        )
+        .text_value(
+            "io.cncf.notary.signingAgent".into(),
+            Value::Text("notation-go/1.3.0".into()),
+        )
         .build();
     let sign1 = coset::CoseSign1Builder::new()
         .protected(protected)
@@ -842,10 +886,17 @@ mod tests {
             manifest_annotations: BTreeMap::new(),
         };
         let who = v.verify(&subject, &a, now).unwrap().unwrap();
-        assert!(who.starts_with("keyless https://github.com/acme/app/"), "{who}");
+        assert!(
+            who.starts_with("keyless https://github.com/acme/app/"),
+            "{who}"
+        );
         let b = bundle(
             &leaf,
-            &statement(&d, crate::signatures::COSIGN_SIGN_PREDICATE, serde_json::json!({})),
+            &statement(
+                &d,
+                crate::signatures::COSIGN_SIGN_PREDICATE,
+                serde_json::json!({}),
+            ),
             Logging {
                 log: &s.rekor,
                 integrated: now,

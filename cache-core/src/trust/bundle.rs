@@ -36,7 +36,9 @@ impl Bundle {
             serde_json::from_slice(bytes).map_err(|e| format!("bundle: {e}"))?;
         let media_type = v["mediaType"].as_str().unwrap_or_default();
         if !media_type.starts_with("application/vnd.dev.sigstore.bundle") {
-            return Err(format!("{media_type:?} is not a Sigstore bundle media type"));
+            return Err(format!(
+                "{media_type:?} is not a Sigstore bundle media type"
+            ));
         }
         let needs_proof = !media_type.ends_with("version=0.1") && !media_type.contains("v0.1");
         let vm = &v["verificationMaterial"];
@@ -46,7 +48,9 @@ impl Bundle {
             .as_array()
             .and_then(|c| c.first())
         {
-            let raw = first["rawBytes"].as_str().ok_or("certificate without rawBytes")?;
+            let raw = first["rawBytes"]
+                .as_str()
+                .ok_or("certificate without rawBytes")?;
             Some(Cert::from_der(&b64(raw)?)?)
         } else {
             None
@@ -66,7 +70,9 @@ impl Bundle {
                 digest: b64(ms["messageDigest"]["digest"]
                     .as_str()
                     .ok_or("messageSignature without a messageDigest")?)?,
-                signature: b64(ms["signature"].as_str().ok_or("messageSignature without a signature")?)?,
+                signature: b64(ms["signature"]
+                    .as_str()
+                    .ok_or("messageSignature without a signature")?)?,
             }
         } else if let Some(env) = v.get("dsseEnvelope").filter(|e| e.is_object()) {
             Content::Dsse(Envelope::from_json(env)?)

@@ -34,7 +34,8 @@ impl std::fmt::Debug for Cert {
 
 impl Cert {
     pub(crate) fn from_der(der: &[u8]) -> Result<Cert, String> {
-        let cert = Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let cert =
+            Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
         Ok(Cert {
             der: der.to_vec(),
             cert,
@@ -57,7 +58,9 @@ impl Cert {
         const END: &str = "-----END CERTIFICATE-----";
         while let Some(i) = rest.find(BEGIN) {
             let body = &rest[i + BEGIN.len()..];
-            let j = body.find(END).ok_or("PEM certificate without its END line")?;
+            let j = body
+                .find(END)
+                .ok_or("PEM certificate without its END line")?;
             let b64: String = body[..j].chars().filter(|c| !c.is_whitespace()).collect();
             let der = base64::engine::general_purpose::STANDARD
                 .decode(b64)
@@ -69,11 +72,19 @@ impl Cert {
     }
 
     pub(crate) fn not_before(&self) -> SystemTime {
-        self.cert.tbs_certificate.validity.not_before.to_system_time()
+        self.cert
+            .tbs_certificate
+            .validity
+            .not_before
+            .to_system_time()
     }
 
     pub(crate) fn not_after(&self) -> SystemTime {
-        self.cert.tbs_certificate.validity.not_after.to_system_time()
+        self.cert
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_system_time()
     }
 
     /// Whether the certificate is valid at `t`.
@@ -110,7 +121,11 @@ impl Cert {
 
     /// The issuer's name, DER (to find issuers by name).
     pub(crate) fn issuer_der(&self) -> Vec<u8> {
-        self.cert.tbs_certificate.issuer.to_der().unwrap_or_default()
+        self.cert
+            .tbs_certificate
+            .issuer
+            .to_der()
+            .unwrap_or_default()
     }
 
     /// The subject's name, DER.
@@ -375,7 +390,9 @@ fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
             Ok(n.as_bytes().to_vec())
         })
         .ok()?;
-    let lead = modulus.first().map_or(0, |b| 8 - b.leading_zeros() as usize);
+    let lead = modulus
+        .first()
+        .map_or(0, |b| 8 - b.leading_zeros() as usize);
     Some(modulus.len().saturating_sub(1) * 8 + lead)
 }
 
@@ -452,7 +469,9 @@ pub(crate) fn b64(s: &str) -> Result<Vec<u8>, String> {
     let s = s.trim();
     base64::engine::general_purpose::STANDARD
         .decode(s)
-        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(s.trim_end_matches('=')))
+        .or_else(|_| {
+            base64::engine::general_purpose::STANDARD_NO_PAD.decode(s.trim_end_matches('='))
+        })
         .map_err(|e| format!("not base64: {e}"))
 }
 

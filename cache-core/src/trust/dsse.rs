@@ -22,7 +22,9 @@ impl Envelope {
             .as_str()
             .ok_or("DSSE envelope without a payloadType")?
             .to_owned();
-        let payload = b64(v["payload"].as_str().ok_or("DSSE envelope without a payload")?)?;
+        let payload = b64(v["payload"]
+            .as_str()
+            .ok_or("DSSE envelope without a payload")?)?;
         let signatures = v["signatures"]
             .as_array()
             .ok_or("DSSE envelope without signatures")?
@@ -165,7 +167,10 @@ mod tests {
         .unwrap();
         assert!(s.covers(&d));
         assert!(!s.covers(&Digest::sha256_of(b"other")));
-        assert_eq!(s.field("runDetails.builder.id").as_deref(), Some("https://b"));
+        assert_eq!(
+            s.field("runDetails.builder.id").as_deref(),
+            Some("https://b")
+        );
         assert_eq!(s.field("list.1.a").as_deref(), Some("z"));
         assert_eq!(s.field("list.0").as_deref(), Some("1"));
         assert_eq!(s.field("nothing.here"), None);

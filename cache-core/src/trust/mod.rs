@@ -106,7 +106,9 @@ impl TrustFiles {
         s.identities = ids
             .iter()
             .enumerate()
-            .map(|(i, k)| identity(k).map_err(|e| ConfigError::new(format!("{at}keyless[{i}]: {e}"))))
+            .map(|(i, k)| {
+                identity(k).map_err(|e| ConfigError::new(format!("{at}keyless[{i}]: {e}")))
+            })
             .collect::<Result<_, _>>()?;
         s.root = root.clone();
         Ok(s)

@@ -158,8 +158,8 @@ impl NotationTrust {
     /// of `trust_store` (the directory holding `x509/`) it names. Errors
     /// name the file and the policy.
     pub fn load(trust_store: &Path, trust_policy: &Path) -> Result<NotationTrust, String> {
-        let text = std::fs::read(trust_policy)
-            .map_err(|e| format!("{}: {e}", trust_policy.display()))?;
+        let text =
+            std::fs::read(trust_policy).map_err(|e| format!("{}: {e}", trust_policy.display()))?;
         NotationTrust::from_policy(&text, |kind, name| {
             read_store(&trust_store.join("x509").join(kind).join(name))
         })
@@ -177,9 +177,7 @@ impl NotationTrust {
         if v["version"].as_str() != Some("1.0") {
             return Err(format!("version = {}: only \"1.0\" is known", v["version"]));
         }
-        let list = v["trustPolicies"]
-            .as_array()
-            .ok_or("no trustPolicies")?;
+        let list = v["trustPolicies"].as_array().ok_or("no trustPolicies")?;
         let mut policies = Vec::new();
         let mut names = HashSet::new();
         let mut scopes_seen = HashSet::new();
@@ -216,7 +214,9 @@ impl NotationTrust {
                 }
                 for (k, a) in o {
                     let check = Check::parse(k).ok_or_else(|| {
-                        at(format!("override: {k:?} is not a check that can be overridden"))
+                        at(format!(
+                            "override: {k:?} is not a check that can be overridden"
+                        ))
                     })?;
                     let action = match a.as_str() {
                         Some("enforce") => Action::Enforce,
@@ -247,7 +247,7 @@ impl NotationTrust {
             if level == "skip" {
                 if !store_names.is_empty() || !idents.is_empty() {
                     return Err(at(
-                        "a skip level takes no trustStores or trustedIdentities".into(),
+                        "a skip level takes no trustStores or trustedIdentities".into()
                     ));
                 }
                 identities = None;
@@ -345,7 +345,13 @@ fn jws_alg(a: &str) -> Result<(SigFormat, Hash), String> {
 }
 
 fn check_crit(crit: &[String], present: &[&str]) -> Result<(), String> {
-    const KNOWN: &[&str] = &[SIGNING_SCHEME, EXPIRY, AUTHENTIC_SIGNING_TIME, "io.cncf.notary.verificationPlugin", "io.cncf.notary.verificationPluginMinVersion"];
+    const KNOWN: &[&str] = &[
+        SIGNING_SCHEME,
+        EXPIRY,
+        AUTHENTIC_SIGNING_TIME,
+        "io.cncf.notary.verificationPlugin",
+        "io.cncf.notary.verificationPluginMinVersion",
+    ];
     for c in crit {
         if !KNOWN.contains(&c.as_str()) {
             return Err(format!("unknown critical header {c:?}"));
@@ -355,7 +361,9 @@ fn check_crit(crit: &[String], present: &[&str]) -> Result<(), String> {
         }
     }
     for p in present {
-        if [SIGNING_SCHEME, EXPIRY, AUTHENTIC_SIGNING_TIME].contains(p) && !crit.iter().any(|c| c == p) {
+        if [SIGNING_SCHEME, EXPIRY, AUTHENTIC_SIGNING_TIME].contains(p)
+            && !crit.iter().any(|c| c == p)
+        {
             return Err(format!("{p} is not marked critical"));
         }
     }
@@ -365,12 +373,17 @@ fn check_crit(crit: &[String], present: &[&str]) -> Result<(), String> {
 fn parse_jws(bytes: &[u8]) -> Result<Envelope, String> {
     let v: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("JWS envelope: {e}"))?;
-    let protected_b64 = v["protected"].as_str().ok_or("JWS without a protected header")?;
+    let protected_b64 = v["protected"]
+        .as_str()
+        .ok_or("JWS without a protected header")?;
     let payload_b64 = v["payload"].as_str().ok_or("JWS without a payload")?;
     let h: serde_json::Value = serde_json::from_slice(&b64url(protected_b64)?)
         .map_err(|e| format!("JWS protected header: {e}"))?;
     if h["cty"].as_str() != Some(PAYLOAD_TYPE) {
-        return Err(format!("content type {} is not notation's payload", h["cty"]));
+        return Err(format!(
+            "content type {} is not notation's payload",
+            h["cty"]
+        ));
     }
     let crit: Vec<String> = h["crit"]
         .as_array()
@@ -378,7 +391,10 @@ fn parse_jws(bytes: &[u8]) -> Result<Envelope, String> {
         .flatten()
         .filter_map(|c| c.as_str().map(str::to_owned))
         .collect();
-    let present: Vec<&str> = h.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+    let present: Vec<&str> = h
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
     check_crit(&crit, &present)?;
     let time = |k: &str| h[k].as_str().map(rfc3339).transpose();
     let chain = v["header"]["x5c"]
@@ -481,7 +497,10 @@ fn parse_cose(bytes: &[u8]) -> Result<Envelope, String> {
         .iter()
         .map(|d| Cert::from_der(d))
         .collect::<Result<Vec<_>, _>>()?;
-    let payload = s1.payload.clone().ok_or("COSE envelope without a payload")?;
+    let payload = s1
+        .payload
+        .clone()
+        .ok_or("COSE envelope without a payload")?;
     Ok(Envelope {
         alg,
         chain,
@@ -532,7 +551,10 @@ impl Notation {
         let key = leaf
             .key()
             .map_err(|e| Unverified::Malformed(format!("signing certificate: {e}")))?;
-        if key.verify(env.alg.0, env.alg.1, &env.signed, &env.signature).is_err() {
+        if key
+            .verify(env.alg.0, env.alg.1, &env.signed, &env.signature)
+            .is_err()
+        {
             return Err(untrusted(
                 "the notation signature does not verify with its certificate's key".into(),
             ));
@@ -559,7 +581,10 @@ impl Notation {
             ));
         }
         let policy = self.trust.policy(subject.scope).ok_or_else(|| {
-            untrusted(format!("no notation trust policy applies to {}", subject.scope))
+            untrusted(format!(
+                "no notation trust policy applies to {}",
+                subject.scope
+            ))
         })?;
         let mut logged = Vec::new();
         let mut fail = |check: Check, why: String| -> Result<(), Unverified> {
@@ -612,19 +637,25 @@ impl Notation {
                 let (inter, root) = env.chain.split_at(env.chain.len() - 1);
                 let mut r = validate_chain(leaf, inter, root, signed_at, false);
                 if r == Err(ChainError::Expired) {
-                    let t = env.chain.iter().map(Cert::not_before).max().unwrap_or(signed_at);
+                    let t = env
+                        .chain
+                        .iter()
+                        .map(Cert::not_before)
+                        .max()
+                        .unwrap_or(signed_at);
                     r = validate_chain(leaf, inter, root, t, false);
                 }
                 if let Err(e) = r {
-                    fail(Check::Authenticity, format!("the notation certificate chain is invalid: {e:?}"))?;
+                    fail(
+                        Check::Authenticity,
+                        format!("the notation certificate chain is invalid: {e:?}"),
+                    )?;
                 }
             }
             let attrs = leaf.subject_attributes();
             let trusted = match &policy.identities {
                 None => true,
-                Some(sets) => sets
-                    .iter()
-                    .any(|set| set.iter().all(|a| attrs.contains(a))),
+                Some(sets) => sets.iter().any(|set| set.iter().all(|a| attrs.contains(a))),
             };
             if !trusted {
                 fail(
@@ -684,8 +715,16 @@ impl Verifier for Notation {
     }
 
     fn wants(&self) -> String {
-        let names: Vec<&str> = self.trust.policies.iter().map(|p| p.name.as_str()).collect();
-        format!("a notation signature trusted by policy {}", names.join(", "))
+        let names: Vec<&str> = self
+            .trust
+            .policies
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        format!(
+            "a notation signature trusted by policy {}",
+            names.join(", ")
+        )
     }
 
     fn reads(&self) -> &[ArtifactKind] {

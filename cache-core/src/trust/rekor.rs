@@ -60,9 +60,15 @@ impl TlogEntry {
             integrated_time: p["integratedTime"]
                 .as_i64()
                 .ok_or("log entry without an integratedTime")?,
-            log_index: p["logIndex"].as_i64().ok_or("log entry without a logIndex")?,
+            log_index: p["logIndex"]
+                .as_i64()
+                .ok_or("log entry without a logIndex")?,
             log_id,
-            set: v["SignedEntryTimestamp"].as_str().map(b64).transpose()?,
+            set: v["SignedEntryTimestamp"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(b64)
+                .transpose()?,
             proof: None,
         })
     }
@@ -70,7 +76,8 @@ impl TlogEntry {
     /// Reads a bundle's `tlogEntries[i]`.
     pub(crate) fn from_bundle(v: &serde_json::Value) -> Result<TlogEntry, String> {
         let int = |x: &serde_json::Value| -> Option<i64> {
-            x.as_i64().or_else(|| x.as_str().and_then(|s| s.parse().ok()))
+            x.as_i64()
+                .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
         };
         let proof = match v.get("inclusionProof") {
             Some(p) if p.is_object() => Some(InclusionProof {
@@ -92,7 +99,9 @@ impl TlogEntry {
                 .ok_or("log entry without a canonicalizedBody")?)?,
             integrated_time: int(&v["integratedTime"]).ok_or("log entry without integratedTime")?,
             log_index: int(&v["logIndex"]).ok_or("log entry without a logIndex")?,
-            log_id: b64(v["logId"]["keyId"].as_str().ok_or("log entry without a logId")?)?,
+            log_id: b64(v["logId"]["keyId"]
+                .as_str()
+                .ok_or("log entry without a logId")?)?,
             set: v["inclusionPromise"]["signedEntryTimestamp"]
                 .as_str()
                 .map(b64)
@@ -122,7 +131,9 @@ impl TlogEntry {
             ));
         }
         if self.set.is_none() && self.proof.is_none() {
-            return Err("the log entry has neither a signed entry timestamp nor an inclusion proof".into());
+            return Err(
+                "the log entry has neither a signed entry timestamp nor an inclusion proof".into(),
+            );
         }
         if let Some(set) = &self.set {
             let canonical = format!(
@@ -132,7 +143,12 @@ impl TlogEntry {
                 self.log_index
             );
             log.key
-                .verify(SigFormat::Der, log.key.default_hash(), canonical.as_bytes(), set)
+                .verify(
+                    SigFormat::Der,
+                    log.key.default_hash(),
+                    canonical.as_bytes(),
+                    set,
+                )
                 .map_err(|_| {
                     format!(
                         "the log entry's signed entry timestamp does not verify with the key of {}",
@@ -148,8 +164,8 @@ impl TlogEntry {
 
     /// What the body says was logged.
     pub(crate) fn logged(&self) -> Result<Logged, String> {
-        let v: serde_json::Value = serde_json::from_slice(&self.body)
-            .map_err(|e| format!("log entry body: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&self.body).map_err(|e| format!("log entry body: {e}"))?;
         let kind = v["kind"].as_str().unwrap_or_default().to_owned();
         let spec = &v["spec"];
         let mut out = Logged::default();
@@ -305,18 +321,26 @@ pub(crate) fn verify_checkpoint(note: &str, log: &LogKey) -> Result<(u64, Vec<u8
         .split_once("\n\n")
         .ok_or("the checkpoint is not a signed note")?;
     let text = format!("{text}\n");
-    let signed = sigs.lines().filter_map(|l| l.strip_prefix("\u{2014} ")).any(|l| {
-        let Some((_, sig)) = l.rsplit_once(' ') else {
-            return false;
-        };
-        let Ok(raw) = b64(sig) else { return false };
-        raw.len() > 4
-            && raw[..4] == log.id[..4]
-            && log
-                .key
-                .verify(SigFormat::Der, log.key.default_hash(), text.as_bytes(), &raw[4..])
-                .is_ok()
-    });
+    let signed = sigs
+        .lines()
+        .filter_map(|l| l.strip_prefix("\u{2014} "))
+        .any(|l| {
+            let Some((_, sig)) = l.rsplit_once(' ') else {
+                return false;
+            };
+            let Ok(raw) = b64(sig) else { return false };
+            raw.len() > 4
+                && raw[..4] == log.id[..4]
+                && log
+                    .key
+                    .verify(
+                        SigFormat::Der,
+                        log.key.default_hash(),
+                        text.as_bytes(),
+                        &raw[4..],
+                    )
+                    .is_ok()
+        });
     if !signed {
         return Err(format!(
             "the checkpoint is not signed by the key of {}",

@@ -162,8 +162,8 @@ fn log(raw: &RawLog, what: &str, i: usize) -> Result<LogKey, String> {
 impl TrustedRoot {
     /// Parses a `trusted_root.json`: every key and certificate must read.
     pub fn from_json(text: &[u8]) -> Result<TrustedRoot, String> {
-        let raw: RawRoot =
-            serde_json::from_slice(text).map_err(|e| format!("not a Sigstore trusted root: {e}"))?;
+        let raw: RawRoot = serde_json::from_slice(text)
+            .map_err(|e| format!("not a Sigstore trusted root: {e}"))?;
         if let Some(t) = &raw.media_type
             && !t.starts_with("application/vnd.dev.sigstore.trustedroot")
         {
@@ -200,7 +200,9 @@ impl TrustedRoot {
             .map(|(i, l)| log(l, "ctlogs", i))
             .collect::<Result<Vec<_>, _>>()?;
         if cas.is_empty() {
-            return Err("no certificateAuthorities: nothing to verify keyless certificates with".into());
+            return Err(
+                "no certificateAuthorities: nothing to verify keyless certificates with".into(),
+            );
         }
         if tlogs.is_empty() {
             return Err("no tlogs: nothing to verify transparency log entries with".into());

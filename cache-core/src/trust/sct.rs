@@ -3,8 +3,8 @@
 //! precertificate. Fulcio embeds one in each certificate it issues.
 
 use sha2::{Digest as _, Sha256};
-use x509_cert::der::{Decode, Encode};
 use x509_cert::der::asn1::OctetString;
+use x509_cert::der::{Decode, Encode};
 
 use super::cert::{Cert, Hash, SigFormat};
 use super::root::TrustedRoot;
@@ -33,7 +33,10 @@ impl<'a> Tls<'a> {
         Ok(a)
     }
     fn uint(&mut self, n: usize) -> Result<u64, String> {
-        Ok(self.take(n)?.iter().fold(0u64, |acc, b| (acc << 8) | *b as u64))
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | *b as u64))
     }
     fn vec(&mut self, len_bytes: usize) -> Result<&'a [u8], String> {
         let n = self.uint(len_bytes)? as usize;
@@ -70,7 +73,8 @@ fn precert_tbs(leaf: &Cert) -> Result<Vec<u8>, String> {
     if let Some(exts) = &mut tbs.extensions {
         exts.retain(|e| e.extn_id.to_string() != SCT_EXTENSION);
     }
-    tbs.to_der().map_err(|e| format!("re-encoding the certificate: {e}"))
+    tbs.to_der()
+        .map_err(|e| format!("re-encoding the certificate: {e}"))
 }
 
 /// Whether `leaf` embeds SCTs.

@@ -502,7 +502,10 @@ impl Attestation {
         if st.predicate_type != self.predicate_type {
             return None;
         }
-        Some(self.check(subject, &st).and_then(|()| verify_dsse(&self.signers, env, bundle)))
+        Some(
+            self.check(subject, &st)
+                .and_then(|()| verify_dsse(&self.signers, env, bundle)),
+        )
     }
 
     fn check(&self, subject: &Subject<'_>, st: &Statement) -> Result<(), Unverified> {
