@@ -341,6 +341,63 @@ fn explain(why: Unverified, wants: &[String]) -> Unverified {
     }
 }
 
+/// What [`PullThroughCache::inspect_signatures`](crate::PullThroughCache::inspect_signatures)
+/// found and decided about one manifest.
+#[derive(Debug, Clone)]
+pub struct ManifestReport {
+    /// The manifest.
+    pub digest: Digest,
+    /// Its platform, for a platform manifest of an index.
+    pub platform: Option<String>,
+    /// The signature material found: kind and where.
+    pub artifacts: Vec<(ArtifactKind, String)>,
+    /// Each verifier's answer about each artifact it reads.
+    pub checks: Vec<Check>,
+    /// The policy's verdict on this manifest alone: who vouched, or why not.
+    pub verdict: Result<String, Unverified>,
+}
+
+/// The signatures and attestations of an image, as a rule's policy sees
+/// them: the manifest asked for and, for an index, each platform manifest.
+#[derive(Debug, Clone)]
+pub struct SignatureReport {
+    /// The rule the image is pulled through.
+    pub rule: String,
+    /// The upstream repository (`registry/repository`).
+    pub upstream: String,
+    /// What the policy accepts (each verifier's [`Verifier::wants`]); empty
+    /// when the rule has no signature policy.
+    pub wants: Vec<String>,
+    /// Whether the policy only audits.
+    pub audit: bool,
+    /// The manifest asked for, then the platform manifests of an index.
+    pub manifests: Vec<ManifestReport>,
+}
+
+impl SignatureReport {
+    /// Whether a pull of the image would pass: the top manifest passes
+    /// (an index's signature covers its platforms), or it is an index
+    /// nothing was found for and every platform passes. Always true
+    /// without a policy.
+    pub fn passes(&self) -> bool {
+        if self.wants.is_empty() {
+            return true;
+        }
+        let Some((top, platforms)) = self.manifests.split_first() else {
+            return false;
+        };
+        match &top.verdict {
+            Ok(_) => true,
+            Err(Unverified::NoSignature | Unverified::NoAttestation(_))
+                if !platforms.is_empty() =>
+            {
+                platforms.iter().all(|m| m.verdict.is_ok())
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

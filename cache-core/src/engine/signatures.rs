@@ -194,6 +194,94 @@ impl PullThroughCache {
         }
     }
 
+    /// The signatures and attestations of an image as the rule of `name`
+    /// judges them: the manifest `reference` (fetched from the upstream,
+    /// never from the cache or its verdicts) and, for an index, each of
+    /// its platform manifests (at most 64), with every artifact found and
+    /// every verifier's answer. Caches nothing; `registry-proxy verify`
+    /// prints it.
+    pub async fn inspect_signatures(
+        &self,
+        name: &crate::names::RepoName,
+        reference: &Reference,
+    ) -> Result<signatures::SignatureReport> {
+        let ctx = self.ctx(name)?;
+        let top = self
+            .inner
+            .call(UpstreamCall::Manifest, || {
+                ctx.upstream
+                    .manifest(&ctx.upstream_repo, reference, media_types::ALL_MANIFESTS)
+            })
+            .await
+            .map_err(|e| e.blame_upstream(ctx.rule.registry()))?;
+        if top.bytes.len() > self.inner.opts.max_manifest_size {
+            return Err(Error::manifest_invalid("manifest too large"));
+        }
+        let parsed = ParsedManifest::parse(&top.bytes)?;
+        let policy = ctx.policy().signatures.clone();
+        let verifiers = policy
+            .as_ref()
+            .map(|p| p.all_verifiers())
+            .unwrap_or_default();
+        let all: BTreeSet<ArtifactKind> = [
+            ArtifactKind::SimpleSigning,
+            ArtifactKind::Dsse,
+            ArtifactKind::Bundle,
+            ArtifactKind::Jws,
+            ArtifactKind::Cose,
+        ]
+        .into();
+        let mut manifests = vec![(top, None)];
+        for (desc, platform) in parsed.manifests.iter().take(64) {
+            let by_digest = Reference::Digest(desc.digest.clone());
+            let child = self
+                .inner
+                .call(UpstreamCall::Manifest, || {
+                    ctx.upstream.manifest(
+                        &ctx.upstream_repo,
+                        &by_digest,
+                        media_types::ALL_MANIFESTS,
+                    )
+                })
+                .await
+                .map_err(|e| e.blame_upstream(ctx.rule.registry()))?;
+            manifests.push((child, platform.as_ref().map(|p| p.to_string())));
+        }
+        let scope = format!("{}/{}", ctx.rule.registry(), ctx.upstream_repo);
+        let mut reports = Vec::new();
+        for (m, platform) in manifests {
+            let (artifacts, problem) = self.find_artifacts(&ctx, &m.digest, &all).await?;
+            let subject = Subject {
+                digest: &m.digest,
+                size: m.bytes.len() as u64,
+                media_type: &m.media_type,
+                scope: &scope,
+            };
+            let j = signatures::judge(&verifiers, &subject, &artifacts, self.inner.clock.now());
+            let verdict = match (j.verdict, problem) {
+                (Err(why), Some(p)) if p.rank() > why.rank() => Err(p),
+                (v, _) => v,
+            };
+            reports.push(signatures::ManifestReport {
+                digest: m.digest.clone(),
+                platform,
+                artifacts: artifacts
+                    .iter()
+                    .map(|a| (a.kind, a.found.clone()))
+                    .collect(),
+                checks: j.checks,
+                verdict,
+            });
+        }
+        Ok(signatures::SignatureReport {
+            rule: ctx.rule.name().to_owned(),
+            upstream: scope,
+            wants: verifiers.iter().map(|v| v.wants()).collect(),
+            audit: policy.as_ref().is_some_and(|p| !p.enforcing()),
+            manifests: reports,
+        })
+    }
+
     /// Finds the signature material of `d` and judges it by the policy:
     /// `Ok(Ok(who))` when it passes, `Ok(Err(why))` when not, `Err` when
     /// the upstream could not be asked.

@@ -342,6 +342,42 @@ async fn bundles_as_referrers_and_required_attestations_decide_what_is_served() 
         reason.contains("attestation https://slsa.dev/provenance/v1 keyless"),
         "{reason}"
     );
+
+    // `registry-proxy verify` prints what it found and what each verifier said.
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(dir.path(), &proxy_config(&up, &rules));
+    let (ok, out) = common::run(dir.path(), &["verify", "attested/good:v1"]);
+    assert!(ok, "{out}");
+    for line in [
+        "attested/good:v1: rule \"attested\"",
+        &format!("cosign signature at tag sha256-{}.sig", a_good.digest.hex()),
+        &format!(
+            "cosign attestation at tag sha256-{}.att",
+            a_good.digest.hex()
+        ),
+        "verified as a signature: keyless https://github.com/acme/app/",
+        "verified as an attestation of type https://slsa.dev/provenance/v1: keyless",
+        "verdict: passes (keyless",
+        "attestation https://slsa.dev/provenance/v1 keyless",
+        "result: the image passes",
+    ] {
+        assert!(out.contains(line), "{line:?} in\n{out}");
+    }
+    let (ok, out) = common::run(dir.path(), &["verify", "attested/builder:v1"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("failed (an attestation of type https://slsa.dev/provenance/v1")
+            && out.contains("runDetails.builder.id = \"https://evil.example/builder\"")
+            && out.contains("result: the image is refused"),
+        "{out}"
+    );
+    let (ok, out) = common::run(dir.path(), &["verify", "bundled/good:v1"]);
+    assert!(
+        ok && out.contains("sigstore bundle at referrer sha256:"),
+        "{out}"
+    );
+    let (ok, out) = common::run(dir.path(), &["verify", "nowhere/app:v1"]);
+    assert!(!ok && out.contains("nowhere/app"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -287,6 +287,24 @@ async fn a_keyless_index_signature_covers_its_platforms_and_audit_mode_serves_an
     let e = pull_arch("keyless/partly:v1", "arm64").expect_err("arm64 is unsigned");
     assert!(e.contains("no signature"), "{e}");
 
+    // `verify` shows each platform: one signed, one with nothing.
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(dir.path(), &proxy_config(&up, &rules));
+    let (ok, out) = common::run(dir.path(), &["verify", "keyless/partly:v1"]);
+    assert!(!ok, "{out}");
+    let amd = out.find("platform linux/amd64").expect(&out);
+    let arm = out.find("platform linux/arm64").expect(&out);
+    assert!(
+        out[amd..arm].contains("verified as a signature: keyless"),
+        "{out}"
+    );
+    assert!(
+        out[arm..].contains("nothing found") && out[arm..].contains("refused: no signature"),
+        "{out}"
+    );
+    let (ok, out) = common::run(dir.path(), &["verify", "keyless/multi:v1"]);
+    assert!(ok && out.contains("index sha256:"), "{out}");
+
     let out = tempfile::tempdir().unwrap();
     common::pull(&proxy, "audited/app:v1", out.path(), false).unwrap();
     assert!(layer_gets(&up, &unsigned) > 0);

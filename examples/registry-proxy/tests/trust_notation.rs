@@ -73,11 +73,33 @@ async fn notation_signatures_pass_by_trust_store_identity_and_level() {
     let cases: Vec<(&str, TestImage, Option<&str>)> = vec![
         ("notary/jws", img("notary/jws", 300), None),
         ("notary/cose", img("notary/cose", 301), None),
-        ("notary/untrusted", img("notary/untrusted", 302), Some("notation signer C=US, ST=WA, O=acme, CN=intern is not a trusted identity of trust policy \\\"acme-strict\\\"")),
-        ("notary/unknownca", img("notary/unknownca", 303), Some("does not end at a certificate of trust store ca:acme")),
-        ("notary/expired", img("notary/expired", 304), Some("is not valid now")),
-        ("notary/sigexpired", img("notary/sigexpired", 305), Some("the notation signature expired at")),
-        ("notary/otherdigest", img("notary/otherdigest", 306), Some("the signed payload is for another digest")),
+        (
+            "notary/untrusted",
+            img("notary/untrusted", 302),
+            Some(
+                "notation signer C=US, ST=WA, O=acme, CN=intern is not a trusted identity of trust policy \\\"acme-strict\\\"",
+            ),
+        ),
+        (
+            "notary/unknownca",
+            img("notary/unknownca", 303),
+            Some("does not end at a certificate of trust store ca:acme"),
+        ),
+        (
+            "notary/expired",
+            img("notary/expired", 304),
+            Some("is not valid now"),
+        ),
+        (
+            "notary/sigexpired",
+            img("notary/sigexpired", 305),
+            Some("the notation signature expired at"),
+        ),
+        (
+            "notary/otherdigest",
+            img("notary/otherdigest", 306),
+            Some("the signed payload is for another digest"),
+        ),
         ("lenient/expired", img("lenient/expired", 307), None),
         ("lenient/jws", img("lenient/jws", 308), None),
         ("notary/none", img("notary/none", 309), Some("no signature")),
@@ -85,16 +107,23 @@ async fn notation_signatures_pass_by_trust_store_identity_and_level() {
     for (repo, i, _) in &cases {
         match *repo {
             "notary/jws" | "lenient/jws" => sign(&up, repo, i, &release, false, now, None).await,
-            "notary/cose" => {
-                sign(&up, repo, i, &release, true, now, Some(now + DAY)).await
-            }
+            "notary/cose" => sign(&up, repo, i, &release, true, now, Some(now + DAY)).await,
             "notary/untrusted" => sign(&up, repo, i, &intern, false, now, None).await,
             "notary/unknownca" => sign(&up, repo, i, &outsider, true, now, None).await,
             "notary/expired" | "lenient/expired" => {
                 sign(&up, repo, i, &lapsed, false, now - 2 * DAY, None).await
             }
             "notary/sigexpired" => {
-                sign(&up, repo, i, &release, true, now - DAY / 2, Some(now - DAY / 4)).await
+                sign(
+                    &up,
+                    repo,
+                    i,
+                    &release,
+                    true,
+                    now - DAY / 2,
+                    Some(now - DAY / 4),
+                )
+                .await
             }
             "notary/otherdigest" => {
                 let other = TestImage {
@@ -193,7 +222,10 @@ fn a_bad_trust_policy_is_a_configuration_error_naming_it() {
     write(d.path(), "ts/x509/ca/acme/root.pem", &ca.root_pem());
     let ts = d.path().join("ts").display().to_string();
     for (policy, says) in [
-        (r#"{"version":"2.0","trustPolicies":[]}"#, "version = \"2.0\""),
+        (
+            r#"{"version":"2.0","trustPolicies":[]}"#,
+            "version = \"2.0\"",
+        ),
         (
             r#"{"version":"1.0","trustPolicies":[{"name":"p","registryScopes":["*"],"signatureVerification":{"level":"strictest"},"trustStores":["ca:acme"],"trustedIdentities":["*"]}]}"#,
             "signatureVerification.level = \"strictest\"",
@@ -217,6 +249,9 @@ fn a_bad_trust_policy_is_a_configuration_error_naming_it() {
         )
         .unwrap();
         let (ok, out) = common::run(dir.path(), &["check"]);
-        assert!(!ok && out.contains(says) && out.contains("signatures.notation"), "{says}: {out}");
+        assert!(
+            !ok && out.contains(says) && out.contains("signatures.notation"),
+            "{says}: {out}"
+        );
     }
 }
