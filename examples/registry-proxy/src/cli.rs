@@ -432,82 +432,6 @@ pub async fn scrub(cfg: &Config) -> ExitCode {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::io::{Read, Write};
-    use std::time::Duration;
-
-    /// A one-connection server on a loopback port that reads the request
-    /// head, then writes `answer` (unless `None`: it then stalls).
-    fn serve_once(answer: Option<Vec<u8>>) -> std::net::SocketAddr {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            let mut head = Vec::new();
-            let mut b = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = s.read(&mut b).unwrap();
-                if n == 0 {
-                    return;
-                }
-                head.extend_from_slice(&b[..n]);
-            }
-            assert!(head.starts_with(b"POST /reload HTTP/1.1\r\n"));
-            match answer {
-                Some(a) => {
-                    let _ = s.write_all(&a);
-                }
-                None => std::thread::sleep(Duration::from_secs(5)),
-            }
-        });
-        addr
-    }
-
-    fn post(addr: std::net::SocketAddr, wait: Duration) -> Result<(bool, String), String> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(super::post(addr, "/reload", wait))
-    }
-
-    #[test]
-    fn an_admin_call_reads_the_status_and_the_body() {
-        let ok = serve_once(Some(
-            b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\nreloaded: 3\n".to_vec(),
-        ));
-        assert_eq!(
-            post(ok, Duration::from_secs(10)),
-            Ok((true, "reloaded: 3\n".to_owned()))
-        );
-        let refused = serve_once(Some(
-            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 4\r\n\r\nbad\n".to_vec(),
-        ));
-        assert_eq!(
-            post(refused, Duration::from_secs(10)),
-            Ok((false, "bad\n".to_owned()))
-        );
-    }
-
-    #[test]
-    fn an_admin_call_gives_up_after_its_wait() {
-        let stalls = serve_once(None);
-        let e = post(stalls, Duration::from_millis(300)).unwrap_err();
-        assert!(e.contains("no answer within"), "{e}");
-    }
-
-    #[test]
-    fn an_admin_answer_over_the_bound_is_refused() {
-        let len = super::MAX_ADMIN_ANSWER + 1;
-        let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").into_bytes();
-        answer.resize(answer.len() + len, b'x');
-        let huge = serve_once(Some(answer));
-        let e = post(huge, Duration::from_secs(60)).unwrap_err();
-        assert!(e.contains("reading the answer"), "{e}");
-    }
-}
-
 /// `verify`: every signature and attestation of an image (per platform of
 /// an index) as its rule's signature policy judges them, fetched from the
 /// upstream now (no store is opened, no verdict remembered, so it runs
@@ -606,4 +530,80 @@ pub fn verify_text(image: &str, r: &cache_core::signatures::SignatureReport) -> 
         }
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// A one-connection server on a loopback port that reads the request
+    /// head, then writes `answer` (unless `None`: it then stalls).
+    fn serve_once(answer: Option<Vec<u8>>) -> std::net::SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut b).unwrap();
+                if n == 0 {
+                    return;
+                }
+                head.extend_from_slice(&b[..n]);
+            }
+            assert!(head.starts_with(b"POST /reload HTTP/1.1\r\n"));
+            match answer {
+                Some(a) => {
+                    let _ = s.write_all(&a);
+                }
+                None => std::thread::sleep(Duration::from_secs(5)),
+            }
+        });
+        addr
+    }
+
+    fn post(addr: std::net::SocketAddr, wait: Duration) -> Result<(bool, String), String> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(super::post(addr, "/reload", wait))
+    }
+
+    #[test]
+    fn an_admin_call_reads_the_status_and_the_body() {
+        let ok = serve_once(Some(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\nreloaded: 3\n".to_vec(),
+        ));
+        assert_eq!(
+            post(ok, Duration::from_secs(10)),
+            Ok((true, "reloaded: 3\n".to_owned()))
+        );
+        let refused = serve_once(Some(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 4\r\n\r\nbad\n".to_vec(),
+        ));
+        assert_eq!(
+            post(refused, Duration::from_secs(10)),
+            Ok((false, "bad\n".to_owned()))
+        );
+    }
+
+    #[test]
+    fn an_admin_call_gives_up_after_its_wait() {
+        let stalls = serve_once(None);
+        let e = post(stalls, Duration::from_millis(300)).unwrap_err();
+        assert!(e.contains("no answer within"), "{e}");
+    }
+
+    #[test]
+    fn an_admin_answer_over_the_bound_is_refused() {
+        let len = super::MAX_ADMIN_ANSWER + 1;
+        let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").into_bytes();
+        answer.resize(answer.len() + len, b'x');
+        let huge = serve_once(Some(answer));
+        let e = post(huge, Duration::from_secs(60)).unwrap_err();
+        assert!(e.contains("reading the answer"), "{e}");
+    }
 }
