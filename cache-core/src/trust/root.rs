@@ -37,8 +37,10 @@ pub(crate) struct CertificateAuthority {
 #[derive(Debug, Clone)]
 pub(crate) struct LogKey {
     pub(crate) base_url: String,
-    /// SHA-256 of the key's SubjectPublicKeyInfo.
-    pub(crate) id: [u8; 32],
+    /// The log's id: as the trust root gives it (Rekor v1 and CT logs: the
+    /// SHA-256 of the key's SubjectPublicKeyInfo; other logs derive it
+    /// otherwise), else that SHA-256.
+    pub(crate) id: Vec<u8>,
     pub(crate) key: PublicKey,
     pub(crate) valid: Window,
 }
@@ -144,12 +146,12 @@ fn log(raw: &RawLog, what: &str, i: usize) -> Result<LogKey, String> {
     let at = |e: String| format!("{what}[{i}]: {e}");
     let der = b64(&raw.public_key.raw_bytes).map_err(|e| at(format!("publicKey: {e}")))?;
     let key = PublicKey::from_spki_der(&der).map_err(|e| at(format!("publicKey: {e}")))?;
-    let id: [u8; 32] = Sha256::digest(&der).into();
-    if let Some(l) = &raw.log_id {
-        let given = b64(&l.key_id).map_err(|e| at(format!("logId: {e}")))?;
-        if given != id {
-            return Err(at("logId.keyId is not the SHA-256 of its public key".into()));
-        }
+    let id = match &raw.log_id {
+        Some(l) => b64(&l.key_id).map_err(|e| at(format!("logId: {e}")))?,
+        None => Sha256::digest(&der).to_vec(),
+    };
+    if id.len() < 4 {
+        return Err(at("logId.keyId is too short".into()));
     }
     Ok(LogKey {
         base_url: raw.base_url.clone(),

@@ -161,6 +161,15 @@ impl Signers {
         })
     }
 
+    /// Keyless signers: these identities under this trust root.
+    pub fn keyless(identities: Vec<Identity>, root: Arc<TrustedRoot>) -> Signers {
+        Signers {
+            identities,
+            root: Some(root),
+            ..Signers::default()
+        }
+    }
+
     /// Whether any signer is configured.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty() && self.identities.is_empty()
