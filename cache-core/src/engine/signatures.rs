@@ -35,6 +35,8 @@ const MAX_VERDICTS: usize = 10_000;
 /// Signature manifests looked at per digest, and signatures per manifest.
 const MAX_SIGNATURE_MANIFESTS: usize = 16;
 const MAX_SIGNATURES: usize = 16;
+/// Signature material read per digest, all layers together.
+const MAX_MATERIAL: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 enum Verdict {
@@ -46,8 +48,9 @@ enum Verdict {
     Unverified(Unverified),
 }
 
-/// Verdicts per (rule, digest), each until a time; the oldest go first
-/// when full.
+/// Verdicts per (rule, digest), each until a time and for the policy that
+/// made it (a reload builds new policies, with their trust roots re-read,
+/// so their verdicts start afresh); the oldest go first when full.
 #[derive(Debug, Default)]
 pub(crate) struct Verdicts {
     inner: Mutex<VerdictMap>,
@@ -55,21 +58,21 @@ pub(crate) struct Verdicts {
 
 #[derive(Debug, Default)]
 struct VerdictMap {
-    map: HashMap<(Arc<str>, Digest), (Verdict, SystemTime)>,
+    map: HashMap<(Arc<str>, Digest), (Verdict, SystemTime, usize)>,
     order: VecDeque<(Arc<str>, Digest)>,
 }
 
 impl Verdicts {
-    fn get(&self, rule: &str, d: &Digest, now: SystemTime) -> Option<Verdict> {
+    fn get(&self, rule: &str, d: &Digest, now: SystemTime, policy: usize) -> Option<Verdict> {
         let m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (v, until) = m.map.get(&(Arc::from(rule), d.clone()))?;
-        (now < *until).then(|| v.clone())
+        let (v, until, made_by) = m.map.get(&(Arc::from(rule), d.clone()))?;
+        (now < *until && *made_by == policy).then(|| v.clone())
     }
 
-    fn put(&self, rule: &str, d: &Digest, v: Verdict, until: SystemTime) {
+    fn put(&self, rule: &str, d: &Digest, v: Verdict, until: SystemTime, policy: usize) {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let key = (Arc::from(rule), d.clone());
-        if m.map.insert(key.clone(), (v, until)).is_none() {
+        if m.map.insert(key.clone(), (v, until, policy)).is_none() {
             m.order.push_back(key);
         }
         while m.map.len() > MAX_VERDICTS {
@@ -112,7 +115,8 @@ impl PullThroughCache {
         let inner = &self.inner;
         let rule = ctx.rule.name();
         let now = inner.clock.now();
-        let (verdict, fresh) = match inner.verdicts.get(rule, &m.digest, now) {
+        let made_by = Arc::as_ptr(&policy) as usize;
+        let (verdict, fresh) = match inner.verdicts.get(rule, &m.digest, now, made_by) {
             Some(v) => (v, false),
             None => {
                 let v = match self.find_signature(ctx, m, &policy).await? {
@@ -123,7 +127,9 @@ impl PullThroughCache {
                     Verdict::Unverified(_) => now + policy.recheck_refused,
                     _ => now + policy.recheck_allowed,
                 };
-                inner.verdicts.put(rule, &m.digest, v.clone(), until);
+                inner
+                    .verdicts
+                    .put(rule, &m.digest, v.clone(), until, made_by);
                 (v, true)
             }
         };
@@ -137,6 +143,7 @@ impl PullThroughCache {
                     &child.digest,
                     Verdict::Covered(m.digest.clone()),
                     until,
+                    made_by,
                 );
             }
         }
@@ -375,9 +382,10 @@ impl PullThroughCache {
                 }
             }
         }
-        let mut artifacts = Vec::new();
+        let mut artifacts: Vec<Artifact> = Vec::new();
         let mut problem: Option<Unverified> = None;
-        for (found, m) in &manifests {
+        let mut read = 0usize;
+        'manifests: for (found, m) in &manifests {
             let doc: serde_json::Value = match serde_json::from_slice(&m.bytes) {
                 Ok(v) => v,
                 Err(e) => {
@@ -395,11 +403,20 @@ impl PullThroughCache {
                 if !kinds.contains(&kind) {
                     continue;
                 }
+                if read >= MAX_MATERIAL {
+                    problem.get_or_insert(Unverified::Malformed(format!(
+                        "more than {MAX_MATERIAL} bytes of signature material; the rest was not read"
+                    )));
+                    break 'manifests;
+                }
                 match self.signature_payload(ctx, layer, kind.max_size()).await? {
                     Ok(bytes) => artifacts.push(Artifact {
                         kind,
                         found: found.clone(),
-                        bytes: bytes.into(),
+                        bytes: {
+                            read += bytes.len();
+                            bytes.into()
+                        },
                         annotations: string_map(&layer["annotations"]),
                         manifest_annotations: manifest_annotations.clone(),
                     }),

@@ -302,7 +302,8 @@ impl PublicKey {
     }
 
     /// Verifies `signature` over `message` (hashed with `hash`); RSA keys
-    /// take PKCS#1 v1.5 and PSS signatures.
+    /// take PSS signatures in the fixed format (JWS, COSE), PKCS#1 v1.5 in
+    /// the DER one (X.509, cosign).
     pub(crate) fn verify(
         &self,
         format: SigFormat,
@@ -321,18 +322,25 @@ impl PublicKey {
             (PublicKey::P384(_), SigFormat::Fixed, Hash::Sha384) => {
                 &[&sig::ECDSA_P384_SHA384_FIXED]
             }
-            (PublicKey::Rsa(..), _, Hash::Sha256) => &[
-                &sig::RSA_PSS_2048_8192_SHA256,
-                &sig::RSA_PKCS1_2048_8192_SHA256,
-            ],
-            (PublicKey::Rsa(..), _, Hash::Sha384) => &[
-                &sig::RSA_PSS_2048_8192_SHA384,
-                &sig::RSA_PKCS1_2048_8192_SHA384,
-            ],
-            (PublicKey::Rsa(..), _, Hash::Sha512) => &[
-                &sig::RSA_PSS_2048_8192_SHA512,
-                &sig::RSA_PKCS1_2048_8192_SHA512,
-            ],
+            // JWS and COSE (PS256...) use PSS; X.509 and cosign PKCS#1 v1.5.
+            (PublicKey::Rsa(..), SigFormat::Fixed, Hash::Sha256) => {
+                &[&sig::RSA_PSS_2048_8192_SHA256]
+            }
+            (PublicKey::Rsa(..), SigFormat::Fixed, Hash::Sha384) => {
+                &[&sig::RSA_PSS_2048_8192_SHA384]
+            }
+            (PublicKey::Rsa(..), SigFormat::Fixed, Hash::Sha512) => {
+                &[&sig::RSA_PSS_2048_8192_SHA512]
+            }
+            (PublicKey::Rsa(..), SigFormat::Der, Hash::Sha256) => {
+                &[&sig::RSA_PKCS1_2048_8192_SHA256]
+            }
+            (PublicKey::Rsa(..), SigFormat::Der, Hash::Sha384) => {
+                &[&sig::RSA_PKCS1_2048_8192_SHA384]
+            }
+            (PublicKey::Rsa(..), SigFormat::Der, Hash::Sha512) => {
+                &[&sig::RSA_PKCS1_2048_8192_SHA512]
+            }
             (PublicKey::Ed25519(_), _, _) => &[&sig::ED25519],
             _ => &[],
         };

@@ -748,3 +748,138 @@ impl Verifier for Notation {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(p: serde_json::Value) -> Result<NotationTrust, String> {
+        let doc = serde_json::json!({"version": "1.0", "trustPolicies": [p]});
+        NotationTrust::from_policy(doc.to_string().as_bytes(), |_, _| Ok(Vec::new()))
+    }
+
+    fn base(level: &str) -> serde_json::Value {
+        serde_json::json!({
+            "name": "p",
+            "registryScopes": ["r.example/app"],
+            "signatureVerification": {"level": level},
+            "trustStores": ["ca:acme"],
+            "trustedIdentities": ["x509.subject: C=US, ST=WA, O=acme"]
+        })
+    }
+
+    #[test]
+    fn levels_and_overrides_decide_what_is_enforced() {
+        let strict = policy(base("strict")).unwrap();
+        let p = &strict.policies[0];
+        assert_eq!(p.action(Check::AuthenticTimestamp), Action::Enforce);
+        let permissive = policy(base("permissive")).unwrap();
+        let p = &permissive.policies[0];
+        assert_eq!(
+            (p.action(Check::Authenticity), p.action(Check::Expiry)),
+            (Action::Enforce, Action::Log)
+        );
+        let audit = policy(base("audit")).unwrap();
+        assert_eq!(audit.policies[0].action(Check::Authenticity), Action::Log);
+        let mut o = base("strict");
+        o["signatureVerification"]["override"] = serde_json::json!({"expiry": "log"});
+        let t = policy(o).unwrap();
+        assert_eq!(t.policies[0].action(Check::Expiry), Action::Log);
+        assert_eq!(
+            t.policies[0].action(Check::AuthenticTimestamp),
+            Action::Enforce
+        );
+        let mut o = base("strict");
+        o["signatureVerification"]["override"] = serde_json::json!({"authenticity": "skip"});
+        assert!(
+            policy(o)
+                .unwrap_err()
+                .contains("authenticity cannot be skipped")
+        );
+        let mut o = base("strict");
+        o["signatureVerification"]["override"] = serde_json::json!({"integrity": "log"});
+        assert!(
+            policy(o)
+                .unwrap_err()
+                .contains("\"integrity\" is not a check")
+        );
+    }
+
+    #[test]
+    fn scopes_pick_a_policy_and_bad_documents_are_refused() {
+        let mut global = base("audit");
+        global["name"] = "g".into();
+        global["registryScopes"] = serde_json::json!(["*"]);
+        let doc = serde_json::json!({"version": "1.0", "trustPolicies": [base("strict"), global]});
+        let t =
+            NotationTrust::from_policy(doc.to_string().as_bytes(), |_, _| Ok(Vec::new())).unwrap();
+        assert_eq!(t.policy("r.example/app").unwrap().name, "p");
+        assert_eq!(t.policy("r.example/other").unwrap().name, "g");
+        for (edit, says) in [
+            (
+                serde_json::json!({"registryScopes": ["*", "r/x"]}),
+                "\"*\" alone",
+            ),
+            (
+                serde_json::json!({"trustStores": ["acme"]}),
+                "is not ca:NAME",
+            ),
+            (
+                serde_json::json!({"trustStores": ["ca:../x"]}),
+                "a bad store name",
+            ),
+            (
+                serde_json::json!({"trustedIdentities": []}),
+                "no trustedIdentities",
+            ),
+            (
+                serde_json::json!({"trustedIdentities": ["*", "x509.subject: C=US, ST=WA, O=a"]}),
+                "\"*\" alone",
+            ),
+            (
+                serde_json::json!({"trustedIdentities": ["CN=x"]}),
+                "is not \"x509.subject: DN\"",
+            ),
+            (
+                serde_json::json!({"trustedIdentities": ["x509.subject: CN=x"]}),
+                "lacks C",
+            ),
+        ] {
+            let mut p = base("strict");
+            for (k, v) in edit.as_object().unwrap() {
+                p[k] = v.clone();
+            }
+            let e = policy(p).unwrap_err();
+            assert!(e.contains(says), "{edit}: {e}");
+        }
+        let mut skip = base("skip");
+        assert!(
+            policy(skip.clone())
+                .unwrap_err()
+                .contains("a skip level takes no trustStores")
+        );
+        skip.as_object_mut().unwrap().remove("trustStores");
+        skip.as_object_mut().unwrap().remove("trustedIdentities");
+        policy(skip).unwrap();
+        let dup =
+            serde_json::json!({"version": "1.0", "trustPolicies": [base("strict"), base("audit")]});
+        let e = NotationTrust::from_policy(dup.to_string().as_bytes(), |_, _| Ok(Vec::new()))
+            .unwrap_err();
+        assert!(e.contains("a name, unique"), "{e}");
+    }
+
+    #[test]
+    fn distinguished_names_parse_as_notation_writes_them() {
+        assert_eq!(
+            parse_dn("C=US, S=WA, O=acme, CN=release").unwrap(),
+            [
+                ("C".to_owned(), "US".to_owned()),
+                ("ST".to_owned(), "WA".to_owned()),
+                ("O".to_owned(), "acme".to_owned()),
+                ("CN".to_owned(), "release".to_owned())
+            ]
+        );
+        assert!(parse_dn("C=US, ST=WA").unwrap_err().contains("lacks O"));
+        assert!(parse_dn("nonsense").is_err());
+    }
+}
