@@ -50,7 +50,7 @@ fn signature_policy(
     img: &cache_core::testing::PushedImage,
     keyless: bool,
 ) -> cache_core::RulePolicy {
-    use cache_core::cosign::{CosignKey, SIMPLE_SIGNING};
+    use cache_core::cosign::CosignKey;
     use cache_core::testing::trust::{self, Logging, TestSigstore};
     use cache_core::trust::{Identity, Pattern, Signers, SigstoreSignatures, TrustedRoot};
     let payload = trust::simple_signing(repo.as_str(), &img.manifest);
@@ -97,21 +97,7 @@ fn signature_policy(
             cache_core::SignaturePolicy::new(vec![k], cache_core::SignatureMode::Enforce),
         )
     };
-    let pd = up.add_blob(repo, Bytes::from(payload.clone()));
-    let cd = up.add_blob(repo, Bytes::from_static(b"{}"));
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.as_str(), "size": 2},
-        "layers": [{"mediaType": SIMPLE_SIGNING, "digest": pd.as_str(), "size": payload.len(), "annotations": annotations}]
-    });
-    let tag = cache_core::cosign::signature_tag(&img.manifest).unwrap();
-    up.add_manifest(
-        repo,
-        Some(&tag),
-        Bytes::from(manifest.to_string()),
-        "application/vnd.oci.image.manifest.v1+json",
-    );
+    trust::push_cosign_signature(up, repo, &img.manifest, &payload, &annotations);
     cache_core::RulePolicy {
         signatures: Some(Arc::new(policy)),
         ..Default::default()

@@ -652,6 +652,37 @@ pub fn bundle(leaf: &Leaf, statement: &[u8], logging: Logging<'_>) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Adds a cosign signature manifest of one layer to `repo` of `up`, tagged
+/// `sha256-<hex>.sig` for `signed`, as `cosign sign` pushes it.
+pub fn push_cosign_signature(
+    up: &crate::testing::FakeUpstream,
+    repo: &crate::RepoName,
+    signed: &Digest,
+    payload: &[u8],
+    annotations: &BTreeMap<String, String>,
+) -> Digest {
+    let pd = up.add_blob(repo, bytes::Bytes::copy_from_slice(payload));
+    let cd = up.add_blob(repo, bytes::Bytes::from_static(b"{}"));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::media_types::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.as_str(), "size": 2},
+        "layers": [{
+            "mediaType": crate::cosign::SIMPLE_SIGNING,
+            "digest": pd.as_str(),
+            "size": payload.len(),
+            "annotations": annotations,
+        }]
+    });
+    let tag = crate::cosign::signature_tag(signed).expect("a sha256 digest");
+    up.add_manifest(
+        repo,
+        Some(&tag),
+        bytes::Bytes::from(manifest.to_string()),
+        crate::media_types::OCI_MANIFEST,
+    )
+}
+
 /// A Notation CA: a root that issues signing certificates.
 pub struct TestNotation {
     key: KeyPair,
