@@ -703,13 +703,73 @@ impl std::fmt::Debug for TestSigstore {
     }
 }
 
+/// An RSA public key (`RSAPublicKey` DER) for rcgen.
+struct RsaPublic(Vec<u8>);
+
+impl rcgen::PublicKeyData for RsaPublic {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn algorithm(&self) -> &rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_RSA_SHA256
+    }
+}
+
 /// A Notation signer: its key and chain (leaf first, root last).
 #[derive(Debug, Clone)]
 pub struct NotationSigner {
     /// The signing key.
-    pub key: SigningKey,
+    pub key: NotationKey,
     /// The chain, DER, leaf first.
     pub chain: Vec<Vec<u8>>,
+}
+
+/// A Notation signing key: ECDSA P-256 (ES256) or RSA 2048 (PS256, as
+/// `notation cert generate-test` makes).
+#[derive(Debug, Clone)]
+pub enum NotationKey {
+    /// ES256.
+    P256(SigningKey),
+    /// PS256, the PKCS#1 `RSAPrivateKey` DER.
+    Rsa(Vec<u8>),
+}
+
+/// A 2048-bit RSA key for tests (ring verifies and signs RSA but does not
+/// generate keys; made once with `openssl genpkey`).
+const TEST_RSA_PKCS1: &str = "MIIEogIBAAKCAQEAs4FlK1AaHb3Ct4FqDh1/mcfR9KcCn3fzzl70jMeZDwD+5YARoKNgoIQvHqbqY2w4VvP7ollKar9nFZvII0eq3Fp8oZxeswh8jTilwaKkZbxR2Mkqz45uEiyiK6EFvLM4MitReSr04wm6eXwpxc0t6bLGahXCs1rUKzApit9718OT3CFUB+zfbGNyAw3aFr90JFv2ezaqd2m8s6y0TqUa7v0+nw0jwkBDW8u8NVJ9Z+ma7OSibZr04i7CTr8aeQKE+XkhmG1CmlCIp8WyerN5R5dxv87lY40dWYoDTMlGpKH9m62lHZOZuHkGX8msCM+1L5oTPKYL+OJtRjlOFUKerwIDAQABAoIBACir28FZj+FHOpQbdW0nT98HAFI/eP+qzQnoR96R5uMYZaiYQOY1vlIAQTDfvuGyBn3lIBGjy5GuNmwV9N3RgiwVMIHpjSdhd98Dg8MA1+DZL24//jwy2Euz4zahcExWCxiK6hXbHstGTAL0l/5iQ9HcmMo2jfvXS5VRf0gg5M14+IAf3U6soaTkUEEutgnb6/198BUH1ccHoKYao46vpGsUhwuhSIDWF6EsGDQ/lZ9yoot+0FO27aiHtl1UzBHQErO5n7RDFx0k1TwGqM27Q6nrSl2g5LUAAvTWd8rkKrbKCihyHF3JyAfdIV8Z7aeFye7TMKQ7eiREFd8DGZhIgbECgYEA4o9VPFsMrZN4+qwxZ6SqmlH+fzaXSLJnIP4jul10lzu75Pb0Il4K/4TimQonjfiKP2w6QXpfxTGJM/AG7GeQeSVLXFzRggCnlKpeZBz1dOhmjxSwu7qEUXoU2zx3QQ9iUv9HBln8MaAer2gjTUsFNEIYiJREyG41Lpw3wRR+MfcCgYEAytTDuTleCvYsWxLz1pWQABZ/61AAp49wFtN+XLkWHi1nNSOeQLZzbNlzI4rASh435Qr13ATYpupcTeQNcXMb3ud/3GfZsKG6tDiBPQQKTFi6BsVV8kCHbTE0FL+eoHyz73XCyiRkiKsDPPKpi+co8AwxBZK9zYlueIVEhMFsywkCgYBWQiw5ppDVJWjSR+0ngNJTnxQ+axJ+Yy5QqXIA6sQRMHUBX+TjkNqvHnEHw437x70bGKG1fFoqQgny9Fgued/PwBtJNy2tSYKEX7lAdKYftLwXjdEcKI9oVgrKzeK5qpnM79Si3m/elRAZyJRoQT/h/ahJl+n4Rb2J2YCAysShUQKBgGqXf7gybrqh/lNqVVx6wu9Y46a9J2rnVYeZY7nExtvbDnb9nefyOhyE9h5Ch6Ur1kH3DZevsE+fsBx68ZmiXY456JbiuKM7iwu0+i4flm3i3vg58l3aDZGTnwQcY3eBsWnxYAmtMGwmOxBnkjRkqb3lGkoMgNSoGbcaihSeNddJAoGABC16KwuJSL+Q7EGnChD8S4OWR2QXPMcw9Zzmby6lZ3hgLhaYn52tUGWa/Q8m28nLg6oNYPchxRJQ/F5JfPxRY37pwLyiJGk6jhX7q5pTUr/wFoOtjaUUI2C/RHHCmMRhgdsOPC934wzFtOsy7g+BrRejQf6MMfF0gJV2rKeyCy4=";
+
+impl NotationKey {
+    fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        match self {
+            NotationKey::P256(k) => sign_fixed(k, msg),
+            NotationKey::Rsa(der) => {
+                let kp = ring::signature::RsaKeyPair::from_der(der).expect("rsa key");
+                let mut sig = vec![0; kp.public().modulus_len()];
+                kp.sign(
+                    &ring::signature::RSA_PSS_SHA256,
+                    &ring::rand::SystemRandom::new(),
+                    msg,
+                    &mut sig,
+                )
+                .expect("rsa signature");
+                sig
+            }
+        }
+    }
+
+    fn jws_alg(&self) -> &'static str {
+        match self {
+            NotationKey::P256(_) => "ES256",
+            NotationKey::Rsa(_) => "PS256",
+        }
+    }
+
+    fn cose_alg(&self) -> coset::iana::Algorithm {
+        match self {
+            NotationKey::P256(_) => coset::iana::Algorithm::ES256,
+            NotationKey::Rsa(_) => coset::iana::Algorithm::PS256,
+        }
+    }
 }
 
 impl TestNotation {
@@ -739,10 +799,40 @@ impl TestNotation {
         self.root.pem()
     }
 
-    /// A signer with subject `C=US, ST=WA, O=<org>, CN=<cn>`, valid `from` `to`.
+    /// A signer with subject `C=US, ST=WA, O=<org>, CN=<cn>`, valid `from`
+    /// `to`, with an ECDSA P-256 key.
     pub fn signer(&self, org: &str, cn: &str, from: SystemTime, to: SystemTime) -> NotationSigner {
         let key = p256_key(&format!("notation/{org}/{cn}/{}", secs(from)));
         let kp = rcgen_key(&key);
+        self.issue(org, cn, from, to, &kp, NotationKey::P256(key))
+    }
+
+    /// As [`signer`](Self::signer), with an RSA 2048 key (PS256).
+    pub fn rsa_signer(
+        &self,
+        org: &str,
+        cn: &str,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> NotationSigner {
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(TEST_RSA_PKCS1)
+            .expect("test key");
+        let kp = ring::signature::RsaKeyPair::from_der(&der).expect("rsa key");
+        use ring::signature::KeyPair as _;
+        let spki = RsaPublic(kp.public_key().as_ref().to_vec());
+        self.issue(org, cn, from, to, &spki, NotationKey::Rsa(der))
+    }
+
+    fn issue(
+        &self,
+        org: &str,
+        cn: &str,
+        from: SystemTime,
+        to: SystemTime,
+        kp: &impl rcgen::PublicKeyData,
+        key: NotationKey,
+    ) -> NotationSigner {
         let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
         p.distinguished_name = name(&[
             (DnType::CountryName, "US"),
@@ -755,7 +845,7 @@ impl TestNotation {
         p.not_before = from.into();
         p.not_after = to.into();
         p.use_authority_key_identifier_extension = true;
-        let cert = p.signed_by(&kp, &self.root, &self.key).expect("signer");
+        let cert = p.signed_by(kp, &self.root, &self.key).expect("signer");
         NotationSigner {
             key,
             chain: vec![cert.der().to_vec(), self.root.der().to_vec()],
@@ -777,8 +867,8 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 /// A Notation JWS envelope (`application/jose+json`) over the target
-/// (`media_type`, digest, size), ES256, signed at `signed`, expiring at
-/// `expiry`.
+/// (`media_type`, digest, size), ES256 or PS256 as the signer's key is,
+/// signed at `signed`, expiring at `expiry`.
 pub fn notation_jws(
     s: &NotationSigner,
     media_type: &str,
@@ -789,7 +879,7 @@ pub fn notation_jws(
 ) -> Vec<u8> {
     let url = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     let mut h = serde_json::json!({
-        "alg": "ES256",
+        "alg": s.key.jws_alg(),
         "crit": ["io.cncf.notary.signingScheme"],
         "cty": "application/vnd.cncf.notary.payload.v1+json",
         "io.cncf.notary.signingScheme": "notary.x509",
@@ -801,7 +891,7 @@ pub fn notation_jws(
     }
     let protected = url(h.to_string().as_bytes());
     let payload = url(&notation_payload(media_type, d, size));
-    let sig = sign_fixed(&s.key, format!("{protected}.{payload}").as_bytes());
+    let sig = s.key.sign(format!("{protected}.{payload}").as_bytes());
     serde_json::json!({
         "payload": payload,
         "protected": protected,
@@ -831,7 +921,7 @@ pub fn notation_cose(
         "io.cncf.notary.signingScheme".into(),
     )];
     let mut b = coset::HeaderBuilder::new()
-        .algorithm(coset::iana::Algorithm::ES256)
+        .algorithm(s.key.cose_alg())
         .content_type("application/vnd.cncf.notary.payload.v1+json".into())
         .text_value(
             "io.cncf.notary.signingScheme".into(),
@@ -858,7 +948,7 @@ pub fn notation_cose(
         .protected(protected)
         .unprotected(unprotected)
         .payload(notation_payload(media_type, d, size))
-        .create_signature(b"", |data| sign_fixed(&s.key, data))
+        .create_signature(b"", |data| s.key.sign(data))
         .build();
     sign1.to_tagged_vec().expect("cose")
 }
@@ -942,5 +1032,64 @@ mod tests {
             ..a
         };
         v.verify(&subject, &a, now).unwrap().unwrap();
+    }
+
+    #[test]
+    fn notation_envelopes_of_both_formats_and_key_types_verify() {
+        use crate::trust::{Notation, NotationTrust};
+        let ca = TestNotation::new("kit root");
+        let now = SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        let root = crate::trust::cert_for_tests(&ca.root.der().to_vec());
+        let doc = serde_json::json!({"version": "1.0", "trustPolicies": [{
+            "name": "p", "registryScopes": ["*"],
+            "signatureVerification": {"level": "strict"},
+            "trustStores": ["ca:kit"],
+            "trustedIdentities": ["x509.subject: C=US, ST=WA, O=kit"]
+        }]});
+        let trust =
+            NotationTrust::from_policy(doc.to_string().as_bytes(), |_, _| Ok(vec![root.clone()]))
+                .unwrap();
+        let v = Notation::new(Arc::new(trust));
+        let d = Digest::sha256_of(b"manifest");
+        let subject = Subject {
+            digest: &d,
+            size: 8,
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            scope: "r/x",
+        };
+        for signer in [
+            ca.signer("kit", "ec", now - day, now + day),
+            ca.rsa_signer("kit", "rsa", now - day, now + day),
+        ] {
+            for (kind, env) in [
+                (
+                    ArtifactKind::Jws,
+                    notation_jws(&signer, subject.media_type, &d, 8, now, None),
+                ),
+                (
+                    ArtifactKind::Cose,
+                    notation_cose(&signer, subject.media_type, &d, 8, now, None),
+                ),
+            ] {
+                let a = Artifact {
+                    kind,
+                    found: "kit".into(),
+                    bytes: env.into(),
+                    annotations: BTreeMap::new(),
+                    manifest_annotations: BTreeMap::new(),
+                };
+                let who = v.verify(&subject, &a, now).unwrap();
+                assert!(
+                    who.as_ref().is_ok_and(|w| w.contains("O=kit")),
+                    "{kind:?} {who:?}"
+                );
+                let wrong = Subject { size: 9, ..subject };
+                assert!(
+                    v.verify(&wrong, &a, now).unwrap().is_err(),
+                    "{kind:?}: size"
+                );
+            }
+        }
     }
 }

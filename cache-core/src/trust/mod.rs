@@ -115,6 +115,12 @@ impl TrustFiles {
     }
 }
 
+/// A certificate from DER, for the test kit's trust stores.
+#[cfg(test)]
+pub(crate) fn cert_for_tests(der: &[u8]) -> cert::Cert {
+    cert::Cert::from_der(der).expect("certificate")
+}
+
 fn pattern(m: &MatchSpec) -> Result<Pattern, String> {
     match m {
         MatchSpec::Exact(s) => Ok(Pattern::Exact(s.clone())),

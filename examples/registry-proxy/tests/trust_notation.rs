@@ -60,6 +60,7 @@ async fn notation_signatures_pass_by_trust_store_identity_and_level() {
     let rogue = TestNotation::new("rogue root");
     let now = SystemTime::now();
     let release = ca.signer("acme", "release", now - DAY, now + DAY);
+    let release_rsa = ca.rsa_signer("acme", "release", now - DAY, now + DAY);
     let intern = ca.signer("acme", "intern", now - DAY, now + DAY);
     let lapsed = ca.signer("acme", "release", now - 3 * DAY, now - DAY);
     let outsider = rogue.signer("acme", "release", now - DAY, now + DAY);
@@ -103,6 +104,7 @@ async fn notation_signatures_pass_by_trust_store_identity_and_level() {
         ("lenient/expired", img("lenient/expired", 307), None),
         ("lenient/jws", img("lenient/jws", 308), None),
         ("notary/none", img("notary/none", 309), Some("no signature")),
+        ("notary/rsa", img("notary/rsa", 310), None),
     ];
     for (repo, i, _) in &cases {
         match *repo {
@@ -145,6 +147,7 @@ async fn notation_signatures_pass_by_trust_store_identity_and_level() {
                 .await;
             }
             "notary/none" => {}
+            "notary/rsa" => sign(&up, repo, i, &release_rsa, false, now, None).await,
             other => unreachable!("{other}"),
         }
     }
