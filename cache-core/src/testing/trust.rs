@@ -1040,7 +1040,7 @@ mod tests {
         let ca = TestNotation::new("kit root");
         let now = SystemTime::now();
         let day = Duration::from_secs(86_400);
-        let root = crate::trust::cert_for_tests(&ca.root.der().to_vec());
+        let root = crate::trust::cert_for_tests(ca.root.der());
         let doc = serde_json::json!({"version": "1.0", "trustPolicies": [{
             "name": "p", "registryScopes": ["*"],
             "signatureVerification": {"level": "strict"},
