@@ -234,6 +234,11 @@ pub struct Judgement {
     /// Passed (with who vouched for it, each requirement once), or the
     /// most telling reason it did not.
     pub verdict: Result<String, Unverified>,
+    /// Who signed, when the signature requirement was met (whether or not
+    /// the attestations were): an index's signature covers its platforms'
+    /// signature requirement even when each platform has its own
+    /// attestations.
+    pub signed: Option<String>,
     /// Every verifier's answer about every artifact it reads.
     pub checks: Vec<Check>,
 }
@@ -248,11 +253,30 @@ pub fn judge(
     artifacts: &[Artifact],
     now: SystemTime,
 ) -> Judgement {
+    judge_with(verifiers, subject, artifacts, now, None)
+}
+
+/// [`judge`], with the signature requirement already met by `signed`
+/// (a platform manifest of a signed index): only the attestation
+/// verifiers are asked.
+pub fn judge_with(
+    verifiers: &[Arc<dyn Verifier>],
+    subject: &Subject<'_>,
+    artifacts: &[Artifact],
+    now: SystemTime,
+    signed: Option<&str>,
+) -> Judgement {
     let mut checks = Vec::new();
     // (role, accepted by, best failure, wants)
     let mut signature: Option<(Option<String>, Unverified, Vec<String>)> = None;
     let mut attestations: Vec<(String, Option<String>, Unverified, String)> = Vec::new();
+    if let Some(by) = signed {
+        signature = Some((Some(by.to_owned()), Unverified::NoSignature, Vec::new()));
+    }
     for v in verifiers {
+        if signed.is_some() && *v.role() == Role::Signature {
+            continue;
+        }
         let mut accepted = None;
         let mut best = match v.role() {
             Role::Signature => Unverified::NoSignature,
@@ -293,12 +317,17 @@ pub fn judge(
         }
     }
     let mut by = Vec::new();
+    let mut signed_by = None;
     if let Some((accepted, best, wants)) = signature {
         match accepted {
-            Some(who) => by.push(who),
+            Some(who) => {
+                signed_by = Some(who.clone());
+                by.push(who);
+            }
             None => {
                 return Judgement {
                     verdict: Err(explain(best, &wants)),
+                    signed: None,
                     checks,
                 };
             }
@@ -317,6 +346,7 @@ pub fn judge(
                 };
                 return Judgement {
                     verdict: Err(why),
+                    signed: signed_by,
                     checks,
                 };
             }
@@ -327,6 +357,7 @@ pub fn judge(
     }
     Judgement {
         verdict: Ok(by.join("; ")),
+        signed: signed_by,
         checks,
     }
 }
@@ -469,5 +500,18 @@ mod tests {
         );
         let j = judge(&[ok(Role::Signature), ok(att())], &s, &arts, now);
         assert_eq!(j.verdict.unwrap(), "by me; attestation slsa by me");
+        // A signature met elsewhere (a signed index): only attestations asked.
+        let j = judge(&[ok(Role::Signature), bad(att())], &s, &arts, now);
+        assert_eq!(j.signed.as_deref(), Some("by me"));
+        assert!(j.verdict.is_err());
+        let j = judge_with(
+            &[bad(Role::Signature), ok(att())],
+            &s,
+            &arts,
+            now,
+            Some("index"),
+        );
+        assert_eq!(j.verdict.unwrap(), "index; attestation slsa by me");
+        assert_eq!(j.checks.len(), 1);
     }
 }

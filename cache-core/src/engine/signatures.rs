@@ -54,6 +54,10 @@ enum Verdict {
 #[derive(Debug, Default)]
 pub(crate) struct Verdicts {
     inner: Mutex<VerdictMap>,
+    /// Platform manifests whose index's signature passed while the index
+    /// lacked a required attestation: their signature requirement is met
+    /// (`Verdict::Covered`), their attestations are judged on their own.
+    signed: Mutex<VerdictMap>,
 }
 
 #[derive(Debug, Default)]
@@ -64,13 +68,48 @@ struct VerdictMap {
 
 impl Verdicts {
     fn get(&self, rule: &str, d: &Digest, now: SystemTime, policy: usize) -> Option<Verdict> {
-        let m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        Self::get_in(&self.inner, rule, d, now, policy)
+    }
+
+    fn put(&self, rule: &str, d: &Digest, v: Verdict, until: SystemTime, policy: usize) {
+        Self::put_in(&self.inner, rule, d, v, until, policy)
+    }
+
+    /// The signed index that covers `d`'s signature requirement, if any.
+    fn signed_by_index(
+        &self,
+        rule: &str,
+        d: &Digest,
+        now: SystemTime,
+        policy: usize,
+    ) -> Option<Digest> {
+        match Self::get_in(&self.signed, rule, d, now, policy)? {
+            Verdict::Covered(index) => Some(index),
+            _ => None,
+        }
+    }
+
+    fn get_in(
+        map: &Mutex<VerdictMap>,
+        rule: &str,
+        d: &Digest,
+        now: SystemTime,
+        policy: usize,
+    ) -> Option<Verdict> {
+        let m = map.lock().unwrap_or_else(|p| p.into_inner());
         let (v, until, made_by) = m.map.get(&(Arc::from(rule), d.clone()))?;
         (now < *until && *made_by == policy).then(|| v.clone())
     }
 
-    fn put(&self, rule: &str, d: &Digest, v: Verdict, until: SystemTime, policy: usize) {
-        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+    fn put_in(
+        map: &Mutex<VerdictMap>,
+        rule: &str,
+        d: &Digest,
+        v: Verdict,
+        until: SystemTime,
+        policy: usize,
+    ) {
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
         let key = (Arc::from(rule), d.clone());
         if m.map.insert(key.clone(), (v, until, policy)).is_none() {
             m.order.push_back(key);
@@ -119,10 +158,37 @@ impl PullThroughCache {
         let (verdict, fresh) = match inner.verdicts.get(rule, &m.digest, now, made_by) {
             Some(v) => (v, false),
             None => {
-                let v = match self.find_signature(ctx, m, &policy).await? {
+                // A platform manifest of an index whose signature passed
+                // needs only its attestations.
+                let index = (!parsed.is_index())
+                    .then(|| {
+                        inner
+                            .verdicts
+                            .signed_by_index(rule, &m.digest, now, made_by)
+                    })
+                    .flatten()
+                    .map(|ix| format!("covered by the signed index {ix}"));
+                let (v, signed) = self.find_signature(ctx, m, &policy, index).await?;
+                let v = match v {
                     Ok(key) => Verdict::Signed(key),
                     Err(why) => Verdict::Unverified(why),
                 };
+                if parsed.is_index()
+                    && signed.is_some()
+                    && matches!(v, Verdict::Unverified(Unverified::NoAttestation(_)))
+                {
+                    let until = now + policy.recheck_allowed;
+                    for (child, _) in &parsed.manifests {
+                        Verdicts::put_in(
+                            &inner.verdicts.signed,
+                            rule,
+                            &child.digest,
+                            Verdict::Covered(m.digest.clone()),
+                            until,
+                            made_by,
+                        );
+                    }
+                }
                 let until = match &v {
                     Verdict::Unverified(_) => now + policy.recheck_refused,
                     _ => now + policy.recheck_allowed,
@@ -256,7 +322,10 @@ impl PullThroughCache {
         }
         let scope = format!("{}/{}", ctx.rule.registry(), ctx.upstream_repo);
         let mut reports = Vec::new();
-        for (m, platform) in manifests {
+        // An index whose signature passed (but not its attestations)
+        // covers its platforms' signature requirement.
+        let mut covered: Option<String> = None;
+        for (i, (m, platform)) in manifests.into_iter().enumerate() {
             let (artifacts, problem) = self.find_artifacts(&ctx, &m.digest, &all).await?;
             let subject = Subject {
                 digest: &m.digest,
@@ -264,7 +333,12 @@ impl PullThroughCache {
                 media_type: &m.media_type,
                 scope: &scope,
             };
-            let j = signatures::judge(&verifiers, &subject, &artifacts, self.inner.clock.now());
+            let now = self.inner.clock.now();
+            let j =
+                signatures::judge_with(&verifiers, &subject, &artifacts, now, covered.as_deref());
+            if i == 0 && j.signed.is_some() && parsed.is_index() {
+                covered = Some(format!("covered by the signed index {}", m.digest));
+            }
             let verdict = match (j.verdict, problem) {
                 (Err(why), Some(p)) if p.rank() > why.rank() => Err(p),
                 (v, _) => v,
@@ -290,17 +364,22 @@ impl PullThroughCache {
     }
 
     /// Finds the signature material of `d` and judges it by the policy:
-    /// `Ok(Ok(who))` when it passes, `Ok(Err(why))` when not, `Err` when
-    /// the upstream could not be asked.
+    /// `Ok(Ok(who))` when it passes, `Ok(Err(why))` when not, with who
+    /// signed when the signature requirement was met; `Err` when the
+    /// upstream could not be asked. With `signed`, the signature
+    /// requirement is already met (by a signed index): only attestations
+    /// are looked for.
     async fn find_signature(
         &self,
         ctx: &Ctx,
         m: &Manifest,
         policy: &SignaturePolicy,
-    ) -> Result<std::result::Result<String, Unverified>> {
+        signed: Option<String>,
+    ) -> Result<(std::result::Result<String, Unverified>, Option<String>)> {
         let verifiers = policy.all_verifiers();
         let kinds: BTreeSet<ArtifactKind> = verifiers
             .iter()
+            .filter(|v| signed.is_none() || *v.role() != signatures::Role::Signature)
             .flat_map(|v| v.reads().iter().copied())
             .collect();
         let (artifacts, problem) = self.find_artifacts(ctx, &m.digest, &kinds).await?;
@@ -312,15 +391,15 @@ impl PullThroughCache {
             scope: &scope,
         };
         let now = self.inner.clock.now();
-        Ok(
-            match signatures::judge(&verifiers, &subject, &artifacts, now).verdict {
-                Err(why) => Err(match problem {
-                    Some(p) if p.rank() > why.rank() => p,
-                    _ => why,
-                }),
-                ok => ok,
-            },
-        )
+        let j = signatures::judge_with(&verifiers, &subject, &artifacts, now, signed.as_deref());
+        let verdict = match j.verdict {
+            Err(why) => Err(match problem {
+                Some(p) if p.rank() > why.rank() => p,
+                _ => why,
+            }),
+            ok => ok,
+        };
+        Ok((verdict, j.signed))
     }
 
     /// The signature material of `d` of these kinds: layers of cosign's

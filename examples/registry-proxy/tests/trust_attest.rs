@@ -460,3 +460,65 @@ async fn a_bundle_found_through_the_referrers_api_verifies() {
     assert!(r.text().await.unwrap().contains("no signature"));
     assert_eq!(up.requests("GET", unsigned.layers[0].0.hex()), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_signature_covers_its_platforms_which_bring_their_own_attestations() {
+    let sig = TestSigstore::new("fulcio-multi");
+    let files = tempfile::tempdir().unwrap();
+    let root = write(files.path(), "trusted_root.json", &sig.trusted_root());
+    let up = TestRegistry::start().unwrap();
+    let now = SystemTime::now();
+    let release = Signer {
+        sig: &sig,
+        leaf: sig.leaf(GITHUB, RELEASE, now - 5 * MINUTE, now + 5 * MINUTE, true),
+        now,
+    };
+    // As `cosign sign` on an index and a builder's per-platform provenance.
+    let dir = tempfile::tempdir().unwrap();
+    let index = cache_upstream::testing::write_index(dir.path(), "v1", 41, 20_000);
+    up.push(&index.layout, "v1", "attested/multi").unwrap();
+    release.sign(&up, "attested/multi", &index.digest);
+    let (amd64, _) = &index.platforms[0];
+    release.attest(&up, "attested/multi", amd64, amd64, BUILDER);
+    let keyless = format!(
+        "keyless = [{{ issuer = \"{GITHUB}\", subject = \"{RELEASE}\" }}]\ntrusted_root = \"{root}\"\nrequire_attestations = [{{ predicate_type = \"{SLSA}\" }}]\n"
+    );
+    let rules = rule(&up, "attested", &keyless);
+    let proxy = Proxy::start(&proxy_config(&up, &rules));
+    let pull_arch = |arch: &str| {
+        let out = tempfile::tempdir().unwrap();
+        cache_upstream::testing::skopeo(&[
+            "copy".into(),
+            "--insecure-policy".into(),
+            "--src-tls-verify=false".into(),
+            format!("--override-arch={arch}"),
+            format!("docker://{}/attested/multi:v1", proxy.host()),
+            format!("dir:{}", out.path().display()),
+        ])
+    };
+    pull_arch("amd64").unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    let e = pull_arch("arm64").expect_err("arm64 has no attestation");
+    assert!(
+        e.contains("no verified attestation of type https://slsa.dev/provenance/v1"),
+        "{e}"
+    );
+    let log = proxy.log();
+    assert!(
+        log.contains("covered by the signed index")
+            && log.contains("attestation https://slsa.dev/provenance/v1 keyless"),
+        "{log}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(dir.path(), &proxy_config(&up, &rules));
+    let (ok, out) = common::run(dir.path(), &["verify", "attested/multi:v1"]);
+    assert!(!ok, "{out}");
+    let arm = out.find("platform linux/arm64").expect(&out);
+    assert!(
+        out[..arm].contains("verdict: passes (covered by the signed index"),
+        "{out}"
+    );
+    assert!(
+        out[arm..].contains("refused: no verified attestation"),
+        "{out}"
+    );
+}
