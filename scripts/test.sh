@@ -53,6 +53,25 @@ if ! .tools/moto/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.
     .tools/moto/bin/pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
 
+# The Sigstore public corpus the trust tests verify offline: the test data
+# of the `sigstore` crate (sigstore-rs) on crates.io, real bundles signed
+# by the public-good Fulcio and logged in Rekor, with the trusted root
+# they verify against. Fetched as crate source (nothing is compiled) and
+# unpacked into .tools/sigstore-corpus (git-ignored).
+SIGSTORE_CORPUS=0.15.0
+CORPUS=.tools/sigstore-corpus
+if [ ! -f "$CORPUS/sigstore-$SIGSTORE_CORPUS/tests/data/bundle_v03.json" ]; then
+    echo "==> fetching the sigstore $SIGSTORE_CORPUS crate's test corpus into $CORPUS"
+    mkdir -p "$CORPUS/src"
+    : > "$CORPUS/src/lib.rs"
+    printf '[package]\nname = "sigstore-corpus"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\nsigstore = { version = "=%s", default-features = false }\n\n[workspace]\n' \
+        "$SIGSTORE_CORPUS" > "$CORPUS/Cargo.toml"
+    cargo fetch --quiet --manifest-path "$CORPUS/Cargo.toml"
+    crate=$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"sigstore-$SIGSTORE_CORPUS.crate" | head -n 1)
+    tar -xzf "$crate" -C "$CORPUS" \
+        "sigstore-$SIGSTORE_CORPUS/tests/data" "sigstore-$SIGSTORE_CORPUS/trust_root"
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all --check
 

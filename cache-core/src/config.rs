@@ -37,8 +37,13 @@ use serde::de::{self, Deserializer, Error as _};
 
 use crate::cosign::CosignKey;
 use crate::engine::CacheOptions;
-use crate::policy::{RulePolicy, SignatureMode, SignaturePolicy, TagFreshness, parse_duration};
+use crate::policy::{RulePolicy, SignatureMode, TagFreshness, parse_duration};
+
+mod signatures;
 use crate::rules::{Rule, RuleSet, RuleSpec};
+pub use signatures::{
+    AttestationSpec, KeylessSpec, MatchSpec, NotationSpec, SignatureFiles, SignatureSpec,
+};
 
 /// A configuration error: the key (relative to the table read) and the
 /// offending value, or what is wrong with the table.
@@ -430,68 +435,6 @@ impl<'de> Deserialize<'de> for SignatureMode {
     }
 }
 
-/// A rule's `signatures` table as written: the cosign key files, the mode
-/// and the re-check interval. The key files are the caller's to read
-/// ([`policy`](Self::policy)): this crate reads no files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignatureSpec {
-    /// PEM public keys (ECDSA P-256), as `cosign generate-key-pair` writes.
-    pub cosign_keys: Vec<PathBuf>,
-    /// Refuse or only audit (`mode`, default `"enforce"`).
-    pub mode: SignatureMode,
-    /// How long a refusal stands before signatures are looked up again
-    /// (`recheck_refused`, default `60s`).
-    pub recheck_refused: Duration,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSignatures {
-    cosign_keys: Vec<PathBuf>,
-    mode: Option<SignatureMode>,
-    recheck_refused: Option<String>,
-}
-
-impl<'de> Deserialize<'de> for SignatureSpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let r = RawSignatures::deserialize(d)?;
-        if r.cosign_keys.is_empty() {
-            return Err(custom(ConfigError::new("cosign_keys is empty")));
-        }
-        let default = SignaturePolicy::new(Vec::new(), SignatureMode::Enforce).recheck_refused;
-        Ok(SignatureSpec {
-            cosign_keys: r.cosign_keys,
-            mode: r.mode.unwrap_or(SignatureMode::Enforce),
-            recheck_refused: duration("recheck_refused", &r.recheck_refused, default)
-                .map_err(custom)?,
-        })
-    }
-}
-
-impl SignatureSpec {
-    /// Makes relative key paths relative to `base`.
-    pub fn rebase(&mut self, base: &Path) {
-        self.cosign_keys.iter_mut().for_each(|p| rebase(p, base));
-    }
-
-    /// The policy, with each key from `key` (which reads and parses the
-    /// file, say with [`CosignKey::from_pem`], and may cache it); an
-    /// error names `cosign_keys`.
-    pub fn policy(
-        &self,
-        mut key: impl FnMut(&Path) -> Result<CosignKey, String>,
-    ) -> Result<SignaturePolicy, ConfigError> {
-        let keys = self
-            .cosign_keys
-            .iter()
-            .map(|p| key(p).map_err(|e| ConfigError(format!("cosign_keys: {e}"))))
-            .collect::<Result<_, _>>()?;
-        let mut policy = SignaturePolicy::new(keys, self.mode);
-        policy.recheck_refused = self.recheck_refused;
-        Ok(policy)
-    }
-}
-
 /// The `scan` of a rule in a program without a vulnerability scanner: a
 /// rule that has one is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -586,12 +529,19 @@ impl<S> RuleConfig<S> {
     /// [`SignatureSpec::policy`]); errors name `signatures.cosign_keys`.
     pub fn policy(
         &self,
-        key: impl FnMut(&Path) -> Result<CosignKey, String>,
+        mut key: impl FnMut(&Path) -> Result<CosignKey, String>,
     ) -> Result<RulePolicy, ConfigError> {
+        self.policy_with(&mut key)
+    }
+
+    /// The rule's caching policy, the files its signature policy names
+    /// read by `files` (`cache_core::trust::TrustFiles` reads them all;
+    /// see [`SignatureSpec::policy_with`]); errors name `signatures.KEY`.
+    pub fn policy_with(&self, files: &mut dyn SignatureFiles) -> Result<RulePolicy, ConfigError> {
         let signatures = match &self.signatures {
             None => None,
             Some(s) => Some(std::sync::Arc::new(
-                s.policy(key).map_err(|e| e.at("signatures"))?,
+                s.policy_with(files).map_err(|e| e.at("signatures"))?,
             )),
         };
         Ok(RulePolicy {

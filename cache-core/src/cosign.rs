@@ -40,7 +40,23 @@ pub const ARTIFACT_LAYER_TYPES: &[&str] = &[
     "application/vnd.in-toto+json",
     "application/vnd.dev.sigstore.bundle.v0.3+json",
     "application/vnd.dev.sigstore.bundle+json;version=0.3",
+    "application/vnd.dev.sigstore.bundle.v0.2+json",
+    "application/vnd.dev.sigstore.bundle+json;version=0.2",
+    "application/vnd.dev.sigstore.bundle+json;version=0.1",
+    // Notation's signature envelopes.
+    "application/jose+json",
+    "application/cose",
 ];
+
+/// The layer annotation that holds a keyless signature's certificate (PEM).
+pub const CERTIFICATE_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
+/// The layer annotation that holds the certificate's chain (PEM).
+pub const CHAIN_ANNOTATION: &str = "dev.sigstore.cosign/chain";
+/// The layer annotation that holds the transparency log entry: the signed
+/// entry timestamp and what it signs.
+pub const BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
+/// The layer annotation that names an attestation's predicate type.
+pub const PREDICATE_TYPE_ANNOTATION: &str = "predicateType";
 
 /// A public key signatures are checked against.
 #[derive(Clone, PartialEq, Eq)]
@@ -81,6 +97,7 @@ pub fn signature_tag(d: &Digest) -> Option<Tag> {
 
 /// Why a signature does not vouch for a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Unverified {
     /// No signature was found.
     NoSignature,
@@ -91,6 +108,27 @@ pub enum Unverified {
     OtherDigest(String),
     /// The signature or its payload could not be read.
     Malformed(String),
+    /// The signature verifies, but not as the policy wants: another
+    /// identity, a chain to an unknown root, no transparency log entry, a
+    /// certificate expired when it was logged... The text says what was
+    /// wanted and what was found.
+    Untrusted(String),
+    /// No verified attestation of this predicate type covers the digest.
+    NoAttestation(String),
+}
+
+impl Unverified {
+    /// How telling a reason is, to keep the most telling of several: any
+    /// finding beats "none", a verified signature that is not trusted
+    /// beats one that does not verify.
+    pub fn rank(&self) -> u8 {
+        match self {
+            Unverified::NoSignature | Unverified::NoAttestation(_) => 0,
+            Unverified::Malformed(_) => 1,
+            Unverified::UnknownKey => 2,
+            Unverified::OtherDigest(_) | Unverified::Untrusted(_) => 3,
+        }
+    }
 }
 
 impl fmt::Display for Unverified {
@@ -102,6 +140,10 @@ impl fmt::Display for Unverified {
                 write!(f, "the signed payload is for another digest ({d})")
             }
             Unverified::Malformed(why) => write!(f, "malformed signature: {why}"),
+            Unverified::Untrusted(why) => f.write_str(why),
+            Unverified::NoAttestation(t) => {
+                write!(f, "no verified attestation of type {t} covers the digest")
+            }
         }
     }
 }

@@ -74,12 +74,15 @@ pub mod runtime;
 mod secret;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod signatures;
 mod store;
 mod upstream;
 mod verify;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "trust")]
+pub mod trust;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{

@@ -70,20 +70,26 @@ pub struct RulePolicy {
     pub signatures: Option<std::sync::Arc<SignaturePolicy>>,
 }
 
-/// A rule's signature policy: a manifest is served only if a cosign
-/// signature by one of `keys` covers its digest (an index's signature
-/// covers its platform manifests). Signatures are found under cosign's
-/// `sha256-<hex>.sig` tag and through the upstream's referrers API.
+/// A rule's signature policy: a manifest is served only if a signature
+/// accepted by one of its verifiers covers its digest (cosign `keys`, and
+/// the `verifiers` of `cache_core::trust`: keyless identities, Notation),
+/// and every attestation it requires does (an index's signature covers its
+/// platform manifests). Signatures are found under cosign's
+/// `sha256-<hex>.sig` (and `.att`) tags and through the upstream's
+/// referrers API or its tag schema (see [`crate::signatures`]).
 ///
 /// Under it, a blob is served only as part of a manifest that passed: the
 /// upstream's word that it has a blob (a `HEAD`) is not enough. Signature
 /// and attestation artifacts themselves (manifests whose layers are all
 /// signature payloads, never runnable content) pass unsigned, so `cosign
 /// verify` works through the cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SignaturePolicy {
-    /// The public keys a signature may be made with.
+    /// The public keys a cosign signature may be made with.
     pub keys: Vec<crate::cosign::CosignKey>,
+    /// Further verifiers: keyless identities, Notation, required
+    /// attestations (`cache_core::trust`).
+    pub verifiers: Vec<std::sync::Arc<dyn crate::signatures::Verifier>>,
     /// Refuse (`Enforce`) or only log and count (`Audit`).
     pub mode: SignatureMode,
     /// How long a refusal stands before the signatures are looked up
@@ -94,15 +100,56 @@ pub struct SignaturePolicy {
     pub recheck_allowed: Duration,
 }
 
+/// Equal when the keys, modes and intervals are, and the verifiers are the
+/// same objects.
+impl PartialEq for SignaturePolicy {
+    fn eq(&self, other: &Self) -> bool {
+        self.keys == other.keys
+            && self.mode == other.mode
+            && self.recheck_refused == other.recheck_refused
+            && self.recheck_allowed == other.recheck_allowed
+            && self.verifiers.len() == other.verifiers.len()
+            && self
+                .verifiers
+                .iter()
+                .zip(&other.verifiers)
+                .all(|(a, b)| std::sync::Arc::ptr_eq(a, b))
+    }
+}
+
+impl Eq for SignaturePolicy {}
+
 impl SignaturePolicy {
     /// A policy of `keys` in `mode`, with the default re-check intervals.
     pub fn new(keys: Vec<crate::cosign::CosignKey>, mode: SignatureMode) -> Self {
         SignaturePolicy {
             keys,
+            verifiers: Vec::new(),
             mode,
             recheck_refused: Duration::from_secs(60),
             recheck_allowed: Duration::from_secs(3600),
         }
+    }
+
+    /// The same policy with these verifiers besides the keys.
+    pub fn with_verifiers(
+        mut self,
+        verifiers: Vec<std::sync::Arc<dyn crate::signatures::Verifier>>,
+    ) -> Self {
+        self.verifiers = verifiers;
+        self
+    }
+
+    /// Every verifier: the keys' (when there are keys), then the others.
+    pub fn all_verifiers(&self) -> Vec<std::sync::Arc<dyn crate::signatures::Verifier>> {
+        let mut all: Vec<std::sync::Arc<dyn crate::signatures::Verifier>> = Vec::new();
+        if !self.keys.is_empty() {
+            all.push(std::sync::Arc::new(crate::signatures::CosignKeys::new(
+                self.keys.clone(),
+            )));
+        }
+        all.extend(self.verifiers.iter().cloned());
+        all
     }
 
     /// Whether unsigned content is refused.

@@ -119,7 +119,7 @@ impl PullThroughCache {
 
     /// The upstream's referrers index for `digest`: from its referrers
     /// API, else the tag schema's index, else an empty index.
-    async fn fetch_referrers(&self, ctx: &Ctx, digest: &Digest) -> Result<Bytes> {
+    pub(super) async fn fetch_referrers(&self, ctx: &Ctx, digest: &Digest) -> Result<Bytes> {
         let inner = &self.inner;
         let api = inner
             .call(UpstreamCall::Referrers, || {

@@ -407,7 +407,11 @@ mod tests {
         );
         assert_eq!(e.http_status(), 504);
         assert!(f.is_empty());
-        assert_eq!(clock.sleeps(), [], "the flight was dropped with its sleep");
+        assert_eq!(
+            clock.sleeps(),
+            Vec::<Duration>::new(),
+            "the flight was dropped with its sleep"
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 }

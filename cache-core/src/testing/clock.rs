@@ -237,7 +237,7 @@ mod tests {
         let mut short = clock.sleep(Duration::from_secs(1));
         let mut long = clock.sleep(Duration::from_secs(30));
         // Not polled yet: nobody sleeps.
-        assert_eq!(clock.sleeps(), []);
+        assert_eq!(clock.sleeps(), Vec::<Duration>::new());
         assert!(poll_once(&mut long).is_pending());
         assert!(poll_once(&mut short).is_pending());
         assert_eq!(
@@ -255,7 +255,7 @@ mod tests {
         assert_eq!(clock.sleeps(), [Duration::from_secs(29)]);
         // A dropped sleep sleeps no more.
         drop(long);
-        assert_eq!(clock.sleeps(), []);
+        assert_eq!(clock.sleeps(), Vec::<Duration>::new());
         assert_eq!(clock.advance_to_next(), None);
         // A sleep made now counts from now.
         let mut again = clock.sleep(Duration::from_secs(2));

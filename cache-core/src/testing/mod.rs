@@ -21,6 +21,9 @@ use crate::{BlobStore, BlobStoreExt, ByteRange, Digest, Error, MetaKey};
 mod clock;
 mod fake;
 
+#[cfg(feature = "trust")]
+pub mod trust;
+
 pub use clock::ManualClock;
 pub use fake::{Calls, FakeUpstream, Fault, PanicUpstream, PushedImage};
 

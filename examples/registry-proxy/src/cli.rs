@@ -1,5 +1,5 @@
-//! The subcommands besides `serve`: `check`, `explain`, `warm`, `gc` and
-//! `scrub`. Exit codes: 0 done, 1 the work failed, 2 the input is wrong.
+//! The subcommands besides `serve`: `check`, `explain`, `warm`, `gc`,
+//! `scrub`, `verify`. Exit codes: 0 done, 1 the work failed, 2 the input is wrong.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -430,6 +430,106 @@ pub async fn scrub(cfg: &Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `verify`: every signature and attestation of an image (per platform of
+/// an index) as its rule's signature policy judges them, fetched from the
+/// upstream now (no store is opened, no verdict remembered, so it runs
+/// beside the server). Exits 1 when the policy would refuse the image.
+pub async fn verify(cfg: &Config, image: &str) -> ExitCode {
+    let local = match LocalRef::parse(image) {
+        Ok(l) => l,
+        Err(e) => return usage(format!("{image:?}: {e}")),
+    };
+    let store: Arc<dyn cache_core::BlobStore> = Arc::new(cache_store::MemoryStore::new());
+    let cache = match build_cache(cfg, store, Arc::new(NoEvents), None) {
+        Ok((c, _, _)) => c,
+        Err(e) => return usage(e.to_string()),
+    };
+    let report = match cache
+        .inspect_signatures(&local.repository, &local.reference())
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("registry-proxy: {image}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", verify_text(image, &report));
+    if report.passes() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The report as `verify` prints it.
+pub fn verify_text(image: &str, r: &cache_core::signatures::SignatureReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "{image}: rule {:?}, upstream {}", r.rule, r.upstream);
+    if r.wants.is_empty() {
+        let _ = writeln!(out, "the rule has no signature policy: nothing is required");
+    } else {
+        let mode = if r.audit { "audit" } else { "enforce" };
+        let _ = writeln!(out, "policy ({mode}) wants: {}", r.wants.join("; and "));
+    }
+    for (i, m) in r.manifests.iter().enumerate() {
+        let what = match (&m.platform, i) {
+            (Some(p), _) => format!("platform {p}"),
+            (None, 0) if r.manifests.len() > 1 => "index".to_owned(),
+            (None, 0) => "manifest".to_owned(),
+            (None, _) => "manifest (no platform)".to_owned(),
+        };
+        let _ = writeln!(out, "\n{what} {}", m.digest);
+        if m.artifacts.is_empty() {
+            let _ = writeln!(out, "  nothing found (no .sig/.att tag, no referrer)");
+        }
+        for (a, (kind, found)) in m.artifacts.iter().enumerate() {
+            let _ = writeln!(out, "  {} at {found}", kind.as_str());
+            let checks: Vec<_> = m.checks.iter().filter(|c| c.artifact == a).collect();
+            if checks.is_empty() {
+                let _ = writeln!(out, "    not judged: no verifier of the policy reads it");
+            }
+            for c in checks {
+                match &c.outcome {
+                    Ok(who) => {
+                        let role = match &c.role {
+                            cache_core::signatures::Role::Signature => "a signature".to_owned(),
+                            cache_core::signatures::Role::Attestation(t) => {
+                                format!("an attestation of type {t}")
+                            }
+                        };
+                        let _ = writeln!(out, "    verified as {role}: {who}");
+                    }
+                    Err(why) => {
+                        let _ = writeln!(out, "    failed ({}): {why}", c.verifier);
+                    }
+                }
+            }
+        }
+        if !r.wants.is_empty() {
+            match &m.verdict {
+                Ok(who) => {
+                    let _ = writeln!(out, "  verdict: passes ({who})");
+                }
+                Err(why) => {
+                    let _ = writeln!(out, "  verdict: refused: {why}");
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{}",
+        match (r.passes(), r.audit) {
+            (true, _) => "result: the image passes",
+            (false, false) => "result: the image is refused",
+            (false, true) => "result: the image would be refused (audit mode: it is served)",
+        }
+    );
+    out
 }
 
 #[cfg(test)]

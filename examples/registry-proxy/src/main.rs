@@ -2,7 +2,7 @@
 //! the repositories its caching rules declare, fetching each image from its
 //! upstream once, verified, and serving it from the cache afterwards; and
 //! the tools that go with it (`warm`, `gc`, `scrub`, `check`, `explain`,
-//! `reload`, `scan`).
+//! `reload`, `scan`, `verify`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +42,15 @@ enum Cmd {
     /// findings. IMAGE is a local name: library/nginx:1.27 or
     /// library/nginx@sha256:... Exits 1 when the policy denies it.
     Scan {
+        /// The image.
+        image: String,
+    },
+    /// Print every signature and attestation of an image (per platform of
+    /// an index), what verified it or why it failed, as its rule's
+    /// signature policy judges them now. IMAGE is a local name
+    /// (acme/app:1.2, acme/app@sha256:...). Exits 1 when the policy
+    /// refuses it. Opens no store: runs beside the server.
+    Verify {
         /// The image.
         image: String,
     },
@@ -147,6 +156,7 @@ fn main() -> ExitCode {
             Cmd::Check => cli::check(&cfg),
             Cmd::Reload | Cmd::Scan { .. } => unreachable!("answered above"),
             Cmd::Explain { name } => cli::explain(&cfg, &name),
+            Cmd::Verify { image } => cli::verify(&cfg, &image).await,
             Cmd::Warm {
                 platforms,
                 concurrency,

@@ -1,12 +1,11 @@
-//! `[[rule]]` and `[[scanner]]`: what each rule refers to must exist, key
-//! files are read once however many rules name them.
+//! `[[rule]]` and `[[scanner]]`: what each rule refers to must exist; the
+//! files signature policies name are read once however many rules name them.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use cache_core::config::RuleConfig;
-use cache_core::cosign::CosignKey;
 use cache_core::{RulePolicy, RuleSet};
 use cache_upstream::Credentials;
 use cache_upstream::scanner::{ScanPolicy, ScannerConfig};
@@ -31,15 +30,8 @@ pub(super) fn rules(
     scanners: &[ScannerConfig],
     base: &Path,
 ) -> Result<Rules> {
-    let mut keys: HashMap<PathBuf, CosignKey> = HashMap::new();
-    let mut load = |path: &Path| -> Result<CosignKey, String> {
-        if let Some(k) = keys.get(path) {
-            return Ok(k.clone());
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let key = CosignKey::from_pem(path.display().to_string(), &text)?;
-        Ok(keys.entry(path.to_owned()).or_insert(key).clone())
-    };
+    // Key files, trust roots and trust stores: each read once.
+    let mut files = cache_core::trust::TrustFiles::default();
     let mut specs = Vec::with_capacity(raw.len());
     let (mut policies, mut scan_policies) = (HashMap::new(), HashMap::new());
     for (i, mut r) in raw.into_iter().enumerate() {
@@ -55,7 +47,7 @@ pub(super) fn rules(
             s.rebase(base);
         }
         let policy = r
-            .policy(&mut load)
+            .policy_with(&mut files)
             .map_err(|e| ConfigError::new(format!("{key}: {e}")))?;
         if policy != RulePolicy::default() {
             policies.insert(r.spec.name.clone(), policy);
