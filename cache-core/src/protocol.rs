@@ -598,7 +598,10 @@ pub async fn handle(
 }
 
 /// [`handle`] for `caller`, whom the server authenticated (a scanner's
-/// scoped credential; see [`Caller`]).
+/// scoped credential, a principal that may read only cached content; see
+/// [`Caller`]). The catalog is answered whole: a server that shows each
+/// caller only its own repositories answers it with
+/// [`PullThroughCache::catalog_where`] and [`catalog_response`].
 pub async fn handle_for(
     cache: &PullThroughCache,
     caller: &Caller,
@@ -655,7 +658,7 @@ async fn answer(
             Ok(head.map(|()| Body::Blob(b.body)))
         }
         Route::Tags { name: asked, page } => {
-            let list = cache.tags(&name, page).await?;
+            let list = cache.tags_for(&name, page, caller).await?;
             Ok(tags_response(asked, &list).map(Body::Bytes))
         }
         Route::Referrers {
@@ -664,7 +667,7 @@ async fn answer(
             ..
         } => {
             let r = cache
-                .referrers(&name, digest, artifact_type.as_deref())
+                .referrers_for(&name, digest, artifact_type.as_deref(), caller)
                 .await?;
             let mut resp = referrers_response(&r);
             if req.head {

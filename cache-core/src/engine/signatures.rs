@@ -182,10 +182,12 @@ impl PullThroughCache {
         }
         let outcome = outcome.as_str();
         let repository = ctx.local.as_str();
+        // Who asked: a principal's name, `scanner`, or `-` for an unnamed client.
+        let principal = ctx.caller.name().unwrap_or("-");
         if outcome == "allowed" {
-            tracing::info!(target: "audit", rule, repository, %reference, %digest, outcome, reason, "admission");
+            tracing::info!(target: "audit", rule, repository, principal, %reference, %digest, outcome, reason, "admission");
         } else {
-            tracing::warn!(target: "audit", rule, repository, %reference, %digest, outcome, reason, "admission");
+            tracing::warn!(target: "audit", rule, repository, principal, %reference, %digest, outcome, reason, "admission");
         }
     }
 
