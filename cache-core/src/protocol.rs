@@ -573,6 +573,57 @@ pub fn unauthorized_response(realm: &str) -> Response<Bytes> {
     r
 }
 
+/// `401 UNAUTHORIZED` sending the client to a token endpoint (the Docker
+/// registry token flow): `WWW-Authenticate: Bearer realm="<realm>",
+/// service="<service>"`, with the `scope` it needs and
+/// `error="insufficient_scope"` when its token was not for it. Quotes and
+/// backslashes are dropped from the values.
+///
+/// ```
+/// let r = cache_core::protocol::bearer_challenge_response(
+///     "https://cache.example/token", "cache.example", Some("repository:ci/app:pull"), false);
+/// assert_eq!(r.status(), 401);
+/// assert_eq!(
+///     r.headers()["www-authenticate"],
+///     "Bearer realm=\"https://cache.example/token\",service=\"cache.example\",scope=\"repository:ci/app:pull\""
+/// );
+/// ```
+pub fn bearer_challenge_response(
+    realm: &str,
+    service: &str,
+    scope: Option<&str>,
+    insufficient_scope: bool,
+) -> Response<Bytes> {
+    let clean = |s: &str| s.replace(['"', '\\'], "");
+    let mut challenge = format!(
+        "Bearer realm=\"{}\",service=\"{}\"",
+        clean(realm),
+        clean(service)
+    );
+    if let Some(scope) = scope {
+        challenge.push_str(&format!(",scope=\"{}\"", clean(scope)));
+    }
+    if insufficient_scope {
+        challenge.push_str(",error=\"insufficient_scope\"");
+    }
+    let message = if insufficient_scope {
+        "the token does not name this repository: ask the token endpoint for one that does"
+    } else {
+        "authentication required"
+    };
+    let mut r = response(
+        StatusCode::UNAUTHORIZED,
+        error_body(ErrorCode::Unauthorized.as_str(), message),
+    );
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, hv(&challenge));
+    r
+}
+
 /// The body of a pull API answer.
 #[derive(Debug)]
 pub enum Body {

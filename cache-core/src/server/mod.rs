@@ -35,11 +35,28 @@
 //! `cache-core`'s default build has none of this, nor its dependencies
 //! (axum, hyper, tower, tokio's networking, bcrypt, rustls).
 
+mod access;
 mod auth;
+#[cfg(feature = "serde")]
+mod auth_config;
 pub mod conn;
+mod oidc;
 pub mod sendfile;
 mod service;
+mod throttle;
+mod token;
 
-pub use auth::{AuthConfig, PullAuth, ScopedTokens};
-pub use conn::{ConnLimits, serve_connections};
-pub use service::PullService;
+pub use access::{
+    ANONYMOUS, Action, Glob, Grant, Grants, Principal, PrincipalKind, PrincipalPattern,
+};
+pub use auth::{
+    AuthConfig, MAX_CLOCK_SKEW, PullAuth, RobotToken, STATIC_TOKEN, ScopedTokens, UserConfig,
+    UserPassword,
+};
+#[cfg(feature = "serde")]
+pub use auth_config::AuthSpec;
+pub use conn::{ConnLimits, Tls, serve_connections};
+pub use oidc::{JwksFetch, MAX_JWKS_BYTES, MAX_TOKEN_BYTES, OidcConfig};
+pub use service::{AccessInfo, PullService};
+pub use throttle::ThrottleSettings;
+pub use token::{AccessEntry, MAX_SCOPES, SigningKey, TokenSettings};
