@@ -801,6 +801,11 @@ impl ScopedTokens {
     /// assert_eq!(tokens.scope(&headers), None, "never issued");
     /// ```
     pub fn scope(&self, headers: &HeaderMap) -> Option<RepoName> {
+        self.scoped(headers).map(|(repo, _)| repo)
+    }
+
+    /// The repository and password of the request's scoped credential.
+    pub(crate) fn scoped(&self, headers: &HeaderMap) -> Option<(RepoName, String)> {
         let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, credentials) = v.trim().split_once(' ')?;
         let credentials = credentials.trim();
@@ -825,7 +830,7 @@ impl ScopedTokens {
         let key: [u8; 32] = Sha256::digest(password.as_bytes()).into();
         let mut m = self.issued.lock().unwrap_or_else(|p| p.into_inner());
         match m.get(&key) {
-            Some((repo, until)) if Instant::now() < *until => Some(repo.clone()),
+            Some((repo, until)) if Instant::now() < *until => Some((repo.clone(), password)),
             Some(_) => {
                 m.remove(&key);
                 None
