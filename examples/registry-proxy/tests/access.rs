@@ -193,8 +193,9 @@ async fn a_ci_robot_token_reads_ci_app_and_gets_403_on_library_nginx() {
         "{log}"
     );
     assert!(
-        log.lines()
-            .any(|l| l.contains("audit") && l.contains("principal=\"ci\"") && l.contains("audit_only")),
+        log.lines().any(|l| l.contains("audit")
+            && l.contains("principal=\"ci\"")
+            && l.contains("audit_only")),
         "{log}"
     );
     assert!(
