@@ -1,4 +1,5 @@
-//! The pull API as a `tower::Service`: authentication, caller scoping,
+//! The pull API as a `tower::Service`: authentication, authorization by
+//! grants or token scopes, the token endpoint, caller scoping,
 //! `cache_core::protocol`, and blob bodies sent from files.
 
 use std::convert::Infallible;
@@ -33,10 +34,28 @@ const DEFAULT_REALM: &str = "pull-through-cache";
 ///   [`Caller::Scanner`] of its repository, with or without pull-side
 ///   auth; it reads that repository and the API base (`/v2/`), nothing
 ///   else (`403 DENIED`), and not through a mirror namespace (`?ns=`);
-/// * **pull-side authentication** ([`PullService::auth`]): any other
-///   request under `/v2` without valid credentials gets `401
-///   UNAUTHORIZED` with a `Basic` challenge. Paths outside `/v2` need
-///   none (they are the API's `404`).
+/// * **pull-side access** ([`PullService::auth`], see
+///   [`PullAuth`](super::PullAuth)): any other request under `/v2` is
+///   identified (a user, a robot token, a workload's OIDC token, a token
+///   of the token flow, or `anonymous`) and allowed what its grants (or
+///   its token's scopes) give of the repository it names, the local one
+///   for a mirror request: `pull` as [`Caller::Principal`] with
+///   [`FetchPolicy::Upstream`], `pull-cached` with
+///   [`FetchPolicy::StoreOnly`] (a miss is a `404` and no upstream hears
+///   of it). No or wrong credentials, or `anonymous` without a grant, get
+///   `401 UNAUTHORIZED` with a challenge: `Bearer realm=".../token",
+///   service="..."` (and the `scope` needed) with the token flow, `Basic`
+///   without; a token not asked for this repository gets `401` with
+///   `error="insufficient_scope"`; an authenticated principal without a
+///   grant gets `403 DENIED`; too many failed logins, `429` with
+///   `Retry-After`. `/v2/` wants credentials (so `docker login` and
+///   clients find the token endpoint); the catalog lists what the grants
+///   cover, tag lists and referrers follow their repository's grant.
+///   `GET /token` is the token endpoint, when the token flow is on (see
+///   [`TokenSettings`](super::TokenSettings)). Paths outside `/v2` need
+///   no credentials (they are the API's `404`). Every response under
+///   `/v2` and of `/token` carries an [`AccessInfo`] in its extensions
+///   (principal, class, decision), for access logs and metrics.
 ///
 /// Blob bodies go out with `sendfile(2)` when the connection was set up
 /// for it ([`serve_connections`](super::serve_connections) does), else as
@@ -145,8 +164,9 @@ impl PullService {
         self
     }
 
-    /// The realm the `401` challenge names (quotes are dropped); the
-    /// default is `pull-through-cache`.
+    /// The realm a `Basic` `401` challenge names (without the token
+    /// flow, and at the token endpoint; quotes are dropped); the default
+    /// is `pull-through-cache`.
     ///
     /// ```no_run
     /// # fn f(cache: cache_core::PullThroughCache) {
@@ -298,21 +318,17 @@ impl PullService {
     /// answered as, the catalog it may see, or the refusal it gets.
     async fn admit(
         &self,
-        auth: &PullAuth,
+        auth: &Arc<PullAuth>,
         parts: &http::request::Parts,
     ) -> Result<Admitted, Response<bytes::Bytes>> {
         let source = auth::source_of(&parts.extensions);
         let id = match auth.identity(&parts.headers, source).await {
             Ok(id) => id,
             Err(Refusal::Throttled(wait)) => {
-                let e = Error::TooManyRequests {
+                // TOOMANYREQUESTS, with Retry-After.
+                let r = protocol::error_response(&Error::TooManyRequests {
                     retry_after: Some(wait),
-                };
-                let mut r = protocol::error_response(&e);
-                r.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(wait.as_secs().max(1)),
-                );
+                });
                 return Err(AccessInfo::throttled().attach(r));
             }
             Err(Refusal::Invalid(why)) => {
@@ -369,11 +385,8 @@ impl PullService {
                         }
                     },
                     Identity::Principal(p) => {
-                        let (auth, p) = (self.auth.load_full(), p.clone());
-                        Arc::new(move |r: &RepoName| {
-                            auth.as_ref()
-                                .is_some_and(|a| a.action(&p, r.as_str()).is_some())
-                        })
+                        let (auth, p) = (auth.clone(), p.clone());
+                        Arc::new(move |r: &RepoName| auth.action(&p, r.as_str()).is_some())
                     }
                 };
                 return Ok(Admitted::Catalog(visible, info.allowed(Action::PullCached)));

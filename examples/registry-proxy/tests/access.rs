@@ -593,3 +593,41 @@ async fn htpasswd_users_and_static_tokens_keep_full_access_through_the_token_flo
     let r = get(&proxy, "/v2/library/demo/manifests/v1", Auth::None).await;
     assert_eq!(r.status(), 401, "no grant names anonymous");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rotates_a_generated_signing_key_and_tokens_it_signed_stay_valid() {
+    let up = TestRegistry::start().unwrap();
+    let (_, _d) = push(&up, "ci/app", 9, &[10_000]);
+    let proxy = Proxy::start(&common::config_for(
+        &up.host(),
+        &up.url(),
+        &format!(
+            "\n[[rule]]\nname = \"ci\"\nsource = \"{h}/ci/*\"\ntarget = \"ci/*\"\n\
+             [auth]\n[[auth.token]]\nname = \"ci\"\nsha256 = \"{sha}\"\n\
+             [[auth.grant]]\nprincipals = [\"ci\"]\nrepositories = [\"ci/*\"]\nactions = [\"pull\"]\n",
+            h = up.host(),
+            sha = sha256_hex(CI_TOKEN),
+        ),
+    ));
+    let ci = Auth::Basic("ci", CI_TOKEN);
+    let first = token_string(&proxy, &["repository:ci/app:pull"], ci).await;
+    let reloads = || proxy.metric("registry_proxy_config_reloads_total{result=\"applied\"}");
+    let before = reloads().await;
+    // SAFETY: kill(2) on our own child process.
+    unsafe { libc::kill(proxy.child.id() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reloads().await == before {
+        assert!(std::time::Instant::now() < deadline, "{}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = token_string(&proxy, &["repository:ci/app:pull"], ci).await;
+    assert_ne!(
+        header_of(&first)["kid"],
+        header_of(&second)["kid"],
+        "a new key"
+    );
+    for t in [&first, &second] {
+        let r = get(&proxy, "/v2/ci/app/manifests/v1", Auth::Bearer(t)).await;
+        assert_eq!(r.status(), 200, "{}", proxy.log());
+    }
+}
