@@ -120,7 +120,10 @@ mod tests {
         let e = c.fetch(&url, &[], 1024).await.unwrap_err();
         assert!(e.contains("refused to connect to 127.0.0.1"), "{e}");
         let listed = ["127.0.0.1".to_owned()];
-        assert_eq!(&c.fetch(&url, &listed, 1024).await.unwrap()[..], br#"{"keys":[]}"#);
+        assert_eq!(
+            &c.fetch(&url, &listed, 1024).await.unwrap()[..],
+            br#"{"keys":[]}"#
+        );
         let e = c
             .fetch(&format!("http://127.0.0.1:{port}/big"), &listed, 1024)
             .await
@@ -130,6 +133,9 @@ mod tests {
             .fetch(&format!("http://127.0.0.1:{port}/away"), &listed, 1024)
             .await
             .unwrap_err();
-        assert!(e.contains("127.0.0.2"), "a redirect to an unlisted internal host: {e}");
+        assert!(
+            e.contains("127.0.0.2"),
+            "a redirect to an unlisted internal host: {e}"
+        );
     }
 }

@@ -104,11 +104,26 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
-/// A JWT of `claims` signed RS256 with `key`, header `kid`.
+/// A JWT of `claims` signed RS256 with `key`, header `kid`. (Keys go to
+/// jsonwebtoken as DER: its PEM feature would bring the `time` crate into
+/// the workspace's build, whose `Duration` comparisons make other tests'
+/// `assert_eq!(durations, [])` ambiguous.)
 pub fn rs256(key: &RsaKey, kid: &str, claims: &serde_json::Value) -> String {
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     h.kid = Some(kid.to_owned());
-    let k = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&key.private).unwrap()).unwrap();
+    let pkcs1 = run(
+        "openssl",
+        "openssl",
+        &[
+            "rsa",
+            "-in",
+            key.private.to_str().unwrap(),
+            "-outform",
+            "DER",
+            "-traditional",
+        ],
+    );
+    let k = jsonwebtoken::EncodingKey::from_rsa_der(&pkcs1);
     jsonwebtoken::encode(&h, claims, &k).unwrap()
 }
 
@@ -116,7 +131,20 @@ pub fn rs256(key: &RsaKey, kid: &str, claims: &serde_json::Value) -> String {
 pub fn es256(key: &Path, kid: Option<&str>, claims: &serde_json::Value) -> String {
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     h.kid = kid.map(str::to_owned);
-    let k = jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(key).unwrap()).unwrap();
+    let pkcs8 = run(
+        "openssl",
+        "openssl",
+        &[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            key.to_str().unwrap(),
+            "-outform",
+            "DER",
+        ],
+    );
+    let k = jsonwebtoken::EncodingKey::from_ec_der(&pkcs8);
     jsonwebtoken::encode(&h, claims, &k).unwrap()
 }
 
