@@ -359,6 +359,9 @@ pub struct PullAuth {
     providers: Vec<Arc<Provider>>,
     issuer: Option<Issuer>,
     throttle: Throttle,
+    /// Users' and robot tokens' principals, made once.
+    principals: HashMap<String, Principal>,
+    static_token: Principal,
 }
 
 /// The principal remembered for `key` within `ttl`; forgets it if older.
@@ -423,7 +426,25 @@ impl PullAuth {
             .enumerate()
             .map(|(i, r)| (r.sha256, i))
             .collect();
+        let principals = cfg
+            .users
+            .iter()
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    Principal::named(PrincipalKind::User, &u.name),
+                )
+            })
+            .chain(cfg.robots.iter().map(|r| {
+                (
+                    r.name.clone(),
+                    Principal::named(PrincipalKind::Token, &r.name),
+                )
+            }))
+            .collect();
         PullAuth {
+            principals,
+            static_token: Principal::with_full_access(PrincipalKind::Token, STATIC_TOKEN),
             issuer: cfg.token_flow.clone().map(|t| Issuer::new(t, skew)),
             throttle: Throttle::new(cfg.throttle),
             cfg,
@@ -589,6 +610,10 @@ impl PullAuth {
         if token.is_empty() {
             return Err(Refusal::Invalid("an empty bearer token".into()));
         }
+        // The usual case, a token of ours verified lately: one hash, one probe.
+        if let Some(g) = self.issuer.as_ref().and_then(|i| i.remembered(token)) {
+            return Ok(Identity::Token(g));
+        }
         if oidc::looks_like_jwt(token) {
             let ours = jsonwebtoken::decode_header(token)
                 .ok()
@@ -615,10 +640,7 @@ impl PullAuth {
                 acc | t.expose().as_bytes().ct_eq(token.as_bytes())
             });
         if bool::from(matched) {
-            return Ok(Identity::Principal(Principal::with_full_access(
-                PrincipalKind::Token,
-                STATIC_TOKEN,
-            )));
+            return Ok(Identity::Principal(self.static_token.clone()));
         }
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(r) = self.robots_by_hash.get(&hash).map(|i| &self.cfg.robots[*i]) {
@@ -641,10 +663,10 @@ impl PullAuth {
                 r.name
             )));
         }
-        Ok(Identity::Principal(Principal::named(
-            PrincipalKind::Token,
-            &r.name,
-        )))
+        let p = self.principals.get(&r.name).cloned();
+        Ok(Identity::Principal(p.unwrap_or_else(|| {
+            Principal::named(PrincipalKind::Token, &r.name)
+        })))
     }
 
     /// An OIDC token, verified by the provider its `iss` names.
@@ -688,7 +710,11 @@ impl PullAuth {
                 UserPassword::Plain(p) => {
                     let expected: [u8; 32] = Sha256::digest(p.expose().as_bytes()).into();
                     if same(&expected, &key.1) {
-                        return Ok(Principal::named(PrincipalKind::User, user));
+                        return Ok(self
+                            .principals
+                            .get(user)
+                            .cloned()
+                            .unwrap_or_else(|| Principal::named(PrincipalKind::User, user)));
                     }
                     self.throttle.fail(source, Some(user));
                     return invalid(format!("a wrong password for user {user:?}"));

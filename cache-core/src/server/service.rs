@@ -351,8 +351,11 @@ impl PullService {
             // Malformed: the protocol says so, to whoever got this far.
             Err(_) => {
                 return Ok(Admitted::Caller(
-                    Caller::principal(p.name(), FetchPolicy::StoreOnly),
-                    info,
+                    Caller::Principal {
+                        name: p.shared_name(),
+                        fetch: FetchPolicy::StoreOnly,
+                    },
+                    info.let_in(),
                 ));
             }
         };
@@ -365,8 +368,11 @@ impl PullService {
                         .attach(self.challenge(auth, parts, None, false)));
                 }
                 return Ok(Admitted::Caller(
-                    Caller::principal(p.name(), FetchPolicy::StoreOnly),
-                    info,
+                    Caller::Principal {
+                        name: p.shared_name(),
+                        fetch: FetchPolicy::StoreOnly,
+                    },
+                    info.let_in(),
                 ));
             }
             protocol::Route::Catalog { .. } => {
@@ -389,14 +395,17 @@ impl PullService {
                         Arc::new(move |r: &RepoName| auth.action(&p, r.as_str()).is_some())
                     }
                 };
-                return Ok(Admitted::Catalog(visible, info.allowed(Action::PullCached)));
+                return Ok(Admitted::Catalog(visible, info.let_in()));
             }
             route => route.name().cloned(),
         };
         let Some(asked) = name else {
             return Ok(Admitted::Caller(
-                Caller::principal(p.name(), FetchPolicy::StoreOnly),
-                info,
+                Caller::Principal {
+                    name: p.shared_name(),
+                    fetch: FetchPolicy::StoreOnly,
+                },
+                info.let_in(),
             ));
         };
         // Grants name local repositories; a mirror request names an upstream one.
@@ -407,7 +416,10 @@ impl PullService {
             .unwrap_or_else(|| asked.clone());
         match auth.decide(&id, local.as_str()) {
             Decision::Allow(action) => Ok(Admitted::Caller(
-                Caller::principal(p.name(), action.fetch_policy()),
+                Caller::Principal {
+                    name: p.shared_name(),
+                    fetch: action.fetch_policy(),
+                },
                 info.allowed(action),
             )),
             Decision::AskAgain => {
@@ -532,7 +544,7 @@ impl PullService {
         let Some(issuer) = auth.issuer() else {
             return json(StatusCode::NOT_FOUND, token_error("no token flow here"));
         };
-        let info = AccessInfo::of(&p).allowed(Action::PullCached);
+        let info = AccessInfo::of(&p).let_in();
         match issuer.issue(&p, auth.grants(), &requested) {
             Ok(issued) => info.attach(json(
                 StatusCode::OK,
@@ -606,10 +618,11 @@ pub struct AccessInfo {
     /// Its kind: `anonymous`, `user`, `token`, `workload`, `scanner`, or
     /// `none` when pull-side auth is off. A bounded set, for labels.
     pub class: &'static str,
-    /// What was decided: `pull`, `pull-cached` (allowed, so far as
-    /// access goes), `denied`, `unauthorized` (no or wrong credentials,
-    /// or a token for another scope), `throttled`, or `open` (no
-    /// pull-side auth).
+    /// What was decided: `pull`, `pull-cached` (allowed on the
+    /// repository named, so far as access goes), `allowed` (a request
+    /// that names no repository: `/v2/`, the catalog, the token endpoint),
+    /// `denied`, `unauthorized` (no or wrong credentials, or a token for
+    /// another scope), `throttled`, or `open` (no pull-side auth).
     pub decision: &'static str,
 }
 
@@ -649,6 +662,15 @@ impl AccessInfo {
     fn allowed(self, a: Action) -> Self {
         AccessInfo {
             decision: a.as_str(),
+            ..self
+        }
+    }
+
+    /// Let in where no repository is named (`/v2/`, the catalog, a
+    /// malformed request the protocol answers).
+    fn let_in(self) -> Self {
+        AccessInfo {
+            decision: "allowed",
             ..self
         }
     }

@@ -174,7 +174,7 @@ impl Default for Metrics {
         register(
             &mut registry,
             "registry_proxy_access",
-            "Requests under /v2 and to /token by principal class (anonymous, user, token, workload, scanner; none without pull-side auth) and access decision (pull, pull-cached, denied, unauthorized, throttled; open without pull-side auth).",
+            "Requests under /v2 and to /token by principal class (anonymous, user, token, workload, scanner; none without pull-side auth) and access decision (pull, pull-cached, allowed where no repository is named, denied, unauthorized, throttled; open without pull-side auth).",
             &m.access,
         );
         register(
