@@ -197,12 +197,44 @@ pub struct AdmissionRequest<'a> {
     pub caller: &'a Caller,
 }
 
-/// Who a request comes from, as far as admission cares.
+/// How far a request may reach for what it asks: the store only, or the
+/// upstream too. A server decides it per caller (a principal granted
+/// `pull` or only `pull-cached`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum FetchPolicy {
+    /// The rule's policy applies in full: content missing from the store
+    /// is fetched, tags are revalidated, grants are confirmed with the
+    /// upstream (`pull`).
+    #[default]
+    Upstream,
+    /// Only what the store already holds, and never a request to an
+    /// upstream (`pull-cached`): a stored tag is served as it was last
+    /// recorded, whatever the rule's freshness; a manifest or blob the
+    /// store lacks, or that this repository was never granted, is
+    /// `MANIFEST_UNKNOWN`/`BLOB_UNKNOWN` (404); tag lists are the tags
+    /// recorded; referrers are the index kept (an empty one when none is).
+    /// The request starts no fetch and joins none; its reads still grant
+    /// and admit as a client's do.
+    StoreOnly,
+}
+
+/// Who a request comes from, as far as the engine cares: admission, what
+/// a read grants, and how far it may reach ([`FetchPolicy`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Caller {
-    /// A client pulling: admission applies.
+    /// A client pulling: admission applies, and it may cause upstream
+    /// fetches.
     #[default]
     Client,
+    /// A client the server identified (a user, a robot token, a workload
+    /// identity, `anonymous`): a [`Caller::Client`] that reaches only as
+    /// far as `fetch` allows, and whose name audit events carry.
+    Principal {
+        /// The principal's name, as audit events and logs show it.
+        name: std::sync::Arc<str>,
+        /// How far its requests may reach.
+        fetch: FetchPolicy,
+    },
     /// A vulnerability scanner pulling `repository` with the short-lived
     /// credential it was given to scan it: admission does not apply (the
     /// scan is how admission is decided), and what it reads grants nothing
@@ -211,6 +243,43 @@ pub enum Caller {
         /// The one repository the credential may pull.
         repository: RepoName,
     },
+}
+
+impl Caller {
+    /// A [`Caller::Principal`].
+    ///
+    /// ```
+    /// use cache_core::{Caller, FetchPolicy};
+    /// let c = Caller::principal("ci", FetchPolicy::StoreOnly);
+    /// assert_eq!(c.fetch_policy(), FetchPolicy::StoreOnly);
+    /// assert_eq!(c.name(), Some("ci"));
+    /// assert_eq!(Caller::Client.fetch_policy(), FetchPolicy::Upstream);
+    /// ```
+    pub fn principal(name: impl AsRef<str>, fetch: FetchPolicy) -> Self {
+        Caller::Principal {
+            name: std::sync::Arc::from(name.as_ref()),
+            fetch,
+        }
+    }
+
+    /// How far this caller's requests may reach: a principal's own
+    /// policy; [`FetchPolicy::Upstream`] for anyone else.
+    pub fn fetch_policy(&self) -> FetchPolicy {
+        match self {
+            Caller::Principal { fetch, .. } => *fetch,
+            Caller::Client | Caller::Scanner { .. } => FetchPolicy::Upstream,
+        }
+    }
+
+    /// The name audit events carry: a principal's name, `scanner` for a
+    /// scanner's credential, `None` for an unnamed client.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Caller::Principal { name, .. } => Some(name),
+            Caller::Scanner { .. } => Some("scanner"),
+            Caller::Client => None,
+        }
+    }
 }
 
 /// Makes short-lived pull credentials for one repository: what a server

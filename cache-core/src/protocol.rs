@@ -573,6 +573,57 @@ pub fn unauthorized_response(realm: &str) -> Response<Bytes> {
     r
 }
 
+/// `401 UNAUTHORIZED` sending the client to a token endpoint (the Docker
+/// registry token flow): `WWW-Authenticate: Bearer realm="<realm>",
+/// service="<service>"`, with the `scope` it needs and
+/// `error="insufficient_scope"` when its token was not for it. Quotes and
+/// backslashes are dropped from the values.
+///
+/// ```
+/// let r = cache_core::protocol::bearer_challenge_response(
+///     "https://cache.example/token", "cache.example", Some("repository:ci/app:pull"), false);
+/// assert_eq!(r.status(), 401);
+/// assert_eq!(
+///     r.headers()["www-authenticate"],
+///     "Bearer realm=\"https://cache.example/token\",service=\"cache.example\",scope=\"repository:ci/app:pull\""
+/// );
+/// ```
+pub fn bearer_challenge_response(
+    realm: &str,
+    service: &str,
+    scope: Option<&str>,
+    insufficient_scope: bool,
+) -> Response<Bytes> {
+    let clean = |s: &str| s.replace(['"', '\\'], "");
+    let mut challenge = format!(
+        "Bearer realm=\"{}\",service=\"{}\"",
+        clean(realm),
+        clean(service)
+    );
+    if let Some(scope) = scope {
+        challenge.push_str(&format!(",scope=\"{}\"", clean(scope)));
+    }
+    if insufficient_scope {
+        challenge.push_str(",error=\"insufficient_scope\"");
+    }
+    let message = if insufficient_scope {
+        "the token does not name this repository: ask the token endpoint for one that does"
+    } else {
+        "authentication required"
+    };
+    let mut r = response(
+        StatusCode::UNAUTHORIZED,
+        error_body(ErrorCode::Unauthorized.as_str(), message),
+    );
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, hv(&challenge));
+    r
+}
+
 /// The body of a pull API answer.
 #[derive(Debug)]
 pub enum Body {
@@ -598,7 +649,10 @@ pub async fn handle(
 }
 
 /// [`handle`] for `caller`, whom the server authenticated (a scanner's
-/// scoped credential; see [`Caller`]).
+/// scoped credential, a principal that may read only cached content; see
+/// [`Caller`]). The catalog is answered whole: a server that shows each
+/// caller only its own repositories answers it with
+/// [`PullThroughCache::catalog_where`] and [`catalog_response`].
 pub async fn handle_for(
     cache: &PullThroughCache,
     caller: &Caller,
@@ -655,7 +709,7 @@ async fn answer(
             Ok(head.map(|()| Body::Blob(b.body)))
         }
         Route::Tags { name: asked, page } => {
-            let list = cache.tags(&name, page).await?;
+            let list = cache.tags_for(&name, page, caller).await?;
             Ok(tags_response(asked, &list).map(Body::Bytes))
         }
         Route::Referrers {
@@ -664,7 +718,7 @@ async fn answer(
             ..
         } => {
             let r = cache
-                .referrers(&name, digest, artifact_type.as_deref())
+                .referrers_for(&name, digest, artifact_type.as_deref(), caller)
                 .await?;
             let mut resp = referrers_response(&r);
             if req.head {

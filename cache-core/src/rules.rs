@@ -69,7 +69,20 @@ pub enum Pattern {
 
 impl Pattern {
     fn parse(s: &str, rule: &str, side: &str) -> Result<Self> {
-        let err = |reason: String| Error::invalid_rule(rule, reason);
+        Self::parse_pattern(s).map_err(|e| Error::invalid_rule(rule, format!("{side} {s:?}: {e}")))
+    }
+
+    /// A repository pattern as a rule's target is written (`name`,
+    /// `prefix/*` or `*`), for what else speaks that language (access
+    /// grants); the error says why not.
+    ///
+    /// ```
+    /// use cache_core::rules::Pattern;
+    /// let p = Pattern::parse_pattern("ci/*").unwrap();
+    /// assert!(p.matches_name("ci/app/web") && !p.matches_name("ci") && !p.matches_name("cid/x"));
+    /// assert!(Pattern::parse_pattern("ci/*/x").is_err());
+    /// ```
+    pub fn parse_pattern(s: &str) -> std::result::Result<Self, String> {
         if s == "*" {
             return Ok(Pattern::Prefix(None));
         }
@@ -78,16 +91,19 @@ impl Pattern {
             None => (s, false),
         };
         if body.contains('*') {
-            return Err(err(format!(
-                "{side} {s:?}: '*' is allowed only as a whole trailing component"
-            )));
+            return Err("'*' is allowed only as a whole trailing component".into());
         }
-        let name = RepoName::parse(body).map_err(|e| err(format!("{side} {s:?}: {e}")))?;
+        let name = RepoName::parse(body).map_err(|e| e.to_string())?;
         Ok(if wild {
             Pattern::Prefix(Some(name))
         } else {
             Pattern::Exact(name)
         })
+    }
+
+    /// Whether the repository `name` matches.
+    pub fn matches_name(&self, name: &str) -> bool {
+        self.matches(name).is_some()
     }
 
     /// Whether this pattern is a wildcard.

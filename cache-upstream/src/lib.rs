@@ -38,6 +38,8 @@ mod auth;
 mod client;
 #[cfg(feature = "serde")]
 mod config;
+#[cfg(feature = "jwks")]
+mod jwks;
 mod layout;
 mod policy;
 pub mod scanner;
@@ -49,5 +51,7 @@ pub use auth::{Challenge, Credentials, PasswordSource, Secret};
 pub use client::{ClientOptions, RateLimit, RegistryClient, TlsOptions};
 #[cfg(feature = "serde")]
 pub use config::{CredentialSet, PreparedRegistry, RegistryConfig};
+#[cfg(feature = "jwks")]
+pub use jwks::JwksClient;
 pub use layout::OciLayout;
 pub use policy::{AddressPolicy, Refused, is_public};

@@ -65,9 +65,13 @@ impl PullThroughCache {
                 Err(Error::BlobUnknown { .. }) => {}
                 r => return r,
             }
-        } else if self.stored_size(digest).await?.is_some() {
+        } else if !ctx.store_only() && self.stored_size(digest).await?.is_some() {
             self.vouch(&ctx, digest, ungranted).await?;
             return self.serve_stored(&ctx, digest, range).await;
+        }
+        if ctx.store_only() {
+            // Not stored, or only this repository's upstream could vouch for it.
+            return Err(super::store_only::blob_not_cached(digest));
         }
         let (fetch, interest, slot) = {
             let mut m = lock(&inner.inflight);
@@ -267,11 +271,17 @@ impl PullThroughCache {
         if ctx.restricts_blobs() && !ctx.is_scanner() && !entitled {
             return Err(Error::blob_unknown(digest));
         }
+        if ctx.store_only() && !entitled {
+            return Err(super::store_only::blob_not_cached(digest));
+        }
         if let Some(size) = self.stored_size(digest).await? {
             if !entitled {
                 self.vouch(&ctx, digest, ungranted).await?;
             }
             return Ok((size, CacheStatus::Hit));
+        }
+        if ctx.store_only() {
+            return Err(super::store_only::blob_not_cached(digest));
         }
         let size = inner
             .call(UpstreamCall::BlobHead, || {

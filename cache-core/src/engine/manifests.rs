@@ -233,6 +233,10 @@ impl PullThroughCache {
             .map(str::to_owned);
         if let Some(m) = self.load_manifest_as(d, known_type).await? {
             if grant.is_none() {
+                if ctx.store_only() {
+                    // Only this repository's upstream could vouch for it.
+                    return Err(super::store_only::manifest_not_cached(ctx, &reference));
+                }
                 // Stored through another repository: this one's upstream must vouch for it.
                 if ctx.restricts_blobs() && ctx.is_scanner() {
                     self.head_manifest_upstream(ctx, &reference).await?;
@@ -242,6 +246,9 @@ impl PullThroughCache {
             }
             self.admit_and_grant(ctx, &reference, &m).await?;
             return Ok(Self::respond(m, CacheStatus::Hit));
+        }
+        if ctx.store_only() {
+            return Err(super::store_only::manifest_not_cached(ctx, &reference));
         }
         let m = self.fetch_manifest(ctx, &reference, None).await?;
         Ok(Self::respond(m, CacheStatus::Miss))
@@ -273,11 +280,13 @@ impl PullThroughCache {
             && let Some(m) = self.load_manifest(&rec.digest).await?
         {
             age = now.duration_since(rec.confirmed).unwrap_or_default();
-            let fresh = match policy.tag_freshness {
-                TagFreshness::Pinned => true,
-                TagFreshness::Ttl(ttl) => age < ttl,
-                TagFreshness::Revalidate => false,
-            };
+            // A store-only caller takes the tag as last recorded.
+            let fresh = ctx.store_only()
+                || match policy.tag_freshness {
+                    TagFreshness::Pinned => true,
+                    TagFreshness::Ttl(ttl) => age < ttl,
+                    TagFreshness::Revalidate => false,
+                };
             if fresh {
                 self.admit_and_grant(ctx, &reference, &m).await?;
                 return Ok(Self::respond(m, CacheStatus::Hit));
@@ -304,6 +313,9 @@ impl PullThroughCache {
                 }
             }
             cached = Some(m);
+        }
+        if ctx.store_only() {
+            return Err(super::store_only::manifest_not_cached(ctx, &reference));
         }
         let observed = record.as_ref().map(|r| r.digest.clone());
         match self.fetch_manifest(ctx, &reference, observed).await {

@@ -23,6 +23,7 @@ mod queue;
 mod referrers;
 mod response;
 mod signatures;
+mod store_only;
 mod tags;
 
 use std::collections::HashMap;
@@ -324,6 +325,12 @@ impl Ctx {
         matches!(&self.caller, crate::policy::Caller::Scanner { repository } if *repository == self.local)
     }
 
+    /// Whether the request may read only what the store holds (see
+    /// [`store_only`]); its context then has no upstream.
+    fn store_only(&self) -> bool {
+        self.caller.fetch_policy() == crate::policy::FetchPolicy::StoreOnly
+    }
+
     /// Whether, under this rule, a client gets blobs only as parts of
     /// admitted manifests: an enforcing signature policy, or a hook that
     /// says so (a vulnerability gate).
@@ -365,10 +372,6 @@ impl PullThroughCache {
         lock(&self.inner.inflight).len()
     }
 
-    fn ctx(&self, name: &RepoName) -> Result<Ctx> {
-        self.ctx_for(name, &crate::policy::Caller::Client)
-    }
-
     fn ctx_for(&self, name: &RepoName, caller: &crate::policy::Caller) -> Result<Ctx> {
         let wiring = self.inner.wiring.load_full();
         let r = wiring.rules.resolve(name)?;
@@ -386,6 +389,10 @@ impl PullThroughCache {
             .cloned()
             .ok_or_else(missing)?;
         let (rule, upstream_repo, queue) = (r.rule.clone(), r.upstream, set.queue.clone());
+        let upstream = match caller.fetch_policy() {
+            crate::policy::FetchPolicy::Upstream => upstream,
+            crate::policy::FetchPolicy::StoreOnly => Arc::new(store_only::NoUpstream),
+        };
         Ok(Ctx {
             rule,
             local: name.clone(),

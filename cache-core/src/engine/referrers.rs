@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::events::CacheStatus;
 use crate::keys;
 use crate::names::{Reference, RepoName, Tag};
-use crate::policy::TagFreshness;
+use crate::policy::{Caller, TagFreshness};
 use crate::upstream::media_types;
 
 /// The largest catalog page.
@@ -51,6 +51,19 @@ fn filter(index: &Bytes, t: &str) -> Result<Bytes> {
 /// The tag schema's tag for `d`: `<alg>-<hex>`, the algorithm cut to 32
 /// characters and the hex to 64, as the distribution spec has it (so a
 /// sha512 digest fits a tag's 128 characters).
+/// The answer: `index`, filtered to `artifact_type` when given.
+fn filtered(index: Bytes, artifact_type: Option<&str>, status: CacheStatus) -> Result<Referrers> {
+    let (index, filtered) = match artifact_type {
+        Some(t) => (filter(&index, t)?, true),
+        None => (index, false),
+    };
+    Ok(Referrers {
+        index,
+        filtered,
+        status,
+    })
+}
+
 fn fallback_tag(d: &Digest) -> Option<Tag> {
     let alg: String = d.algorithm().as_str().chars().take(32).collect();
     let hex: String = d.hex().chars().take(64).collect();
@@ -66,7 +79,22 @@ impl PullThroughCache {
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Referrers> {
-        let ctx = self.ctx(name)?;
+        self.referrers_for(name, digest, artifact_type, &Caller::Client)
+            .await
+    }
+
+    /// [`referrers`](Self::referrers) for `caller`: one that may read only
+    /// what the store holds ([`FetchPolicy::StoreOnly`](crate::FetchPolicy::StoreOnly))
+    /// gets the index kept, however old, or an empty one (the referrers
+    /// API answers no `404`), the upstream unasked.
+    pub async fn referrers_for(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+        caller: &Caller,
+    ) -> Result<Referrers> {
+        let ctx = self.ctx_for(name, caller)?;
         let inner = &self.inner;
         let key = keys::referrers(&ctx.local, digest);
         let kept = inner
@@ -79,8 +107,12 @@ impl PullThroughCache {
         let age = kept.as_ref().map_or(Duration::MAX, |k| {
             now.duration_since(k.fetched).unwrap_or_default()
         });
+        if ctx.store_only() && kept.is_none() {
+            return filtered(empty_index(), artifact_type, CacheStatus::Hit);
+        }
         let fresh = kept.is_some()
-            && (age < inner.opts.revalidate_window
+            && (ctx.store_only()
+                || age < inner.opts.revalidate_window
                 || match policy.tag_freshness {
                     TagFreshness::Pinned => true,
                     TagFreshness::Ttl(ttl) => age < ttl,
@@ -106,15 +138,7 @@ impl PullThroughCache {
                 },
             },
         };
-        let (index, filtered) = match artifact_type {
-            Some(t) => (filter(&index, t)?, true),
-            None => (index, false),
-        };
-        Ok(Referrers {
-            index,
-            filtered,
-            status,
-        })
+        filtered(index, artifact_type, status)
     }
 
     /// The upstream's referrers index for `digest`: from its referrers
@@ -159,6 +183,19 @@ impl PullThroughCache {
     /// and that a rule still declares, in lexical order: at most `limit`
     /// (default 100, at most 1000), after `last`.
     pub async fn catalog(&self, limit: Option<usize>, last: Option<&RepoName>) -> Result<Catalog> {
+        self.catalog_where(limit, last, |_| true).await
+    }
+
+    /// [`catalog`](Self::catalog) of the repositories `visible` keeps (the
+    /// ones a caller is granted, say), filtered before the page is cut, so
+    /// a page is as full as the caller's view allows and `more` speaks of
+    /// that view.
+    pub async fn catalog_where(
+        &self,
+        limit: Option<usize>,
+        last: Option<&RepoName>,
+        visible: impl Fn(&RepoName) -> bool,
+    ) -> Result<Catalog> {
         let limit = limit.unwrap_or(DEFAULT_CATALOG_PAGE).min(MAX_CATALOG_PAGE);
         let rules = self.rules();
         let prefix = keys::repos();
@@ -170,7 +207,7 @@ impl PullThroughCache {
             .iter()
             .filter_map(keys::repo_of)
             .filter(|r| last.is_none_or(|l| r.as_str() > l.as_str()))
-            .filter(|r| rules.resolve(r).is_ok())
+            .filter(|r| rules.resolve(r).is_ok() && visible(r))
             .collect();
         let more = repos.len() > limit;
         Ok(Catalog {

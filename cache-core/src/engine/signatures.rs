@@ -260,10 +260,12 @@ impl PullThroughCache {
         }
         let outcome = outcome.as_str();
         let repository = ctx.local.as_str();
+        // Who asked: a principal's name, `scanner`, or `-` for an unnamed client.
+        let principal = ctx.caller.name().unwrap_or("-");
         if outcome == "allowed" {
-            tracing::info!(target: "audit", rule, repository, %reference, %digest, outcome, reason, "admission");
+            tracing::info!(target: "audit", rule, repository, principal, %reference, %digest, outcome, reason, "admission");
         } else {
-            tracing::warn!(target: "audit", rule, repository, %reference, %digest, outcome, reason, "admission");
+            tracing::warn!(target: "audit", rule, repository, principal, %reference, %digest, outcome, reason, "admission");
         }
     }
 
@@ -278,7 +280,7 @@ impl PullThroughCache {
         name: &crate::names::RepoName,
         reference: &Reference,
     ) -> Result<signatures::SignatureReport> {
-        let ctx = self.ctx(name)?;
+        let ctx = self.ctx_for(name, &crate::policy::Caller::Client)?;
         let top = self
             .inner
             .call(UpstreamCall::Manifest, || {

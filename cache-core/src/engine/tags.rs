@@ -8,13 +8,33 @@ use crate::error::Result;
 use crate::events::CacheStatus;
 use crate::keys;
 use crate::names::{RepoName, Tag};
+use crate::policy::Caller;
 use crate::upstream::TagPage;
 
 impl PullThroughCache {
     /// The repository's tags from the upstream; the cached tags when the
     /// upstream fails (but not when it says the repository does not exist).
     pub async fn tags(&self, name: &RepoName, page: &TagPage) -> Result<TagList> {
-        let ctx = self.ctx(name)?;
+        self.tags_for(name, page, &Caller::Client).await
+    }
+
+    /// [`tags`](Self::tags) for `caller`: one that may read only what the
+    /// store holds ([`FetchPolicy::StoreOnly`](crate::FetchPolicy::StoreOnly))
+    /// gets the tags recorded in the cache (`X-Cache: hit`), the upstream
+    /// unasked.
+    pub async fn tags_for(
+        &self,
+        name: &RepoName,
+        page: &TagPage,
+        caller: &Caller,
+    ) -> Result<TagList> {
+        let ctx = self.ctx_for(name, caller)?;
+        if ctx.store_only() {
+            return Ok(TagList {
+                tags: paged(self.recorded_tags(name).await?, page),
+                status: CacheStatus::Hit,
+            });
+        }
         let listed = self
             .inner
             .call(UpstreamCall::Tags, || {
@@ -29,28 +49,39 @@ impl PullThroughCache {
             Err(e) if e.is_not_found() => Err(e),
             Err(e) => {
                 self.upstream_error(&ctx, &e);
-                let keys = self.inner.store.list_meta(Some(&keys::tags(name))).await?;
-                let mut tags: Vec<Tag> = keys
-                    .iter()
-                    .filter_map(keys::parse_tag)
-                    .filter(|(r, _)| r == name)
-                    .map(|(_, t)| t)
-                    .collect();
+                let tags = self.recorded_tags(name).await?;
                 if tags.is_empty() {
                     return Err(e);
                 }
-                tags.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-                if let Some(last) = &page.last {
-                    tags.retain(|t| t.as_str() > last.as_str());
-                }
-                if let Some(n) = page.limit {
-                    tags.truncate(n);
-                }
                 Ok(TagList {
-                    tags,
+                    tags: paged(tags, page),
                     status: CacheStatus::Stale,
                 })
             }
         }
     }
+
+    /// The tags the cache recorded for `name`, in lexical order.
+    async fn recorded_tags(&self, name: &RepoName) -> Result<Vec<Tag>> {
+        let keys = self.inner.store.list_meta(Some(&keys::tags(name))).await?;
+        let mut tags: Vec<Tag> = keys
+            .iter()
+            .filter_map(keys::parse_tag)
+            .filter(|(r, _)| r == name)
+            .map(|(_, t)| t)
+            .collect();
+        tags.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(tags)
+    }
+}
+
+/// One page of `tags` (in lexical order): after `last`, at most `limit`.
+fn paged(mut tags: Vec<Tag>, page: &TagPage) -> Vec<Tag> {
+    if let Some(last) = &page.last {
+        tags.retain(|t| t.as_str() > last.as_str());
+    }
+    if let Some(n) = page.limit {
+        tags.truncate(n);
+    }
+    tags
 }

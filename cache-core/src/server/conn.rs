@@ -277,8 +277,8 @@ pub async fn serve_connections<S, B>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: wait a moment, keep serving.
                         tracing::warn!(error = %e, "accept failed");
@@ -299,6 +299,7 @@ pub async fn serve_connections<S, B>(
                     tls: tls.clone(),
                     stop: stop_rx.clone(),
                     open: open.clone(),
+                    peer,
                 };
                 tokio::spawn(conn.run(stream));
             }
@@ -326,7 +327,14 @@ struct Connection<S> {
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: tokio::sync::watch::Receiver<bool>,
     open: Arc<AtomicUsize>,
+    peer: std::net::SocketAddr,
 }
+
+/// In the extensions of a request [`serve_connections`] received over
+/// TLS (beside axum's `ConnectInfo<SocketAddr>`, the client's address,
+/// which every request it serves carries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tls;
 
 impl<S, B> Connection<S>
 where
@@ -380,9 +388,16 @@ where
         });
         let tower = TowerToHyperService::new(self.app.clone());
         let seen = activity.clone();
+        // Only TLS connections come without sendfile spans.
+        let (peer, tls) = (self.peer, spans.is_none());
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             if let Some(spans) = &spans {
                 spans.attach(&mut req);
+            }
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            if tls {
+                req.extensions_mut().insert(Tls);
             }
             seen.active.fetch_add(1, Ordering::AcqRel);
             seen.touch();

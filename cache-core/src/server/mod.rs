@@ -3,11 +3,18 @@
 //!
 //! * [`PullService`]: the pull API (`/v2/...`, answered by
 //!   [`protocol`](crate::protocol)) as a `tower::Service`, with pull-side
-//!   authentication ([`AuthConfig`], [`PullAuth`]: htpasswd users and
-//!   bearer tokens, a `401` challenge) and caller scoping (a scanner's
-//!   [`ScopedTokens`] credential reads its one repository as
-//!   [`Caller::Scanner`](crate::Caller::Scanner), `403` elsewhere); it
-//!   mounts at the root or under any path with axum's `nest_service`;
+//!   access ([`AuthConfig`], [`PullAuth`]; with `serde`, [`AuthSpec`]
+//!   reads `[auth]`): [`Principal`]s (users, robot tokens, OIDC workload
+//!   identities verified against a JWKS, `anonymous`, and the htpasswd
+//!   users and static tokens with full access), [`Grant`]s of
+//!   [`Action::Pull`] or [`Action::PullCached`] (which reads only what the
+//!   store holds) on repository patterns, the registry token flow
+//!   (`/token`, short-lived ES256 tokens of exactly the granted scopes,
+//!   [`TokenSettings`]), failed logins throttled ([`ThrottleSettings`]);
+//!   and caller scoping (a scanner's [`ScopedTokens`] credential reads its
+//!   one repository as [`Caller::Scanner`](crate::Caller::Scanner), `403`
+//!   elsewhere); it mounts at the root or under any path with axum's
+//!   `nest_service`;
 //! * the transport: [`sendfile`] (stored blobs sent from their files,
 //!   zero-copy, on HTTP/1) and [`conn`] ([`serve_connections`]: a
 //!   connection cap, idle and send timeouts, TLS, graceful shutdown).
@@ -33,13 +40,30 @@
 //! ```
 //!
 //! `cache-core`'s default build has none of this, nor its dependencies
-//! (axum, hyper, tower, tokio's networking, bcrypt, rustls).
+//! (axum, hyper, tower, tokio's networking, bcrypt, rustls, jsonwebtoken).
 
+mod access;
 mod auth;
+#[cfg(feature = "serde")]
+mod auth_config;
 pub mod conn;
+mod oidc;
 pub mod sendfile;
 mod service;
+mod throttle;
+mod token;
 
-pub use auth::{AuthConfig, PullAuth, ScopedTokens};
-pub use conn::{ConnLimits, serve_connections};
-pub use service::PullService;
+pub use access::{
+    ANONYMOUS, Action, Glob, Grant, Grants, Principal, PrincipalKind, PrincipalPattern,
+};
+pub use auth::{
+    AuthConfig, MAX_CLOCK_SKEW, PullAuth, RobotToken, STATIC_TOKEN, ScopedTokens, UserConfig,
+    UserPassword,
+};
+#[cfg(feature = "serde")]
+pub use auth_config::AuthSpec;
+pub use conn::{ConnLimits, Tls, serve_connections};
+pub use oidc::{JwksFetch, MAX_JWKS_BYTES, MAX_TOKEN_BYTES, OidcConfig};
+pub use service::{AccessInfo, PullService};
+pub use throttle::ThrottleSettings;
+pub use token::{AccessEntry, MAX_SCOPES, SigningKey, TokenSettings};

@@ -15,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cache_core::PullThroughCache;
-use cache_core::server::PullService;
+use cache_core::server::{AccessInfo, PullService};
 
 use crate::metrics::Metrics;
 use cache_core::server::{PullAuth, ScopedTokens};
@@ -91,7 +91,17 @@ async fn access(State(st): State<AppState>, req: Request, next: Next) -> Respons
         .get("x-cache")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    tracing::info!(%method, path = %path.chars().take(200).collect::<String>(), status, cache, elapsed_ms = start.elapsed().as_millis() as u64, "request");
+    // Who it was for, as the pull service decided (principals by class in metrics).
+    let access = resp.extensions().get::<AccessInfo>();
+    if let Some(a) = access {
+        st.metrics.access(a.class, a.decision);
+    }
+    let principal: String = access
+        .map_or("-", |a| &a.principal)
+        .chars()
+        .take(200)
+        .collect();
+    tracing::info!(%method, path = %path.chars().take(200).collect::<String>(), status, cache, principal, elapsed_ms = start.elapsed().as_millis() as u64, "request");
     resp
 }
 

@@ -27,7 +27,24 @@ use cache_upstream::scanner::{ScanCounters, ScanGate};
 use cache_upstream::{PreparedRegistry, RegistryClient};
 
 use crate::config::{Config, ConfigError};
-use cache_core::server::ScopedTokens;
+use cache_core::server::{AuthConfig, PullAuth, ScopedTokens};
+
+/// The pull-side auth `cfg` describes, taking over from `previous` on a
+/// reload (the token-signing keys it replaces keep verifying their tokens,
+/// JWKS keys fetched and failed-login counts carry on), with the OIDC
+/// providers' JWKS URLs fetched in the background under the address
+/// policy (`cache_upstream::JwksClient`). Needs a tokio runtime.
+pub fn pull_auth(cfg: &AuthConfig, previous: Option<&PullAuth>) -> PullAuth {
+    let mut auth = PullAuth::new(cfg.clone());
+    if let Some(old) = previous {
+        auth = auth.succeed(old);
+    }
+    auth.fetch_jwks_with(Arc::new(cache_upstream::JwksClient::new()));
+    if let Some(kid) = auth.signing_key_id() {
+        tracing::info!(kid, "registry tokens are signed with this key");
+    }
+    auth
+}
 
 /// Opens the configured store (an object store is asked once now).
 pub async fn open_store(cfg: &Config) -> Result<Arc<dyn BlobStore>, ConfigError> {

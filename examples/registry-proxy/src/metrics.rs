@@ -6,8 +6,9 @@
 //!
 //! Every label takes values from a bounded set (methods are `GET`, `HEAD`
 //! or `other`; statuses are the few this server answers with; codes and
-//! call kinds are enums; rules beyond [`MAX_RULE_LABELS`] count as
-//! `other`), so no client or upstream can grow the series.
+//! call kinds are enums; principals by class, never by name; rules beyond
+//! [`MAX_RULE_LABELS`] count as `other`), so no client or upstream can
+//! grow the series.
 //!
 //! The series the HTTP layer and the engine's events count are
 //! `prometheus-client` families; what is kept elsewhere (the engine's
@@ -61,6 +62,12 @@ struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccessLabels {
+    class: &'static str,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
 }
@@ -73,6 +80,8 @@ pub struct Metrics {
     upstream_errors: Family<CodeLabels, Counter>,
     upstream_requests: Family<CallLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    /// Requests by principal class and access decision (both bounded sets).
+    access: Family<AccessLabels, Counter>,
     /// Admission decisions by (rule, outcome).
     admissions: Family<AdmissionLabels, Counter>,
     /// The rules admissions are counted under by name: at most
@@ -121,6 +130,7 @@ impl Default for Metrics {
             upstream_errors: Family::default(),
             upstream_requests: Family::default(),
             reloads: Family::default(),
+            access: Family::default(),
             admissions: Family::default(),
             admission_rules: Mutex::new(BTreeSet::new()),
             read,
@@ -160,6 +170,12 @@ impl Default for Metrics {
             "registry_proxy_config_reloads",
             "Configuration reloads, applied or refused (invalid).",
             &m.reloads,
+        );
+        register(
+            &mut registry,
+            "registry_proxy_access",
+            "Requests under /v2 and to /token by principal class (anonymous, user, token, workload, scanner; none without pull-side auth) and access decision (pull, pull-cached, allowed where no repository is named, denied, unauthorized, throttled; open without pull-side auth).",
+            &m.access,
         );
         register(
             &mut registry,
@@ -228,6 +244,14 @@ impl Metrics {
                 method: method_label(method),
                 status,
             })
+            .inc();
+    }
+
+    /// Counts one request's access decision for a class of principal
+    /// (the library's `AccessInfo`: both from fixed sets).
+    pub fn access(&self, class: &'static str, decision: &'static str) {
+        self.access
+            .get_or_create(&AccessLabels { class, decision })
             .inc();
     }
 

@@ -5,8 +5,10 @@
 //! nothing changes and the error is logged, counted and returned. If it is
 //! valid (and no scanner it names answers that it cannot scan images), the
 //! rules, registries, credentials, policies, scanners and pull-side auth
-//! are swapped at once; requests and transfers in progress finish under
-//! the configuration they started with. Settings that only a restart can
+//! (its files re-read: htpasswd, password files, JWKS files, the token
+//! signing key, a new one when generated) are swapped at once; requests
+//! and transfers in progress finish under the configuration they started
+//! with. Settings that only a restart can
 //! change (listen address, storage, `[server]`, `[upstream]`) keep their
 //! running values, and the reload says which of them differ.
 
@@ -162,8 +164,12 @@ impl Reloader {
             g.spawn_rescans();
         }
         self.gate.store(wired.gate.map(Arc::new));
-        self.auth
-            .store(new.auth.clone().map(|a| Arc::new(PullAuth::new(a))));
+        let previous = self.auth.load_full();
+        self.auth.store(
+            new.auth
+                .as_ref()
+                .map(|a| Arc::new(crate::pull_auth(a, previous.as_deref()))),
+        );
         let restart = restart_only_changes(&running, &new);
         let rules = new.rules.len();
         running.rules = new.rules;

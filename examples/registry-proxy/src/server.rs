@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower_http::timeout::TimeoutLayer;
 
-use cache_core::server::{ConnLimits, PullAuth, ScopedTokens, serve_connections};
+use cache_core::server::{ConnLimits, ScopedTokens, serve_connections};
 use cache_upstream::scanner::{MetadataError, ScanImageError};
 
 use crate::config::Config;
@@ -165,7 +165,9 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         cache: cache.clone(),
         metrics: metrics.clone(),
         auth: Arc::new(ArcSwapOption::from(
-            cfg.auth.clone().map(|a| Arc::new(PullAuth::new(a))),
+            cfg.auth
+                .as_ref()
+                .map(|a| Arc::new(crate::pull_auth(a, None))),
         )),
         draining: Arc::new(AtomicBool::new(false)),
         scoped: services.credentials.clone(),

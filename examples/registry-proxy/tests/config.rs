@@ -299,6 +299,18 @@ fn errors_name_the_key_and_the_value() {
         ),
         ("[auth]\ntokens = [\"\"]\n", "auth.tokens[0] is empty"),
         (
+            "[auth]\n[[auth.grant]]\nprincipals = [\"ci\"]\nrepositories = [\"ci/*\"]\nactions = [\"push\"]\n",
+            "auth.grant[0].actions[0] = \"push\": a pull-through cache grants",
+        ),
+        (
+            "[auth]\n[[auth.user]]\nname = \"alice\"\nbcrypt = \"$2y$05$abc\"\n[[auth.grant]]\nprincipals = [\"alcie\"]\nrepositories = [\"*\"]\nactions = [\"pull\"]\n",
+            "auth.grant[0].principals[0] = \"alcie\": no user, token",
+        ),
+        (
+            "[auth]\ntokens = [\"t\"]\nclock_skew = \"1h\"\n",
+            "auth.clock_skew = \"1h\": at most 5m",
+        ),
+        (
             "[server]\nsend_timeout = \"0s\"\n",
             "server.send_timeout = \"0s\": must be more than 0",
         ),

@@ -40,7 +40,7 @@ struct RawConfig {
     storage: toml::Table,
     server: toml::Table,
     upstream: toml::Table,
-    auth: Option<server::RawAuth>,
+    auth: Option<cache_core::server::AuthSpec>,
     registry: Vec<RegistryConfig>,
     credentials: Vec<CredentialSet>,
     rule: Vec<RuleConfig<ScanPolicy>>,
@@ -188,7 +188,13 @@ impl Config {
             credentials,
             rules,
             policies,
-            auth: raw.auth.map(|a| a.validate(base)).transpose()?,
+            auth: raw
+                .auth
+                .map(|mut a| {
+                    a.rebase(base);
+                    a.load().map_err(|e| e.at("auth"))
+                })
+                .transpose()?,
         })
     }
 }

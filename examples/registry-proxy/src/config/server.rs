@@ -1,12 +1,10 @@
-//! The server's own sections: `[server]` and `[auth]`.
+//! The server's own section, `[server]` (`[auth]` is the library's
+//! `cache_core::server::AuthSpec`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cache_core::Secret;
-use cache_core::config::{count_at_least, duration, positive, rebase};
-use cache_core::server::AuthConfig;
+use cache_core::config::{count_at_least, duration, positive};
 use serde::Deserialize;
 
 use super::{ConfigError, Result, err, load};
@@ -67,45 +65,4 @@ pub(super) fn settings(mut table: toml::Table) -> Result<(Settings, toml::Table)
         })
     })();
     Ok((settings.map_err(|e: ConfigError| e.at("server"))?, engine))
-}
-
-/// `[auth]`: pull-side client authentication.
-#[derive(Debug, Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct RawAuth {
-    htpasswd: Option<PathBuf>,
-    tokens: Vec<String>,
-    /// An environment variable holding comma-separated bearer tokens.
-    tokens_env: Option<String>,
-}
-
-impl RawAuth {
-    pub(super) fn validate(self, base: &Path) -> Result<AuthConfig> {
-        let mut cfg = AuthConfig::default();
-        if let Some(mut p) = self.htpasswd {
-            rebase(&mut p, base);
-            cfg = AuthConfig::read_htpasswd(&p).map_err(|e| match e {
-                cache_core::Error::Misconfigured { reason } => {
-                    ConfigError::new(format!("auth.htpasswd = {reason}"))
-                }
-                e => ConfigError::new(format!("auth.htpasswd: {e}")),
-            })?;
-        }
-        if let Some(i) = self.tokens.iter().position(|t| t.trim().is_empty()) {
-            return err(format!(
-                "auth.tokens[{i}] is empty: a token must have characters"
-            ));
-        }
-        cfg.tokens = self.tokens.into_iter().map(Secret::new).collect();
-        if let Some(var) = &self.tokens_env {
-            let v = std::env::var(var)
-                .map_err(|_| ConfigError::new(format!("auth.tokens_env = {var:?}: not set")))?;
-            let tokens = v.split(',').map(str::trim).filter(|t| !t.is_empty());
-            cfg.tokens.extend(tokens.map(Secret::new));
-        }
-        if cfg.htpasswd.is_empty() && cfg.tokens.is_empty() {
-            return err("[auth] is present but names no htpasswd users and no tokens".into());
-        }
-        Ok(cfg)
-    }
 }
