@@ -539,6 +539,9 @@ pub struct RuleConfig<S = NoScan> {
     pub signatures: Option<Box<SignatureSpec>>,
     /// Serve only what a vulnerability scan allows.
     pub scan: Option<Box<S>>,
+    /// How long an upstream's "not found" is remembered (`negative_ttl`,
+    /// default `30s`; `"0s"` turns it off).
+    pub negative_ttl: Duration,
 }
 
 #[derive(Deserialize)]
@@ -553,6 +556,7 @@ struct RawRule<S> {
     content_ttl: Option<String>,
     signatures: Option<Box<SignatureSpec>>,
     scan: Option<Box<S>>,
+    negative_ttl: Option<String>,
 }
 
 impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
@@ -577,6 +581,8 @@ impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
             content_ttl,
             signatures: r.signatures,
             scan: r.scan,
+            negative_ttl: duration("negative_ttl", &r.negative_ttl, default.negative_ttl)
+                .map_err(custom)?,
         })
     }
 }
@@ -599,6 +605,7 @@ impl<S> RuleConfig<S> {
             stale_if_error: self.stale_if_error,
             content_ttl: self.content_ttl,
             signatures,
+            negative_ttl: self.negative_ttl,
         })
     }
 }

@@ -15,18 +15,24 @@ pub enum CacheStatus {
     Miss,
     /// The upstream confirmed the cached tag is current (a `HEAD`).
     Revalidated,
-    /// Served from the cache because the upstream failed (stale-if-error).
+    /// Served from the cache because the upstream failed (stale-if-error)
+    /// or withdrew it (a rule's `serve_withdrawn`).
     Stale,
+    /// Answered "not found" from memory: the upstream said so within the
+    /// rule's `negative_ttl`, and was not asked again.
+    Negative,
 }
 
 impl CacheStatus {
-    /// `hit`, `miss`, `revalidated` or `stale`, as in an `X-Cache` header.
+    /// `hit`, `miss`, `revalidated`, `stale` or `negative`, as in an
+    /// `X-Cache` header.
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
             CacheStatus::Revalidated => "revalidated",
             CacheStatus::Stale => "stale",
+            CacheStatus::Negative => "negative",
         }
     }
 }
@@ -229,6 +235,8 @@ pub struct Counters {
     pub revalidations: AtomicU64,
     /// Answers served stale because the upstream failed.
     pub stale: AtomicU64,
+    /// "Not found" answered from the negative cache, without the upstream.
+    pub negative: AtomicU64,
     /// Bytes delivered to readers.
     pub bytes_served: AtomicU64,
     /// Bytes received from upstreams.
@@ -277,6 +285,7 @@ impl EventSink for Counters {
                 CacheStatus::Miss => add(&self.misses, 1),
                 CacheStatus::Revalidated => add(&self.revalidations, 1),
                 CacheStatus::Stale => add(&self.stale, 1),
+                CacheStatus::Negative => add(&self.negative, 1),
             },
             Event::BytesServed(n) => add(&self.bytes_served, *n),
             Event::BytesFromUpstream(n) => add(&self.bytes_from_upstream, *n),

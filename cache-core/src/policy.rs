@@ -68,7 +68,17 @@ pub struct RulePolicy {
     /// Manifests must carry a cosign signature by one of these keys
     /// (see [`SignaturePolicy`]).
     pub signatures: Option<std::sync::Arc<SignaturePolicy>>,
+    /// How long an upstream's "not found" for a tag or a repository
+    /// (`404`, `NAME_UNKNOWN`, `MANIFEST_UNKNOWN`) is remembered: asking
+    /// again within this answers `404` from memory (`X-Cache: negative`)
+    /// without contacting the upstream (default 30 s; zero: never
+    /// remembered). A successful fetch of the tag, or a sync of the
+    /// repository, forgets it.
+    pub negative_ttl: Duration,
 }
+
+/// How long a rule remembers an upstream's "not found" unless configured.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
 /// A rule's signature policy: a manifest is served only if a cosign
 /// signature by one of `keys` covers its digest (an index's signature
@@ -127,6 +137,7 @@ impl Default for RulePolicy {
             stale_if_error: Duration::from_secs(24 * 3600),
             content_ttl: None,
             signatures: None,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
         }
     }
 }

@@ -287,13 +287,16 @@ impl PullThroughCache {
                 self.admit_and_grant(ctx, &reference, &m).await?;
                 return Ok(Self::respond(m, CacheStatus::Revalidated));
             }
+            self.not_remembered_missing(ctx, tag)?;
             match self.revalidate(ctx, tag, rec).await {
                 Ok(head) if head.digest == m.digest => {
                     self.admit_and_grant(ctx, &reference, &m).await?;
                     return Ok(Self::respond(m, CacheStatus::Revalidated));
                 }
                 Ok(_) => {}
-                Err(e) if matches!(e, Error::ManifestUnknown { .. }) => return Err(e),
+                Err(e) if matches!(e, Error::ManifestUnknown { .. } | Error::Remembered { .. }) => {
+                    return Err(e);
+                }
                 Err(e) => {
                     if age <= policy.stale_if_error {
                         tracing::warn!(repo = %ctx.local, %tag, error = %e, "upstream failed; serving cached tag");
@@ -304,20 +307,62 @@ impl PullThroughCache {
                 }
             }
             cached = Some(m);
+        } else {
+            self.not_remembered_missing(ctx, tag)?;
         }
         let observed = record.as_ref().map(|r| r.digest.clone());
         match self.fetch_manifest(ctx, &reference, observed).await {
             Ok(m) => Ok(Self::respond(m, CacheStatus::Miss)),
             Err(e) => match cached {
                 Some(m)
-                    if !matches!(e, Error::ManifestUnknown { .. } | Error::Denied { .. })
-                        && age <= policy.stale_if_error =>
+                    if !matches!(
+                        e,
+                        Error::ManifestUnknown { .. }
+                            | Error::Remembered { .. }
+                            | Error::Denied { .. }
+                    ) && age <= policy.stale_if_error =>
                 {
                     self.admit_and_grant(ctx, &reference, &m).await?;
                     Ok(Self::respond(m, CacheStatus::Stale))
                 }
                 _ => Err(e),
             },
+        }
+    }
+
+    /// `Err` with the remembered answer when the upstream said, within
+    /// the rule's `negative_ttl`, that it has no `tag` (or no such
+    /// repository): counted as a negative answer.
+    fn not_remembered_missing(&self, ctx: &Ctx, tag: &Tag) -> Result<()> {
+        let inner = &self.inner;
+        let found = inner
+            .negative
+            .check(ctx.rule.name(), &ctx.local, Some(tag), inner.clock.now());
+        match found {
+            None => Ok(()),
+            Some(e) => {
+                inner.events.event(&Event::Manifest {
+                    rule: ctx.rule.name(),
+                    status: CacheStatus::Negative,
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// Remembers an upstream's "not found" for `tag` (the rule's
+    /// `negative_ttl`); other errors are not remembered.
+    fn remember_missing(&self, ctx: &Ctx, tag: &Tag, e: &Error) {
+        if matches!(e, Error::ManifestUnknown { .. }) {
+            let inner = &self.inner;
+            inner.negative.remember(
+                ctx.rule.name(),
+                &ctx.local,
+                Some(tag),
+                e.code(),
+                inner.clock.now(),
+                ctx.policy().negative_ttl,
+            );
         }
     }
 
@@ -390,9 +435,18 @@ impl PullThroughCache {
                     let (this, ctx, tag, rec) =
                         (self.clone(), ctx.clone(), tag.clone(), rec.clone());
                     async move {
+                        // Answered while this flight was being asked for?
+                        let now = this.inner.clock.now();
+                        let name = ctx.rule.name();
+                        if let Some(e) =
+                            this.inner.negative.check(name, &ctx.local, Some(&tag), now)
+                        {
+                            return Err(e);
+                        }
                         let head = this
                             .head_manifest_upstream(&ctx, &Reference::Tag(tag.clone()))
-                            .await?;
+                            .await
+                            .inspect_err(|e| this.remember_missing(&ctx, &tag, e))?;
                         if head.digest == rec.digest {
                             let confirmed = TagRecord {
                                 confirmed: this.inner.clock.now(),
@@ -432,6 +486,17 @@ impl PullThroughCache {
                 return Ok(m);
             }
         }
+        if let Reference::Tag(tag) = reference {
+            // Answered "not found" while this flight was being asked for:
+            // a flight that ends as another starts costs no second request.
+            let now = inner.clock.now();
+            if let Some(e) = inner
+                .negative
+                .check(ctx.rule.name(), &ctx.local, Some(tag), now)
+            {
+                return Err(e);
+            }
+        }
         let registry = ctx.rule.registry();
         // The upstream gets manifest_timeout (retries included); the
         // flight's own limit adds MAX_ADMISSION for the hooks, which bound
@@ -454,9 +519,17 @@ impl PullThroughCache {
             Ok(m) => m,
             Err(e) => {
                 self.upstream_error(ctx, &e);
+                if let Reference::Tag(tag) = reference {
+                    self.remember_missing(ctx, tag, &e);
+                }
                 return Err(e);
             }
         };
+        if let Reference::Tag(tag) = reference {
+            inner
+                .negative
+                .forget(ctx.rule.name(), &ctx.local, Some(tag));
+        }
         let checked = self.check_fetched(&m, reference);
         let parsed = match checked {
             Ok(p) => p,

@@ -19,6 +19,7 @@ pub(crate) mod keys;
 mod lease;
 mod maintenance;
 mod manifests;
+mod negative;
 mod queue;
 mod referrers;
 mod response;
@@ -189,6 +190,8 @@ pub(crate) struct Inner {
     pub(crate) hot: hot::Hot,
     in_use: Mutex<HashMap<Digest, usize>>,
     verdicts: signatures::Verdicts,
+    /// Upstream "not found"s remembered (per rule's `negative_ttl`).
+    negative: negative::Negative,
 }
 
 /// Marks a digest as being read, so gc leaves it alone.

@@ -297,6 +297,11 @@ impl Collector for ReadOnScrape {
                 &c.stale,
             ),
             (
+                "registry_proxy_negative_hits",
+                "Not-found answers given from memory (within the rule's negative_ttl) without asking the upstream.",
+                &c.negative,
+            ),
+            (
                 "registry_proxy_bytes_served",
                 "Blob bytes delivered to clients.",
                 &c.bytes_served,
