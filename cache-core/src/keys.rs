@@ -11,6 +11,7 @@
 //! leases/blobs/<alg>/<hex>              which instance fetches the blob
 //! leases/gc                             which instance runs gc
 //! scans/<scanner>/<alg>/<hex>           a vulnerability scanner's findings on a manifest
+//! purged/<alg>/<hex>                    a blob a purge took grants of: gc removes it unless re-granted
 //! ```
 //!
 //! Repository components never start with `_`, so `_tags`, `_links` and
@@ -55,6 +56,17 @@ fn parse_digest_part(tail: &str) -> Option<Digest> {
 /// `repos`: everything kept per repository (tags, grants, referrers).
 pub fn repos() -> MetaKey {
     key("repos".to_owned())
+}
+
+/// `repos/<repo>`: everything kept for a repository, and for the
+/// repositories nested under it (filter with [`repo_of`]).
+pub fn repo(repo: &RepoName) -> MetaKey {
+    key(format!("repos/{repo}"))
+}
+
+/// `repos/<repo>/_links`: every grant of a repository.
+pub fn grants(repo: &RepoName) -> MetaKey {
+    key(format!("repos/{repo}/_links"))
 }
 
 /// `repos/<repo>/_tags/<tag>`: the tag's record.
@@ -136,10 +148,27 @@ pub fn scan_record(scanner: &str, d: &Digest) -> Result<MetaKey> {
     Ok(key(format!("{}/{}", scans_of(scanner)?, digest_part(d))))
 }
 
-/// The repository a key under `repos/` is about (a tag or a grant).
+/// `purged`: every purge mark.
+pub fn purged_all() -> MetaKey {
+    key("purged".to_owned())
+}
+
+/// `purged/<alg>/<hex>`: a blob whose grants a purge withdrew; the next
+/// gc removes it unless some repository is granted it again.
+pub fn purged(d: &Digest) -> MetaKey {
+    key(format!("purged/{}", digest_part(d)))
+}
+
+/// The digest a purge mark is about.
+pub fn parse_purged(k: &MetaKey) -> Option<Digest> {
+    parse_digest_part(k.as_str().strip_prefix("purged/")?)
+}
+
+/// The repository a key under `repos/` is about (a tag, a grant or a
+/// referrers record).
 pub fn repo_of(k: &MetaKey) -> Option<RepoName> {
     let rest = k.as_str().strip_prefix("repos/")?;
-    let (repo, _) = ["/_links/", "/_tags/"]
+    let (repo, _) = ["/_links/", "/_tags/", "/_referrers/"]
         .iter()
         .find_map(|sep| rest.split_once(sep))?;
     RepoName::parse(repo).ok()
@@ -190,6 +219,9 @@ mod tests {
             Some((repo.clone(), d.clone()))
         );
         assert_eq!(parse_platform(&platform(&d)), Some(d.clone()));
+        assert_eq!(parse_purged(&purged(&d)), Some(d.clone()));
+        assert_eq!(repo_of(&referrers(&repo, &d)), Some(repo.clone()));
+        assert_eq!(parse_purged(&platform(&d)), None);
         let scan = scan_record("trivy-1.0", &d).unwrap();
         assert_eq!(parse_scan_record(&scan), Some(("trivy-1.0", d.clone())));
         assert_eq!(repo_of(&tag(&repo, &t)), Some(repo.clone()));
@@ -208,7 +240,11 @@ mod tests {
         assert!(tag(&repo, &Tag::parse("latest").unwrap()).starts_with(&tags(&repo)));
         for k in [tags(&repo), grant(&repo, &d), referrers(&repo, &d)] {
             assert!(k.starts_with(&repos()), "{k}");
+            assert!(k.starts_with(&self::repo(&repo)), "{k}");
         }
+        assert!(grant(&repo, &d).starts_with(&grants(&repo)));
+        assert!(!grant(&repo, &d).starts_with(&grants(&RepoName::parse("library").unwrap())));
+        assert!(purged(&d).starts_with(&purged_all()));
         assert!(platform(&d).starts_with(&platforms()));
         assert!(
             scan_record("s", &d)

@@ -179,3 +179,194 @@ async fn a_missing_repository_listing_is_remembered_and_a_listing_that_works_for
     assert_eq!(list.tags, vec![t("v1")]);
     let _ = (&e.store, e.clock.now());
 }
+
+/// `repo:tag` with these layers, pushed and pulled whole through the cache.
+async fn cached_image(
+    e: &Env,
+    repo: &str,
+    tag: &str,
+    layers: &[bytes::Bytes],
+) -> cache_core::testing::PushedImage {
+    let img = e.up.push_image(&n(repo), &t(tag), layers);
+    e.cache.pull_image(&n(repo), &r(tag), &[], 4).await.unwrap();
+    img
+}
+
+async fn stored(e: &Env, d: &cache_core::Digest) -> bool {
+    use cache_core::BlobStore;
+    e.store.stat(d).await.unwrap().is_some()
+}
+
+#[tokio::test]
+async fn purging_a_tag_makes_its_next_pull_a_miss_and_gc_takes_only_what_nothing_else_holds() {
+    let e = env(RulePolicy::default());
+    let (l1, l2, l3, l4) = (
+        content(11, 500),
+        content(12, 500),
+        content(13, 500),
+        content(14, 500),
+    );
+    let v1 = cached_image(
+        &e,
+        "library/app",
+        "v1",
+        &[l1.clone(), l2.clone(), l4.clone()],
+    )
+    .await;
+    let v2 = cached_image(&e, "library/app", "v2", &[l2.clone(), l3.clone()]).await;
+    let other = cached_image(&e, "library/other", "v1", std::slice::from_ref(&l1)).await;
+    let report = e
+        .cache
+        .purge(&n("library/app"), Some(&r("v1")))
+        .await
+        .unwrap();
+    // The tag, its manifest, its config, l1 and l4 (l2 stays with v2).
+    assert_eq!(
+        (report.tags, report.manifests, report.grants),
+        (1, 1, 4),
+        "{report:?}"
+    );
+    let gc = e.cache.gc(None).await.unwrap();
+    // l1 stays for library/other.
+    assert_eq!(gc.purged, 3, "{gc:?}");
+    assert!(!stored(&e, &v1.manifest).await && !stored(&e, &v1.config).await);
+    assert!(!stored(&e, &v1.layers[2].0).await, "l4 was only v1's");
+    for d in [
+        &v1.layers[0].0,
+        &v1.layers[1].0,
+        &v2.manifest,
+        &other.manifest,
+    ] {
+        assert!(stored(&e, d).await, "{d} is still held");
+    }
+    // What stays is served without the upstream.
+    let (gets_before, blobs_before) = (gets(&e.up), Calls::get(&e.up.calls.blob_gets));
+    e.cache
+        .pull_image(&n("library/app"), &r("v2"), &[], 4)
+        .await
+        .unwrap();
+    e.cache
+        .pull_image(&n("library/other"), &r("v1"), &[], 4)
+        .await
+        .unwrap();
+    assert_eq!(gets(&e.up), gets_before, "no manifest fetched again");
+    assert_eq!(
+        Calls::get(&e.up.calls.blob_gets),
+        blobs_before,
+        "no blob fetched again"
+    );
+    // The purged tag is a miss, and what gc took is fetched again.
+    let gets_before = gets(&e.up);
+    let blobs_before = Calls::get(&e.up.calls.blob_gets);
+    let m = e
+        .cache
+        .manifest(&n("library/app"), &r("v1"), &Accept::any())
+        .await
+        .unwrap();
+    assert_eq!(m.status, CacheStatus::Miss);
+    assert_eq!(gets(&e.up), gets_before + 1);
+    e.cache
+        .pull_image(&n("library/app"), &r("v1"), &[], 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        Calls::get(&e.up.calls.blob_gets),
+        blobs_before + 2,
+        "config and l4"
+    );
+}
+
+#[tokio::test]
+async fn purging_a_repository_drops_every_record_of_it_and_only_it() {
+    let e = env(RulePolicy::default());
+    let shared = content(21, 700);
+    let app = cached_image(&e, "library/app", "v1", &[shared.clone(), content(22, 700)]).await;
+    cached_image(&e, "library/app", "v2", &[content(23, 700)]).await;
+    let nested = cached_image(&e, "library/app/sub", "v1", std::slice::from_ref(&shared)).await;
+    let report = e.cache.purge(&n("library/app"), None).await.unwrap();
+    assert_eq!((report.tags, report.manifests), (2, 2), "{report:?}");
+    let gc = e.cache.gc(None).await.unwrap();
+    assert_eq!(
+        gc.purged, 5,
+        "two manifests, two configs, one layer: {gc:?}"
+    );
+    assert!(
+        stored(&e, &app.layers[0].0).await,
+        "the nested repository holds it"
+    );
+    assert!(stored(&e, &nested.manifest).await);
+    let list = e.cache.catalog(None, None).await.unwrap();
+    assert_eq!(list.repositories, vec![n("library/app/sub")]);
+    // A second gc has nothing left to do.
+    assert_eq!(e.cache.gc(None).await.unwrap().purged, 0);
+}
+
+#[tokio::test]
+async fn purging_an_index_drops_its_platform_manifests_unless_pulled_on_their_own() {
+    let e = env(RulePolicy::default());
+    let app = n("library/app");
+    let (a, b) = (
+        e.up.push_image(&app, &t("amd"), &[content(41, 300)]),
+        e.up.push_image(&app, &t("arm"), &[content(42, 300)]),
+    );
+    let entry = |m: &cache_core::testing::PushedImage, arch: &str| {
+        format!(
+            r#"{{"mediaType":"{}","digest":"{}","size":{},"platform":{{"os":"linux","architecture":"{arch}"}}}}"#,
+            cache_core::media_types::OCI_MANIFEST,
+            m.manifest,
+            m.manifest_bytes.len()
+        )
+    };
+    let index = bytes::Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{},{}]}}"#,
+        cache_core::media_types::OCI_INDEX,
+        entry(&a, "amd64"),
+        entry(&b, "arm64")
+    ));
+    let i = e.up.add_manifest(
+        &app,
+        Some(&t("multi")),
+        index,
+        cache_core::media_types::OCI_INDEX,
+    );
+    e.cache.pull_image(&app, &r("multi"), &[], 4).await.unwrap();
+    // The arm64 image was also pulled on its own, by its tag.
+    e.cache.pull_image(&app, &r("arm"), &[], 4).await.unwrap();
+    let report = e
+        .cache
+        .purge(&app, Some(&Reference::Digest(i.clone())))
+        .await
+        .unwrap();
+    // The index and the amd64 image (manifest, layer; its config is the
+    // same as arm64's, which stays).
+    assert_eq!(
+        (report.tags, report.manifests, report.grants),
+        (1, 2, 3),
+        "{report:?}"
+    );
+    assert_eq!(e.cache.gc(None).await.unwrap().purged, 3);
+    assert!(stored(&e, &b.manifest).await && stored(&e, &b.layers[0].0).await);
+    assert!(!stored(&e, &a.manifest).await && !stored(&e, &a.layers[0].0).await);
+}
+
+#[tokio::test]
+async fn purging_a_manifest_drops_the_tags_naming_it() {
+    let e = env(RulePolicy::default());
+    let img = cached_image(&e, "library/app", "v1", &[content(31, 300)]).await;
+    e.up.retag(&n("library/app"), &t("latest"), &img.manifest);
+    e.cache
+        .manifest(&n("library/app"), &r("latest"), &Accept::any())
+        .await
+        .unwrap();
+    let d = Reference::Digest(img.manifest.clone());
+    let report = e.cache.purge(&n("library/app"), Some(&d)).await.unwrap();
+    assert_eq!(
+        (report.tags, report.manifests, report.grants),
+        (2, 1, 3),
+        "{report:?}"
+    );
+    // Nothing held: a purge of something not cached is no error.
+    let again = e.cache.purge(&n("library/app"), Some(&d)).await.unwrap();
+    assert_eq!(again, cache_core::PurgeReport::default());
+    assert_eq!(e.cache.gc(None).await.unwrap().purged, 3);
+}

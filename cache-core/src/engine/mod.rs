@@ -32,7 +32,7 @@ use std::time::Duration;
 
 pub use builder::CacheBuilder;
 pub use image::{ImagePlan, PullReport};
-pub use maintenance::{GcReport, ScrubReport};
+pub use maintenance::{GcReport, PurgeReport, ScrubReport};
 pub use response::{
     BlobBody, BlobResponse, Catalog, FileBody, ManifestResponse, Referrers, TagList,
 };

@@ -122,6 +122,14 @@ impl Negative {
         compact(&mut m);
     }
 
+    /// Forgets everything remembered about `repo`, under any rule (a sync
+    /// of it, a purge).
+    pub(crate) fn forget_repo(&self, repo: &RepoName) {
+        let mut m = lock(&self.map);
+        m.entries.retain(|(_, r, _), _| r != repo);
+        compact(&mut m);
+    }
+
     /// Entries held.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -207,7 +215,10 @@ mod tests {
             n.remember("lib", &r, Some(&t), ErrorCode::ManifestUnknown, t0, TTL);
         }
         assert_eq!(n.len(), MAX_NEGATIVE);
-        // The oldest went first.
+        assert!(
+            n.check("lib", &r, Some(&tag("t1")), t0).is_none(),
+            "the oldest went first"
+        );
         assert!(n.check("lib", &r, Some(&tag("t0")), t0).is_none());
         assert!(
             n.check(

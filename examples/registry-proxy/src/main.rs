@@ -1,8 +1,8 @@
 //! `registry-proxy`: serves the pull side of the OCI Distribution API for
 //! the repositories its caching rules declare, fetching each image from its
 //! upstream once, verified, and serving it from the cache afterwards; and
-//! the tools that go with it (`warm`, `gc`, `scrub`, `check`, `explain`,
-//! `reload`, `scan`).
+//! the tools that go with it (`warm`, `gc`, `scrub`, `purge`, `check`,
+//! `explain`, `reload`, `scan`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +75,15 @@ enum Cmd {
     },
     /// Re-hash every stored blob; remove those that do not match their digest.
     Scrub,
+    /// Drop the cache's records of a repository, a tag or a manifest:
+    /// IMAGE is library/nginx (the whole repository), library/nginx:1.27
+    /// or library/nginx@sha256:... Its next pull is a miss; blobs nothing
+    /// else holds go at the next gc. Through the running server when
+    /// server.admin_listen is set, else on the store directly.
+    Purge {
+        /// The repository, tag or manifest.
+        image: String,
+    },
 }
 
 /// The configuration file the flags name, or the default one.
@@ -154,6 +163,7 @@ fn main() -> ExitCode {
             } => cli::warm(&cfg, &images, &platforms, concurrency).await,
             Cmd::Gc { quota } => cli::gc(&cfg, quota.as_deref()).await,
             Cmd::Scrub => cli::scrub(&cfg).await,
+            Cmd::Purge { image } => cli::purge(&cfg, path.as_deref(), &image).await,
         }
     })
 }

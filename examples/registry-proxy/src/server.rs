@@ -1,6 +1,7 @@
 //! `registry-proxy serve`: the store, the cache, the router, the listener;
-//! reloads on SIGHUP or `POST /reload` at the admin endpoint; on SIGTERM,
-//! not ready for `drain_delay`, then a graceful shutdown.
+//! reloads on SIGHUP or `POST /reload` at the admin endpoint, which also
+//! scans (`POST /scan`) and purges (`DELETE /purge`); on SIGTERM, not
+//! ready for `drain_delay`, then a graceful shutdown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,6 +101,37 @@ async fn admin_scan(
     }
 }
 
+/// `DELETE /purge?image=NAME[:TAG|@DIGEST]`: drops the cache's records of
+/// a whole repository (a name alone), a tag or a manifest
+/// (`PullThroughCache::purge`); 200 with a JSON
+/// [`PurgeReport`](cache_core::PurgeReport), 400 for a bad name.
+async fn admin_purge(
+    State((_, st)): State<(Arc<Reloader>, AppState)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> axum::response::Response {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, format!("{m}\n")).into_response();
+    let Some(image) = cache_core::protocol::query_param(query.as_deref(), "image") else {
+        return bad("give the image: DELETE /purge?image=NAME[:TAG|@DIGEST]".into());
+    };
+    let local = match cache_core::LocalRef::parse(&image) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("image {image:?}: {e}")),
+    };
+    let reference = match (&local.digest, &local.tag) {
+        (Some(d), _) => Some(cache_core::Reference::Digest(d.clone())),
+        (None, Some(t)) => Some(cache_core::Reference::Tag(t.clone())),
+        (None, None) => None,
+    };
+    match st.cache.purge(&local.repository, reference.as_ref()).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => {
+            let status =
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, format!("{e}\n")).into_response()
+        }
+    }
+}
+
 /// Serves until SIGTERM or SIGINT. `path` is the configuration file, if
 /// one was read (a reload reads it again).
 pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
@@ -148,12 +180,18 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         g.revoke_through(&cache);
         g.spawn_rescans();
     }
-    if cfg.quota.is_some() || cfg.policies.values().any(|p| p.content_ttl.is_some()) {
+    {
+        // Every gc_interval: with a quota or content TTLs, and whenever a
+        // purge (through any instance or tool) left blobs for gc.
+        let always = cfg.quota.is_some() || cfg.policies.values().any(|p| p.content_ttl.is_some());
         let (cache, quota, every) = (cache.clone(), cfg.quota, cfg.gc_interval);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
+                if !always && !cache.purge_pending().await.unwrap_or(false) {
+                    continue;
+                }
                 match cache.gc(quota).await {
                     Ok(r) => tracing::info!(?r, "gc"),
                     Err(e) => tracing::warn!(error = %e, "gc failed"),
@@ -231,6 +269,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         let admin = axum::Router::new()
             .route("/reload", post(admin_reload))
             .route("/scan", post(admin_scan))
+            .route("/purge", axum::routing::delete(admin_purge))
             .route("/healthz", get(|| async { healthz().await }))
             .route(
                 "/readyz",

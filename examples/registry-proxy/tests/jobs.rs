@@ -10,6 +10,31 @@ use std::time::{Duration, Instant};
 use cache_upstream::testing::{TestRegistry, write_image};
 use common::{Proxy, config, http};
 
+/// A configuration like [`config`]'s with a loopback admin endpoint on
+/// `admin` and `storage` added to `[storage]`.
+fn config_with_admin(up: &TestRegistry, admin: u16, storage: &str, rule: &str) -> String {
+    format!(
+        "[server]\nadmin_listen = \"127.0.0.1:{admin}\"\n\n{}",
+        config(up, rule).replacen(
+            "path = \"cache-data\"\n",
+            &format!("path = \"cache-data\"\n{storage}"),
+            1
+        )
+    )
+}
+
+/// Waits (at most `limit`) until `done` holds; whether it did.
+async fn eventually(limit: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    done().await
+}
+
 /// Pushes a one-layer image as `repo:tag` (seed `seed`).
 fn push(up: &TestRegistry, repo: &str, tag: &str, seed: u64) -> cache_upstream::testing::TestImage {
     let dir = tempfile::tempdir().unwrap();
@@ -55,5 +80,81 @@ async fn two_hundred_pulls_of_a_missing_tag_cost_one_upstream_request_and_say_ne
     );
     // A tag that exists is not affected.
     assert_eq!(get_manifest(&proxy, "library/app", "v1").await.0, 200);
-    let _ = Instant::now() + Duration::ZERO;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_purge_the_next_pull_is_a_miss_and_gc_takes_only_the_orphans() {
+    let up = TestRegistry::start().unwrap();
+    let shared = push(&up, "library/app", "v1", 2);
+    push(&up, "library/other", "v1", 2); // the same image in another repository
+    let own = push(&up, "library/app", "v2", 3);
+    let admin = cache_upstream::testing::free_port();
+    let proxy = Proxy::start(&config_with_admin(&up, admin, "gc_interval = \"1s\"\n", ""));
+    for image in ["library/app:v1", "library/app:v2", "library/other:v1"] {
+        let dest = tempfile::tempdir().unwrap();
+        common::pull(&proxy, image, dest.path(), false).unwrap();
+    }
+    let blobs = |img: &cache_upstream::testing::TestImage| {
+        let mut v: Vec<cache_core::Digest> = img.layers.iter().map(|(d, _)| d.clone()).collect();
+        v.push(img.digest.clone());
+        v
+    };
+    for d in blobs(&shared).iter().chain(blobs(&own).iter()) {
+        assert!(proxy.stored_blob(d).exists(), "{d} cached");
+    }
+    // A bad name is the client's mistake.
+    let bad = http()
+        .delete(format!("http://127.0.0.1:{admin}/purge?image=Library/App"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    // The whole repository, with the CLI, through the running server.
+    let dir = proxy.dir.path().to_owned();
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || common::run(&dir, &["purge", "library/app"]))
+            .await
+            .unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("2 tag(s), 2 manifest(s)"), "{out}");
+    let log = proxy.log();
+    assert!(
+        log.lines().any(|l| l.contains("audit")
+            && l.contains("purge")
+            && l.contains("repository=library/app")),
+        "audited:\n{log}"
+    );
+    // The server's gc (every second here) takes v2's content, which no
+    // other repository holds, and nothing of library/other's.
+    let gone = eventually(Duration::from_secs(30), async || {
+        blobs(&own).iter().all(|d| !proxy.stored_blob(d).exists())
+    })
+    .await;
+    assert!(gone, "gc removed v2's blobs:\n{}", proxy.log());
+    for d in blobs(&shared) {
+        assert!(proxy.stored_blob(&d).exists(), "{d} is library/other's too");
+    }
+    // The next pull of a purged tag is a miss, and asks the upstream.
+    let gets = up.requests("GET", "/library/app/manifests/v2");
+    assert_eq!(
+        get_manifest(&proxy, "library/app", "v2").await,
+        (200, "miss".to_owned())
+    );
+    assert_eq!(up.requests("GET", "/library/app/manifests/v2"), gets + 1);
+    // library/other is untouched: a warm pull, no upstream blob GET.
+    let blob_gets = up.blob_gets();
+    let dest = tempfile::tempdir().unwrap();
+    common::pull(&proxy, "library/other:v1", dest.path(), false).unwrap();
+    assert_eq!(up.blob_gets(), blob_gets);
+    // One tag, through the endpoint.
+    let one = http()
+        .delete(format!(
+            "http://127.0.0.1:{admin}/purge?image=library/app:v2"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    let report: serde_json::Value = serde_json::from_slice(&one.bytes().await.unwrap()).unwrap();
+    assert_eq!(report["tags"], 1, "{report}");
 }
