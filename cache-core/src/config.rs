@@ -37,7 +37,9 @@ use serde::de::{self, Deserializer, Error as _};
 
 use crate::cosign::CosignKey;
 use crate::engine::CacheOptions;
-use crate::policy::{RulePolicy, SignatureMode, SignaturePolicy, TagFreshness, parse_duration};
+use crate::policy::{
+    Prefetch, RulePolicy, SignatureMode, SignaturePolicy, TagFreshness, parse_duration,
+};
 use crate::rules::{Rule, RuleSet, RuleSpec};
 
 /// A configuration error: the key (relative to the table read) and the
@@ -414,6 +416,24 @@ impl<'de> Deserialize<'de> for TagFreshness {
     }
 }
 
+/// `"none"`, `"platform"` or `"image"`.
+impl<'de> Deserialize<'de> for Prefetch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Raw {
+            None,
+            Platform,
+            Image,
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::None => Prefetch::None,
+            Raw::Platform => Prefetch::Platform,
+            Raw::Image => Prefetch::Image,
+        })
+    }
+}
+
 /// `"enforce"` or `"audit"`.
 impl<'de> Deserialize<'de> for SignatureMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -542,6 +562,9 @@ pub struct RuleConfig<S = NoScan> {
     /// How long an upstream's "not found" is remembered (`negative_ttl`,
     /// default `30s`; `"0s"` turns it off).
     pub negative_ttl: Duration,
+    /// What is fetched in the background after a manifest is served
+    /// (`prefetch`: `"none"`, the default, `"platform"` or `"image"`).
+    pub prefetch: Prefetch,
 }
 
 #[derive(Deserialize)]
@@ -557,6 +580,7 @@ struct RawRule<S> {
     signatures: Option<Box<SignatureSpec>>,
     scan: Option<Box<S>>,
     negative_ttl: Option<String>,
+    prefetch: Option<Prefetch>,
 }
 
 impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
@@ -583,6 +607,7 @@ impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
             scan: r.scan,
             negative_ttl: duration("negative_ttl", &r.negative_ttl, default.negative_ttl)
                 .map_err(custom)?,
+            prefetch: r.prefetch.unwrap_or_default(),
         })
     }
 }
@@ -606,6 +631,7 @@ impl<S> RuleConfig<S> {
             content_ttl: self.content_ttl,
             signatures,
             negative_ttl: self.negative_ttl,
+            prefetch: self.prefetch,
         })
     }
 }
@@ -819,6 +845,38 @@ mod tests {
                 "[signatures]\ncosign_keys = [\"k.pub\"]\nrecheck_refused = \"x\"",
                 "recheck_refused = \"x\"",
             ),
+        ] {
+            let e = rule(extra).unwrap_err();
+            assert!(e.contains(says), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_keys_that_keep_a_rule_fresh_read_and_refuse_bad_values_by_name() {
+        let head = "name = \"r\"\nsource = \"docker.io/library/*\"\ntarget = \"library/*\"\n";
+        let rule = |extra: &str| {
+            toml::from_str::<RuleConfig>(&format!("{head}{extra}"))
+                .map_err(|e| e.message().to_owned())
+        };
+        let p = rule("negative_ttl = \"0s\"\nprefetch = \"image\"\n")
+            .unwrap()
+            .policy(|_| unreachable!())
+            .unwrap();
+        assert_eq!(
+            (p.negative_ttl, p.prefetch),
+            (Duration::ZERO, Prefetch::Image)
+        );
+        let d = RulePolicy::default();
+        assert_eq!(
+            (d.negative_ttl, d.prefetch),
+            (Duration::from_secs(30), Prefetch::None)
+        );
+        for (extra, says) in [
+            (
+                "negative_ttl = \"soon\"",
+                "negative_ttl = \"soon\": not a duration",
+            ),
+            ("prefetch = \"all\"", "unknown variant `all`"),
         ] {
             let e = rule(extra).unwrap_err();
             assert!(e.contains(says), "{extra}: {e}");

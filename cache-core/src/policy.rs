@@ -75,6 +75,24 @@ pub struct RulePolicy {
     /// remembered). A successful fetch of the tag, or a sync of the
     /// repository, forgets it.
     pub negative_ttl: Duration,
+    /// What is fetched in the background after a manifest is served to a
+    /// client (default [`Prefetch::None`]).
+    pub prefetch: Prefetch,
+}
+
+/// What a rule fetches in the background after serving a client a
+/// manifest, so the cache holds whole images although clients pull one
+/// platform, or skip the layers they have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prefetch {
+    /// Nothing: only what clients ask for is fetched.
+    #[default]
+    None,
+    /// After an image manifest, its config and layers.
+    Platform,
+    /// After an image manifest, its config and layers; after an index,
+    /// every platform manifest it lists and their configs and layers.
+    Image,
 }
 
 /// How long a rule remembers an upstream's "not found" unless configured.
@@ -138,6 +156,7 @@ impl Default for RulePolicy {
             content_ttl: None,
             signatures: None,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
+            prefetch: Prefetch::None,
         }
     }
 }

@@ -370,3 +370,146 @@ async fn purging_a_manifest_drops_the_tags_naming_it() {
     assert_eq!(again, cache_core::PurgeReport::default());
     assert_eq!(e.cache.gc(None).await.unwrap().purged, 3);
 }
+
+/// Waits (in real time, at most 10 s) until no prefetch runs.
+async fn prefetches_done(cache: &PullThroughCache) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while cache.prefetching() > 0 {
+        assert!(std::time::Instant::now() < end, "prefetches still running");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A two-platform index of two one-layer images, tagged `tag`.
+fn push_index(
+    e: &Env,
+    repo: &str,
+    tag: &str,
+    seed: u64,
+) -> (cache_core::Digest, Vec<cache_core::testing::PushedImage>) {
+    let repo = n(repo);
+    let images: Vec<_> = (0..2u64)
+        .map(|i| {
+            let layers = [
+                content(seed * 10 + i, 2_000),
+                content(seed * 10 + 5 + i, 3_000 + i as usize),
+            ];
+            e.up.push_image(&repo, &t(&format!("{tag}-p{i}")), &layers)
+        })
+        .collect();
+    let entries: Vec<String> = images
+        .iter()
+        .zip(["amd64", "arm64"])
+        .map(|(m, arch)| {
+            format!(
+                r#"{{"mediaType":"{}","digest":"{}","size":{},"platform":{{"os":"linux","architecture":"{arch}"}}}}"#,
+                cache_core::media_types::OCI_MANIFEST,
+                m.manifest,
+                m.manifest_bytes.len()
+            )
+        })
+        .collect();
+    let index = bytes::Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{}]}}"#,
+        cache_core::media_types::OCI_INDEX,
+        entries.join(",")
+    ));
+    let d = e.up.add_manifest(
+        &repo,
+        Some(&t(tag)),
+        index,
+        cache_core::media_types::OCI_INDEX,
+    );
+    (d, images)
+}
+
+#[tokio::test]
+async fn prefetch_image_after_an_index_fetches_every_platform_then_serves_them_with_the_upstream_down()
+ {
+    let e = env(RulePolicy {
+        prefetch: cache_core::Prefetch::Image,
+        ..RulePolicy::default()
+    });
+    let (index, images) = push_index(&e, "library/multi", "v1", 5);
+    let app = n("library/multi");
+    // Only the index, by digest.
+    let m = e
+        .cache
+        .manifest(&app, &Reference::Digest(index.clone()), &Accept::any())
+        .await
+        .unwrap();
+    assert_eq!(m.status, CacheStatus::Miss);
+    prefetches_done(&e.cache).await;
+    // Two platform manifests; a config (the same for both) and four layers.
+    assert_eq!(gets(&e.up), 3);
+    assert_eq!(Calls::get(&e.up.calls.blob_gets), 5);
+    e.up.set_down(true);
+    for img in &images {
+        let report = e
+            .cache
+            .pull_image(&app, &Reference::Digest(img.manifest.clone()), &[], 4)
+            .await
+            .unwrap();
+        assert_eq!(report.blobs, 3);
+    }
+    assert_eq!(e.up.calls.total(), 8, "all of it from the cache");
+    // Served again: no second prefetch, nothing asked.
+    e.up.set_down(false);
+    e.cache
+        .manifest(&app, &Reference::Digest(index), &Accept::any())
+        .await
+        .unwrap();
+    prefetches_done(&e.cache).await;
+    assert_eq!(e.up.calls.total(), 8);
+}
+
+#[tokio::test]
+async fn prefetch_platform_fetches_an_image_s_layers_but_not_an_index_s_platforms() {
+    let e = env(RulePolicy {
+        prefetch: cache_core::Prefetch::Platform,
+        ..RulePolicy::default()
+    });
+    let (index, images) = push_index(&e, "library/multi", "v1", 6);
+    let app = n("library/multi");
+    e.cache
+        .manifest(&app, &Reference::Digest(index), &Accept::any())
+        .await
+        .unwrap();
+    prefetches_done(&e.cache).await;
+    assert_eq!(e.up.calls.total(), 1, "an index alone starts nothing");
+    e.cache
+        .manifest(
+            &app,
+            &Reference::Digest(images[1].manifest.clone()),
+            &Accept::any(),
+        )
+        .await
+        .unwrap();
+    prefetches_done(&e.cache).await;
+    assert_eq!(
+        Calls::get(&e.up.calls.blob_gets),
+        3,
+        "its config and two layers"
+    );
+    for (d, _) in &images[1].layers {
+        let b = e.cache.blob(&app, d, None).await.unwrap();
+        assert_eq!(b.status, CacheStatus::Hit);
+    }
+}
+
+#[tokio::test]
+async fn without_prefetch_a_served_manifest_fetches_nothing_more() {
+    let e = env(RulePolicy::default());
+    let (index, _) = push_index(&e, "library/multi", "v1", 7);
+    e.cache
+        .manifest(
+            &n("library/multi"),
+            &Reference::Digest(index),
+            &Accept::any(),
+        )
+        .await
+        .unwrap();
+    prefetches_done(&e.cache).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(e.up.calls.total(), 1);
+}

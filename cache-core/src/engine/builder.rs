@@ -240,6 +240,7 @@ impl CacheBuilder {
                 in_use: Mutex::new(HashMap::new()),
                 verdicts: Default::default(),
                 negative: Default::default(),
+                prefetches: Default::default(),
                 opts,
             }),
         };

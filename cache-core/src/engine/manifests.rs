@@ -44,6 +44,10 @@ impl PullThroughCache {
     /// [`manifest`](Self::manifest) for `caller`: a scanner scoped to the
     /// repository is not held to admission (its scan decides it), and
     /// what it reads grants nothing to anyone else.
+    ///
+    /// Under a rule with a [`Prefetch`](crate::Prefetch) policy, a client
+    /// served a manifest starts the background fetch of the rest of the
+    /// image.
     pub async fn manifest_for(
         &self,
         name: &RepoName,
@@ -51,6 +55,24 @@ impl PullThroughCache {
         accept: &Accept,
         caller: &Caller,
     ) -> Result<ManifestResponse> {
+        let (ctx, resp) = self
+            .manifest_answer(name, reference, accept, caller)
+            .await?;
+        if *caller == Caller::Client {
+            self.prefetch_after(&ctx, &resp);
+        }
+        Ok(resp)
+    }
+
+    /// [`manifest_for`](Self::manifest_for) without starting a prefetch:
+    /// the answer, and what the request resolved to.
+    pub(super) async fn manifest_answer(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+        accept: &Accept,
+        caller: &Caller,
+    ) -> Result<(Ctx, ManifestResponse)> {
         let ctx = self.ctx_for(name, caller)?;
         let resp = match reference {
             Reference::Digest(d) => self.manifest_by_digest(&ctx, d).await?,
@@ -66,7 +88,7 @@ impl PullThroughCache {
             rule: ctx.rule.name(),
             status: resp.status,
         });
-        Ok(resp)
+        Ok((ctx, resp))
     }
 
     pub(crate) async fn load_manifest(&self, d: &Digest) -> Result<Option<Manifest>> {
@@ -221,7 +243,11 @@ impl PullThroughCache {
         }
     }
 
-    async fn manifest_by_digest(&self, ctx: &Ctx, d: &Digest) -> Result<ManifestResponse> {
+    pub(super) async fn manifest_by_digest(
+        &self,
+        ctx: &Ctx,
+        d: &Digest,
+    ) -> Result<ManifestResponse> {
         let reference = Reference::Digest(d.clone());
         // The grant first: it usually names the media type, so the
         // manifest's own record need not be read.

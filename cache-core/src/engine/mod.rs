@@ -192,6 +192,8 @@ pub(crate) struct Inner {
     verdicts: signatures::Verdicts,
     /// Upstream "not found"s remembered (per rule's `negative_ttl`).
     negative: negative::Negative,
+    /// Background prefetches (per rule's `prefetch`).
+    prefetches: image::Prefetches,
 }
 
 /// Marks a digest as being read, so gc leaves it alone.

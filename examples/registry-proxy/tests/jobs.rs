@@ -158,3 +158,80 @@ async fn after_a_purge_the_next_pull_is_a_miss_and_gc_takes_only_the_orphans() {
     let report: serde_json::Value = serde_json::from_slice(&one.bytes().await.unwrap()).unwrap();
     assert_eq!(report["tags"], 1, "{report}");
 }
+
+/// `curl` (the binary) with `args`: its standard output; a missing curl
+/// is an error that says how to install it.
+fn curl(args: &[&str]) -> String {
+    let bin = cache_upstream::testing::require("curl", "curl").unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(bin)
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_image_makes_both_platforms_of_an_index_pullable_after_only_its_manifest_was() {
+    let mut up = TestRegistry::start().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let img = cache_upstream::testing::write_index(src.path(), "multi", 21, 30_000);
+    up.push(&img.layout, "multi", "library/multi").unwrap();
+    let proxy = Proxy::start(&config(&up, "prefetch = \"image\"\n"));
+    // The index alone, by digest, with curl.
+    let url = proxy.url(&format!("/v2/library/multi/manifests/{}", img.digest));
+    let accept = format!("accept: {}", cache_core::media_types::OCI_INDEX);
+    let head = curl(&["-D", "-", "-o", "/dev/null", "-H", &accept, &url]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The proxy fetches both platforms' manifests, configs and layers itself.
+    let layers: Vec<String> = img.layers.iter().map(|(d, _)| d.to_string()).collect();
+    let fetched = eventually(Duration::from_secs(30), async || {
+        layers
+            .iter()
+            .all(|d| up.requests("GET", &format!("/blobs/{d}")) >= 1)
+    })
+    .await;
+    assert!(fetched, "every layer prefetched:\n{}", up.log());
+    let prefetched_platforms = img
+        .platforms
+        .iter()
+        .all(|(d, _)| up.requests("GET", &format!("/manifests/{d}")) >= 1);
+    assert!(prefetched_platforms, "{}", up.log());
+    // Let the last blob's commit land, then take the upstream away.
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            img.layers
+                .iter()
+                .all(|(d, _)| proxy.stored_blob(d).exists())
+        })
+        .await
+    );
+    up.stop();
+    let dest = tempfile::tempdir().unwrap();
+    let reference = format!("library/multi@{}", img.digest);
+    let pulled = tokio::task::spawn_blocking({
+        let dest = dest.path().to_owned();
+        let host = proxy.host();
+        move || {
+            cache_upstream::testing::skopeo(&[
+                "copy".into(),
+                "--insecure-policy".into(),
+                "--src-tls-verify=false".into(),
+                "--all".into(),
+                format!("docker://{host}/{reference}"),
+                format!("dir:{}", dest.display()),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    pulled.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    for (d, _) in &img.layers {
+        assert!(dest.path().join(d.hex()).exists(), "{d} pulled");
+    }
+}
