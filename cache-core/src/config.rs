@@ -38,7 +38,8 @@ use serde::de::{self, Deserializer, Error as _};
 use crate::cosign::CosignKey;
 use crate::engine::CacheOptions;
 use crate::policy::{
-    Prefetch, RulePolicy, SignatureMode, SignaturePolicy, TagFreshness, parse_duration,
+    MAX_SYNC_TAGS, Prefetch, RulePolicy, SignatureMode, SignaturePolicy, SyncPolicy, TagFreshness,
+    TagPattern, VersionReq, parse_duration,
 };
 use crate::rules::{Rule, RuleSet, RuleSpec};
 
@@ -512,6 +513,132 @@ impl SignatureSpec {
     }
 }
 
+/// The most repositories a rule's `sync.repositories` lists.
+pub const MAX_SYNC_REPOSITORIES: usize = 1000;
+
+/// A rule's `sync` table: `interval` (required, at least `1s`), `tags` (a
+/// regular expression the whole tag matches), `semver` (a version range:
+/// `">=1.2, <2"`), `max_tags` (1 to 1000), `platforms` (`os/arch[/variant]`)
+/// and, for a wildcard rule, `repositories` (local names under its target,
+/// at most 1000). Each error names the key and the value.
+///
+/// ```
+/// use cache_core::config::RuleConfig;
+///
+/// let rule: RuleConfig = toml::from_str(
+///     "name = \"hub\"\nsource = \"docker.io/library/*\"\ntarget = \"library/*\"\n\
+///      [sync]\ninterval = \"10m\"\nsemver = \">=1.27, <2\"\nrepositories = [\"library/nginx\"]\n",
+/// )?;
+/// let sync = rule.policy(|_| unreachable!())?.sync.unwrap();
+/// assert_eq!(sync.interval, std::time::Duration::from_secs(600));
+/// let bad = toml::from_str::<RuleConfig>(
+///     "name = \"hub\"\nsource = \"docker.io/library/*\"\ntarget = \"library/*\"\n[sync]\ninterval = \"10m\"\nsemver = \"one\"\n",
+/// ).unwrap_err();
+/// assert!(bad.message().contains("semver = \"one\""), "{bad}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSpec(pub SyncPolicy);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    interval: Option<String>,
+    tags: Option<String>,
+    semver: Option<String>,
+    max_tags: Option<usize>,
+    #[serde(default)]
+    platforms: Vec<String>,
+    #[serde(default)]
+    repositories: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for SyncSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = RawSync::deserialize(d)?;
+        (|| {
+            let interval = r
+                .interval
+                .as_ref()
+                .map(|_| {
+                    at_least(
+                        "interval",
+                        &r.interval,
+                        Duration::ZERO,
+                        Duration::from_secs(1),
+                    )
+                })
+                .ok_or_else(|| ConfigError::new("interval is missing (how often: \"10m\")"))??;
+            let mut p = SyncPolicy::new(interval);
+            if let Some(t) = &r.tags {
+                p.tags = Some(TagPattern::new(t).map_err(|e| {
+                    ConfigError(format!(
+                        "tags = {t:?}: not a usable regular expression: {e}"
+                    ))
+                })?);
+            }
+            if let Some(v) = &r.semver {
+                p.semver = Some(VersionReq::parse(v).map_err(|e| {
+                    ConfigError(format!(
+                        "semver = {v:?}: not a version range ({e}; e.g. \">=1.2, <2\")"
+                    ))
+                })?);
+            }
+            if let Some(n) = r.max_tags
+                && !(1..=MAX_SYNC_TAGS).contains(&n)
+            {
+                return Err(ConfigError(format!(
+                    "max_tags = {n}: from 1 to {MAX_SYNC_TAGS}"
+                )));
+            }
+            p.max_tags = r.max_tags;
+            for s in &r.platforms {
+                let platform = crate::manifest::Platform::parse(s).ok_or_else(|| {
+                    ConfigError(format!("platforms: {s:?} is not os/arch[/variant]"))
+                })?;
+                p.platforms.push(platform);
+            }
+            if r.repositories.len() > MAX_SYNC_REPOSITORIES {
+                return Err(ConfigError(format!(
+                    "repositories: {} entries, at most {MAX_SYNC_REPOSITORIES}",
+                    r.repositories.len()
+                )));
+            }
+            for s in &r.repositories {
+                let repo = crate::names::RepoName::parse(s)
+                    .map_err(|e| ConfigError(format!("repositories: {s:?}: {e}")))?;
+                p.repositories.push(repo);
+            }
+            Ok(SyncSpec(p))
+        })()
+        .map_err(custom)
+    }
+}
+
+impl SyncSpec {
+    /// Checks the repositories against the rule's `target`: only a wildcard
+    /// rule lists them, each under its target; an error names the key.
+    pub fn check_target(&self, target: &str) -> Result<(), ConfigError> {
+        let repos = &self.0.repositories;
+        let Some(first) = repos.first() else {
+            return Ok(());
+        };
+        let Some(prefix) = target.strip_suffix('*') else {
+            return Err(ConfigError(format!(
+                "sync.repositories: {:?} and the rest: only a wildcard rule lists repositories (this one's target is {target:?})",
+                first.as_str()
+            )));
+        };
+        match repos.iter().find(|r| !r.as_str().starts_with(prefix)) {
+            Some(r) => Err(ConfigError(format!(
+                "sync.repositories: {:?} is not under the rule's target {target:?}",
+                r.as_str()
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The `scan` of a rule in a program without a vulnerability scanner: a
 /// rule that has one is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -527,8 +654,9 @@ impl<'de> Deserialize<'de> for NoScan {
 
 /// One caching rule as a table: `name`, `source`, `target`, `credentials`,
 /// its caching policy (`tag_freshness`, default `"revalidate"`;
-/// `stale_if_error`, default `24h`; `content_ttl`), its `signatures` and
-/// `scan` policies. `S` is the program's vulnerability policy
+/// `stale_if_error`, default `24h`; `content_ttl`; `negative_ttl`, default
+/// `30s`; `prefetch`, default `"none"`), its `signatures` and `scan`
+/// policies, and its scheduled `sync` ([`SyncSpec`]). `S` is the program's vulnerability policy
 /// (`cache_upstream::scanner::ScanPolicy`); the default refuses `scan`.
 ///
 /// The rule itself is validated with the rule set it joins
@@ -565,6 +693,8 @@ pub struct RuleConfig<S = NoScan> {
     /// What is fetched in the background after a manifest is served
     /// (`prefetch`: `"none"`, the default, `"platform"` or `"image"`).
     pub prefetch: Prefetch,
+    /// Tags fetched on a schedule (`[sync]`).
+    pub sync: Option<Box<SyncSpec>>,
 }
 
 #[derive(Deserialize)]
@@ -581,6 +711,7 @@ struct RawRule<S> {
     scan: Option<Box<S>>,
     negative_ttl: Option<String>,
     prefetch: Option<Prefetch>,
+    sync: Option<Box<SyncSpec>>,
 }
 
 impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
@@ -593,6 +724,9 @@ impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
             None => None,
             t => Some(duration("content_ttl", t, Duration::ZERO).map_err(custom)?),
         };
+        if let Some(sync) = &r.sync {
+            sync.check_target(&r.target).map_err(custom)?;
+        }
         Ok(RuleConfig {
             spec: RuleSpec {
                 name: r.name,
@@ -608,6 +742,7 @@ impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
             negative_ttl: duration("negative_ttl", &r.negative_ttl, default.negative_ttl)
                 .map_err(custom)?,
             prefetch: r.prefetch.unwrap_or_default(),
+            sync: r.sync,
         })
     }
 }
@@ -632,6 +767,7 @@ impl<S> RuleConfig<S> {
             signatures,
             negative_ttl: self.negative_ttl,
             prefetch: self.prefetch,
+            sync: self.sync.as_ref().map(|s| std::sync::Arc::new(s.0.clone())),
         })
     }
 }
@@ -880,6 +1016,85 @@ mod tests {
         ] {
             let e = rule(extra).unwrap_err();
             assert!(e.contains(says), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_sync_table_reads_and_refuses_bad_values_naming_the_key() {
+        let rule = |target: &str, sync: &str| {
+            toml::from_str::<RuleConfig>(&format!(
+                "name = \"r\"\nsource = \"docker.io/{target}\"\ntarget = \"{target}\"\n[sync]\n{sync}"
+            ))
+            .map_err(|e| e.message().to_owned())
+        };
+        let p = rule(
+            "library/*",
+            "interval = \"2s\"\ntags = \"v.*\"\nsemver = \">=1, <2\"\nmax_tags = 3\nplatforms = [\"linux/arm64/v8\"]\nrepositories = [\"library/a/b\"]\n",
+        )
+        .unwrap()
+        .policy(|_| unreachable!())
+        .unwrap();
+        let s = p.sync.unwrap();
+        assert_eq!(
+            (
+                s.interval,
+                s.max_tags,
+                s.platforms.len(),
+                s.repositories.len()
+            ),
+            (Duration::from_secs(2), Some(3), 1, 1)
+        );
+        assert_eq!(s.tags.as_ref().unwrap().as_str(), "v.*");
+        for (target, sync, says) in [
+            ("library/*", "", "interval is missing"),
+            (
+                "library/*",
+                "interval = \"0s\"",
+                "interval = \"0s\": at least 1s",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\ntags = \"(\"",
+                "tags = \"(\": not a usable regular expression",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\nsemver = \"~>1\"",
+                "semver = \"~>1\": not a version range",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\nmax_tags = 0",
+                "max_tags = 0: from 1 to 1000",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\nplatforms = [\"linux\"]",
+                "platforms: \"linux\" is not os/arch",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\nrepositories = [\"Bad\"]",
+                "repositories: \"Bad\"",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\nrepositories = [\"other/x\"]",
+                "\"other/x\" is not under the rule's target \"library/*\"",
+            ),
+            (
+                "library/nginx",
+                "interval = \"1m\"\nrepositories = [\"library/nginx\"]",
+                "only a wildcard rule lists repositories",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\nevery = 1",
+                "unknown field `every`",
+            ),
+        ] {
+            let e = rule(target, sync).unwrap_err();
+            assert!(e.contains(says), "{sync}: {e}");
         }
     }
 

@@ -58,20 +58,24 @@ pub enum UpstreamCall {
     Tags,
     /// A referrers listing (OCI 1.1 referrers API).
     Referrers,
+    /// A page of the upstream's catalog (a sync of a wildcard rule).
+    Catalog,
 }
 
 impl UpstreamCall {
     /// Every kind, for exporters that pre-register their series.
-    pub const ALL: [UpstreamCall; 6] = [
+    pub const ALL: [UpstreamCall; 7] = [
         UpstreamCall::Manifest,
         UpstreamCall::ManifestHead,
         UpstreamCall::Blob,
         UpstreamCall::BlobHead,
         UpstreamCall::Tags,
         UpstreamCall::Referrers,
+        UpstreamCall::Catalog,
     ];
 
-    /// `manifest`, `manifest_head`, `blob`, `blob_head`, `tags` or `referrers`.
+    /// `manifest`, `manifest_head`, `blob`, `blob_head`, `tags`,
+    /// `referrers` or `catalog`.
     pub fn as_str(self) -> &'static str {
         match self {
             UpstreamCall::Manifest => "manifest",
@@ -80,6 +84,7 @@ impl UpstreamCall {
             UpstreamCall::BlobHead => "blob_head",
             UpstreamCall::Tags => "tags",
             UpstreamCall::Referrers => "referrers",
+            UpstreamCall::Catalog => "catalog",
         }
     }
 }
@@ -134,6 +139,13 @@ pub enum Event<'a> {
     /// On a shared store, a fetch found another instance fetching the
     /// same digest, and this is how it ended.
     PeerFetch(PeerFetch),
+    /// A rule's sync ran (or found another instance running it).
+    Sync {
+        /// The rule's name.
+        rule: &'a str,
+        /// What it did.
+        report: &'a crate::SyncReport,
+    },
     /// A manifest was admitted or refused by the rule's policy (signature
     /// policy, admission hooks).
     Admission {
@@ -265,6 +277,10 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Admission decisions that would have refused, under an audit-only policy.
     pub audit_only: AtomicU64,
+    /// Sync runs that ran (not those another instance was running).
+    pub sync_runs: AtomicU64,
+    /// Tags sync runs found cached anew (new, or moved upstream).
+    pub sync_tags_new: AtomicU64,
 }
 
 impl Counters {
@@ -302,6 +318,12 @@ impl EventSink for Counters {
             Event::PeerFetch(PeerFetch::Published) => add(&self.peer_published, 1),
             Event::PeerFetch(PeerFetch::TakenOver) => add(&self.peer_taken_over, 1),
             Event::PeerFetch(PeerFetch::WaitedTooLong) => add(&self.peer_waited_too_long, 1),
+            Event::Sync { report, .. } => {
+                if report.skipped.is_none() {
+                    add(&self.sync_runs, 1);
+                    add(&self.sync_tags_new, report.tags_new as u64);
+                }
+            }
             Event::Admission { outcome, .. } => match outcome {
                 AdmissionOutcome::Allowed => add(&self.admitted, 1),
                 AdmissionOutcome::Refused => add(&self.refused, 1),

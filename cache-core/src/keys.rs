@@ -12,7 +12,13 @@
 //! leases/gc                             which instance runs gc
 //! scans/<scanner>/<alg>/<hex>           a vulnerability scanner's findings on a manifest
 //! purged/<alg>/<hex>                    a blob a purge took grants of: gc removes it unless re-granted
+//! leases/sync/<rule>                    which instance runs a rule's sync
+//! syncs/<rule>                          a rule's last sync run (when, where, what it did)
 //! ```
+//!
+//! A rule's name stands in a key as itself when it is one key segment
+//! (letters, digits, `.`, `_`, `-`), else as `sha256-` and the hex of its
+//! SHA-256.
 //!
 //! Repository components never start with `_`, so `_tags`, `_links` and
 //! `_referrers` cannot collide with a nested repository. Keys are built
@@ -115,6 +121,32 @@ pub fn blob_lease(d: &Digest) -> MetaKey {
 /// `leases/gc`: which instance runs gc.
 pub fn gc_lease() -> MetaKey {
     key("leases/gc".to_owned())
+}
+
+/// A rule's name as one key segment.
+fn rule_segment(rule: &str) -> String {
+    let plain = !rule.is_empty()
+        && rule.len() <= 128
+        && rule != "."
+        && rule != ".."
+        && rule
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if plain {
+        rule.to_owned()
+    } else {
+        format!("sha256-{}", Digest::sha256_of(rule.as_bytes()).hex())
+    }
+}
+
+/// `leases/sync/<rule>`: which instance runs the rule's sync.
+pub fn sync_lease(rule: &str) -> MetaKey {
+    key(format!("leases/sync/{}", rule_segment(rule)))
+}
+
+/// `syncs/<rule>`: the rule's last sync run.
+pub fn sync_record(rule: &str) -> MetaKey {
+    key(format!("syncs/{}", rule_segment(rule)))
 }
 
 /// `scans`: every scanner's findings.
@@ -256,6 +288,34 @@ mod tests {
             !scan_record("s", &d)
                 .unwrap()
                 .starts_with(&scans_of("s2").unwrap())
+        );
+    }
+
+    #[test]
+    fn any_rule_name_makes_a_sync_key_and_different_names_different_keys() {
+        let names = [
+            "hub-library",
+            "a/b",
+            "..",
+            "",
+            "with space",
+            "ünï",
+            "hub-library ",
+        ];
+        let keys: std::collections::HashSet<String> = names
+            .iter()
+            .map(|n| sync_record(n).as_str().to_owned())
+            .collect();
+        assert_eq!(keys.len(), names.len());
+        assert_eq!(sync_record("hub-library").as_str(), "syncs/hub-library");
+        assert_eq!(
+            sync_lease("hub-library").as_str(),
+            "leases/sync/hub-library"
+        );
+        assert!(
+            sync_lease("a/b")
+                .as_str()
+                .starts_with("leases/sync/sha256-")
         );
     }
 

@@ -37,9 +37,27 @@ struct Env {
 fn env(policy: RulePolicy) -> Env {
     let clock = ManualClock::new();
     let up = Arc::new(FakeUpstream::new("up.example", Arc::new(clock.clone())));
-    let store = Arc::new(MemoryStore::new());
+    instance(
+        policy,
+        &up,
+        Arc::new(MemoryStore::new()),
+        &clock,
+        "solo",
+        None,
+    )
+}
+
+/// An engine on `store` and `up`, named `name`, with `hook` if any.
+fn instance(
+    policy: RulePolicy,
+    up: &Arc<FakeUpstream>,
+    store: Arc<MemoryStore>,
+    clock: &ManualClock,
+    name: &str,
+    hook: Option<Arc<dyn cache_core::Admission>>,
+) -> Env {
     let counters = Arc::new(Counters::default());
-    let cache = PullThroughCache::builder()
+    let mut b = PullThroughCache::builder()
         .rules(RuleSet::new(&[RuleSpec::new("lib", "up.example/library/*", "library/*")]).unwrap())
         .store(store.clone())
         .spawner(TokioRuntime::current())
@@ -49,15 +67,17 @@ fn env(policy: RulePolicy) -> Env {
         .events(counters.clone())
         .options(CacheOptions {
             retry_backoff: Duration::ZERO,
+            instance_name: name.to_owned(),
             ..CacheOptions::default()
-        })
-        .build()
-        .unwrap();
+        });
+    if let Some(h) = hook {
+        b = b.admission(h);
+    }
     Env {
-        cache,
-        up,
+        cache: b.build().unwrap(),
+        up: up.clone(),
         store,
-        clock,
+        clock: clock.clone(),
         counters,
     }
 }
@@ -512,4 +532,239 @@ async fn without_prefetch_a_served_manifest_fetches_nothing_more() {
     prefetches_done(&e.cache).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(e.up.calls.total(), 1);
+}
+
+/// A sync policy: every `interval`, the tags in `range`, of `repos`.
+fn syncing(interval: u64, range: &str, repos: &[&str]) -> RulePolicy {
+    let mut p = cache_core::policy::SyncPolicy::new(Duration::from_secs(interval));
+    p.semver = Some(cache_core::policy::VersionReq::parse(range).unwrap());
+    p.repositories = repos.iter().map(|r| n(r)).collect();
+    RulePolicy {
+        sync: Some(Arc::new(p)),
+        ..RulePolicy::default()
+    }
+}
+
+/// Pushes v1.0.0, v1.1.0, v2.0.0 and latest to `repo`, each its own image.
+fn push_releases(up: &FakeUpstream, repo: &str) -> Vec<cache_core::testing::PushedImage> {
+    ["v1.0.0", "v1.1.0", "v2.0.0", "latest"]
+        .iter()
+        .enumerate()
+        .map(|(i, tag)| up.push_image(&n(repo), &t(tag), &[content(100 + i as u64, 1_000)]))
+        .collect()
+}
+
+/// Waits in real time (at most 10 s) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < end, "waited 10 s for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_sync_caches_exactly_the_tags_its_range_selects_without_a_client_pull() {
+    let e = env(syncing(600, ">=1, <2", &["library/app"]));
+    let images = push_releases(&e.up, "library/app");
+    let report = e.cache.sync("lib").await.unwrap();
+    assert_eq!(
+        (
+            report.repositories,
+            report.tags_listed,
+            report.tags_seen,
+            report.tags_new
+        ),
+        (1, 4, 2, 2),
+        "{report:?}"
+    );
+    // Two manifests, and each image's config and layer (the configs are alike).
+    assert_eq!(
+        (report.manifests, report.blobs, report.errors),
+        (2, 3, 0),
+        "{report:?}"
+    );
+    assert_eq!(gets(&e.up), 2);
+    for (i, img) in images.iter().enumerate() {
+        assert_eq!(stored(&e, &img.manifest).await, i < 2, "image {i}");
+        assert_eq!(
+            stored(&e, &img.layers[0].0).await,
+            i < 2,
+            "image {i}'s layer"
+        );
+    }
+    // With the upstream down, the synced tags pull whole from the cache.
+    e.up.set_down(true);
+    for tag in ["v1.0.0", "v1.1.0"] {
+        e.cache
+            .pull_image(&n("library/app"), &r(tag), &[], 4)
+            .await
+            .unwrap();
+    }
+    e.cache
+        .pull_image(&n("library/app"), &r("v2.0.0"), &[], 4)
+        .await
+        .unwrap_err();
+    // A second run finds nothing new, and fetches no blob again.
+    e.up.set_down(false);
+    let blobs = Calls::get(&e.up.calls.blob_gets);
+    let again = e.cache.sync("lib").await.unwrap();
+    assert_eq!(
+        (again.tags_seen, again.tags_new, again.blobs),
+        (2, 0, 0),
+        "{again:?}"
+    );
+    assert_eq!(Calls::get(&e.up.calls.blob_gets), blobs);
+    assert_eq!(Counters::get(&e.counters.sync_runs), 2);
+}
+
+#[tokio::test]
+async fn a_wildcard_rule_without_repositories_syncs_what_the_upstream_catalog_lists() {
+    let e = env(syncing(600, ">=1", &[]));
+    push_releases(&e.up, "library/app");
+    push_releases(&e.up, "library/db");
+    e.up.push_image(&n("other/x"), &t("v1"), &[content(9, 10)]);
+    let report = e.cache.sync("lib").await.unwrap();
+    assert_eq!((report.repositories, report.tags_new), (2, 6), "{report:?}");
+    assert_eq!(Calls::get(&e.up.calls.manifest_gets), 6);
+}
+
+#[tokio::test]
+async fn the_scheduler_runs_each_interval_on_the_engine_clock_and_picks_up_a_new_release() {
+    let e = env(syncing(60, ">=1, <2", &["library/app"]));
+    push_releases(&e.up, "library/app");
+    e.cache.start_sync();
+    e.cache.start_sync(); // once is enough
+    let runs = |e: &Env| Counters::get(&e.counters.sync_runs);
+    // The first run comes within the first interval (spread), not before.
+    e.clock.until_sleeps(|s| !s.is_empty()).await;
+    assert_eq!(runs(&e), 0);
+    e.clock.advance(Duration::from_secs(61));
+    until("the first run", || runs(&e) == 1).await;
+    assert_eq!(Counters::get(&e.counters.sync_tags_new), 2);
+    // A release pushed meanwhile is cached by the next run.
+    let v12 =
+        e.up.push_image(&n("library/app"), &t("v1.2.0"), &[content(200, 500)]);
+    e.clock.advance(Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(runs(&e), 1, "not before its interval");
+    e.clock.advance(Duration::from_secs(37));
+    until("the second run", || runs(&e) == 2).await;
+    assert!(stored(&e, &v12.manifest).await && stored(&e, &v12.layers[0].0).await);
+    assert_eq!(Counters::get(&e.counters.sync_tags_new), 3);
+}
+
+#[tokio::test]
+async fn a_sync_never_caches_what_admission_refuses() {
+    let clock = ManualClock::new();
+    let up = Arc::new(FakeUpstream::new("up.example", Arc::new(clock.clone())));
+    let small = Arc::new(cache_core::MaxImageSize::new(2_000));
+    let e = instance(
+        syncing(600, ">=1", &["library/app"]),
+        &up,
+        Arc::new(MemoryStore::new()),
+        &clock,
+        "solo",
+        Some(small),
+    );
+    let ok = up.push_image(&n("library/app"), &t("v1.0.0"), &[content(1, 500)]);
+    let big = up.push_image(&n("library/app"), &t("v1.1.0"), &[content(2, 5_000)]);
+    let report = e.cache.sync("lib").await.unwrap();
+    assert_eq!(
+        (report.tags_seen, report.tags_new, report.errors),
+        (2, 1, 1),
+        "{report:?}"
+    );
+    assert!(report.error_messages[0].contains("denied"), "{report:?}");
+    assert!(stored(&e, &ok.manifest).await);
+    assert!(!stored(&e, &big.manifest).await, "refused, never stored");
+    assert!(!stored(&e, &big.layers[0].0).await, "nor its layer");
+}
+
+#[tokio::test]
+async fn a_sync_stops_at_the_upstream_rate_limit_and_keeps_pinned_tags_where_they_are() {
+    let e = env(RulePolicy {
+        tag_freshness: cache_core::TagFreshness::Pinned,
+        ..syncing(600, ">=1", &["library/app"])
+    });
+    let images = push_releases(&e.up, "library/app");
+    e.cache
+        .manifest(&n("library/app"), &r("v1.0.0"), &Accept::any())
+        .await
+        .unwrap();
+    // v2.0.0 is asked first (newest), and the upstream says stop.
+    e.up.fail_next_manifest(Fault::TooManyRequests);
+    let report = e.cache.sync("lib").await.unwrap();
+    assert_eq!((report.errors, report.tags_new), (1, 0), "{report:?}");
+    assert!(!stored(&e, &images[1].manifest).await, "the run stopped");
+    // Moved upstream, a pinned tag stays as cached; the others come.
+    e.up.retag(&n("library/app"), &t("v1.0.0"), &images[2].manifest);
+    let report = e.cache.sync("lib").await.unwrap();
+    assert_eq!((report.errors, report.tags_new), (0, 2), "{report:?}");
+    let m = e
+        .cache
+        .manifest(&n("library/app"), &r("v1.0.0"), &Accept::any())
+        .await
+        .unwrap();
+    assert_eq!(m.digest, images[0].manifest);
+}
+
+#[tokio::test]
+async fn three_instances_on_one_shared_store_make_one_run_per_interval_in_all() {
+    let clock = ManualClock::new();
+    let up = Arc::new(FakeUpstream::new("up.example", Arc::new(clock.clone())));
+    push_releases(&up, "library/app");
+    let store = Arc::new(MemoryStore::new().as_shared());
+    let all: Vec<Env> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            instance(
+                syncing(60, ">=1", &["library/app"]),
+                &up,
+                store.clone(),
+                &clock,
+                name,
+                None,
+            )
+        })
+        .collect();
+    for e in &all {
+        e.cache.start_sync();
+    }
+    clock.until_sleeps(|s| s.len() >= 3).await;
+    let runs = || {
+        all.iter()
+            .map(|e| Counters::get(&e.counters.sync_runs))
+            .sum::<u64>()
+    };
+    for interval in 1..=10u64 {
+        // Small steps, so every instance's scheduler looks often.
+        for _ in 0..8 {
+            clock.advance(Duration::from_secs(9));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let done = runs();
+        assert!(
+            done <= interval + 1,
+            "{done} runs after {interval} intervals of 72 s"
+        );
+    }
+    assert!(runs() >= 8, "it ran: {}", runs());
+    let by: Vec<u64> = all
+        .iter()
+        .map(|e| Counters::get(&e.counters.sync_runs))
+        .collect();
+    assert_eq!(by.iter().sum::<u64>(), runs(), "{by:?}");
+}
+
+#[tokio::test]
+async fn a_sync_of_a_rule_without_one_or_of_no_rule_is_an_error_naming_it() {
+    let e = env(RulePolicy::default());
+    let err = e.cache.sync("lib").await.unwrap_err();
+    assert!(
+        err.to_string().contains("\"lib\"") && err.to_string().contains("no sync"),
+        "{err}"
+    );
+    let err = e.cache.sync("nope").await.unwrap_err();
+    assert!(err.to_string().contains("\"nope\""), "{err}");
 }

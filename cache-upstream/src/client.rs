@@ -970,6 +970,67 @@ impl Upstream for RegistryClient {
         }))
     }
 
+    async fn catalog(
+        &self,
+        last: Option<&RepoName>,
+        limit: usize,
+    ) -> Result<Option<Vec<RepoName>>> {
+        // The catalog's token scope is the registry's, not a repository's;
+        // an upstream that refuses it (or has none) offers no catalog.
+        let scope = RepoName::parse("catalog").expect("a valid name");
+        let resp = self
+            .send(&scope, &|ep| {
+                let mut url = ep.url("v2/_catalog");
+                {
+                    let mut q = url.query_pairs_mut();
+                    q.append_pair("n", &limit.to_string());
+                    if let Some(l) = last {
+                        q.append_pair("last", l.as_str());
+                    }
+                }
+                self.http.get(url)
+            })
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(Error::Upstream {
+                code: Some(ErrorCode::Unauthorized),
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if matches!(
+            resp.status(),
+            StatusCode::NOT_FOUND
+                | StatusCode::METHOD_NOT_ALLOWED
+                | StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+        ) {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self.upstream_err(format!("catalog: HTTP {}", resp.status()), false));
+        }
+        let body = self
+            .read_limited(resp, self.opts.max_tag_list_size, "catalog")
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| self.upstream_err(format!("catalog is not JSON: {e}"), false))?;
+        let mut repos: Vec<RepoName> = v
+            .get("repositories")
+            .and_then(|t| t.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str())
+                    .filter_map(|r| RepoName::parse(r).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        repos.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        repos.truncate(limit);
+        Ok(Some(repos))
+    }
+
     async fn tags(&self, repo: &RepoName, page: &TagPage) -> Result<Vec<Tag>> {
         let path = format!("v2/{repo}/tags/list");
         let resp = self

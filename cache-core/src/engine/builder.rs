@@ -241,6 +241,7 @@ impl CacheBuilder {
                 verdicts: Default::default(),
                 negative: Default::default(),
                 prefetches: Default::default(),
+                sync: Default::default(),
                 opts,
             }),
         };

@@ -245,10 +245,13 @@ impl PullThroughCache {
         {
             return;
         }
-        let (this, name, digest) = (self.clone(), ctx.local.clone(), m.digest.clone());
+        let (this, ctx, digest) = (self.clone(), ctx.clone(), m.digest.clone());
         inner.spawner.spawn(
             async move {
-                let r = this.prefetch_image(&name, parsed).await;
+                let name = &ctx.local;
+                let r = this
+                    .fill_image(&ctx, parsed, &[], PREFETCH_CONCURRENCY)
+                    .await;
                 match &r {
                     Ok(report) => {
                         tracing::debug!(repository = %name, %digest, ?report, "prefetched")
@@ -257,21 +260,35 @@ impl PullThroughCache {
                         tracing::info!(repository = %name, %digest, error = %e, "prefetch failed; the next pull tries again")
                     }
                 }
-                this.inner.prefetches.done(&name, &digest, r.is_ok());
+                this.inner.prefetches.done(name, &digest, r.is_ok());
             }
             .boxed(),
         );
     }
 
-    /// Fetches what `parsed` (an index: each of its platform manifests)
-    /// references into the cache, skipping what is stored and granted.
-    async fn prefetch_image(&self, name: &RepoName, parsed: ParsedManifest) -> Result<PullReport> {
+    /// Fetches into the cache what `parsed` references (for an index:
+    /// the platform manifests `platforms` admits, all for none, and what
+    /// they reference), `concurrency` blobs at a time, skipping what the
+    /// repository already holds: the manifests resolved and the blobs and
+    /// bytes fetched.
+    pub(super) async fn fill_image(
+        &self,
+        ctx: &Ctx,
+        parsed: ParsedManifest,
+        platforms: &[Platform],
+        concurrency: usize,
+    ) -> Result<PullReport> {
         let mut report = PullReport::default();
         let mut images = Vec::new();
         if parsed.is_index() {
-            let ctx = self.ctx(name)?;
-            for (d, _) in parsed.manifests.iter().filter(|(d, _)| d.urls.is_empty()) {
-                let m = self.manifest_by_digest(&ctx, &d.digest).await?;
+            for (d, p) in parsed.manifests.iter().filter(|(d, _)| d.urls.is_empty()) {
+                let wanted = platforms.is_empty()
+                    || p.as_ref()
+                        .is_some_and(|p| platforms.iter().any(|a| a.admits(p)));
+                if !wanted {
+                    continue;
+                }
+                let m = self.manifest_by_digest(ctx, &d.digest).await?;
                 images.push(ParsedManifest::parse(&m.bytes)?);
                 report.manifests += 1;
             }
@@ -286,24 +303,26 @@ impl PullThroughCache {
             .collect();
         blobs.sort();
         blobs.dedup();
-        let results: Vec<Result<u64>> = futures::stream::iter(blobs)
+        let results: Vec<Result<Option<u64>>> = futures::stream::iter(blobs)
             .map(|d| {
-                let (this, name) = (self.clone(), name.clone());
+                let (this, name) = (self.clone(), ctx.local.clone());
                 async move {
                     let inner = &this.inner;
                     if inner.is_entitled(&name, &d).await? && inner.store.stat(&d).await?.is_some()
                     {
-                        return Ok(0);
+                        return Ok(None);
                     }
-                    this.prefetch_blob(&name, &d, |_| {}).await
+                    this.prefetch_blob(&name, &d, |_| {}).await.map(Some)
                 }
             })
-            .buffer_unordered(PREFETCH_CONCURRENCY)
+            .buffer_unordered(concurrency.max(1))
             .collect()
             .await;
         for r in results {
-            report.bytes += r?;
-            report.blobs += 1;
+            if let Some(n) = r? {
+                report.bytes += n;
+                report.blobs += 1;
+            }
         }
         Ok(report)
     }

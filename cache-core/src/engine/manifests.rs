@@ -273,7 +273,7 @@ impl PullThroughCache {
         Ok(Self::respond(m, CacheStatus::Miss))
     }
 
-    async fn manifest_by_tag(&self, ctx: &Ctx, tag: &Tag) -> Result<ManifestResponse> {
+    pub(super) async fn manifest_by_tag(&self, ctx: &Ctx, tag: &Tag) -> Result<ManifestResponse> {
         let inner = &self.inner;
         let key = keys::tag(&ctx.local, tag);
         let record = match inner.hot.tag(&key) {
@@ -301,6 +301,8 @@ impl PullThroughCache {
             age = now.duration_since(rec.confirmed).unwrap_or_default();
             let fresh = match policy.tag_freshness {
                 TagFreshness::Pinned => true,
+                // A sync asks whatever the tag's TTL says; a pinned tag stays.
+                _ if ctx.job => false,
                 TagFreshness::Ttl(ttl) => age < ttl,
                 TagFreshness::Revalidate => false,
             };
@@ -324,7 +326,7 @@ impl PullThroughCache {
                     return Err(e);
                 }
                 Err(e) => {
-                    if age <= policy.stale_if_error {
+                    if age <= policy.stale_if_error && !ctx.job {
                         tracing::warn!(repo = %ctx.local, %tag, error = %e, "upstream failed; serving cached tag");
                         self.admit_and_grant(ctx, &reference, &m).await?;
                         return Ok(Self::respond(m, CacheStatus::Stale));
@@ -346,7 +348,8 @@ impl PullThroughCache {
                         Error::ManifestUnknown { .. }
                             | Error::Remembered { .. }
                             | Error::Denied { .. }
-                    ) && age <= policy.stale_if_error =>
+                    ) && age <= policy.stale_if_error
+                        && !ctx.job =>
                 {
                     self.admit_and_grant(ctx, &reference, &m).await?;
                     Ok(Self::respond(m, CacheStatus::Stale))
@@ -360,6 +363,9 @@ impl PullThroughCache {
     /// the rule's `negative_ttl`, that it has no `tag` (or no such
     /// repository): counted as a negative answer.
     fn not_remembered_missing(&self, ctx: &Ctx, tag: &Tag) -> Result<()> {
+        if ctx.job {
+            return Ok(());
+        }
         let inner = &self.inner;
         let found = inner
             .negative
@@ -464,9 +470,9 @@ impl PullThroughCache {
                         // Answered while this flight was being asked for?
                         let now = this.inner.clock.now();
                         let name = ctx.rule.name();
-                        if let Some(e) =
-                            this.inner.negative.check(name, &ctx.local, Some(&tag), now)
-                        {
+                        let remembered =
+                            this.inner.negative.check(name, &ctx.local, Some(&tag), now);
+                        if let (Some(e), false) = (remembered, ctx.job) {
                             return Err(e);
                         }
                         let head = this
@@ -512,7 +518,7 @@ impl PullThroughCache {
                 return Ok(m);
             }
         }
-        if let Reference::Tag(tag) = reference {
+        if let (Reference::Tag(tag), false) = (reference, ctx.job) {
             // Answered "not found" while this flight was being asked for:
             // a flight that ends as another starts costs no second request.
             let now = inner.clock.now();

@@ -24,6 +24,7 @@ mod queue;
 mod referrers;
 mod response;
 mod signatures;
+mod sync;
 mod tags;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ pub use maintenance::{GcReport, PurgeReport, ScrubReport};
 pub use response::{
     BlobBody, BlobResponse, Catalog, FileBody, ManifestResponse, Referrers, TagList,
 };
+pub use sync::SyncReport;
 
 use self::fetch::Fetch;
 use self::flights::Flights;
@@ -194,6 +196,8 @@ pub(crate) struct Inner {
     negative: negative::Negative,
     /// Background prefetches (per rule's `prefetch`).
     prefetches: image::Prefetches,
+    /// Scheduled sync: runs under way, the schedule.
+    sync: sync::SyncState,
 }
 
 /// Marks a digest as being read, so gc leaves it alone.
@@ -320,6 +324,10 @@ pub(crate) struct Ctx {
     queue: Arc<FetchQueue>,
     wiring: Arc<Wiring>,
     caller: crate::policy::Caller,
+    /// A background job (a sync) rather than a client: it asks the
+    /// upstream whatever the negative cache or the tag's freshness says,
+    /// and a failure is its error, never a stale answer.
+    job: bool,
 }
 
 impl Ctx {
@@ -399,6 +407,7 @@ impl PullThroughCache {
             queue,
             wiring,
             caller: caller.clone(),
+            job: false,
         })
     }
 

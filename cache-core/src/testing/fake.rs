@@ -442,6 +442,24 @@ impl Upstream for FakeUpstream {
             .cloned()
             .collect())
     }
+
+    async fn catalog(
+        &self,
+        last: Option<&RepoName>,
+        limit: usize,
+    ) -> Result<Option<Vec<RepoName>>> {
+        self.check_down()?;
+        let s = lock(&self.state);
+        let mut repos: Vec<RepoName> = s
+            .repos
+            .keys()
+            .filter(|r| last.is_none_or(|l| r.as_str() > l.as_str()))
+            .cloned()
+            .collect();
+        repos.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        repos.truncate(limit);
+        Ok(Some(repos))
+    }
 }
 
 /// An upstream that refuses everything with an error code, for tests that

@@ -1,6 +1,6 @@
 //! The subcommands besides `serve`: `check`, `explain`, `warm`, `gc`,
 //! `scrub`, `purge`, and the calls to the running server (`reload`,
-//! `scan`). Exit codes: 0 done, 1 the work failed, 2 the input is wrong.
+//! `scan`, `sync`). Exit codes: 0 done, 1 the work failed, 2 the input is wrong.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -242,6 +242,79 @@ pub fn findings_table(image: &str, scans: &[cache_upstream::scanner::ImageScan])
         out.push('\n');
     }
     out
+}
+
+/// `sync [RULE]`: asks the running server to run a rule's sync now (every
+/// rule's with a sync policy, without one) and prints what each run did:
+/// 0 when every run went without an error, 1 otherwise.
+pub fn sync(path: Option<&std::path::Path>, rule: Option<&str>) -> ExitCode {
+    let target = match rule {
+        // Percent-encoded: a rule's name may hold any character.
+        Some(r) => format!("/sync?rule={}", percent_encode(r)),
+        None => "/sync".to_owned(),
+    };
+    let wait = std::time::Duration::from_secs(24 * 3600);
+    let (ok, body) = match admin_post(path, "sync", &target, wait) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if !ok {
+        eprint!("registry-proxy sync: {body}");
+        return ExitCode::FAILURE;
+    }
+    let reports: Vec<cache_core::SyncReport> = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "registry-proxy sync: the server's answer is not a list of sync reports: {e}"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if reports.is_empty() {
+        println!("sync: no rule has a sync policy");
+    }
+    let mut failed = false;
+    for r in &reports {
+        if let Some(why) = &r.skipped {
+            println!("sync {:?}: not run: {why}", r.rule);
+            continue;
+        }
+        println!(
+            "sync {:?}: {} repositor{}, {} tag(s) listed, {} selected, {} new; {} blob(s), {} bytes fetched; {} error(s)",
+            r.rule,
+            r.repositories,
+            if r.repositories == 1 { "y" } else { "ies" },
+            r.tags_listed,
+            r.tags_seen,
+            r.tags_new,
+            r.blobs,
+            r.bytes,
+            r.errors
+        );
+        for m in &r.error_messages {
+            println!("  failed: {m}");
+        }
+        failed |= r.errors > 0;
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `s` with every byte but unreserved ones percent-encoded, for a query.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// `purge NAME[:TAG|@DIGEST]`: drops the cache's records of a repository,

@@ -1,8 +1,8 @@
 //! `registry-proxy`: serves the pull side of the OCI Distribution API for
 //! the repositories its caching rules declare, fetching each image from its
 //! upstream once, verified, and serving it from the cache afterwards; and
-//! the tools that go with it (`warm`, `gc`, `scrub`, `purge`, `check`,
-//! `explain`, `reload`, `scan`).
+//! the tools that go with it (`warm`, `gc`, `scrub`, `purge`, `sync`,
+//! `check`, `explain`, `reload`, `scan`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +44,13 @@ enum Cmd {
     Scan {
         /// The image.
         image: String,
+    },
+    /// Ask the running server (through server.admin_listen) to run RULE's
+    /// sync now, or every rule's that has a [rule.sync]; prints what each
+    /// run did. Exits 1 when a run had errors.
+    Sync {
+        /// The rule (default: every rule with a sync policy).
+        rule: Option<String>,
     },
     /// Say which rule and upstream a repository maps to, or why none does.
     /// NAME is a local repository (library/nginx) or an upstream one
@@ -132,6 +139,10 @@ fn main() -> ExitCode {
         let _log = registry_proxy::logging::init(false, LogFormat::Text);
         return cli::scan(path.as_deref(), image);
     }
+    if let Cmd::Sync { rule } = &cmd {
+        let _log = registry_proxy::logging::init(false, LogFormat::Text);
+        return cli::sync(path.as_deref(), rule.as_deref());
+    }
     let cfg = match load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -154,7 +165,7 @@ fn main() -> ExitCode {
         match cmd {
             Cmd::Serve => registry_proxy::server::serve(cfg, path).await,
             Cmd::Check => cli::check(&cfg),
-            Cmd::Reload | Cmd::Scan { .. } => unreachable!("answered above"),
+            Cmd::Reload | Cmd::Scan { .. } | Cmd::Sync { .. } => unreachable!("answered above"),
             Cmd::Explain { name } => cli::explain(&cfg, &name),
             Cmd::Warm {
                 platforms,

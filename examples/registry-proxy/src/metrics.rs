@@ -51,6 +51,17 @@ struct AdmissionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncRunLabels {
+    rule: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     code: &'static str,
 }
@@ -75,9 +86,16 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     /// Admission decisions by (rule, outcome).
     admissions: Family<AdmissionLabels, Counter>,
-    /// The rules admissions are counted under by name: at most
+    /// The rules admissions and syncs are counted under by name: at most
     /// [`MAX_RULE_LABELS`].
     admission_rules: Mutex<BTreeSet<String>>,
+    /// Sync runs by (rule, outcome: ok, errors, skipped).
+    sync_runs: Family<SyncRunLabels, Counter>,
+    /// What sync runs saw, cached anew, fetched and failed at, by rule.
+    sync_tags_seen: Family<RuleLabels, Counter>,
+    sync_tags_new: Family<RuleLabels, Counter>,
+    sync_bytes: Family<RuleLabels, Counter>,
+    sync_errors: Family<RuleLabels, Counter>,
     read: Arc<ReadOnScrape>,
     /// Vulnerability scans, counted by the gates.
     pub scans: Arc<ScanCounters>,
@@ -123,6 +141,11 @@ impl Default for Metrics {
             reloads: Family::default(),
             admissions: Family::default(),
             admission_rules: Mutex::new(BTreeSet::new()),
+            sync_runs: Family::default(),
+            sync_tags_seen: Family::default(),
+            sync_tags_new: Family::default(),
+            sync_bytes: Family::default(),
+            sync_errors: Family::default(),
             read,
             scans,
         };
@@ -167,6 +190,36 @@ impl Default for Metrics {
             "Upstream errors by OCI code.",
             &m.upstream_errors,
         );
+        register(
+            &mut registry,
+            "registry_proxy_sync_runs",
+            "Scheduled or requested sync runs by rule and outcome (ok, errors, skipped: another instance held the rule's sync lease).",
+            &m.sync_runs,
+        );
+        register(
+            &mut registry,
+            "registry_proxy_sync_tags_seen",
+            "Tags sync runs selected (listed upstream and passing the rule's filters), by rule.",
+            &m.sync_tags_seen,
+        );
+        register(
+            &mut registry,
+            "registry_proxy_sync_tags_new",
+            "Tags sync runs cached anew (not cached before, or moved upstream), by rule.",
+            &m.sync_tags_new,
+        );
+        register(
+            &mut registry,
+            "registry_proxy_sync_bytes",
+            "Blob bytes sync runs fetched, by rule.",
+            &m.sync_bytes,
+        );
+        register(
+            &mut registry,
+            "registry_proxy_sync_errors",
+            "Failures in sync runs (a repository not listed, a tag not fetched or refused), by rule.",
+            &m.sync_errors,
+        );
         Metrics { registry, ..m }
     }
 }
@@ -189,16 +242,30 @@ impl EventSink for Metrics {
                     })
                     .inc();
             }
-            Event::Admission { rule, outcome } => {
-                let rule = {
-                    let mut named = lock(&self.admission_rules);
-                    if named.contains(*rule) || named.len() < MAX_RULE_LABELS {
-                        named.insert((*rule).to_owned());
-                        (*rule).to_owned()
-                    } else {
-                        "other".to_owned()
-                    }
+            Event::Sync { rule, report } => {
+                let rule = self.rule_label(rule);
+                let outcome = match (&report.skipped, report.errors) {
+                    (Some(_), _) => "skipped",
+                    (None, 0) => "ok",
+                    (None, _) => "errors",
                 };
+                let labels = SyncRunLabels {
+                    rule: rule.clone(),
+                    outcome,
+                };
+                self.sync_runs.get_or_create(&labels).inc();
+                let by_rule = RuleLabels { rule };
+                for (family, n) in [
+                    (&self.sync_tags_seen, report.tags_seen as u64),
+                    (&self.sync_tags_new, report.tags_new as u64),
+                    (&self.sync_bytes, report.bytes),
+                    (&self.sync_errors, report.errors as u64),
+                ] {
+                    family.get_or_create(&by_rule).inc_by(n);
+                }
+            }
+            Event::Admission { rule, outcome } => {
+                let rule = self.rule_label(rule);
                 self.admissions
                     .get_or_create(&AdmissionLabels {
                         rule,
@@ -221,6 +288,18 @@ fn method_label(m: &Method) -> &'static str {
 }
 
 impl Metrics {
+    /// `rule` as a label value: its name for the first [`MAX_RULE_LABELS`]
+    /// rules named, `other` for the rest.
+    fn rule_label(&self, rule: &str) -> String {
+        let mut named = lock(&self.admission_rules);
+        if named.contains(rule) || named.len() < MAX_RULE_LABELS {
+            named.insert(rule.to_owned());
+            rule.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+
     /// Counts one HTTP response.
     pub fn request(&self, method: &Method, status: u16) {
         self.requests

@@ -1,7 +1,8 @@
 //! `registry-proxy serve`: the store, the cache, the router, the listener;
 //! reloads on SIGHUP or `POST /reload` at the admin endpoint, which also
-//! scans (`POST /scan`) and purges (`DELETE /purge`); on SIGTERM, not
-//! ready for `drain_delay`, then a graceful shutdown.
+//! scans (`POST /scan`), syncs (`POST /sync`) and purges (`DELETE /purge`);
+//! scheduled syncs; on SIGTERM, not ready for `drain_delay`, then a
+//! graceful shutdown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -132,6 +133,40 @@ async fn admin_purge(
     }
 }
 
+/// `POST /sync?rule=NAME`: runs that rule's sync now; without `rule`,
+/// every rule that has one, one after another. 200 with a JSON list of
+/// [`SyncReport`](cache_core::SyncReport)s; 400 for a rule that does not
+/// exist or has no sync policy.
+async fn admin_sync(
+    State((_, st)): State<(Arc<Reloader>, AppState)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> axum::response::Response {
+    let rules: Vec<String> = match cache_core::protocol::query_param(query.as_deref(), "rule") {
+        Some(r) => vec![r],
+        None => st
+            .cache
+            .synced_rules()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect(),
+    };
+    let mut reports = Vec::with_capacity(rules.len());
+    for rule in rules {
+        match st.cache.sync(&rule).await {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                let status = if matches!(e, cache_core::Error::InvalidRule { .. }) {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY)
+                };
+                return (status, format!("{e}\n")).into_response();
+            }
+        }
+    }
+    axum::Json(reports).into_response()
+}
+
 /// Serves until SIGTERM or SIGINT. `path` is the configuration file, if
 /// one was read (a reload reads it again).
 pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
@@ -199,6 +234,8 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
             }
         });
     }
+    // Rules with a [sync] run on schedule (a reload's are picked up).
+    cache.start_sync();
     let state = AppState {
         cache: cache.clone(),
         metrics: metrics.clone(),
@@ -270,6 +307,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
             .route("/reload", post(admin_reload))
             .route("/scan", post(admin_scan))
             .route("/purge", axum::routing::delete(admin_purge))
+            .route("/sync", post(admin_sync))
             .route("/healthz", get(|| async { healthz().await }))
             .route(
                 "/readyz",

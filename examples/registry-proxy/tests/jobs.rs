@@ -44,9 +44,19 @@ fn push(up: &TestRegistry, repo: &str, tag: &str, seed: u64) -> cache_upstream::
     img
 }
 
+thread_local! {
+    /// One HTTP client per test (making one reads the system's
+    /// certificates; a test's body runs on its own thread and runtime).
+    static CLIENT: reqwest::Client = http();
+}
+
+fn client() -> reqwest::Client {
+    CLIENT.with(Clone::clone)
+}
+
 /// `GET` of a manifest through the proxy: the status and `X-Cache`.
 async fn get_manifest(proxy: &Proxy, repo: &str, reference: &str) -> (u16, String) {
-    let r = http()
+    let r = client()
         .get(proxy.url(&format!("/v2/{repo}/manifests/{reference}")))
         .header("accept", cache_core::media_types::ALL_MANIFESTS.join(", "))
         .send()
@@ -234,4 +244,394 @@ async fn prefetch_image_makes_both_platforms_of_an_index_pullable_after_only_its
     for (d, _) in &img.layers {
         assert!(dest.path().join(d.hex()).exists(), "{d} pulled");
     }
+}
+
+/// The `[rule.sync]` table of a rule syncing `library/app` every `interval`.
+fn sync_table(interval: &str, filter: &str) -> String {
+    format!("[rule.sync]\ninterval = \"{interval}\"\n{filter}\nrepositories = [\"library/app\"]\n")
+}
+
+/// Blob GETs the upstream saw of each of `img`'s layers and its manifest.
+fn fetched(
+    up: &TestRegistry,
+    img: &cache_upstream::testing::TestImage,
+    tag: &str,
+) -> (usize, Vec<usize>) {
+    let manifest = up.requests("GET", &format!("/library/app/manifests/{tag}"));
+    let layers = img
+        .layers
+        .iter()
+        .map(|(d, _)| up.requests("GET", &format!("/blobs/{d}")))
+        .collect();
+    (manifest, layers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_every_2s_caches_exactly_the_range_then_a_new_release_which_pulls_with_the_upstream_down()
+ {
+    let mut up = TestRegistry::start().unwrap();
+    let tags = ["v1.0.0", "v1.1.0", "v2.0.0", "latest"];
+    let images: Vec<_> = tags
+        .iter()
+        .enumerate()
+        .map(|(i, t)| push(&up, "library/app", t, 40 + i as u64))
+        .collect();
+    let proxy = Proxy::start(&config(&up, &sync_table("2s", "semver = \">=1, <2\"")));
+    let synced = eventually(Duration::from_secs(30), async || {
+        images[..2].iter().zip(tags).all(|(img, t)| {
+            let (m, layers) = fetched(&up, img, t);
+            m >= 1 && layers.iter().all(|n| *n >= 1)
+        })
+    })
+    .await;
+    assert!(
+        synced,
+        "v1.0.0 and v1.1.0 fetched:\n{}\n{}",
+        up.log(),
+        proxy.log()
+    );
+    // Let a second run go by: still nothing of v2.0.0 or latest.
+    let runs = "registry_proxy_sync_runs_total{rule=\"lib\",outcome=\"ok\"}";
+    let first = proxy.metric(runs).await;
+    assert!(
+        eventually(Duration::from_secs(20), async || proxy.metric(runs).await
+            > first)
+        .await
+    );
+    for (img, t) in images[2..].iter().zip(&tags[2..]) {
+        assert_eq!(fetched(&up, img, t), (0, vec![0]), "{t} is out of range");
+    }
+    assert_eq!(
+        up.requests("GET", "/manifests/"),
+        2,
+        "one GET per synced tag:\n{}",
+        up.log()
+    );
+    assert_eq!(
+        proxy
+            .metric("registry_proxy_sync_tags_new_total{rule=\"lib\"}")
+            .await,
+        2
+    );
+    // A release pushed now is cached by the next run.
+    let v12 = push(&up, "library/app", "v1.2.0", 50);
+    let cached = eventually(Duration::from_secs(20), async || {
+        v12.layers
+            .iter()
+            .all(|(d, _)| proxy.stored_blob(d).exists())
+            && proxy.stored_blob(&v12.digest).exists()
+    })
+    .await;
+    assert!(cached, "v1.2.0 cached by a sync:\n{}", proxy.log());
+    assert!(proxy.log().contains("sync cached a tag"), "audited");
+    assert_eq!(
+        http().get(proxy.url("/v2/")).send().await.unwrap().status(),
+        200
+    );
+    // No client pulled anything so far; now one does, with the upstream gone.
+    up.stop();
+    let dest = tempfile::tempdir().unwrap();
+    let (host, out) = (proxy.host(), dest.path().to_owned());
+    let pulled = tokio::task::spawn_blocking(move || {
+        cache_upstream::testing::skopeo(&[
+            "copy".into(),
+            "--insecure-policy".into(),
+            "--src-tls-verify=false".into(),
+            format!("docker://{host}/library/app:v1.2.0"),
+            format!("dir:{}", out.display()),
+        ])
+    })
+    .await
+    .unwrap();
+    pulled.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    for (d, _) in &v12.layers {
+        assert!(dest.path().join(d.hex()).exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_misses_then_a_push_and_a_sync_and_the_tag_is_served() {
+    let up = TestRegistry::start().unwrap();
+    push(&up, "library/app", "v1", 60);
+    let admin = cache_upstream::testing::free_port();
+    let body = config_with_admin(
+        &up,
+        admin,
+        "",
+        &format!(
+            "negative_ttl = \"10m\"\n{}",
+            sync_table("1h", "tags = \"fresh\"")
+        ),
+    );
+    let proxy = Proxy::start(&body);
+    // A run now puts the next scheduled one an hour away (the run's record
+    // says when it ran), so none interferes below.
+    let sync = |proxy: &Proxy, rule: &'static str| {
+        let dir = proxy.dir.path().to_owned();
+        tokio::task::spawn_blocking(move || common::run(&dir, &["sync", rule]))
+    };
+    let (ok, out) = sync(&proxy, "lib").await.unwrap();
+    assert!(ok, "{out}");
+    for _ in 0..200 {
+        assert_eq!(get_manifest(&proxy, "library/app", "fresh").await.0, 404);
+    }
+    let asked = |up: &TestRegistry| {
+        up.requests("GET", "/manifests/fresh") + up.requests("HEAD", "/manifests/fresh")
+    };
+    assert_eq!(asked(&up), 1);
+    push(&up, "library/app", "fresh", 61);
+    // Still remembered as missing ...
+    assert_eq!(
+        get_manifest(&proxy, "library/app", "fresh").await,
+        (404, "negative".to_owned())
+    );
+    // ... until a sync finds it.
+    let (ok, out) = sync(&proxy, "lib").await.unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("1 selected, 1 new"), "{out}");
+    assert_eq!(get_manifest(&proxy, "library/app", "fresh").await.0, 200);
+    // No such rule is an error naming it.
+    let (ok, out) = sync(&proxy, "nope").await.unwrap();
+    assert!(!ok && out.contains("\"nope\""), "{out}");
+}
+
+/// An ECDSA P-256 key pair made by openssl: (private, public) PEM files.
+fn keypair(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let openssl =
+        cache_upstream::testing::require("openssl", "openssl").unwrap_or_else(|e| panic!("{e}"));
+    let (private, public) = (dir.join("k.key"), dir.join("k.pub"));
+    for args in [
+        vec![
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            private.to_str().unwrap(),
+        ],
+        vec![
+            "ec",
+            "-in",
+            private.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        let out = std::process::Command::new(&openssl)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (private, public)
+}
+
+/// Signs `signed` in `repo` as cosign does (a simple-signing payload under
+/// the `sha256-<hex>.sig` tag), with openssl and `private`.
+fn push_cosign_signature(
+    up: &TestRegistry,
+    repo: &str,
+    signed: &cache_core::Digest,
+    private: &std::path::Path,
+) {
+    let openssl = cache_upstream::testing::require("openssl", "openssl").unwrap();
+    let payload = format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"{repo}"}},"image":{{"docker-manifest-digest":"{signed}"}},"type":"cosign container image signature"}},"optional":null}}"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (p, sig) = (dir.path().join("payload"), dir.path().join("sig.der"));
+    std::fs::write(&p, &payload).unwrap();
+    let run = |args: Vec<&std::ffi::OsStr>| {
+        let out = std::process::Command::new(&openssl)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    run(vec![
+        "dgst".as_ref(),
+        "-sha256".as_ref(),
+        "-sign".as_ref(),
+        private.as_os_str(),
+        "-out".as_ref(),
+        sig.as_os_str(),
+        p.as_os_str(),
+    ]);
+    let b64 = String::from_utf8(run(vec![
+        "base64".as_ref(),
+        "-A".as_ref(),
+        "-in".as_ref(),
+        sig.as_os_str(),
+    ]))
+    .unwrap();
+    let tag = format!("sha256-{}.sig", signed.hex());
+    let ann = format!(
+        r#"{{"{}":"{}"}}"#,
+        cache_core::cosign::SIGNATURE_ANNOTATION,
+        b64.trim()
+    );
+    let layout = tempfile::tempdir().unwrap();
+    cache_upstream::testing::write_artifact(
+        layout.path(),
+        &tag,
+        &[(cache_core::cosign::SIMPLE_SIGNING, payload.as_bytes(), &ann)],
+        None,
+        None,
+    );
+    up.push(layout.path(), &tag, repo).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_under_a_signature_policy_caches_the_signed_tag_and_not_the_unsigned_one() {
+    let up = TestRegistry::start().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = keypair(keys.path());
+    let signed = push(&up, "library/app", "v1.0.0", 70);
+    push_cosign_signature(&up, "library/app", &signed.digest, &private);
+    let unsigned = push(&up, "library/app", "v1.1.0", 71);
+    let admin = cache_upstream::testing::free_port();
+    let rule = format!(
+        "{}[rule.signatures]\ncosign_keys = [\"{}\"]\nmode = \"enforce\"\n",
+        sync_table("1h", "semver = \">=1\""),
+        public.display()
+    );
+    let proxy = Proxy::start(&config_with_admin(&up, admin, "", &rule));
+    let dir = proxy.dir.path().to_owned();
+    let (ok, out) = tokio::task::spawn_blocking(move || common::run(&dir, &["sync", "lib"]))
+        .await
+        .unwrap();
+    assert!(!ok, "a refusal is a run's error: {out}");
+    assert!(
+        out.contains("2 selected, 1 new") && out.contains("1 error(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("library/app:v1.1.0") && out.contains("no signature"),
+        "{out}"
+    );
+    assert!(proxy.stored_blob(&signed.digest).exists());
+    assert!(
+        signed
+            .layers
+            .iter()
+            .all(|(d, _)| proxy.stored_blob(d).exists())
+    );
+    assert!(
+        !proxy.stored_blob(&unsigned.digest).exists(),
+        "refused, never stored"
+    );
+    assert!(
+        unsigned
+            .layers
+            .iter()
+            .all(|(d, _)| up.requests("GET", &format!("/blobs/{d}")) == 0),
+        "no layer of the unsigned image fetched"
+    );
+    assert_eq!(
+        proxy
+            .metric("registry_proxy_sync_errors_total{rule=\"lib\"}")
+            .await,
+        1
+    );
+    let log = proxy.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("audit") && l.contains("refused")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_on_one_azurite_container_make_one_sync_run_per_interval_in_all() {
+    let az = cache_store::testing::Azurite::start().unwrap_or_else(|e| panic!("{e}"));
+    az.create_container("sync").unwrap();
+    let up = TestRegistry::start().unwrap();
+    push(&up, "library/app", "v1.0.0", 80);
+    let options: String = az
+        .options()
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+    let body = |name: &str| {
+        format!(
+            "[storage]\nbackend = \"object\"\nurl = \"az://sync/cache\"\nspool = \"spool\"\ninstance_name = \"{name}\"\nlease_ttl = \"3s\"\n[storage.options]\n{options}\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n\n[[rule]]\nname = \"lib\"\nsource = \"{h}/library/*\"\ntarget = \"library/*\"\n{sync}",
+            h = up.host(),
+            u = up.url(),
+            sync = sync_table("2s", "semver = \">=1\"")
+        )
+    };
+    let start = Instant::now();
+    let proxies: Vec<Proxy> = ["p0", "p1", "p2"]
+        .iter()
+        .map(|n| Proxy::start(&body(n)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let mut runs = Vec::new();
+    for p in &proxies {
+        let text = p.metrics().await;
+        let n: u64 = ["ok", "errors"]
+            .iter()
+            .map(|o| {
+                let series =
+                    format!("registry_proxy_sync_runs_total{{rule=\"lib\",outcome=\"{o}\"}} ");
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&series)?.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum();
+        runs.push(n);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let total: u64 = runs.iter().sum();
+    // Runs start at least an interval apart, whichever instance runs them.
+    let most = (elapsed / 2.0).floor() as u64 + 1;
+    assert!(
+        total <= most,
+        "{total} runs ({runs:?}) in {elapsed:.1}s: at most {most}"
+    );
+    assert!(total >= 4, "they ran: {runs:?}");
+    // Each run listed the repository's tags once: the upstream agrees.
+    let listed = up.requests("GET", "/library/app/tags/list") as u64;
+    assert!(
+        listed >= total && listed <= most + 1,
+        "{listed} listings, {total} runs"
+    );
+    // One instance fetched the image; the others found it in the store.
+    assert_eq!(up.requests("GET", "/manifests/v1.0.0"), 1, "{}", up.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_rule_without_a_repository_list_syncs_what_the_upstream_catalog_lists() {
+    let up = TestRegistry::start().unwrap();
+    let a = push(&up, "library/a", "v1", 90);
+    let b = push(&up, "library/b", "v1", 91);
+    push(&up, "other/c", "v1", 92);
+    let admin = cache_upstream::testing::free_port();
+    let rule = "[rule.sync]\ninterval = \"1h\"\n";
+    let proxy = Proxy::start(&config_with_admin(&up, admin, "", rule));
+    let dir = proxy.dir.path().to_owned();
+    let (ok, out) = tokio::task::spawn_blocking(move || common::run(&dir, &["sync", "lib"]))
+        .await
+        .unwrap();
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("2 repositories, 2 tag(s) listed, 2 selected"),
+        "{out}"
+    );
+    for img in [&a, &b] {
+        assert!(proxy.stored_blob(&img.digest).exists());
+    }
+    assert!(up.requests("GET", "/v2/_catalog") >= 1, "{}", up.log());
+    assert_eq!(up.requests("GET", "/other/c/"), 0);
 }
