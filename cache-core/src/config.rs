@@ -655,8 +655,8 @@ impl<'de> Deserialize<'de> for NoScan {
 /// One caching rule as a table: `name`, `source`, `target`, `credentials`,
 /// its caching policy (`tag_freshness`, default `"revalidate"`;
 /// `stale_if_error`, default `24h`; `content_ttl`; `negative_ttl`, default
-/// `30s`; `prefetch`, default `"none"`), its `signatures` and `scan`
-/// policies, and its scheduled `sync` ([`SyncSpec`]). `S` is the program's vulnerability policy
+/// `30s`; `prefetch`, default `"none"`; `serve_withdrawn`), its
+/// `signatures` and `scan` policies, and its scheduled `sync` ([`SyncSpec`]). `S` is the program's vulnerability policy
 /// (`cache_upstream::scanner::ScanPolicy`); the default refuses `scan`.
 ///
 /// The rule itself is validated with the rule set it joins
@@ -695,6 +695,9 @@ pub struct RuleConfig<S = NoScan> {
     pub prefetch: Prefetch,
     /// Tags fetched on a schedule (`[sync]`).
     pub sync: Option<Box<SyncSpec>>,
+    /// How long a tag the upstream withdrew is still served
+    /// (`serve_withdrawn`; default: not at all; `"0s"` is the same).
+    pub serve_withdrawn: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -712,6 +715,7 @@ struct RawRule<S> {
     negative_ttl: Option<String>,
     prefetch: Option<Prefetch>,
     sync: Option<Box<SyncSpec>>,
+    serve_withdrawn: Option<String>,
 }
 
 impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
@@ -743,6 +747,11 @@ impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
                 .map_err(custom)?,
             prefetch: r.prefetch.unwrap_or_default(),
             sync: r.sync,
+            serve_withdrawn: match &r.serve_withdrawn {
+                None => None,
+                t => Some(duration("serve_withdrawn", t, Duration::ZERO).map_err(custom)?)
+                    .filter(|d| !d.is_zero()),
+            },
         })
     }
 }
@@ -768,6 +777,7 @@ impl<S> RuleConfig<S> {
             negative_ttl: self.negative_ttl,
             prefetch: self.prefetch,
             sync: self.sync.as_ref().map(|s| std::sync::Arc::new(s.0.clone())),
+            serve_withdrawn: self.serve_withdrawn,
         })
     }
 }
@@ -994,10 +1004,11 @@ mod tests {
             toml::from_str::<RuleConfig>(&format!("{head}{extra}"))
                 .map_err(|e| e.message().to_owned())
         };
-        let p = rule("negative_ttl = \"0s\"\nprefetch = \"image\"\n")
+        let p = rule("negative_ttl = \"0s\"\nprefetch = \"image\"\nserve_withdrawn = \"7d\"\n")
             .unwrap()
             .policy(|_| unreachable!())
             .unwrap();
+        assert_eq!(p.serve_withdrawn, Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(
             (p.negative_ttl, p.prefetch),
             (Duration::ZERO, Prefetch::Image)
@@ -1013,6 +1024,10 @@ mod tests {
                 "negative_ttl = \"soon\": not a duration",
             ),
             ("prefetch = \"all\"", "unknown variant `all`"),
+            (
+                "serve_withdrawn = \"ever\"",
+                "serve_withdrawn = \"ever\": not a duration",
+            ),
         ] {
             let e = rule(extra).unwrap_err();
             assert!(e.contains(says), "{extra}: {e}");

@@ -139,6 +139,12 @@ pub enum Event<'a> {
     /// On a shared store, a fetch found another instance fetching the
     /// same digest, and this is how it ended.
     PeerFetch(PeerFetch),
+    /// A cached tag the upstream withdrew (404, 401, 403) was served,
+    /// under the rule's `serve_withdrawn`.
+    Withdrawn {
+        /// The rule's name.
+        rule: &'a str,
+    },
     /// A rule's sync ran (or found another instance running it).
     Sync {
         /// The rule's name.
@@ -277,6 +283,8 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Admission decisions that would have refused, under an audit-only policy.
     pub audit_only: AtomicU64,
+    /// Cached tags served although the upstream withdrew them.
+    pub withdrawn_served: AtomicU64,
     /// Sync runs that ran (not those another instance was running).
     pub sync_runs: AtomicU64,
     /// Tags sync runs found cached anew (new, or moved upstream).
@@ -318,6 +326,7 @@ impl EventSink for Counters {
             Event::PeerFetch(PeerFetch::Published) => add(&self.peer_published, 1),
             Event::PeerFetch(PeerFetch::TakenOver) => add(&self.peer_taken_over, 1),
             Event::PeerFetch(PeerFetch::WaitedTooLong) => add(&self.peer_waited_too_long, 1),
+            Event::Withdrawn { .. } => add(&self.withdrawn_served, 1),
             Event::Sync { report, .. } => {
                 if report.skipped.is_none() {
                     add(&self.sync_runs, 1);

@@ -83,6 +83,13 @@ pub struct RulePolicy {
     pub prefetch: Prefetch,
     /// Tags fetched on a schedule, without a client pull (default none).
     pub sync: Option<std::sync::Arc<SyncPolicy>>,
+    /// How long a cached tag is still served after the upstream withdrew
+    /// it (answers `404`, `401` or `403` for it), counted from its first
+    /// refusal: `X-Cache: stale`, an audit event and an
+    /// [`Event::Withdrawn`](crate::Event::Withdrawn) each time; never
+    /// for content the rule's policy refuses (admission runs as for any
+    /// serve). Default `None`: a withdrawn tag is not served.
+    pub serve_withdrawn: Option<Duration>,
 }
 
 /// The most tags one sync run fetches per repository, whatever `max_tags`.
@@ -318,6 +325,7 @@ impl Default for RulePolicy {
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             prefetch: Prefetch::None,
             sync: None,
+            serve_withdrawn: None,
         }
     }
 }

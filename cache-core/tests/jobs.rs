@@ -766,3 +766,114 @@ async fn a_sync_of_a_rule_without_one_or_of_no_rule_is_an_error_naming_it() {
     let err = e.cache.sync("nope").await.unwrap_err();
     assert!(err.to_string().contains("\"nope\""), "{err}");
 }
+
+/// Denies every manifest while `deny` is set.
+#[derive(Debug, Default)]
+struct Toggle {
+    deny: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl cache_core::Admission for Toggle {
+    async fn admit(
+        &self,
+        _: &cache_core::AdmissionRequest<'_>,
+    ) -> cache_core::Result<cache_core::Verdict> {
+        if self.deny.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(cache_core::Error::denied("the policy changed its mind"));
+        }
+        Ok(cache_core::Verdict::Pass)
+    }
+}
+
+#[tokio::test]
+async fn a_withdrawn_tag_is_served_stale_for_serve_withdrawn_then_not_and_never_against_policy() {
+    let clock = ManualClock::new();
+    let up = Arc::new(FakeUpstream::new("up.example", Arc::new(clock.clone())));
+    let toggle = Arc::new(Toggle::default());
+    let e = instance(
+        RulePolicy {
+            serve_withdrawn: Some(Duration::from_secs(3600)),
+            ..RulePolicy::default()
+        },
+        &up,
+        Arc::new(MemoryStore::new()),
+        &clock,
+        "solo",
+        Some(toggle.clone()),
+    );
+    let (app, v1) = (n("library/app"), r("v1"));
+    let img = up.push_image(&app, &t("v1"), &[content(1, 100)]);
+    e.cache.manifest(&app, &v1, &Accept::any()).await.unwrap();
+    up.untag(&app, &t("v1"));
+    clock.advance(Duration::from_secs(2));
+    // Served, from the first refusal on, for an hour.
+    for _ in 0..3 {
+        let m = e.cache.manifest(&app, &v1, &Accept::any()).await.unwrap();
+        assert_eq!((m.status, &m.digest), (CacheStatus::Stale, &img.manifest));
+    }
+    assert_eq!(Counters::get(&e.counters.withdrawn_served), 3);
+    assert_eq!(
+        Calls::get(&up.calls.manifest_heads),
+        1,
+        "the rest remembered as gone"
+    );
+    // A policy that now refuses it wins.
+    toggle.deny.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = e
+        .cache
+        .manifest(&app, &v1, &Accept::any())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Denied, "{err}");
+    toggle
+        .deny
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    clock.advance(Duration::from_secs(1800));
+    assert_eq!(
+        e.cache
+            .manifest(&app, &v1, &Accept::any())
+            .await
+            .unwrap()
+            .status,
+        CacheStatus::Stale
+    );
+    // Past the hour from the first refusal: the upstream's 404.
+    clock.advance(Duration::from_secs(1801));
+    let err = e
+        .cache
+        .manifest(&app, &v1, &Accept::any())
+        .await
+        .unwrap_err();
+    assert_eq!(err.http_status(), 404);
+    // Back upstream: served and confirmed, no longer withdrawn.
+    up.retag(&app, &t("v1"), &img.manifest);
+    clock.advance(Duration::from_secs(31));
+    let m = e.cache.manifest(&app, &v1, &Accept::any()).await.unwrap();
+    assert_eq!(m.status, CacheStatus::Revalidated);
+    up.untag(&app, &t("v1"));
+    clock.advance(Duration::from_secs(2));
+    let m = e.cache.manifest(&app, &v1, &Accept::any()).await.unwrap();
+    assert_eq!(
+        m.status,
+        CacheStatus::Stale,
+        "a new refusal starts a new window"
+    );
+}
+
+#[tokio::test]
+async fn without_serve_withdrawn_a_deleted_tag_is_404() {
+    let e = env(RulePolicy::default());
+    let (app, v1) = (n("library/app"), r("v1"));
+    e.up.push_image(&app, &t("v1"), &[content(1, 100)]);
+    e.cache.manifest(&app, &v1, &Accept::any()).await.unwrap();
+    e.up.untag(&app, &t("v1"));
+    e.clock.advance(Duration::from_secs(2));
+    let err = e
+        .cache
+        .manifest(&app, &v1, &Accept::any())
+        .await
+        .unwrap_err();
+    assert_eq!(err.http_status(), 404);
+    assert_eq!(Counters::get(&e.counters.withdrawn_served), 0);
+}

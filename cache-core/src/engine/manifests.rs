@@ -315,13 +315,33 @@ impl PullThroughCache {
                 self.admit_and_grant(ctx, &reference, &m).await?;
                 return Ok(Self::respond(m, CacheStatus::Revalidated));
             }
-            self.not_remembered_missing(ctx, tag)?;
+            if let Err(e) = self.not_remembered_missing(ctx, tag) {
+                // Remembered as gone: served if the rule serves what was withdrawn.
+                return match self.serve_withdrawn(ctx, tag, rec, &m, &e).await? {
+                    Some(r) => Ok(r),
+                    None => Err(e),
+                };
+            }
             match self.revalidate(ctx, tag, rec).await {
                 Ok(head) if head.digest == m.digest => {
                     self.admit_and_grant(ctx, &reference, &m).await?;
                     return Ok(Self::respond(m, CacheStatus::Revalidated));
                 }
                 Ok(_) => {}
+                Err(e) if withdrawal(&e) && policy.serve_withdrawn.is_some() => {
+                    if let Some(r) = self.serve_withdrawn(ctx, tag, rec, &m, &e).await? {
+                        return Ok(r);
+                    }
+                    // Past the window: as without the option.
+                    if matches!(e, Error::ManifestUnknown { .. } | Error::Remembered { .. }) {
+                        return Err(e);
+                    }
+                    if age <= policy.stale_if_error && !ctx.job {
+                        self.admit_and_grant(ctx, &reference, &m).await?;
+                        return Ok(Self::respond(m, CacheStatus::Stale));
+                    }
+                    return Err(e);
+                }
                 Err(e) if matches!(e, Error::ManifestUnknown { .. } | Error::Remembered { .. }) => {
                     return Err(e);
                 }
@@ -341,6 +361,16 @@ impl PullThroughCache {
         let observed = record.as_ref().map(|r| r.digest.clone());
         match self.fetch_manifest(ctx, &reference, observed).await {
             Ok(m) => Ok(Self::respond(m, CacheStatus::Miss)),
+            // Gone between the HEAD and the GET.
+            Err(e @ (Error::ManifestUnknown { .. } | Error::Remembered { .. }))
+                if cached.is_some() =>
+            {
+                let (rec, m) = (record.as_ref().expect("cached"), cached.expect("checked"));
+                match self.serve_withdrawn(ctx, tag, rec, &m, &e).await? {
+                    Some(r) => Ok(r),
+                    None => Err(e),
+                }
+            }
             Err(e) => match cached {
                 Some(m)
                     if !matches!(
@@ -357,6 +387,62 @@ impl PullThroughCache {
                 _ => Err(e),
             },
         }
+    }
+
+    /// Under the rule's `serve_withdrawn`, the cached tag the upstream
+    /// just refused (`refusal`: 404, 401 or 403), if the first refusal was
+    /// within the window (the first is recorded in the tag's record): as
+    /// `X-Cache: stale`, admitted as any serve (a policy's refusal is the
+    /// answer then), with an audit event and [`Event::Withdrawn`].
+    /// `None` when the rule does not serve it (no option, past the window,
+    /// a sync asking).
+    async fn serve_withdrawn(
+        &self,
+        ctx: &Ctx,
+        tag: &Tag,
+        rec: &TagRecord,
+        m: &Manifest,
+        refusal: &Error,
+    ) -> Result<Option<ManifestResponse>> {
+        let (Some(window), false) = (ctx.policy().serve_withdrawn, ctx.job) else {
+            return Ok(None);
+        };
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let since = match rec.withdrawn {
+            Some(t) => t,
+            None => {
+                let marked = TagRecord {
+                    withdrawn: Some(now),
+                    ..rec.clone()
+                };
+                let key = keys::tag(&ctx.local, tag);
+                inner.store.put_meta(&key, marked.encode()).await?;
+                inner.hot.keep_tag(&key, &marked);
+                now
+            }
+        };
+        let for_ = now.duration_since(since).unwrap_or_default();
+        if for_ > window {
+            return Ok(None);
+        }
+        self.admit_and_grant(ctx, &Reference::Tag(tag.clone()), m)
+            .await?;
+        let withdrawn_for_s = for_.as_secs();
+        tracing::warn!(
+            target: "audit",
+            rule = ctx.rule.name(),
+            repository = %ctx.local,
+            %tag,
+            digest = %m.digest,
+            withdrawn_for_s,
+            upstream = %refusal,
+            "served a tag the upstream withdrew"
+        );
+        inner.events.event(&Event::Withdrawn {
+            rule: ctx.rule.name(),
+        });
+        Ok(Some(Self::respond(m.clone(), CacheStatus::Stale)))
     }
 
     /// `Err` with the remembered answer when the upstream said, within
@@ -480,8 +566,10 @@ impl PullThroughCache {
                             .await
                             .inspect_err(|e| this.remember_missing(&ctx, &tag, e))?;
                         if head.digest == rec.digest {
+                            // Confirmed: no longer withdrawn, if it was.
                             let confirmed = TagRecord {
                                 confirmed: this.inner.clock.now(),
+                                withdrawn: None,
                                 ..rec
                             };
                             let key = keys::tag(&ctx.local, &tag);
@@ -615,11 +703,7 @@ impl PullThroughCache {
         }
         inner.entitle_referenced(&ctx.local, &parsed).await?;
         if let Reference::Tag(tag) = reference {
-            let rec = TagRecord {
-                digest: m.digest.clone(),
-                media_type: m.media_type.clone(),
-                confirmed: inner.clock.now(),
-            };
+            let rec = TagRecord::new(m.digest.clone(), m.media_type.clone(), inner.clock.now());
             let key = keys::tag(&ctx.local, tag);
             store.put_meta(&key, rec.encode()).await?;
             inner.hot.keep_tag(&key, &rec);
@@ -677,4 +761,22 @@ impl PullThroughCache {
         }
         ParsedManifest::parse(&m.bytes)
     }
+}
+
+/// Whether an upstream's answer about a tag withdraws it (rather than an
+/// outage): not found (404, and a "not found" remembered), refused
+/// credentials (401) or access denied (403). Asked of a `HEAD`'s answer,
+/// which no admission policy takes part in.
+fn withdrawal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ManifestUnknown { .. }
+            | Error::Remembered { .. }
+            | Error::NameUnknown { .. }
+            | Error::Denied { .. }
+            | Error::Upstream {
+                code: Some(crate::error::ErrorCode::Unauthorized),
+                ..
+            }
+    )
 }

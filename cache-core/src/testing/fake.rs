@@ -223,6 +223,13 @@ impl FakeUpstream {
             .insert(tag.clone(), d.clone());
     }
 
+    /// Removes `tag`: the upstream answers 404 for it from now on.
+    pub fn untag(&self, repo: &RepoName, tag: &Tag) {
+        if let Some(r) = lock(&self.state).repos.get_mut(repo) {
+            r.tags.remove(tag);
+        }
+    }
+
     /// Applies `fault` to the next blob GET (faults queue up in order).
     pub fn fail_next_blob(&self, fault: Fault) {
         lock(&self.state).blob_faults.push_back(fault);

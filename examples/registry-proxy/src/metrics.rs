@@ -89,6 +89,8 @@ pub struct Metrics {
     /// The rules admissions and syncs are counted under by name: at most
     /// [`MAX_RULE_LABELS`].
     admission_rules: Mutex<BTreeSet<String>>,
+    /// Cached tags served although the upstream withdrew them, by rule.
+    withdrawn: Family<RuleLabels, Counter>,
     /// Sync runs by (rule, outcome: ok, errors, skipped).
     sync_runs: Family<SyncRunLabels, Counter>,
     /// What sync runs saw, cached anew, fetched and failed at, by rule.
@@ -141,6 +143,7 @@ impl Default for Metrics {
             reloads: Family::default(),
             admissions: Family::default(),
             admission_rules: Mutex::new(BTreeSet::new()),
+            withdrawn: Family::default(),
             sync_runs: Family::default(),
             sync_tags_seen: Family::default(),
             sync_tags_new: Family::default(),
@@ -189,6 +192,12 @@ impl Default for Metrics {
             "registry_proxy_upstream_errors",
             "Upstream errors by OCI code.",
             &m.upstream_errors,
+        );
+        register(
+            &mut registry,
+            "registry_proxy_withdrawn_served",
+            "Cached tags served although the upstream withdrew them (404, 401, 403), under the rule's serve_withdrawn, by rule.",
+            &m.withdrawn,
         );
         register(
             &mut registry,
@@ -241,6 +250,10 @@ impl EventSink for Metrics {
                         call: call.as_str(),
                     })
                     .inc();
+            }
+            Event::Withdrawn { rule } => {
+                let rule = self.rule_label(rule);
+                self.withdrawn.get_or_create(&RuleLabels { rule }).inc();
             }
             Event::Sync { rule, report } => {
                 let rule = self.rule_label(rule);

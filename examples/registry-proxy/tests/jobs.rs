@@ -635,3 +635,60 @@ async fn a_wildcard_rule_without_a_repository_list_syncs_what_the_upstream_catal
     assert!(up.requests("GET", "/v2/_catalog") >= 1, "{}", up.log());
     assert_eq!(up.requests("GET", "/other/c/"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_deleted_upstream_is_served_stale_and_audited_under_serve_withdrawn_and_404_without()
+{
+    let up = TestRegistry::start().unwrap();
+    let kept = push(&up, "library/app", "v1", 95);
+    push(&up, "plain/app", "v1", 96);
+    let rules = format!(
+        "{}serve_withdrawn = \"7d\"\n\n[[rule]]\nname = \"plain\"\nsource = \"{h}/plain/*\"\ntarget = \"plain/*\"\n",
+        "",
+        h = up.host()
+    );
+    let proxy = Proxy::start(&config(&up, &rules));
+    for repo in ["library/app", "plain/app"] {
+        let dest = tempfile::tempdir().unwrap();
+        common::pull(&proxy, &format!("{repo}:v1"), dest.path(), false).unwrap();
+    }
+    // The distribution registry's delete API: both tags gone upstream.
+    up.delete("library/app", "v1").unwrap();
+    up.delete("plain/app", "v1").unwrap();
+    let gone = client()
+        .get(format!("{}/v2/library/app/manifests/v1", up.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404, "deleted upstream");
+    // Past revalidate_window (1 s), within which a pulled tag is not asked about.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Revalidation finds the tag gone: served stale under the option ...
+    assert_eq!(
+        get_manifest(&proxy, "library/app", "v1").await,
+        (200, "stale".to_owned())
+    );
+    // ... and pullable whole, from the cache.
+    let dest = tempfile::tempdir().unwrap();
+    common::pull(&proxy, "library/app:v1", dest.path(), false).unwrap();
+    assert!(
+        kept.layers
+            .iter()
+            .all(|(d, _)| dest.path().join(d.hex()).exists())
+    );
+    let log = proxy.log();
+    assert!(
+        log.lines().any(|l| l.contains("audit")
+            && l.contains("served a tag the upstream withdrew")
+            && l.contains("repository=library/app")),
+        "audited:\n{log}"
+    );
+    assert!(
+        proxy
+            .metric("registry_proxy_withdrawn_served_total{rule=\"lib\"}")
+            .await
+            >= 2
+    );
+    // ... and 404 without it.
+    assert_eq!(get_manifest(&proxy, "plain/app", "v1").await.0, 404);
+}
