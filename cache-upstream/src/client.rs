@@ -212,6 +212,7 @@ pub struct RegistryClient {
     opts: ClientOptions,
     policy: AddressPolicy,
     rate: Mutex<Option<RateLimit>>,
+    bandwidth: Option<Arc<crate::Bandwidth>>,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -221,6 +222,7 @@ impl fmt::Debug for RegistryClient {
             .field("registry", &self.registry)
             .field("endpoints", &eps)
             .field("credentials", &self.creds)
+            .field("bandwidth", &self.bandwidth.as_ref().map(|b| b.rate()))
             .finish_non_exhaustive()
     }
 }
@@ -348,7 +350,20 @@ impl RegistryClient {
             opts,
             policy,
             rate: Mutex::new(None),
+            bandwidth: None,
         })
+    }
+
+    /// This client with its blob bodies drawing from `cap`, a registry's
+    /// bandwidth cap that its other clients (other credential sets) share.
+    pub fn with_bandwidth(mut self, cap: Arc<crate::Bandwidth>) -> Self {
+        self.bandwidth = Some(cap);
+        self
+    }
+
+    /// The bandwidth cap blob bodies draw from, if any.
+    pub fn bandwidth(&self) -> Option<&Arc<crate::Bandwidth>> {
+        self.bandwidth.as_ref()
     }
 
     /// The registry this client talks to.
@@ -910,6 +925,10 @@ impl Upstream for RegistryClient {
                 c.map_err(|e| Error::upstream_with(&registry, "blob transfer interrupted", true, e))
             })
             .boxed();
+        let stream = match &self.bandwidth {
+            Some(cap) => cap.meter(stream),
+            None => stream,
+        };
         Ok(UpstreamBlob {
             size,
             range: span,

@@ -468,6 +468,36 @@ impl Collector for ReadOnScrape {
             self.inflight.load(Ordering::Relaxed) as u64,
         )?;
 
+        // A registry's clients share its cap: one series per registry.
+        let mut caps: Vec<(String, std::sync::Arc<cache_upstream::Bandwidth>)> = Vec::new();
+        for (registry, _, client) in lock(&self.clients).iter() {
+            if let Some(cap) = client.bandwidth()
+                && !caps.iter().any(|(r, _)| r == registry)
+            {
+                caps.push((registry.clone(), cap.clone()));
+            }
+        }
+        let mut limit = e.encode_descriptor(
+            "registry_proxy_upstream_bandwidth_limit_bytes",
+            "A registry's bandwidth cap (max_bandwidth), in bytes a second.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (registry, cap) in &caps {
+            ConstGauge::new(cap.rate() as i64)
+                .encode(limit.encode_family(&[("registry", registry.as_str())])?)?;
+        }
+        let mut waited = e.encode_descriptor(
+            "registry_proxy_upstream_bandwidth_wait_seconds",
+            "Time blob transfers from a registry waited for its bandwidth cap.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (registry, cap) in &caps {
+            ConstCounter::new(cap.waited().as_secs_f64())
+                .encode(waited.encode_family(&[("registry", registry.as_str())])?)?;
+        }
+
         let budgets: Vec<(String, String, cache_upstream::RateLimit)> = lock(&self.clients)
             .iter()
             .filter_map(|(r, c, client)| client.rate_limit().map(|l| (r.clone(), c.clone(), l)))

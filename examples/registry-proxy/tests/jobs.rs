@@ -692,3 +692,77 @@ async fn a_tag_deleted_upstream_is_served_stale_and_audited_under_serve_withdraw
     // ... and 404 without it.
     assert_eq!(get_manifest(&proxy, "plain/app", "v1").await.0, 404);
 }
+
+/// GETs blob `d` of `repo` through the proxy to its end: its SHA-256
+/// digest and how long it took.
+async fn timed_blob(
+    proxy: &Proxy,
+    repo: &str,
+    d: &cache_core::Digest,
+) -> (cache_core::Digest, Duration) {
+    use futures::StreamExt;
+    let start = Instant::now();
+    let r = client()
+        .get(proxy.url(&format!("/v2/{repo}/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut h = cache_core::Algorithm::Sha256.hasher();
+    let mut body = r.bytes_stream();
+    while let Some(c) = body.next().await {
+        h.update(&c.unwrap());
+    }
+    (h.finish(), start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bandwidth_cap_holds_one_transfer_and_two_concurrent_ones_share_it() {
+    let up = TestRegistry::start().unwrap();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let big = write_image(one.path(), "v1", 100, &[64 << 20]);
+    up.push(&big.layout, "v1", "library/big").unwrap();
+    let pair = write_image(two.path(), "v1", 101, &[32 << 20, 32 << 20]);
+    up.push(&pair.layout, "v1", "library/pair").unwrap();
+    let body = config(&up, "").replacen(
+        &format!("endpoint = \"{}\"\n", up.url()),
+        &format!("endpoint = \"{}\"\nmax_bandwidth = \"16MiB/s\"\n", up.url()),
+        1,
+    );
+    let proxy = Proxy::start(&body);
+    // 64 MiB at 16 MiB/s: four seconds, less a tenth of a second's burst.
+    let (d, _) = &big.layers[0];
+    let (got, took) = timed_blob(&proxy, "library/big", d).await;
+    assert_eq!(&got, d);
+    assert!(took >= Duration::from_millis(3500), "64 MiB in {took:?}");
+    // Two 32 MiB blobs at once share the cap: together as long as one of
+    // 64 MiB (each alone would take two seconds).
+    let start = Instant::now();
+    let (a, b) = tokio::join!(
+        timed_blob(&proxy, "library/pair", &pair.layers[0].0),
+        timed_blob(&proxy, "library/pair", &pair.layers[1].0)
+    );
+    let together = start.elapsed();
+    assert_eq!((&a.0, &b.0), (&pair.layers[0].0, &pair.layers[1].0));
+    assert!(
+        together >= Duration::from_millis(3500),
+        "2 x 32 MiB in {together:?}"
+    );
+    let registry = format!("registry=\"{}\"", up.host());
+    let limit = format!("registry_proxy_upstream_bandwidth_limit_bytes{{{registry}}}");
+    assert_eq!(proxy.metric(&limit).await, 16 << 20);
+    let text = proxy.metrics().await;
+    let waited: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "registry_proxy_upstream_bandwidth_wait_seconds_total{{{registry}}} "
+            ))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(waited >= 3.0, "{waited}");
+    // Served from the cache, a blob is not held to the upstream's cap.
+    let (_, warm) = timed_blob(&proxy, "library/big", d).await;
+    assert!(warm < took, "{warm:?}");
+}
