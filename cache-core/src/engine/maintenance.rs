@@ -134,6 +134,10 @@ impl PullThroughCache {
         let wiring = inner.wiring.load_full();
         let now = inner.clock.now();
         let mut report = GcReport::default();
+        // Listed before the blobs, so that with no purge pending nothing
+        // lies between listing the blobs and deciding what goes; a mark
+        // made meanwhile waits for the next gc.
+        let marks = inner.store.list_meta(Some(&keys::purged_all())).await?;
         let mut blobs: HashMap<Digest, BlobInfo> = inner
             .store
             .list_all()
@@ -219,7 +223,7 @@ impl PullThroughCache {
             .filter_map(keys::parse_grant)
             .map(|(_, d)| d)
             .collect();
-        for key in inner.store.list_meta(Some(&keys::purged_all())).await? {
+        for key in marks {
             let Some(d) = keys::parse_purged(&key) else {
                 continue;
             };
