@@ -877,3 +877,62 @@ async fn without_serve_withdrawn_a_deleted_tag_is_404() {
     assert_eq!(err.http_status(), 404);
     assert_eq!(Counters::get(&e.counters.withdrawn_served), 0);
 }
+
+#[tokio::test]
+async fn a_sync_fetches_only_the_platforms_it_names_of_an_index() {
+    let mut p = cache_core::policy::SyncPolicy::new(Duration::from_secs(600));
+    p.repositories = vec![n("library/multi")];
+    p.tags = Some(cache_core::policy::TagPattern::new("v1").unwrap());
+    p.platforms = vec![cache_core::manifest::Platform::parse("linux/arm64").unwrap()];
+    let e = env(RulePolicy {
+        sync: Some(Arc::new(p)),
+        ..RulePolicy::default()
+    });
+    let (index, images) = push_index(&e, "library/multi", "v1", 8);
+    let report = e.cache.sync("lib").await.unwrap();
+    // The index, and of it arm64's manifest, config and two layers.
+    assert_eq!(
+        (
+            report.tags_seen,
+            report.manifests,
+            report.blobs,
+            report.errors
+        ),
+        (1, 2, 3, 0),
+        "{report:?}"
+    );
+    assert!(stored(&e, &index).await && stored(&e, &images[1].manifest).await);
+    for (d, _) in &images[1].layers {
+        assert!(stored(&e, d).await, "arm64's layer {d}");
+    }
+    assert!(
+        !stored(&e, &images[0].manifest).await,
+        "amd64 is not synced"
+    );
+    assert!(!stored(&e, &images[0].layers[0].0).await);
+}
+
+#[tokio::test]
+async fn a_sync_policy_a_reload_adds_is_scheduled() {
+    let e = env(RulePolicy::default());
+    push_releases(&e.up, "library/app");
+    e.cache.start_sync();
+    e.clock.until_sleeps(|s| !s.is_empty()).await;
+    let rules = RuleSet::new(&[RuleSpec::new("lib", "up.example/library/*", "library/*")]).unwrap();
+    e.cache
+        .reconfigure(
+            PullThroughCache::builder()
+                .rules(rules)
+                .upstream("up.example", e.up.clone())
+                .policy("lib", syncing(60, ">=1", &["library/app"])),
+        )
+        .unwrap();
+    assert_eq!(e.cache.synced_rules().len(), 1);
+    // The scheduler looks again within ten seconds; the first run comes
+    // within the interval after that.
+    for _ in 0..10 {
+        e.clock.advance(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    until("a run", || Counters::get(&e.counters.sync_runs) >= 1).await;
+}
