@@ -232,12 +232,7 @@ impl PullThroughCache {
         if mode == Prefetch::None {
             return;
         }
-        let Ok(parsed) = ParsedManifest::parse(&m.bytes) else {
-            return;
-        };
-        if parsed.is_index() && mode != Prefetch::Image {
-            return;
-        }
+        // Claimed first: a manifest served often is parsed once a while.
         let inner = &self.inner;
         if !inner
             .prefetches
@@ -245,13 +240,18 @@ impl PullThroughCache {
         {
             return;
         }
-        let (this, ctx, digest) = (self.clone(), ctx.clone(), m.digest.clone());
+        let (this, ctx, digest, bytes) =
+            (self.clone(), ctx.clone(), m.digest.clone(), m.bytes.clone());
         inner.spawner.spawn(
             async move {
                 let name = &ctx.local;
-                let r = this
-                    .fill_image(&ctx, parsed, &[], PREFETCH_CONCURRENCY)
-                    .await;
+                let r = match ParsedManifest::parse(&bytes) {
+                    // Under "platform" an index starts nothing: the client
+                    // asks for a platform's manifest next.
+                    Ok(p) if p.is_index() && mode != Prefetch::Image => Ok(PullReport::default()),
+                    Ok(p) => this.fill_image(&ctx, p, &[], PREFETCH_CONCURRENCY).await,
+                    Err(e) => Err(e),
+                };
                 match &r {
                     Ok(report) => {
                         tracing::debug!(repository = %name, %digest, ?report, "prefetched")
