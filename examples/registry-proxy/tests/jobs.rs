@@ -594,6 +594,7 @@ async fn three_instances_on_one_azurite_container_make_one_sync_run_per_interval
     }
     let elapsed = start.elapsed().as_secs_f64();
     let total: u64 = runs.iter().sum();
+    eprintln!("sync runs per instance {runs:?} in {elapsed:.1} s, every 2 s");
     // Runs start at least an interval apart, whichever instance runs them.
     let most = (elapsed / 2.0).floor() as u64 + 1;
     assert!(
@@ -765,4 +766,88 @@ async fn a_bandwidth_cap_holds_one_transfer_and_two_concurrent_ones_share_it() {
     // Served from the cache, a blob is not held to the upstream's cap.
     let (_, warm) = timed_blob(&proxy, "library/big", d).await;
     assert!(warm < took, "{warm:?}");
+    eprintln!(
+        "64 MiB at 16 MiB/s: {took:?}; 2 x 32 MiB at once: {together:?}; \
+         waited for the cap {waited:.2} s in all; the 64 MiB again, warm: {warm:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_without_a_server_works_on_the_store_and_gc_then_takes_only_the_orphans() {
+    let up = TestRegistry::start().unwrap();
+    let shared = push(&up, "library/app", "v1", 110);
+    push(&up, "library/other", "v1", 110); // the same image in another repository
+    let own = push(&up, "library/app", "v2", 111);
+    let store = tempfile::tempdir().unwrap();
+    // No admin endpoint: the tools work on the store, once no server does.
+    let body = config(&up, "").replacen(
+        "path = \"cache-data\"",
+        &format!("path = \"{}\"", store.path().display()),
+        1,
+    );
+    let proxy = Proxy::start(&body);
+    for image in ["library/app:v1", "library/app:v2", "library/other:v1"] {
+        let dest = tempfile::tempdir().unwrap();
+        common::pull(&proxy, image, dest.path(), false).unwrap();
+    }
+    let blob = |d: &cache_core::Digest| {
+        let hex = d.hex();
+        store
+            .path()
+            .join("blobs")
+            .join(d.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    };
+    let blobs = |img: &cache_upstream::testing::TestImage| {
+        let mut v: Vec<cache_core::Digest> = img.layers.iter().map(|(d, _)| d.clone()).collect();
+        v.push(img.digest.clone());
+        v
+    };
+    assert!(blobs(&own).iter().all(|d| blob(d).exists()));
+    let port = proxy.port;
+    drop(proxy);
+
+    let tools = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tools.path().join("proxy.toml"),
+        format!("listen = \"127.0.0.1:{port}\"\n{body}"),
+    )
+    .unwrap();
+    // A bad reference is refused, naming it, and drops nothing.
+    let (ok, out) = common::run(tools.path(), &["purge", "library/app:no tag"]);
+    assert!(!ok && out.contains("library/app:no tag"), "{out}");
+    let (ok, out) = common::run(tools.path(), &["purge", "library/app:v2"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("purge library/app:v2: 1 tag(s), 1 manifest(s)"),
+        "{out}"
+    );
+    // Purged records only: the blobs wait for gc.
+    assert!(blobs(&own).iter().all(|d| blob(d).exists()));
+    let (ok, out) = common::run(tools.path(), &["gc"]);
+    assert!(ok, "{out}");
+    assert!(!out.contains(" 0 purged"), "{out}");
+    for d in blobs(&own) {
+        assert!(!blob(&d).exists(), "{d} orphaned, so collected: {out}");
+    }
+    for d in blobs(&shared) {
+        assert!(blob(&d).exists(), "{d} is still v1's and library/other's");
+    }
+
+    // Served again on the same store: v2 is a miss, v1 and library/other
+    // are still whole in the cache.
+    let proxy = Proxy::launch(tools, port);
+    let gets = up.requests("GET", "/library/app/manifests/v2");
+    assert_eq!(
+        get_manifest(&proxy, "library/app", "v2").await,
+        (200, "miss".to_owned())
+    );
+    assert_eq!(up.requests("GET", "/library/app/manifests/v2"), gets + 1);
+    let blob_gets = up.blob_gets();
+    for image in ["library/app:v1", "library/other:v1"] {
+        let dest = tempfile::tempdir().unwrap();
+        common::pull(&proxy, image, dest.path(), false).unwrap();
+    }
+    assert_eq!(up.blob_gets(), blob_gets, "{}", up.log());
 }
