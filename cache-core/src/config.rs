@@ -37,7 +37,10 @@ use serde::de::{self, Deserializer, Error as _};
 
 use crate::cosign::CosignKey;
 use crate::engine::CacheOptions;
-use crate::policy::{RulePolicy, SignatureMode, TagFreshness, parse_duration};
+use crate::policy::{
+    MAX_SYNC_TAGS, Prefetch, RulePolicy, SignatureMode, SyncPolicy, TagFreshness, TagPattern,
+    VersionReq, parse_duration,
+};
 
 mod signatures;
 use crate::rules::{Rule, RuleSet, RuleSpec};
@@ -419,6 +422,24 @@ impl<'de> Deserialize<'de> for TagFreshness {
     }
 }
 
+/// `"none"`, `"platform"` or `"image"`.
+impl<'de> Deserialize<'de> for Prefetch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Raw {
+            None,
+            Platform,
+            Image,
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::None => Prefetch::None,
+            Raw::Platform => Prefetch::Platform,
+            Raw::Image => Prefetch::Image,
+        })
+    }
+}
+
 /// `"enforce"` or `"audit"`.
 impl<'de> Deserialize<'de> for SignatureMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -432,6 +453,132 @@ impl<'de> Deserialize<'de> for SignatureMode {
             Mode::Enforce => SignatureMode::Enforce,
             Mode::Audit => SignatureMode::Audit,
         })
+    }
+}
+
+/// The most repositories a rule's `sync.repositories` lists.
+pub const MAX_SYNC_REPOSITORIES: usize = 1000;
+
+/// A rule's `sync` table: `interval` (required, at least `1s`), `tags` (a
+/// regular expression the whole tag matches), `semver` (a version range:
+/// `">=1.2, <2"`), `max_tags` (1 to 1000), `platforms` (`os/arch[/variant]`)
+/// and, for a wildcard rule, `repositories` (local names under its target,
+/// at most 1000). Each error names the key and the value.
+///
+/// ```
+/// use cache_core::config::RuleConfig;
+///
+/// let rule: RuleConfig = toml::from_str(
+///     "name = \"hub\"\nsource = \"docker.io/library/*\"\ntarget = \"library/*\"\n\
+///      [sync]\ninterval = \"10m\"\nsemver = \">=1.27, <2\"\nrepositories = [\"library/nginx\"]\n",
+/// )?;
+/// let sync = rule.policy(|_| unreachable!())?.sync.unwrap();
+/// assert_eq!(sync.interval, std::time::Duration::from_secs(600));
+/// let bad = toml::from_str::<RuleConfig>(
+///     "name = \"hub\"\nsource = \"docker.io/library/*\"\ntarget = \"library/*\"\n[sync]\ninterval = \"10m\"\nsemver = \"one\"\n",
+/// ).unwrap_err();
+/// assert!(bad.message().contains("semver = \"one\""), "{bad}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSpec(pub SyncPolicy);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    interval: Option<String>,
+    tags: Option<String>,
+    semver: Option<String>,
+    max_tags: Option<usize>,
+    #[serde(default)]
+    platforms: Vec<String>,
+    #[serde(default)]
+    repositories: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for SyncSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = RawSync::deserialize(d)?;
+        (|| {
+            let interval = r
+                .interval
+                .as_ref()
+                .map(|_| {
+                    at_least(
+                        "interval",
+                        &r.interval,
+                        Duration::ZERO,
+                        Duration::from_secs(1),
+                    )
+                })
+                .ok_or_else(|| ConfigError::new("interval is missing (how often: \"10m\")"))??;
+            let mut p = SyncPolicy::new(interval);
+            if let Some(t) = &r.tags {
+                p.tags = Some(TagPattern::new(t).map_err(|e| {
+                    ConfigError(format!(
+                        "tags = {t:?}: not a usable regular expression: {e}"
+                    ))
+                })?);
+            }
+            if let Some(v) = &r.semver {
+                p.semver = Some(VersionReq::parse(v).map_err(|e| {
+                    ConfigError(format!(
+                        "semver = {v:?}: not a version range ({e}; e.g. \">=1.2, <2\")"
+                    ))
+                })?);
+            }
+            if let Some(n) = r.max_tags
+                && !(1..=MAX_SYNC_TAGS).contains(&n)
+            {
+                return Err(ConfigError(format!(
+                    "max_tags = {n}: from 1 to {MAX_SYNC_TAGS}"
+                )));
+            }
+            p.max_tags = r.max_tags;
+            for s in &r.platforms {
+                let platform = crate::manifest::Platform::parse(s).ok_or_else(|| {
+                    ConfigError(format!("platforms: {s:?} is not os/arch[/variant]"))
+                })?;
+                p.platforms.push(platform);
+            }
+            if r.repositories.len() > MAX_SYNC_REPOSITORIES {
+                return Err(ConfigError(format!(
+                    "repositories: {} entries, at most {MAX_SYNC_REPOSITORIES}",
+                    r.repositories.len()
+                )));
+            }
+            for s in &r.repositories {
+                let repo = crate::names::RepoName::parse(s)
+                    .map_err(|e| ConfigError(format!("repositories: {s:?}: {e}")))?;
+                p.repositories.push(repo);
+            }
+            Ok(SyncSpec(p))
+        })()
+        .map_err(custom)
+    }
+}
+
+impl SyncSpec {
+    /// Checks the repositories against the rule's `target`: only a wildcard
+    /// rule lists them, each under its target; an error names the key.
+    pub fn check_target(&self, target: &str) -> Result<(), ConfigError> {
+        let repos = &self.0.repositories;
+        let Some(first) = repos.first() else {
+            return Ok(());
+        };
+        let Some(prefix) = target.strip_suffix('*') else {
+            return Err(ConfigError(format!(
+                "sync.repositories: {:?} and the rest: only a wildcard rule lists repositories (this one's target is {target:?})",
+                first.as_str()
+            )));
+        };
+        match repos.iter().find(|r| !r.as_str().starts_with(prefix)) {
+            Some(r) => Err(ConfigError(format!(
+                "sync.repositories: {:?} is not under the rule's target {target:?}",
+                r.as_str()
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -450,8 +597,9 @@ impl<'de> Deserialize<'de> for NoScan {
 
 /// One caching rule as a table: `name`, `source`, `target`, `credentials`,
 /// its caching policy (`tag_freshness`, default `"revalidate"`;
-/// `stale_if_error`, default `24h`; `content_ttl`), its `signatures` and
-/// `scan` policies. `S` is the program's vulnerability policy
+/// `stale_if_error`, default `24h`; `content_ttl`; `negative_ttl`, default
+/// `30s`; `prefetch`, default `"none"`; `serve_withdrawn`), its
+/// `signatures` and `scan` policies, and its scheduled `sync` ([`SyncSpec`]). `S` is the program's vulnerability policy
 /// (`cache_upstream::scanner::ScanPolicy`); the default refuses `scan`.
 ///
 /// The rule itself is validated with the rule set it joins
@@ -482,6 +630,17 @@ pub struct RuleConfig<S = NoScan> {
     pub signatures: Option<Box<SignatureSpec>>,
     /// Serve only what a vulnerability scan allows.
     pub scan: Option<Box<S>>,
+    /// How long an upstream's "not found" is remembered (`negative_ttl`,
+    /// default `30s`; `"0s"` turns it off).
+    pub negative_ttl: Duration,
+    /// What is fetched in the background after a manifest is served
+    /// (`prefetch`: `"none"`, the default, `"platform"` or `"image"`).
+    pub prefetch: Prefetch,
+    /// Tags fetched on a schedule (`[sync]`).
+    pub sync: Option<Box<SyncSpec>>,
+    /// How long a tag the upstream withdrew is still served
+    /// (`serve_withdrawn`; default: not at all; `"0s"` is the same).
+    pub serve_withdrawn: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -496,6 +655,10 @@ struct RawRule<S> {
     content_ttl: Option<String>,
     signatures: Option<Box<SignatureSpec>>,
     scan: Option<Box<S>>,
+    negative_ttl: Option<String>,
+    prefetch: Option<Prefetch>,
+    sync: Option<Box<SyncSpec>>,
+    serve_withdrawn: Option<String>,
 }
 
 impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
@@ -508,6 +671,9 @@ impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
             None => None,
             t => Some(duration("content_ttl", t, Duration::ZERO).map_err(custom)?),
         };
+        if let Some(sync) = &r.sync {
+            sync.check_target(&r.target).map_err(custom)?;
+        }
         Ok(RuleConfig {
             spec: RuleSpec {
                 name: r.name,
@@ -520,6 +686,15 @@ impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
             content_ttl,
             signatures: r.signatures,
             scan: r.scan,
+            negative_ttl: duration("negative_ttl", &r.negative_ttl, default.negative_ttl)
+                .map_err(custom)?,
+            prefetch: r.prefetch.unwrap_or_default(),
+            sync: r.sync,
+            serve_withdrawn: match &r.serve_withdrawn {
+                None => None,
+                t => Some(duration("serve_withdrawn", t, Duration::ZERO).map_err(custom)?)
+                    .filter(|d| !d.is_zero()),
+            },
         })
     }
 }
@@ -549,6 +724,10 @@ impl<S> RuleConfig<S> {
             stale_if_error: self.stale_if_error,
             content_ttl: self.content_ttl,
             signatures,
+            negative_ttl: self.negative_ttl,
+            prefetch: self.prefetch,
+            sync: self.sync.as_ref().map(|s| std::sync::Arc::new(s.0.clone())),
+            serve_withdrawn: self.serve_withdrawn,
         })
     }
 }
@@ -765,6 +944,122 @@ mod tests {
         ] {
             let e = rule(extra).unwrap_err();
             assert!(e.contains(says), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_keys_that_keep_a_rule_fresh_read_and_refuse_bad_values_by_name() {
+        let head = "name = \"r\"\nsource = \"docker.io/library/*\"\ntarget = \"library/*\"\n";
+        let rule = |extra: &str| {
+            toml::from_str::<RuleConfig>(&format!("{head}{extra}"))
+                .map_err(|e| e.message().to_owned())
+        };
+        let p = rule("negative_ttl = \"0s\"\nprefetch = \"image\"\nserve_withdrawn = \"7d\"\n")
+            .unwrap()
+            .policy(|_| unreachable!())
+            .unwrap();
+        assert_eq!(p.serve_withdrawn, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(
+            (p.negative_ttl, p.prefetch),
+            (Duration::ZERO, Prefetch::Image)
+        );
+        let d = RulePolicy::default();
+        assert_eq!(
+            (d.negative_ttl, d.prefetch),
+            (Duration::from_secs(30), Prefetch::None)
+        );
+        for (extra, says) in [
+            (
+                "negative_ttl = \"soon\"",
+                "negative_ttl = \"soon\": not a duration",
+            ),
+            ("prefetch = \"all\"", "unknown variant `all`"),
+            (
+                "serve_withdrawn = \"ever\"",
+                "serve_withdrawn = \"ever\": not a duration",
+            ),
+        ] {
+            let e = rule(extra).unwrap_err();
+            assert!(e.contains(says), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_sync_table_reads_and_refuses_bad_values_naming_the_key() {
+        let rule = |target: &str, sync: &str| {
+            toml::from_str::<RuleConfig>(&format!(
+                "name = \"r\"\nsource = \"docker.io/{target}\"\ntarget = \"{target}\"\n[sync]\n{sync}"
+            ))
+            .map_err(|e| e.message().to_owned())
+        };
+        let p = rule(
+            "library/*",
+            "interval = \"2s\"\ntags = \"v.*\"\nsemver = \">=1, <2\"\nmax_tags = 3\nplatforms = [\"linux/arm64/v8\"]\nrepositories = [\"library/a/b\"]\n",
+        )
+        .unwrap()
+        .policy(|_| unreachable!())
+        .unwrap();
+        let s = p.sync.unwrap();
+        assert_eq!(
+            (
+                s.interval,
+                s.max_tags,
+                s.platforms.len(),
+                s.repositories.len()
+            ),
+            (Duration::from_secs(2), Some(3), 1, 1)
+        );
+        assert_eq!(s.tags.as_ref().unwrap().as_str(), "v.*");
+        for (target, sync, says) in [
+            ("library/*", "", "interval is missing"),
+            (
+                "library/*",
+                "interval = \"0s\"",
+                "interval = \"0s\": at least 1s",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\ntags = \"(\"",
+                "tags = \"(\": not a usable regular expression",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\nsemver = \"~>1\"",
+                "semver = \"~>1\": not a version range",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\nmax_tags = 0",
+                "max_tags = 0: from 1 to 1000",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\nplatforms = [\"linux\"]",
+                "platforms: \"linux\" is not os/arch",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\nrepositories = [\"Bad\"]",
+                "repositories: \"Bad\"",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\nrepositories = [\"other/x\"]",
+                "\"other/x\" is not under the rule's target \"library/*\"",
+            ),
+            (
+                "library/nginx",
+                "interval = \"1m\"\nrepositories = [\"library/nginx\"]",
+                "only a wildcard rule lists repositories",
+            ),
+            (
+                "library/*",
+                "interval = \"1m\"\nevery = 1",
+                "unknown field `every`",
+            ),
+        ] {
+            let e = rule(target, sync).unwrap_err();
+            assert!(e.contains(says), "{sync}: {e}");
         }
     }
 

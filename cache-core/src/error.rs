@@ -222,6 +222,17 @@ pub enum Error {
         /// The tag or digest asked for.
         reference: String,
     },
+    /// A "not found" the upstream gave within the rule's `negative_ttl`,
+    /// answered again from memory without asking it: the same code and
+    /// status as `error`, and `X-Cache: negative`
+    /// ([`cache_status`](Error::cache_status)).
+    #[error("{error} (as the upstream answered {}s ago; not asked again yet)", age.as_secs())]
+    Remembered {
+        /// What the upstream answered.
+        error: Box<Error>,
+        /// How long ago.
+        age: Duration,
+    },
     /// The manifest is malformed, too large or otherwise unusable.
     #[error("manifest invalid: {reason}")]
     ManifestInvalid {
@@ -569,6 +580,7 @@ impl Error {
             Error::InvalidRule { .. } | Error::Misconfigured { .. } => ErrorCode::Internal,
             Error::NameUnknown { .. } => ErrorCode::NameUnknown,
             Error::ManifestUnknown { .. } => ErrorCode::ManifestUnknown,
+            Error::Remembered { error, .. } => error.code(),
             Error::ManifestInvalid { .. } => ErrorCode::ManifestInvalid,
             Error::BlobUnknown { .. } => ErrorCode::BlobUnknown,
             Error::DigestMismatch { .. } => ErrorCode::DigestInvalid,
@@ -597,11 +609,22 @@ impl Error {
         }
     }
 
+    /// Where the answer came from, when an error answer says so (an
+    /// `X-Cache` header): [`CacheStatus::Negative`](crate::CacheStatus::Negative)
+    /// for a "not found" remembered from the upstream.
+    pub fn cache_status(&self) -> Option<crate::CacheStatus> {
+        match self {
+            Error::Remembered { .. } => Some(crate::CacheStatus::Negative),
+            _ => None,
+        }
+    }
+
     /// The HTTP status a server answers this error with: its code's
     /// status, except an unknown endpoint, which is a 404.
     pub fn http_status(&self) -> u16 {
         match self {
             Error::UnknownEndpoint { .. } => 404,
+            Error::Remembered { error, .. } => error.http_status(),
             _ => self.code().http_status(),
         }
     }

@@ -15,18 +15,24 @@ pub enum CacheStatus {
     Miss,
     /// The upstream confirmed the cached tag is current (a `HEAD`).
     Revalidated,
-    /// Served from the cache because the upstream failed (stale-if-error).
+    /// Served from the cache because the upstream failed (stale-if-error)
+    /// or withdrew it (a rule's `serve_withdrawn`).
     Stale,
+    /// Answered "not found" from memory: the upstream said so within the
+    /// rule's `negative_ttl`, and was not asked again.
+    Negative,
 }
 
 impl CacheStatus {
-    /// `hit`, `miss`, `revalidated` or `stale`, as in an `X-Cache` header.
+    /// `hit`, `miss`, `revalidated`, `stale` or `negative`, as in an
+    /// `X-Cache` header.
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
             CacheStatus::Revalidated => "revalidated",
             CacheStatus::Stale => "stale",
+            CacheStatus::Negative => "negative",
         }
     }
 }
@@ -52,20 +58,24 @@ pub enum UpstreamCall {
     Tags,
     /// A referrers listing (OCI 1.1 referrers API).
     Referrers,
+    /// A page of the upstream's catalog (a sync of a wildcard rule).
+    Catalog,
 }
 
 impl UpstreamCall {
     /// Every kind, for exporters that pre-register their series.
-    pub const ALL: [UpstreamCall; 6] = [
+    pub const ALL: [UpstreamCall; 7] = [
         UpstreamCall::Manifest,
         UpstreamCall::ManifestHead,
         UpstreamCall::Blob,
         UpstreamCall::BlobHead,
         UpstreamCall::Tags,
         UpstreamCall::Referrers,
+        UpstreamCall::Catalog,
     ];
 
-    /// `manifest`, `manifest_head`, `blob`, `blob_head`, `tags` or `referrers`.
+    /// `manifest`, `manifest_head`, `blob`, `blob_head`, `tags`,
+    /// `referrers` or `catalog`.
     pub fn as_str(self) -> &'static str {
         match self {
             UpstreamCall::Manifest => "manifest",
@@ -74,6 +84,7 @@ impl UpstreamCall {
             UpstreamCall::BlobHead => "blob_head",
             UpstreamCall::Tags => "tags",
             UpstreamCall::Referrers => "referrers",
+            UpstreamCall::Catalog => "catalog",
         }
     }
 }
@@ -128,6 +139,19 @@ pub enum Event<'a> {
     /// On a shared store, a fetch found another instance fetching the
     /// same digest, and this is how it ended.
     PeerFetch(PeerFetch),
+    /// A cached tag the upstream withdrew (404, 401, 403) was served,
+    /// under the rule's `serve_withdrawn`.
+    Withdrawn {
+        /// The rule's name.
+        rule: &'a str,
+    },
+    /// A rule's sync ran (or found another instance running it).
+    Sync {
+        /// The rule's name.
+        rule: &'a str,
+        /// What it did.
+        report: &'a crate::SyncReport,
+    },
     /// A manifest was admitted or refused by the rule's policy (signature
     /// policy, admission hooks).
     Admission {
@@ -229,6 +253,8 @@ pub struct Counters {
     pub revalidations: AtomicU64,
     /// Answers served stale because the upstream failed.
     pub stale: AtomicU64,
+    /// "Not found" answered from the negative cache, without the upstream.
+    pub negative: AtomicU64,
     /// Bytes delivered to readers.
     pub bytes_served: AtomicU64,
     /// Bytes received from upstreams.
@@ -257,6 +283,12 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Admission decisions that would have refused, under an audit-only policy.
     pub audit_only: AtomicU64,
+    /// Cached tags served although the upstream withdrew them.
+    pub withdrawn_served: AtomicU64,
+    /// Sync runs that ran (not those another instance was running).
+    pub sync_runs: AtomicU64,
+    /// Tags sync runs found cached anew (new, or moved upstream).
+    pub sync_tags_new: AtomicU64,
 }
 
 impl Counters {
@@ -277,6 +309,7 @@ impl EventSink for Counters {
                 CacheStatus::Miss => add(&self.misses, 1),
                 CacheStatus::Revalidated => add(&self.revalidations, 1),
                 CacheStatus::Stale => add(&self.stale, 1),
+                CacheStatus::Negative => add(&self.negative, 1),
             },
             Event::BytesServed(n) => add(&self.bytes_served, *n),
             Event::BytesFromUpstream(n) => add(&self.bytes_from_upstream, *n),
@@ -293,6 +326,13 @@ impl EventSink for Counters {
             Event::PeerFetch(PeerFetch::Published) => add(&self.peer_published, 1),
             Event::PeerFetch(PeerFetch::TakenOver) => add(&self.peer_taken_over, 1),
             Event::PeerFetch(PeerFetch::WaitedTooLong) => add(&self.peer_waited_too_long, 1),
+            Event::Withdrawn { .. } => add(&self.withdrawn_served, 1),
+            Event::Sync { report, .. } => {
+                if report.skipped.is_none() {
+                    add(&self.sync_runs, 1);
+                    add(&self.sync_tags_new, report.tags_new as u64);
+                }
+            }
             Event::Admission { outcome, .. } => match outcome {
                 AdmissionOutcome::Allowed => add(&self.admitted, 1),
                 AdmissionOutcome::Refused => add(&self.refused, 1),

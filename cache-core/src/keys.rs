@@ -11,7 +11,14 @@
 //! leases/blobs/<alg>/<hex>              which instance fetches the blob
 //! leases/gc                             which instance runs gc
 //! scans/<scanner>/<alg>/<hex>           a vulnerability scanner's findings on a manifest
+//! purged/<alg>/<hex>                    a blob a purge took grants of: gc removes it unless re-granted
+//! leases/sync/<rule>                    which instance runs a rule's sync
+//! syncs/<rule>                          a rule's last sync run (when, where, what it did)
 //! ```
+//!
+//! A rule's name stands in a key as itself when it is one key segment
+//! (letters, digits, `.`, `_`, `-`), else as `sha256-` and the hex of its
+//! SHA-256.
 //!
 //! Repository components never start with `_`, so `_tags`, `_links` and
 //! `_referrers` cannot collide with a nested repository. Keys are built
@@ -55,6 +62,17 @@ fn parse_digest_part(tail: &str) -> Option<Digest> {
 /// `repos`: everything kept per repository (tags, grants, referrers).
 pub fn repos() -> MetaKey {
     key("repos".to_owned())
+}
+
+/// `repos/<repo>`: everything kept for a repository, and for the
+/// repositories nested under it (filter with [`repo_of`]).
+pub fn repo(repo: &RepoName) -> MetaKey {
+    key(format!("repos/{repo}"))
+}
+
+/// `repos/<repo>/_links`: every grant of a repository.
+pub fn grants(repo: &RepoName) -> MetaKey {
+    key(format!("repos/{repo}/_links"))
 }
 
 /// `repos/<repo>/_tags/<tag>`: the tag's record.
@@ -105,6 +123,32 @@ pub fn gc_lease() -> MetaKey {
     key("leases/gc".to_owned())
 }
 
+/// A rule's name as one key segment.
+fn rule_segment(rule: &str) -> String {
+    let plain = !rule.is_empty()
+        && rule.len() <= 128
+        && rule != "."
+        && rule != ".."
+        && rule
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if plain {
+        rule.to_owned()
+    } else {
+        format!("sha256-{}", Digest::sha256_of(rule.as_bytes()).hex())
+    }
+}
+
+/// `leases/sync/<rule>`: which instance runs the rule's sync.
+pub fn sync_lease(rule: &str) -> MetaKey {
+    key(format!("leases/sync/{}", rule_segment(rule)))
+}
+
+/// `syncs/<rule>`: the rule's last sync run.
+pub fn sync_record(rule: &str) -> MetaKey {
+    key(format!("syncs/{}", rule_segment(rule)))
+}
+
 /// `scans`: every scanner's findings.
 pub fn scans() -> MetaKey {
     key("scans".to_owned())
@@ -136,10 +180,27 @@ pub fn scan_record(scanner: &str, d: &Digest) -> Result<MetaKey> {
     Ok(key(format!("{}/{}", scans_of(scanner)?, digest_part(d))))
 }
 
-/// The repository a key under `repos/` is about (a tag or a grant).
+/// `purged`: every purge mark.
+pub fn purged_all() -> MetaKey {
+    key("purged".to_owned())
+}
+
+/// `purged/<alg>/<hex>`: a blob whose grants a purge withdrew; the next
+/// gc removes it unless some repository is granted it again.
+pub fn purged(d: &Digest) -> MetaKey {
+    key(format!("purged/{}", digest_part(d)))
+}
+
+/// The digest a purge mark is about.
+pub fn parse_purged(k: &MetaKey) -> Option<Digest> {
+    parse_digest_part(k.as_str().strip_prefix("purged/")?)
+}
+
+/// The repository a key under `repos/` is about (a tag, a grant or a
+/// referrers record).
 pub fn repo_of(k: &MetaKey) -> Option<RepoName> {
     let rest = k.as_str().strip_prefix("repos/")?;
-    let (repo, _) = ["/_links/", "/_tags/"]
+    let (repo, _) = ["/_links/", "/_tags/", "/_referrers/"]
         .iter()
         .find_map(|sep| rest.split_once(sep))?;
     RepoName::parse(repo).ok()
@@ -190,6 +251,9 @@ mod tests {
             Some((repo.clone(), d.clone()))
         );
         assert_eq!(parse_platform(&platform(&d)), Some(d.clone()));
+        assert_eq!(parse_purged(&purged(&d)), Some(d.clone()));
+        assert_eq!(repo_of(&referrers(&repo, &d)), Some(repo.clone()));
+        assert_eq!(parse_purged(&platform(&d)), None);
         let scan = scan_record("trivy-1.0", &d).unwrap();
         assert_eq!(parse_scan_record(&scan), Some(("trivy-1.0", d.clone())));
         assert_eq!(repo_of(&tag(&repo, &t)), Some(repo.clone()));
@@ -208,7 +272,11 @@ mod tests {
         assert!(tag(&repo, &Tag::parse("latest").unwrap()).starts_with(&tags(&repo)));
         for k in [tags(&repo), grant(&repo, &d), referrers(&repo, &d)] {
             assert!(k.starts_with(&repos()), "{k}");
+            assert!(k.starts_with(&self::repo(&repo)), "{k}");
         }
+        assert!(grant(&repo, &d).starts_with(&grants(&repo)));
+        assert!(!grant(&repo, &d).starts_with(&grants(&RepoName::parse("library").unwrap())));
+        assert!(purged(&d).starts_with(&purged_all()));
         assert!(platform(&d).starts_with(&platforms()));
         assert!(
             scan_record("s", &d)
@@ -220,6 +288,34 @@ mod tests {
             !scan_record("s", &d)
                 .unwrap()
                 .starts_with(&scans_of("s2").unwrap())
+        );
+    }
+
+    #[test]
+    fn any_rule_name_makes_a_sync_key_and_different_names_different_keys() {
+        let names = [
+            "hub-library",
+            "a/b",
+            "..",
+            "",
+            "with space",
+            "ünï",
+            "hub-library ",
+        ];
+        let keys: std::collections::HashSet<String> = names
+            .iter()
+            .map(|n| sync_record(n).as_str().to_owned())
+            .collect();
+        assert_eq!(keys.len(), names.len());
+        assert_eq!(sync_record("hub-library").as_str(), "syncs/hub-library");
+        assert_eq!(
+            sync_lease("hub-library").as_str(),
+            "leases/sync/hub-library"
+        );
+        assert!(
+            sync_lease("a/b")
+                .as_str()
+                .starts_with("leases/sync/sha256-")
         );
     }
 

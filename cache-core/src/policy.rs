@@ -10,6 +10,9 @@ use crate::names::{Reference, RepoName};
 use crate::rules::Rule;
 use crate::upstream::Manifest;
 
+/// A version range (`>=1.2, <2`), as a sync's `semver` filter takes it.
+pub use semver::VersionReq;
+
 /// How a cached tag is kept fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TagFreshness {
@@ -68,7 +71,199 @@ pub struct RulePolicy {
     /// Manifests must carry a cosign signature by one of these keys
     /// (see [`SignaturePolicy`]).
     pub signatures: Option<std::sync::Arc<SignaturePolicy>>,
+    /// How long an upstream's "not found" for a tag or a repository
+    /// (`404`, `NAME_UNKNOWN`, `MANIFEST_UNKNOWN`) is remembered: asking
+    /// again within this answers `404` from memory (`X-Cache: negative`)
+    /// without contacting the upstream (default 30 s; zero: never
+    /// remembered). A successful fetch of the tag, or a sync of the
+    /// repository, forgets it.
+    pub negative_ttl: Duration,
+    /// What is fetched in the background after a manifest is served to a
+    /// client (default [`Prefetch::None`]).
+    pub prefetch: Prefetch,
+    /// Tags fetched on a schedule, without a client pull (default none).
+    pub sync: Option<std::sync::Arc<SyncPolicy>>,
+    /// How long a cached tag is still served after the upstream withdrew
+    /// it (answers `404`, `401` or `403` for it), counted from its first
+    /// refusal: `X-Cache: stale`, an audit event and an
+    /// [`Event::Withdrawn`](crate::Event::Withdrawn) each time; never
+    /// for content the rule's policy refuses (admission runs as for any
+    /// serve). Default `None`: a withdrawn tag is not served.
+    pub serve_withdrawn: Option<Duration>,
 }
+
+/// The most tags one sync run fetches per repository, whatever `max_tags`.
+pub const MAX_SYNC_TAGS: usize = 1000;
+
+/// A rule's scheduled sync: every `interval`, the tags of each repository
+/// that pass the filters are resolved and their images fetched, through the
+/// same verified single-flight and admission as a pull.
+///
+/// ```
+/// use cache_core::policy::{SyncPolicy, TagPattern, VersionReq};
+/// use cache_core::Tag;
+/// # use std::time::Duration;
+///
+/// let mut p = SyncPolicy::new(Duration::from_secs(600));
+/// p.semver = Some(VersionReq::parse(">=1, <2").unwrap());
+/// p.max_tags = Some(2);
+/// let tags: Vec<Tag> = ["latest", "v1.0.0", "v1.1.0", "v1.10", "v2.0.0", "1.2.0-rc1"]
+///     .iter()
+///     .map(|t| Tag::parse(t).unwrap())
+///     .collect();
+/// let picked: Vec<String> = p.select(&tags).iter().map(|t| t.to_string()).collect();
+/// assert_eq!(picked, ["v1.10", "v1.1.0"]); // newest first; no pre-release
+/// p.tags = Some(TagPattern::new(r"v1\.1.*").unwrap());
+/// assert_eq!(p.select(&tags).len(), 2);
+/// # Ok::<(), String>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncPolicy {
+    /// How often (each run's start is spread by up to a tenth of it).
+    pub interval: Duration,
+    /// Only tags this regular expression matches, whole.
+    pub tags: Option<TagPattern>,
+    /// Only tags that read as versions (`1.2.3`, `v1.2`, `1`; missing
+    /// parts are zero) in this range.
+    pub semver: Option<VersionReq>,
+    /// At most this many tags per repository: the newest by version, then
+    /// by name (at most [`MAX_SYNC_TAGS`] whatever this says).
+    pub max_tags: Option<usize>,
+    /// Of an index, only these platforms (empty: all of them).
+    pub platforms: Vec<Platform>,
+    /// The local repositories a wildcard rule syncs (empty: an exact
+    /// rule's one repository, or what the upstream's catalog lists under
+    /// a wildcard rule's source).
+    pub repositories: Vec<crate::names::RepoName>,
+}
+
+impl SyncPolicy {
+    /// Every `interval`, every tag (up to [`MAX_SYNC_TAGS`]), every platform.
+    pub fn new(interval: Duration) -> Self {
+        SyncPolicy {
+            interval,
+            tags: None,
+            semver: None,
+            max_tags: None,
+            platforms: Vec::new(),
+            repositories: Vec::new(),
+        }
+    }
+
+    /// Whether `tag` passes the filters.
+    pub fn admits(&self, tag: &crate::names::Tag) -> bool {
+        self.tags.as_ref().is_none_or(|p| p.matches(tag.as_str()))
+            && self
+                .semver
+                .as_ref()
+                .is_none_or(|r| tag_version(tag.as_str()).is_some_and(|v| r.matches(&v)))
+    }
+
+    /// The tags of `listed` a run syncs: those that pass the filters,
+    /// newest first (by version, then tags that are no version by name,
+    /// descending), at most `max_tags` (and [`MAX_SYNC_TAGS`]).
+    pub fn select(&self, listed: &[crate::names::Tag]) -> Vec<crate::names::Tag> {
+        let mut picked: Vec<(Option<semver::Version>, &crate::names::Tag)> = listed
+            .iter()
+            .filter(|t| self.admits(t))
+            .map(|t| (tag_version(t.as_str()), t))
+            .collect();
+        picked.sort_by(|(va, a), (vb, b)| match (va, vb) {
+            (Some(x), Some(y)) => y.cmp(x).then_with(|| b.as_str().cmp(a.as_str())),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => b.as_str().cmp(a.as_str()),
+        });
+        let max = self.max_tags.unwrap_or(MAX_SYNC_TAGS).min(MAX_SYNC_TAGS);
+        picked
+            .into_iter()
+            .take(max)
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
+}
+
+/// A tag read as a version: an optional `v`, then one to three numbers
+/// (missing ones are zero), then an optional `-pre-release` and
+/// `+build`. `None` for anything else (`latest`, `1.2.3.4`, `2024-05-01`).
+pub fn tag_version(tag: &str) -> Option<semver::Version> {
+    let s = tag.strip_prefix(['v', 'V']).unwrap_or(tag);
+    let end = s.find(['-', '+']).unwrap_or(s.len());
+    let (core, rest) = s.split_at(end);
+    let parts: Vec<&str> = core.split('.').collect();
+    if parts.is_empty()
+        || parts.len() > 3
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    let mut full = parts.join(".");
+    for _ in parts.len()..3 {
+        full.push_str(".0");
+    }
+    semver::Version::parse(&format!("{full}{rest}")).ok()
+}
+
+/// A regular expression a whole tag must match (`v1\..*` matches
+/// `v1.2`, not `xv1.2`), of bounded size.
+#[derive(Debug, Clone)]
+pub struct TagPattern {
+    pattern: String,
+    re: regex::Regex,
+}
+
+impl TagPattern {
+    /// Compiles `pattern`, anchored at both ends; an error says why it
+    /// does not compile (or is too large: more than 64 KiB compiled).
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        let re = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+            .size_limit(64 * 1024)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(TagPattern {
+            pattern: pattern.to_owned(),
+            re,
+        })
+    }
+
+    /// Whether the whole of `tag` matches.
+    pub fn matches(&self, tag: &str) -> bool {
+        self.re.is_match(tag)
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+}
+
+impl PartialEq for TagPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+impl Eq for TagPattern {}
+
+/// What a rule fetches in the background after serving a client a
+/// manifest, so the cache holds whole images although clients pull one
+/// platform, or skip the layers they have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prefetch {
+    /// Nothing: only what clients ask for is fetched.
+    #[default]
+    None,
+    /// After an image manifest, its config and layers.
+    Platform,
+    /// After an image manifest, its config and layers; after an index,
+    /// every platform manifest it lists and their configs and layers.
+    Image,
+}
+
+/// How long a rule remembers an upstream's "not found" unless configured.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
 /// A rule's signature policy: a manifest is served only if a signature
 /// accepted by one of its verifiers covers its digest (cosign `keys`, and
@@ -174,6 +369,10 @@ impl Default for RulePolicy {
             stale_if_error: Duration::from_secs(24 * 3600),
             content_ttl: None,
             signatures: None,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+            prefetch: Prefetch::None,
+            sync: None,
+            serve_withdrawn: None,
         }
     }
 }
@@ -427,6 +626,80 @@ impl Admission for MaxImageSize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_read_as_versions_leniently_and_nothing_else_does() {
+        for (tag, v) in [
+            ("1.2.3", "1.2.3"),
+            ("v1.2.3", "1.2.3"),
+            ("V2", "2.0.0"),
+            ("1.2", "1.2.0"),
+            ("1.2.0-rc.1", "1.2.0-rc.1"),
+            ("v1-alpine", "1.0.0-alpine"),
+            ("3.20.1+build5", "3.20.1+build5"),
+        ] {
+            assert_eq!(
+                tag_version(tag),
+                Some(semver::Version::parse(v).unwrap()),
+                "{tag}"
+            );
+        }
+        for tag in [
+            "latest",
+            "1.2.3.4",
+            "2024.05.01.1",
+            "v",
+            "x1.2",
+            "1..2",
+            "stable-1",
+        ] {
+            assert_eq!(tag_version(tag), None, "{tag}");
+        }
+    }
+
+    #[test]
+    fn a_sync_selects_by_both_filters_newest_first_and_at_most_max_tags() {
+        let t = |s: &str| crate::names::Tag::parse(s).unwrap();
+        let listed: Vec<_> = [
+            "latest",
+            "v1.0.0",
+            "v1.1.0",
+            "v2.0.0",
+            "v1.2.0-rc1",
+            "b",
+            "a",
+        ]
+        .iter()
+        .map(|s| t(s))
+        .collect();
+        let mut p = SyncPolicy::new(Duration::from_secs(2));
+        let all: Vec<String> = p.select(&listed).iter().map(|t| t.to_string()).collect();
+        assert_eq!(
+            all,
+            [
+                "v2.0.0",
+                "v1.2.0-rc1",
+                "v1.1.0",
+                "v1.0.0",
+                "latest",
+                "b",
+                "a"
+            ]
+        );
+        p.semver = Some(VersionReq::parse(">=1, <2").unwrap());
+        let v1: Vec<String> = p.select(&listed).iter().map(|t| t.to_string()).collect();
+        assert_eq!(v1, ["v1.1.0", "v1.0.0"], "a range admits no pre-release");
+        p.tags = Some(TagPattern::new("v1\\.0.*").unwrap());
+        assert_eq!(p.select(&listed), vec![t("v1.0.0")]);
+        p.semver = None;
+        p.tags = Some(TagPattern::new("[a-z]+").unwrap());
+        p.max_tags = Some(2);
+        let names: Vec<String> = p.select(&listed).iter().map(|t| t.to_string()).collect();
+        assert_eq!(names, ["latest", "b"]);
+        assert!(!TagPattern::new("v1").unwrap().matches("v10"), "anchored");
+        assert!(TagPattern::new("(").is_err());
+        assert!(TagPattern::new(&"a{1000}".repeat(100)).is_err(), "bounded");
+    }
 
     #[test]
     fn durations_and_freshness_parse() {

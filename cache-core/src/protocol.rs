@@ -552,6 +552,9 @@ pub fn error_response(e: &Error) -> Response<Bytes> {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
     }
+    if let Some(status) = e.cache_status() {
+        cache_status(&mut r, status);
+    }
     r
 }
 

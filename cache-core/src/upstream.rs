@@ -239,6 +239,20 @@ pub trait Upstream: Send + Sync + fmt::Debug {
         let _ = (repo, digest);
         Ok(None)
     }
+
+    /// One page of the repositories the upstream lists in its catalog
+    /// (`/v2/_catalog`): at most `limit`, after `last`, in lexical order;
+    /// `None` when it offers no catalog (many registries do not, or not
+    /// to these credentials). A scheduled sync of a wildcard rule without
+    /// a list of repositories reads it. The default offers none.
+    async fn catalog(
+        &self,
+        last: Option<&RepoName>,
+        limit: usize,
+    ) -> Result<Option<Vec<RepoName>>> {
+        let _ = (last, limit);
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -275,6 +289,13 @@ impl<T: Upstream + ?Sized> Upstream for std::sync::Arc<T> {
     }
     async fn referrers(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Manifest>> {
         (**self).referrers(repo, digest).await
+    }
+    async fn catalog(
+        &self,
+        last: Option<&RepoName>,
+        limit: usize,
+    ) -> Result<Option<Vec<RepoName>>> {
+        (**self).catalog(last, limit).await
     }
 }
 

@@ -212,6 +212,7 @@ pub struct RegistryClient {
     opts: ClientOptions,
     policy: AddressPolicy,
     rate: Mutex<Option<RateLimit>>,
+    bandwidth: Option<Arc<crate::Bandwidth>>,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -221,6 +222,7 @@ impl fmt::Debug for RegistryClient {
             .field("registry", &self.registry)
             .field("endpoints", &eps)
             .field("credentials", &self.creds)
+            .field("bandwidth", &self.bandwidth.as_ref().map(|b| b.rate()))
             .finish_non_exhaustive()
     }
 }
@@ -348,7 +350,20 @@ impl RegistryClient {
             opts,
             policy,
             rate: Mutex::new(None),
+            bandwidth: None,
         })
+    }
+
+    /// This client with its blob bodies drawing from `cap`, a registry's
+    /// bandwidth cap that its other clients (other credential sets) share.
+    pub fn with_bandwidth(mut self, cap: Arc<crate::Bandwidth>) -> Self {
+        self.bandwidth = Some(cap);
+        self
+    }
+
+    /// The bandwidth cap blob bodies draw from, if any.
+    pub fn bandwidth(&self) -> Option<&Arc<crate::Bandwidth>> {
+        self.bandwidth.as_ref()
     }
 
     /// The registry this client talks to.
@@ -910,6 +925,10 @@ impl Upstream for RegistryClient {
                 c.map_err(|e| Error::upstream_with(&registry, "blob transfer interrupted", true, e))
             })
             .boxed();
+        let stream = match &self.bandwidth {
+            Some(cap) => cap.meter(stream),
+            None => stream,
+        };
         Ok(UpstreamBlob {
             size,
             range: span,
@@ -968,6 +987,67 @@ impl Upstream for RegistryClient {
             bytes,
             media_type: cache_core::media_types::OCI_INDEX.to_owned(),
         }))
+    }
+
+    async fn catalog(
+        &self,
+        last: Option<&RepoName>,
+        limit: usize,
+    ) -> Result<Option<Vec<RepoName>>> {
+        // The catalog's token scope is the registry's, not a repository's;
+        // an upstream that refuses it (or has none) offers no catalog.
+        let scope = RepoName::parse("catalog").expect("a valid name");
+        let resp = self
+            .send(&scope, &|ep| {
+                let mut url = ep.url("v2/_catalog");
+                {
+                    let mut q = url.query_pairs_mut();
+                    q.append_pair("n", &limit.to_string());
+                    if let Some(l) = last {
+                        q.append_pair("last", l.as_str());
+                    }
+                }
+                self.http.get(url)
+            })
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(Error::Upstream {
+                code: Some(ErrorCode::Unauthorized),
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if matches!(
+            resp.status(),
+            StatusCode::NOT_FOUND
+                | StatusCode::METHOD_NOT_ALLOWED
+                | StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+        ) {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self.upstream_err(format!("catalog: HTTP {}", resp.status()), false));
+        }
+        let body = self
+            .read_limited(resp, self.opts.max_tag_list_size, "catalog")
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| self.upstream_err(format!("catalog is not JSON: {e}"), false))?;
+        let mut repos: Vec<RepoName> = v
+            .get("repositories")
+            .and_then(|t| t.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str())
+                    .filter_map(|r| RepoName::parse(r).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        repos.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        repos.truncate(limit);
+        Ok(Some(repos))
     }
 
     async fn tags(&self, repo: &RepoName, page: &TagPage) -> Result<Vec<Tag>> {

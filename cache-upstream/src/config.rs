@@ -200,6 +200,10 @@ pub struct RegistryConfig {
     /// A client certificate chain and its key, PEM files
     /// (`client_certificate`, `client_key`: both or neither).
     pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// The most bytes a second all blob transfers from this registry
+    /// receive together (`max_bandwidth = "200MiB/s"`; a number is bytes a
+    /// second; at least 1KiB/s).
+    pub max_bandwidth: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -222,6 +226,7 @@ struct RawRegistry {
     system_roots: Option<bool>,
     client_certificate: Option<PathBuf>,
     client_key: Option<PathBuf>,
+    max_bandwidth: Option<SizeText>,
 }
 
 const PASSWORD_KEYS: [&str; 3] = ["password", "password_env", "password_file"];
@@ -267,10 +272,33 @@ impl TryFrom<RawRegistry> for RegistryConfig {
                 ));
             }
         };
+        let max_bandwidth = match &r.max_bandwidth {
+            None => None,
+            Some(t) => {
+                let rate = match t {
+                    SizeText::Bytes(n) => Some(*n),
+                    SizeText::Text(s) => parse_rate(s),
+                };
+                match rate {
+                    Some(n) if n >= crate::bandwidth::MIN_RATE => Some(n),
+                    Some(_) => {
+                        return Err(ConfigError::new(format!(
+                            "max_bandwidth = {t}: at least 1KiB/s"
+                        )));
+                    }
+                    None => {
+                        return Err(ConfigError::new(format!(
+                            "max_bandwidth = {t}: not a rate (use e.g. \"200MiB/s\", \"1.5GB/s\")"
+                        )));
+                    }
+                }
+            }
+        };
         Ok(RegistryConfig {
             host,
             endpoints,
             reserve: r.reserve,
+            max_bandwidth,
             credentials,
             redirect_hosts: r.redirect_hosts,
             token_hosts: r.token_hosts,
@@ -281,10 +309,18 @@ impl TryFrom<RawRegistry> for RegistryConfig {
     }
 }
 
+/// A rate as written: bytes a second as a number, or a size with a unit
+/// and an optional `/s` (`"200MiB/s"`, `"1.5GB/s"`, `"64KiB"`).
+fn parse_rate(s: &str) -> Option<u64> {
+    let s = s.trim();
+    cache_core::config::parse_size(s.strip_suffix("/s").unwrap_or(s))
+}
+
 /// A `[[registry]]`-like table: `host` (required), `endpoint` or
-/// `endpoints`, `reserve`, `username` with one of `password`,
-/// `password_env`, `password_file`, `redirect_hosts`, `token_hosts`,
-/// `ca_file`, `system_roots`, `client_certificate` with `client_key`.
+/// `endpoints`, `reserve`, `max_bandwidth`, `username` with one of
+/// `password`, `password_env`, `password_file`, `redirect_hosts`,
+/// `token_hosts`, `ca_file`, `system_roots`, `client_certificate` with
+/// `client_key`.
 impl<'de> Deserialize<'de> for RegistryConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         RawRegistry::deserialize(d)?
@@ -395,8 +431,9 @@ impl RegistryConfig {
 }
 
 /// A registry entry with what it names read once: its client options
-/// (certificate files) and its own credentials (password); it makes as
-/// many clients as it is asked for (one per credential set, say).
+/// (certificate files), its own credentials (password) and its bandwidth
+/// cap; it makes as many clients as it is asked for (one per credential
+/// set, say), which share the cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedRegistry {
     /// As configured.
@@ -405,6 +442,8 @@ pub struct PreparedRegistry {
     pub options: ClientOptions,
     /// Its own credentials.
     pub credentials: Option<Credentials>,
+    /// The bandwidth cap every client of it draws from, if configured.
+    pub bandwidth: Option<std::sync::Arc<crate::Bandwidth>>,
 }
 
 impl RegistryConfig {
@@ -414,15 +453,23 @@ impl RegistryConfig {
         Ok(PreparedRegistry {
             options: self.options(base)?,
             credentials: self.credentials()?,
+            bandwidth: self
+                .max_bandwidth
+                .map(|r| std::sync::Arc::new(crate::Bandwidth::new(r))),
             config: self,
         })
     }
 }
 
 impl PreparedRegistry {
-    /// A client with `credentials` (the entry's own, or a credential set's).
+    /// A client with `credentials` (the entry's own, or a credential
+    /// set's), drawing from the registry's bandwidth cap.
     pub fn client(&self, credentials: Option<Credentials>) -> Result<RegistryClient, ConfigError> {
-        self.config.client(self.options.clone(), credentials)
+        let client = self.config.client(self.options.clone(), credentials)?;
+        Ok(match &self.bandwidth {
+            Some(cap) => client.with_bandwidth(cap.clone()),
+            None => client,
+        })
     }
 }
 
@@ -490,6 +537,45 @@ mod tests {
 
     fn registry(text: &str) -> Result<RegistryConfig, String> {
         toml::from_str(text).map_err(|e| e.message().to_owned())
+    }
+
+    #[test]
+    fn a_bandwidth_cap_reads_as_a_rate_shared_by_the_registry_s_clients() {
+        for (text, rate) in [
+            ("\"200MiB/s\"", 200 * 1024 * 1024),
+            ("\"16MiB\"", 16 * 1024 * 1024),
+            ("\"1.5GB/s\"", 1_500_000_000),
+            ("4096", 4096),
+        ] {
+            let r = registry(&format!("host = \"h.io\"\nmax_bandwidth = {text}")).unwrap();
+            assert_eq!(r.max_bandwidth, Some(rate), "{text}");
+        }
+        for (text, says) in [
+            ("\"fast\"", "max_bandwidth = \"fast\": not a rate"),
+            ("\"10MiB/h\"", "max_bandwidth = \"10MiB/h\": not a rate"),
+            ("100", "max_bandwidth = 100: at least 1KiB/s"),
+        ] {
+            let e = registry(&format!("host = \"h.io\"\nmax_bandwidth = {text}")).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        let r = registry(
+            "host = \"h.io\"\nendpoint = \"http://127.0.0.1:1\"\nmax_bandwidth = \"1MiB/s\"",
+        )
+        .unwrap()
+        .prepare(&ClientOptions::default())
+        .unwrap();
+        let (a, b) = (r.client(None).unwrap(), r.client(None).unwrap());
+        let (a, b) = (a.bandwidth().unwrap(), b.bandwidth().unwrap());
+        assert!(std::sync::Arc::ptr_eq(a, b), "one bucket for the registry");
+        assert_eq!(a.rate(), 1024 * 1024);
+        assert!(
+            registry("host = \"h.io\"")
+                .unwrap()
+                .prepare(&ClientOptions::default())
+                .unwrap()
+                .bandwidth
+                .is_none()
+        );
     }
 
     #[test]

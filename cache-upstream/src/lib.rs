@@ -10,8 +10,9 @@
 //!   credentials sent to a token realm only on the registry's own domain
 //!   ([`AddressPolicy`]), every buffered body capped, 429 as
 //!   `TOOMANYREQUESTS` with its `Retry-After`, timeouts, and typed errors
-//!   from upstream OCI error bodies. It makes one request per call: the
-//!   engine is the one retry layer;
+//!   from upstream OCI error bodies, and a registry's bandwidth cap
+//!   ([`Bandwidth`], shared by its clients). It makes one request per
+//!   call: the engine is the one retry layer;
 //! * [`OciLayout`]: an OCI image-layout directory, for offline use,
 //!   air-gapped import and tests;
 //! * [`scanner`]: the vulnerability gate: a client of Harbor's Scanner
@@ -35,6 +36,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod auth;
+pub mod bandwidth;
 mod client;
 #[cfg(feature = "serde")]
 mod config;
@@ -48,6 +50,7 @@ pub mod scanner;
 pub mod testing;
 
 pub use auth::{Challenge, Credentials, PasswordSource, Secret};
+pub use bandwidth::Bandwidth;
 pub use client::{ClientOptions, RateLimit, RegistryClient, TlsOptions};
 #[cfg(feature = "serde")]
 pub use config::{CredentialSet, PreparedRegistry, RegistryConfig};

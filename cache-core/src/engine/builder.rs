@@ -239,6 +239,9 @@ impl CacheBuilder {
                 ),
                 in_use: Mutex::new(HashMap::new()),
                 verdicts: Default::default(),
+                negative: Default::default(),
+                prefetches: Default::default(),
+                sync: Default::default(),
                 opts,
             }),
         };

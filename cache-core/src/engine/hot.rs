@@ -168,6 +168,11 @@ impl Hot {
         }
     }
 
+    /// Forgets a tag's record (a purge removed it).
+    pub(crate) fn forget_tag(&self, key: &MetaKey) {
+        lock(&self.tags).remove(key);
+    }
+
     /// The largest content kept.
     pub(crate) fn max_item(&self) -> usize {
         self.max_item

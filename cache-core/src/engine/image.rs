@@ -1,14 +1,93 @@
 //! Whole images: walk a manifest (and an index's platform manifests) and
-//! pull every blob through the cache, verified, ahead of the first client.
+//! pull every blob through the cache, verified, ahead of the first client;
+//! and a rule's prefetch, which does so in the background after a client
+//! was served a manifest.
 
-use futures::StreamExt;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
-use super::PullThroughCache;
+use futures::{FutureExt, StreamExt};
+
+use super::response::ManifestResponse;
+use super::{Ctx, PullThroughCache};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{ParsedManifest, Platform};
 use crate::names::{Reference, RepoName};
+use crate::policy::{Caller, Prefetch};
 use crate::upstream::Accept;
+
+/// Prefetches running at once; a manifest served while this many run
+/// starts none (a later serve of it will).
+pub(crate) const MAX_PREFETCH_JOBS: usize = 16;
+/// Blobs one prefetch fetches at once.
+const PREFETCH_CONCURRENCY: usize = 4;
+/// Images remembered as prefetched (or being prefetched), so a manifest
+/// served many times starts one prefetch; the oldest are forgotten first.
+const MAX_PREFETCHED: usize = 10_000;
+/// How long an image counts as prefetched: a manifest served again after
+/// this checks its blobs again (a gc may have taken some).
+const PREFETCHED_FOR: Duration = Duration::from_secs(600);
+
+/// The prefetches this instance ran lately or runs now.
+#[derive(Debug, Default)]
+pub(crate) struct Prefetches {
+    recent: Mutex<Recent>,
+    running: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    until: HashMap<(RepoName, Digest), SystemTime>,
+    order: VecDeque<(RepoName, Digest)>,
+}
+
+fn lock(m: &Mutex<Recent>) -> std::sync::MutexGuard<'_, Recent> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Prefetches {
+    /// Whether a prefetch of `d` for `repo` should start now: none ran
+    /// lately, and fewer than [`MAX_PREFETCH_JOBS`] run. If so it counts
+    /// as running until [`done`](Self::done).
+    fn claim(&self, repo: &RepoName, d: &Digest, now: SystemTime) -> bool {
+        let mut r = lock(&self.recent);
+        let key = (repo.clone(), d.clone());
+        if r.until.get(&key).is_some_and(|t| now < *t) {
+            return false;
+        }
+        let running = self.running.fetch_add(1, Ordering::AcqRel);
+        if running >= MAX_PREFETCH_JOBS {
+            self.running.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        if r.until.insert(key.clone(), now + PREFETCHED_FOR).is_none() {
+            r.order.push_back(key);
+        }
+        while r.until.len() > MAX_PREFETCHED {
+            let Some(old) = r.order.pop_front() else {
+                break;
+            };
+            r.until.remove(&old);
+        }
+        true
+    }
+
+    /// A prefetch ended; one that failed may start again at the next serve.
+    fn done(&self, repo: &RepoName, d: &Digest, ok: bool) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        if !ok {
+            lock(&self.recent).until.remove(&(repo.clone(), d.clone()));
+        }
+    }
+
+    /// Prefetches running now.
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+}
 
 /// What an image consists of, as [`PullThroughCache::plan_image`] found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +124,9 @@ impl PullThroughCache {
         platforms: &[Platform],
     ) -> Result<ImagePlan> {
         let any = Accept::any();
-        let top = self.manifest(name, reference, &any).await?;
+        let (_, top) = self
+            .manifest_answer(name, reference, &any, &Caller::Client)
+            .await?;
         let parsed = ParsedManifest::parse(&top.bytes)?;
         let mut manifests = vec![top.digest.clone()];
         let mut images = Vec::new();
@@ -55,8 +136,9 @@ impl PullThroughCache {
                     || p.as_ref()
                         .is_some_and(|p| platforms.iter().any(|a| a.admits(p)));
                 if wanted {
-                    let m = self
-                        .manifest(name, &Reference::Digest(d.digest.clone()), &any)
+                    let child = Reference::Digest(d.digest.clone());
+                    let (_, m) = self
+                        .manifest_answer(name, &child, &any, &Caller::Client)
                         .await?;
                     manifests.push(m.digest.clone());
                     images.push(ParsedManifest::parse(&m.bytes)?);
@@ -127,6 +209,120 @@ impl PullThroughCache {
         for r in results {
             report.bytes += r?;
             report.blobs += 1;
+        }
+        Ok(report)
+    }
+}
+
+impl PullThroughCache {
+    /// Background prefetches running now (see [`Prefetch`]).
+    pub fn prefetching(&self) -> usize {
+        self.inner.prefetches.running()
+    }
+
+    /// Under the rule's [`Prefetch`] policy, starts fetching in the
+    /// background what a client just served `m` will likely want next:
+    /// for an image manifest its config and layers, for an index
+    /// (`Prefetch::Image`) every platform manifest and theirs. Through the
+    /// same single-flight and admission as a pull; bounded (at most
+    /// [`MAX_PREFETCH_JOBS`] at once, each [`PREFETCH_CONCURRENCY`] blobs
+    /// at a time); once per image in [`PREFETCHED_FOR`].
+    pub(super) fn prefetch_after(&self, ctx: &Ctx, m: &ManifestResponse) {
+        let mode = ctx.policy().prefetch;
+        if mode == Prefetch::None {
+            return;
+        }
+        // Claimed first: a manifest served often is parsed once a while.
+        let inner = &self.inner;
+        if !inner
+            .prefetches
+            .claim(&ctx.local, &m.digest, inner.clock.now())
+        {
+            return;
+        }
+        let (this, ctx, digest, bytes) =
+            (self.clone(), ctx.clone(), m.digest.clone(), m.bytes.clone());
+        inner.spawner.spawn(
+            async move {
+                let name = &ctx.local;
+                let r = match ParsedManifest::parse(&bytes) {
+                    // Under "platform" an index starts nothing: the client
+                    // asks for a platform's manifest next.
+                    Ok(p) if p.is_index() && mode != Prefetch::Image => Ok(PullReport::default()),
+                    Ok(p) => this.fill_image(&ctx, p, &[], PREFETCH_CONCURRENCY).await,
+                    Err(e) => Err(e),
+                };
+                match &r {
+                    Ok(report) => {
+                        tracing::debug!(repository = %name, %digest, ?report, "prefetched")
+                    }
+                    Err(e) => {
+                        tracing::info!(repository = %name, %digest, error = %e, "prefetch failed; the next pull tries again")
+                    }
+                }
+                this.inner.prefetches.done(name, &digest, r.is_ok());
+            }
+            .boxed(),
+        );
+    }
+
+    /// Fetches into the cache what `parsed` references (for an index:
+    /// the platform manifests `platforms` admits, all for none, and what
+    /// they reference), `concurrency` blobs at a time, skipping what the
+    /// repository already holds: the manifests resolved and the blobs and
+    /// bytes fetched.
+    pub(super) async fn fill_image(
+        &self,
+        ctx: &Ctx,
+        parsed: ParsedManifest,
+        platforms: &[Platform],
+        concurrency: usize,
+    ) -> Result<PullReport> {
+        let mut report = PullReport::default();
+        let mut images = Vec::new();
+        if parsed.is_index() {
+            for (d, p) in parsed.manifests.iter().filter(|(d, _)| d.urls.is_empty()) {
+                let wanted = platforms.is_empty()
+                    || p.as_ref()
+                        .is_some_and(|p| platforms.iter().any(|a| a.admits(p)));
+                if !wanted {
+                    continue;
+                }
+                let m = self.manifest_by_digest(ctx, &d.digest).await?;
+                images.push(ParsedManifest::parse(&m.bytes)?);
+                report.manifests += 1;
+            }
+        } else {
+            images.push(parsed);
+        }
+        let mut blobs: Vec<Digest> = images
+            .iter()
+            .flat_map(|m| m.config.iter().chain(m.layers.iter()))
+            .filter(|d| d.urls.is_empty())
+            .map(|d| d.digest.clone())
+            .collect();
+        blobs.sort();
+        blobs.dedup();
+        let results: Vec<Result<Option<u64>>> = futures::stream::iter(blobs)
+            .map(|d| {
+                let (this, name) = (self.clone(), ctx.local.clone());
+                async move {
+                    let inner = &this.inner;
+                    if inner.is_entitled(&name, &d).await? && inner.store.stat(&d).await?.is_some()
+                    {
+                        return Ok(None);
+                    }
+                    this.prefetch_blob(&name, &d, |_| {}).await.map(Some)
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        for r in results {
+            if let Some(n) = r? {
+                report.bytes += n;
+                report.blobs += 1;
+            }
         }
         Ok(report)
     }

@@ -1,5 +1,6 @@
-//! Eviction (quota by least-recent use, per-rule content TTL) and scrub
-//! (re-verify stored content).
+//! Eviction (quota by least-recent use, per-rule content TTL, what a purge
+//! left unreferenced), scrub (re-verify stored content) and purge (drop a
+//! repository's, a tag's or a manifest's cached records).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -11,7 +12,8 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::keys;
-use crate::store::{BlobInfo, BlobStoreExt};
+use crate::names::{Reference, RepoName, Tag};
+use crate::store::{BlobInfo, BlobStoreExt, MetaKey};
 use crate::verify::VerifyingStream;
 
 /// What [`PullThroughCache::gc`] did.
@@ -29,6 +31,8 @@ pub struct GcReport {
     pub skipped_in_use: usize,
     /// Metadata records about blobs no longer stored, removed.
     pub dropped_records: usize,
+    /// Blobs removed because a purge left no repository granted them.
+    pub purged: usize,
     /// On a shared store, the instance that held the gc lease when this
     /// one would have run: then nothing was done.
     pub lease_holder: Option<String>,
@@ -130,6 +134,10 @@ impl PullThroughCache {
         let wiring = inner.wiring.load_full();
         let now = inner.clock.now();
         let mut report = GcReport::default();
+        // Listed before the blobs, so that with no purge pending nothing
+        // lies between listing the blobs and deciding what goes; a mark
+        // made meanwhile waits for the next gc.
+        let marks = inner.store.list_meta(Some(&keys::purged_all())).await?;
         let mut blobs: HashMap<Digest, BlobInfo> = inner
             .store
             .list_all()
@@ -208,6 +216,36 @@ impl PullThroughCache {
             }
         }
 
+        // Blobs a purge took grants of go, unless a repository holds them
+        // again (granted since, or all along through another repository).
+        let granted: HashSet<Digest> = meta
+            .iter()
+            .filter_map(keys::parse_grant)
+            .map(|(_, d)| d)
+            .collect();
+        for key in marks {
+            let Some(d) = keys::parse_purged(&key) else {
+                continue;
+            };
+            if granted.contains(&d) || !blobs.contains_key(&d) {
+                inner.store.delete_meta(&key).await?;
+                continue;
+            }
+            let info = &blobs[&d];
+            if in_use(info) {
+                report.skipped_in_use += 1;
+                continue;
+            }
+            // A repository granted it after the listing above (a pull racing
+            // this gc) finds it gone and fetches it again, verified.
+            let info = blobs.remove(&d).expect("checked above");
+            if self.remove_blob(&info).await? {
+                report.purged += 1;
+                report.freed_bytes += info.size;
+            }
+            inner.store.delete_meta(&key).await?;
+        }
+
         let mut evicted: HashSet<Digest> = HashSet::new();
         let mut total: u64 = blobs.values().map(|i| i.size).sum();
         if let Some(quota) = quota
@@ -276,6 +314,182 @@ impl PullThroughCache {
                 tracing::warn!(digest = %info.digest, "scrub: stored content does not match its digest; removing");
                 self.remove_blob(&info).await?;
                 report.removed.push(info.digest.clone());
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What [`PullThroughCache::purge`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PurgeReport {
+    /// Tag records removed.
+    pub tags: usize,
+    /// Manifests the repository no longer holds.
+    pub manifests: usize,
+    /// Grants withdrawn (what the repository may read), manifests included.
+    pub grants: usize,
+    /// Blobs marked for the next gc, which removes each unless some
+    /// repository is granted it again by then.
+    pub marked: usize,
+}
+
+impl PullThroughCache {
+    /// Drops what the cache holds for repository `repo`: with `None` every
+    /// record of it (tags, grants, referrers); with a tag, that tag's
+    /// record, and the manifest it named with what it references unless
+    /// something the repository still holds (another tag, a manifest
+    /// pulled by digest) references them too; with a digest, that
+    /// manifest (and an index's platform manifests) the same way, and the
+    /// tags naming it. The next pull of what was dropped is a miss.
+    ///
+    /// Content itself goes at the next [`gc`](Self::gc): each blob whose
+    /// grants this withdrew is marked, and gc removes it unless some
+    /// repository (this one again, or another that shares it) is granted
+    /// it by then. Nothing another repository references is lost.
+    /// Repositories nested under `repo` are not touched. Audited (`target:
+    /// "audit"`).
+    pub async fn purge(&self, repo: &RepoName, what: Option<&Reference>) -> Result<PurgeReport> {
+        let report = match what {
+            None => self.purge_repository(repo).await?,
+            Some(r) => self.purge_part(repo, r).await?,
+        };
+        self.inner.negative.forget_repo(repo);
+        let what = what.map_or_else(|| "(repository)".to_owned(), ToString::to_string);
+        tracing::info!(
+            target: "audit",
+            repository = %repo,
+            reference = %what,
+            tags = report.tags,
+            manifests = report.manifests,
+            grants = report.grants,
+            marked = report.marked,
+            "purge"
+        );
+        Ok(report)
+    }
+
+    /// Whether a purge left blobs for gc to remove (marks in the store,
+    /// whichever instance or tool purged).
+    pub async fn purge_pending(&self) -> Result<bool> {
+        let marks = keys::purged_all();
+        Ok(!self.inner.store.list_meta(Some(&marks)).await?.is_empty())
+    }
+
+    /// Withdraws `repo`'s grant of `d` and marks `d` for gc.
+    async fn withdraw_and_mark(&self, repo: &RepoName, d: &Digest) -> Result<()> {
+        let store = &self.inner.store;
+        self.inner.hot.forget_entitled(repo, d);
+        store.delete_meta(&keys::grant(repo, d)).await?;
+        store
+            .put_meta(&keys::purged(d), bytes::Bytes::from(repo.to_string()))
+            .await
+    }
+
+    async fn purge_repository(&self, repo: &RepoName) -> Result<PurgeReport> {
+        let store = &self.inner.store;
+        let mut report = PurgeReport::default();
+        for key in store.list_meta(Some(&keys::repo(repo))).await? {
+            if keys::repo_of(&key).as_ref() != Some(repo) {
+                continue; // a nested repository's
+            }
+            if let Some((_, d)) = keys::parse_grant(&key) {
+                if store.get_meta(&keys::manifest(&d)).await?.is_some() {
+                    report.manifests += 1;
+                }
+                self.withdraw_and_mark(repo, &d).await?;
+                report.grants += 1;
+                report.marked += 1;
+                continue;
+            }
+            if keys::parse_tag(&key).is_some() {
+                self.inner.hot.forget_tag(&key);
+                report.tags += 1;
+            }
+            store.delete_meta(&key).await?;
+        }
+        Ok(report)
+    }
+
+    async fn purge_part(&self, repo: &RepoName, what: &Reference) -> Result<PurgeReport> {
+        let store = &self.inner.store;
+        let mut report = PurgeReport::default();
+        // The repository's tags, and what each names.
+        let mut tags: Vec<(Tag, MetaKey, Digest)> = Vec::new();
+        for key in store.list_meta(Some(&keys::tags(repo))).await? {
+            let Some((r, t)) = keys::parse_tag(&key) else {
+                continue;
+            };
+            let rec = store
+                .get_meta(&key)
+                .await?
+                .and_then(|b| records::TagRecord::decode(&b));
+            if let (true, Some(rec)) = (r == *repo, rec) {
+                tags.push((t, key, rec.digest));
+            }
+        }
+        let (gone, kept): (Vec<_>, Vec<_>) = tags.into_iter().partition(|(t, _, d)| match what {
+            Reference::Tag(x) => t == x,
+            Reference::Digest(x) => d == x,
+        });
+        for (_, key, _) in &gone {
+            self.inner.hot.forget_tag(key);
+            store.delete_meta(key).await?;
+            report.tags += 1;
+        }
+        // What the repository may read, and what each stored manifest of it
+        // references.
+        let granted: HashSet<Digest> = store
+            .list_meta(Some(&keys::grants(repo)))
+            .await?
+            .iter()
+            .filter_map(keys::parse_grant)
+            .filter(|(r, _)| r == repo)
+            .map(|(_, d)| d)
+            .collect();
+        let mut children: HashMap<Digest, Vec<Digest>> = HashMap::new();
+        for d in &granted {
+            if let Some(m) = self.load_manifest(d).await? {
+                let parsed = crate::manifest::ParsedManifest::parse(&m.bytes)?;
+                let refs = super::entitlement::vouched_by(&parsed).cloned().collect();
+                children.insert(d.clone(), refs);
+            }
+        }
+        let closure = |roots: Vec<Digest>| {
+            let mut seen: HashSet<Digest> = HashSet::new();
+            let mut todo = roots;
+            while let Some(d) = todo.pop() {
+                if seen.insert(d.clone()) {
+                    todo.extend(children.get(&d).into_iter().flatten().cloned());
+                }
+            }
+            seen
+        };
+        // A tag purged leaves its manifest to any other tag naming it.
+        let roots: Vec<Digest> = match what {
+            Reference::Digest(d) => vec![d.clone()],
+            Reference::Tag(_) => gone
+                .iter()
+                .map(|(_, _, d)| d.clone())
+                .filter(|d| !kept.iter().any(|(_, _, k)| k == d))
+                .collect(),
+        };
+        let dropped = closure(roots);
+        // What stays: the remaining tags' manifests, and the manifests
+        // the repository holds that the purge does not reach (pulled by
+        // digest), with all they reference.
+        let mut stays: Vec<Digest> = kept.iter().map(|(_, _, d)| d.clone()).collect();
+        stays.extend(children.keys().filter(|d| !dropped.contains(*d)).cloned());
+        let stays = closure(stays);
+        for d in dropped.iter().filter(|d| !stays.contains(*d)) {
+            if children.contains_key(d) {
+                report.manifests += 1;
+                store.delete_meta(&keys::referrers(repo, d)).await?;
+            }
+            if granted.contains(d) {
+                self.withdraw_and_mark(repo, d).await?;
+                report.grants += 1;
+                report.marked += 1;
             }
         }
         Ok(report)

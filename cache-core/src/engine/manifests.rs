@@ -44,6 +44,10 @@ impl PullThroughCache {
     /// [`manifest`](Self::manifest) for `caller`: a scanner scoped to the
     /// repository is not held to admission (its scan decides it), and
     /// what it reads grants nothing to anyone else.
+    ///
+    /// Under a rule with a [`Prefetch`](crate::Prefetch) policy, a client
+    /// served a manifest starts the background fetch of the rest of the
+    /// image.
     pub async fn manifest_for(
         &self,
         name: &RepoName,
@@ -51,6 +55,28 @@ impl PullThroughCache {
         accept: &Accept,
         caller: &Caller,
     ) -> Result<ManifestResponse> {
+        let (ctx, resp) = self
+            .manifest_answer(name, reference, accept, caller)
+            .await?;
+        // Clients that may cause upstream fetches start one; a scanner or a
+        // caller that reads only what the store holds does not.
+        if !matches!(caller, Caller::Scanner { .. })
+            && caller.fetch_policy() == crate::policy::FetchPolicy::Upstream
+        {
+            self.prefetch_after(&ctx, &resp);
+        }
+        Ok(resp)
+    }
+
+    /// [`manifest_for`](Self::manifest_for) without starting a prefetch:
+    /// the answer, and what the request resolved to.
+    pub(super) async fn manifest_answer(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+        accept: &Accept,
+        caller: &Caller,
+    ) -> Result<(Ctx, ManifestResponse)> {
         let ctx = self.ctx_for(name, caller)?;
         let resp = match reference {
             Reference::Digest(d) => self.manifest_by_digest(&ctx, d).await?,
@@ -66,7 +92,7 @@ impl PullThroughCache {
             rule: ctx.rule.name(),
             status: resp.status,
         });
-        Ok(resp)
+        Ok((ctx, resp))
     }
 
     pub(crate) async fn load_manifest(&self, d: &Digest) -> Result<Option<Manifest>> {
@@ -221,7 +247,11 @@ impl PullThroughCache {
         }
     }
 
-    async fn manifest_by_digest(&self, ctx: &Ctx, d: &Digest) -> Result<ManifestResponse> {
+    pub(super) async fn manifest_by_digest(
+        &self,
+        ctx: &Ctx,
+        d: &Digest,
+    ) -> Result<ManifestResponse> {
         let reference = Reference::Digest(d.clone());
         // The grant first: it usually names the media type, so the
         // manifest's own record need not be read.
@@ -254,7 +284,7 @@ impl PullThroughCache {
         Ok(Self::respond(m, CacheStatus::Miss))
     }
 
-    async fn manifest_by_tag(&self, ctx: &Ctx, tag: &Tag) -> Result<ManifestResponse> {
+    pub(super) async fn manifest_by_tag(&self, ctx: &Ctx, tag: &Tag) -> Result<ManifestResponse> {
         let inner = &self.inner;
         let key = keys::tag(&ctx.local, tag);
         let record = match inner.hot.tag(&key) {
@@ -284,6 +314,8 @@ impl PullThroughCache {
             let fresh = ctx.store_only()
                 || match policy.tag_freshness {
                     TagFreshness::Pinned => true,
+                    // A sync asks whatever the tag's TTL says; a pinned tag stays.
+                    _ if ctx.job => false,
                     TagFreshness::Ttl(ttl) => age < ttl,
                     TagFreshness::Revalidate => false,
                 };
@@ -296,15 +328,38 @@ impl PullThroughCache {
                 self.admit_and_grant(ctx, &reference, &m).await?;
                 return Ok(Self::respond(m, CacheStatus::Revalidated));
             }
+            if let Err(e) = self.not_remembered_missing(ctx, tag) {
+                // Remembered as gone: served if the rule serves what was withdrawn.
+                return match self.serve_withdrawn(ctx, tag, rec, &m, &e).await? {
+                    Some(r) => Ok(r),
+                    None => Err(e),
+                };
+            }
             match self.revalidate(ctx, tag, rec).await {
                 Ok(head) if head.digest == m.digest => {
                     self.admit_and_grant(ctx, &reference, &m).await?;
                     return Ok(Self::respond(m, CacheStatus::Revalidated));
                 }
                 Ok(_) => {}
-                Err(e) if matches!(e, Error::ManifestUnknown { .. }) => return Err(e),
+                Err(e) if withdrawal(&e) && policy.serve_withdrawn.is_some() => {
+                    if let Some(r) = self.serve_withdrawn(ctx, tag, rec, &m, &e).await? {
+                        return Ok(r);
+                    }
+                    // Past the window: as without the option.
+                    if matches!(e, Error::ManifestUnknown { .. } | Error::Remembered { .. }) {
+                        return Err(e);
+                    }
+                    if age <= policy.stale_if_error && !ctx.job {
+                        self.admit_and_grant(ctx, &reference, &m).await?;
+                        return Ok(Self::respond(m, CacheStatus::Stale));
+                    }
+                    return Err(e);
+                }
+                Err(e) if matches!(e, Error::ManifestUnknown { .. } | Error::Remembered { .. }) => {
+                    return Err(e);
+                }
                 Err(e) => {
-                    if age <= policy.stale_if_error {
+                    if age <= policy.stale_if_error && !ctx.job {
                         tracing::warn!(repo = %ctx.local, %tag, error = %e, "upstream failed; serving cached tag");
                         self.admit_and_grant(ctx, &reference, &m).await?;
                         return Ok(Self::respond(m, CacheStatus::Stale));
@@ -313,6 +368,8 @@ impl PullThroughCache {
                 }
             }
             cached = Some(m);
+        } else {
+            self.not_remembered_missing(ctx, tag)?;
         }
         if ctx.store_only() {
             return Err(super::store_only::manifest_not_cached(ctx, &reference));
@@ -320,16 +377,126 @@ impl PullThroughCache {
         let observed = record.as_ref().map(|r| r.digest.clone());
         match self.fetch_manifest(ctx, &reference, observed).await {
             Ok(m) => Ok(Self::respond(m, CacheStatus::Miss)),
+            // Gone between the HEAD and the GET.
+            Err(e @ (Error::ManifestUnknown { .. } | Error::Remembered { .. }))
+                if cached.is_some() =>
+            {
+                let (rec, m) = (record.as_ref().expect("cached"), cached.expect("checked"));
+                match self.serve_withdrawn(ctx, tag, rec, &m, &e).await? {
+                    Some(r) => Ok(r),
+                    None => Err(e),
+                }
+            }
             Err(e) => match cached {
                 Some(m)
-                    if !matches!(e, Error::ManifestUnknown { .. } | Error::Denied { .. })
-                        && age <= policy.stale_if_error =>
+                    if !matches!(
+                        e,
+                        Error::ManifestUnknown { .. }
+                            | Error::Remembered { .. }
+                            | Error::Denied { .. }
+                    ) && age <= policy.stale_if_error
+                        && !ctx.job =>
                 {
                     self.admit_and_grant(ctx, &reference, &m).await?;
                     Ok(Self::respond(m, CacheStatus::Stale))
                 }
                 _ => Err(e),
             },
+        }
+    }
+
+    /// Under the rule's `serve_withdrawn`, the cached tag the upstream
+    /// just refused (`refusal`: 404, 401 or 403), if the first refusal was
+    /// within the window (the first is recorded in the tag's record): as
+    /// `X-Cache: stale`, admitted as any serve (a policy's refusal is the
+    /// answer then), with an audit event and [`Event::Withdrawn`].
+    /// `None` when the rule does not serve it (no option, past the window,
+    /// a sync asking).
+    async fn serve_withdrawn(
+        &self,
+        ctx: &Ctx,
+        tag: &Tag,
+        rec: &TagRecord,
+        m: &Manifest,
+        refusal: &Error,
+    ) -> Result<Option<ManifestResponse>> {
+        let (Some(window), false) = (ctx.policy().serve_withdrawn, ctx.job) else {
+            return Ok(None);
+        };
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let since = match rec.withdrawn {
+            Some(t) => t,
+            None => {
+                let marked = TagRecord {
+                    withdrawn: Some(now),
+                    ..rec.clone()
+                };
+                let key = keys::tag(&ctx.local, tag);
+                inner.store.put_meta(&key, marked.encode()).await?;
+                inner.hot.keep_tag(&key, &marked);
+                now
+            }
+        };
+        let for_ = now.duration_since(since).unwrap_or_default();
+        if for_ > window {
+            return Ok(None);
+        }
+        self.admit_and_grant(ctx, &Reference::Tag(tag.clone()), m)
+            .await?;
+        let withdrawn_for_s = for_.as_secs();
+        tracing::warn!(
+            target: "audit",
+            rule = ctx.rule.name(),
+            repository = %ctx.local,
+            %tag,
+            digest = %m.digest,
+            withdrawn_for_s,
+            upstream = %refusal,
+            "served a tag the upstream withdrew"
+        );
+        inner.events.event(&Event::Withdrawn {
+            rule: ctx.rule.name(),
+        });
+        Ok(Some(Self::respond(m.clone(), CacheStatus::Stale)))
+    }
+
+    /// `Err` with the remembered answer when the upstream said, within
+    /// the rule's `negative_ttl`, that it has no `tag` (or no such
+    /// repository): counted as a negative answer.
+    fn not_remembered_missing(&self, ctx: &Ctx, tag: &Tag) -> Result<()> {
+        if ctx.job {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let found = inner
+            .negative
+            .check(ctx.rule.name(), &ctx.local, Some(tag), inner.clock.now());
+        match found {
+            None => Ok(()),
+            Some(e) => {
+                inner.events.event(&Event::Manifest {
+                    rule: ctx.rule.name(),
+                    status: CacheStatus::Negative,
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// Remembers an upstream's "not found" for `tag` (the rule's
+    /// `negative_ttl`); other errors are not remembered.
+    fn remember_missing(&self, ctx: &Ctx, tag: &Tag, e: &Error) {
+        if matches!(e, Error::ManifestUnknown { .. }) {
+            let inner = &self.inner;
+            inner.negative.remember(
+                ctx.rule.name(),
+                &ctx.local,
+                Some(tag),
+                e.code(),
+                inner.clock.now(),
+                ctx.policy().negative_ttl,
+            );
         }
     }
 
@@ -402,12 +569,23 @@ impl PullThroughCache {
                     let (this, ctx, tag, rec) =
                         (self.clone(), ctx.clone(), tag.clone(), rec.clone());
                     async move {
+                        // Answered while this flight was being asked for?
+                        let now = this.inner.clock.now();
+                        let name = ctx.rule.name();
+                        let remembered =
+                            this.inner.negative.check(name, &ctx.local, Some(&tag), now);
+                        if let (Some(e), false) = (remembered, ctx.job) {
+                            return Err(e);
+                        }
                         let head = this
                             .head_manifest_upstream(&ctx, &Reference::Tag(tag.clone()))
-                            .await?;
+                            .await
+                            .inspect_err(|e| this.remember_missing(&ctx, &tag, e))?;
                         if head.digest == rec.digest {
+                            // Confirmed: no longer withdrawn, if it was.
                             let confirmed = TagRecord {
                                 confirmed: this.inner.clock.now(),
+                                withdrawn: None,
                                 ..rec
                             };
                             let key = keys::tag(&ctx.local, &tag);
@@ -444,6 +622,17 @@ impl PullThroughCache {
                 return Ok(m);
             }
         }
+        if let (Reference::Tag(tag), false) = (reference, ctx.job) {
+            // Answered "not found" while this flight was being asked for:
+            // a flight that ends as another starts costs no second request.
+            let now = inner.clock.now();
+            if let Some(e) = inner
+                .negative
+                .check(ctx.rule.name(), &ctx.local, Some(tag), now)
+            {
+                return Err(e);
+            }
+        }
         let registry = ctx.rule.registry();
         // The upstream gets manifest_timeout (retries included); the
         // flight's own limit adds MAX_ADMISSION for the hooks, which bound
@@ -466,9 +655,17 @@ impl PullThroughCache {
             Ok(m) => m,
             Err(e) => {
                 self.upstream_error(ctx, &e);
+                if let Reference::Tag(tag) = reference {
+                    self.remember_missing(ctx, tag, &e);
+                }
                 return Err(e);
             }
         };
+        if let Reference::Tag(tag) = reference {
+            inner
+                .negative
+                .forget(ctx.rule.name(), &ctx.local, Some(tag));
+        }
         let checked = self.check_fetched(&m, reference);
         let parsed = match checked {
             Ok(p) => p,
@@ -522,11 +719,7 @@ impl PullThroughCache {
         }
         inner.entitle_referenced(&ctx.local, &parsed).await?;
         if let Reference::Tag(tag) = reference {
-            let rec = TagRecord {
-                digest: m.digest.clone(),
-                media_type: m.media_type.clone(),
-                confirmed: inner.clock.now(),
-            };
+            let rec = TagRecord::new(m.digest.clone(), m.media_type.clone(), inner.clock.now());
             let key = keys::tag(&ctx.local, tag);
             store.put_meta(&key, rec.encode()).await?;
             inner.hot.keep_tag(&key, &rec);
@@ -584,4 +777,22 @@ impl PullThroughCache {
         }
         ParsedManifest::parse(&m.bytes)
     }
+}
+
+/// Whether an upstream's answer about a tag withdraws it (rather than an
+/// outage): not found (404, and a "not found" remembered), refused
+/// credentials (401) or access denied (403). Asked of a `HEAD`'s answer,
+/// which no admission policy takes part in.
+fn withdrawal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ManifestUnknown { .. }
+            | Error::Remembered { .. }
+            | Error::NameUnknown { .. }
+            | Error::Denied { .. }
+            | Error::Upstream {
+                code: Some(crate::error::ErrorCode::Unauthorized),
+                ..
+            }
+    )
 }

@@ -19,11 +19,13 @@ pub(crate) mod keys;
 mod lease;
 mod maintenance;
 mod manifests;
+mod negative;
 mod queue;
 mod referrers;
 mod response;
 mod signatures;
 mod store_only;
+mod sync;
 mod tags;
 
 use std::collections::HashMap;
@@ -32,10 +34,11 @@ use std::time::Duration;
 
 pub use builder::CacheBuilder;
 pub use image::{ImagePlan, PullReport};
-pub use maintenance::{GcReport, ScrubReport};
+pub use maintenance::{GcReport, PurgeReport, ScrubReport};
 pub use response::{
     BlobBody, BlobResponse, Catalog, FileBody, ManifestResponse, Referrers, TagList,
 };
+pub use sync::SyncReport;
 
 use self::fetch::Fetch;
 use self::flights::Flights;
@@ -190,6 +193,12 @@ pub(crate) struct Inner {
     pub(crate) hot: hot::Hot,
     in_use: Mutex<HashMap<Digest, usize>>,
     verdicts: signatures::Verdicts,
+    /// Upstream "not found"s remembered (per rule's `negative_ttl`).
+    negative: negative::Negative,
+    /// Background prefetches (per rule's `prefetch`).
+    prefetches: image::Prefetches,
+    /// Scheduled sync: runs under way, the schedule.
+    sync: sync::SyncState,
 }
 
 /// Marks a digest as being read, so gc leaves it alone.
@@ -316,6 +325,10 @@ pub(crate) struct Ctx {
     queue: Arc<FetchQueue>,
     wiring: Arc<Wiring>,
     caller: crate::policy::Caller,
+    /// A background job (a sync) rather than a client: it asks the
+    /// upstream whatever the negative cache or the tag's freshness says,
+    /// and a failure is its error, never a stale answer.
+    job: bool,
 }
 
 impl Ctx {
@@ -401,6 +414,7 @@ impl PullThroughCache {
             queue,
             wiring,
             caller: caller.clone(),
+            job: false,
         })
     }
 

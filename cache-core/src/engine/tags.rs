@@ -1,5 +1,6 @@
 //! Tag listings: asked of the upstream each time; the cached tags stand in
-//! when the upstream fails (but not when it says the repository is unknown).
+//! when the upstream fails (but not when it says the repository is unknown,
+//! which is remembered for the rule's `negative_ttl`).
 
 use super::PullThroughCache;
 use super::queue::UpstreamCall;
@@ -14,6 +15,9 @@ use crate::upstream::TagPage;
 impl PullThroughCache {
     /// The repository's tags from the upstream; the cached tags when the
     /// upstream fails (but not when it says the repository does not exist).
+    ///
+    /// An upstream "not found" is remembered for the rule's
+    /// `negative_ttl`, and answered again from memory meanwhile.
     pub async fn tags(&self, name: &RepoName, page: &TagPage) -> Result<TagList> {
         self.tags_for(name, page, &Caller::Client).await
     }
@@ -35,6 +39,10 @@ impl PullThroughCache {
                 status: CacheStatus::Hit,
             });
         }
+        let (negative, now) = (&self.inner.negative, self.inner.clock.now());
+        if let Some(e) = negative.check(ctx.rule.name(), name, None, now) {
+            return Err(e);
+        }
         let listed = self
             .inner
             .call(UpstreamCall::Tags, || {
@@ -42,11 +50,18 @@ impl PullThroughCache {
             })
             .await;
         match listed {
-            Ok(tags) => Ok(TagList {
-                tags,
-                status: CacheStatus::Miss,
-            }),
-            Err(e) if e.is_not_found() => Err(e),
+            Ok(tags) => {
+                negative.forget(ctx.rule.name(), name, None);
+                Ok(TagList {
+                    tags,
+                    status: CacheStatus::Miss,
+                })
+            }
+            Err(e) if e.is_not_found() => {
+                let ttl = ctx.policy().negative_ttl;
+                negative.remember(ctx.rule.name(), name, None, e.code(), now, ttl);
+                Err(e)
+            }
             Err(e) => {
                 self.upstream_error(&ctx, &e);
                 let tags = self.recorded_tags(name).await?;

@@ -223,6 +223,13 @@ impl FakeUpstream {
             .insert(tag.clone(), d.clone());
     }
 
+    /// Removes `tag`: the upstream answers 404 for it from now on.
+    pub fn untag(&self, repo: &RepoName, tag: &Tag) {
+        if let Some(r) = lock(&self.state).repos.get_mut(repo) {
+            r.tags.remove(tag);
+        }
+    }
+
     /// Applies `fault` to the next blob GET (faults queue up in order).
     pub fn fail_next_blob(&self, fault: Fault) {
         lock(&self.state).blob_faults.push_back(fault);
@@ -441,6 +448,24 @@ impl Upstream for FakeUpstream {
             .take(page.limit.unwrap_or(usize::MAX))
             .cloned()
             .collect())
+    }
+
+    async fn catalog(
+        &self,
+        last: Option<&RepoName>,
+        limit: usize,
+    ) -> Result<Option<Vec<RepoName>>> {
+        self.check_down()?;
+        let s = lock(&self.state);
+        let mut repos: Vec<RepoName> = s
+            .repos
+            .keys()
+            .filter(|r| last.is_none_or(|l| r.as_str() > l.as_str()))
+            .cloned()
+            .collect();
+        repos.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        repos.truncate(limit);
+        Ok(Some(repos))
     }
 }
 

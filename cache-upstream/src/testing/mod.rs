@@ -433,6 +433,24 @@ impl TestRegistry {
         skopeo(&args)
     }
 
+    /// Deletes `repo@reference` (a tag, or a manifest's digest) with the
+    /// registry's delete API (`skopeo delete`; deletes are enabled in the
+    /// configuration the registry is started with, `storage.delete`).
+    /// The distribution registry deletes the manifest a tag names, and
+    /// with it every tag naming it: they answer `404 MANIFEST_UNKNOWN`.
+    pub fn delete(&self, repo: &str, reference: &str) -> Result<(), String> {
+        let sep = if reference.contains(':') { '@' } else { ':' };
+        let mut args = vec!["delete".to_owned(), "--tls-verify=false".to_owned()];
+        if let Some((u, p)) = &self.auth {
+            args.push(format!("--creds={u}:{p}"));
+        }
+        if let Some(d) = &self.push_cert_dir {
+            args.push(format!("--cert-dir={}", d.display()));
+        }
+        args.push(format!("docker://{}/{repo}{sep}{reference}", self.host()));
+        skopeo(&args)
+    }
+
     /// Stops the registry (also done on drop).
     pub fn stop(&mut self) {
         let _ = self.child.kill();

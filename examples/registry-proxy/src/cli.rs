@@ -1,5 +1,6 @@
 //! The subcommands besides `serve`: `check`, `explain`, `warm`, `gc`,
-//! `scrub`, `verify`. Exit codes: 0 done, 1 the work failed, 2 the input is wrong.
+//! `scrub`, `purge`, `verify`, and the calls to the running server
+//! (`reload`, `scan`, `sync`). Exit codes: 0 done, 1 the work failed, 2 the input is wrong.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -47,10 +48,24 @@ fn admin_post(
     target: &str,
     wait: std::time::Duration,
 ) -> Result<(bool, String), ExitCode> {
-    let admin = path
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|text| admin_listen_of(&text));
-    let Some(addr) = admin else {
+    admin_call(path, what, hyper::Method::POST, target, wait)
+}
+
+/// The file's loopback `server.admin_listen`, if it names one.
+fn admin_address(path: Option<&std::path::Path>) -> Option<std::net::SocketAddr> {
+    path.and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| admin_listen_of(&text))
+}
+
+/// [`admin_post`] with another method.
+fn admin_call(
+    path: Option<&std::path::Path>,
+    what: &str,
+    method: hyper::Method,
+    target: &str,
+    wait: std::time::Duration,
+) -> Result<(bool, String), ExitCode> {
+    let Some(addr) = admin_address(path) else {
         return Err(usage(format!(
             "{what} needs server.admin_listen (a loopback address) in the configuration file"
         )));
@@ -59,7 +74,7 @@ fn admin_post(
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
-        .and_then(|rt| rt.block_on(post(addr, target, wait)));
+        .and_then(|rt| rt.block_on(request(addr, method, target, wait)));
     answer.map_err(|e| {
         eprintln!("registry-proxy: no answer from the server at {addr}: {e}");
         ExitCode::FAILURE
@@ -68,8 +83,20 @@ fn admin_post(
 
 /// One `POST target` with an empty body to `addr`: whether the answer is
 /// 200, and its body as text.
+#[cfg(test)]
 async fn post(
     addr: std::net::SocketAddr,
+    target: &str,
+    wait: std::time::Duration,
+) -> Result<(bool, String), String> {
+    request(addr, hyper::Method::POST, target, wait).await
+}
+
+/// One request with an empty body to `addr`: whether the answer is 200,
+/// and its body as text.
+async fn request(
+    addr: std::net::SocketAddr,
+    method: hyper::Method,
     target: &str,
     wait: std::time::Duration,
 ) -> Result<(bool, String), String> {
@@ -83,7 +110,9 @@ async fn post(
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .map_err(|e| e.to_string())?;
-        let request = hyper::Request::post(target)
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(target)
             .header(hyper::header::HOST, addr.to_string())
             .body(Empty::<bytes::Bytes>::new())
             .map_err(|e| format!("{target:?}: {e}"))?;
@@ -213,6 +242,146 @@ pub fn findings_table(image: &str, scans: &[cache_upstream::scanner::ImageScan])
         out.push('\n');
     }
     out
+}
+
+/// `sync [RULE]`: asks the running server to run a rule's sync now (every
+/// rule's with a sync policy, without one) and prints what each run did:
+/// 0 when every run went without an error, 1 otherwise.
+pub fn sync(path: Option<&std::path::Path>, rule: Option<&str>) -> ExitCode {
+    let target = match rule {
+        // Percent-encoded: a rule's name may hold any character.
+        Some(r) => format!("/sync?rule={}", percent_encode(r)),
+        None => "/sync".to_owned(),
+    };
+    let wait = std::time::Duration::from_secs(24 * 3600);
+    let (ok, body) = match admin_post(path, "sync", &target, wait) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if !ok {
+        eprint!("registry-proxy sync: {body}");
+        return ExitCode::FAILURE;
+    }
+    let reports: Vec<cache_core::SyncReport> = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "registry-proxy sync: the server's answer is not a list of sync reports: {e}"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if reports.is_empty() {
+        println!("sync: no rule has a sync policy");
+    }
+    let mut failed = false;
+    for r in &reports {
+        if let Some(why) = &r.skipped {
+            println!("sync {:?}: not run: {why}", r.rule);
+            continue;
+        }
+        println!(
+            "sync {:?}: {} repositor{}, {} tag(s) listed, {} selected, {} new; {} blob(s), {} bytes fetched; {} error(s)",
+            r.rule,
+            r.repositories,
+            if r.repositories == 1 { "y" } else { "ies" },
+            r.tags_listed,
+            r.tags_seen,
+            r.tags_new,
+            r.blobs,
+            r.bytes,
+            r.errors
+        );
+        for m in &r.error_messages {
+            println!("  failed: {m}");
+        }
+        failed |= r.errors > 0;
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `s` with every byte but unreserved ones percent-encoded, for a query.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `purge NAME[:TAG|@DIGEST]`: drops the cache's records of a repository,
+/// a tag or a manifest (see `PullThroughCache::purge`), through the
+/// running server's admin endpoint when the file names one, else on the
+/// store directly (a filesystem store only while no server uses it).
+pub async fn purge(cfg: &Config, path: Option<&std::path::Path>, image: &str) -> ExitCode {
+    let local = match LocalRef::parse(image) {
+        Ok(r) => r,
+        Err(e) => return usage(format!("image {image:?}: {e}")),
+    };
+    let report: cache_core::PurgeReport = if admin_address(path).is_some() {
+        // Parsed above: the query holds a validated name, tag and digest only.
+        let target = format!("/purge?image={local}");
+        let wait = std::time::Duration::from_secs(600);
+        let path = path.map(std::path::Path::to_path_buf);
+        let call = tokio::task::spawn_blocking(move || {
+            admin_call(
+                path.as_deref(),
+                "purge",
+                hyper::Method::DELETE,
+                &target,
+                wait,
+            )
+        });
+        let (ok, body) = match call.await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(code)) => return code,
+            Err(e) => {
+                eprintln!("registry-proxy purge: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if !ok {
+            eprint!("registry-proxy purge: {body}");
+            return ExitCode::FAILURE;
+        }
+        match serde_json::from_str(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("registry-proxy purge: the server's answer is not a purge report: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let cache = match open(cfg).await {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        let reference = match (&local.digest, &local.tag) {
+            (Some(d), _) => Some(cache_core::Reference::Digest(d.clone())),
+            (None, Some(t)) => Some(cache_core::Reference::Tag(t.clone())),
+            (None, None) => None,
+        };
+        match cache.purge(&local.repository, reference.as_ref()).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("registry-proxy purge: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    println!(
+        "purge {local}: {} tag(s), {} manifest(s), {} grant(s) dropped; {} blob(s) left for the next gc",
+        report.tags, report.manifests, report.grants, report.marked
+    );
+    ExitCode::SUCCESS
 }
 
 /// `check`: the configuration parsed and validated (the rules included).
@@ -385,9 +554,10 @@ pub async fn gc(cfg: &Config, quota: Option<&str>) -> ExitCode {
         }
         Ok(r) => {
             println!(
-                "gc: {} expired, {} evicted, {} bytes freed, {} bytes remain, {} in use skipped, {} stale records dropped",
+                "gc: {} expired, {} evicted, {} purged, {} bytes freed, {} bytes remain, {} in use skipped, {} stale records dropped",
                 r.expired,
                 r.evicted,
+                r.purged,
                 r.freed_bytes,
                 r.remaining_bytes,
                 r.skipped_in_use,

@@ -6,8 +6,8 @@
 //! decision, the pull API (`cache_core::protocol`) and its HTTP service
 //! with pull-side auth, connection limits and zero-copy sends
 //! (`cache_core::server`) are the library's. The binary's subcommands
-//! (`serve`, `check`, `explain`, `warm`, `gc`, `scrub`, `reload`, `scan`)
-//! share one configuration.
+//! (`serve`, `check`, `explain`, `warm`, `gc`, `scrub`, `purge`, `reload`,
+//! `scan`) share one configuration.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod cli;

@@ -1,8 +1,8 @@
 //! `registry-proxy`: serves the pull side of the OCI Distribution API for
 //! the repositories its caching rules declare, fetching each image from its
 //! upstream once, verified, and serving it from the cache afterwards; and
-//! the tools that go with it (`warm`, `gc`, `scrub`, `check`, `explain`,
-//! `reload`, `scan`, `verify`).
+//! the tools that go with it (`warm`, `gc`, `scrub`, `purge`, `sync`,
+//! `check`, `explain`, `reload`, `scan`, `verify`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +54,13 @@ enum Cmd {
         /// The image.
         image: String,
     },
+    /// Ask the running server (through server.admin_listen) to run RULE's
+    /// sync now, or every rule's that has a [rule.sync]; prints what each
+    /// run did. Exits 1 when a run had errors.
+    Sync {
+        /// The rule (default: every rule with a sync policy).
+        rule: Option<String>,
+    },
     /// Say which rule and upstream a repository maps to, or why none does.
     /// NAME is a local repository (library/nginx) or an upstream one
     /// (docker.io/library/nginx).
@@ -84,6 +91,15 @@ enum Cmd {
     },
     /// Re-hash every stored blob; remove those that do not match their digest.
     Scrub,
+    /// Drop the cache's records of a repository, a tag or a manifest:
+    /// IMAGE is library/nginx (the whole repository), library/nginx:1.27
+    /// or library/nginx@sha256:... Its next pull is a miss; blobs nothing
+    /// else holds go at the next gc. Through the running server when
+    /// server.admin_listen is set, else on the store directly.
+    Purge {
+        /// The repository, tag or manifest.
+        image: String,
+    },
 }
 
 /// The configuration file the flags name, or the default one.
@@ -132,6 +148,10 @@ fn main() -> ExitCode {
         let _log = registry_proxy::logging::init(false, LogFormat::Text);
         return cli::scan(path.as_deref(), image);
     }
+    if let Cmd::Sync { rule } = &cmd {
+        let _log = registry_proxy::logging::init(false, LogFormat::Text);
+        return cli::sync(path.as_deref(), rule.as_deref());
+    }
     let cfg = match load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -154,7 +174,7 @@ fn main() -> ExitCode {
         match cmd {
             Cmd::Serve => registry_proxy::server::serve(cfg, path).await,
             Cmd::Check => cli::check(&cfg),
-            Cmd::Reload | Cmd::Scan { .. } => unreachable!("answered above"),
+            Cmd::Reload | Cmd::Scan { .. } | Cmd::Sync { .. } => unreachable!("answered above"),
             Cmd::Explain { name } => cli::explain(&cfg, &name),
             Cmd::Verify { image } => cli::verify(&cfg, &image).await,
             Cmd::Warm {
@@ -164,6 +184,7 @@ fn main() -> ExitCode {
             } => cli::warm(&cfg, &images, &platforms, concurrency).await,
             Cmd::Gc { quota } => cli::gc(&cfg, quota.as_deref()).await,
             Cmd::Scrub => cli::scrub(&cfg).await,
+            Cmd::Purge { image } => cli::purge(&cfg, path.as_deref(), &image).await,
         }
     })
 }

@@ -52,6 +52,17 @@ struct AdmissionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncRunLabels {
+    rule: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     code: &'static str,
 }
@@ -84,9 +95,18 @@ pub struct Metrics {
     access: Family<AccessLabels, Counter>,
     /// Admission decisions by (rule, outcome).
     admissions: Family<AdmissionLabels, Counter>,
-    /// The rules admissions are counted under by name: at most
+    /// The rules admissions and syncs are counted under by name: at most
     /// [`MAX_RULE_LABELS`].
     admission_rules: Mutex<BTreeSet<String>>,
+    /// Cached tags served although the upstream withdrew them, by rule.
+    withdrawn: Family<RuleLabels, Counter>,
+    /// Sync runs by (rule, outcome: ok, errors, skipped).
+    sync_runs: Family<SyncRunLabels, Counter>,
+    /// What sync runs saw, cached anew, fetched and failed at, by rule.
+    sync_tags_seen: Family<RuleLabels, Counter>,
+    sync_tags_new: Family<RuleLabels, Counter>,
+    sync_bytes: Family<RuleLabels, Counter>,
+    sync_errors: Family<RuleLabels, Counter>,
     read: Arc<ReadOnScrape>,
     /// Vulnerability scans, counted by the gates.
     pub scans: Arc<ScanCounters>,
@@ -133,6 +153,12 @@ impl Default for Metrics {
             access: Family::default(),
             admissions: Family::default(),
             admission_rules: Mutex::new(BTreeSet::new()),
+            withdrawn: Family::default(),
+            sync_runs: Family::default(),
+            sync_tags_seen: Family::default(),
+            sync_tags_new: Family::default(),
+            sync_bytes: Family::default(),
+            sync_errors: Family::default(),
             read,
             scans,
         };
@@ -183,6 +209,42 @@ impl Default for Metrics {
             "Upstream errors by OCI code.",
             &m.upstream_errors,
         );
+        register(
+            &mut registry,
+            "registry_proxy_withdrawn_served",
+            "Cached tags served although the upstream withdrew them (404, 401, 403), under the rule's serve_withdrawn, by rule.",
+            &m.withdrawn,
+        );
+        register(
+            &mut registry,
+            "registry_proxy_sync_runs",
+            "Scheduled or requested sync runs by rule and outcome (ok, errors, skipped: another instance held the rule's sync lease).",
+            &m.sync_runs,
+        );
+        register(
+            &mut registry,
+            "registry_proxy_sync_tags_seen",
+            "Tags sync runs selected (listed upstream and passing the rule's filters), by rule.",
+            &m.sync_tags_seen,
+        );
+        register(
+            &mut registry,
+            "registry_proxy_sync_tags_new",
+            "Tags sync runs cached anew (not cached before, or moved upstream), by rule.",
+            &m.sync_tags_new,
+        );
+        register(
+            &mut registry,
+            "registry_proxy_sync_bytes",
+            "Blob bytes sync runs fetched, by rule.",
+            &m.sync_bytes,
+        );
+        register(
+            &mut registry,
+            "registry_proxy_sync_errors",
+            "Failures in sync runs (a repository not listed, a tag not fetched or refused), by rule.",
+            &m.sync_errors,
+        );
         Metrics { registry, ..m }
     }
 }
@@ -205,16 +267,34 @@ impl EventSink for Metrics {
                     })
                     .inc();
             }
-            Event::Admission { rule, outcome } => {
-                let rule = {
-                    let mut named = lock(&self.admission_rules);
-                    if named.contains(*rule) || named.len() < MAX_RULE_LABELS {
-                        named.insert((*rule).to_owned());
-                        (*rule).to_owned()
-                    } else {
-                        "other".to_owned()
-                    }
+            Event::Withdrawn { rule } => {
+                let rule = self.rule_label(rule);
+                self.withdrawn.get_or_create(&RuleLabels { rule }).inc();
+            }
+            Event::Sync { rule, report } => {
+                let rule = self.rule_label(rule);
+                let outcome = match (&report.skipped, report.errors) {
+                    (Some(_), _) => "skipped",
+                    (None, 0) => "ok",
+                    (None, _) => "errors",
                 };
+                let labels = SyncRunLabels {
+                    rule: rule.clone(),
+                    outcome,
+                };
+                self.sync_runs.get_or_create(&labels).inc();
+                let by_rule = RuleLabels { rule };
+                for (family, n) in [
+                    (&self.sync_tags_seen, report.tags_seen as u64),
+                    (&self.sync_tags_new, report.tags_new as u64),
+                    (&self.sync_bytes, report.bytes),
+                    (&self.sync_errors, report.errors as u64),
+                ] {
+                    family.get_or_create(&by_rule).inc_by(n);
+                }
+            }
+            Event::Admission { rule, outcome } => {
+                let rule = self.rule_label(rule);
                 self.admissions
                     .get_or_create(&AdmissionLabels {
                         rule,
@@ -237,6 +317,18 @@ fn method_label(m: &Method) -> &'static str {
 }
 
 impl Metrics {
+    /// `rule` as a label value: its name for the first [`MAX_RULE_LABELS`]
+    /// rules named, `other` for the rest.
+    fn rule_label(&self, rule: &str) -> String {
+        let mut named = lock(&self.admission_rules);
+        if named.contains(rule) || named.len() < MAX_RULE_LABELS {
+            named.insert(rule.to_owned());
+            rule.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+
     /// Counts one HTTP response.
     pub fn request(&self, method: &Method, status: u16) {
         self.requests
@@ -321,6 +413,11 @@ impl Collector for ReadOnScrape {
                 &c.stale,
             ),
             (
+                "registry_proxy_negative_hits",
+                "Not-found answers given from memory (within the rule's negative_ttl) without asking the upstream.",
+                &c.negative,
+            ),
+            (
                 "registry_proxy_bytes_served",
                 "Blob bytes delivered to clients.",
                 &c.bytes_served,
@@ -394,6 +491,36 @@ impl Collector for ReadOnScrape {
             "Upstream blob fetches running now.",
             self.inflight.load(Ordering::Relaxed) as u64,
         )?;
+
+        // A registry's clients share its cap: one series per registry.
+        let mut caps: Vec<(String, std::sync::Arc<cache_upstream::Bandwidth>)> = Vec::new();
+        for (registry, _, client) in lock(&self.clients).iter() {
+            if let Some(cap) = client.bandwidth()
+                && !caps.iter().any(|(r, _)| r == registry)
+            {
+                caps.push((registry.clone(), cap.clone()));
+            }
+        }
+        let mut limit = e.encode_descriptor(
+            "registry_proxy_upstream_bandwidth_limit_bytes",
+            "A registry's bandwidth cap (max_bandwidth), in bytes a second.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (registry, cap) in &caps {
+            ConstGauge::new(cap.rate() as i64)
+                .encode(limit.encode_family(&[("registry", registry.as_str())])?)?;
+        }
+        let mut waited = e.encode_descriptor(
+            "registry_proxy_upstream_bandwidth_wait_seconds",
+            "Time blob transfers from a registry waited for its bandwidth cap.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (registry, cap) in &caps {
+            ConstCounter::new(cap.waited().as_secs_f64())
+                .encode(waited.encode_family(&[("registry", registry.as_str())])?)?;
+        }
 
         let budgets: Vec<(String, String, cache_upstream::RateLimit)> = lock(&self.clients)
             .iter()

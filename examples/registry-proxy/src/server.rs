@@ -1,6 +1,8 @@
 //! `registry-proxy serve`: the store, the cache, the router, the listener;
-//! reloads on SIGHUP or `POST /reload` at the admin endpoint; on SIGTERM,
-//! not ready for `drain_delay`, then a graceful shutdown.
+//! reloads on SIGHUP or `POST /reload` at the admin endpoint, which also
+//! scans (`POST /scan`), syncs (`POST /sync`) and purges (`DELETE /purge`);
+//! scheduled syncs; on SIGTERM, not ready for `drain_delay`, then a
+//! graceful shutdown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,6 +102,71 @@ async fn admin_scan(
     }
 }
 
+/// `DELETE /purge?image=NAME[:TAG|@DIGEST]`: drops the cache's records of
+/// a whole repository (a name alone), a tag or a manifest
+/// (`PullThroughCache::purge`); 200 with a JSON
+/// [`PurgeReport`](cache_core::PurgeReport), 400 for a bad name.
+async fn admin_purge(
+    State((_, st)): State<(Arc<Reloader>, AppState)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> axum::response::Response {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, format!("{m}\n")).into_response();
+    let Some(image) = cache_core::protocol::query_param(query.as_deref(), "image") else {
+        return bad("give the image: DELETE /purge?image=NAME[:TAG|@DIGEST]".into());
+    };
+    let local = match cache_core::LocalRef::parse(&image) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("image {image:?}: {e}")),
+    };
+    let reference = match (&local.digest, &local.tag) {
+        (Some(d), _) => Some(cache_core::Reference::Digest(d.clone())),
+        (None, Some(t)) => Some(cache_core::Reference::Tag(t.clone())),
+        (None, None) => None,
+    };
+    match st.cache.purge(&local.repository, reference.as_ref()).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => {
+            let status =
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, format!("{e}\n")).into_response()
+        }
+    }
+}
+
+/// `POST /sync?rule=NAME`: runs that rule's sync now; without `rule`,
+/// every rule that has one, one after another. 200 with a JSON list of
+/// [`SyncReport`](cache_core::SyncReport)s; 400 for a rule that does not
+/// exist or has no sync policy.
+async fn admin_sync(
+    State((_, st)): State<(Arc<Reloader>, AppState)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> axum::response::Response {
+    let rules: Vec<String> = match cache_core::protocol::query_param(query.as_deref(), "rule") {
+        Some(r) => vec![r],
+        None => st
+            .cache
+            .synced_rules()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect(),
+    };
+    let mut reports = Vec::with_capacity(rules.len());
+    for rule in rules {
+        match st.cache.sync(&rule).await {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                let status = if matches!(e, cache_core::Error::InvalidRule { .. }) {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY)
+                };
+                return (status, format!("{e}\n")).into_response();
+            }
+        }
+    }
+    axum::Json(reports).into_response()
+}
+
 /// Serves until SIGTERM or SIGINT. `path` is the configuration file, if
 /// one was read (a reload reads it again).
 pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
@@ -148,12 +215,18 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         g.revoke_through(&cache);
         g.spawn_rescans();
     }
-    if cfg.quota.is_some() || cfg.policies.values().any(|p| p.content_ttl.is_some()) {
+    {
+        // Every gc_interval: with a quota or content TTLs, and whenever a
+        // purge (through any instance or tool) left blobs for gc.
+        let always = cfg.quota.is_some() || cfg.policies.values().any(|p| p.content_ttl.is_some());
         let (cache, quota, every) = (cache.clone(), cfg.quota, cfg.gc_interval);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
+                if !always && !cache.purge_pending().await.unwrap_or(false) {
+                    continue;
+                }
                 match cache.gc(quota).await {
                     Ok(r) => tracing::info!(?r, "gc"),
                     Err(e) => tracing::warn!(error = %e, "gc failed"),
@@ -161,6 +234,8 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
             }
         });
     }
+    // Rules with a [sync] run on schedule (a reload's are picked up).
+    cache.start_sync();
     let state = AppState {
         cache: cache.clone(),
         metrics: metrics.clone(),
@@ -233,6 +308,8 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         let admin = axum::Router::new()
             .route("/reload", post(admin_reload))
             .route("/scan", post(admin_scan))
+            .route("/purge", axum::routing::delete(admin_purge))
+            .route("/sync", post(admin_sync))
             .route("/healthz", get(|| async { healthz().await }))
             .route(
                 "/readyz",
