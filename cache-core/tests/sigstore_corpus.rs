@@ -157,7 +157,8 @@ fn real_bundles_verify_and_every_alteration_is_refused() {
         check(&sig, KUBEWARDEN_IMAGE, &kw),
         Ok("keyless https://github.com/kubewarden/kubewarden-controller/"),
     );
-    // Proven by the inclusion proof and checkpoint alone.
+    // The inclusion proof and checkpoint alone prove the entry was logged,
+    // but nothing signs its integrated time: refused.
     let proof_only = altered(&kw, |b| {
         b["verificationMaterial"]["tlogEntries"][0]
             .as_object_mut()
@@ -167,7 +168,7 @@ fn real_bundles_verify_and_every_alteration_is_refused() {
     case(
         "inclusion proof alone",
         check(&sig, KUBEWARDEN_IMAGE, &proof_only),
-        Ok("keyless"),
+        Err("integrated time is not signed"),
     );
     case(
         "another identity",
@@ -228,6 +229,17 @@ fn real_bundles_verify_and_every_alteration_is_refused() {
             }),
         ),
         Err("signed entry timestamp does not verify"),
+    );
+    case(
+        "altered integrated time, inclusion proof alone",
+        check(
+            &sig,
+            KUBEWARDEN_IMAGE,
+            &altered(&proof_only, |b| {
+                b["verificationMaterial"]["tlogEntries"][0]["integratedTime"] = "1775719999".into()
+            }),
+        ),
+        Err("integrated time is not signed"),
     );
     case(
         "altered integrated time",

@@ -435,3 +435,47 @@ async fn a_rescan_loop_tick_rescans_what_is_due_and_only_that() {
     assert_eq!(g.scanner.scans().len(), 2);
     g.assert_quick(rescan);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_may_only_pull_what_is_cached_starts_no_scan() {
+    let g = gated(&[("lib", policy(GateMode::Enforce, HOUR, MINUTE))]).await;
+    let d = g.push("lib/app", "openssl 3.0.1");
+    let repo = RepoName::parse("lib/app").unwrap();
+    let v1 = Reference::parse("v1").unwrap();
+    let cached_only = Caller::principal("anonymous", cache_core::FetchPolicy::StoreOnly);
+    let pull_cached = || {
+        let (cache, repo, v1, caller) = (
+            g.cache.clone(),
+            repo.clone(),
+            v1.clone(),
+            cached_only.clone(),
+        );
+        async move {
+            cache
+                .manifest_for(&repo, &v1, &Accept::any(), &caller)
+                .await
+        }
+    };
+    // A client's pull is scanned and caches the image.
+    assert_eq!(g.with_polls(g.pull("lib/app")).await.unwrap().digest, d);
+    assert_eq!(g.scanner.scans().len(), 1);
+    // Stale after an hour: a client's pull would start a rescan; a
+    // pull-cached caller is answered from the kept findings, no rescan.
+    g.clock.advance(HOUR);
+    assert_eq!(pull_cached().await.unwrap().digest, d);
+    assert_eq!(g.gate.counters().in_progress(), 0, "no rescan started");
+    assert_eq!(g.scanner.scans().len(), 1);
+    // The findings gone (and the memory of them aged out): refused with
+    // the reason, and still no scan asked for.
+    let key = MetaKey::parse(&format!("scans/test/{}/{}", d.algorithm(), d.hex())).unwrap();
+    g.store.delete_meta(&key).await.unwrap();
+    g.clock.advance(31 * SECOND);
+    let e = pull_cached().await.unwrap_err();
+    assert_eq!(e.http_status(), 403, "{e}");
+    assert!(e.to_string().contains("starts no scan"), "{e}");
+    assert_eq!(g.scanner.scans().len(), 1);
+    assert_eq!(g.gate.counters().in_progress(), 0);
+    // A client's pull of the same does start one.
+    let _ = g.with_polls(g.pull("lib/app")).await;
+    assert_eq!(g.scanner.scans().len(), 2);
+}

@@ -60,18 +60,23 @@ pub(crate) struct Verdicts {
     signed: Mutex<VerdictMap>,
 }
 
+/// The policy a verdict was made under. A weak reference keeps the
+/// policy's allocation (not the policy) alive, so a later policy can never
+/// reuse its address and inherit its verdicts.
+type MadeBy = std::sync::Weak<crate::policy::SignaturePolicy>;
+
 #[derive(Debug, Default)]
 struct VerdictMap {
-    map: HashMap<(Arc<str>, Digest), (Verdict, SystemTime, usize)>,
+    map: HashMap<(Arc<str>, Digest), (Verdict, SystemTime, MadeBy)>,
     order: VecDeque<(Arc<str>, Digest)>,
 }
 
 impl Verdicts {
-    fn get(&self, rule: &str, d: &Digest, now: SystemTime, policy: usize) -> Option<Verdict> {
+    fn get(&self, rule: &str, d: &Digest, now: SystemTime, policy: &MadeBy) -> Option<Verdict> {
         Self::get_in(&self.inner, rule, d, now, policy)
     }
 
-    fn put(&self, rule: &str, d: &Digest, v: Verdict, until: SystemTime, policy: usize) {
+    fn put(&self, rule: &str, d: &Digest, v: Verdict, until: SystemTime, policy: &MadeBy) {
         Self::put_in(&self.inner, rule, d, v, until, policy)
     }
 
@@ -81,7 +86,7 @@ impl Verdicts {
         rule: &str,
         d: &Digest,
         now: SystemTime,
-        policy: usize,
+        policy: &MadeBy,
     ) -> Option<Digest> {
         match Self::get_in(&self.signed, rule, d, now, policy)? {
             Verdict::Covered(index) => Some(index),
@@ -94,11 +99,11 @@ impl Verdicts {
         rule: &str,
         d: &Digest,
         now: SystemTime,
-        policy: usize,
+        policy: &MadeBy,
     ) -> Option<Verdict> {
         let m = map.lock().unwrap_or_else(|p| p.into_inner());
         let (v, until, made_by) = m.map.get(&(Arc::from(rule), d.clone()))?;
-        (now < *until && *made_by == policy).then(|| v.clone())
+        (now < *until && made_by.ptr_eq(policy)).then(|| v.clone())
     }
 
     fn put_in(
@@ -107,11 +112,14 @@ impl Verdicts {
         d: &Digest,
         v: Verdict,
         until: SystemTime,
-        policy: usize,
+        policy: &MadeBy,
     ) {
         let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
         let key = (Arc::from(rule), d.clone());
-        if m.map.insert(key.clone(), (v, until, policy)).is_none() {
+        if m.map
+            .insert(key.clone(), (v, until, policy.clone()))
+            .is_none()
+        {
             m.order.push_back(key);
         }
         while m.map.len() > MAX_VERDICTS {
@@ -154,8 +162,8 @@ impl PullThroughCache {
         let inner = &self.inner;
         let rule = ctx.rule.name();
         let now = inner.clock.now();
-        let made_by = Arc::as_ptr(&policy) as usize;
-        let (verdict, fresh) = match inner.verdicts.get(rule, &m.digest, now, made_by) {
+        let made_by = Arc::downgrade(&policy);
+        let (verdict, fresh) = match inner.verdicts.get(rule, &m.digest, now, &made_by) {
             Some(v) => (v, false),
             None => {
                 // A platform manifest of an index whose signature passed
@@ -164,7 +172,7 @@ impl PullThroughCache {
                     .then(|| {
                         inner
                             .verdicts
-                            .signed_by_index(rule, &m.digest, now, made_by)
+                            .signed_by_index(rule, &m.digest, now, &made_by)
                     })
                     .flatten()
                     .map(|ix| format!("covered by the signed index {ix}"));
@@ -185,7 +193,7 @@ impl PullThroughCache {
                             &child.digest,
                             Verdict::Covered(m.digest.clone()),
                             until,
-                            made_by,
+                            &made_by,
                         );
                     }
                 }
@@ -195,7 +203,7 @@ impl PullThroughCache {
                 };
                 inner
                     .verdicts
-                    .put(rule, &m.digest, v.clone(), until, made_by);
+                    .put(rule, &m.digest, v.clone(), until, &made_by);
                 (v, true)
             }
         };
@@ -209,7 +217,7 @@ impl PullThroughCache {
                     &child.digest,
                     Verdict::Covered(m.digest.clone()),
                     until,
-                    made_by,
+                    &made_by,
                 );
             }
         }

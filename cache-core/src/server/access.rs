@@ -125,6 +125,10 @@ pub struct Principal {
     /// Tells principals with the same name and different claims apart
     /// (in the grant index's cache).
     fingerprint: [u8; 32],
+    /// When the credential that identified it expires (a robot token's
+    /// `expires`, a workload token's `exp`): a token of the token flow
+    /// issued to it expires no later.
+    expires: Option<std::time::SystemTime>,
 }
 
 impl fmt::Debug for Principal {
@@ -159,7 +163,20 @@ impl Principal {
             provider: provider.map(Arc::from),
             claims: Arc::new(claims),
             fingerprint: h.finalize().into(),
+            expires: None,
         }
+    }
+
+    /// When the credential that identified this principal expires, if it
+    /// does.
+    pub fn expires(&self) -> Option<std::time::SystemTime> {
+        self.expires
+    }
+
+    /// The principal, identified by a credential that expires at `at`.
+    pub(crate) fn expiring(mut self, at: Option<std::time::SystemTime>) -> Self {
+        self.expires = at;
+        self
     }
 
     /// `anonymous`.

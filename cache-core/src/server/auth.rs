@@ -664,9 +664,10 @@ impl PullAuth {
             )));
         }
         let p = self.principals.get(&r.name).cloned();
-        Ok(Identity::Principal(p.unwrap_or_else(|| {
-            Principal::named(PrincipalKind::Token, &r.name)
-        })))
+        Ok(Identity::Principal(
+            p.unwrap_or_else(|| Principal::named(PrincipalKind::Token, &r.name))
+                .expiring(r.expires),
+        ))
     }
 
     /// An OIDC token, verified by the provider its `iss` names.
@@ -695,13 +696,18 @@ impl PullAuth {
         if let Some(p) = recall(&self.verified, &key, REMEMBER_OK) {
             return Ok(p);
         }
+        // A robot's token is a generated secret checked in constant time
+        // at the cost of one hash: the right one passes even while its
+        // name is throttled, so nobody locks a robot out by guessing.
+        if let Some(r) = self.cfg.robots.iter().find(|r| r.name == user)
+            && same(&r.sha256, &key.1)
+        {
+            return self.robot(r, source).map(|i| i.principal().clone());
+        }
         if let Some(wait) = self.throttle.blocked(source, Some(user)) {
             return Err(Refusal::Throttled(wait));
         }
-        if let Some(r) = self.cfg.robots.iter().find(|r| r.name == user) {
-            if same(&r.sha256, &key.1) {
-                return self.robot(r, source).map(|i| i.principal().clone());
-            }
+        if self.cfg.robots.iter().any(|r| r.name == user) {
             self.throttle.fail(source, Some(user));
             return invalid(format!("a wrong token for robot {user:?}"));
         }
@@ -710,11 +716,15 @@ impl PullAuth {
                 UserPassword::Plain(p) => {
                     let expected: [u8; 32] = Sha256::digest(p.expose().as_bytes()).into();
                     if same(&expected, &key.1) {
-                        return Ok(self
+                        let p = self
                             .principals
                             .get(user)
                             .cloned()
-                            .unwrap_or_else(|| Principal::named(PrincipalKind::User, user)));
+                            .unwrap_or_else(|| Principal::named(PrincipalKind::User, user));
+                        // Remembered like a bcrypt login: a user who logged
+                        // in lately passes while guessers throttle the name.
+                        remember(&self.verified, key, p.clone(), REMEMBER_OK);
+                        return Ok(p);
                     }
                     self.throttle.fail(source, Some(user));
                     return invalid(format!("a wrong password for user {user:?}"));
@@ -1145,8 +1155,32 @@ mod tests {
             let bad = header(&format!("Basic {}", basic("bob", "nope")));
             let _ = a.identify(&bad, ip(n)).await;
         }
-        let e = a.identify(&right, ip(9)).await.unwrap_err();
+        let e = a
+            .identify(&header(&format!("Basic {}", basic("bob", "again"))), ip(9))
+            .await
+            .unwrap_err();
         assert!(e.contains("too many failed logins"), "{e}");
+        // Bob logged in lately (from source 2): remembered, he still passes.
+        assert!(a.identify(&right, ip(9)).await.is_ok(), "remembered login");
+        // A robot's name locked by guesses: its right token still passes.
+        let r = PullAuth::new(AuthConfig {
+            throttle: ThrottleSettings {
+                per_source: 100,
+                per_principal: 2,
+                window: Duration::from_secs(60),
+            },
+            robots: vec![RobotToken::new("ci", "robot-secret-1", None)],
+            ..AuthConfig::default()
+        });
+        for n in 0..4 {
+            let bad = header(&format!("Basic {}", basic("ci", "guess")));
+            assert!(r.identify(&bad, ip(n)).await.is_err());
+        }
+        let bad = header(&format!("Basic {}", basic("ci", "guess")));
+        let e = r.identify(&bad, ip(5)).await.unwrap_err();
+        assert!(e.contains("too many failed logins"), "{e}");
+        let robot = header(&format!("Basic {}", basic("ci", "robot-secret-1")));
+        assert!(r.identify(&robot, ip(5)).await.is_ok(), "not locked out");
         // A bearer guess counts against its source.
         let b = PullAuth::new(AuthConfig {
             throttle: ThrottleSettings {

@@ -361,7 +361,9 @@ impl Provider {
                         .iter()
                         .filter_map(|c| claims.get(c).map(|v| (c.clone(), v.clone())))
                         .collect();
-                    let p = Principal::workload(&self.cfg.name, &subject, kept);
+                    let p = Principal::workload(&self.cfg.name, &subject, kept).expiring(Some(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp),
+                    ));
                     let mut m = self.verified.lock().unwrap_or_else(|p| p.into_inner());
                     if m.len() >= MAX_REMEMBERED {
                         m.retain(|_, (_, until)| now <= *until);

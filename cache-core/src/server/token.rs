@@ -488,7 +488,16 @@ impl Issuer {
             }
         }
         let now = now_secs();
-        let ttl = self.settings.ttl.as_secs();
+        // No longer than the credential it was issued for (a robot token
+        // or a workload token that expires sooner).
+        let until = p
+            .expires()
+            .and_then(|e| e.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|e| e.as_secs());
+        let ttl = match until {
+            Some(e) => self.settings.ttl.as_secs().min(e.saturating_sub(now)),
+            None => self.settings.ttl.as_secs(),
+        };
         let jti = {
             use rand::RngCore as _;
             let mut raw = [0u8; 16];
@@ -656,6 +665,34 @@ mod tests {
             claims_of(&t.token)["access"][0]["actions"],
             serde_json::json!(["pull-cached"])
         );
+    }
+
+    #[test]
+    fn a_token_expires_no_later_than_the_credential_it_was_issued_for() {
+        let issuer = Issuer::new(TokenSettings::default(), Duration::from_secs(60));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(90);
+        let ci = Principal::named(PrincipalKind::Token, "ci").expiring(Some(soon));
+        let t = issuer.issue(&ci, &grants(), &[]).unwrap();
+        let exp = claims_of(&t.token)["exp"].as_u64().unwrap();
+        let soon_secs = soon
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(exp <= soon_secs, "exp {exp} after the robot's {soon_secs}");
+        assert!(t.expires_in <= 90, "{}", t.expires_in);
+        assert!(
+            TokenSettings::default().ttl.as_secs() > 90,
+            "the default ttl is what is capped"
+        );
+        // A credential that does not expire: the configured ttl.
+        let t = issuer
+            .issue(
+                &Principal::named(PrincipalKind::Token, "ci"),
+                &grants(),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(t.expires_in, TokenSettings::default().ttl.as_secs());
     }
 
     #[test]

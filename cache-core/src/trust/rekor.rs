@@ -115,9 +115,10 @@ impl TlogEntry {
     }
 
     /// Checks the entry against the trust root: the log's key is known and
-    /// was valid at the integrated time, and the entry is proven by its
-    /// SET or by an inclusion proof to a checkpoint the log signed.
-    /// Returns the integrated time.
+    /// was valid at the integrated time, an inclusion proof (where there is
+    /// one) leads to a checkpoint the log signed, and the SET signs the
+    /// entry with its integrated time (required: nothing else proves the
+    /// time). Returns the integrated time.
     pub(crate) fn verify(&self, root: &TrustedRoot) -> Result<SystemTime, String> {
         let id = hex::encode(&self.log_id);
         let log = root.tlog(&self.log_id).ok_or_else(|| {
@@ -130,35 +131,41 @@ impl TlogEntry {
                 log.base_url
             ));
         }
-        if self.set.is_none() && self.proof.is_none() {
-            return Err(
-                "the log entry has neither a signed entry timestamp nor an inclusion proof".into(),
-            );
-        }
-        if let Some(set) = &self.set {
-            let canonical = format!(
-                r#"{{"body":"{}","integratedTime":{},"logID":"{id}","logIndex":{}}}"#,
-                base64_std(&self.body),
-                self.integrated_time,
-                self.log_index
-            );
-            log.key
-                .verify(
-                    SigFormat::Der,
-                    log.key.default_hash(),
-                    canonical.as_bytes(),
-                    set,
-                )
-                .map_err(|_| {
-                    format!(
-                        "the log entry's signed entry timestamp does not verify with the key of {}",
-                        log.base_url
-                    )
-                })?;
-        }
+        // The inclusion proof shows the entry is in the log; only the
+        // signed entry timestamp signs *when* it was integrated (the time
+        // is in neither the entry body nor the checkpoint). Without a SET
+        // the integrated time is the upstream's word, and a signature made
+        // after its certificate expired would pass: refused, as
+        // sigstore-go does without another signed timestamp.
         if let Some(proof) = &self.proof {
             verify_inclusion(&self.body, proof, log)?;
         }
+        let Some(set) = &self.set else {
+            return Err(
+                "the log entry's integrated time is not signed (no signed entry timestamp): \
+                 an inclusion proof shows it was logged, not when"
+                    .into(),
+            );
+        };
+        let canonical = format!(
+            r#"{{"body":"{}","integratedTime":{},"logID":"{id}","logIndex":{}}}"#,
+            base64_std(&self.body),
+            self.integrated_time,
+            self.log_index
+        );
+        log.key
+            .verify(
+                SigFormat::Der,
+                log.key.default_hash(),
+                canonical.as_bytes(),
+                set,
+            )
+            .map_err(|_| {
+                format!(
+                    "the log entry's signed entry timestamp does not verify with the key of {}",
+                    log.base_url
+                )
+            })?;
         Ok(t)
     }
 

