@@ -586,6 +586,16 @@ impl Notation {
                 subject.scope
             ))
         })?;
+        // Under `audit` or `skip` a rogue CA's signature would pass: such a
+        // level says nothing about who signed, so it never meets a rule's
+        // signature requirement (a rule's `mode = "audit"` is how to serve
+        // and log instead).
+        if policy.action(Check::Authenticity) != Action::Enforce {
+            return Err(untrusted(format!(
+                "notation trust policy {:?} has level {:?}, which does not establish who signed",
+                policy.name, policy.level
+            )));
+        }
         let mut logged = Vec::new();
         let mut fail = |check: Check, why: String| -> Result<(), Unverified> {
             match policy.action(check) {

@@ -105,13 +105,22 @@ async fn notation_signatures_pass_by_trust_store_identity_and_level() {
         ("lenient/jws", img("lenient/jws", 308), None),
         ("notary/none", img("notary/none", 309), Some("no signature")),
         ("notary/rsa", img("notary/rsa", 310), None),
+        // Under an `audit` level nothing establishes who signed: a rogue
+        // CA's signature must not pass an enforced requirement.
+        (
+            "audited/rogue",
+            img("audited/rogue", 311),
+            Some("does not establish who signed"),
+        ),
     ];
     for (repo, i, _) in &cases {
         match *repo {
             "notary/jws" | "lenient/jws" => sign(&up, repo, i, &release, false, now, None).await,
             "notary/cose" => sign(&up, repo, i, &release, true, now, Some(now + DAY)).await,
             "notary/untrusted" => sign(&up, repo, i, &intern, false, now, None).await,
-            "notary/unknownca" => sign(&up, repo, i, &outsider, true, now, None).await,
+            "notary/unknownca" | "audited/rogue" => {
+                sign(&up, repo, i, &outsider, true, now, None).await
+            }
             "notary/expired" | "lenient/expired" => {
                 sign(&up, repo, i, &lapsed, false, now - 2 * DAY, None).await
             }
@@ -174,6 +183,13 @@ async fn notation_signatures_pass_by_trust_store_identity_and_level() {
                 "trustedIdentities": ["x509.subject: C=US, ST=WA, O=acme, CN=release"]
             },
             {
+                "name": "audit-only",
+                "registryScopes": [format!("{h}/audited/rogue")],
+                "signatureVerification": {"level": "audit"},
+                "trustStores": ["ca:acme"],
+                "trustedIdentities": ["*"]
+            },
+            {
                 "name": "acme-permissive",
                 "registryScopes": ["*"],
                 "signatureVerification": {"level": "permissive"},
@@ -185,7 +201,12 @@ async fn notation_signatures_pass_by_trust_store_identity_and_level() {
     let tp = write(files.path(), "trustpolicy.json", &policy.to_string());
     let ts = files.path().join("truststore").display().to_string();
     let table = format!("notation = {{ trust_store = \"{ts}\", trust_policy = \"{tp}\" }}\n");
-    let rules = [rule(&up, "notary", &table), rule(&up, "lenient", &table)].concat();
+    let rules = [
+        rule(&up, "notary", &table),
+        rule(&up, "lenient", &table),
+        rule(&up, "audited", &table),
+    ]
+    .concat();
     let proxy = Proxy::start(&proxy_config(&up, &rules));
     for (repo, i, refused) in &cases {
         let out = tempfile::tempdir().unwrap();
