@@ -144,6 +144,26 @@ async fn after_a_purge_the_next_pull_is_a_miss_and_gc_takes_only_the_orphans() {
     for d in blobs(&shared) {
         assert!(proxy.stored_blob(&d).exists(), "{d} is library/other's too");
     }
+    // The grants went with the records: a layer still stored (for
+    // library/other) is served to library/app only once the upstream has
+    // confirmed library/app holds it again.
+    // library/other keeps its grant: served without asking.
+    let (layer, _) = &shared.layers[0];
+    let asked = |up: &TestRegistry, repo: &str| {
+        let part = format!("/{repo}/blobs/{layer}");
+        up.requests("GET", &part) + up.requests("HEAD", &part)
+    };
+    let before = asked(&up, "library/other");
+    let (got, _) = timed_blob(&proxy, "library/other", layer).await;
+    assert_eq!((&got, asked(&up, "library/other")), (layer, before));
+    let before = asked(&up, "library/app");
+    let (got, _) = timed_blob(&proxy, "library/app", layer).await;
+    assert_eq!(&got, layer);
+    assert!(
+        asked(&up, "library/app") > before,
+        "entitlement asked again:\n{}",
+        up.log()
+    );
     // The next pull of a purged tag is a miss, and asks the upstream.
     let gets = up.requests("GET", "/library/app/manifests/v2");
     assert_eq!(
@@ -312,6 +332,32 @@ async fn a_sync_every_2s_caches_exactly_the_range_then_a_new_release_which_pulls
             .metric("registry_proxy_sync_tags_new_total{rule=\"lib\"}")
             .await,
         2
+    );
+    // Each run selected the two tags in range; what was fetched is their
+    // layers and configs, once.
+    // (Both read twice, in turn: a run may end in between, and then they
+    // are read again.)
+    let seen = "registry_proxy_sync_tags_seen_total{rule=\"lib\"}";
+    let mut consistent = None;
+    for _ in 0..10 {
+        let (a, s) = (proxy.metric(runs).await, proxy.metric(seen).await);
+        if (proxy.metric(runs).await, proxy.metric(seen).await) == (a, s) {
+            consistent = Some((s, a));
+            break;
+        }
+    }
+    let (seen, runs_ok) = consistent.expect("the run counter held still once");
+    assert_eq!(seen, 2 * runs_ok);
+    let layer_bytes: u64 = images[..2]
+        .iter()
+        .flat_map(|i| i.layers.iter().map(|(_, n)| n))
+        .sum();
+    let bytes = proxy
+        .metric("registry_proxy_sync_bytes_total{rule=\"lib\"}")
+        .await;
+    assert!(
+        bytes >= layer_bytes && bytes < layer_bytes + 64 * 1024,
+        "{bytes} bytes for {layer_bytes} bytes of layers"
     );
     // A release pushed now is cached by the next run.
     let v12 = push(&up, "library/app", "v1.2.0", 50);
