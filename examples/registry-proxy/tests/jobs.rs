@@ -90,6 +90,23 @@ async fn two_hundred_pulls_of_a_missing_tag_cost_one_upstream_request_and_say_ne
     );
     // A tag that exists is not affected.
     assert_eq!(get_manifest(&proxy, "library/app", "v1").await.0, 200);
+    // Nor a repository the upstream does not have (NAME_UNKNOWN): its
+    // tag and its tag list are remembered too.
+    for i in 0..50 {
+        let (status, cache) = get_manifest(&proxy, "library/ghost", "v1").await;
+        assert_eq!(status, 404, "request {i}");
+        if i > 0 {
+            assert_eq!(cache, "negative", "request {i}");
+        }
+        let list = client()
+            .get(proxy.url("/v2/library/ghost/tags/list"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(list.status(), 404, "request {i}");
+    }
+    assert_eq!(up.requests("GET", "/library/ghost/manifests/v1"), 1);
+    assert_eq!(up.requests("GET", "/library/ghost/tags/list"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,6 +272,58 @@ async fn prefetch_image_makes_both_platforms_of_an_index_pullable_after_only_its
                 "--all".into(),
                 format!("docker://{host}/{reference}"),
                 format!("dir:{}", dest.display()),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    pulled.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    for (d, _) in &img.layers {
+        assert!(dest.path().join(d.hex()).exists(), "{d} pulled");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_platform_caches_an_image_s_layers_after_only_its_manifest_was_served() {
+    let mut up = TestRegistry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = write_image(dir.path(), "v1", 120, &[30_000, 40_000, 50_000]);
+    up.push(&img.layout, "v1", "library/app").unwrap();
+    let proxy = Proxy::start(&config(&up, "prefetch = \"platform\"\n"));
+    // The manifest alone, by tag, with curl: no client asks for a layer.
+    let accept = format!(
+        "accept: {}",
+        cache_core::media_types::ALL_MANIFESTS.join(", ")
+    );
+    let url = proxy.url("/v2/library/app/manifests/v1");
+    let head = curl(&["-D", "-", "-o", "/dev/null", "-H", &accept, &url]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let cached = eventually(Duration::from_secs(30), async || {
+        img.layers
+            .iter()
+            .all(|(d, _)| proxy.stored_blob(d).exists())
+    })
+    .await;
+    assert!(
+        cached,
+        "every layer prefetched:\n{}\n{}",
+        up.log(),
+        proxy.log()
+    );
+    for (d, _) in &img.layers {
+        assert_eq!(up.requests("GET", &format!("/blobs/{d}")), 1, "{d} once");
+    }
+    up.stop();
+    let dest = tempfile::tempdir().unwrap();
+    let pulled = tokio::task::spawn_blocking({
+        let (host, out) = (proxy.host(), dest.path().to_owned());
+        move || {
+            cache_upstream::testing::skopeo(&[
+                "copy".into(),
+                "--insecure-policy".into(),
+                "--src-tls-verify=false".into(),
+                format!("docker://{host}/library/app:v1"),
+                format!("dir:{}", out.display()),
             ])
         }
     })
