@@ -966,3 +966,53 @@ async fn purge_without_a_server_works_on_the_store_and_gc_then_takes_only_the_or
     }
     assert_eq!(up.blob_gets(), blob_gets, "{}", up.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_spends_the_pull_budget_down_to_the_reserve_and_stops_there() {
+    // Docker Hub's pull budget: every manifest GET spends one; 4 left,
+    // 2 kept in reserve for clients' pulls.
+    let up = cache_upstream::testing::HostileRegistry::start("127.0.0.1");
+    let layer = |i: u64| bytes::Bytes::from(cache_core::testing::content(i, 1000).to_vec());
+    for (i, tag) in ["1.0.0", "2.0.0", "3.0.0", "4.0.0"].iter().enumerate() {
+        up.push_image("library/app", tag, &[layer(130 + i as u64)]);
+    }
+    up.set_rate_limit(100, 4, 3600);
+    let admin = cache_upstream::testing::free_port();
+    let proxy = Proxy::start(&format!(
+        "[server]\nadmin_listen = \"127.0.0.1:{admin}\"\n[storage]\npath = \"cache-data\"\n\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\nreserve = 2\n\n[[rule]]\nname = \"lib\"\nsource = \"{h}/library/*\"\ntarget = \"library/*\"\n{}",
+        sync_table("1h", ""),
+        h = up.host(),
+        u = up.url(),
+    ));
+    let dir = proxy.dir.path().to_owned();
+    let (ok, out) = tokio::task::spawn_blocking(move || common::run(&dir, &["sync", "lib"]))
+        .await
+        .unwrap();
+    // Newest first: 4.0.0 and 3.0.0 spend the budget down to the reserve;
+    // 2.0.0 would spend it, so the run stops there and 1.0.0 is not tried.
+    assert!(!ok, "a run that stopped is a run with an error: {out}");
+    assert!(
+        out.contains("4 selected, 2 new")
+            && out.contains("1 error(s)")
+            && out.contains("library/app:2.0.0: too many requests"),
+        "{out}"
+    );
+    assert_eq!(up.requests("GET", "/manifests/"), 2, "two pulls spent");
+    for tag in ["2.0.0", "1.0.0"] {
+        let part = format!("/manifests/{tag}");
+        assert_eq!(up.requests("GET", &part) + up.requests("HEAD", &part), 0);
+    }
+    let log = proxy.log();
+    assert!(log.contains("the run stops"), "{log}");
+    assert_eq!(
+        proxy
+            .metric("registry_proxy_sync_runs_total{rule=\"lib\",outcome=\"errors\"}")
+            .await,
+        1
+    );
+    // What the run cached is served: the tag revalidates with a HEAD, free.
+    for tag in ["4.0.0", "3.0.0"] {
+        assert_eq!(get_manifest(&proxy, "library/app", tag).await.0, 200);
+    }
+    assert_eq!(up.requests("GET", "/manifests/"), 2, "no pull spent since");
+}
