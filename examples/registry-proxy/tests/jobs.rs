@@ -992,7 +992,7 @@ async fn a_sync_spends_the_pull_budget_down_to_the_reserve_and_stops_there() {
     // 2.0.0 would spend it, so the run stops there and 1.0.0 is not tried.
     assert!(!ok, "a run that stopped is a run with an error: {out}");
     assert!(
-        out.contains("4 selected, 2 new")
+        out.contains("1 repository, 4 tag(s) listed, 4 selected, 2 new")
             && out.contains("1 error(s)")
             && out.contains("library/app:2.0.0: too many requests"),
         "{out}"
