@@ -1016,3 +1016,46 @@ async fn a_sync_spends_the_pull_budget_down_to_the_reserve_and_stops_there() {
     }
     assert_eq!(up.requests("GET", "/manifests/"), 2, "no pull spent since");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_tag_the_rule_s_policy_now_refuses_is_not_served_stale() {
+    let up = TestRegistry::start().unwrap();
+    let unsigned = push(&up, "library/app", "v1", 140);
+    let keys = tempfile::tempdir().unwrap();
+    let (_, public) = keypair(keys.path());
+    let admin = cache_upstream::testing::free_port();
+    let body = config_with_admin(&up, admin, "", "serve_withdrawn = \"7d\"\n");
+    let proxy = Proxy::start(&body);
+    let dest = tempfile::tempdir().unwrap();
+    common::pull(&proxy, "library/app:v1", dest.path(), false).unwrap();
+    up.delete("library/app", "v1").unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        get_manifest(&proxy, "library/app", "v1").await,
+        (200, "stale".to_owned())
+    );
+    // The rule now requires a signature the cached image does not have.
+    std::fs::write(
+        proxy.dir.path().join("proxy.toml"),
+        format!(
+            "listen = \"127.0.0.1:{}\"\n{body}[rule.signatures]\ncosign_keys = [\"{}\"]\nmode = \"enforce\"\n",
+            proxy.port,
+            public.display()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = common::run(proxy.dir.path(), &["reload"]);
+    assert!(ok, "{out}");
+    let served = "registry_proxy_withdrawn_served_total{rule=\"lib\"}";
+    let before = proxy.metric(served).await;
+    let (status, _) = get_manifest(&proxy, "library/app", "v1").await;
+    assert_eq!(status, 403, "refused, withdrawn or not:\n{}", proxy.log());
+    assert_eq!(proxy.metric(served).await, before, "nothing served");
+    let log = proxy.log();
+    assert!(
+        log.lines().any(|l| l.contains("audit")
+            && l.contains("refused")
+            && l.contains(&unsigned.digest.to_string())),
+        "the refusal is audited:\n{log}"
+    );
+}
