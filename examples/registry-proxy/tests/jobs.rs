@@ -35,6 +35,15 @@ async fn eventually(limit: Duration, mut done: impl AsyncFnMut() -> bool) -> boo
     done().await
 }
 
+/// Whether the proxy logs a line that `line` accepts within ten seconds
+/// (the log is written by a background thread).
+async fn logs(proxy: &Proxy, line: impl Fn(&str) -> bool) -> bool {
+    eventually(Duration::from_secs(10), async || {
+        proxy.log().lines().any(&line)
+    })
+    .await
+}
+
 /// Pushes a one-layer image as `repo:tag` (seed `seed`).
 fn push(up: &TestRegistry, repo: &str, tag: &str, seed: u64) -> cache_upstream::testing::TestImage {
     let dir = tempfile::tempdir().unwrap();
@@ -144,12 +153,13 @@ async fn after_a_purge_the_next_pull_is_a_miss_and_gc_takes_only_the_orphans() {
             .unwrap();
     assert!(ok, "{out}");
     assert!(out.contains("2 tag(s), 2 manifest(s)"), "{out}");
-    let log = proxy.log();
     assert!(
-        log.lines().any(|l| l.contains("audit")
+        logs(&proxy, |l| l.contains("audit")
             && l.contains("purge")
-            && l.contains("repository=library/app")),
-        "audited:\n{log}"
+            && l.contains("repository=library/app"))
+        .await,
+        "audited:\n{}",
+        proxy.log()
     );
     // The server's gc (every second here) takes v2's content, which no
     // other repository holds, and nothing of library/other's.
@@ -438,7 +448,10 @@ async fn a_sync_every_2s_caches_exactly_the_range_then_a_new_release_which_pulls
     })
     .await;
     assert!(cached, "v1.2.0 cached by a sync:\n{}", proxy.log());
-    assert!(proxy.log().contains("sync cached a tag"), "audited");
+    assert!(
+        logs(&proxy, |l| l.contains("sync cached a tag")).await,
+        "audited"
+    );
     assert_eq!(
         http().get(proxy.url("/v2/")).send().await.unwrap().status(),
         200
@@ -659,11 +672,10 @@ async fn a_sync_under_a_signature_policy_caches_the_signed_tag_and_not_the_unsig
             .await,
         1
     );
-    let log = proxy.log();
     assert!(
-        log.lines()
-            .any(|l| l.contains("audit") && l.contains("refused")),
-        "{log}"
+        logs(&proxy, |l| l.contains("audit") && l.contains("refused")).await,
+        "{}",
+        proxy.log()
     );
 }
 
@@ -792,12 +804,13 @@ async fn a_tag_deleted_upstream_is_served_stale_and_audited_under_serve_withdraw
             .iter()
             .all(|(d, _)| dest.path().join(d.hex()).exists())
     );
-    let log = proxy.log();
     assert!(
-        log.lines().any(|l| l.contains("audit")
+        logs(&proxy, |l| l.contains("audit")
             && l.contains("served a tag the upstream withdrew")
-            && l.contains("repository=library/app")),
-        "audited:\n{log}"
+            && l.contains("repository=library/app"))
+        .await,
+        "audited:\n{}",
+        proxy.log()
     );
     assert!(
         proxy
@@ -1002,8 +1015,11 @@ async fn a_sync_spends_the_pull_budget_down_to_the_reserve_and_stops_there() {
         let part = format!("/manifests/{tag}");
         assert_eq!(up.requests("GET", &part) + up.requests("HEAD", &part), 0);
     }
-    let log = proxy.log();
-    assert!(log.contains("the run stops"), "{log}");
+    assert!(
+        logs(&proxy, |l| l.contains("the run stops")).await,
+        "{}",
+        proxy.log()
+    );
     assert_eq!(
         proxy
             .metric("registry_proxy_sync_runs_total{rule=\"lib\",outcome=\"errors\"}")
@@ -1051,11 +1067,57 @@ async fn a_withdrawn_tag_the_rule_s_policy_now_refuses_is_not_served_stale() {
     let (status, _) = get_manifest(&proxy, "library/app", "v1").await;
     assert_eq!(status, 403, "refused, withdrawn or not:\n{}", proxy.log());
     assert_eq!(proxy.metric(served).await, before, "nothing served");
-    let log = proxy.log();
+    let digest = unsigned.digest.to_string();
     assert!(
-        log.lines().any(|l| l.contains("audit")
+        logs(&proxy, |l| l.contains("audit")
             && l.contains("refused")
-            && l.contains(&unsigned.digest.to_string())),
-        "the refusal is audited:\n{log}"
+            && l.contains(&digest))
+        .await,
+        "the refusal is audited:\n{}",
+        proxy.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_re_permissioned_upstream_is_served_stale_under_serve_withdrawn_and_fails_without() {
+    // An upstream that starts refusing the proxy (401) for what it served.
+    let up = cache_upstream::testing::HostileRegistry::start("127.0.0.1");
+    let layer = |i: u64| bytes::Bytes::from(cache_core::testing::content(i, 1000).to_vec());
+    up.push_image("library/app", "v1", &[layer(150)]);
+    up.push_image("plain/app", "v1", &[layer(151)]);
+    let proxy = Proxy::start(&format!(
+        "[storage]\npath = \"cache-data\"\n[upstream]\nmax_retries = 0\n\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n\n[[rule]]\nname = \"lib\"\nsource = \"{h}/library/*\"\ntarget = \"library/*\"\nstale_if_error = \"0s\"\nserve_withdrawn = \"7d\"\n\n[[rule]]\nname = \"plain\"\nsource = \"{h}/plain/*\"\ntarget = \"plain/*\"\nstale_if_error = \"0s\"\n",
+        h = up.host(),
+        u = up.url(),
+    ));
+    for repo in ["library/app", "plain/app"] {
+        assert_eq!(get_manifest(&proxy, repo, "v1").await.0, 200);
+    }
+    up.require_basic(&[("someone", "else")]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        get_manifest(&proxy, "library/app", "v1").await,
+        (200, "stale".to_owned())
+    );
+    let audited = logs(&proxy, |l| {
+        l.contains("audit")
+            && l.contains("served a tag the upstream withdrew")
+            && l.contains("repository=library/app")
+            && l.contains("requires credentials")
+    })
+    .await;
+    assert!(
+        audited,
+        "audited, with what the upstream said:\n{}",
+        proxy.log()
+    );
+    assert_eq!(
+        proxy
+            .metric("registry_proxy_withdrawn_served_total{rule=\"lib\"}")
+            .await,
+        1
+    );
+    // Without the option (and no stale_if_error) the refusal is an
+    // upstream failure: 502, not the cached tag.
+    assert_eq!(get_manifest(&proxy, "plain/app", "v1").await.0, 502);
 }
