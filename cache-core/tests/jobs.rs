@@ -737,7 +737,11 @@ async fn a_sync_stops_at_the_upstream_rate_limit_and_keeps_pinned_tags_where_the
     // v2.0.0 is asked first (newest), and the upstream says stop.
     e.up.fail_next_manifest(Fault::TooManyRequests);
     let report = e.cache.sync("lib").await.unwrap();
-    assert_eq!((report.errors, report.tags_new), (1, 0), "{report:?}");
+    assert_eq!(
+        (report.errors, report.tags_new, report.repositories),
+        (1, 0, 1),
+        "listed, then stopped: {report:?}"
+    );
     assert!(!stored(&e, &images[1].manifest).await, "the run stopped");
     // Moved upstream, a pinned tag stays as cached; the others come.
     e.up.retag(&n("library/app"), &t("v1.0.0"), &images[2].manifest);

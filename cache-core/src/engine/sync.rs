@@ -62,7 +62,8 @@ pub struct SyncReport {
     pub rule: String,
     /// The instance that ran it (`CacheOptions::instance_name`).
     pub instance: String,
-    /// Repositories synced.
+    /// Repositories listed and synced (the last one only in part when
+    /// the run stopped at the upstream's rate limit).
     pub repositories: usize,
     /// Tags the upstream listed.
     pub tags_listed: usize,
@@ -376,7 +377,11 @@ impl PullThroughCache {
                     report.repositories += 1;
                     false
                 }
-                Ok(Go::Stop) => true,
+                Ok(Go::Stop) => {
+                    // Listed, and synced up to the rate limit.
+                    report.repositories += 1;
+                    true
+                }
                 Err(e) => {
                     report.error(&repo, &e);
                     e.code() == ErrorCode::TooManyRequests

@@ -411,3 +411,77 @@ fn a_large_file_parses_in_batches_to_the_same_configuration() {
     let e = parse(&bad).unwrap_err();
     assert!(e.contains("rule[2500].stale_if_error = \"1y\""), "{e}");
 }
+
+#[test]
+fn the_example_s_freshness_keys_uncommented_mean_what_they_say_and_bad_ones_are_named() {
+    // The example file's commented keys that keep a rule fresh and complete
+    // (and a registry's bandwidth cap), uncommented, as a user would.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hub-token"), "x\n").unwrap();
+    let mut text = include_str!("../registry-proxy.example.toml").replace(
+        "password_env = \"HUB_TOKEN\"",
+        &format!(
+            "password_file = \"{}\"",
+            dir.path().join("hub-token").display()
+        ),
+    );
+    for key in [
+        "max_bandwidth",
+        "serve_withdrawn",
+        "[rule.sync]",
+        "interval",
+        "semver",
+        "tags",
+        "max_tags",
+        "platforms",
+        "repositories",
+    ] {
+        let commented = format!("\n# {key} ");
+        assert!(text.contains(&commented), "the example shows {key}");
+        text = text.replacen(&commented, &format!("\n{key} "), 1);
+    }
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.registries[0].bandwidth.as_ref().map(|b| b.rate()),
+        Some(200 * 1024 * 1024)
+    );
+    let p = &c.policies["hub-library"];
+    assert_eq!(p.negative_ttl, Duration::from_secs(30));
+    assert_eq!(p.prefetch, cache_core::Prefetch::None);
+    assert_eq!(p.serve_withdrawn, Some(Duration::from_secs(7 * 86_400)));
+    let s = p.sync.as_ref().expect("the rule syncs");
+    assert_eq!(s.interval, Duration::from_secs(600));
+    assert_eq!(s.max_tags, Some(5));
+    assert_eq!(s.repositories[0].as_str(), "library/nginx");
+    assert!(s.admits(&cache_core::Tag::parse("1.27.3").unwrap()));
+    assert!(!s.admits(&cache_core::Tag::parse("2.0.0").unwrap()));
+
+    // Bad values, in the server's file, are named with their place in it.
+    let bad = |extra: &str| parse(&format!("{REGISTRY}{RULE}{extra}\n")).unwrap_err();
+    for (extra, says) in [
+        (
+            "negative_ttl = \"soon\"",
+            "rule[0].negative_ttl = \"soon\": not a duration",
+        ),
+        (
+            "prefetch = \"all\"",
+            "rule[0].prefetch: unknown variant `all`",
+        ),
+        (
+            "[rule.sync]\ninterval = \"1m\"\nsemver = \"~>1\"",
+            "rule[0].sync.semver = \"~>1\": not a version range",
+        ),
+        ("[rule.sync]\nsemver = \">=1\"", "rule[0].sync"),
+    ] {
+        let e = bad(extra);
+        assert!(e.contains(says), "{extra}: {e}");
+    }
+    let e = parse(&format!(
+        "[[registry]]\nhost = \"docker.io\"\nmax_bandwidth = \"fast\"\n{RULE}"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("registry[0]") && e.contains("max_bandwidth = \"fast\": not a rate"),
+        "{e}"
+    );
+}

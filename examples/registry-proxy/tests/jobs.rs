@@ -35,6 +35,15 @@ async fn eventually(limit: Duration, mut done: impl AsyncFnMut() -> bool) -> boo
     done().await
 }
 
+/// Whether the proxy logs a line that `line` accepts within ten seconds
+/// (the log is written by a background thread).
+async fn logs(proxy: &Proxy, line: impl Fn(&str) -> bool) -> bool {
+    eventually(Duration::from_secs(10), async || {
+        proxy.log().lines().any(&line)
+    })
+    .await
+}
+
 /// Pushes a one-layer image as `repo:tag` (seed `seed`).
 fn push(up: &TestRegistry, repo: &str, tag: &str, seed: u64) -> cache_upstream::testing::TestImage {
     let dir = tempfile::tempdir().unwrap();
@@ -90,6 +99,23 @@ async fn two_hundred_pulls_of_a_missing_tag_cost_one_upstream_request_and_say_ne
     );
     // A tag that exists is not affected.
     assert_eq!(get_manifest(&proxy, "library/app", "v1").await.0, 200);
+    // Nor a repository the upstream does not have (NAME_UNKNOWN): its
+    // tag and its tag list are remembered too.
+    for i in 0..50 {
+        let (status, cache) = get_manifest(&proxy, "library/ghost", "v1").await;
+        assert_eq!(status, 404, "request {i}");
+        if i > 0 {
+            assert_eq!(cache, "negative", "request {i}");
+        }
+        let list = client()
+            .get(proxy.url("/v2/library/ghost/tags/list"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(list.status(), 404, "request {i}");
+    }
+    assert_eq!(up.requests("GET", "/library/ghost/manifests/v1"), 1);
+    assert_eq!(up.requests("GET", "/library/ghost/tags/list"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,12 +153,13 @@ async fn after_a_purge_the_next_pull_is_a_miss_and_gc_takes_only_the_orphans() {
             .unwrap();
     assert!(ok, "{out}");
     assert!(out.contains("2 tag(s), 2 manifest(s)"), "{out}");
-    let log = proxy.log();
     assert!(
-        log.lines().any(|l| l.contains("audit")
+        logs(&proxy, |l| l.contains("audit")
             && l.contains("purge")
-            && l.contains("repository=library/app")),
-        "audited:\n{log}"
+            && l.contains("repository=library/app"))
+        .await,
+        "audited:\n{}",
+        proxy.log()
     );
     // The server's gc (every second here) takes v2's content, which no
     // other repository holds, and nothing of library/other's.
@@ -144,6 +171,26 @@ async fn after_a_purge_the_next_pull_is_a_miss_and_gc_takes_only_the_orphans() {
     for d in blobs(&shared) {
         assert!(proxy.stored_blob(&d).exists(), "{d} is library/other's too");
     }
+    // The grants went with the records: a layer still stored (for
+    // library/other) is served to library/app only once the upstream has
+    // confirmed library/app holds it again.
+    // library/other keeps its grant: served without asking.
+    let (layer, _) = &shared.layers[0];
+    let asked = |up: &TestRegistry, repo: &str| {
+        let part = format!("/{repo}/blobs/{layer}");
+        up.requests("GET", &part) + up.requests("HEAD", &part)
+    };
+    let before = asked(&up, "library/other");
+    let (got, _) = timed_blob(&proxy, "library/other", layer).await;
+    assert_eq!((&got, asked(&up, "library/other")), (layer, before));
+    let before = asked(&up, "library/app");
+    let (got, _) = timed_blob(&proxy, "library/app", layer).await;
+    assert_eq!(&got, layer);
+    assert!(
+        asked(&up, "library/app") > before,
+        "entitlement asked again:\n{}",
+        up.log()
+    );
     // The next pull of a purged tag is a miss, and asks the upstream.
     let gets = up.requests("GET", "/library/app/manifests/v2");
     assert_eq!(
@@ -246,6 +293,58 @@ async fn prefetch_image_makes_both_platforms_of_an_index_pullable_after_only_its
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_platform_caches_an_image_s_layers_after_only_its_manifest_was_served() {
+    let mut up = TestRegistry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = write_image(dir.path(), "v1", 120, &[30_000, 40_000, 50_000]);
+    up.push(&img.layout, "v1", "library/app").unwrap();
+    let proxy = Proxy::start(&config(&up, "prefetch = \"platform\"\n"));
+    // The manifest alone, by tag, with curl: no client asks for a layer.
+    let accept = format!(
+        "accept: {}",
+        cache_core::media_types::ALL_MANIFESTS.join(", ")
+    );
+    let url = proxy.url("/v2/library/app/manifests/v1");
+    let head = curl(&["-D", "-", "-o", "/dev/null", "-H", &accept, &url]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let cached = eventually(Duration::from_secs(30), async || {
+        img.layers
+            .iter()
+            .all(|(d, _)| proxy.stored_blob(d).exists())
+    })
+    .await;
+    assert!(
+        cached,
+        "every layer prefetched:\n{}\n{}",
+        up.log(),
+        proxy.log()
+    );
+    for (d, _) in &img.layers {
+        assert_eq!(up.requests("GET", &format!("/blobs/{d}")), 1, "{d} once");
+    }
+    up.stop();
+    let dest = tempfile::tempdir().unwrap();
+    let pulled = tokio::task::spawn_blocking({
+        let (host, out) = (proxy.host(), dest.path().to_owned());
+        move || {
+            cache_upstream::testing::skopeo(&[
+                "copy".into(),
+                "--insecure-policy".into(),
+                "--src-tls-verify=false".into(),
+                format!("docker://{host}/library/app:v1"),
+                format!("dir:{}", out.display()),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    pulled.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    for (d, _) in &img.layers {
+        assert!(dest.path().join(d.hex()).exists(), "{d} pulled");
+    }
+}
+
 /// The `[rule.sync]` table of a rule syncing `library/app` every `interval`.
 fn sync_table(interval: &str, filter: &str) -> String {
     format!("[rule.sync]\ninterval = \"{interval}\"\n{filter}\nrepositories = [\"library/app\"]\n")
@@ -313,6 +412,32 @@ async fn a_sync_every_2s_caches_exactly_the_range_then_a_new_release_which_pulls
             .await,
         2
     );
+    // Each run selected the two tags in range; what was fetched is their
+    // layers and configs, once.
+    // (Both read twice, in turn: a run may end in between, and then they
+    // are read again.)
+    let seen = "registry_proxy_sync_tags_seen_total{rule=\"lib\"}";
+    let mut consistent = None;
+    for _ in 0..10 {
+        let (a, s) = (proxy.metric(runs).await, proxy.metric(seen).await);
+        if (proxy.metric(runs).await, proxy.metric(seen).await) == (a, s) {
+            consistent = Some((s, a));
+            break;
+        }
+    }
+    let (seen, runs_ok) = consistent.expect("the run counter held still once");
+    assert_eq!(seen, 2 * runs_ok);
+    let layer_bytes: u64 = images[..2]
+        .iter()
+        .flat_map(|i| i.layers.iter().map(|(_, n)| n))
+        .sum();
+    let bytes = proxy
+        .metric("registry_proxy_sync_bytes_total{rule=\"lib\"}")
+        .await;
+    assert!(
+        bytes >= layer_bytes && bytes < layer_bytes + 64 * 1024,
+        "{bytes} bytes for {layer_bytes} bytes of layers"
+    );
     // A release pushed now is cached by the next run.
     let v12 = push(&up, "library/app", "v1.2.0", 50);
     let cached = eventually(Duration::from_secs(20), async || {
@@ -323,7 +448,10 @@ async fn a_sync_every_2s_caches_exactly_the_range_then_a_new_release_which_pulls
     })
     .await;
     assert!(cached, "v1.2.0 cached by a sync:\n{}", proxy.log());
-    assert!(proxy.log().contains("sync cached a tag"), "audited");
+    assert!(
+        logs(&proxy, |l| l.contains("sync cached a tag")).await,
+        "audited"
+    );
     assert_eq!(
         http().get(proxy.url("/v2/")).send().await.unwrap().status(),
         200
@@ -544,11 +672,10 @@ async fn a_sync_under_a_signature_policy_caches_the_signed_tag_and_not_the_unsig
             .await,
         1
     );
-    let log = proxy.log();
     assert!(
-        log.lines()
-            .any(|l| l.contains("audit") && l.contains("refused")),
-        "{log}"
+        logs(&proxy, |l| l.contains("audit") && l.contains("refused")).await,
+        "{}",
+        proxy.log()
     );
 }
 
@@ -677,12 +804,13 @@ async fn a_tag_deleted_upstream_is_served_stale_and_audited_under_serve_withdraw
             .iter()
             .all(|(d, _)| dest.path().join(d.hex()).exists())
     );
-    let log = proxy.log();
     assert!(
-        log.lines().any(|l| l.contains("audit")
+        logs(&proxy, |l| l.contains("audit")
             && l.contains("served a tag the upstream withdrew")
-            && l.contains("repository=library/app")),
-        "audited:\n{log}"
+            && l.contains("repository=library/app"))
+        .await,
+        "audited:\n{}",
+        proxy.log()
     );
     assert!(
         proxy
@@ -850,4 +978,146 @@ async fn purge_without_a_server_works_on_the_store_and_gc_then_takes_only_the_or
         common::pull(&proxy, image, dest.path(), false).unwrap();
     }
     assert_eq!(up.blob_gets(), blob_gets, "{}", up.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_spends_the_pull_budget_down_to_the_reserve_and_stops_there() {
+    // Docker Hub's pull budget: every manifest GET spends one; 4 left,
+    // 2 kept in reserve for clients' pulls.
+    let up = cache_upstream::testing::HostileRegistry::start("127.0.0.1");
+    let layer = |i: u64| bytes::Bytes::from(cache_core::testing::content(i, 1000).to_vec());
+    for (i, tag) in ["1.0.0", "2.0.0", "3.0.0", "4.0.0"].iter().enumerate() {
+        up.push_image("library/app", tag, &[layer(130 + i as u64)]);
+    }
+    up.set_rate_limit(100, 4, 3600);
+    let admin = cache_upstream::testing::free_port();
+    let proxy = Proxy::start(&format!(
+        "[server]\nadmin_listen = \"127.0.0.1:{admin}\"\n[storage]\npath = \"cache-data\"\n\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\nreserve = 2\n\n[[rule]]\nname = \"lib\"\nsource = \"{h}/library/*\"\ntarget = \"library/*\"\n{}",
+        sync_table("1h", ""),
+        h = up.host(),
+        u = up.url(),
+    ));
+    let dir = proxy.dir.path().to_owned();
+    let (ok, out) = tokio::task::spawn_blocking(move || common::run(&dir, &["sync", "lib"]))
+        .await
+        .unwrap();
+    // Newest first: 4.0.0 and 3.0.0 spend the budget down to the reserve;
+    // 2.0.0 would spend it, so the run stops there and 1.0.0 is not tried.
+    assert!(!ok, "a run that stopped is a run with an error: {out}");
+    assert!(
+        out.contains("1 repository, 4 tag(s) listed, 4 selected, 2 new")
+            && out.contains("1 error(s)")
+            && out.contains("library/app:2.0.0: too many requests"),
+        "{out}"
+    );
+    assert_eq!(up.requests("GET", "/manifests/"), 2, "two pulls spent");
+    for tag in ["2.0.0", "1.0.0"] {
+        let part = format!("/manifests/{tag}");
+        assert_eq!(up.requests("GET", &part) + up.requests("HEAD", &part), 0);
+    }
+    assert!(
+        logs(&proxy, |l| l.contains("the run stops")).await,
+        "{}",
+        proxy.log()
+    );
+    assert_eq!(
+        proxy
+            .metric("registry_proxy_sync_runs_total{rule=\"lib\",outcome=\"errors\"}")
+            .await,
+        1
+    );
+    // What the run cached is served: the tag revalidates with a HEAD, free.
+    for tag in ["4.0.0", "3.0.0"] {
+        assert_eq!(get_manifest(&proxy, "library/app", tag).await.0, 200);
+    }
+    assert_eq!(up.requests("GET", "/manifests/"), 2, "no pull spent since");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_tag_the_rule_s_policy_now_refuses_is_not_served_stale() {
+    let up = TestRegistry::start().unwrap();
+    let unsigned = push(&up, "library/app", "v1", 140);
+    let keys = tempfile::tempdir().unwrap();
+    let (_, public) = keypair(keys.path());
+    let admin = cache_upstream::testing::free_port();
+    let body = config_with_admin(&up, admin, "", "serve_withdrawn = \"7d\"\n");
+    let proxy = Proxy::start(&body);
+    let dest = tempfile::tempdir().unwrap();
+    common::pull(&proxy, "library/app:v1", dest.path(), false).unwrap();
+    up.delete("library/app", "v1").unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        get_manifest(&proxy, "library/app", "v1").await,
+        (200, "stale".to_owned())
+    );
+    // The rule now requires a signature the cached image does not have.
+    std::fs::write(
+        proxy.dir.path().join("proxy.toml"),
+        format!(
+            "listen = \"127.0.0.1:{}\"\n{body}[rule.signatures]\ncosign_keys = [\"{}\"]\nmode = \"enforce\"\n",
+            proxy.port,
+            public.display()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = common::run(proxy.dir.path(), &["reload"]);
+    assert!(ok, "{out}");
+    let served = "registry_proxy_withdrawn_served_total{rule=\"lib\"}";
+    let before = proxy.metric(served).await;
+    let (status, _) = get_manifest(&proxy, "library/app", "v1").await;
+    assert_eq!(status, 403, "refused, withdrawn or not:\n{}", proxy.log());
+    assert_eq!(proxy.metric(served).await, before, "nothing served");
+    let digest = unsigned.digest.to_string();
+    assert!(
+        logs(&proxy, |l| l.contains("audit")
+            && l.contains("refused")
+            && l.contains(&digest))
+        .await,
+        "the refusal is audited:\n{}",
+        proxy.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_re_permissioned_upstream_is_served_stale_under_serve_withdrawn_and_fails_without() {
+    // An upstream that starts refusing the proxy (401) for what it served.
+    let up = cache_upstream::testing::HostileRegistry::start("127.0.0.1");
+    let layer = |i: u64| bytes::Bytes::from(cache_core::testing::content(i, 1000).to_vec());
+    up.push_image("library/app", "v1", &[layer(150)]);
+    up.push_image("plain/app", "v1", &[layer(151)]);
+    let proxy = Proxy::start(&format!(
+        "[storage]\npath = \"cache-data\"\n[upstream]\nmax_retries = 0\n\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n\n[[rule]]\nname = \"lib\"\nsource = \"{h}/library/*\"\ntarget = \"library/*\"\nstale_if_error = \"0s\"\nserve_withdrawn = \"7d\"\n\n[[rule]]\nname = \"plain\"\nsource = \"{h}/plain/*\"\ntarget = \"plain/*\"\nstale_if_error = \"0s\"\n",
+        h = up.host(),
+        u = up.url(),
+    ));
+    for repo in ["library/app", "plain/app"] {
+        assert_eq!(get_manifest(&proxy, repo, "v1").await.0, 200);
+    }
+    up.require_basic(&[("someone", "else")]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        get_manifest(&proxy, "library/app", "v1").await,
+        (200, "stale".to_owned())
+    );
+    let audited = logs(&proxy, |l| {
+        l.contains("audit")
+            && l.contains("served a tag the upstream withdrew")
+            && l.contains("repository=library/app")
+            && l.contains("requires credentials")
+    })
+    .await;
+    assert!(
+        audited,
+        "audited, with what the upstream said:\n{}",
+        proxy.log()
+    );
+    assert_eq!(
+        proxy
+            .metric("registry_proxy_withdrawn_served_total{rule=\"lib\"}")
+            .await,
+        1
+    );
+    // Without the option (and no stale_if_error) the refusal is an
+    // upstream failure: 502, not the cached tag.
+    assert_eq!(get_manifest(&proxy, "plain/app", "v1").await.0, 502);
 }
