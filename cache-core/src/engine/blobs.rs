@@ -86,6 +86,13 @@ impl PullThroughCache {
                 }
             }
         };
+        // Joining a fetch whose blob already verified (its commit still
+        // running) waits for nothing upstream: a hit.
+        let status = if slot.is_none() && fetch.is_released() {
+            CacheStatus::Hit
+        } else {
+            CacheStatus::Miss
+        };
         if let Some(slot) = slot {
             let job = Job {
                 inner: inner.clone(),
@@ -120,20 +127,50 @@ impl PullThroughCache {
                 };
                 if span.is_empty() {
                     // No byte to hold back: the response head is the whole answer.
-                    fetch.finished().await?;
+                    fetch.released().await?;
                 }
                 let guard = InUse::new(inner, digest);
                 inner.events.event(&Event::Blob {
                     rule: ctx.rule.name(),
-                    status: CacheStatus::Miss,
+                    status,
                 });
+                // The first reads after a fill, while its commit runs: from
+                // the verified staged file, as a hit would be.
+                let file = (status == CacheStatus::Hit)
+                    .then(|| fetch.verified_file())
+                    .flatten();
+                let stream = fetch
+                    .clone()
+                    .stream(inner.clone(), span.clone(), (guard, interest));
+                let body = match file {
+                    Some(file) => BlobBody::File(FileBody {
+                        file,
+                        range: span.clone(),
+                        events: inner.events.clone(),
+                        stream,
+                        _in_use: InUse::new(inner, digest),
+                    }),
+                    None => BlobBody::Stream(stream),
+                };
                 Ok(BlobResponse {
                     size,
-                    range: span.clone(),
-                    status: CacheStatus::Miss,
-                    body: BlobBody::Stream(fetch.stream(inner.clone(), span, (guard, interest))),
+                    range: span,
+                    status,
+                    body,
                 })
             }
+        }
+    }
+
+    /// Waits for the fetch of `digest` in flight, if any, to end: `Ok`
+    /// once it committed (or there is none), its error if it failed. An
+    /// answer completes when its blob verified, before the commit; a
+    /// caller that needs the blob stored (a prefetch) waits here.
+    pub(crate) async fn settled(&self, digest: &Digest) -> Result<()> {
+        let fetch = lock(&self.inner.inflight).get(digest).cloned();
+        match fetch {
+            Some(f) => f.finished().await,
+            None => Ok(()),
         }
     }
 
