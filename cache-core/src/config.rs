@@ -37,7 +37,9 @@ use serde::de::{self, Deserializer, Error as _};
 
 use crate::cosign::CosignKey;
 use crate::engine::CacheOptions;
-use crate::policy::{RulePolicy, SignatureMode, SignaturePolicy, TagFreshness, parse_duration};
+use crate::policy::{
+    ColdRanges, RulePolicy, SignatureMode, SignaturePolicy, TagFreshness, parse_duration,
+};
 use crate::rules::{Rule, RuleSet, RuleSpec};
 
 /// A configuration error: the key (relative to the table read) and the
@@ -301,6 +303,9 @@ struct RawCacheOptions {
     lease_ttl: Option<String>,
     lease_wait: Option<String>,
     instance_name: Option<String>,
+    cold_range_max: Option<SizeText>,
+    cold_ranges_per_blob: Option<usize>,
+    cold_ranges_per_registry: Option<usize>,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -387,6 +392,16 @@ impl TryFrom<RawCacheOptions> for CacheOptions {
             lease_ttl,
             lease_wait: duration("lease_wait", &r.lease_wait, d.lease_wait)?,
             instance_name: r.instance_name.unwrap_or(d.instance_name),
+            cold_range_max: size(
+                "cold_range_max",
+                &r.cold_range_max,
+                d.cold_range_max,
+                1..=1024 * MIB,
+            )?,
+            cold_ranges_per_blob: r.cold_ranges_per_blob.unwrap_or(d.cold_ranges_per_blob),
+            cold_ranges_per_registry: r
+                .cold_ranges_per_registry
+                .unwrap_or(d.cold_ranges_per_registry),
         })
     }
 }
@@ -395,7 +410,8 @@ impl TryFrom<RawCacheOptions> for CacheOptions {
 /// checked: `max_concurrent_fetches` and `max_manifest_fetches` at least 1,
 /// `max_retries` at most 10, timeouts more than 0, `lease_ttl` at least 3s,
 /// `touch_interval` at least 1s, `instance_name` 1 to 200 visible ASCII
-/// characters, `max_manifest_size` and `read_chunk` up to 64MiB.
+/// characters, `max_manifest_size` and `read_chunk` up to 64MiB,
+/// `cold_range_max` up to 1GiB.
 impl<'de> Deserialize<'de> for CacheOptions {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         RawCacheOptions::deserialize(d)?.try_into().map_err(custom)
@@ -409,6 +425,18 @@ impl<'de> Deserialize<'de> for TagFreshness {
         TagFreshness::parse(&s).ok_or_else(|| {
             D::Error::custom(format!(
                 "{s:?}: use \"revalidate\", \"pinned\" or \"ttl:DURATION\" (e.g. \"ttl:10m\")"
+            ))
+        })
+    }
+}
+
+/// `"wait"` or `"passthrough"`.
+impl<'de> Deserialize<'de> for ColdRanges {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ColdRanges::parse(&s).ok_or_else(|| {
+            D::Error::custom(format!(
+                "{s:?}: use \"wait\" (the default: ranges follow the whole-blob fetch, verified) or \"passthrough\" (served at once, unverified)"
             ))
         })
     }
@@ -507,8 +535,8 @@ impl<'de> Deserialize<'de> for NoScan {
 
 /// One caching rule as a table: `name`, `source`, `target`, `credentials`,
 /// its caching policy (`tag_freshness`, default `"revalidate"`;
-/// `stale_if_error`, default `24h`; `content_ttl`), its `signatures` and
-/// `scan` policies. `S` is the program's vulnerability policy
+/// `stale_if_error`, default `24h`; `content_ttl`; `cold_ranges`, default
+/// `"wait"`), its `signatures` and `scan` policies. `S` is the program's vulnerability policy
 /// (`cache_upstream::scanner::ScanPolicy`); the default refuses `scan`.
 ///
 /// The rule itself is validated with the rule set it joins
@@ -535,6 +563,8 @@ pub struct RuleConfig<S = NoScan> {
     pub stale_if_error: Duration,
     /// Content not accessed for this long is removed by gc.
     pub content_ttl: Option<Duration>,
+    /// What a ranged request for a blob still being fetched gets.
+    pub cold_ranges: ColdRanges,
     /// Serve only what a cosign signature covers.
     pub signatures: Option<Box<SignatureSpec>>,
     /// Serve only what a vulnerability scan allows.
@@ -551,6 +581,7 @@ struct RawRule<S> {
     tag_freshness: Option<TagFreshness>,
     stale_if_error: Option<String>,
     content_ttl: Option<String>,
+    cold_ranges: Option<ColdRanges>,
     signatures: Option<Box<SignatureSpec>>,
     scan: Option<Box<S>>,
 }
@@ -575,6 +606,7 @@ impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
             tag_freshness: r.tag_freshness.unwrap_or(default.tag_freshness),
             stale_if_error,
             content_ttl,
+            cold_ranges: r.cold_ranges.unwrap_or(default.cold_ranges),
             signatures: r.signatures,
             scan: r.scan,
         })
@@ -599,6 +631,7 @@ impl<S> RuleConfig<S> {
             stale_if_error: self.stale_if_error,
             content_ttl: self.content_ttl,
             signatures,
+            cold_ranges: self.cold_ranges,
         })
     }
 }
@@ -727,6 +760,10 @@ mod tests {
                 "read_chunk = 0",
                 "read_chunk = 0: a size from 1 up to 64MiB",
             ),
+            (
+                "cold_range_max = \"2GiB\"",
+                "cold_range_max = \"2GiB\": a size from 1 up to 1GiB",
+            ),
             ("colour = \"red\"", "unknown field `colour`"),
         ] {
             let e = opts(text).unwrap_err();
@@ -791,6 +828,12 @@ mod tests {
             rule("").unwrap().policy(|_| unreachable!()).unwrap(),
             RulePolicy::default()
         );
+        assert_eq!(RulePolicy::default().cold_ranges, ColdRanges::Wait);
+        let p = rule("cold_ranges = \"passthrough\"\n")
+            .unwrap()
+            .policy(|_| unreachable!())
+            .unwrap();
+        assert_eq!(p.cold_ranges, ColdRanges::Passthrough);
         for (extra, says) in [
             (
                 "tag_freshness = \"sometimes\"",
@@ -801,6 +844,7 @@ mod tests {
                 "stale_if_error = \"1y\": not a duration",
             ),
             ("content_ttl = \"later\"", "content_ttl = \"later\""),
+            ("cold_ranges = \"eager\"", "\"eager\": use \"wait\""),
             ("bogus = 1", "unknown field `bogus`"),
             ("[scan]\nscanner = \"x\"", "no vulnerability scanner"),
             ("[signatures]\ncosign_keys = []", "cosign_keys is empty"),

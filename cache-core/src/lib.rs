@@ -93,8 +93,8 @@ pub use names::{
     RepoName, Tag,
 };
 pub use policy::{
-    Admission, AdmissionRequest, Caller, MaxImageSize, PlatformAllowList, PullCredentials,
-    RulePolicy, SignatureMode, SignaturePolicy, TagFreshness, Verdict,
+    Admission, AdmissionRequest, Caller, ColdRanges, MaxImageSize, PlatformAllowList,
+    PullCredentials, RulePolicy, SignatureMode, SignaturePolicy, TagFreshness, Verdict,
 };
 pub use range::ByteRange;
 pub use rules::{Explanation, Resolved, Rule, RuleSet, RuleSpec};

@@ -443,8 +443,20 @@ pub fn blob_response(digest: &Digest, b: &BlobResponse, ranged: bool) -> Respons
         );
     }
     cache_status(&mut r, b.status);
+    if !b.verified {
+        // A passthrough range (cold_ranges = "passthrough"): the bytes came
+        // from the upstream before the blob was checked against its digest.
+        r.headers_mut()
+            .insert(VERIFIED_HEADER, HeaderValue::from_static("false"));
+    }
     r
 }
+
+/// The header a blob answer carries, `false`, when its bytes were served
+/// before the blob was checked against its digest: a passthrough range of
+/// a rule with `cold_ranges = "passthrough"` (see
+/// [`ColdRanges`](crate::ColdRanges)).
+pub const VERIFIED_HEADER: &str = "x-content-verified";
 
 /// A blob `HEAD` answer.
 pub fn blob_head_response(digest: &Digest, size: u64, status: CacheStatus) -> Response<()> {

@@ -11,9 +11,9 @@ use cache_core::manifest::Platform;
 use cache_core::media_types as mt;
 use cache_core::testing::{CommitFaults, FakeUpstream, Fault, ManualClock, PanicUpstream, content};
 use cache_core::{
-    Accept, BlobBody, BlobStore, BlobStoreExt, ByteRange, CacheOptions, CacheStatus, Clock, Digest,
-    Error, ErrorCode, MaxImageSize, PlatformAllowList, PullThroughCache, Reference, RepoName,
-    RulePolicy, RuleSet, RuleSpec, Tag, TagFreshness, TagPage,
+    Accept, BlobBody, BlobStore, BlobStoreExt, ByteRange, CacheOptions, CacheStatus, Clock,
+    ColdRanges, Digest, Error, ErrorCode, MaxImageSize, PlatformAllowList, PullThroughCache,
+    Reference, RepoName, RulePolicy, RuleSet, RuleSpec, Tag, TagFreshness, TagPage,
 };
 use cache_store::{FsStore, MemoryStore, TokioRuntime};
 use futures::StreamExt;
@@ -686,6 +686,149 @@ async fn a_commit_failing_after_verification_fails_unfinished_readers_is_counted
         layer,
         "committed this time"
     );
+}
+
+fn passthrough_env(opts: CacheOptions) -> Env {
+    env_with(Setup {
+        real_time: true,
+        policy: RulePolicy {
+            cold_ranges: ColdRanges::Passthrough,
+            ..RulePolicy::default()
+        },
+        opts,
+        ..Setup::default()
+    })
+}
+
+/// Slows the next whole-blob fetch to 64 KiB every 20 ms (3.2 MiB/s).
+fn trickle(e: &Env) {
+    e.up.fail_next_blob(Fault::Drip {
+        chunk: 64 * 1024,
+        delay: Duration::from_millis(20),
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passthrough_range_beyond_the_fetch_is_served_at_once_by_a_ranged_get_of_its_own() {
+    let e = passthrough_env(Setup::default().opts);
+    let layer = content(44, 3 * 1024 * 1024);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    trickle(&e);
+    let started = std::time::Instant::now();
+    let r = e
+        .cache
+        .blob(&n("library/app"), &d, Some(ByteRange::Suffix(1024 * 1024)))
+        .await
+        .unwrap();
+    assert!(!r.verified, "said to be unverified");
+    assert_eq!(r.status, CacheStatus::Miss);
+    let tail = 2 * 1024 * 1024..3 * 1024 * 1024;
+    assert_eq!(r.range, tail.start as u64..tail.end as u64);
+    let (bytes, err) = drain(r.body.into_stream()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert!(bytes[..] == layer[tail], "the right bytes");
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "not after the whole blob: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.cache.inflight(), 1, "the whole-blob fetch goes on");
+    assert_eq!(e.up.calls.ranged_blob_gets.load(Ordering::SeqCst), 1);
+
+    // A range the fetch has staged already: at once, no request of its own.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = e
+        .cache
+        .blob(&n("library/app"), &d, Some(ByteRange::Inclusive(0, 9_999)))
+        .await
+        .unwrap();
+    assert!(!r.verified);
+    let (bytes, err) = drain(r.body.into_stream()).await;
+    assert!(err.is_none() && bytes[..] == layer[..10_000]);
+    assert_eq!(e.cache.inflight(), 1, "before the blob verified");
+    assert_eq!(e.up.calls.ranged_blob_gets.load(Ordering::SeqCst), 1);
+
+    wait_until(|| e.cache.inflight() == 0).await;
+    assert_eq!(
+        e.store.get_bytes(&d).await.unwrap(),
+        layer,
+        "committed, whole"
+    );
+    assert_eq!(gets(&e.up), 2, "one whole-blob GET and one ranged GET");
+    let r = e
+        .cache
+        .blob(&n("library/app"), &d, Some(ByteRange::Suffix(10)))
+        .await
+        .unwrap();
+    assert!(
+        r.verified && r.status == CacheStatus::Hit,
+        "then from the store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_range_under_the_default_rule_waits_for_the_whole_verified_blob() {
+    let e = env_with(Setup {
+        real_time: true,
+        ..Setup::default()
+    });
+    let layer = content(45, 3 * 1024 * 1024);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    trickle(&e);
+    let r = e
+        .cache
+        .blob(&n("library/app"), &d, Some(ByteRange::Suffix(1024 * 1024)))
+        .await
+        .unwrap();
+    assert!(r.verified);
+    let read = tokio::spawn(drain(r.body.into_stream()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!read.is_finished(), "it waits for the whole blob");
+    let (bytes, err) = read.await.unwrap();
+    assert!(err.is_none() && bytes[..] == layer[2 * 1024 * 1024..]);
+    assert_eq!(gets(&e.up), 1);
+    assert_eq!(e.up.calls.ranged_blob_gets.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_ranges_are_bounded_in_size_and_count_and_then_wait() {
+    let e = passthrough_env(CacheOptions {
+        cold_range_max: 64 * 1024,
+        cold_ranges_per_blob: 1,
+        ..Setup::default().opts
+    });
+    let layer = content(46, 3 * 1024 * 1024);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    trickle(&e);
+    let big = e
+        .cache
+        .blob(
+            &n("library/app"),
+            &d,
+            Some(ByteRange::Suffix(64 * 1024 + 1)),
+        )
+        .await
+        .unwrap();
+    assert!(big.verified, "over cold_range_max: it waits");
+    let one = e
+        .cache
+        .blob(&n("library/app"), &d, Some(ByteRange::Suffix(1000)))
+        .await
+        .unwrap();
+    assert!(!one.verified, "within the bounds: passed through");
+    let (bytes, err) = drain(one.body.into_stream()).await;
+    assert!(err.is_none() && bytes[..] == layer[layer.len() - 1000..]);
+    let two = e
+        .cache
+        .blob(&n("library/app"), &d, Some(ByteRange::Suffix(2000)))
+        .await
+        .unwrap();
+    assert!(two.verified, "cold_ranges_per_blob spent: it waits");
+    let (bytes, err) = drain(two.body.into_stream()).await;
+    assert!(err.is_none() && bytes[..] == layer[layer.len() - 2000..]);
+    drop(big);
+    assert_eq!(e.up.calls.ranged_blob_gets.load(Ordering::SeqCst), 1);
+    assert_eq!(gets(&e.up), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

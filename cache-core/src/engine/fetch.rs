@@ -107,6 +107,8 @@ pub(crate) struct Fetch {
     /// Local repositories entitled to this blob (the starter's, and those
     /// whose upstream confirmed it has the blob).
     entitled: Mutex<HashSet<RepoName>>,
+    /// Passthrough ranges fetched from the upstream for this blob so far.
+    ranges: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Fetch {
@@ -139,6 +141,7 @@ impl Fetch {
             digest,
             state: Mutex::new(State::default()),
             entitled: Mutex::new(HashSet::from([repo])),
+            ranges: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -211,6 +214,22 @@ impl Fetch {
     /// now waits for nothing from the upstream.
     pub(crate) fn is_released(&self) -> bool {
         self.lock().released()
+    }
+
+    /// Bytes staged so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.lock().written
+    }
+
+    /// Takes one of the `cap` passthrough ranges this blob may fetch from
+    /// the upstream on its own; `false` once they are spent.
+    pub(crate) fn take_range(&self, cap: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.ranges
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     /// The staged bytes as a local file, once the whole blob verified and
@@ -307,12 +326,14 @@ impl Fetch {
     /// blob verified. On failure (a commit that fails after verification
     /// included, for a reader that has not had its last byte) the stream
     /// ends with the error instead, so a server sending it never completes
-    /// the response.
+    /// the response. Without `hold_back` (a passthrough range, served
+    /// unverified) the last byte flows as it arrives too.
     pub(crate) fn stream(
         self: Arc<Self>,
         inner: Arc<Inner>,
         range: std::ops::Range<u64>,
         guards: (InUse, Interest),
+        hold_back: bool,
     ) -> BoxStream<'static, Result<Bytes>> {
         struct St {
             fetch: Arc<Fetch>,
@@ -320,6 +341,7 @@ impl Fetch {
             pos: u64,
             end: u64,
             done: bool,
+            hold_back: bool,
             _guards: (InUse, Interest),
         }
         let st = St {
@@ -328,6 +350,7 @@ impl Fetch {
             pos: range.start,
             end: range.end,
             done: false,
+            hold_back,
             _guards: guards,
         };
         futures::stream::unfold(st, |mut st| async move {
@@ -337,12 +360,14 @@ impl Fetch {
             loop {
                 let (seen, avail, reader, failed, released, recent) = {
                     let s = st.fetch.lock();
-                    let released = s.released();
+                    let released = s.released() || (!st.hold_back && s.written >= st.end);
                     // Until the blob verified, the span's last byte stays back.
                     let avail = if released {
                         st.end
-                    } else {
+                    } else if st.hold_back {
                         s.written.min(st.end.saturating_sub(1))
+                    } else {
+                        s.written.min(st.end)
                     };
                     let recent = (st.pos < avail)
                         .then(|| s.recent_slice(st.pos, avail))

@@ -45,6 +45,11 @@ pub struct BlobResponse {
     pub range: Range<u64>,
     /// Where it came from.
     pub status: CacheStatus,
+    /// Whether the bytes are checked against the digest: `false` only for
+    /// a passthrough range (a rule's `cold_ranges = "passthrough"`), served
+    /// before the blob verified, which a server should say
+    /// (`X-Content-Verified: false`).
+    pub verified: bool,
     /// The bytes.
     pub body: BlobBody,
 }
