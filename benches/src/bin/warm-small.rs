@@ -145,6 +145,20 @@ fn run() -> Result<String, String> {
             .bytes();
     }
     std::thread::sleep(Duration::from_millis(500));
+    if let Some(secs) = std::env::var("WARM_HOLD")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        // For profiling by hand: everything warm and running, nothing measured.
+        eprintln!(
+            "warm-small: holding {secs} s\n  ours (pid {}): {by_digest}\n  {config_url}\n  nginx: {ng}/{}\n  {ng}/{}",
+            running.child.id(),
+            img.digest.hex(),
+            config.trim_start_matches("sha256:")
+        );
+        std::thread::sleep(Duration::from_secs(secs.min(3600)));
+        return Ok(String::new());
+    }
     type Case<'a> = (&'a str, String, bool, bool);
     let cases: Vec<Case> = vec![
         ("ours: manifest by digest", by_digest.clone(), false, true),

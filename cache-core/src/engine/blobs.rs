@@ -326,7 +326,6 @@ impl PullThroughCache {
         range: Option<ByteRange>,
     ) -> Result<BlobResponse> {
         let inner = &self.inner;
-        let guard = InUse::new(inner, digest);
         // Counted and touched once the blob turned out to be stored.
         let hit = || {
             self.touch_later(digest);
@@ -335,6 +334,11 @@ impl PullThroughCache {
                 status: CacheStatus::Hit,
             });
         };
+        if let Some((bytes, _)) = inner.hot.content(digest) {
+            hit();
+            return Self::small_response(bytes, range, &*inner.events, InUse::new(inner, digest));
+        }
+        let guard = InUse::new(inner, digest);
         let events = inner.events.clone();
         // The stream counts what it serves and keeps the blob in use.
         let counted = |s: crate::store::ByteStream| {
@@ -347,10 +351,6 @@ impl PullThroughCache {
             })
             .boxed()
         };
-        if let Some((bytes, _)) = inner.hot.content(digest) {
-            hit();
-            return Self::small_response(bytes, range, counted);
-        }
         let read = inner.store.get(digest, range).await?;
         hit();
         inner.hot.keep_size(digest, read.size);
@@ -358,7 +358,7 @@ impl PullThroughCache {
             // Small and whole: keep it in memory for the next request.
             let bytes = collect_small(read.payload.into_stream(), digest, read.size).await?;
             inner.hot.keep_content(digest, bytes.clone(), None);
-            return Self::small_response(bytes, range, counted);
+            return Self::small_response(bytes, range, &*inner.events, InUse::new(inner, digest));
         }
         let body = match read.payload {
             BlobPayload::Stream(s) => BlobBody::Stream(counted(s)),
@@ -379,11 +379,12 @@ impl PullThroughCache {
         })
     }
 
-    /// A response of small content held in memory.
+    /// A response of small content held in memory, counted as served.
     fn small_response(
         bytes: bytes::Bytes,
         range: Option<ByteRange>,
-        counted: impl FnOnce(crate::store::ByteStream) -> crate::store::ByteStream,
+        events: &dyn crate::events::EventSink,
+        in_use: InUse,
     ) -> Result<BlobResponse> {
         let size = bytes.len() as u64;
         let span = match range {
@@ -391,14 +392,16 @@ impl PullThroughCache {
             None => 0..size,
         };
         let part = bytes.slice(span.start as usize..span.end as usize);
+        events.event(&Event::BytesServed(part.len() as u64));
         Ok(BlobResponse {
             size,
             range: span,
             status: CacheStatus::Hit,
             verified: true,
-            body: BlobBody::Stream(counted(
-                futures::stream::once(async move { Ok(part) }).boxed(),
-            )),
+            body: BlobBody::Bytes(super::MemoryBody {
+                bytes: part,
+                _in_use: in_use,
+            }),
         })
     }
 

@@ -33,7 +33,7 @@ pub use builder::CacheBuilder;
 pub use image::{ImagePlan, PullReport};
 pub use maintenance::{GcReport, ScrubReport};
 pub use response::{
-    BlobBody, BlobResponse, Catalog, FileBody, ManifestResponse, Referrers, TagList,
+    BlobBody, BlobResponse, Catalog, FileBody, ManifestResponse, MemoryBody, Referrers, TagList,
 };
 
 use self::fetch::Fetch;
