@@ -16,5 +16,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-cargo build --release -p registry-proxy -p benches --bin e2e-compare
-exec target/release/e2e-compare
+cargo build --release -p registry-proxy
+cargo build --release -p benches --bin e2e-compare
+exec "${CARGO_TARGET_DIR:-target}"/release/e2e-compare

@@ -18,4 +18,4 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 cargo build --release -p registry-proxy
 cargo build --release -p benches --bin warm-small
-exec target/release/warm-small
+exec "${CARGO_TARGET_DIR:-target}"/release/warm-small

@@ -288,6 +288,19 @@ pub struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGTERM first: a master process (nginx's) then stops its workers,
+        // which a SIGKILL of the master would leave running.
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill only sends a signal to our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -299,16 +312,30 @@ pub fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// nginx serving the files of `root` on a free loopback port, with
-/// `sendfile` and two workers (one per core here).
+/// nginx serving the files of `root` on a free loopback port, as it is
+/// deployed: a master process and one worker per core (two here),
+/// `sendfile` and `tcp_nopush`, keep-alive, no access log (see
+/// [`nginx_with`] for one).
 pub fn nginx(root: &Path) -> Result<(Proc, u16), String> {
+    nginx_with(root, false)
+}
+
+/// [`nginx`], with its access log written to a file when `access_log`
+/// (nginx's default; the comparison for a server that logs each request).
+pub fn nginx_with(root: &Path, access_log: bool) -> Result<(Proc, u16), String> {
     let bin = require("nginx", "nginx-light")?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let port = free_port();
     let conf = format!(
-        "daemon off;\nmaster_process off;\nworker_processes 2;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  server {{\n    listen 127.0.0.1:{port};\n    root {r};\n  }}\n}}\n",
+        "daemon off;\nworker_processes {w};\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log {log};\n  sendfile on;\n  tcp_nopush on;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  server {{\n    listen 127.0.0.1:{port};\n    root {r};\n  }}\n}}\n",
         d = dir.path().display(),
-        r = root.display()
+        r = root.display(),
+        w = std::thread::available_parallelism().map_or(2, |n| n.get()),
+        log = if access_log {
+            format!("{}/access.log", dir.path().display())
+        } else {
+            "off".to_owned()
+        },
     );
     std::fs::write(dir.path().join("nginx.conf"), conf).map_err(|e| e.to_string())?;
     let child = Command::new(bin)

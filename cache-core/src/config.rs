@@ -38,8 +38,8 @@ use serde::de::{self, Deserializer, Error as _};
 use crate::cosign::CosignKey;
 use crate::engine::CacheOptions;
 use crate::policy::{
-    MAX_SYNC_TAGS, Prefetch, RulePolicy, SignatureMode, SyncPolicy, TagFreshness, TagPattern,
-    VersionReq, parse_duration,
+    ColdRanges, MAX_SYNC_TAGS, Prefetch, RulePolicy, SignatureMode, SyncPolicy, TagFreshness,
+    TagPattern, VersionReq, parse_duration,
 };
 
 mod signatures;
@@ -309,6 +309,9 @@ struct RawCacheOptions {
     lease_ttl: Option<String>,
     lease_wait: Option<String>,
     instance_name: Option<String>,
+    cold_range_max: Option<SizeText>,
+    cold_ranges_per_blob: Option<usize>,
+    cold_ranges_per_registry: Option<usize>,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -395,6 +398,16 @@ impl TryFrom<RawCacheOptions> for CacheOptions {
             lease_ttl,
             lease_wait: duration("lease_wait", &r.lease_wait, d.lease_wait)?,
             instance_name: r.instance_name.unwrap_or(d.instance_name),
+            cold_range_max: size(
+                "cold_range_max",
+                &r.cold_range_max,
+                d.cold_range_max,
+                1..=1024 * MIB,
+            )?,
+            cold_ranges_per_blob: r.cold_ranges_per_blob.unwrap_or(d.cold_ranges_per_blob),
+            cold_ranges_per_registry: r
+                .cold_ranges_per_registry
+                .unwrap_or(d.cold_ranges_per_registry),
         })
     }
 }
@@ -403,7 +416,8 @@ impl TryFrom<RawCacheOptions> for CacheOptions {
 /// checked: `max_concurrent_fetches` and `max_manifest_fetches` at least 1,
 /// `max_retries` at most 10, timeouts more than 0, `lease_ttl` at least 3s,
 /// `touch_interval` at least 1s, `instance_name` 1 to 200 visible ASCII
-/// characters, `max_manifest_size` and `read_chunk` up to 64MiB.
+/// characters, `max_manifest_size` and `read_chunk` up to 64MiB,
+/// `cold_range_max` up to 1GiB.
 impl<'de> Deserialize<'de> for CacheOptions {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         RawCacheOptions::deserialize(d)?.try_into().map_err(custom)
@@ -436,6 +450,18 @@ impl<'de> Deserialize<'de> for Prefetch {
             Raw::None => Prefetch::None,
             Raw::Platform => Prefetch::Platform,
             Raw::Image => Prefetch::Image,
+        })
+    }
+}
+
+/// `"wait"` or `"passthrough"`.
+impl<'de> Deserialize<'de> for ColdRanges {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ColdRanges::parse(&s).ok_or_else(|| {
+            D::Error::custom(format!(
+                "{s:?}: use \"wait\" (the default: ranges follow the whole-blob fetch, verified) or \"passthrough\" (served at once, unverified)"
+            ))
         })
     }
 }
@@ -598,8 +624,9 @@ impl<'de> Deserialize<'de> for NoScan {
 /// One caching rule as a table: `name`, `source`, `target`, `credentials`,
 /// its caching policy (`tag_freshness`, default `"revalidate"`;
 /// `stale_if_error`, default `24h`; `content_ttl`; `negative_ttl`, default
-/// `30s`; `prefetch`, default `"none"`; `serve_withdrawn`), its
-/// `signatures` and `scan` policies, and its scheduled `sync` ([`SyncSpec`]). `S` is the program's vulnerability policy
+/// `30s`; `prefetch`, default `"none"`; `serve_withdrawn`; `cold_ranges`,
+/// default `"wait"`), its `signatures` and `scan` policies, and its
+/// scheduled `sync` ([`SyncSpec`]). `S` is the program's vulnerability policy
 /// (`cache_upstream::scanner::ScanPolicy`); the default refuses `scan`.
 ///
 /// The rule itself is validated with the rule set it joins
@@ -626,6 +653,8 @@ pub struct RuleConfig<S = NoScan> {
     pub stale_if_error: Duration,
     /// Content not accessed for this long is removed by gc.
     pub content_ttl: Option<Duration>,
+    /// What a ranged request for a blob still being fetched gets.
+    pub cold_ranges: ColdRanges,
     /// Serve only what a cosign signature covers.
     pub signatures: Option<Box<SignatureSpec>>,
     /// Serve only what a vulnerability scan allows.
@@ -653,6 +682,7 @@ struct RawRule<S> {
     tag_freshness: Option<TagFreshness>,
     stale_if_error: Option<String>,
     content_ttl: Option<String>,
+    cold_ranges: Option<ColdRanges>,
     signatures: Option<Box<SignatureSpec>>,
     scan: Option<Box<S>>,
     negative_ttl: Option<String>,
@@ -684,6 +714,7 @@ impl<'de, S: Deserialize<'de>> Deserialize<'de> for RuleConfig<S> {
             tag_freshness: r.tag_freshness.unwrap_or(default.tag_freshness),
             stale_if_error,
             content_ttl,
+            cold_ranges: r.cold_ranges.unwrap_or(default.cold_ranges),
             signatures: r.signatures,
             scan: r.scan,
             negative_ttl: duration("negative_ttl", &r.negative_ttl, default.negative_ttl)
@@ -728,6 +759,7 @@ impl<S> RuleConfig<S> {
             prefetch: self.prefetch,
             sync: self.sync.as_ref().map(|s| std::sync::Arc::new(s.0.clone())),
             serve_withdrawn: self.serve_withdrawn,
+            cold_ranges: self.cold_ranges,
         })
     }
 }
@@ -856,6 +888,10 @@ mod tests {
                 "read_chunk = 0",
                 "read_chunk = 0: a size from 1 up to 64MiB",
             ),
+            (
+                "cold_range_max = \"2GiB\"",
+                "cold_range_max = \"2GiB\": a size from 1 up to 1GiB",
+            ),
             ("colour = \"red\"", "unknown field `colour`"),
         ] {
             let e = opts(text).unwrap_err();
@@ -920,6 +956,12 @@ mod tests {
             rule("").unwrap().policy(|_| unreachable!()).unwrap(),
             RulePolicy::default()
         );
+        assert_eq!(RulePolicy::default().cold_ranges, ColdRanges::Wait);
+        let p = rule("cold_ranges = \"passthrough\"\n")
+            .unwrap()
+            .policy(|_| unreachable!())
+            .unwrap();
+        assert_eq!(p.cold_ranges, ColdRanges::Passthrough);
         for (extra, says) in [
             (
                 "tag_freshness = \"sometimes\"",
@@ -930,6 +972,7 @@ mod tests {
                 "stale_if_error = \"1y\": not a duration",
             ),
             ("content_ttl = \"later\"", "content_ttl = \"later\""),
+            ("cold_ranges = \"eager\"", "\"eager\": use \"wait\""),
             ("bogus = 1", "unknown field `bogus`"),
             ("[scan]\nscanner = \"x\"", "no vulnerability scanner"),
             ("[signatures]\ncosign_keys = []", "cosign_keys is empty"),

@@ -118,6 +118,12 @@ pub enum Event<'a> {
         /// Whether the blob was verified and committed.
         committed: bool,
     },
+    /// A blob verified and was released to its readers, then its commit to
+    /// the store failed (a full disk, an object store that did not
+    /// answer): readers still streaming it were failed, nothing was
+    /// published, and the next request fetches it again. Followed by
+    /// `FetchFinished { committed: false }`.
+    CommitFailed,
     /// A request to an upstream is about to be made (retries and
     /// resumptions each count).
     UpstreamRequest {
@@ -263,8 +269,10 @@ pub struct Counters {
     pub fetches_started: AtomicU64,
     /// Upstream blob fetches that ended (committed or not).
     pub fetches_finished: AtomicU64,
-    /// Upstream blob fetches that failed verification or transfer.
+    /// Upstream blob fetches that failed verification, transfer or commit.
     pub fetches_failed: AtomicU64,
+    /// Blobs that verified and were served, and then failed to commit.
+    pub commits_failed: AtomicU64,
     /// Upstream errors.
     pub upstream_errors: AtomicU64,
     /// Requests made to upstreams, of every kind.
@@ -320,6 +328,7 @@ impl EventSink for Counters {
                     add(&self.fetches_failed, 1);
                 }
             }
+            Event::CommitFailed => add(&self.commits_failed, 1),
             Event::UpstreamError { .. } => add(&self.upstream_errors, 1),
             Event::UpstreamRequest { .. } => add(&self.upstream_requests, 1),
             Event::Evicted { bytes } => add(&self.evicted_bytes, *bytes),

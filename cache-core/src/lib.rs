@@ -87,8 +87,8 @@ pub mod trust;
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{
     BlobBody, BlobResponse, CacheBuilder, CacheOptions, Catalog, FileBody, GcReport, ImagePlan,
-    ManifestResponse, PullReport, PullThroughCache, PurgeReport, Referrers, ScrubReport,
-    SyncReport, TagList, WeakCache,
+    ManifestResponse, MemoryBody, PullReport, PullThroughCache, PurgeReport, Referrers,
+    ScrubReport, SyncReport, TagList, WeakCache,
 };
 pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result, SharedError};
 pub use events::{AdmissionOutcome, CacheStatus, Event, EventSink, PeerFetch, UpstreamCall};
@@ -97,8 +97,8 @@ pub use names::{
     RepoName, Tag,
 };
 pub use policy::{
-    Admission, AdmissionRequest, Caller, FetchPolicy, MaxImageSize, PlatformAllowList, Prefetch,
-    PullCredentials, RulePolicy, SignatureMode, SignaturePolicy, TagFreshness, Verdict,
+    Admission, AdmissionRequest, Caller, ColdRanges, FetchPolicy, MaxImageSize, PlatformAllowList,
+    Prefetch, PullCredentials, RulePolicy, SignatureMode, SignaturePolicy, TagFreshness, Verdict,
 };
 pub use range::ByteRange;
 pub use rules::{Explanation, Resolved, Rule, RuleSet, RuleSpec};

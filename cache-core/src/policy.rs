@@ -90,6 +90,47 @@ pub struct RulePolicy {
     /// for content the rule's policy refuses (admission runs as for any
     /// serve). Default `None`: a withdrawn tag is not served.
     pub serve_withdrawn: Option<Duration>,
+    /// What a ranged request for a blob still being fetched gets
+    /// (default [`ColdRanges::Wait`]).
+    pub cold_ranges: ColdRanges,
+}
+
+/// What a ranged request for a blob that is still being fetched gets: the
+/// rule-policy key `cold_ranges`.
+///
+/// Lazy-pulling clients (containerd's stargz and SOCI snapshotters, nydus,
+/// image streaming) read a layer's footer, its table of contents, then
+/// chunks, long before they need the whole layer; on a cold miss, waiting
+/// for the whole-blob fetch to reach (and verify) a range can take the
+/// whole transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ColdRanges {
+    /// Wait for the one whole-blob fetch: the range's bytes as they
+    /// arrive, its last byte once the whole blob verified. Nothing
+    /// unverified ever reaches a client complete. The default.
+    #[default]
+    Wait,
+    /// Serve the range straight away, unverified: from what the
+    /// whole-blob fetch has staged when it has got that far, else by a
+    /// ranged `GET` of its own to the upstream, while the whole-blob fetch
+    /// goes on and is verified and committed as always. The answer says
+    /// so (`X-Content-Verified: false`); lazy-pull formats check each
+    /// chunk against their own table of contents. Bounded by
+    /// `CacheOptions::cold_range_max`, `cold_ranges_per_blob` and
+    /// `cold_ranges_per_registry`; a range beyond those waits as under
+    /// [`ColdRanges::Wait`].
+    Passthrough,
+}
+
+impl ColdRanges {
+    /// Parses `wait` or `passthrough`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "wait" => Some(ColdRanges::Wait),
+            "passthrough" => Some(ColdRanges::Passthrough),
+            _ => None,
+        }
+    }
 }
 
 /// The most tags one sync run fetches per repository, whatever `max_tags`.
@@ -373,6 +414,7 @@ impl Default for RulePolicy {
             prefetch: Prefetch::None,
             sync: None,
             serve_withdrawn: None,
+            cold_ranges: ColdRanges::Wait,
         }
     }
 }

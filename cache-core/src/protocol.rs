@@ -263,7 +263,13 @@ impl PullRequest {
             path: truncate(path),
         };
         let rest = path.strip_prefix("/v2/").ok_or_else(unknown)?;
-        let decode = |s: &str| s.replace("%3A", ":").replace("%3a", ":");
+        fn decode(s: &str) -> std::borrow::Cow<'_, str> {
+            if s.contains('%') {
+                s.replace("%3A", ":").replace("%3a", ":").into()
+            } else {
+                s.into()
+            }
+        }
         let limit = |query| match query_param(query, "n") {
             None => Ok(None),
             Some(n) => n.parse::<usize>().map(Some).map_err(|_| {
@@ -367,10 +373,46 @@ fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+// Header names built once: a name outside the standard table is copied
+// into a fresh allocation each time it is made from a `&str`.
+const DIGEST_HEADER: HeaderName = HeaderName::from_static("docker-content-digest");
+const CACHE_HEADER: HeaderName = HeaderName::from_static("x-cache");
+
+/// `"<digest>"`, an entity tag, made in one allocation.
+fn etag(digest: &Digest) -> HeaderValue {
+    let d = digest.as_str();
+    let mut b = bytes::BytesMut::with_capacity(d.len() + 2);
+    b.extend_from_slice(b"\"");
+    b.extend_from_slice(d.as_bytes());
+    b.extend_from_slice(b"\"");
+    // A digest is validated: lowercase hex, letters, digits and ':'.
+    HeaderValue::from_maybe_shared(b.freeze())
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// A media type as a header value, without a copy for the common ones.
+fn media_type_value(t: &str) -> HeaderValue {
+    use crate::media_types as mt;
+    for known in [
+        "application/octet-stream",
+        mt::OCI_MANIFEST,
+        mt::OCI_INDEX,
+        mt::DOCKER_MANIFEST,
+        mt::DOCKER_MANIFEST_LIST,
+    ] {
+        if t == known {
+            return HeaderValue::from_static(known);
+        }
+    }
+    hv(t)
+}
+
 fn response<B>(status: StatusCode, body: B) -> Response<B> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
     let h = r.headers_mut();
+    // Room for every header an answer carries, so the map never grows.
+    h.reserve(12);
     h.insert(
         HeaderName::from_static(API_VERSION.0),
         HeaderValue::from_static(API_VERSION.1),
@@ -384,15 +426,15 @@ fn response<B>(status: StatusCode, body: B) -> Response<B> {
 
 fn cache_status<B>(r: &mut Response<B>, status: CacheStatus) {
     r.headers_mut()
-        .insert("x-cache", HeaderValue::from_static(status.as_str()));
+        .insert(CACHE_HEADER, HeaderValue::from_static(status.as_str()));
 }
 
 fn content_headers<B>(r: &mut Response<B>, digest: &Digest, content_type: &str, len: u64) {
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, hv(content_type));
+    h.insert(header::CONTENT_TYPE, media_type_value(content_type));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert("docker-content-digest", hv(digest.as_str()));
-    h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
+    h.insert(DIGEST_HEADER, hv(digest.as_str()));
+    h.insert(header::ETAG, etag(digest));
 }
 
 /// `200 {}` for `/v2/`.
@@ -443,8 +485,20 @@ pub fn blob_response(digest: &Digest, b: &BlobResponse, ranged: bool) -> Respons
         );
     }
     cache_status(&mut r, b.status);
+    if !b.verified {
+        // A passthrough range (cold_ranges = "passthrough"): the bytes came
+        // from the upstream before the blob was checked against its digest.
+        r.headers_mut()
+            .insert(VERIFIED_HEADER, HeaderValue::from_static("false"));
+    }
     r
 }
+
+/// The header a blob answer carries, `false`, when its bytes were served
+/// before the blob was checked against its digest: a passthrough range of
+/// a rule with `cold_ranges = "passthrough"` (see
+/// [`ColdRanges`](crate::ColdRanges)).
+pub const VERIFIED_HEADER: &str = "x-content-verified";
 
 /// A blob `HEAD` answer.
 pub fn blob_head_response(digest: &Digest, size: u64, status: CacheStatus) -> Response<()> {
@@ -460,8 +514,8 @@ pub fn blob_head_response(digest: &Digest, size: u64, status: CacheStatus) -> Re
 pub fn not_modified_response(digest: &Digest) -> Response<()> {
     let mut r = response(StatusCode::NOT_MODIFIED, ());
     let h = r.headers_mut();
-    h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
-    h.insert("docker-content-digest", hv(digest.as_str()));
+    h.insert(header::ETAG, etag(digest));
+    h.insert(DIGEST_HEADER, hv(digest.as_str()));
     r
 }
 

@@ -316,11 +316,33 @@ pub trait StagedBlob: Send + Sync + fmt::Debug {
     /// while it is being fetched. It keeps working after commit or abort.
     async fn reader(&self) -> Result<Arc<dyn StagedReader>>;
 
-    /// Verifies the digest (and announced size) of everything written and
-    /// publishes the blob atomically. On a mismatch nothing is published,
-    /// the staged bytes are discarded, and the error is
-    /// [`Error::DigestMismatch`] or [`Error::SizeMismatch`]. Committing a
-    /// blob that is already stored succeeds.
+    /// Checks everything written against the digest (and the announced
+    /// size) without publishing, so a caller may act on verified bytes
+    /// (release them to readers) while [`commit`](Self::commit) makes
+    /// them durable.
+    ///
+    /// * `Ok(true)`: the bytes written are the blob. No write may follow
+    ///   (one fails and voids the write); `commit` publishes exactly these
+    ///   bytes without hashing them again. It can still fail (a full disk,
+    ///   an object store that does not answer), and then publishes nothing.
+    /// * `Ok(false)`: this store checks only in `commit`; nothing is known
+    ///   yet. The default, so a store that does not implement this method
+    ///   is never taken to have verified anything.
+    /// * A mismatch is [`Error::DigestMismatch`] or
+    ///   [`Error::SizeMismatch`], as from `commit`, and voids the write:
+    ///   `commit` then fails and publishes nothing.
+    ///
+    /// Calling it again after `Ok(true)` returns `Ok(true)`.
+    async fn verify(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Verifies the digest (and announced size) of everything written,
+    /// unless [`verify`](Self::verify) already did, and publishes the blob
+    /// atomically. On a mismatch nothing is published, the staged bytes
+    /// are discarded, and the error is [`Error::DigestMismatch`] or
+    /// [`Error::SizeMismatch`]. Committing a blob that is already stored
+    /// succeeds.
     async fn commit(self: Box<Self>) -> Result<BlobInfo>;
 
     /// Discards the staged bytes. Equivalent to dropping, but reports errors.
@@ -334,6 +356,17 @@ pub trait StagedReader: Send + Sync + fmt::Debug {
     /// written so far, and an empty buffer at the current end; the caller
     /// learns how far the writer has got from the writer, not from here.
     async fn read_at(&self, offset: u64, max: usize) -> Result<Bytes>;
+
+    /// The local file the staged bytes are written to, when they are one
+    /// (a filesystem store's staging file, an object store's spool), so
+    /// that once the blob verified a server may send it straight from the
+    /// file (`sendfile(2)`) before the commit is done. The file holds the
+    /// bytes written so far from offset 0, keeps them after commit or
+    /// abort, and is never written by the caller. `None` (the default)
+    /// where the bytes are not in a local file.
+    fn file(&self) -> Option<Arc<std::fs::File>> {
+        None
+    }
 }
 
 /// Conveniences on top of [`BlobStore`], for every store.

@@ -593,6 +593,11 @@ impl StagedBlob for FsStaged {
         }))
     }
 
+    async fn verify(&mut self) -> Result<bool> {
+        self.spool.verify()?;
+        Ok(true)
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<BlobInfo> {
         self.spool.verify()?;
         let digest = self.spool.digest().clone();
@@ -636,5 +641,10 @@ impl StagedReader for FsReader {
         let path = self.path.clone();
         blocking(move || pread_exact(&file, max, offset).map_err(|e| io_err("read_at", &path, e)))
             .await
+    }
+
+    fn file(&self) -> Option<Arc<File>> {
+        // The staging file; after commit the same inode is the blob's file.
+        Some(self.file.clone())
     }
 }

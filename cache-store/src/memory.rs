@@ -116,6 +116,7 @@ impl BlobStore for MemoryStore {
             buf: Arc::new(RwLock::new(Chunks::default())),
             written: 0,
             failed: false,
+            verified: false,
         }))
     }
 
@@ -210,6 +211,31 @@ struct MemStaged {
     buf: Arc<RwLock<Chunks>>,
     written: u64,
     failed: bool,
+    /// The bytes written are the blob; nothing may be written since.
+    verified: bool,
+}
+
+impl MemStaged {
+    /// Checks size and digest once; later calls repeat a success.
+    fn check(&mut self) -> Result<()> {
+        if self.verified {
+            return Ok(());
+        }
+        if self.failed {
+            return Err(Error::SizeMismatch {
+                digest: self.digest.clone(),
+                expected: self.size.unwrap_or(0),
+                actual: self.written,
+            });
+        }
+        let hasher = self
+            .hasher
+            .take()
+            .ok_or_else(|| staged::void(&self.digest))?;
+        staged::verify(&self.digest, self.size, self.written, hasher)?;
+        self.verified = true;
+        Ok(())
+    }
 }
 
 impl Drop for MemStaged {
@@ -233,6 +259,12 @@ impl StagedBlob for MemStaged {
             return Err(Error::Unsupported {
                 what: "writing to a staged blob after a failed write".into(),
             });
+        }
+        if self.verified {
+            // Verified bytes are the blob: anything more voids the write.
+            self.verified = false;
+            self.failed = true;
+            return Err(staged::void(&self.digest));
         }
         let new_len = self.written + chunk.len() as u64;
         if let Err(e) = staged::check_room(&self.digest, self.size, new_len) {
@@ -259,19 +291,13 @@ impl StagedBlob for MemStaged {
         }))
     }
 
+    async fn verify(&mut self) -> Result<bool> {
+        self.check()?;
+        Ok(true)
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<BlobInfo> {
-        if self.failed {
-            return Err(Error::SizeMismatch {
-                digest: self.digest.clone(),
-                expected: self.size.unwrap_or(0),
-                actual: self.written,
-            });
-        }
-        let hasher = self
-            .hasher
-            .take()
-            .ok_or_else(|| staged::void(&self.digest))?;
-        staged::verify(&self.digest, self.size, self.written, hasher)?;
+        self.check()?;
         let data = {
             let b = self.buf.read().unwrap_or_else(|p| p.into_inner());
             match b.chunks.as_slice() {

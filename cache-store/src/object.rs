@@ -712,6 +712,11 @@ impl StagedBlob for ObjectStaged {
         }))
     }
 
+    async fn verify(&mut self) -> Result<bool> {
+        self.spool.verify()?;
+        Ok(true)
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<BlobInfo> {
         self.spool.verify()?;
         let path = self.store.blob_path(self.spool.digest());
@@ -745,5 +750,11 @@ impl StagedReader for SpoolReader {
                 .map_err(|e| Error::storage("read_at", "spool file", e))
         })
         .await
+    }
+
+    fn file(&self) -> Option<Arc<File>> {
+        // A second handle on the spool: it stays readable however long a
+        // send from it takes, after the spool itself is gone.
+        self.spool.file.try_clone().ok().map(Arc::new)
     }
 }

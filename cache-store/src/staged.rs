@@ -99,9 +99,13 @@ pub(crate) struct HashingSpool<S> {
     file: Arc<S>,
     /// What the file is, for errors (a path, or "spool file").
     what: String,
-    /// `None` while a write runs on a blocking thread, or once one failed.
+    /// `None` while a write runs on a blocking thread, once one failed,
+    /// or once the spool was verified.
     hasher: Option<Hasher>,
     written: u64,
+    /// The bytes written hashed to the digest and had the announced size;
+    /// nothing may be written since.
+    verified: bool,
 }
 
 impl<S: SpoolFile> HashingSpool<S> {
@@ -114,6 +118,7 @@ impl<S: SpoolFile> HashingSpool<S> {
             what,
             hasher: Some(digest.algorithm().hasher()),
             written: 0,
+            verified: false,
         }
     }
 
@@ -135,6 +140,11 @@ impl<S: SpoolFile> HashingSpool<S> {
     /// Appends `chunks` in order and hashes them, on a blocking thread;
     /// past the announced size nothing is written and the write is void.
     pub(crate) async fn write_chunks(&mut self, chunks: Vec<Bytes>) -> Result<()> {
+        if self.verified {
+            // Verified bytes are the blob: anything more voids the write.
+            self.verified = false;
+            return Err(void(&self.digest));
+        }
         let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         let new_len = self.written + len;
         if let Err(e) = check_room(&self.digest, self.size, new_len) {
@@ -158,9 +168,16 @@ impl<S: SpoolFile> HashingSpool<S> {
     }
 
     /// Checks the finished write: the announced size, then the digest.
-    /// The spool is void afterwards, whatever the outcome.
+    /// Afterwards nothing more can be written, whatever the outcome; once
+    /// it succeeded, it succeeds again without hashing anything (a commit
+    /// after [`StagedBlob::verify`](cache_core::StagedBlob::verify)).
     pub(crate) fn verify(&mut self) -> Result<()> {
+        if self.verified {
+            return Ok(());
+        }
         let hasher = self.hasher.take().ok_or_else(|| void(&self.digest))?;
-        verify(&self.digest, self.size, self.written, hasher)
+        verify(&self.digest, self.size, self.written, hasher)?;
+        self.verified = true;
+        Ok(())
     }
 }

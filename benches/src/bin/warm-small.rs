@@ -8,13 +8,18 @@
 //! upstream HEADs. Runs alternate (`WARM_ROUNDS`, default 2, of `WARM_SECS`,
 //! default 5, each) and the medians are reported.
 //!
+//! Both servers log each request to a file, as they would deployed:
+//! registry-proxy's access log at `info` (`WARM_RUST_LOG`), nginx's
+//! `access_log`. `WARM_HOLD=<secs>` sets everything up warm, prints the
+//! URLs and holds, for a plain `wrk` run or a profile by hand.
+//!
 //! Run with `scripts/bench-warm.sh`. Loopback only; every run is bounded.
 
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use benches::{machine, median, nginx};
+use benches::{machine, median, nginx_with};
 use cache_upstream::testing::RegistryProxy;
 use cache_upstream::testing::{TestRegistry, require, write_image};
 
@@ -71,7 +76,9 @@ fn proxy(bin: &Path, up: &TestRegistry) -> Result<RegistryProxy, String> {
         u = up.url()
     );
     let log = std::env::var("WARM_RUST_LOG").unwrap_or_else(|_| "info".into());
-    RegistryProxy::start(bin, &body, &log, false)
+    // Its log goes to a file, as deployed (to /dev/null it would cost
+    // nothing, and flatter it against an outside measurement).
+    RegistryProxy::start(bin, &body, &log, true)
 }
 
 fn main() -> ExitCode {
@@ -117,7 +124,8 @@ fn run() -> Result<String, String> {
         .ok_or("no config")?
         .to_owned();
     let config_size = m["config"]["size"].as_u64().unwrap_or(0);
-    let (_ng, ng_port) = nginx(&blobs)?;
+    // nginx as deployed: its access log on (its default), to a file too.
+    let (_ng, ng_port) = nginx_with(&blobs, true)?;
     let running = proxy(&bin, &up)?;
     let port = running.port;
     let dist = TestRegistry::start_proxy(&up.url())?;
@@ -145,6 +153,20 @@ fn run() -> Result<String, String> {
             .bytes();
     }
     std::thread::sleep(Duration::from_millis(500));
+    if let Some(secs) = std::env::var("WARM_HOLD")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        // For profiling by hand: everything warm and running, nothing measured.
+        eprintln!(
+            "warm-small: holding {secs} s\n  ours (pid {}): {by_digest}\n  {config_url}\n  nginx: {ng}/{}\n  {ng}/{}",
+            running.child.id(),
+            img.digest.hex(),
+            config.trim_start_matches("sha256:")
+        );
+        std::thread::sleep(Duration::from_secs(secs.min(3600)));
+        return Ok(String::new());
+    }
     type Case<'a> = (&'a str, String, bool, bool);
     let cases: Vec<Case> = vec![
         ("ours: manifest by digest", by_digest.clone(), false, true),

@@ -8,12 +8,12 @@ use futures::{FutureExt, StreamExt};
 use super::fetch::{Fetch, Job, Ready};
 use super::queue::UpstreamCall;
 use super::response::{BlobBody, BlobResponse, FileBody};
-use super::{Ctx, InUse, PullThroughCache, lock};
+use super::{Ctx, InUse, Inner, PullThroughCache, lock};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::events::{CacheStatus, Event};
 use crate::names::RepoName;
-use crate::policy::Caller;
+use crate::policy::{Caller, ColdRanges};
 use crate::range::ByteRange;
 use crate::store::BlobPayload;
 
@@ -90,6 +90,13 @@ impl PullThroughCache {
                 }
             }
         };
+        // Joining a fetch whose blob already verified (its commit still
+        // running) waits for nothing upstream: a hit.
+        let status = if slot.is_none() && fetch.is_released() {
+            CacheStatus::Hit
+        } else {
+            CacheStatus::Miss
+        };
         if let Some(slot) = slot {
             let job = Job {
                 inner: inner.clone(),
@@ -124,20 +131,166 @@ impl PullThroughCache {
                 };
                 if span.is_empty() {
                     // No byte to hold back: the response head is the whole answer.
-                    fetch.finished().await?;
+                    fetch.released().await?;
                 }
                 let guard = InUse::new(inner, digest);
                 inner.events.event(&Event::Blob {
                     rule: ctx.rule.name(),
-                    status: CacheStatus::Miss,
+                    status,
                 });
+                if range.is_some()
+                    && ctx.policy().cold_ranges == ColdRanges::Passthrough
+                    && !fetch.is_released()
+                {
+                    let span_len = span.end - span.start;
+                    if fetch.written() >= span.end {
+                        // Staged already: at once, without waiting for the rest.
+                        let stream =
+                            fetch.stream(inner.clone(), span.clone(), (guard, interest), false);
+                        return Ok(unverified(size, span, stream));
+                    }
+                    if let Some(stream) = self
+                        .passthrough(&ctx, &fetch, size, span.clone(), span_len)
+                        .await
+                    {
+                        return Ok(unverified(size, span, stream));
+                    }
+                }
+                // The first reads after a fill, while its commit runs: from
+                // the verified staged file, as a hit would be.
+                let file = (status == CacheStatus::Hit)
+                    .then(|| fetch.verified_file())
+                    .flatten();
+                let stream =
+                    fetch
+                        .clone()
+                        .stream(inner.clone(), span.clone(), (guard, interest), true);
+                let body = match file {
+                    Some(file) => BlobBody::File(FileBody {
+                        file,
+                        range: span.clone(),
+                        events: inner.events.clone(),
+                        stream,
+                        _in_use: InUse::new(inner, digest),
+                    }),
+                    None => BlobBody::Stream(stream),
+                };
                 Ok(BlobResponse {
                     size,
-                    range: span.clone(),
-                    status: CacheStatus::Miss,
-                    body: BlobBody::Stream(fetch.stream(inner.clone(), span, (guard, interest))),
+                    range: span,
+                    status,
+                    verified: true,
+                    body,
                 })
             }
+        }
+    }
+
+    /// A passthrough range: `span` of the blob `fetch` is fetching, by a
+    /// ranged upstream `GET` of its own, when the bounds allow one now
+    /// (`cold_range_max`, `cold_ranges_per_registry` with a free running
+    /// transfer, `cold_ranges_per_blob`). `None` when they do not, or the
+    /// upstream failed or did not answer that range: the caller then waits
+    /// for the whole-blob fetch. The stream ends with an error, never
+    /// cleanly, if the upstream sends fewer or more bytes than the span,
+    /// or stalls for `stall_timeout`.
+    async fn passthrough(
+        &self,
+        ctx: &Ctx,
+        fetch: &Arc<Fetch>,
+        size: u64,
+        span: std::ops::Range<u64>,
+        span_len: u64,
+    ) -> Option<crate::store::ByteStream> {
+        let inner = &self.inner;
+        let opts = &inner.opts;
+        if span_len > opts.cold_range_max as u64 {
+            return None;
+        }
+        let slot = ctx.queue.try_range(opts.cold_ranges_per_registry)?;
+        if !fetch.take_range(opts.cold_ranges_per_blob) {
+            return None;
+        }
+        let digest = &fetch.digest;
+        let asked = ByteRange::Inclusive(span.start, span.end - 1);
+        let read = inner
+            .call(UpstreamCall::Blob, || {
+                ctx.upstream.blob(&ctx.upstream_repo, digest, Some(asked))
+            })
+            .await;
+        let read = match read {
+            Ok(r) if r.size == size && r.range == span => r,
+            Ok(r) => {
+                tracing::debug!(%digest, asked = %asked, got = ?r.range, size = r.size,
+                    "the upstream did not answer the range asked for; waiting for the whole blob");
+                return None;
+            }
+            Err(e) => {
+                self.upstream_error(ctx, &e);
+                tracing::debug!(%digest, error = %e, "a passthrough range failed; waiting for the whole blob");
+                return None;
+            }
+        };
+        struct St {
+            stream: crate::store::ByteStream,
+            left: u64,
+            inner: Arc<Inner>,
+            registry: Arc<str>,
+            _places: (super::queue::RangeSlot, InUse),
+        }
+        let st = St {
+            stream: read.stream,
+            left: span_len,
+            inner: inner.clone(),
+            registry: Arc::from(ctx.rule.registry().as_str()),
+            _places: (slot, InUse::new(inner, digest)),
+        };
+        Some(
+            futures::stream::unfold(Some(st), |st| async move {
+                let mut st = st?;
+                let stall = st.inner.opts.stall_timeout;
+                let next = crate::runtime::timeout(&*st.inner.clock, stall, st.stream.next()).await;
+                let upstream = |m: String| Error::upstream(&st.registry, m, true);
+                let item = match next {
+                    None => Err(upstream(format!(
+                        "a passthrough range stalled for {stall:?}"
+                    ))),
+                    Some(None) if st.left == 0 => return None,
+                    Some(None) => Err(upstream(format!(
+                        "a passthrough range ended {} bytes short",
+                        st.left
+                    ))),
+                    Some(Some(Ok(b))) if b.len() as u64 > st.left => Err(upstream(
+                        "a passthrough range sent more than asked for".to_owned(),
+                    )),
+                    Some(Some(Ok(b))) => {
+                        st.left -= b.len() as u64;
+                        let n = b.len() as u64;
+                        st.inner.events.event(&Event::BytesFromUpstream(n));
+                        st.inner.events.event(&Event::BytesServed(n));
+                        Ok(b)
+                    }
+                    Some(Some(Err(e))) => Err(e),
+                };
+                // After an error the stream ends: a failed transfer, not a short answer.
+                match item {
+                    Ok(b) => Some((Ok(b), Some(st))),
+                    Err(e) => Some((Err(e), None)),
+                }
+            })
+            .boxed(),
+        )
+    }
+
+    /// Waits for the fetch of `digest` in flight, if any, to end: `Ok`
+    /// once it committed (or there is none), its error if it failed. An
+    /// answer completes when its blob verified, before the commit; a
+    /// caller that needs the blob stored (a prefetch) waits here.
+    pub(crate) async fn settled(&self, digest: &Digest) -> Result<()> {
+        let fetch = lock(&self.inner.inflight).get(digest).cloned();
+        match fetch {
+            Some(f) => f.finished().await,
+            None => Ok(()),
         }
     }
 
@@ -177,7 +330,6 @@ impl PullThroughCache {
         range: Option<ByteRange>,
     ) -> Result<BlobResponse> {
         let inner = &self.inner;
-        let guard = InUse::new(inner, digest);
         // Counted and touched once the blob turned out to be stored.
         let hit = || {
             self.touch_later(digest);
@@ -186,6 +338,11 @@ impl PullThroughCache {
                 status: CacheStatus::Hit,
             });
         };
+        if let Some((bytes, _)) = inner.hot.content(digest) {
+            hit();
+            return Self::small_response(bytes, range, &*inner.events, InUse::new(inner, digest));
+        }
+        let guard = InUse::new(inner, digest);
         let events = inner.events.clone();
         // The stream counts what it serves and keeps the blob in use.
         let counted = |s: crate::store::ByteStream| {
@@ -198,10 +355,6 @@ impl PullThroughCache {
             })
             .boxed()
         };
-        if let Some((bytes, _)) = inner.hot.content(digest) {
-            hit();
-            return Self::small_response(bytes, range, counted);
-        }
         let read = inner.store.get(digest, range).await?;
         hit();
         inner.hot.keep_size(digest, read.size);
@@ -209,7 +362,7 @@ impl PullThroughCache {
             // Small and whole: keep it in memory for the next request.
             let bytes = collect_small(read.payload.into_stream(), digest, read.size).await?;
             inner.hot.keep_content(digest, bytes.clone(), None);
-            return Self::small_response(bytes, range, counted);
+            return Self::small_response(bytes, range, &*inner.events, InUse::new(inner, digest));
         }
         let body = match read.payload {
             BlobPayload::Stream(s) => BlobBody::Stream(counted(s)),
@@ -225,15 +378,17 @@ impl PullThroughCache {
             size: read.size,
             range: read.range,
             status: CacheStatus::Hit,
+            verified: true,
             body,
         })
     }
 
-    /// A response of small content held in memory.
+    /// A response of small content held in memory, counted as served.
     fn small_response(
         bytes: bytes::Bytes,
         range: Option<ByteRange>,
-        counted: impl FnOnce(crate::store::ByteStream) -> crate::store::ByteStream,
+        events: &dyn crate::events::EventSink,
+        in_use: InUse,
     ) -> Result<BlobResponse> {
         let size = bytes.len() as u64;
         let span = match range {
@@ -241,13 +396,16 @@ impl PullThroughCache {
             None => 0..size,
         };
         let part = bytes.slice(span.start as usize..span.end as usize);
+        events.event(&Event::BytesServed(part.len() as u64));
         Ok(BlobResponse {
             size,
             range: span,
             status: CacheStatus::Hit,
-            body: BlobBody::Stream(counted(
-                futures::stream::once(async move { Ok(part) }).boxed(),
-            )),
+            verified: true,
+            body: BlobBody::Bytes(super::MemoryBody {
+                bytes: part,
+                _in_use: in_use,
+            }),
         })
     }
 
@@ -318,6 +476,21 @@ impl PullThroughCache {
             self.upstream_error(ctx, e);
         }
         r.map(|_| ())
+    }
+}
+
+/// A passthrough range's answer: a miss, not verified.
+fn unverified(
+    size: u64,
+    span: std::ops::Range<u64>,
+    stream: crate::store::ByteStream,
+) -> BlobResponse {
+    BlobResponse {
+        size,
+        range: span,
+        status: CacheStatus::Miss,
+        verified: false,
+        body: BlobBody::Stream(stream),
     }
 }
 

@@ -4,7 +4,12 @@
 //!
 //! The last byte of every span is held back until the whole blob has
 //! verified, so a reader of content that turns out wrong never receives a
-//! complete response: its stream ends with the error one byte short.
+//! complete response: its stream ends with the error one byte short. It
+//! goes out as soon as the blob verified, where the store can tell
+//! ([`StagedBlob::verify`]); making it durable (fsync, rename, an upload)
+//! follows without holding anyone. A commit that fails after that fails
+//! the readers still streaming, publishes nothing, and is counted
+//! ([`Event::CommitFailed`]); the next request fetches again.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::poll_fn;
@@ -50,6 +55,9 @@ struct State {
     recent_bytes: usize,
     total: Option<u64>,
     reader: Option<Arc<dyn StagedReader>>,
+    /// The whole blob hashed to its digest: every reader may have its
+    /// last byte, though the commit may still be running.
+    verified: bool,
     outcome: Option<Outcome>,
     wakers: Vec<Waker>,
     /// Readers waiting for or streaming this blob (see [`Interest`]).
@@ -75,6 +83,11 @@ impl State {
         matches!(self.outcome, Some(Outcome::Committed | Outcome::InStore))
     }
 
+    /// Whether readers may have the last byte: the blob verified, or is stored.
+    fn released(&self) -> bool {
+        self.verified || self.finished()
+    }
+
     fn failure(&self) -> Option<Error> {
         match &self.outcome {
             Some(Outcome::Failed(e)) => Some(e.clone()),
@@ -94,6 +107,8 @@ pub(crate) struct Fetch {
     /// Local repositories entitled to this blob (the starter's, and those
     /// whose upstream confirmed it has the blob).
     entitled: Mutex<HashSet<RepoName>>,
+    /// Passthrough ranges fetched from the upstream for this blob so far.
+    ranges: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Fetch {
@@ -126,6 +141,7 @@ impl Fetch {
             digest,
             state: Mutex::new(State::default()),
             entitled: Mutex::new(HashSet::from([repo])),
+            ranges: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -194,6 +210,39 @@ impl Fetch {
             .clear();
     }
 
+    /// Whether the blob verified (or was found stored): a reader joining
+    /// now waits for nothing from the upstream.
+    pub(crate) fn is_released(&self) -> bool {
+        self.lock().released()
+    }
+
+    /// Bytes staged so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.lock().written
+    }
+
+    /// Takes one of the `cap` passthrough ranges this blob may fetch from
+    /// the upstream on its own; `false` once they are spent.
+    pub(crate) fn take_range(&self, cap: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.ranges
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// The staged bytes as a local file, once the whole blob verified and
+    /// where the store stages to one: a server may send it from there
+    /// while the commit runs.
+    pub(crate) fn verified_file(&self) -> Option<Arc<std::fs::File>> {
+        let s = self.lock();
+        if !s.verified || s.failure().is_some() {
+            return None;
+        }
+        s.reader.as_ref()?.file()
+    }
+
     pub(crate) fn is_entitled(&self, repo: &RepoName) -> bool {
         self.entitled
             .lock()
@@ -236,7 +285,8 @@ impl Fetch {
         }
     }
 
-    /// Waits until the fetch is over: `Ok` once the blob is stored.
+    /// Waits until the fetch is over: `Ok` once the blob is stored, the
+    /// fetch's error (a failed commit included) otherwise.
     pub(crate) async fn finished(&self) -> Result<()> {
         loop {
             let seen = {
@@ -253,15 +303,37 @@ impl Fetch {
         }
     }
 
+    /// Waits until the blob verified (or was found stored): `Ok` then, the
+    /// fetch's error if it failed first.
+    pub(crate) async fn released(&self) -> Result<()> {
+        loop {
+            let seen = {
+                let s = self.lock();
+                if s.released() {
+                    return Ok(());
+                }
+                if let Some(e) = s.failure() {
+                    return Err(e);
+                }
+                s.version
+            };
+            self.changed(seen).await;
+        }
+    }
+
     /// A stream of `range` of the blob, following the fetch. Every byte but
     /// the last of `range` flows as it arrives; the last only once the whole
-    /// blob is verified and committed. On failure the stream ends with the
-    /// error instead, so a server sending it never completes the response.
+    /// blob verified. On failure (a commit that fails after verification
+    /// included, for a reader that has not had its last byte) the stream
+    /// ends with the error instead, so a server sending it never completes
+    /// the response. Without `hold_back` (a passthrough range, served
+    /// unverified) the last byte flows as it arrives too.
     pub(crate) fn stream(
         self: Arc<Self>,
         inner: Arc<Inner>,
         range: std::ops::Range<u64>,
         guards: (InUse, Interest),
+        hold_back: bool,
     ) -> BoxStream<'static, Result<Bytes>> {
         struct St {
             fetch: Arc<Fetch>,
@@ -269,6 +341,7 @@ impl Fetch {
             pos: u64,
             end: u64,
             done: bool,
+            hold_back: bool,
             _guards: (InUse, Interest),
         }
         let st = St {
@@ -277,6 +350,7 @@ impl Fetch {
             pos: range.start,
             end: range.end,
             done: false,
+            hold_back,
             _guards: guards,
         };
         futures::stream::unfold(st, |mut st| async move {
@@ -284,14 +358,16 @@ impl Fetch {
                 return None;
             }
             loop {
-                let (seen, avail, reader, failed, finished, recent) = {
+                let (seen, avail, reader, failed, released, recent) = {
                     let s = st.fetch.lock();
-                    let finished = s.finished();
+                    let released = s.released() || (!st.hold_back && s.written >= st.end);
                     // Until the blob verified, the span's last byte stays back.
-                    let avail = if finished {
+                    let avail = if released {
                         st.end
-                    } else {
+                    } else if st.hold_back {
                         s.written.min(st.end.saturating_sub(1))
+                    } else {
+                        s.written.min(st.end)
                     };
                     let recent = (st.pos < avail)
                         .then(|| s.recent_slice(st.pos, avail))
@@ -301,17 +377,19 @@ impl Fetch {
                         avail,
                         s.reader.clone(),
                         s.failure(),
-                        finished,
+                        released,
                         recent,
                     )
                 };
+                if st.pos >= st.end && released {
+                    // Every byte went out, the last after verification: a
+                    // commit failing later does not undo a complete answer.
+                    return None;
+                }
                 if let Some(e) = failed {
                     // Bytes already streamed stay a partial response: fail now.
                     st.done = true;
                     return Some((Err(e), st));
-                }
-                if st.pos >= st.end && finished {
-                    return None;
                 }
                 if let Some(b) = recent {
                     st.pos += b.len() as u64;
@@ -445,11 +523,18 @@ impl Job {
         };
         let committed = matches!(outcome, Outcome::Committed);
         if let Outcome::Failed(e) = &outcome {
-            tracing::warn!(rule = %self.rule, digest = %self.fetch.digest, error = %e, "blob fetch failed");
-            inner.events.event(&Event::UpstreamError {
-                rule: &self.rule,
-                code: e.code(),
-            });
+            if self.fetch.lock().verified {
+                // Only the commit comes after verification.
+                tracing::error!(rule = %self.rule, digest = %self.fetch.digest, error = %e,
+                    "a blob verified and was served, then its commit failed; the next request fetches it again");
+                inner.events.event(&Event::CommitFailed);
+            } else {
+                tracing::warn!(rule = %self.rule, digest = %self.fetch.digest, error = %e, "blob fetch failed");
+                inner.events.event(&Event::UpstreamError {
+                    rule: &self.rule,
+                    code: e.code(),
+                });
+            }
         }
         if committed {
             // Access times steer eviction and TTLs, which run on the engine's clock.
@@ -575,7 +660,8 @@ impl Job {
         }
     }
 
-    /// Fetches from the upstream into a staged blob and commits it.
+    /// Fetches from the upstream into a staged blob, releases it to the
+    /// readers once it verified, and commits it.
     async fn download(&self) -> Result<Outcome> {
         let inner = &*self.inner;
         let d = &self.fetch.digest;
@@ -725,10 +811,13 @@ impl Job {
                 ));
             }
         }
-        staged
-            .expect("a transfer stages before it ends")
-            .commit()
-            .await?;
+        let mut staged = staged.expect("a transfer stages before it ends");
+        if staged.verify().await? {
+            // The bytes are the blob: every reader gets its last byte now,
+            // and durability follows without holding them.
+            self.fetch.update(|s| s.verified = true);
+        }
+        staged.commit().await?;
         Ok(Outcome::Committed)
     }
 }

@@ -182,6 +182,8 @@ impl PullThroughCache {
             n += c.len() as u64;
             progress(c.len() as u64);
         }
+        // The last byte came once the blob verified; stored is what was promised.
+        self.settled(digest).await?;
         Ok(n)
     }
 

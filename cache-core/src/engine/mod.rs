@@ -36,7 +36,7 @@ pub use builder::CacheBuilder;
 pub use image::{ImagePlan, PullReport};
 pub use maintenance::{GcReport, PurgeReport, ScrubReport};
 pub use response::{
-    BlobBody, BlobResponse, Catalog, FileBody, ManifestResponse, Referrers, TagList,
+    BlobBody, BlobResponse, Catalog, FileBody, ManifestResponse, MemoryBody, Referrers, TagList,
 };
 pub use sync::SyncReport;
 
@@ -122,6 +122,18 @@ pub struct CacheOptions {
     /// This instance's name in the leases it holds (default: `HOSTNAME`,
     /// process id and a random part).
     pub instance_name: String,
+    /// Under a rule with `cold_ranges = "passthrough"`: the largest range
+    /// fetched from the upstream on its own while the whole blob is still
+    /// being fetched (default 16 MiB). A larger range waits for the
+    /// whole-blob fetch.
+    pub cold_range_max: usize,
+    /// Passthrough ranges fetched from the upstream per blob, over the
+    /// whole-blob fetch's life (default 8); later ones wait for it.
+    pub cold_ranges_per_blob: usize,
+    /// Passthrough ranges in flight at once per upstream registry (default
+    /// 32); more wait for their whole-blob fetch. Each also needs a free
+    /// place among the registry's `max_concurrent_fetches`.
+    pub cold_ranges_per_registry: usize,
 }
 
 impl Default for CacheOptions {
@@ -146,6 +158,9 @@ impl Default for CacheOptions {
             lease_ttl: Duration::from_secs(30),
             lease_wait: Duration::from_secs(300),
             instance_name: lease::default_instance_name(),
+            cold_range_max: 16 * 1024 * 1024,
+            cold_ranges_per_blob: 8,
+            cold_ranges_per_registry: 32,
         }
     }
 }

@@ -17,9 +17,11 @@ use super::Inner;
 /// most `running + queued` admitted (running or waiting) at once.
 #[derive(Debug)]
 pub(crate) struct FetchQueue {
-    permits: async_lock::Semaphore,
+    permits: Arc<async_lock::Semaphore>,
     admitted: AtomicUsize,
     cap: usize,
+    /// Passthrough ranges in flight (see [`FetchQueue::try_range`]).
+    ranges: AtomicUsize,
 }
 
 /// A fetch's place in its queue; released when dropped.
@@ -35,9 +37,10 @@ impl FetchQueue {
     pub(crate) fn new(running: usize, queued: usize) -> Arc<Self> {
         let running = running.max(1);
         Arc::new(FetchQueue {
-            permits: async_lock::Semaphore::new(running),
+            permits: Arc::new(async_lock::Semaphore::new(running)),
             admitted: AtomicUsize::new(0),
             cap: running.saturating_add(queued),
+            ranges: AtomicUsize::new(0),
         })
     }
 
@@ -59,6 +62,43 @@ impl FetchQueue {
         Ok(QueueSlot {
             queue: self.clone(),
         })
+    }
+}
+
+/// A passthrough range's places: one of the registry's running transfers
+/// and one of its range places; released when dropped.
+pub(crate) struct RangeSlot {
+    queue: Arc<FetchQueue>,
+    _running: async_lock::SemaphoreGuardArc,
+}
+
+impl Drop for RangeSlot {
+    fn drop(&mut self) {
+        self.queue.ranges.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl FetchQueue {
+    /// Places for one passthrough range, if free right now: fewer than
+    /// `cap` ranges in flight and a running transfer free (ranges count
+    /// against the registry's bound like whole-blob fetches, and never
+    /// queue: a range that cannot start at once waits for its blob).
+    pub(crate) fn try_range(self: &Arc<Self>, cap: usize) -> Option<RangeSlot> {
+        self.ranges
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()?;
+        match self.permits.try_acquire_arc() {
+            Some(running) => Some(RangeSlot {
+                queue: self.clone(),
+                _running: running,
+            }),
+            None => {
+                self.ranges.fetch_sub(1, Ordering::AcqRel);
+                None
+            }
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::InUse;
@@ -45,6 +46,11 @@ pub struct BlobResponse {
     pub range: Range<u64>,
     /// Where it came from.
     pub status: CacheStatus,
+    /// Whether the bytes are checked against the digest: `false` only for
+    /// a passthrough range (a rule's `cold_ranges = "passthrough"`), served
+    /// before the blob verified, which a server should say
+    /// (`X-Content-Verified: false`).
+    pub verified: bool,
     /// The bytes.
     pub body: BlobBody,
 }
@@ -58,6 +64,9 @@ pub enum BlobBody {
     /// A verified stored blob kept in a local file, which a server may
     /// send straight from it (Linux `sendfile(2)`); see [`FileBody`].
     File(FileBody),
+    /// Small verified content held in memory (a config blob, say): a
+    /// server sends it as one piece; see [`MemoryBody`].
+    Bytes(MemoryBody),
 }
 
 impl BlobBody {
@@ -66,6 +75,12 @@ impl BlobBody {
         match self {
             BlobBody::Stream(s) => s,
             BlobBody::File(f) => f.stream,
+            BlobBody::Bytes(b) => futures::stream::once(async move {
+                // The blob stays in use until the stream is consumed.
+                let MemoryBody { bytes, _in_use } = b;
+                Ok(bytes)
+            })
+            .boxed(),
         }
     }
 }
@@ -75,7 +90,37 @@ impl std::fmt::Debug for BlobBody {
         match self {
             BlobBody::Stream(_) => f.write_str("Stream"),
             BlobBody::File(b) => f.debug_tuple("File").field(b).finish(),
+            BlobBody::Bytes(b) => f.debug_tuple("Bytes").field(&b.bytes.len()).finish(),
         }
+    }
+}
+
+/// Small verified content held in memory, already counted as served.
+///
+/// While it lives, garbage collection leaves the blob alone, as it does
+/// for a stream being read: a server keeps it until the body is sent.
+pub struct MemoryBody {
+    pub(crate) bytes: Bytes,
+    pub(crate) _in_use: InUse,
+}
+
+impl MemoryBody {
+    /// The content (the span asked for, whole).
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The content, letting go of the blob (gc may then remove it).
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+}
+
+impl std::fmt::Debug for MemoryBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBody")
+            .field("len", &self.bytes.len())
+            .finish()
     }
 }
 

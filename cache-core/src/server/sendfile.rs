@@ -132,7 +132,33 @@ pub fn prepare(builder: &mut Builder<TokioExecutor>, tcp: TcpStream) -> (Sendfil
 pub fn blob_body(body: BlobBody, extensions: &http::Extensions) -> Body {
     match (body, extensions.get::<Spans>()) {
         (BlobBody::File(f), Some(spans)) => Body::from_stream(self::body(f, spans.clone())),
+        (BlobBody::Bytes(b), _) => Body::new(InMemory(b)),
         (other, _) => Body::from_stream(other.into_stream()),
+    }
+}
+
+/// Small content in memory as one frame; keeps the blob in use (gc spares
+/// it) until hyper has sent it and dropped the body.
+struct InMemory(crate::MemoryBody);
+
+impl hyper::body::Body for InMemory {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let bytes = std::mem::take(&mut self.0.bytes);
+        std::task::Poll::Ready((!bytes.is_empty()).then(|| Ok(hyper::body::Frame::data(bytes))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.bytes.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.0.bytes.len() as u64)
     }
 }
 

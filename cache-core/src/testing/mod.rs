@@ -1,5 +1,6 @@
 //! Test support: the [`BlobStore`] conformance suite, an in-process
-//! [`FakeUpstream`] with fault injection, and a [`ManualClock`].
+//! [`FakeUpstream`] with fault injection, a [`ManualClock`], and
+//! [`CommitFaults`], a store whose commits can be held or failed.
 //!
 //! The [`BlobStore`] conformance suite. Every backend runs all of it
 //! ([`CHECKS`], one list), through
@@ -19,12 +20,14 @@ use futures::StreamExt;
 use crate::{BlobStore, BlobStoreExt, ByteRange, Digest, Error, MetaKey};
 
 mod clock;
+mod commits;
 mod fake;
 
 #[cfg(feature = "trust")]
 pub mod trust;
 
 pub use clock::ManualClock;
+pub use commits::CommitFaults;
 pub use fake::{Calls, FakeUpstream, Fault, PanicUpstream, PushedImage};
 
 /// A store under test, with what the suite needs to look behind it.
@@ -255,6 +258,65 @@ pub async fn mismatched_commit_is_refused(h: &Harness) {
     drop(w);
     assert!(s.stat(&d).await.unwrap().is_none());
     assert!(s.list_all().await.unwrap().is_empty());
+    assert_eq!((h.staged_leftovers)(), 0);
+}
+
+/// `verify` before `commit` agrees with `commit`: where a store verifies
+/// early (`Ok(true)`), the blob stays invisible until committed, verifying
+/// again repeats the success, a write afterwards fails and voids the write,
+/// and commit publishes the bytes; a mismatch fails `verify` as it would
+/// fail `commit`, and nothing is published or left behind.
+pub async fn verify_before_commit_agrees_with_commit(h: &Harness) {
+    let s = &*h.store;
+    let data = content(10, 50_000);
+    let d = Digest::sha256_of(&data);
+    let mut w = s.stage(&d, Some(50_000)).await.unwrap();
+    w.write(data.slice(..20_000)).await.unwrap();
+    w.write(data.slice(20_000..)).await.unwrap();
+    if w.verify().await.unwrap() {
+        assert!(w.verify().await.unwrap(), "a success repeats");
+    }
+    assert!(
+        s.stat(&d).await.unwrap().is_none(),
+        "verified is not yet published"
+    );
+    w.commit().await.unwrap();
+    assert_eq!(read_all(s, &d, None).await.unwrap(), data);
+
+    let other = content(11, 1000);
+    let od = Digest::sha256_of(&other);
+    let mut w = s.stage(&od, None).await.unwrap();
+    w.write(other.clone()).await.unwrap();
+    if w.verify().await.unwrap() {
+        assert!(
+            w.write(Bytes::from_static(b"more")).await.is_err(),
+            "nothing may follow verified bytes"
+        );
+        assert!(w.commit().await.is_err(), "the write is void");
+        assert!(s.stat(&od).await.unwrap().is_none());
+    }
+
+    let good = content(12, 3000);
+    let gd = Digest::sha256_of(&good);
+    let mut bad = good.to_vec();
+    bad[2999] ^= 0x01;
+    let mut w = s.stage(&gd, Some(3000)).await.unwrap();
+    w.write(Bytes::from(bad)).await.unwrap();
+    let e = match w.verify().await {
+        Err(e) => {
+            assert!(w.commit().await.is_err(), "a failed verify voids the write");
+            e
+        }
+        Ok(early) => {
+            assert!(!early, "a flipped byte never verifies");
+            w.commit().await.unwrap_err()
+        }
+    };
+    assert!(
+        matches!(&e, Error::DigestMismatch { expected, .. } if *expected == gd),
+        "{e}"
+    );
+    assert!(s.stat(&gd).await.unwrap().is_none());
     assert_eq!((h.staged_leftovers)(), 0);
 }
 
@@ -489,6 +551,7 @@ macro_rules! __blob_store_checks {
             uncommitted_write_is_invisible_and_leaves_nothing,
             concurrent_writers_of_one_digest_both_succeed,
             mismatched_commit_is_refused,
+            verify_before_commit_agrees_with_commit,
             staged_reader_follows_the_writer,
             write_chunks_appends_in_order,
             metadata_round_trips,

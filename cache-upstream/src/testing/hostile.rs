@@ -72,6 +72,8 @@ pub struct SeenRequest {
     pub path: String,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// The `Range` header, if any.
+    pub range: Option<String>,
 }
 
 #[derive(Default)]
@@ -84,6 +86,8 @@ struct State {
     token_realm: Option<String>,
     token_body: Option<Bytes>,
     drip: Option<(usize, Duration)>,
+    /// Content bodies at most this many bytes per second, each request.
+    bytes_per_sec: Option<u64>,
     basic: Vec<String>,
     /// (limit, remaining, window seconds): Docker Hub's pull budget.
     rate: Option<(u64, u64, u64)>,
@@ -255,6 +259,13 @@ impl HostileRegistry {
         lock(&self.state).0.drip = drip;
     }
 
+    /// Sends every content body at most `bytes_per_sec` (each request on
+    /// its own, paced from the first body byte; on top of any fault), or
+    /// at full speed for `None`: a slow upstream.
+    pub fn set_rate(&self, bytes_per_sec: Option<u64>) {
+        lock(&self.state).0.bytes_per_sec = bytes_per_sec.filter(|r| *r > 0);
+    }
+
     /// Sends Docker Hub's pull-budget headers (`ratelimit-limit`,
     /// `ratelimit-remaining`, `N;w=SECONDS`) on every answer; each manifest
     /// `GET` spends one pull (`HEAD`s, as on Docker Hub, do not).
@@ -368,12 +379,18 @@ async fn serve(state: Arc<Mutex<StateHandle>>, addr: SocketAddr, req: Request) -
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (fault, realm, token_body, drip, basic) = {
+    let range_header = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (fault, realm, token_body, drip, basic, rate) = {
         let mut s = lock(&state);
         s.0.seen.push(SeenRequest {
             method: method.clone(),
             path: path.clone(),
             authorization: auth.clone(),
+            range: range_header,
         });
         let fault =
             s.0.faults
@@ -386,6 +403,7 @@ async fn serve(state: Arc<Mutex<StateHandle>>, addr: SocketAddr, req: Request) -
             s.0.token_body.clone(),
             s.0.drip,
             s.0.basic.clone(),
+            s.0.bytes_per_sec,
         )
     };
     let p = req.uri().path().to_owned();
@@ -490,7 +508,7 @@ async fn serve(state: Arc<Mutex<StateHandle>>, addr: SocketAddr, req: Request) -
         req.headers(),
         head,
         fault,
-        drip,
+        (drip, rate),
     )
 }
 
@@ -541,7 +559,7 @@ fn serve_content(
     headers: &HeaderMap,
     head: bool,
     fault: Option<WireFault>,
-    drip: Option<(usize, Duration)>,
+    (drip, rate): (Option<(usize, Duration)>, Option<u64>),
 ) -> Response {
     let size = content.len() as u64;
     let span = range(headers, size);
@@ -549,9 +567,7 @@ fn serve_content(
         Some(s) => (StatusCode::PARTIAL_CONTENT, s),
         None => (StatusCode::OK, 0..size),
     };
-    let mut body = content
-        .slice(span.start as usize..span.end as usize)
-        .to_vec();
+    let body = content.slice(span.start as usize..span.end as usize);
     let mut content_type = content_type;
     let mut digest_header = digest;
     let (mut chunk, mut delay) = match drip {
@@ -559,9 +575,13 @@ fn serve_content(
         None => (64 * 1024, None),
     };
     let (mut cut, mut stall, mut reset) = (None, None, false);
+    let mut body = body;
     match fault {
         Some(WireFault::FlipByte(at)) if at >= span.start && at < span.end => {
-            body[(at - span.start) as usize] ^= 1;
+            // A copy only for the fault: bodies are zero-copy slices otherwise.
+            let mut copy = body.to_vec();
+            copy[(at - span.start) as usize] ^= 1;
+            body = Bytes::from(copy);
         }
         Some(WireFault::Truncate(n)) => cut = Some(n as usize),
         Some(WireFault::Stall(n)) => stall = Some(n as usize),
@@ -575,18 +595,29 @@ fn serve_content(
         _ => {}
     }
     let len = body.len();
-    let body = Bytes::from(body);
     let limit = cut.or(stall).unwrap_or(len).min(len);
     let pieces: Vec<Bytes> = (0..limit)
         .step_by(chunk)
         .map(|i| body.slice(i..(i + chunk).min(limit)))
         .collect();
+    // Paced from the first piece: piece n leaves once the bytes before it
+    // took their time at `rate`.
+    let mut paced = (None::<tokio::time::Instant>, 0u64);
     let stream = futures::stream::iter(pieces)
-        .then(move |c| async move {
-            if let Some(d) = delay {
-                tokio::time::sleep(d).await;
+        .then(move |c| {
+            let (start, sent) = &mut paced;
+            let start = *start.get_or_insert_with(tokio::time::Instant::now);
+            let due = rate.map(|r| start + Duration::from_secs_f64(*sent as f64 / r as f64));
+            *sent += c.len() as u64;
+            async move {
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
+                if let Some(due) = due {
+                    tokio::time::sleep_until(due).await;
+                }
+                Ok::<_, std::io::Error>(c)
             }
-            Ok::<_, std::io::Error>(c)
         })
         .boxed();
     let broken = || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "hostile");

@@ -438,6 +438,11 @@ impl Collector for ReadOnScrape {
                 &c.fetches_failed,
             ),
             (
+                "registry_proxy_commits_failed",
+                "Blobs that verified and were served, then failed to commit to the store (the next request fetches them again).",
+                &c.commits_failed,
+            ),
+            (
                 "registry_proxy_evicted_bytes",
                 "Bytes removed by gc and scrub.",
                 &c.evicted_bytes,

@@ -127,7 +127,13 @@ async fn skopeo_reports_a_failed_pull_and_pulls_correctly_once_the_upstream_beha
     let second = tempfile::tempdir().unwrap();
     copy(second.path()).expect("the fault is gone: the pull succeeds");
     assert!(d.verifies(&std::fs::read(second.path().join(d.hex())).unwrap()));
-    assert!(d.verifies(&std::fs::read(proxy.stored_blob(&d)).unwrap()));
+    // Answers complete once the blob verified; the commit follows.
+    let stored = proxy.stored_blob(&d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stored.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(d.verifies(&std::fs::read(stored).unwrap()));
     assert_eq!(up.requests("GET", &format!("/blobs/{d}")), 2);
 }
 

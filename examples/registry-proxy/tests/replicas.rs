@@ -242,6 +242,12 @@ async fn gc_on_every_instance_spares_what_another_is_serving_and_keeps_the_quota
             .await
             .unwrap();
     }
+    // Answers complete once a blob verified; the upload follows.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.stat(&d_big).await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the big layer is uploaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The read starts at once and lasts longer than the grace period (4 s): the
     // idle layers age past it meanwhile; the big one stays in use.
     // A watcher notes if the blob ever leaves the store while it is read

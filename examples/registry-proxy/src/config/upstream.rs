@@ -20,6 +20,9 @@ const ENGINE_KEYS: &[&str] = &[
     "stall_timeout",
     "manifest_timeout",
     "revalidate_window",
+    "cold_range_max",
+    "cold_ranges_per_blob",
+    "cold_ranges_per_registry",
 ];
 
 /// The HTTP client's keys in `[upstream]`.

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Profiles one cold 256 MiB GET through registry-proxy (BENCHMARKS.md,
+# "Issue 21's targets"): a Debian distribution registry on loopback holding
+# one random 256 MiB blob, a fresh release registry-proxy in front of it,
+# `perf record` of the proxy while curl pulls the blob once. Prints the
+# GET's time, the proxy's CPU seconds and the perf report (inclusive shares).
+# Needs docker-registry, curl and perf (Debian: docker-registry, curl,
+# linux-perf). Loopback only; bounded: one GET, perf for 6 s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for bin in docker-registry curl perf; do
+    command -v "$bin" >/dev/null || { echo "$bin is missing: apt-get install docker-registry curl linux-perf" >&2; exit 1; }
+done
+[ -n "${NO_BUILD:-}" ] || cargo build --release -p registry-proxy
+BIN="${CARGO_TARGET_DIR:-target}/release/registry-proxy"
+D=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$D"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=127.0.0.1:$(port); PX=127.0.0.1:$(port)
+mkdir -p "$D/reg"
+printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n  secret: profile-only\n' "$D/reg" "$UP" > "$D/reg.yml"
+docker-registry serve "$D/reg.yml" > "$D/reg.log" 2>&1 & PIDS+=($!)
+head -c $((256 * 1024 * 1024)) /dev/urandom > "$D/blob"
+DG=sha256:$(sha256sum "$D/blob" | cut -d' ' -f1)
+for _ in $(seq 100); do curl -sf "http://$UP/v2/" >/dev/null && break; sleep 0.1; done
+LOC=$(curl -sfi -X POST "http://$UP/v2/bench/big/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
+case "$LOC" in http*) ;; *) LOC="http://$UP$LOC" ;; esac
+SEP='?'; case "$LOC" in *\?*) SEP='&' ;; esac
+curl -sf -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$D/blob" "$LOC${SEP}digest=$DG" >/dev/null
+printf 'listen = "%s"\n[storage]\npath = "%s"\n[[registry]]\nhost = "%s"\nendpoint = "http://%s"\n[[rule]]\nname = "bench"\nsource = "%s/bench/*"\ntarget = "bench/*"\n' \
+    "$PX" "$D/store" "$UP" "$UP" "$UP" > "$D/proxy.toml"
+RUST_LOG=warn "$BIN" --config "$D/proxy.toml" > "$D/proxy.log" 2>&1 & P=$!; PIDS+=($P)
+for _ in $(seq 100); do curl -sf "http://$PX/v2/" >/dev/null && break; sleep 0.05; done
+perf record -F 1999 -g --call-graph dwarf,16384 -p "$P" -o "$D/cold.perf" -- sleep 6 > "$D/perf.out" 2>&1 & R=$!
+sleep 0.5
+curl -s -o /dev/null -w "cold GET: %{time_total} s, %{size_download} bytes\n" "http://$PX/v2/bench/big/blobs/$DG"
+wait "$R"
+awk '{printf "proxy CPU: %.2f s user, %.2f s system\n", $14/100, $15/100}' "/proc/$P/stat"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+perf report -i "$D/cold.perf" --children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9]' \
+    | grep -E 'digest_blocks$|vfs_write$|tcp_sendmsg$|tcp_recvmsg$|do_fsync$|ext4_writepages$|__x64_sys_futex$|schedule$|__x64_sys_epoll_wait$|asm_exc_page_fault$|do_syscall_64$' || true
