@@ -4,7 +4,11 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::digest::Digest;
+use crate::engine::GcReport;
 use crate::error::ErrorCode;
+use crate::names::{Reference, RepoName};
+use crate::policy::Caller;
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,12 +86,20 @@ impl UpstreamCall {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event<'a> {
-    /// A manifest was answered.
+    /// A manifest was answered: a pull.
     Manifest {
         /// The rule's name.
         rule: &'a str,
+        /// The local repository.
+        repository: &'a RepoName,
+        /// The tag or digest asked for.
+        reference: &'a Reference,
+        /// The manifest's digest.
+        digest: &'a Digest,
         /// Where it came from.
         status: CacheStatus,
+        /// Who asked (a client, or a scanner reading what it scans).
+        caller: &'a Caller,
     },
     /// A blob was answered (the body may still be streaming).
     Blob {
@@ -106,6 +118,22 @@ pub enum Event<'a> {
     FetchFinished {
         /// Whether the blob was verified and committed.
         committed: bool,
+        /// The rule of the request that started it.
+        rule: &'a str,
+        /// The upstream registry.
+        registry: &'a str,
+        /// The upstream repository it was fetched from.
+        repository: &'a RepoName,
+        /// The blob.
+        digest: &'a Digest,
+        /// Why it failed, when it did.
+        error: Option<&'a str>,
+    },
+    /// A blob fetch was refused because its registry's fetch queue was
+    /// full (`503` with `Retry-After`).
+    FetchQueueFull {
+        /// The upstream registry.
+        registry: &'a str,
     },
     /// A request to an upstream is about to be made (retries and
     /// resumptions each count).
@@ -135,7 +163,73 @@ pub enum Event<'a> {
         rule: &'a str,
         /// The decision.
         outcome: AdmissionOutcome,
+        /// The local repository.
+        repository: &'a RepoName,
+        /// The tag or digest asked for.
+        reference: &'a Reference,
+        /// The manifest decided on.
+        digest: &'a Digest,
+        /// Which policy decided: `signatures`, or the hook's
+        /// [`name`](crate::policy::Admission::name).
+        policy: &'a str,
+        /// Why.
+        reason: &'a str,
+        /// Structured details of a refusal (the findings that denied an
+        /// image, say), as in the error's `detail`.
+        detail: Option<&'a serde_json::Value>,
+        /// Decided just now, rather than remembered from an earlier
+        /// decision.
+        fresh: bool,
     },
+    /// A vulnerability scan finished and its verdict under the rule's
+    /// policy is not what the previous scan's was (or there was none).
+    ScanVerdict {
+        /// The scanner.
+        scanner: &'a str,
+        /// The rule whose policy judged it.
+        rule: &'a str,
+        /// The repository it was scanned in.
+        repository: &'a RepoName,
+        /// The manifest scanned.
+        digest: &'a Digest,
+        /// The verdict now: `Allowed`, `Refused`, or `AuditOnly` (it would
+        /// be refused, the policy only audits).
+        outcome: AdmissionOutcome,
+        /// The verdict of the scan before, if there was one.
+        previous: Option<AdmissionOutcome>,
+        /// Why, in words.
+        reason: &'a str,
+        /// The findings that deny (at most a few), when any do.
+        detail: Option<&'a serde_json::Value>,
+    },
+    /// Garbage collection finished.
+    GcFinished(&'a GcReport),
+}
+
+impl Event<'_> {
+    /// The event's kind as a short name: `manifest`, `blob`,
+    /// `bytes_served`, `bytes_from_upstream`, `fetch_started`,
+    /// `fetch_finished`, `fetch_queue_full`, `upstream_request`,
+    /// `upstream_error`, `evicted`, `peer_fetch`, `admission`,
+    /// `scan_verdict` or `gc_finished`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Manifest { .. } => "manifest",
+            Event::Blob { .. } => "blob",
+            Event::BytesServed(_) => "bytes_served",
+            Event::BytesFromUpstream(_) => "bytes_from_upstream",
+            Event::FetchStarted => "fetch_started",
+            Event::FetchFinished { .. } => "fetch_finished",
+            Event::FetchQueueFull { .. } => "fetch_queue_full",
+            Event::UpstreamRequest { .. } => "upstream_request",
+            Event::UpstreamError { .. } => "upstream_error",
+            Event::Evicted { .. } => "evicted",
+            Event::PeerFetch(_) => "peer_fetch",
+            Event::Admission { .. } => "admission",
+            Event::ScanVerdict { .. } => "scan_verdict",
+            Event::GcFinished(_) => "gc_finished",
+        }
+    }
 }
 
 /// An admission decision.
@@ -239,6 +333,8 @@ pub struct Counters {
     pub fetches_finished: AtomicU64,
     /// Upstream blob fetches that failed verification or transfer.
     pub fetches_failed: AtomicU64,
+    /// Blob fetches refused because their registry's queue was full.
+    pub fetch_queue_full: AtomicU64,
     /// Upstream errors.
     pub upstream_errors: AtomicU64,
     /// Requests made to upstreams, of every kind.
@@ -281,12 +377,13 @@ impl EventSink for Counters {
             Event::BytesServed(n) => add(&self.bytes_served, *n),
             Event::BytesFromUpstream(n) => add(&self.bytes_from_upstream, *n),
             Event::FetchStarted => add(&self.fetches_started, 1),
-            Event::FetchFinished { committed } => {
+            Event::FetchFinished { committed, .. } => {
                 add(&self.fetches_finished, 1);
                 if !committed {
                     add(&self.fetches_failed, 1);
                 }
             }
+            Event::FetchQueueFull { .. } => add(&self.fetch_queue_full, 1),
             Event::UpstreamError { .. } => add(&self.upstream_errors, 1),
             Event::UpstreamRequest { .. } => add(&self.upstream_requests, 1),
             Event::Evicted { bytes } => add(&self.evicted_bytes, *bytes),
@@ -298,6 +395,7 @@ impl EventSink for Counters {
                 AdmissionOutcome::Refused => add(&self.refused, 1),
                 AdmissionOutcome::AuditOnly => add(&self.audit_only, 1),
             },
+            Event::ScanVerdict { .. } | Event::GcFinished(_) => {}
         }
     }
 }

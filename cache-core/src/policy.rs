@@ -206,6 +206,13 @@ pub trait Admission: Send + Sync + fmt::Debug {
     /// its own status.
     async fn admit(&self, req: &AdmissionRequest<'_>) -> crate::Result<Verdict>;
 
+    /// What the hook judges, in a word or two (`vulnerability scan`,
+    /// `platforms`): how its decisions are labelled in audit events, the
+    /// engine's verdict records and a console. Default: `admission hook`.
+    fn name(&self) -> &str {
+        "admission hook"
+    }
+
     /// Whether, under `rule`, blobs may be served only as parts of
     /// manifests this hook admitted (not on the upstream's word that it
     /// has them). Default: no.
@@ -219,6 +226,9 @@ pub trait Admission: Send + Sync + fmt::Debug {
 impl<T: Admission + ?Sized> Admission for std::sync::Arc<T> {
     async fn admit(&self, req: &AdmissionRequest<'_>) -> crate::Result<Verdict> {
         (**self).admit(req).await
+    }
+    fn name(&self) -> &str {
+        (**self).name()
     }
     fn restricts_blobs(&self, rule: &Rule) -> bool {
         (**self).restricts_blobs(rule)
@@ -279,6 +289,10 @@ impl Admission for PlatformAllowList {
             _ => Ok(Verdict::Pass),
         }
     }
+
+    fn name(&self) -> &str {
+        "platforms"
+    }
 }
 
 /// Refuses images whose config and layers add up to more than a maximum.
@@ -305,6 +319,10 @@ impl Admission for MaxImageSize {
             )));
         }
         Ok(Verdict::Pass)
+    }
+
+    fn name(&self) -> &str {
+        "image size"
     }
 }
 

@@ -316,6 +316,7 @@ impl RegistryClient {
             .user_agent(opts.user_agent.clone())
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: policy.clone(),
+                hint: "is neither the registry's endpoint nor listed in its redirect_hosts",
             }))
             // reqwest drops Authorization when a redirect leaves the host;
             // the policy keeps redirects off internal addresses.

@@ -10,6 +10,7 @@ use super::flights;
 use super::keys::TagRecord;
 use super::queue::UpstreamCall;
 use super::response::ManifestResponse;
+use super::signatures::Decision;
 use super::{Ctx, PullThroughCache};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -64,7 +65,11 @@ impl PullThroughCache {
         }
         self.inner.events.event(&Event::Manifest {
             rule: ctx.rule.name(),
+            repository: name,
+            reference,
+            digest: &resp.digest,
             status: resp.status,
+            caller,
         });
         Ok(resp)
     }
@@ -162,34 +167,27 @@ impl PullThroughCache {
         use crate::events::AdmissionOutcome;
         use crate::policy::Verdict;
         for hook in &ctx.wiring.admission {
+            let decided = |outcome, reason, detail, fresh| Decision {
+                policy: hook.name(),
+                outcome,
+                reason,
+                detail,
+                fresh,
+            };
             match hook.admit(&req).await {
                 Ok(Verdict::Pass) => {}
-                Ok(Verdict::Allowed { reason, fresh }) => self.audit(
-                    ctx,
-                    reference,
-                    &m.digest,
-                    AdmissionOutcome::Allowed,
-                    &reason,
-                    fresh,
-                ),
-                Ok(Verdict::AuditOnly { reason, fresh }) => self.audit(
-                    ctx,
-                    reference,
-                    &m.digest,
-                    AdmissionOutcome::AuditOnly,
-                    &reason,
-                    fresh,
-                ),
+                Ok(Verdict::Allowed { reason, fresh }) => {
+                    let d = decided(AdmissionOutcome::Allowed, &reason, None, fresh);
+                    self.audit(ctx, reference, &m.digest, d).await
+                }
+                Ok(Verdict::AuditOnly { reason, fresh }) => {
+                    let d = decided(AdmissionOutcome::AuditOnly, &reason, None, fresh);
+                    self.audit(ctx, reference, &m.digest, d).await
+                }
                 Err(e) => {
-                    if let Error::Denied { reason, .. } = &e {
-                        self.audit(
-                            ctx,
-                            reference,
-                            &m.digest,
-                            AdmissionOutcome::Refused,
-                            reason,
-                            true,
-                        );
+                    if let Error::Denied { reason, detail } = &e {
+                        let d = decided(AdmissionOutcome::Refused, reason, detail.as_deref(), true);
+                        self.audit(ctx, reference, &m.digest, d).await;
                         self.withdraw_if_granted(ctx, &parsed).await;
                     }
                     return Err(e);

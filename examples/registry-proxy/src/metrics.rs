@@ -91,6 +91,8 @@ struct ReadOnScrape {
     scans: Arc<ScanCounters>,
     /// The engine's fetch count, as [`Metrics::render`] was given it.
     inflight: AtomicUsize,
+    /// The webhooks' counts.
+    webhooks: Mutex<Option<Arc<cache_upstream::webhook::Webhooks>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -189,7 +191,7 @@ impl EventSink for Metrics {
                     })
                     .inc();
             }
-            Event::Admission { rule, outcome } => {
+            Event::Admission { rule, outcome, .. } => {
                 let rule = {
                     let mut named = lock(&self.admission_rules);
                     if named.contains(*rule) || named.len() < MAX_RULE_LABELS {
@@ -234,6 +236,11 @@ impl Metrics {
     /// The registry clients whose pull budgets are shown (a reload replaces them).
     pub fn set_clients(&self, clients: crate::Clients) {
         *lock(&self.read.clients) = clients;
+    }
+
+    /// The webhooks whose deliveries are shown.
+    pub fn set_webhooks(&self, webhooks: Arc<cache_upstream::webhook::Webhooks>) {
+        *lock(&self.read.webhooks) = Some(webhooks);
     }
 
     /// Counts one configuration reload, applied or refused.
@@ -317,6 +324,11 @@ impl Collector for ReadOnScrape {
                 &c.fetches_failed,
             ),
             (
+                "registry_proxy_fetch_queue_full",
+                "Blob fetches refused (503) because their registry's fetch queue was full.",
+                &c.fetch_queue_full,
+            ),
+            (
                 "registry_proxy_evicted_bytes",
                 "Bytes removed by gc and scrub.",
                 &c.evicted_bytes,
@@ -371,6 +383,47 @@ impl Collector for ReadOnScrape {
             self.inflight.load(Ordering::Relaxed) as u64,
         )?;
 
+        let hooks = lock(&self.webhooks)
+            .as_ref()
+            .map(|w| w.stats())
+            .unwrap_or_default();
+        let mut notices = e.encode_descriptor(
+            "registry_proxy_webhook_notices",
+            "Webhook notices by webhook and outcome (delivered, failed after retries or on a final answer, dropped because the queue was full).",
+            None,
+            MetricType::Counter,
+        )?;
+        for h in &hooks {
+            for (outcome, v) in [
+                ("delivered", h.delivered),
+                ("failed", h.failed),
+                ("dropped", h.dropped),
+            ] {
+                let labels = [("webhook", h.name.as_str()), ("outcome", outcome)];
+                ConstCounter::new(v).encode(notices.encode_family(&labels)?)?;
+            }
+        }
+        let mut retries = e.encode_descriptor(
+            "registry_proxy_webhook_retries",
+            "Webhook delivery attempts after a first one.",
+            None,
+            MetricType::Counter,
+        )?;
+        for h in &hooks {
+            ConstCounter::new(h.retries)
+                .encode(retries.encode_family(&[("webhook", h.name.as_str())])?)?;
+        }
+        let mut queued = e.encode_descriptor(
+            "registry_proxy_webhook_queued",
+            "Webhook notices waiting to be delivered.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for h in &hooks {
+            ConstGauge::new(h.queued)
+                .encode(queued.encode_family(&[("webhook", h.name.as_str())])?)?;
+        }
+
         let budgets: Vec<(String, String, cache_upstream::RateLimit)> = lock(&self.clients)
             .iter()
             .filter_map(|(r, c, client)| client.rate_limit().map(|l| (r.clone(), c.clone(), l)))
@@ -411,6 +464,28 @@ mod tests {
     use cache_upstream::{ClientOptions, RegistryClient};
 
     use super::Metrics;
+
+    static REPO: std::sync::LazyLock<RepoName> =
+        std::sync::LazyLock::new(|| RepoName::parse("library/x").unwrap());
+    static REFERENCE: std::sync::LazyLock<Reference> =
+        std::sync::LazyLock::new(|| Reference::parse("v1").unwrap());
+    static DIGEST: std::sync::LazyLock<cache_core::Digest> =
+        std::sync::LazyLock::new(|| cache_core::Digest::sha256_of(b"{}"));
+
+    /// An admission decision of `rule`.
+    fn admission(rule: &str, outcome: AdmissionOutcome) -> Event<'_> {
+        Event::Admission {
+            rule,
+            outcome,
+            repository: &REPO,
+            reference: &REFERENCE,
+            digest: &DIGEST,
+            policy: "signatures",
+            reason: "a test",
+            detail: None,
+            fresh: true,
+        }
+    }
 
     /// A label value with every character the text format must escape.
     const AWKWARD: &str = "we\"ird\\name\nnext";
@@ -496,10 +571,7 @@ mod tests {
             AWKWARD.to_owned(),
             Arc::new(client),
         )]);
-        m.event(&Event::Admission {
-            rule: AWKWARD,
-            outcome: AdmissionOutcome::Allowed,
-        });
+        m.event(&admission(AWKWARD, AdmissionOutcome::Allowed));
         let text = m.render(0);
         assert_well_formed(&text);
         for label in ["registry", "credentials", "rule"] {
@@ -514,16 +586,10 @@ mod tests {
     fn admissions_name_at_most_the_rule_cap_and_count_the_rest_as_other() {
         let m = Metrics::default();
         for i in 0..super::MAX_RULE_LABELS + 100 {
-            m.event(&Event::Admission {
-                rule: &format!("rule-{i}"),
-                outcome: AdmissionOutcome::Refused,
-            });
+            m.event(&admission(&format!("rule-{i}"), AdmissionOutcome::Refused));
         }
         // A rule already named keeps its name.
-        m.event(&Event::Admission {
-            rule: "rule-0",
-            outcome: AdmissionOutcome::Allowed,
-        });
+        m.event(&admission("rule-0", AdmissionOutcome::Allowed));
         let text = m.render(0);
         let rules: std::collections::BTreeSet<&str> = text
             .lines()

@@ -115,11 +115,23 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         }
     };
     let metrics = Arc::new(Metrics::default());
+    // Events go to the metrics and, through their queues, the webhooks.
+    let events = match crate::event_sink(&cfg, metrics.clone()) {
+        Ok(w) => {
+            metrics.set_webhooks(w.clone());
+            w
+        }
+        Err(e) => {
+            eprintln!("registry-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let services = crate::GateServices {
         credentials: Arc::new(ScopedTokens::new()),
         counters: metrics.scans.clone(),
+        events: Some(events.clone()),
     };
-    let (cache, gate) = match build_cache(&cfg, store, metrics.clone(), Some(services.clone())) {
+    let (cache, gate) = match build_cache(&cfg, store, events, Some(services.clone())) {
         Ok((cache, clients, gate)) => {
             metrics.set_clients(clients);
             (cache, gate)

@@ -47,6 +47,7 @@ struct RawConfig {
     log: Log,
     tls: Option<TlsFiles>,
     scanner: Vec<ScannerConfig>,
+    webhook: Vec<cache_upstream::webhook::WebhookConfig>,
 }
 
 /// `[log]`.
@@ -103,6 +104,8 @@ pub struct Config {
     pub policies: HashMap<String, RulePolicy>,
     /// Pull-side auth, if any.
     pub auth: Option<AuthConfig>,
+    /// Where events go (`[[webhook]]`).
+    pub webhooks: Vec<cache_upstream::webhook::WebhookConfig>,
 }
 
 /// The built-in default (`default.toml`).
@@ -189,6 +192,7 @@ impl Config {
             rules,
             policies,
             auth: raw.auth.map(|a| a.validate(base)).transpose()?,
+            webhooks: cache_upstream::webhook::WebhookConfig::prepare(raw.webhook, base)?,
         })
     }
 }
