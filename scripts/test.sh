@@ -15,6 +15,7 @@ NEEDED=(
     "podman:podman"                     # builds and runs the container image
     "runc:runc"                         # podman's runtime here (crun fails under cgroups v1)
     "openssl:openssl"                   # makes keys and signatures for the trust tests
+    "promtool:prometheus"               # checks and unit-tests the alerting rules in deploy/
 )
 
 missing=()

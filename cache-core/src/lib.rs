@@ -84,7 +84,8 @@ pub mod testing;
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{
     BlobBody, BlobResponse, CacheBuilder, CacheOptions, Catalog, FileBody, GcReport, ImagePlan,
-    ManifestResponse, PullReport, PullThroughCache, Referrers, ScrubReport, TagList, WeakCache,
+    ManifestResponse, PullReport, PullThroughCache, Referrers, ScrubReport, StoreUsage, TagList,
+    WeakCache,
 };
 pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result, SharedError};
 pub use events::{AdmissionOutcome, CacheStatus, Event, EventSink, PeerFetch, UpstreamCall};

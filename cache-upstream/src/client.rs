@@ -363,6 +363,12 @@ impl RegistryClient {
         self.rate.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The pull budget's reserve (`reserve` of its registry entry): the
+    /// remaining pulls it does not spend, if one is set.
+    pub fn rate_limit_reserve(&self) -> Option<u64> {
+        self.opts.rate_limit_reserve
+    }
+
     /// Refuses to spend the pull budget once it is down to the reserve,
     /// until its window has passed.
     fn check_budget(&self) -> Result<()> {

@@ -239,6 +239,7 @@ impl CacheBuilder {
                 ),
                 in_use: Mutex::new(HashMap::new()),
                 verdicts: Default::default(),
+                usage: Mutex::new(None),
                 opts,
             }),
         };

@@ -15,6 +15,7 @@ mod fetch;
 mod flights;
 mod hot;
 mod image;
+mod inventory;
 pub(crate) mod keys;
 mod lease;
 mod maintenance;
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 pub use builder::CacheBuilder;
 pub use image::{ImagePlan, PullReport};
+pub use inventory::StoreUsage;
 pub use maintenance::{GcReport, ScrubReport};
 pub use response::{
     BlobBody, BlobResponse, Catalog, FileBody, ManifestResponse, Referrers, TagList,
@@ -189,6 +191,8 @@ pub(crate) struct Inner {
     pub(crate) hot: hot::Hot,
     in_use: Mutex<HashMap<Digest, usize>>,
     verdicts: signatures::Verdicts,
+    /// What the store held when last measured.
+    usage: Mutex<Option<StoreUsage>>,
 }
 
 /// Marks a digest as being read, so gc leaves it alone.

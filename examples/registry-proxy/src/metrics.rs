@@ -93,6 +93,8 @@ struct ReadOnScrape {
     inflight: AtomicUsize,
     /// The webhooks' counts.
     webhooks: Mutex<Option<Arc<cache_upstream::webhook::Webhooks>>>,
+    /// What the store held when last measured, and its quota.
+    store: Mutex<(Option<cache_core::StoreUsage>, Option<u64>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -243,6 +245,16 @@ impl Metrics {
         *lock(&self.read.webhooks) = Some(webhooks);
     }
 
+    /// The store's quota, if it has one.
+    pub fn set_quota(&self, quota: Option<u64>) {
+        lock(&self.read.store).1 = quota;
+    }
+
+    /// What the store held when last measured.
+    pub fn set_store_usage(&self, usage: cache_core::StoreUsage) {
+        lock(&self.read.store).0 = Some(usage);
+    }
+
     /// Counts one configuration reload, applied or refused.
     pub fn reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "refused" };
@@ -383,6 +395,30 @@ impl Collector for ReadOnScrape {
             self.inflight.load(Ordering::Relaxed) as u64,
         )?;
 
+        let (usage, quota) = *lock(&self.store);
+        for (name, help, v) in [
+            (
+                "registry_proxy_store_bytes",
+                "Bytes of blobs in the store, as last measured (at start and every storage.gc_interval).",
+                usage.map(|u| u.bytes),
+            ),
+            (
+                "registry_proxy_store_blobs",
+                "Blobs in the store, as last measured.",
+                usage.map(|u| u.blobs),
+            ),
+            (
+                "registry_proxy_store_quota_bytes",
+                "The store's quota (storage.quota), when one is set.",
+                quota,
+            ),
+        ] {
+            let g = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            if let Some(v) = v {
+                ConstGauge::new(v).encode(g)?;
+            }
+        }
+
         let hooks = lock(&self.webhooks)
             .as_ref()
             .map(|w| w.stats())
@@ -428,6 +464,27 @@ impl Collector for ReadOnScrape {
             .iter()
             .filter_map(|(r, c, client)| client.rate_limit().map(|l| (r.clone(), c.clone(), l)))
             .collect();
+        let reserves: Vec<(String, String, u64)> = lock(&self.clients)
+            .iter()
+            .filter_map(|(r, c, client)| {
+                client
+                    .rate_limit_reserve()
+                    .map(|n| (r.clone(), c.clone(), n))
+            })
+            .collect();
+        let mut g = e.encode_descriptor(
+            "registry_proxy_upstream_ratelimit_reserve",
+            "Pulls of the upstream's window kept in reserve (a registry's reserve): at this, cold misses get 429.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (registry, creds, n) in &reserves {
+            let labels = [
+                ("registry", registry.as_str()),
+                ("credentials", creds.as_str()),
+            ];
+            ConstGauge::new(*n).encode(g.encode_family(&labels)?)?;
+        }
         for (name, help, value) in [
             (
                 "registry_proxy_upstream_ratelimit_remaining",

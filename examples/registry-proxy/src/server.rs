@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use axum::extract::State;
@@ -159,6 +160,29 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         }
         g.revoke_through(&cache);
         g.spawn_rescans();
+    }
+    metrics.set_quota(cfg.quota);
+    {
+        // What the store holds, for /metrics and the console: before
+        // serving (so the first scrape has it; a store too large to list
+        // in 10 s is measured in the background) and every gc_interval.
+        let (cache, metrics, every) = (cache.clone(), metrics.clone(), cfg.gc_interval);
+        let first = tokio::time::timeout(Duration::from_secs(10), cache.measure_usage()).await;
+        let measured = matches!(first, Ok(Ok(_)));
+        if let Ok(Ok(u)) = first {
+            metrics.set_store_usage(u);
+        }
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + if measured { every } else { Duration::ZERO };
+            let mut tick = tokio::time::interval_at(start, every);
+            loop {
+                tick.tick().await;
+                match cache.measure_usage().await {
+                    Ok(u) => metrics.set_store_usage(u),
+                    Err(e) => tracing::warn!(error = %e, "measuring the store failed"),
+                }
+            }
+        });
     }
     if cfg.quota.is_some() || cfg.policies.values().any(|p| p.content_ttl.is_some()) {
         let (cache, quota, every) = (cache.clone(), cfg.quota, cfg.gc_interval);
