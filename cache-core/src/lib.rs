@@ -83,9 +83,10 @@ pub mod testing;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{
-    BlobBody, BlobResponse, CacheBuilder, CacheOptions, Catalog, FileBody, GcReport, ImagePlan,
-    ManifestResponse, PullReport, PullThroughCache, Referrers, ScrubReport, StoreUsage, TagList,
-    WeakCache,
+    AdmissionRecord, BlobBody, BlobResponse, CacheBuilder, CacheOptions, Catalog, Denial, FileBody,
+    GcReport, ImagePlan, ImageView, LayerView, ManifestResponse, ManifestView, PlatformView,
+    PullReport, PullStats, PullThroughCache, Referrers, RepoPage, RepoSummary, ScrubReport,
+    StoreUsage, TagList, TagRow, TagRows, WeakCache,
 };
 pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result, SharedError};
 pub use events::{AdmissionOutcome, CacheStatus, Event, EventSink, PeerFetch, UpstreamCall};

@@ -213,6 +213,14 @@ pub trait Admission: Send + Sync + fmt::Debug {
         "admission hook"
     }
 
+    /// What the hook does under `rule`, in a sentence for people (a
+    /// console's rule list), or `None` when it does nothing there.
+    /// Default: `None`.
+    fn describe(&self, rule: &Rule) -> Option<String> {
+        let _ = rule;
+        None
+    }
+
     /// Whether, under `rule`, blobs may be served only as parts of
     /// manifests this hook admitted (not on the upstream's word that it
     /// has them). Default: no.
@@ -229,6 +237,9 @@ impl<T: Admission + ?Sized> Admission for std::sync::Arc<T> {
     }
     fn name(&self) -> &str {
         (**self).name()
+    }
+    fn describe(&self, rule: &Rule) -> Option<String> {
+        (**self).describe(rule)
     }
     fn restricts_blobs(&self, rule: &Rule) -> bool {
         (**self).restricts_blobs(rule)

@@ -240,6 +240,9 @@ impl CacheBuilder {
                 in_use: Mutex::new(HashMap::new()),
                 verdicts: Default::default(),
                 usage: Mutex::new(None),
+                pulls: Default::default(),
+                recent_denials: Default::default(),
+                repo_index: Default::default(),
                 opts,
             }),
         };

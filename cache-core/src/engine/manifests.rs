@@ -71,6 +71,10 @@ impl PullThroughCache {
             status: resp.status,
             caller,
         });
+        // A scanner's reads are how admission is decided, not pulls.
+        if !matches!(caller, Caller::Scanner { .. }) {
+            self.inner.count_pull(name, reference);
+        }
         Ok(resp)
     }
 

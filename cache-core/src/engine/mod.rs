@@ -20,11 +20,13 @@ pub(crate) mod keys;
 mod lease;
 mod maintenance;
 mod manifests;
+mod pulls;
 mod queue;
 mod referrers;
 mod response;
 mod signatures;
 mod tags;
+mod verdicts;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,11 +34,16 @@ use std::time::Duration;
 
 pub use builder::CacheBuilder;
 pub use image::{ImagePlan, PullReport};
-pub use inventory::StoreUsage;
+pub use inventory::{
+    ImageView, LayerView, ManifestView, PlatformView, RepoPage, RepoSummary, StoreUsage, TagRow,
+    TagRows,
+};
 pub use maintenance::{GcReport, ScrubReport};
+pub use pulls::PullStats;
 pub use response::{
     BlobBody, BlobResponse, Catalog, FileBody, ManifestResponse, Referrers, TagList,
 };
+pub use verdicts::{AdmissionRecord, Denial};
 
 use self::fetch::Fetch;
 use self::flights::Flights;
@@ -193,6 +200,12 @@ pub(crate) struct Inner {
     verdicts: signatures::Verdicts,
     /// What the store held when last measured.
     usage: Mutex<Option<StoreUsage>>,
+    /// Pull counts not written yet.
+    pulls: pulls::Pending,
+    /// The latest refusals.
+    recent_denials: verdicts::RecentDenials,
+    /// The repositories, as last listed.
+    repo_index: inventory::RepoIndex,
 }
 
 /// Marks a digest as being read, so gc leaves it alone.

@@ -211,6 +211,21 @@ impl PullThroughCache {
             detail,
             fresh,
         });
+        // What a console shows; a remembered pass (a warm pull) keeps nothing.
+        if fresh || outcome != AdmissionOutcome::Allowed {
+            let record = super::AdmissionRecord {
+                policy: policy.to_owned(),
+                outcome,
+                reason: reason.to_owned(),
+                detail: detail.cloned(),
+                rule: rule.to_owned(),
+                reference: reference.to_string(),
+                at: self.inner.clock.now(),
+            };
+            self.inner
+                .keep_verdict(&ctx.local, digest, record, fresh)
+                .await;
+        }
         if outcome == AdmissionOutcome::Allowed && !fresh {
             return;
         }

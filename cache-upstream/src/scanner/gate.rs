@@ -922,6 +922,29 @@ impl Admission for ScanGate {
         "vulnerability scan"
     }
 
+    fn describe(&self, rule: &Rule) -> Option<String> {
+        let p = self.inner.policies.get(rule.name())?;
+        let mode = match p.mode {
+            GateMode::Enforce => "refuses",
+            GateMode::Audit => "audits (serves)",
+        };
+        let accepted = if p.allow.is_empty() {
+            String::new()
+        } else {
+            format!(", {} accepted finding(s)", p.allow.len())
+        };
+        Some(format!(
+            "vulnerability scan by {}: {mode} findings at or above {}{accepted}; rescans after {}s; a failing scanner {}",
+            p.scanner,
+            p.deny_severity,
+            p.rescan.as_secs(),
+            match p.on_scanner_error {
+                OnScannerError::Allow => "allows",
+                OnScannerError::Deny => "denies",
+            }
+        ))
+    }
+
     fn restricts_blobs(&self, rule: &Rule) -> bool {
         self.inner
             .policies

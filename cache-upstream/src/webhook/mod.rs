@@ -140,10 +140,11 @@ impl EventType {
     /// The type of an engine event, if webhooks report it.
     pub fn of(e: &Event<'_>) -> Option<Self> {
         match e {
+            // A scanner's reads are how admission is decided, not pulls.
             Event::Manifest { caller, status, .. } => match (caller, status) {
-                (Caller::Client, CacheStatus::Miss) => Some(EventType::PullMiss),
-                (Caller::Client, _) => Some(EventType::PullHit),
-                _ => None,
+                (Caller::Scanner { .. }, _) => None,
+                (_, CacheStatus::Miss) => Some(EventType::PullMiss),
+                _ => Some(EventType::PullHit),
             },
             Event::FetchFinished { .. } => Some(EventType::FetchFinished),
             Event::Admission {
