@@ -45,6 +45,8 @@
 //! * `config` (feature `serde`): the configurable types (`CacheOptions`,
 //!   rules and their policies) deserialise and validate themselves;
 //! * `protocol` (feature `http`): the pull API sans IO, for any server;
+//! * `console` (feature `console`): a read-only web console over what the
+//!   engine holds (repositories, tags, images, decisions, rules);
 //! * one error type, [`Error`], mapped to OCI error codes ([`ErrorCode`])
 //!   and HTTP statuses;
 //! * `testing` (feature `testing`): the store conformance suite, a
@@ -57,6 +59,8 @@
 
 #[cfg(feature = "serde")]
 pub mod config;
+#[cfg(feature = "console")]
+pub mod console;
 pub mod cosign;
 mod digest;
 mod engine;

@@ -261,6 +261,47 @@ impl Metrics {
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 
+    /// What the web console's overview shows of these: the cache's
+    /// counters, each registry's pull budget, the quota, the webhooks.
+    pub fn figures(&self) -> cache_core::console::Figures {
+        let c = &self.read.engine;
+        let budgets = lock(&self.read.clients)
+            .iter()
+            .filter_map(|(registry, creds, client)| {
+                let l = client.rate_limit()?;
+                Some(cache_core::console::Budget {
+                    registry: registry.clone(),
+                    credentials: creds.clone(),
+                    remaining: l.remaining,
+                    limit: l.limit,
+                    reserve: client.rate_limit_reserve(),
+                })
+            })
+            .collect();
+        let more = lock(&self.read.webhooks)
+            .as_ref()
+            .map(|w| w.stats())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| {
+                let v = format!(
+                    "{} delivered, {} failed, {} dropped, {} waiting",
+                    h.delivered, h.failed, h.dropped, h.queued
+                );
+                (format!("webhook {}", h.name), v)
+            })
+            .collect();
+        cache_core::console::Figures {
+            hits: Counters::get(&c.hits),
+            misses: Counters::get(&c.misses),
+            bytes_served: Counters::get(&c.bytes_served),
+            bytes_fetched: Counters::get(&c.bytes_from_upstream),
+            quota: lock(&self.read.store).1,
+            budgets,
+            more,
+        }
+    }
+
     /// The engine's counters.
     pub fn engine(&self) -> &Counters {
         &self.read.engine

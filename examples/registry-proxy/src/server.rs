@@ -19,7 +19,7 @@ use cache_core::server::{ConnLimits, PullAuth, ScopedTokens, serve_connections};
 use cache_upstream::scanner::{MetadataError, ScanImageError};
 
 use crate::config::Config;
-use crate::http::{AppState, healthz, readyz, router};
+use crate::http::{AppState, healthz, readyz, router_with};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::{build_cache, open_store};
@@ -214,6 +214,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         cfg.request_timeout,
         cfg.drain_delay,
     );
+    let console_cfg = cfg.console;
     let rules = cfg.rules.len();
     let limits = ConnLimits {
         idle_timeout: cfg.idle_timeout,
@@ -273,6 +274,14 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
                 get(|State((_, st)): State<(Arc<Reloader>, AppState)>| readyz(State(st))),
             )
             .with_state((reloader.clone(), state.clone()));
+        // The console, open to whoever reaches this loopback listener.
+        let admin = match console_cfg.admin_listener {
+            true => admin.nest_service(
+                "/ui",
+                crate::http::console(&state, console_cfg.page_size).router(),
+            ),
+            false => admin,
+        };
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!(admin = %addr, "admin endpoint: POST /reload");
@@ -287,7 +296,10 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         }
     }
     let draining = state.draining.clone();
-    let app = router(state).layer(TimeoutLayer::with_status_code(
+    let console = console_cfg
+        .main_listener
+        .then(|| crate::http::console_for_clients(&state, console_cfg.page_size));
+    let app = router_with(state, console).layer(TimeoutLayer::with_status_code(
         axum::http::StatusCode::GATEWAY_TIMEOUT,
         request_timeout,
     ));

@@ -48,6 +48,7 @@ struct RawConfig {
     tls: Option<TlsFiles>,
     scanner: Vec<ScannerConfig>,
     webhook: Vec<cache_upstream::webhook::WebhookConfig>,
+    console: cache_core::console::ConsoleConfig,
 }
 
 /// `[log]`.
@@ -106,6 +107,8 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// Where events go (`[[webhook]]`).
     pub webhooks: Vec<cache_upstream::webhook::WebhookConfig>,
+    /// Where the web console is served (`[console]`).
+    pub console: cache_core::console::ConsoleConfig,
 }
 
 /// The built-in default (`default.toml`).
@@ -193,6 +196,7 @@ impl Config {
             policies,
             auth: raw.auth.map(|a| a.validate(base)).transpose()?,
             webhooks: cache_upstream::webhook::WebhookConfig::prepare(raw.webhook, base)?,
+            console: raw.console,
         })
     }
 }
