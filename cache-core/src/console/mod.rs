@@ -56,6 +56,9 @@ use crate::protocol::query_param;
 /// The most rows a page may have.
 pub const MAX_PAGE_SIZE: usize = 500;
 
+/// An overview measures the store again when it was measured longer ago.
+const REMEASURE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What the overview shows that the engine does not count itself: the
 /// program's counters, pull budgets, the quota.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,6 +104,8 @@ pub struct Console {
 
 struct Inner {
     cache: PullThroughCache,
+    /// Whether the store is being measured for an overview.
+    measuring: Arc<std::sync::atomic::AtomicBool>,
     access: Arc<dyn ConsoleAccess>,
     figures: Option<Arc<FiguresFn>>,
     page_size: usize,
@@ -124,6 +129,7 @@ impl Console {
         Console {
             inner: Arc::new(Inner {
                 cache,
+                measuring: Arc::default(),
                 access: Arc::new(OpenAccess),
                 figures: None,
                 page_size: 50,
@@ -135,6 +141,7 @@ impl Console {
     fn edit(self, f: impl FnOnce(&mut Inner)) -> Self {
         let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
             cache: shared.cache.clone(),
+            measuring: shared.measuring.clone(),
             access: shared.access.clone(),
             figures: shared.figures.clone(),
             page_size: shared.page_size,
@@ -290,10 +297,32 @@ async fn overview(State(c): State<Console>, headers: HeaderMap) -> Response {
         .into_iter()
         .filter(|d| c.inner.access.may_read(&viewer, &d.repository))
         .collect();
+    let usage = cache.store_usage();
+    // A store measured more than a minute ago is measured again, in the
+    // background (one listing at a time): the next overview shows it.
+    let old = usage.is_none_or(|u| {
+        std::time::SystemTime::now()
+            .duration_since(u.measured_at)
+            .is_ok_and(|age| age > REMEASURE_AFTER)
+    });
+    if old
+        && !c
+            .inner
+            .measuring
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
+        let (cache, measuring) = (cache.clone(), c.inner.measuring.clone());
+        tokio::spawn(async move {
+            if let Err(e) = cache.measure_usage().await {
+                tracing::warn!(error = %e, "measuring the store failed");
+            }
+            measuring.store(false, std::sync::atomic::Ordering::Release);
+        });
+    }
     let o = pages::Overview {
         figures: figures.as_ref(),
         inflight: cache.inflight(),
-        usage: cache.store_usage(),
+        usage,
         rules: cache.rules().len(),
         denials: &denials,
     };

@@ -234,11 +234,31 @@ pub(super) fn overview(base: &str, o: &Overview<'_>) -> Markup {
     }
 }
 
+/// `24h`, `10m`, `90s`, `1d12h`: as a configuration writes it.
+pub(super) fn duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let mut out = String::new();
+    for (unit, v) in [
+        ("d", s / 86_400),
+        ("h", s % 86_400 / 3600),
+        ("m", s % 3600 / 60),
+        ("s", s % 60),
+    ] {
+        if v > 0 {
+            out.push_str(&format!("{v}{unit}"));
+        }
+    }
+    out
+}
+
 fn freshness(p: &RulePolicy) -> String {
     match p.tag_freshness {
         TagFreshness::Revalidate => "revalidate".into(),
         TagFreshness::Pinned => "pinned".into(),
-        TagFreshness::Ttl(d) => format!("ttl {}s", d.as_secs()),
+        TagFreshness::Ttl(d) => format!("ttl {}", duration(d)),
     }
 }
 
@@ -291,8 +311,8 @@ pub(super) fn rules(base: &str, r: &RulesPage<'_>) -> Markup {
                     td { (row.rule.credentials().unwrap_or("–")) }
                     @if let Some(p) = &row.policy {
                         td { (freshness(p)) }
-                        td { (p.stale_if_error.as_secs()) "s" }
-                        td { @match p.content_ttl { Some(t) => { (t.as_secs()) "s" }, None => "–" } }
+                        td { (duration(p.stale_if_error)) }
+                        td { @match p.content_ttl { Some(t) => (duration(t)), None => "–" } }
                         td {
                             @if let Some(s) = &p.signatures {
                                 div { "signatures: " (match s.mode { SignatureMode::Enforce => "enforced", SignatureMode::Audit => "audited" }) ", " (s.keys.len()) " key(s)" }
@@ -524,6 +544,15 @@ mod tests {
         assert_eq!(bytes(2048), "2.0 KiB");
         assert_eq!(bytes(1536 * 1024 * 1024), "1.5 GiB");
         assert_eq!(bytes(300 * 1024 * 1024), "300 MiB");
+    }
+
+    #[test]
+    fn durations_read_as_configurations_write_them() {
+        use std::time::Duration;
+        assert_eq!(duration(Duration::from_secs(86_400)), "1d");
+        assert_eq!(duration(Duration::from_secs(600)), "10m");
+        assert_eq!(duration(Duration::from_secs(129_661)), "1d12h1m1s");
+        assert_eq!(duration(Duration::from_millis(200)), "200ms");
     }
 
     #[test]

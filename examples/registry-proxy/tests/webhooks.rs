@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,39 +105,6 @@ impl Receiver {
     }
 }
 
-/// An ECDSA P-256 public key made by openssl (for a signature policy that
-/// nothing pushed here is signed with).
-fn public_key(dir: &Path) -> PathBuf {
-    let openssl = require("openssl", "openssl").unwrap_or_else(|e| panic!("{e}"));
-    let (private, public) = (dir.join("k.key"), dir.join("k.pub"));
-    for args in [
-        vec![
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-        ],
-        vec!["ec", "-pubout", "-in"],
-    ] {
-        let mut c = Command::new(&openssl);
-        c.args(&args);
-        if args[0] == "ecparam" {
-            c.arg(&private);
-        } else {
-            c.arg(&private).arg("-out").arg(&public);
-        }
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    public
-}
-
 /// `sha256=<hex>` of `body` keyed with `secret`, as `openssl dgst -hmac`
 /// computes it.
 fn openssl_hmac(secret: &str, body: &[u8]) -> String {
@@ -177,7 +143,7 @@ async fn signed_cloudevents_arrive_for_a_miss_a_denial_and_a_scan_verdict() {
     let (vulnerable, _c) = push_labeled(&up, "scanned/app", 3, "openssl 3.0.1");
     let receiver = Receiver::start(Answer::Ok).await;
     let keys = tempfile::tempdir().unwrap();
-    let key = public_key(keys.path());
+    let key = common::cosign_public_key(keys.path());
     let h = up.host();
     let extra = format!(
         "[[rule]]\nname = \"signed\"\nsource = \"{h}/signed/*\"\ntarget = \"signed/*\"\n[rule.signatures]\ncosign_keys = [\"{key}\"]\nmode = \"enforce\"\n\n\
