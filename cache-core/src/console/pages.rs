@@ -296,7 +296,7 @@ pub(super) fn rules(base: &str, r: &RulesPage<'_>) -> Markup {
                 }
             }
         }
-        form.inline method="get" action={ (base) "/rules" } {
+        form.inline method="get" action={ (base) "/rules" } #rule-search {
             input type="text" name="q" placeholder="search name, source or target" value=(r.query);
             button type="submit" { "Search" }
         }
@@ -338,7 +338,7 @@ pub(super) fn rules(base: &str, r: &RulesPage<'_>) -> Markup {
 pub(super) fn repositories(base: &str, query: &str, page: &RepoPage) -> Markup {
     html! {
         h1 { "Repositories" }
-        form.inline method="get" action={ (base) "/repositories" } {
+        form.inline method="get" action={ (base) "/repositories" } #repository-search {
             input type="text" name="q" placeholder="search repositories" value=(query);
             button type="submit" { "Search" }
         }
@@ -401,7 +401,7 @@ pub(super) fn repository(base: &str, r: &RepositoryPage<'_>) -> Markup {
             }
         }
         h2 { "Tags" }
-        form.inline method="get" action={ (base) "/repository" } {
+        form.inline method="get" action={ (base) "/repository" } #tag-search {
             input type="hidden" name="name" value=(r.name);
             input type="text" name="q" placeholder="search tags" value=(r.query);
             button type="submit" { "Search" }

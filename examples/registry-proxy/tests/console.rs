@@ -56,6 +56,8 @@ impl Browser {
                     "--disable-sync", "--no-first-run", "--window-size=1280,1000",
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
+                // No page may need JavaScript: the browser runs none.
+                "prefs": { "profile.managed_default_content_settings.javascript": 2 },
             }),
         );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -84,10 +86,56 @@ impl Browser {
     }
 
     async fn text(&self, css: &str) -> String {
-        match self.client.find(Locator::Css(css)).await {
-            Ok(e) => e.text().await.unwrap(),
-            Err(e) => panic!("{css}: {e}\n{}", self.source().await),
+        // A page replaced between finding and reading is read again.
+        for _ in 0..50 {
+            match self.client.find(Locator::Css(css)).await {
+                Ok(e) => match e.text().await {
+                    Ok(t) => return t,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                },
+                Err(e) => panic!("{css}: {e}\n{}", self.source().await),
+            }
         }
+        panic!("{css}: the page kept changing")
+    }
+
+    /// Clicks what `css` finds and waits until the browser has left the
+    /// page it was on.
+    async fn click(&self, locator: Locator<'_>) {
+        let from = self.client.current_url().await.unwrap().to_string();
+        self.client
+            .find(locator)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .click()
+            .await
+            .unwrap();
+        self.left(from).await;
+    }
+
+    /// Types `value` into the field `field` of the form `css`, submits it
+    /// and waits until the browser has left the page it was on.
+    async fn submit(&self, css: &str, field: &str, value: &str) {
+        let from = self.client.current_url().await.unwrap().to_string();
+        let form = self.client.form(Locator::Css(css)).await.unwrap();
+        form.set_by_name(field, value).await.unwrap();
+        form.submit().await.unwrap();
+        self.left(from).await;
+    }
+
+    async fn left(&self, from: String) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.client.current_url().await.unwrap().as_str() == from {
+            assert!(Instant::now() < deadline, "still at {from}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The new page's body, once it is there.
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("body"))
+            .await
+            .unwrap();
     }
 
     async fn source(&self) -> String {
@@ -123,6 +171,46 @@ fn pull_as(proxy: &Proxy, creds: &str, reference: &str, dest: &Path) -> Result<(
     ])
 }
 
+/// Tags `repo:from`'s manifest as each of `tags` in the upstream (the
+/// registry's own API: the manifest PUT again under another name).
+async fn retag(up: &TestRegistry, repo: &str, from: &str, tags: &[String]) {
+    const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+    let r = http()
+        .get(format!("{}/v2/{repo}/manifests/{from}", up.url()))
+        .header("accept", OCI)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let manifest = r.bytes().await.unwrap();
+    for t in tags {
+        let r = http()
+            .put(format!("{}/v2/{repo}/manifests/{t}", up.url()))
+            .header("content-type", OCI)
+            .body(manifest.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{t}");
+    }
+}
+
+/// Every page the console answers forbids script, and none carries any.
+async fn assert_no_script(url: &str) {
+    let r = http().get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("script-src"),
+        "{url}: {csp}"
+    );
+    let body = r.text().await.unwrap();
+    assert!(!body.to_ascii_lowercase().contains("<script"), "{url}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_a_served_and_a_refused_pull_explains_names_and_hides_from_strangers() {
     let up = TestRegistry::start().unwrap_or_else(|e| panic!("{e}"));
@@ -150,6 +238,20 @@ async fn the_console_shows_a_served_and_a_refused_pull_explains_names_and_hides_
         .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
     let refused = pull_as(&proxy, "alice:alice-pw", "signed/tool:v1", out.path()).unwrap_err();
     assert!(refused.contains("no signature"), "{refused}");
+    // 25 more tags of the served image, pulled through the proxy (its
+    // manifests only): 26 tags, two pages of 20.
+    let extra: Vec<String> = (0..25).map(|i| format!("x{i:02}")).collect();
+    retag(&up, "library/app", "v1", &extra).await;
+    for t in &extra {
+        let r = http()
+            .get(proxy.url(&format!("/v2/library/app/manifests/{t}")))
+            .basic_auth("alice", Some("alice-pw"))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{t}");
+    }
 
     let admin = format!("http://127.0.0.1:{admin_port}/ui");
     let b = Browser::start("admin").await;
@@ -173,15 +275,19 @@ async fn the_console_shows_a_served_and_a_refused_pull_explains_names_and_hides_
         "{repos}"
     );
     b.shot("repositories").await;
-
-    // The refused one shows why, as the pull met it.
+    b.submit("#repository-search", "q", "signed").await;
+    let found = b.text("#repositories").await;
+    assert!(
+        found.contains("signed/tool") && !found.contains("library/app"),
+        "{found}"
+    );
     b.client
-        .find(Locator::LinkText("signed/tool"))
-        .await
-        .unwrap()
-        .click()
+        .goto(&format!("{admin}/repositories"))
         .await
         .unwrap();
+
+    // The refused one shows why, as the pull met it.
+    b.click(Locator::LinkText("signed/tool")).await;
     let why = b.text("#refused").await;
     assert!(
         why.contains("signatures") && why.contains("no signature"),
@@ -189,13 +295,7 @@ async fn the_console_shows_a_served_and_a_refused_pull_explains_names_and_hides_
     );
     assert!(why.contains("v1"), "{why}");
     b.shot("repository-refused").await;
-    b.client
-        .find(Locator::Css("#refused a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Css("#refused a")).await;
     let verdicts = b.text("#verdicts").await;
     assert!(
         verdicts.contains("refused") && verdicts.contains("no signature"),
@@ -218,14 +318,41 @@ async fn the_console_shows_a_served_and_a_refused_pull_explains_names_and_hides_
         .unwrap_or("")
         .to_owned();
     assert!(row.contains("KiB"), "a size: {row}");
+    assert!(b.text("#tag-total").await.starts_with("26 "));
+    assert!(tags.contains("x18") && !tags.contains("x19"), "{tags}");
     b.shot("repository-served").await;
+    // The next page: the last six tags.
+    b.click(Locator::Css("#next")).await;
+    let second = b.text("#tags").await;
+    assert!(
+        (19..25).all(|i| second.contains(&format!("x{i}")))
+            && !second.contains("x18")
+            && !second.contains("v1"),
+        "{second}"
+    );
+    assert!(
+        b.client.find(Locator::Css("#next")).await.is_err(),
+        "the last page"
+    );
+    b.shot("repository-page-2").await;
+    // A search: the tags containing "x1".
+    b.submit("#tag-search", "q", "x1").await;
+    assert!(
+        b.text("#tag-total")
+            .await
+            .starts_with("10 cached tag(s) matching x1")
+    );
+    let found = b.text("#tags").await;
+    assert!(
+        (10..20).all(|i| found.contains(&format!("x{i}"))) && !found.contains("x09"),
+        "{found}"
+    );
+    b.shot("repository-search").await;
     b.client
-        .find(Locator::LinkText("v1"))
-        .await
-        .unwrap()
-        .click()
+        .goto(&format!("{admin}/repository?name=library/app"))
         .await
         .unwrap();
+    b.click(Locator::LinkText("v1")).await;
     let layers = b.text("#layers").await;
     for (d, _) in &served.layers {
         assert!(layers.contains(&d.to_string()), "{d}: {layers}");
@@ -253,9 +380,7 @@ async fn the_console_shows_a_served_and_a_refused_pull_explains_names_and_hides_
         ),
         ("elsewhere/app", "no rule declares"),
     ] {
-        let form = b.client.form(Locator::Css("#explain-form")).await.unwrap();
-        form.set_by_name("explain", typed).await.unwrap();
-        form.submit().await.unwrap();
+        b.submit("#explain-form", "explain", typed).await;
         let answer = b
             .client
             .wait()
@@ -270,6 +395,16 @@ async fn the_console_shows_a_served_and_a_refused_pull_explains_names_and_hides_
     }
     b.shot("rules-explain").await;
     drop(b);
+    for page in [
+        "/",
+        "/rules?explain=library/nginx",
+        "/repositories",
+        "/repository?name=signed/tool",
+        "/repository?name=library/app",
+        "/image?name=library/app&ref=v1",
+    ] {
+        assert_no_script(&format!("{admin}{page}")).await;
+    }
 
     // On the main listener the console is behind the pull side's auth:
     // a stranger, or a wrong password, sees neither repository.
