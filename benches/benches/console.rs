@@ -171,11 +171,11 @@ fn console_benches(c: &mut Criterion) {
     let pages: [(&str, &str, &str); 9] = [
         ("overview", "/", "caching rules"),
         ("rules_first_page", "/rules", "exact-0"),
-        ("rules_search", "/rules?q=org99999", "ns-99999"),
+        ("rules_search", "/rules?q=org99997", "ns-99997"),
         (
             "rules_explain",
-            "/rules?explain=mirror/org99999/app",
-            "through rule",
+            "/rules?explain=mirror/org99997/app",
+            "ns-99997",
         ),
         ("repositories_first_page", "/repositories", "bench/big"),
         (
@@ -193,7 +193,7 @@ fn console_benches(c: &mut Criterion) {
             "/repository?name=bench/big&after=t09949",
             "t09999",
         ),
-        ("image", "/image?name=bench/big&ref=t05000", "layers"),
+        ("image", "/image?name=bench/big&ref=t05000", "layer(s)"),
     ];
     for (what, uri, expect) in &pages {
         let size = rt.block_on(get(&router, uri, expect));
