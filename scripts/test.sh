@@ -16,6 +16,9 @@ NEEDED=(
     "runc:runc"                         # podman's runtime here (crun fails under cgroups v1)
     "openssl:openssl"                   # makes keys and signatures for the trust tests
     "curl:curl"                         # a client in the prefetch test
+    "promtool:prometheus"               # checks and unit-tests the alerting rules in deploy/
+    "chromium:chromium"                 # the browser the web console's tests drive, headless
+    "chromedriver:chromium-driver"      # ... over WebDriver
 )
 
 missing=()

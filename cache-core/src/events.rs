@@ -4,7 +4,11 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::digest::Digest;
+use crate::engine::GcReport;
 use crate::error::ErrorCode;
+use crate::names::{Reference, RepoName};
+use crate::policy::Caller;
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,12 +97,27 @@ impl UpstreamCall {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event<'a> {
-    /// A manifest was answered.
+    /// A manifest was answered: a pull.
     Manifest {
         /// The rule's name.
         rule: &'a str,
+        /// The local repository.
+        repository: &'a RepoName,
+        /// The tag or digest asked for.
+        reference: &'a Reference,
+        /// The manifest's digest.
+        digest: &'a Digest,
         /// Where it came from.
         status: CacheStatus,
+        /// Who asked (a client, or a scanner reading what it scans).
+        caller: &'a Caller,
+    },
+    /// A manifest request was answered `404` from the negative cache: the
+    /// upstream said, within the rule's `negative_ttl`, that it has no
+    /// such tag (`X-Cache: negative`).
+    NegativeHit {
+        /// The rule's name.
+        rule: &'a str,
     },
     /// A blob was answered (the body may still be streaming).
     Blob {
@@ -117,6 +136,22 @@ pub enum Event<'a> {
     FetchFinished {
         /// Whether the blob was verified and committed.
         committed: bool,
+        /// The rule of the request that started it.
+        rule: &'a str,
+        /// The upstream registry.
+        registry: &'a str,
+        /// The upstream repository it was fetched from.
+        repository: &'a RepoName,
+        /// The blob.
+        digest: &'a Digest,
+        /// Why it failed, when it did.
+        error: Option<&'a str>,
+    },
+    /// A blob fetch was refused because its registry's fetch queue was
+    /// full (`503` with `Retry-After`).
+    FetchQueueFull {
+        /// The upstream registry.
+        registry: &'a str,
     },
     /// A blob verified and was released to its readers, then its commit to
     /// the store failed (a full disk, an object store that did not
@@ -165,7 +200,77 @@ pub enum Event<'a> {
         rule: &'a str,
         /// The decision.
         outcome: AdmissionOutcome,
+        /// The local repository.
+        repository: &'a RepoName,
+        /// The tag or digest asked for.
+        reference: &'a Reference,
+        /// The manifest decided on.
+        digest: &'a Digest,
+        /// Which policy decided: `signatures`, or the hook's
+        /// [`name`](crate::policy::Admission::name).
+        policy: &'a str,
+        /// Why.
+        reason: &'a str,
+        /// Structured details of a refusal (the findings that denied an
+        /// image, say), as in the error's `detail`.
+        detail: Option<&'a serde_json::Value>,
+        /// Decided just now, rather than remembered from an earlier
+        /// decision.
+        fresh: bool,
     },
+    /// A vulnerability scan finished and its verdict under the rule's
+    /// policy is not what the previous scan's was (or there was none).
+    ScanVerdict {
+        /// The scanner.
+        scanner: &'a str,
+        /// The rule whose policy judged it.
+        rule: &'a str,
+        /// The repository it was scanned in.
+        repository: &'a RepoName,
+        /// The manifest scanned.
+        digest: &'a Digest,
+        /// The verdict now: `Allowed`, `Refused`, or `AuditOnly` (it would
+        /// be refused, the policy only audits).
+        outcome: AdmissionOutcome,
+        /// The verdict of the scan before, if there was one.
+        previous: Option<AdmissionOutcome>,
+        /// Why, in words.
+        reason: &'a str,
+        /// The findings that deny (at most a few), when any do.
+        detail: Option<&'a serde_json::Value>,
+    },
+    /// Garbage collection finished.
+    GcFinished(&'a GcReport),
+}
+
+impl Event<'_> {
+    /// The event's kind as a short name: `manifest`, `negative_hit`,
+    /// `blob`, `bytes_served`, `bytes_from_upstream`, `fetch_started`,
+    /// `fetch_finished`, `fetch_queue_full`, `commit_failed`,
+    /// `upstream_request`, `upstream_error`, `evicted`, `peer_fetch`,
+    /// `withdrawn`, `sync`, `admission`, `scan_verdict` or `gc_finished`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Manifest { .. } => "manifest",
+            Event::NegativeHit { .. } => "negative_hit",
+            Event::Blob { .. } => "blob",
+            Event::BytesServed(_) => "bytes_served",
+            Event::BytesFromUpstream(_) => "bytes_from_upstream",
+            Event::FetchStarted => "fetch_started",
+            Event::FetchFinished { .. } => "fetch_finished",
+            Event::FetchQueueFull { .. } => "fetch_queue_full",
+            Event::CommitFailed => "commit_failed",
+            Event::UpstreamRequest { .. } => "upstream_request",
+            Event::UpstreamError { .. } => "upstream_error",
+            Event::Evicted { .. } => "evicted",
+            Event::PeerFetch(_) => "peer_fetch",
+            Event::Withdrawn { .. } => "withdrawn",
+            Event::Sync { .. } => "sync",
+            Event::Admission { .. } => "admission",
+            Event::ScanVerdict { .. } => "scan_verdict",
+            Event::GcFinished(_) => "gc_finished",
+        }
+    }
 }
 
 /// An admission decision.
@@ -273,6 +378,8 @@ pub struct Counters {
     pub fetches_failed: AtomicU64,
     /// Blobs that verified and were served, and then failed to commit.
     pub commits_failed: AtomicU64,
+    /// Blob fetches refused because their registry's queue was full.
+    pub fetch_queue_full: AtomicU64,
     /// Upstream errors.
     pub upstream_errors: AtomicU64,
     /// Requests made to upstreams, of every kind.
@@ -319,16 +426,18 @@ impl EventSink for Counters {
                 CacheStatus::Stale => add(&self.stale, 1),
                 CacheStatus::Negative => add(&self.negative, 1),
             },
+            Event::NegativeHit { .. } => add(&self.negative, 1),
             Event::BytesServed(n) => add(&self.bytes_served, *n),
             Event::BytesFromUpstream(n) => add(&self.bytes_from_upstream, *n),
             Event::FetchStarted => add(&self.fetches_started, 1),
-            Event::FetchFinished { committed } => {
+            Event::FetchFinished { committed, .. } => {
                 add(&self.fetches_finished, 1);
                 if !committed {
                     add(&self.fetches_failed, 1);
                 }
             }
             Event::CommitFailed => add(&self.commits_failed, 1),
+            Event::FetchQueueFull { .. } => add(&self.fetch_queue_full, 1),
             Event::UpstreamError { .. } => add(&self.upstream_errors, 1),
             Event::UpstreamRequest { .. } => add(&self.upstream_requests, 1),
             Event::Evicted { bytes } => add(&self.evicted_bytes, *bytes),
@@ -347,6 +456,7 @@ impl EventSink for Counters {
                 AdmissionOutcome::Refused => add(&self.refused, 1),
                 AdmissionOutcome::AuditOnly => add(&self.audit_only, 1),
             },
+            Event::ScanVerdict { .. } | Event::GcFinished(_) => {}
         }
     }
 }

@@ -14,14 +14,19 @@
 //! purged/<alg>/<hex>                    a blob a purge took grants of: gc removes it unless re-granted
 //! leases/sync/<rule>                    which instance runs a rule's sync
 //! syncs/<rule>                          a rule's last sync run (when, where, what it did)
+//! repos/<repo>/_pulls/all               how often and when last the repository was pulled
+//! repos/<repo>/_pulls/tags/<tag>        ... a tag of it (a manifest pulled by tag)
+//! repos/<repo>/_pulls/digests/<alg>/<hex>  ... a manifest pulled by digest
+//! repos/<repo>/_verdicts/<alg>/<hex>    the admission decisions on a manifest, as pulls met them
 //! ```
 //!
 //! A rule's name stands in a key as itself when it is one key segment
 //! (letters, digits, `.`, `_`, `-`), else as `sha256-` and the hex of its
 //! SHA-256.
 //!
-//! Repository components never start with `_`, so `_tags`, `_links` and
-//! `_referrers` cannot collide with a nested repository. Keys are built
+//! Repository components never start with `_`, so `_tags`, `_links`,
+//! `_referrers`, `_pulls` and `_verdicts` cannot collide with a nested
+//! repository. Keys are built
 //! from validated names and digests only; the one raw input, a scanner's
 //! name, is checked ([`scans_of`]).
 //!
@@ -95,6 +100,41 @@ pub fn grant(repo: &RepoName, d: &Digest) -> MetaKey {
 /// last fetched.
 pub fn referrers(repo: &RepoName, d: &Digest) -> MetaKey {
     key(format!("repos/{repo}/_referrers/{}", digest_part(d)))
+}
+
+/// `repos/<repo>/_pulls/all`: how often and when last the repository was
+/// pulled (manifests asked for by clients).
+pub fn repo_pulls(repo: &RepoName) -> MetaKey {
+    key(format!("repos/{repo}/_pulls/all"))
+}
+
+/// `repos/<repo>/_pulls/tags/<tag>`: how often and when last a tag was pulled.
+pub fn tag_pulls(repo: &RepoName, tag: &Tag) -> MetaKey {
+    key(format!("repos/{repo}/_pulls/tags/{tag}"))
+}
+
+/// `repos/<repo>/_pulls/digests/<alg>/<hex>`: how often and when last a
+/// manifest was pulled by digest.
+pub fn digest_pulls(repo: &RepoName, d: &Digest) -> MetaKey {
+    key(format!("repos/{repo}/_pulls/digests/{}", digest_part(d)))
+}
+
+/// `repos/<repo>/_verdicts/<alg>/<hex>`: the admission decisions on a
+/// manifest (one per policy), as pulls through the repository met them.
+pub fn verdicts(repo: &RepoName, d: &Digest) -> MetaKey {
+    key(format!("repos/{repo}/_verdicts/{}", digest_part(d)))
+}
+
+/// `repos/<repo>/_verdicts`: every verdict record of a repository.
+pub fn verdicts_of(repo: &RepoName) -> MetaKey {
+    key(format!("repos/{repo}/_verdicts"))
+}
+
+/// A verdict record key's repository and digest.
+pub fn parse_verdicts(k: &MetaKey) -> Option<(RepoName, Digest)> {
+    let rest = k.as_str().strip_prefix("repos/")?;
+    let (repo, tail) = rest.split_once("/_verdicts/")?;
+    Some((RepoName::parse(repo).ok()?, parse_digest_part(tail)?))
 }
 
 /// `manifests/<alg>/<hex>`: a stored manifest's media type.
@@ -254,6 +294,18 @@ mod tests {
         assert_eq!(parse_purged(&purged(&d)), Some(d.clone()));
         assert_eq!(repo_of(&referrers(&repo, &d)), Some(repo.clone()));
         assert_eq!(parse_purged(&platform(&d)), None);
+        assert_eq!(
+            parse_verdicts(&verdicts(&repo, &d)),
+            Some((repo.clone(), d.clone()))
+        );
+        assert_eq!(parse_verdicts(&grant(&repo, &d)), None);
+        assert_eq!(parse_tag(&tag_pulls(&repo, &t)), None);
+        assert_eq!(parse_grant(&digest_pulls(&repo, &d)), None);
+        assert_eq!(
+            repo_of(&repo_pulls(&repo)),
+            None,
+            "pull counts are no content"
+        );
         let scan = scan_record("trivy-1.0", &d).unwrap();
         assert_eq!(parse_scan_record(&scan), Some(("trivy-1.0", d.clone())));
         assert_eq!(repo_of(&tag(&repo, &t)), Some(repo.clone()));
@@ -270,7 +322,14 @@ mod tests {
         let repo = RepoName::parse("library/nginx").unwrap();
         let d = digest(2);
         assert!(tag(&repo, &Tag::parse("latest").unwrap()).starts_with(&tags(&repo)));
-        for k in [tags(&repo), grant(&repo, &d), referrers(&repo, &d)] {
+        assert!(verdicts(&repo, &d).starts_with(&verdicts_of(&repo)));
+        for k in [
+            tags(&repo),
+            grant(&repo, &d),
+            referrers(&repo, &d),
+            repo_pulls(&repo),
+            verdicts(&repo, &d),
+        ] {
             assert!(k.starts_with(&repos()), "{k}");
             assert!(k.starts_with(&self::repo(&repo)), "{k}");
         }

@@ -45,6 +45,8 @@
 //! * `config` (feature `serde`): the configurable types (`CacheOptions`,
 //!   rules and their policies) deserialise and validate themselves;
 //! * `protocol` (feature `http`): the pull API sans IO, for any server;
+//! * `console` (feature `console`): a read-only web console over what the
+//!   engine holds (repositories, tags, images, decisions, rules);
 //! * one error type, [`Error`], mapped to OCI error codes ([`ErrorCode`])
 //!   and HTTP statuses;
 //! * `testing` (feature `testing`): the store conformance suite, a
@@ -57,6 +59,8 @@
 
 #[cfg(feature = "serde")]
 pub mod config;
+#[cfg(feature = "console")]
+pub mod console;
 pub mod cosign;
 mod digest;
 mod engine;
@@ -86,9 +90,10 @@ pub mod trust;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{
-    BlobBody, BlobResponse, CacheBuilder, CacheOptions, Catalog, FileBody, GcReport, ImagePlan,
-    ManifestResponse, MemoryBody, PullReport, PullThroughCache, PurgeReport, Referrers,
-    ScrubReport, SyncReport, TagList, WeakCache,
+    AdmissionRecord, BlobBody, BlobResponse, CacheBuilder, CacheOptions, Catalog, Denial, FileBody,
+    GcReport, ImagePlan, ImageView, LayerView, ManifestResponse, ManifestView, MemoryBody,
+    PlatformView, PullReport, PullStats, PullThroughCache, PurgeReport, Referrers, RepoPage,
+    RepoSummary, ScrubReport, StoreUsage, SyncReport, TagList, TagRow, TagRows, WeakCache,
 };
 pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result, SharedError};
 pub use events::{AdmissionOutcome, CacheStatus, Event, EventSink, PeerFetch, UpstreamCall};

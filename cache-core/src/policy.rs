@@ -563,6 +563,21 @@ pub trait Admission: Send + Sync + fmt::Debug {
     /// its own status.
     async fn admit(&self, req: &AdmissionRequest<'_>) -> crate::Result<Verdict>;
 
+    /// What the hook judges, in a word or two (`vulnerability scan`,
+    /// `platforms`): how its decisions are labelled in audit events, the
+    /// engine's verdict records and a console. Default: `admission hook`.
+    fn name(&self) -> &str {
+        "admission hook"
+    }
+
+    /// What the hook does under `rule`, in a sentence for people (a
+    /// console's rule list), or `None` when it does nothing there.
+    /// Default: `None`.
+    fn describe(&self, rule: &Rule) -> Option<String> {
+        let _ = rule;
+        None
+    }
+
     /// Whether, under `rule`, blobs may be served only as parts of
     /// manifests this hook admitted (not on the upstream's word that it
     /// has them). Default: no.
@@ -576,6 +591,12 @@ pub trait Admission: Send + Sync + fmt::Debug {
 impl<T: Admission + ?Sized> Admission for std::sync::Arc<T> {
     async fn admit(&self, req: &AdmissionRequest<'_>) -> crate::Result<Verdict> {
         (**self).admit(req).await
+    }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn describe(&self, rule: &Rule) -> Option<String> {
+        (**self).describe(rule)
     }
     fn restricts_blobs(&self, rule: &Rule) -> bool {
         (**self).restricts_blobs(rule)
@@ -636,6 +657,10 @@ impl Admission for PlatformAllowList {
             _ => Ok(Verdict::Pass),
         }
     }
+
+    fn name(&self) -> &str {
+        "platforms"
+    }
 }
 
 /// Refuses images whose config and layers add up to more than a maximum.
@@ -662,6 +687,10 @@ impl Admission for MaxImageSize {
             )));
         }
         Ok(Verdict::Pass)
+    }
+
+    fn name(&self) -> &str {
+        "image size"
     }
 }
 

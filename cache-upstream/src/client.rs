@@ -318,6 +318,7 @@ impl RegistryClient {
             .user_agent(opts.user_agent.clone())
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: policy.clone(),
+                hint: "is neither the registry's endpoint nor listed in its redirect_hosts",
             }))
             // reqwest drops Authorization when a redirect leaves the host;
             // the policy keeps redirects off internal addresses.
@@ -375,6 +376,12 @@ impl RegistryClient {
     /// `ratelimit-*` headers).
     pub fn rate_limit(&self) -> Option<RateLimit> {
         self.rate.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The pull budget's reserve (`reserve` of its registry entry): the
+    /// remaining pulls it does not spend, if one is set.
+    pub fn rate_limit_reserve(&self) -> Option<u64> {
+        self.opts.rate_limit_reserve
     }
 
     /// Refuses to spend the pull budget once it is down to the reserve,

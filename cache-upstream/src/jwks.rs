@@ -57,7 +57,10 @@ impl JwksFetch for JwksClient {
         let redirects = policy.clone();
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
-            .dns_resolver(Arc::new(GuardedResolver { policy }))
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy,
+                hint: "is not listed in the provider's jwks_hosts",
+            }))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 if attempt.previous().len() >= 3 {
                     return attempt.error("more than 3 redirects");

@@ -19,12 +19,17 @@
 //!   Adapter API (`ScannerClient`) and `ScanGate`, the engine's admission
 //!   hook that scans each new image once (on the engine's `Flights`,
 //!   `Spawner` and `Clock`), keeps findings in the store, judges them by a
-//!   rule's `ScanPolicy` and rescans in the background.
+//!   rule's `ScanPolicy` and rescans in the background;
+//! * [`webhook`]: events out: `Webhooks`, an `EventSink` decorator that
+//!   sends the engine's events (pulls, fetches, denials, scan verdicts,
+//!   gc) to HTTP receivers as CloudEvents or plain JSON, signed with
+//!   HMAC-SHA256, through a bounded queue with retries, past the same
+//!   address policy as upstream redirects.
 //!
 //! With the `serde` feature, [`ClientOptions`], a registry entry
 //! (`RegistryConfig`), a credential set (`CredentialSet`), a scanner
-//! (`scanner::ScannerConfig`) and a rule's vulnerability policy
-//! (`scanner::ScanPolicy`) deserialise and validate themselves, with
+//! (`scanner::ScannerConfig`), a rule's vulnerability policy
+//! (`scanner::ScanPolicy`) and a webhook (`webhook::WebhookConfig`) deserialise and validate themselves, with
 //! errors that name the key and the value.
 //!
 //! With the `testing` feature, the `testing` module is the workspace's test
@@ -45,6 +50,7 @@ mod jwks;
 mod layout;
 mod policy;
 pub mod scanner;
+pub mod webhook;
 
 #[cfg(feature = "testing")]
 pub mod testing;

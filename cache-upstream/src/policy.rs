@@ -182,12 +182,16 @@ impl AddressPolicy {
 #[derive(Debug, Clone)]
 pub(crate) struct GuardedResolver {
     pub(crate) policy: AddressPolicy,
+    /// What a refusal says of the host, after "it resolves only to
+    /// non-public addresses (...) and".
+    pub(crate) hint: &'static str,
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_owned();
         let trusted = self.policy.is_trusted(&host);
+        let hint = self.hint;
         Box::pin(async move {
             let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = all
@@ -200,7 +204,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 return Err(Box::new(Refused {
                     host: host.clone(),
                     reason: format!(
-                        "it resolves only to non-public addresses ({}) and is neither the registry's endpoint nor listed in its redirect_hosts",
+                        "it resolves only to non-public addresses ({}) and {hint}",
                         shown.join(", ")
                     ),
                 })

@@ -79,7 +79,11 @@ impl PullThroughCache {
             match joined {
                 Some((f, i)) => (f, i, None),
                 None => {
-                    let slot = ctx.queue.enter(ctx.rule.registry())?;
+                    let slot = ctx.queue.enter(ctx.rule.registry()).inspect_err(|_| {
+                        inner.events.event(&Event::FetchQueueFull {
+                            registry: ctx.rule.registry().as_str(),
+                        })
+                    })?;
                     let f = Arc::new(Fetch::new(digest.clone(), name.clone()));
                     if ungranted {
                         f.ungrant();

@@ -242,6 +242,10 @@ impl CacheBuilder {
                 negative: Default::default(),
                 prefetches: Default::default(),
                 sync: Default::default(),
+                usage: Mutex::new(None),
+                pulls: Default::default(),
+                recent_denials: Default::default(),
+                repo_index: Default::default(),
                 opts,
             }),
         };

@@ -548,6 +548,10 @@ impl Job {
             }
         }
         let deserted = matches!(outcome, Outcome::Deserted);
+        let error = match &outcome {
+            Outcome::Failed(e) => Some(e.to_string()),
+            _ => None,
+        };
         self.fetch.update(|s| {
             // `deserted()` already recorded its outcome.
             if !deserted {
@@ -556,7 +560,14 @@ impl Job {
         });
         inner.finish_fetch(&self.fetch);
         if !deserted {
-            inner.events.event(&Event::FetchFinished { committed });
+            inner.events.event(&Event::FetchFinished {
+                committed,
+                rule: &self.rule,
+                registry: &self.registry,
+                repository: &self.upstream_repo,
+                digest: &self.fetch.digest,
+                error: error.as_deref(),
+            });
         }
     }
 

@@ -82,7 +82,7 @@ impl PullThroughCache {
     pub async fn gc(&self, quota: Option<u64>) -> Result<GcReport> {
         let inner = &self.inner;
         if !inner.store.shared() {
-            return self.gc_now(quota).await;
+            return self.gc_now(quota).await.inspect(|r| self.gc_done(r));
         }
         let (store, opts) = (&*inner.store, &inner.opts);
         let key = keys::gc_lease();
@@ -126,7 +126,12 @@ impl PullThroughCache {
             tracing::warn!(error = %e, "gc: releasing the gc lease failed; it lapses");
         }
         tracing::info!(?report, "gc: released the gc lease");
-        report
+        report.inspect(|r| self.gc_done(r))
+    }
+
+    /// What follows a gc run that ran: its event.
+    fn gc_done(&self, report: &GcReport) {
+        self.inner.events.event(&Event::GcFinished(report));
     }
 
     async fn gc_now(&self, quota: Option<u64>) -> Result<GcReport> {

@@ -10,6 +10,7 @@ use super::flights;
 use super::keys::TagRecord;
 use super::queue::UpstreamCall;
 use super::response::ManifestResponse;
+use super::signatures::Decision;
 use super::{Ctx, PullThroughCache};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -58,6 +59,11 @@ impl PullThroughCache {
         let (ctx, resp) = self
             .manifest_answer(name, reference, accept, caller)
             .await?;
+        // A scanner's reads are how admission is decided, not pulls (nor
+        // are a prefetch's, a sync's or a warm's: they answer elsewhere).
+        if !matches!(caller, Caller::Scanner { .. }) {
+            self.inner.count_pull(name, reference);
+        }
         // Clients that may cause upstream fetches start one; a scanner or a
         // caller that reads only what the store holds does not.
         if !matches!(caller, Caller::Scanner { .. })
@@ -90,7 +96,11 @@ impl PullThroughCache {
         }
         self.inner.events.event(&Event::Manifest {
             rule: ctx.rule.name(),
+            repository: name,
+            reference,
+            digest: &resp.digest,
             status: resp.status,
+            caller,
         });
         Ok((ctx, resp))
     }
@@ -188,34 +198,27 @@ impl PullThroughCache {
         use crate::events::AdmissionOutcome;
         use crate::policy::Verdict;
         for hook in &ctx.wiring.admission {
+            let decided = |outcome, reason, detail, fresh| Decision {
+                policy: hook.name(),
+                outcome,
+                reason,
+                detail,
+                fresh,
+            };
             match hook.admit(&req).await {
                 Ok(Verdict::Pass) => {}
-                Ok(Verdict::Allowed { reason, fresh }) => self.audit(
-                    ctx,
-                    reference,
-                    &m.digest,
-                    AdmissionOutcome::Allowed,
-                    &reason,
-                    fresh,
-                ),
-                Ok(Verdict::AuditOnly { reason, fresh }) => self.audit(
-                    ctx,
-                    reference,
-                    &m.digest,
-                    AdmissionOutcome::AuditOnly,
-                    &reason,
-                    fresh,
-                ),
+                Ok(Verdict::Allowed { reason, fresh }) => {
+                    let d = decided(AdmissionOutcome::Allowed, &reason, None, fresh);
+                    self.audit(ctx, reference, &m.digest, d).await
+                }
+                Ok(Verdict::AuditOnly { reason, fresh }) => {
+                    let d = decided(AdmissionOutcome::AuditOnly, &reason, None, fresh);
+                    self.audit(ctx, reference, &m.digest, d).await
+                }
                 Err(e) => {
-                    if let Error::Denied { reason, .. } = &e {
-                        self.audit(
-                            ctx,
-                            reference,
-                            &m.digest,
-                            AdmissionOutcome::Refused,
-                            reason,
-                            true,
-                        );
+                    if let Error::Denied { reason, detail } = &e {
+                        let d = decided(AdmissionOutcome::Refused, reason, detail.as_deref(), true);
+                        self.audit(ctx, reference, &m.digest, d).await;
                         self.withdraw_if_granted(ctx, &parsed).await;
                     }
                     return Err(e);
@@ -475,9 +478,8 @@ impl PullThroughCache {
         match found {
             None => Ok(()),
             Some(e) => {
-                inner.events.event(&Event::Manifest {
+                inner.events.event(&Event::NegativeHit {
                     rule: ctx.rule.name(),
-                    status: CacheStatus::Negative,
                 });
                 Err(e)
             }

@@ -15,11 +15,13 @@ mod fetch;
 mod flights;
 mod hot;
 mod image;
+mod inventory;
 pub(crate) mod keys;
 mod lease;
 mod maintenance;
 mod manifests;
 mod negative;
+mod pulls;
 mod queue;
 mod referrers;
 mod response;
@@ -27,6 +29,7 @@ mod signatures;
 mod store_only;
 mod sync;
 mod tags;
+mod verdicts;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,11 +37,17 @@ use std::time::Duration;
 
 pub use builder::CacheBuilder;
 pub use image::{ImagePlan, PullReport};
+pub use inventory::{
+    ImageView, LayerView, ManifestView, PlatformView, RepoPage, RepoSummary, StoreUsage, TagRow,
+    TagRows,
+};
 pub use maintenance::{GcReport, PurgeReport, ScrubReport};
+pub use pulls::PullStats;
 pub use response::{
     BlobBody, BlobResponse, Catalog, FileBody, ManifestResponse, MemoryBody, Referrers, TagList,
 };
 pub use sync::SyncReport;
+pub use verdicts::{AdmissionRecord, Denial};
 
 use self::fetch::Fetch;
 use self::flights::Flights;
@@ -214,6 +223,14 @@ pub(crate) struct Inner {
     prefetches: image::Prefetches,
     /// Scheduled sync: runs under way, the schedule.
     sync: sync::SyncState,
+    /// What the store held when last measured.
+    usage: Mutex<Option<StoreUsage>>,
+    /// Pull counts not written yet.
+    pulls: pulls::Pending,
+    /// The latest refusals.
+    recent_denials: verdicts::RecentDenials,
+    /// The repositories, as last listed.
+    repo_index: inventory::RepoIndex,
 }
 
 /// Marks a digest as being read, so gc leaves it alone.

@@ -131,6 +131,18 @@ impl Verdicts {
     }
 }
 
+/// One admission decision, as [`PullThroughCache::audit`] records it.
+pub(crate) struct Decision<'a> {
+    /// `signatures`, or the hook's name.
+    pub(crate) policy: &'a str,
+    pub(crate) outcome: AdmissionOutcome,
+    pub(crate) reason: &'a str,
+    /// A refusal's structured details.
+    pub(crate) detail: Option<&'a serde_json::Value>,
+    /// Decided just now rather than remembered.
+    pub(crate) fresh: bool,
+}
+
 /// Whether a manifest is signature or attestation material: an image
 /// manifest whose layers are all signature payloads (nothing runnable).
 fn is_signature_artifact(parsed: &ParsedManifest) -> bool {
@@ -240,7 +252,14 @@ impl PullThroughCache {
             }
             Verdict::Unverified(why) => (AdmissionOutcome::AuditOnly, why.to_string()),
         };
-        self.audit(ctx, reference, &m.digest, outcome, &reason, fresh);
+        let decision = Decision {
+            policy: "signatures",
+            outcome,
+            reason: &reason,
+            detail: None,
+            fresh,
+        };
+        self.audit(ctx, reference, &m.digest, decision).await;
         match outcome {
             AdmissionOutcome::Refused => Err(Error::denied(format!(
                 "{} {reference} refused by the signature policy of rule {rule:?}: {reason}",
@@ -250,19 +269,49 @@ impl PullThroughCache {
         }
     }
 
-    /// Records an admission decision: a counter always, a log event when
+    /// Records an admission decision: an event always, a log event when
     /// it was just made or refuses.
-    pub(crate) fn audit(
+    pub(crate) async fn audit(
         &self,
         ctx: &Ctx,
         reference: &Reference,
         digest: &Digest,
-        outcome: AdmissionOutcome,
-        reason: &str,
-        fresh: bool,
+        decision: Decision<'_>,
     ) {
         let rule = ctx.rule.name();
-        self.inner.events.event(&Event::Admission { rule, outcome });
+        let Decision {
+            policy,
+            outcome,
+            reason,
+            detail,
+            fresh,
+        } = decision;
+        self.inner.events.event(&Event::Admission {
+            rule,
+            outcome,
+            repository: &ctx.local,
+            reference,
+            digest,
+            policy,
+            reason,
+            detail,
+            fresh,
+        });
+        // What a console shows; a remembered pass (a warm pull) keeps nothing.
+        if fresh || outcome != AdmissionOutcome::Allowed {
+            let record = super::AdmissionRecord {
+                policy: policy.to_owned(),
+                outcome,
+                reason: reason.to_owned(),
+                detail: detail.cloned(),
+                rule: rule.to_owned(),
+                reference: reference.to_string(),
+                at: self.inner.clock.now(),
+            };
+            self.inner
+                .keep_verdict(&ctx.local, digest, record, fresh)
+                .await;
+        }
         if outcome == AdmissionOutcome::Allowed && !fresh {
             return;
         }
@@ -271,9 +320,9 @@ impl PullThroughCache {
         // Who asked: a principal's name, `scanner`, or `-` for an unnamed client.
         let principal = ctx.caller.name().unwrap_or("-");
         if outcome == "allowed" {
-            tracing::info!(target: "audit", rule, repository, principal, %reference, %digest, outcome, reason, "admission");
+            tracing::info!(target: "audit", rule, repository, principal, %reference, %digest, policy, outcome, reason, "admission");
         } else {
-            tracing::warn!(target: "audit", rule, repository, principal, %reference, %digest, outcome, reason, "admission");
+            tracing::warn!(target: "audit", rule, repository, principal, %reference, %digest, policy, outcome, reason, "admission");
         }
     }
 

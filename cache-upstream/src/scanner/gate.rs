@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use cache_core::events::{AdmissionOutcome, Event, EventSink, NoEvents};
 use cache_core::policy::{Admission, AdmissionRequest, PullCredentials, Verdict};
 use cache_core::runtime::{Busy, Flight, Flights, TokioRuntime, timeout};
 use cache_core::{BlobStore, Clock, Digest, Error, MetaKey, RepoName, Result, Rule, Spawner};
@@ -201,6 +202,8 @@ struct GateInner {
     /// One scan per (scanner, digest); keyed `"{scanner} {digest}"`.
     flights: Flights<ScanRecord, ScanError>,
     counters: Arc<ScanCounters>,
+    /// Where verdict changes are reported.
+    events: Arc<dyn EventSink>,
     spawner: Arc<dyn Spawner>,
     clock: Arc<dyn Clock>,
 }
@@ -287,6 +290,7 @@ impl ScanGate {
                 cache: std::sync::OnceLock::new(),
                 flights: scan_flights(&spawner, &clock),
                 counters: Arc::default(),
+                events: Arc::new(NoEvents),
                 spawner,
                 clock,
             }),
@@ -327,6 +331,18 @@ impl ScanGate {
     pub fn with_counters(mut self, counters: Arc<ScanCounters>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.counters = counters;
+        }
+        self
+    }
+
+    /// Reports to `events` each scan whose verdict under its rule's
+    /// policy is not the previous scan's (a first scan, a rescan that
+    /// turns an image denied or allowed): [`Event::ScanVerdict`]. The rule
+    /// is found through the cache [`revoke_through`](Self::revoke_through)
+    /// names. Only before the gate is cloned.
+    pub fn with_events(mut self, events: Arc<dyn EventSink>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.events = events;
         }
         self
     }
@@ -578,6 +594,8 @@ impl GateInner {
         };
         let id = client.scan(&target).await?;
         let findings = client.report(&id, REPORT_DEADLINE).await?;
+        // What the scan before said, for the verdict change (memory or store).
+        let previous = self.record(scanner, d).await.ok().flatten();
         let rec = ScanRecord {
             scanned_at_ms: unix_ms(self.clock.now()),
             repository: repository.to_string(),
@@ -590,8 +608,48 @@ impl GateInner {
         }
         self.remember((scanner.to_owned(), d.clone()), rec.clone());
         tracing::info!(target: "audit", scanner, repository = %repository, digest = %d, findings = rec.findings.len(), "scan finished");
+        self.report_change(scanner, repository, d, previous.as_ref(), &rec);
         self.revoke_if_denied(scanner, repository, d, &rec).await;
         Ok(rec)
+    }
+
+    /// Reports the scan's verdict when it is not the previous scan's,
+    /// under the policy of the rule `repository` falls under (if it uses
+    /// `scanner`).
+    fn report_change(
+        &self,
+        scanner: &str,
+        repository: &RepoName,
+        d: &Digest,
+        previous: Option<&ScanRecord>,
+        rec: &ScanRecord,
+    ) {
+        let Some(cache) = self.cache.get().and_then(|w| w.upgrade()) else {
+            return;
+        };
+        let rules = cache.rules();
+        let Ok(resolved) = rules.resolve(repository) else {
+            return;
+        };
+        let rule = resolved.rule.name();
+        let Some(policy) = self.policies.get(rule).filter(|p| p.scanner == scanner) else {
+            return;
+        };
+        let now = judge(policy, rec, rule, d);
+        let before = previous.map(|p| judge(policy, p, rule, d).outcome);
+        if before == Some(now.outcome) {
+            return;
+        }
+        self.events.event(&Event::ScanVerdict {
+            scanner,
+            rule,
+            repository,
+            digest: d,
+            outcome: now.outcome,
+            previous: before,
+            reason: &now.reason,
+            detail: now.detail.as_ref(),
+        });
     }
 
     /// Withdraws the grants of `d` in `repository` when the rule it falls
@@ -701,6 +759,61 @@ impl GateInner {
     }
 }
 
+/// What a policy makes of a scan's findings.
+struct Judged {
+    outcome: AdmissionOutcome,
+    reason: String,
+    /// The findings that deny (the first few), when any do.
+    detail: Option<serde_json::Value>,
+}
+
+/// Judges `rec` by `policy` (of rule `rule`): allowed, refused, or (in
+/// audit mode) audit-only, why, and the top findings that deny.
+fn judge(policy: &ScanPolicy, rec: &ScanRecord, rule: &str, d: &Digest) -> Judged {
+    let bad = denying(policy, rec);
+    if bad.is_empty() {
+        return Judged {
+            outcome: AdmissionOutcome::Allowed,
+            reason: format!(
+                "scanned by {}: no finding at or above {}",
+                policy.scanner, policy.deny_severity
+            ),
+            detail: None,
+        };
+    }
+    let top: Vec<String> = bad
+        .iter()
+        .take(TOP_FINDINGS)
+        .map(|f| format!("{} ({}, {} {})", f.id, f.severity, f.package, f.version))
+        .collect();
+    let reason = format!(
+        "{} finding(s) at or above {}: {}{}",
+        bad.len(),
+        policy.deny_severity,
+        top.join(", "),
+        if bad.len() > TOP_FINDINGS {
+            ", ..."
+        } else {
+            ""
+        }
+    );
+    Judged {
+        outcome: match policy.mode {
+            GateMode::Enforce => AdmissionOutcome::Refused,
+            GateMode::Audit => AdmissionOutcome::AuditOnly,
+        },
+        reason,
+        detail: Some(serde_json::json!({
+            "rule": rule,
+            "scanner": policy.scanner,
+            "digest": d.as_str(),
+            "deny_severity": policy.deny_severity,
+            "denying": bad.len(),
+            "findings": bad.iter().take(TOP_FINDINGS).collect::<Vec<_>>(),
+        })),
+    }
+}
+
 #[async_trait]
 impl Admission for ScanGate {
     async fn admit(&self, req: &AdmissionRequest<'_>) -> Result<Verdict> {
@@ -802,51 +915,51 @@ impl Admission for ScanGate {
                 }
             }
         };
-        let bad = denying(policy, &rec);
-        if bad.is_empty() {
-            return Ok(Verdict::Allowed {
-                reason: format!(
-                    "scanned by {}: no finding at or above {}",
-                    policy.scanner, policy.deny_severity
-                ),
-                fresh,
-            });
-        }
-        let top: Vec<String> = bad
-            .iter()
-            .take(TOP_FINDINGS)
-            .map(|f| format!("{} ({}, {} {})", f.id, f.severity, f.package, f.version))
-            .collect();
-        let reason = format!(
-            "{} finding(s) at or above {}: {}{}",
-            bad.len(),
-            policy.deny_severity,
-            top.join(", "),
-            if bad.len() > TOP_FINDINGS {
-                ", ..."
-            } else {
-                ""
-            }
-        );
-        match policy.mode {
-            GateMode::Enforce => Err(Error::denied_with(
+        let Judged {
+            outcome,
+            reason,
+            detail,
+        } = judge(policy, &rec, req.rule.name(), d);
+        match (outcome, detail) {
+            (AdmissionOutcome::Refused, Some(detail)) => Err(Error::denied_with(
                 format!(
                     "{} {} refused by the vulnerability policy of rule {:?}: {reason}",
                     req.repository,
                     req.reference,
                     req.rule.name()
                 ),
-                serde_json::json!({
-                    "rule": req.rule.name(),
-                    "scanner": policy.scanner,
-                    "digest": d.as_str(),
-                    "deny_severity": policy.deny_severity,
-                    "denying": bad.len(),
-                    "findings": bad.iter().take(TOP_FINDINGS).collect::<Vec<_>>(),
-                }),
+                detail,
             )),
-            GateMode::Audit => Ok(Verdict::AuditOnly { reason, fresh }),
+            (AdmissionOutcome::AuditOnly, _) => Ok(Verdict::AuditOnly { reason, fresh }),
+            _ => Ok(Verdict::Allowed { reason, fresh }),
         }
+    }
+
+    fn name(&self) -> &str {
+        "vulnerability scan"
+    }
+
+    fn describe(&self, rule: &Rule) -> Option<String> {
+        let p = self.inner.policies.get(rule.name())?;
+        let mode = match p.mode {
+            GateMode::Enforce => "refuses",
+            GateMode::Audit => "audits (serves)",
+        };
+        let accepted = if p.allow.is_empty() {
+            String::new()
+        } else {
+            format!(", {} accepted finding(s)", p.allow.len())
+        };
+        Some(format!(
+            "vulnerability scan by {}: {mode} findings at or above {}{accepted}; rescans after {}s; a failing scanner {}",
+            p.scanner,
+            p.deny_severity,
+            p.rescan.as_secs(),
+            match p.on_scanner_error {
+                OnScannerError::Allow => "allows",
+                OnScannerError::Deny => "denies",
+            }
+        ))
     }
 
     fn restricts_blobs(&self, rule: &Rule) -> bool {

@@ -1,6 +1,7 @@
 //! The server's own HTTP surface around the library's pull service
 //! ([`cache_core::server::PullService`]: pull-side auth, scanner scoping,
-//! the pull API, blobs sent from files): health endpoints, `/metrics`, and
+//! the pull API, blobs sent from files): health endpoints, `/metrics`, the
+//! web console at `/ui/` where configured (`cache_core::console`), and
 //! the access log and request metrics as a layer around it all.
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cache_core::PullThroughCache;
+use cache_core::console::{Console, PullAuthAccess};
 use cache_core::server::{AccessInfo, PullService};
 
 use crate::metrics::Metrics;
@@ -39,17 +41,41 @@ pub struct AppState {
 /// (`/v2/...`) answered by the library's [`PullService`], with the
 /// state's auth (swapped on reload) and scoped credentials.
 pub fn router(state: AppState) -> Router {
+    router_with(state, None)
+}
+
+/// [`router`], with the web console at `/ui/` when one is given (behind
+/// the pull side's authentication: [`console_for_clients`]).
+pub fn router_with(state: AppState, console: Option<Console>) -> Router {
     let pull = PullService::new(state.cache.clone())
         .auth_from(state.auth.clone())
         .scoped(state.scoped.clone())
         .realm("registry-proxy");
-    Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback_service(pull)
+        .route("/readyz", get(readyz));
+    if let Some(c) = console {
+        app = app.nest_service("/ui", c.router());
+    }
+    app.fallback_service(pull)
         .layer(middleware::from_fn_with_state(state.clone(), access))
         .with_state(state)
+}
+
+/// The web console over the state's cache, its overview fed by the
+/// state's metrics (the store's quota included), `page_size` rows a page.
+pub fn console(state: &AppState, page_size: usize) -> Console {
+    let metrics = state.metrics.clone();
+    Console::new(state.cache.clone())
+        .page_size(page_size)
+        .figures(move || metrics.figures())
+}
+
+/// [`console`] for the main listener: who may pull may look, and sees
+/// what they may pull (the pull side's authentication, swapped on reload).
+pub fn console_for_clients(state: &AppState, page_size: usize) -> Console {
+    console(state, page_size).access(PullAuthAccess::new(state.auth.clone()))
 }
 
 /// `200` while the process serves at all.

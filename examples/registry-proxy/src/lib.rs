@@ -93,6 +93,8 @@ pub struct GateServices {
     pub credentials: Arc<ScopedTokens>,
     /// Scans finished, failed and in progress, for `/metrics`.
     pub counters: Arc<ScanCounters>,
+    /// Where the gates report verdict changes (the engine's sink).
+    pub events: Option<Arc<dyn EventSink>>,
 }
 
 /// What a vulnerability gate needs besides the configuration: the store
@@ -133,8 +135,32 @@ pub fn scan_gate(cfg: &Config, parts: &GateParts) -> Result<Option<ScanGate>, Co
         parts.store.clone(),
         parts.services.credentials.clone(),
     )
-    .map(|g| Some(g.with_counters(parts.services.counters.clone())))
+    .map(|g| {
+        let g = g.with_counters(parts.services.counters.clone());
+        Some(match &parts.services.events {
+            Some(events) => g.with_events(events.clone()),
+            None => g,
+        })
+    })
     .map_err(ConfigError::new)
+}
+
+/// The engine's event sink: `metrics`, and the configured webhooks (their
+/// secrets read now, their workers started on this tokio runtime).
+pub fn event_sink(
+    cfg: &Config,
+    metrics: Arc<dyn EventSink>,
+) -> Result<Arc<cache_upstream::webhook::Webhooks>, ConfigError> {
+    let rt = cache_core::runtime::TokioRuntime::current();
+    let mut sink = cache_upstream::webhook::Webhooks::new(metrics);
+    for (i, w) in cfg.webhooks.iter().enumerate() {
+        let at = |e: String| ConfigError::new(format!("webhook[{i}] (name = {:?}): {e}", w.name));
+        let settings = w.settings().map_err(|e| at(e.to_string()))?;
+        sink = sink
+            .with(settings, Arc::new(rt.clone()), Arc::new(rt.clone()))
+            .map_err(at)?;
+    }
+    Ok(Arc::new(sink))
 }
 
 /// The rules, upstreams and policies the configuration describes: one

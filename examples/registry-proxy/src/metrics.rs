@@ -120,6 +120,10 @@ struct ReadOnScrape {
     scans: Arc<ScanCounters>,
     /// The engine's fetch count, as [`Metrics::render`] was given it.
     inflight: AtomicUsize,
+    /// The webhooks' counts.
+    webhooks: Mutex<Option<Arc<cache_upstream::webhook::Webhooks>>>,
+    /// What the store held when last measured, and its quota.
+    store: Mutex<(Option<cache_core::StoreUsage>, Option<u64>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -293,7 +297,7 @@ impl EventSink for Metrics {
                     family.get_or_create(&by_rule).inc_by(n);
                 }
             }
-            Event::Admission { rule, outcome } => {
+            Event::Admission { rule, outcome, .. } => {
                 let rule = self.rule_label(rule);
                 self.admissions
                     .get_or_create(&AdmissionLabels {
@@ -352,10 +356,66 @@ impl Metrics {
         *lock(&self.read.clients) = clients;
     }
 
+    /// The webhooks whose deliveries are shown.
+    pub fn set_webhooks(&self, webhooks: Arc<cache_upstream::webhook::Webhooks>) {
+        *lock(&self.read.webhooks) = Some(webhooks);
+    }
+
+    /// The store's quota, if it has one.
+    pub fn set_quota(&self, quota: Option<u64>) {
+        lock(&self.read.store).1 = quota;
+    }
+
+    /// What the store held when last measured.
+    pub fn set_store_usage(&self, usage: cache_core::StoreUsage) {
+        lock(&self.read.store).0 = Some(usage);
+    }
+
     /// Counts one configuration reload, applied or refused.
     pub fn reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "refused" };
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
+    /// What the web console's overview shows of these: the cache's
+    /// counters, each registry's pull budget, the quota, the webhooks.
+    pub fn figures(&self) -> cache_core::console::Figures {
+        let c = &self.read.engine;
+        let budgets = lock(&self.read.clients)
+            .iter()
+            .filter_map(|(registry, creds, client)| {
+                let l = client.rate_limit()?;
+                Some(cache_core::console::Budget {
+                    registry: registry.clone(),
+                    credentials: creds.clone(),
+                    remaining: l.remaining,
+                    limit: l.limit,
+                    reserve: client.rate_limit_reserve(),
+                })
+            })
+            .collect();
+        let more = lock(&self.read.webhooks)
+            .as_ref()
+            .map(|w| w.stats())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| {
+                let v = format!(
+                    "{} delivered, {} failed, {} dropped, {} waiting",
+                    h.delivered, h.failed, h.dropped, h.queued
+                );
+                (format!("webhook {}", h.name), v)
+            })
+            .collect();
+        cache_core::console::Figures {
+            hits: Counters::get(&c.hits),
+            misses: Counters::get(&c.misses),
+            bytes_served: Counters::get(&c.bytes_served),
+            bytes_fetched: Counters::get(&c.bytes_from_upstream),
+            quota: lock(&self.read.store).1,
+            budgets,
+            more,
+        }
     }
 
     /// The engine's counters.
@@ -443,6 +503,11 @@ impl Collector for ReadOnScrape {
                 &c.commits_failed,
             ),
             (
+                "registry_proxy_fetch_queue_full",
+                "Blob fetches refused (503) because their registry's fetch queue was full.",
+                &c.fetch_queue_full,
+            ),
+            (
                 "registry_proxy_evicted_bytes",
                 "Bytes removed by gc and scrub.",
                 &c.evicted_bytes,
@@ -526,11 +591,96 @@ impl Collector for ReadOnScrape {
             ConstCounter::new(cap.waited().as_secs_f64())
                 .encode(waited.encode_family(&[("registry", registry.as_str())])?)?;
         }
+        let (usage, quota) = *lock(&self.store);
+        for (name, help, v) in [
+            (
+                "registry_proxy_store_bytes",
+                "Bytes of blobs in the store, as last measured (at start and every storage.gc_interval).",
+                usage.map(|u| u.bytes),
+            ),
+            (
+                "registry_proxy_store_blobs",
+                "Blobs in the store, as last measured.",
+                usage.map(|u| u.blobs),
+            ),
+            (
+                "registry_proxy_store_quota_bytes",
+                "The store's quota (storage.quota), when one is set.",
+                quota,
+            ),
+        ] {
+            let g = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            if let Some(v) = v {
+                ConstGauge::new(v).encode(g)?;
+            }
+        }
+
+        let hooks = lock(&self.webhooks)
+            .as_ref()
+            .map(|w| w.stats())
+            .unwrap_or_default();
+        let mut notices = e.encode_descriptor(
+            "registry_proxy_webhook_notices",
+            "Webhook notices by webhook and outcome (delivered, failed after retries or on a final answer, dropped because the queue was full).",
+            None,
+            MetricType::Counter,
+        )?;
+        for h in &hooks {
+            for (outcome, v) in [
+                ("delivered", h.delivered),
+                ("failed", h.failed),
+                ("dropped", h.dropped),
+            ] {
+                let labels = [("webhook", h.name.as_str()), ("outcome", outcome)];
+                ConstCounter::new(v).encode(notices.encode_family(&labels)?)?;
+            }
+        }
+        let mut retries = e.encode_descriptor(
+            "registry_proxy_webhook_retries",
+            "Webhook delivery attempts after a first one.",
+            None,
+            MetricType::Counter,
+        )?;
+        for h in &hooks {
+            ConstCounter::new(h.retries)
+                .encode(retries.encode_family(&[("webhook", h.name.as_str())])?)?;
+        }
+        let mut queued = e.encode_descriptor(
+            "registry_proxy_webhook_queued",
+            "Webhook notices waiting to be delivered.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for h in &hooks {
+            ConstGauge::new(h.queued)
+                .encode(queued.encode_family(&[("webhook", h.name.as_str())])?)?;
+        }
 
         let budgets: Vec<(String, String, cache_upstream::RateLimit)> = lock(&self.clients)
             .iter()
             .filter_map(|(r, c, client)| client.rate_limit().map(|l| (r.clone(), c.clone(), l)))
             .collect();
+        let reserves: Vec<(String, String, u64)> = lock(&self.clients)
+            .iter()
+            .filter_map(|(r, c, client)| {
+                client
+                    .rate_limit_reserve()
+                    .map(|n| (r.clone(), c.clone(), n))
+            })
+            .collect();
+        let mut g = e.encode_descriptor(
+            "registry_proxy_upstream_ratelimit_reserve",
+            "Pulls of the upstream's window kept in reserve (a registry's reserve): at this, cold misses get 429.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (registry, creds, n) in &reserves {
+            let labels = [
+                ("registry", registry.as_str()),
+                ("credentials", creds.as_str()),
+            ];
+            ConstGauge::new(*n).encode(g.encode_family(&labels)?)?;
+        }
         for (name, help, value) in [
             (
                 "registry_proxy_upstream_ratelimit_remaining",
@@ -567,6 +717,28 @@ mod tests {
     use cache_upstream::{ClientOptions, RegistryClient};
 
     use super::Metrics;
+
+    static REPO: std::sync::LazyLock<RepoName> =
+        std::sync::LazyLock::new(|| RepoName::parse("library/x").unwrap());
+    static REFERENCE: std::sync::LazyLock<Reference> =
+        std::sync::LazyLock::new(|| Reference::parse("v1").unwrap());
+    static DIGEST: std::sync::LazyLock<cache_core::Digest> =
+        std::sync::LazyLock::new(|| cache_core::Digest::sha256_of(b"{}"));
+
+    /// An admission decision of `rule`.
+    fn admission(rule: &str, outcome: AdmissionOutcome) -> Event<'_> {
+        Event::Admission {
+            rule,
+            outcome,
+            repository: &REPO,
+            reference: &REFERENCE,
+            digest: &DIGEST,
+            policy: "signatures",
+            reason: "a test",
+            detail: None,
+            fresh: true,
+        }
+    }
 
     /// A label value with every character the text format must escape.
     const AWKWARD: &str = "we\"ird\\name\nnext";
@@ -652,10 +824,7 @@ mod tests {
             AWKWARD.to_owned(),
             Arc::new(client),
         )]);
-        m.event(&Event::Admission {
-            rule: AWKWARD,
-            outcome: AdmissionOutcome::Allowed,
-        });
+        m.event(&admission(AWKWARD, AdmissionOutcome::Allowed));
         let text = m.render(0);
         assert_well_formed(&text);
         for label in ["registry", "credentials", "rule"] {
@@ -670,16 +839,10 @@ mod tests {
     fn admissions_name_at_most_the_rule_cap_and_count_the_rest_as_other() {
         let m = Metrics::default();
         for i in 0..super::MAX_RULE_LABELS + 100 {
-            m.event(&Event::Admission {
-                rule: &format!("rule-{i}"),
-                outcome: AdmissionOutcome::Refused,
-            });
+            m.event(&admission(&format!("rule-{i}"), AdmissionOutcome::Refused));
         }
         // A rule already named keeps its name.
-        m.event(&Event::Admission {
-            rule: "rule-0",
-            outcome: AdmissionOutcome::Allowed,
-        });
+        m.event(&admission("rule-0", AdmissionOutcome::Allowed));
         let text = m.render(0);
         let rules: std::collections::BTreeSet<&str> = text
             .lines()

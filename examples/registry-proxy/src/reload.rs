@@ -9,7 +9,8 @@
 //! signing key, a new one when generated) are swapped at once; requests
 //! and transfers in progress finish under the configuration they started
 //! with. Settings that only a restart can
-//! change (listen address, storage, `[server]`, `[upstream]`) keep their
+//! change (listen address, storage, `[server]`, `[upstream]`,
+//! `[[webhook]]`) keep their
 //! running values, and the reload says which of them differ.
 
 use std::path::PathBuf;
@@ -70,6 +71,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             (old.quota, old.gc_interval) == (new.quota, new.gc_interval),
         ),
         ("[server]", server(old) == server(new)),
+        ("[[webhook]]", old.webhooks == new.webhooks),
         (
             "[upstream] / storage lease and touch settings / server.max_manifest_size",
             (&old.cache, &old.client) == (&new.cache, &new.client),

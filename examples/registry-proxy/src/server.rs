@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use axum::extract::State;
@@ -20,7 +21,7 @@ use cache_core::server::{ConnLimits, ScopedTokens, serve_connections};
 use cache_upstream::scanner::{MetadataError, ScanImageError};
 
 use crate::config::Config;
-use crate::http::{AppState, healthz, readyz, router};
+use crate::http::{AppState, healthz, readyz, router_with};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::{build_cache, open_store};
@@ -182,11 +183,23 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         }
     };
     let metrics = Arc::new(Metrics::default());
+    // Events go to the metrics and, through their queues, the webhooks.
+    let events = match crate::event_sink(&cfg, metrics.clone()) {
+        Ok(w) => {
+            metrics.set_webhooks(w.clone());
+            w
+        }
+        Err(e) => {
+            eprintln!("registry-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let services = crate::GateServices {
         credentials: Arc::new(ScopedTokens::new()),
         counters: metrics.scans.clone(),
+        events: Some(events.clone()),
     };
-    let (cache, gate) = match build_cache(&cfg, store, metrics.clone(), Some(services.clone())) {
+    let (cache, gate) = match build_cache(&cfg, store, events, Some(services.clone())) {
         Ok((cache, clients, gate)) => {
             metrics.set_clients(clients);
             (cache, gate)
@@ -214,6 +227,29 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         }
         g.revoke_through(&cache);
         g.spawn_rescans();
+    }
+    metrics.set_quota(cfg.quota);
+    {
+        // What the store holds, for /metrics and the console: before
+        // serving (so the first scrape has it; a store too large to list
+        // in 10 s is measured in the background) and every gc_interval.
+        let (cache, metrics, every) = (cache.clone(), metrics.clone(), cfg.gc_interval);
+        let first = tokio::time::timeout(Duration::from_secs(10), cache.measure_usage()).await;
+        let measured = matches!(first, Ok(Ok(_)));
+        if let Ok(Ok(u)) = first {
+            metrics.set_store_usage(u);
+        }
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + if measured { every } else { Duration::ZERO };
+            let mut tick = tokio::time::interval_at(start, every);
+            loop {
+                tick.tick().await;
+                match cache.measure_usage().await {
+                    Ok(u) => metrics.set_store_usage(u),
+                    Err(e) => tracing::warn!(error = %e, "measuring the store failed"),
+                }
+            }
+        });
     }
     {
         // Every gc_interval: with a quota or content TTLs, and whenever a
@@ -255,6 +291,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         cfg.request_timeout,
         cfg.drain_delay,
     );
+    let console_cfg = cfg.console;
     let rules = cfg.rules.len();
     let limits = ConnLimits {
         idle_timeout: cfg.idle_timeout,
@@ -316,6 +353,14 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
                 get(|State((_, st)): State<(Arc<Reloader>, AppState)>| readyz(State(st))),
             )
             .with_state((reloader.clone(), state.clone()));
+        // The console, open to whoever reaches this loopback listener.
+        let admin = match console_cfg.admin_listener {
+            true => admin.nest_service(
+                "/ui",
+                crate::http::console(&state, console_cfg.page_size).router(),
+            ),
+            false => admin,
+        };
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!(admin = %addr, "admin endpoint: POST /reload");
@@ -330,7 +375,10 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         }
     }
     let draining = state.draining.clone();
-    let app = router(state).layer(TimeoutLayer::with_status_code(
+    let console = console_cfg
+        .main_listener
+        .then(|| crate::http::console_for_clients(&state, console_cfg.page_size));
+    let app = router_with(state, console).layer(TimeoutLayer::with_status_code(
         axum::http::StatusCode::GATEWAY_TIMEOUT,
         request_timeout,
     ));

@@ -47,6 +47,8 @@ struct RawConfig {
     log: Log,
     tls: Option<TlsFiles>,
     scanner: Vec<ScannerConfig>,
+    webhook: Vec<cache_upstream::webhook::WebhookConfig>,
+    console: cache_core::console::ConsoleConfig,
 }
 
 /// `[log]`.
@@ -103,6 +105,10 @@ pub struct Config {
     pub policies: HashMap<String, RulePolicy>,
     /// Pull-side auth, if any.
     pub auth: Option<AuthConfig>,
+    /// Where events go (`[[webhook]]`).
+    pub webhooks: Vec<cache_upstream::webhook::WebhookConfig>,
+    /// Where the web console is served (`[console]`).
+    pub console: cache_core::console::ConsoleConfig,
 }
 
 /// The built-in default (`default.toml`).
@@ -195,6 +201,8 @@ impl Config {
                     a.load().map_err(|e| e.at("auth"))
                 })
                 .transpose()?,
+            webhooks: cache_upstream::webhook::WebhookConfig::prepare(raw.webhook, base)?,
+            console: raw.console,
         })
     }
 }

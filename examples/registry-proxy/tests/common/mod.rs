@@ -197,6 +197,40 @@ pub async fn assert_layers_refused(
     }
 }
 
+/// An ECDSA P-256 public key (PEM) made by openssl in `dir`, for a rule's
+/// cosign signature policy that nothing a test pushes is signed with.
+pub fn cosign_public_key(dir: &Path) -> PathBuf {
+    let openssl =
+        cache_upstream::testing::require("openssl", "openssl").unwrap_or_else(|e| panic!("{e}"));
+    let (private, public) = (dir.join("cosign.key"), dir.join("cosign.pub"));
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(&openssl).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+    ]
+    .map(std::ffi::OsStr::new)
+    .into_iter()
+    .chain([private.as_os_str()])
+    .collect::<Vec<_>>());
+    run(&["ec", "-pubout", "-in"]
+        .map(std::ffi::OsStr::new)
+        .into_iter()
+        .chain([private.as_os_str(), "-out".as_ref(), public.as_os_str()])
+        .collect::<Vec<_>>());
+    public
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }
