@@ -100,6 +100,9 @@ pub enum Event<'a> {
     BytesServed(u64),
     /// Bytes arrived from an upstream.
     BytesFromUpstream(u64),
+    /// Bytes arrived from another instance that is fetching the blob
+    /// (peer streaming), not from an upstream.
+    BytesFromPeer(u64),
     /// An upstream blob fetch started.
     FetchStarted,
     /// An upstream blob fetch ended, committed or not.
@@ -184,22 +187,27 @@ pub enum PeerFetch {
     /// The other instance took longer than `lease_wait`; this one fetched
     /// as well.
     WaitedTooLong,
+    /// The blob was streamed from the other instance as it fetched it
+    /// (peer streaming), verified here.
+    Streamed,
 }
 
 impl PeerFetch {
     /// Every outcome, for exporters that pre-register their series.
-    pub const ALL: [PeerFetch; 3] = [
+    pub const ALL: [PeerFetch; 4] = [
         PeerFetch::Published,
         PeerFetch::TakenOver,
         PeerFetch::WaitedTooLong,
+        PeerFetch::Streamed,
     ];
 
-    /// `published`, `taken_over` or `waited_too_long`.
+    /// `published`, `taken_over`, `waited_too_long` or `streamed`.
     pub fn as_str(self) -> &'static str {
         match self {
             PeerFetch::Published => "published",
             PeerFetch::TakenOver => "taken_over",
             PeerFetch::WaitedTooLong => "waited_too_long",
+            PeerFetch::Streamed => "streamed",
         }
     }
 }
@@ -259,6 +267,10 @@ pub struct Counters {
     pub peer_taken_over: AtomicU64,
     /// Fetches that stopped waiting for another instance and fetched too.
     pub peer_waited_too_long: AtomicU64,
+    /// Fetches streamed from the instance holding the lease.
+    pub peer_streamed: AtomicU64,
+    /// Bytes received from other instances (peer streaming).
+    pub bytes_from_peers: AtomicU64,
     /// Admission decisions that served.
     pub admitted: AtomicU64,
     /// Admission decisions that refused.
@@ -302,6 +314,8 @@ impl EventSink for Counters {
             Event::PeerFetch(PeerFetch::Published) => add(&self.peer_published, 1),
             Event::PeerFetch(PeerFetch::TakenOver) => add(&self.peer_taken_over, 1),
             Event::PeerFetch(PeerFetch::WaitedTooLong) => add(&self.peer_waited_too_long, 1),
+            Event::PeerFetch(PeerFetch::Streamed) => add(&self.peer_streamed, 1),
+            Event::BytesFromPeer(n) => add(&self.bytes_from_peers, *n),
             Event::Admission { outcome, .. } => match outcome {
                 AdmissionOutcome::Allowed => add(&self.admitted, 1),
                 AdmissionOutcome::Refused => add(&self.refused, 1),
