@@ -32,6 +32,10 @@ use crate::error::Result;
 use crate::secret::Secret;
 use crate::upstream::UpstreamBlob;
 
+/// The path prefix of the peer API: `GET /peer/v1/blobs/<digest>`, with
+/// `Range: bytes=N-` and `Authorization: Bearer <secret>`.
+pub const PEER_PATH: &str = "/peer/v1/blobs/";
+
 /// Where a follower reads a blob another instance is fetching.
 #[async_trait]
 pub trait PeerSource: Send + Sync + fmt::Debug {
@@ -92,6 +96,14 @@ impl PeerConfig {
     pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
     /// The shortest secret accepted.
     pub const MIN_SECRET: usize = 16;
+    /// The configuration keys, as written in `[storage]`.
+    pub const KEYS: &'static [&'static str] = &[
+        "peer_listen",
+        "peer_advertise",
+        "peer_secret",
+        "peer_timeout",
+        "peer_max_connections",
+    ];
 
     /// Checks an advertised address: `host:port`, the host a DNS name or
     /// an IP address (IPv6 in brackets), no scheme, path or user part.
@@ -132,18 +144,21 @@ mod de {
         peer_max_connections: Option<usize>,
     }
 
-    /// All of `peer_listen`, `peer_advertise` and `peer_secret`, or none
-    /// of them (then `None`: peer streaming off); `peer_timeout` at least
-    /// 100ms, `peer_max_connections` at least 1. Errors name the key and
-    /// value (the secret's value never).
-    impl PeerConfig {
-        /// Reads the `peer_*` keys (see the type's docs): `None` when none
-        /// is given.
-        pub fn from_keys<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> std::result::Result<Option<PeerConfig>, D::Error> {
+    /// The keys of [`PeerConfig::KEYS`]: `peer_listen`, `peer_advertise`
+    /// and `peer_secret` all required, `peer_timeout` at least 100ms,
+    /// `peer_max_connections` at least 1, unknown keys refused. Errors
+    /// name the key and value (the secret's value never). Read it only
+    /// when one of the keys is given: peer streaming is off otherwise.
+    impl<'de> Deserialize<'de> for PeerConfig {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
             let r = Raw::deserialize(d)?;
-            r.check().map_err(serde::de::Error::custom)
+            match r.check() {
+                Ok(Some(c)) => Ok(c),
+                Ok(None) => Err(serde::de::Error::custom(
+                    "peer streaming needs peer_listen, peer_advertise and peer_secret",
+                )),
+                Err(e) => Err(serde::de::Error::custom(e.message())),
+            }
         }
     }
 
@@ -237,13 +252,18 @@ mod tests {
     }
 
     #[cfg(feature = "serde")]
+    use serde::Deserialize;
+
+    #[cfg(feature = "serde")]
     #[test]
     fn keys_validate_and_the_secret_never_prints() {
         let parse = |t: &str| -> std::result::Result<Option<PeerConfig>, String> {
             let table: toml::Table = toml::from_str(t).unwrap();
-            PeerConfig::from_keys(table).map_err(|e| e.to_string())
+            PeerConfig::deserialize(toml::Value::Table(table))
+                .map(Some)
+                .map_err(|e| e.to_string())
         };
-        assert_eq!(parse(""), Ok(None));
+        assert!(parse("").unwrap_err().contains("needs peer_listen"));
         let c = parse(
             "peer_listen = \"127.0.0.1:5001\"\npeer_advertise = \"a:5001\"\npeer_secret = \"0123456789abcdef\"\npeer_timeout = \"2s\"",
         )

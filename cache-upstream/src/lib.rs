@@ -39,6 +39,7 @@ mod client;
 #[cfg(feature = "serde")]
 mod config;
 mod layout;
+mod peer;
 mod policy;
 pub mod scanner;
 
@@ -50,4 +51,5 @@ pub use client::{ClientOptions, RateLimit, RegistryClient, TlsOptions};
 #[cfg(feature = "serde")]
 pub use config::{CredentialSet, PreparedRegistry, RegistryConfig};
 pub use layout::OciLayout;
+pub use peer::PeerClient;
 pub use policy::{AddressPolicy, Refused, is_public};

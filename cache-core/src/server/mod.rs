@@ -8,6 +8,9 @@
 //!   [`ScopedTokens`] credential reads its one repository as
 //!   [`Caller::Scanner`](crate::Caller::Scanner), `403` elsewhere); it
 //!   mounts at the root or under any path with axum's `nest_service`;
+//! * [`PeerService`]: the peer endpoint, from which the other instances
+//!   on a shared store stream what this one fetches under a lease
+//!   ([`crate::peer`]), behind a shared secret;
 //! * the transport: [`sendfile`] (stored blobs sent from their files,
 //!   zero-copy, on HTTP/1) and [`conn`] ([`serve_connections`]: a
 //!   connection cap, idle and send timeouts, TLS, graceful shutdown).
@@ -37,9 +40,11 @@
 
 mod auth;
 pub mod conn;
+mod peer;
 pub mod sendfile;
 mod service;
 
 pub use auth::{AuthConfig, PullAuth, ScopedTokens};
 pub use conn::{ConnLimits, serve_connections};
+pub use peer::{PEER_PATH, PeerService};
 pub use service::PullService;

@@ -103,6 +103,8 @@ pub struct Config {
     pub policies: HashMap<String, RulePolicy>,
     /// Pull-side auth, if any.
     pub auth: Option<AuthConfig>,
+    /// Peer streaming (`[storage] peer_*`), if configured.
+    pub peer: Option<cache_core::peer::PeerConfig>,
 }
 
 /// The built-in default (`default.toml`).
@@ -189,6 +191,7 @@ impl Config {
             rules,
             policies,
             auth: raw.auth.map(|a| a.validate(base)).transpose()?,
+            peer: storage.peer,
         })
     }
 }
