@@ -22,10 +22,12 @@ use crate::{BlobStore, BlobStoreExt, ByteRange, Digest, Error, MetaKey};
 mod clock;
 mod commits;
 mod fake;
+mod peers;
 
 pub use clock::ManualClock;
 pub use commits::CommitFaults;
 pub use fake::{Calls, FakeUpstream, Fault, PanicUpstream, PushedImage};
+pub use peers::LocalPeers;
 
 /// A store under test, with what the suite needs to look behind it.
 pub struct Harness {
