@@ -424,10 +424,9 @@ async fn a_flipped_byte_at_the_holder_reaches_no_client_complete_on_any_instance
     all.extend(followers);
     for (i, r) in futures::future::join_all(all).await.into_iter().enumerate() {
         let (body, _) = r.unwrap();
-        match body {
-            Ok(b) => panic!("reader {i} got a complete body of {} bytes", b.len()),
-            // Failed before its first byte, or one byte short at the latest.
-            Err(_) => {}
+        // Failed before its first byte, or one byte short at the latest.
+        if let Ok(b) = body {
+            panic!("reader {i} got a complete body of {} bytes", b.len());
         }
     }
     assert!(store.stat(&d).await.unwrap().is_none(), "nothing published");
