@@ -242,7 +242,10 @@ async fn run() -> Result<String, String> {
     // Cold: a new blob each round, 16 clients, one instance or three
     // (waiting for publication, or streaming from the holder).
     up.set_rate(Some(COLD_RATE));
-    let mut cold: Vec<(&str, Vec<f64>, Vec<f64>, Vec<usize>)> = vec![
+    // Per row: its name, and per round the time until all were done, the
+    // slowest first byte on a non-holding instance, and upstream GETs.
+    type Row<'a> = (&'a str, Vec<f64>, Vec<f64>, Vec<usize>);
+    let mut cold: Vec<Row> = vec![
         ("16 clients on one instance", vec![], vec![], vec![]),
         (
             "16 clients over three instances, waiting for publication",
