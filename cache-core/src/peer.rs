@@ -79,7 +79,8 @@ pub struct PeerConfig {
     /// into the leases this instance holds.
     pub advertise: String,
     /// The secret every instance presents to the others (`Authorization:
-    /// Bearer`), at least 16 characters; printed as `<redacted>`.
+    /// Bearer`), at least 16 characters; printed as `<redacted>`. In the
+    /// configuration, the value or `{ env = "VAR" }`.
     pub secret: Secret,
     /// How long a peer may send nothing before a follower resumes
     /// elsewhere (default 5 s).
@@ -134,12 +135,20 @@ mod de {
     use super::*;
     use crate::config::{ConfigError, at_least};
 
+    /// The secret as written, or `{ env = "VAR" }`.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum RawSecret {
+        Value(String),
+        Env { env: String },
+    }
+
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Raw {
         peer_listen: Option<String>,
         peer_advertise: Option<String>,
-        peer_secret: Option<String>,
+        peer_secret: Option<RawSecret>,
         peer_timeout: Option<String>,
         peer_max_connections: Option<usize>,
     }
@@ -192,6 +201,14 @@ mod de {
                         missing.join(", ")
                     )));
                 }
+            };
+            let secret = match secret {
+                RawSecret::Value(s) => s,
+                RawSecret::Env { env } => std::env::var(&env).map_err(|_| {
+                    ConfigError::new(format!(
+                        "peer_secret = {{ env = {env:?} }}: the variable is not set"
+                    ))
+                })?,
             };
             let listen: SocketAddr = listen.parse().map_err(|_| {
                 ConfigError::new(format!("peer_listen = {listen:?}: not an IP:PORT address"))
@@ -290,6 +307,9 @@ mod tests {
         let e = parse("peer_listen = \"127.0.0.1:1\"\npeer_advertise = \"http://a\"\npeer_secret = \"0123456789abcdef\"")
             .unwrap_err();
         assert!(e.contains("peer_advertise = \"http://a\""), "{e}");
+        let e = parse("peer_listen = \"127.0.0.1:1\"\npeer_advertise = \"a:1\"\npeer_secret = { env = \"PTC_PEER_SURELY_UNSET\" }")
+            .unwrap_err();
+        assert!(e.contains("PTC_PEER_SURELY_UNSET"), "{e}");
         let e = parse("peer_timeout = \"1s\"").unwrap_err();
         assert!(e.contains("need peer_listen"), "{e}");
         let e = parse("peer_secrets = \"x\"").unwrap_err();
