@@ -83,6 +83,9 @@ impl PeerSource for PeerClient {
                     .ok_or_else(|| fail(format!("206 with Content-Range {v:?}")))?;
                 (total, a..b + 1)
             }
+            StatusCode::UNAUTHORIZED => {
+                return Err(fail("401: it does not know our peer_secret".into()));
+            }
             s => return Err(fail(format!("answered {s} for {digest}"))),
         };
         let peer = peer.to_owned();

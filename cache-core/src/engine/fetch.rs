@@ -751,6 +751,7 @@ impl Job {
         let started = clock.now();
         let mut p = Progress::default();
         let mut src = Source::Peer(addr);
+        let mut first_refusal = true;
         let mut delay = std::time::Duration::from_millis(50);
         loop {
             let before = p.written;
@@ -761,7 +762,13 @@ impl Job {
                     {
                         Some(Ok(r)) => Some(r),
                         Some(Err(e)) => {
-                            tracing::debug!(digest = %d, peer = %a, error = %e, "peer stream refused");
+                            // The first refusal says so: a wrong secret or
+                            // an unreachable address should not go unseen.
+                            if std::mem::take(&mut first_refusal) {
+                                tracing::warn!(digest = %d, peer = %a, error = %e, "the lease holder's peer endpoint refused; trying again, then the store or the upstream");
+                            } else {
+                                tracing::debug!(digest = %d, peer = %a, error = %e, "peer stream refused");
+                            }
                             None
                         }
                         None => None,
