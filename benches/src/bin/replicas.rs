@@ -201,6 +201,14 @@ async fn run() -> Result<String, String> {
         let (s, _) = object_store::parse_url_opts(&url, az.options()).map_err(|e| e.to_string())?;
         Arc::from(s)
     };
+    // The answer completes once the blob verified; the upload follows.
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while raw.head(&path).await.is_err() {
+        if Instant::now() > deadline {
+            return Err("the warm layer was not uploaded within 60 s".into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
         ("direct ranged GET from Azurite", vec![], vec![]),
         ("through the instance that fetched it", vec![], vec![]),
