@@ -292,6 +292,7 @@ fn main() {
         "GET blob",
         "PUT blob",
         "GET meta",
+        "PUT meta",
         "conditional PUT",
         "DELETE",
         "PUT access time",
