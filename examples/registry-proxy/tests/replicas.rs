@@ -487,6 +487,15 @@ async fn the_holder_killed_half_way_costs_the_others_no_restart_and_no_wrong_byt
         "{total} bytes from the upstream for a blob of {size} ({:.2}x)",
         total as f64 / size as f64
     );
+    // Answers complete at verification; the upload follows.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.stat(d).await.unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the new holder publishes the blob"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         store.get_bytes(d).await.unwrap() == layer,
         "the published blob is whole"
