@@ -357,6 +357,11 @@ async fn followers_stream_from_the_holder_as_it_fetches_and_verify_themselves() 
     assert_eq!((streamed, published), (2, 0), "b and c streamed from a");
     let from_peers: u64 = inst.iter().map(|(_, c)| count(&c.bytes_from_peers)).sum();
     assert_eq!(from_peers, 2 * data.len() as u64);
+    assert_eq!(
+        count(&inst[0].1.bytes_served),
+        data.len() as u64,
+        "what the holder sent its peers is not counted as served to its clients"
+    );
     assert!(peers.requests() >= 2);
     // Published once; the lease is gone; the peer endpoint serves nothing now.
     assert!(store.get_bytes(&d).await.unwrap() == data);

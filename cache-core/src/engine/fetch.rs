@@ -349,6 +349,28 @@ impl Fetch {
         guards: (InUse, Interest),
         hold_back: bool,
     ) -> BoxStream<'static, Result<Bytes>> {
+        self.stream_for(inner, range, guards, hold_back, true)
+    }
+
+    /// As [`Fetch::stream`] without hold-back, for another instance (peer
+    /// streaming): what it sends is not counted as served to a client.
+    pub(crate) fn stream_to_peer(
+        self: Arc<Self>,
+        inner: Arc<Inner>,
+        range: std::ops::Range<u64>,
+        guards: (InUse, Interest),
+    ) -> BoxStream<'static, Result<Bytes>> {
+        self.stream_for(inner, range, guards, false, false)
+    }
+
+    fn stream_for(
+        self: Arc<Self>,
+        inner: Arc<Inner>,
+        range: std::ops::Range<u64>,
+        guards: (InUse, Interest),
+        hold_back: bool,
+        to_client: bool,
+    ) -> BoxStream<'static, Result<Bytes>> {
         struct St {
             fetch: Arc<Fetch>,
             inner: Arc<Inner>,
@@ -356,7 +378,15 @@ impl Fetch {
             end: u64,
             done: bool,
             hold_back: bool,
+            to_client: bool,
             _guards: (InUse, Interest),
+        }
+        impl St {
+            fn served(&self, n: usize) {
+                if self.to_client {
+                    self.inner.events.event(&Event::BytesServed(n as u64));
+                }
+            }
         }
         let st = St {
             fetch: self,
@@ -365,6 +395,7 @@ impl Fetch {
             end: range.end,
             done: false,
             hold_back,
+            to_client,
             _guards: guards,
         };
         futures::stream::unfold(st, |mut st| async move {
@@ -407,7 +438,7 @@ impl Fetch {
                 }
                 if let Some(b) = recent {
                     st.pos += b.len() as u64;
-                    st.inner.events.event(&Event::BytesServed(b.len() as u64));
+                    st.served(b.len());
                     return Some((Ok(b), st));
                 }
                 if st.pos < avail
@@ -417,7 +448,7 @@ impl Fetch {
                     match reader.read_at(st.pos, n as usize).await {
                         Ok(b) if !b.is_empty() => {
                             st.pos += b.len() as u64;
-                            st.inner.events.event(&Event::BytesServed(b.len() as u64));
+                            st.served(b.len());
                             return Some((Ok(b), st));
                         }
                         Ok(_) => {

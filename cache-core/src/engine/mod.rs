@@ -424,7 +424,7 @@ impl PullThroughCache {
         let guards = (InUse::new(inner, digest), interest);
         Ok(Some((
             size,
-            fetch.stream(inner.clone(), from..size, guards, false),
+            fetch.stream_to_peer(inner.clone(), from..size, guards),
         )))
     }
 
