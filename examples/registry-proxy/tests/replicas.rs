@@ -482,6 +482,10 @@ async fn the_holder_killed_half_way_costs_the_others_no_restart_and_no_wrong_byt
         .collect();
     let after = sum_metric(&survivors, "registry_proxy_upstream_bytes_total").await;
     let total = at_kill + after;
+    eprintln!(
+        "killed at {at_kill} bytes; resumed at byte {resumed_at}; upstream bytes {total} = {:.2}x the blob",
+        total as f64 / size as f64
+    );
     assert!(
         total as f64 <= 1.6 * size as f64,
         "{total} bytes from the upstream for a blob of {size} ({:.2}x)",
