@@ -11,4 +11,4 @@ if ! grep -qs "\"version\": \"$AZURITE_VERSION\"" .tools/node_modules/azurite/pa
 fi
 cargo build --release -p registry-proxy
 cargo build --release -p benches --bin replicas
-exec "${CARGO_TARGET_DIR:-target}"/release/replicas
+exec "${CARGO_TARGET_DIR:-target}/release/replicas"

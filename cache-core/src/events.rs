@@ -130,6 +130,9 @@ pub enum Event<'a> {
     BytesServed(u64),
     /// Bytes arrived from an upstream.
     BytesFromUpstream(u64),
+    /// Bytes arrived from another instance that is fetching the blob
+    /// (peer streaming), not from an upstream.
+    BytesFromPeer(u64),
     /// An upstream blob fetch started.
     FetchStarted,
     /// An upstream blob fetch ended, committed or not.
@@ -245,7 +248,8 @@ pub enum Event<'a> {
 
 impl Event<'_> {
     /// The event's kind as a short name: `manifest`, `negative_hit`,
-    /// `blob`, `bytes_served`, `bytes_from_upstream`, `fetch_started`,
+    /// `blob`, `bytes_served`, `bytes_from_upstream`, `bytes_from_peer`,
+    /// `fetch_started`,
     /// `fetch_finished`, `fetch_queue_full`, `commit_failed`,
     /// `upstream_request`, `upstream_error`, `evicted`, `peer_fetch`,
     /// `withdrawn`, `sync`, `admission`, `scan_verdict` or `gc_finished`.
@@ -256,6 +260,7 @@ impl Event<'_> {
             Event::Blob { .. } => "blob",
             Event::BytesServed(_) => "bytes_served",
             Event::BytesFromUpstream(_) => "bytes_from_upstream",
+            Event::BytesFromPeer(_) => "bytes_from_peer",
             Event::FetchStarted => "fetch_started",
             Event::FetchFinished { .. } => "fetch_finished",
             Event::FetchQueueFull { .. } => "fetch_queue_full",
@@ -313,22 +318,27 @@ pub enum PeerFetch {
     /// The other instance took longer than `lease_wait`; this one fetched
     /// as well.
     WaitedTooLong,
+    /// The blob was streamed from the other instance as it fetched it
+    /// (peer streaming), verified here.
+    Streamed,
 }
 
 impl PeerFetch {
     /// Every outcome, for exporters that pre-register their series.
-    pub const ALL: [PeerFetch; 3] = [
+    pub const ALL: [PeerFetch; 4] = [
         PeerFetch::Published,
         PeerFetch::TakenOver,
         PeerFetch::WaitedTooLong,
+        PeerFetch::Streamed,
     ];
 
-    /// `published`, `taken_over` or `waited_too_long`.
+    /// `published`, `taken_over`, `waited_too_long` or `streamed`.
     pub fn as_str(self) -> &'static str {
         match self {
             PeerFetch::Published => "published",
             PeerFetch::TakenOver => "taken_over",
             PeerFetch::WaitedTooLong => "waited_too_long",
+            PeerFetch::Streamed => "streamed",
         }
     }
 }
@@ -392,6 +402,10 @@ pub struct Counters {
     pub peer_taken_over: AtomicU64,
     /// Fetches that stopped waiting for another instance and fetched too.
     pub peer_waited_too_long: AtomicU64,
+    /// Fetches streamed from the instance holding the lease.
+    pub peer_streamed: AtomicU64,
+    /// Bytes received from other instances (peer streaming).
+    pub bytes_from_peers: AtomicU64,
     /// Admission decisions that served.
     pub admitted: AtomicU64,
     /// Admission decisions that refused.
@@ -451,6 +465,8 @@ impl EventSink for Counters {
                     add(&self.sync_tags_new, report.tags_new as u64);
                 }
             }
+            Event::PeerFetch(PeerFetch::Streamed) => add(&self.peer_streamed, 1),
+            Event::BytesFromPeer(n) => add(&self.bytes_from_peers, *n),
             Event::Admission { outcome, .. } => match outcome {
                 AdmissionOutcome::Allowed => add(&self.admitted, 1),
                 AdmissionOutcome::Refused => add(&self.refused, 1),

@@ -69,6 +69,7 @@ pub mod events;
 pub mod keys;
 pub mod manifest;
 mod names;
+pub mod peer;
 pub mod policy;
 #[cfg(feature = "http")]
 pub mod protocol;

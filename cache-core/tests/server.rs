@@ -305,3 +305,77 @@ async fn auth_added_to_a_clone_leaves_the_original_as_it_was() {
     assert_eq!(guarded.answer(base()).await.status(), 401);
     assert_eq!(open.answer(base()).await.status(), 200, "still open");
 }
+
+#[tokio::test]
+async fn the_peer_service_answers_only_signed_gets_for_a_fetch_under_its_lease() {
+    use cache_core::server::PeerService;
+    let up = Arc::new(FakeUpstream::new(
+        "up.example",
+        Arc::new(TokioRuntime::current()),
+    ));
+    let data = content(31, 300_000);
+    let d = up.add_blob(&cache_core::RepoName::parse("library/app").unwrap(), data);
+    let store = cache_store::MemoryStore::new();
+    let cache = PullThroughCache::builder()
+        .rule(RuleSpec::new("lib", "up.example/library/*", "library/*"))
+        .store(store.as_shared())
+        .tokio()
+        .upstream("up.example", up.clone())
+        .build()
+        .unwrap();
+    let secret = cache_core::Secret::new("0123456789abcdef-peer");
+    let svc = PeerService::new(cache, &secret, 2, Duration::from_millis(200));
+    assert!(!format!("{svc:?}").contains("0123456789abcdef"));
+    let req = |method: &str, path: String, auth: Option<&str>, range: Option<&str>| {
+        let mut b = http::Request::builder().method(method).uri(path);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        if let Some(r) = range {
+            b = b.header("range", r);
+        }
+        b.body(()).unwrap()
+    };
+    let path = format!("/peer/v1/blobs/{d}");
+    let good = "Bearer 0123456789abcdef-peer";
+    for (r, status) in [
+        (req("GET", path.clone(), None, None), 401),
+        (
+            req(
+                "GET",
+                path.clone(),
+                Some("Bearer 0123456789abcdef-pee"),
+                None,
+            ),
+            401,
+        ),
+        (
+            req(
+                "GET",
+                path.clone(),
+                Some("Basic MDEyMzQ1Njc4OWFiY2RlZi1wZWVy"),
+                None,
+            ),
+            401,
+        ),
+        (req("GET", path.clone(), Some(good), None), 404),
+        (
+            req("GET", path.clone(), Some(good), Some("bytes=0-10")),
+            400,
+        ),
+        (req("POST", path.clone(), Some(good), None), 405),
+        (
+            req("GET", "/peer/v1/blobs/sha256:x".into(), Some(good), None),
+            400,
+        ),
+        (req("GET", "/v2/".into(), Some(good), None), 404),
+    ] {
+        let what = format!("{} {} {:?}", r.method(), r.uri(), r.headers());
+        assert_eq!(svc.answer(r).await.status(), status, "{what}");
+    }
+    assert_eq!(
+        cache_core::testing::Calls::get(&up.calls.blob_gets),
+        0,
+        "a peer request never starts a fetch"
+    );
+}

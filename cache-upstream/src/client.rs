@@ -791,7 +791,7 @@ fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// Parses `bytes START-END/TOTAL`.
-fn content_range(v: &str) -> Option<(u64, u64, u64)> {
+pub(crate) fn content_range(v: &str) -> Option<(u64, u64, u64)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (span, total) = rest.split_once('/')?;
     let (a, b) = span.split_once('-')?;

@@ -48,6 +48,7 @@ mod config;
 #[cfg(feature = "jwks")]
 mod jwks;
 mod layout;
+mod peer;
 mod policy;
 pub mod scanner;
 pub mod webhook;
@@ -63,4 +64,5 @@ pub use config::{CredentialSet, PreparedRegistry, RegistryConfig};
 #[cfg(feature = "jwks")]
 pub use jwks::JwksClient;
 pub use layout::OciLayout;
+pub use peer::PeerClient;
 pub use policy::{AddressPolicy, Refused, is_public};

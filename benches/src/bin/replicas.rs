@@ -5,9 +5,12 @@
 //!   a direct ranged GET of the same object from Azurite, alternating:
 //!   time to first byte and throughput, on the instance that fetched it and
 //!   on a fresh instance that did not.
-//! * **Cold**: 16 clients asking for a blob nobody has, over three
-//!   instances sharing the container against all on one instance: time
-//!   until every client has the whole blob, and upstream GETs.
+//! * **Cold**: 16 clients asking for a 64 MiB blob nobody has, from an
+//!   upstream sending ~32 MiB/s per request, over three instances sharing
+//!   the container (waiting for publication, and streaming from the lease
+//!   holder: peer streaming) against all on one instance: time until every
+//!   client has the whole blob, the slowest time to first byte of a client
+//!   on an instance that does not hold the lease, and upstream GETs.
 //!
 //! Run with `scripts/bench-replicas.sh` (builds, installs Azurite if
 //! missing). `REPLICA_ROUNDS` (default 5) runs per figure; medians are
@@ -27,7 +30,9 @@ use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 
 const WARM_LAYER: usize = 64 * 1024 * 1024;
-const COLD_LAYER: usize = 32 * 1024 * 1024;
+const COLD_LAYER: usize = 64 * 1024 * 1024;
+/// The cold upstream's pace per request, bytes a second.
+const COLD_RATE: u64 = 32 * 1024 * 1024;
 const CLIENTS: usize = 16;
 
 fn rounds() -> usize {
@@ -46,13 +51,25 @@ fn proxy(
     prefix: &str,
     name: &str,
 ) -> Result<RegistryProxy, String> {
+    proxy_with(bin, az, up, prefix, name, "")
+}
+
+/// As [`proxy`], with `storage` added to `[storage]`.
+fn proxy_with(
+    bin: &std::path::Path,
+    az: &Azurite,
+    up: &HostileRegistry,
+    prefix: &str,
+    name: &str,
+    storage: &str,
+) -> Result<RegistryProxy, String> {
     let options: String = az
         .options()
         .iter()
         .map(|(k, v)| format!("{k} = \"{v}\"\n"))
         .collect();
     let body = format!(
-        "[storage]\nbackend = \"object\"\nurl = \"az://bench/{prefix}\"\nspool = \"spool\"\ninstance_name = \"{name}\"\n[storage.options]\n{options}\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n[[rule]]\nname = \"bench\"\nsource = \"{h}/bench/*\"\ntarget = \"bench/*\"\n",
+        "[storage]\nbackend = \"object\"\nurl = \"az://bench/{prefix}\"\nspool = \"spool\"\ninstance_name = \"{name}\"\n{storage}[storage.options]\n{options}\n[[registry]]\nhost = \"{h}\"\nendpoint = \"{u}\"\n[[rule]]\nname = \"bench\"\nsource = \"{h}/bench/*\"\ntarget = \"bench/*\"\n",
         h = up.host(),
         u = up.url()
     );
@@ -184,6 +201,14 @@ async fn run() -> Result<String, String> {
         let (s, _) = object_store::parse_url_opts(&url, az.options()).map_err(|e| e.to_string())?;
         Arc::from(s)
     };
+    // The answer completes once the blob verified; the upload follows.
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while raw.head(&path).await.is_err() {
+        if Instant::now() > deadline {
+            return Err("the warm layer was not uploaded within 60 s".into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
         ("direct ranged GET from Azurite", vec![], vec![]),
         ("through the instance that fetched it", vec![], vec![]),
@@ -222,43 +247,98 @@ async fn run() -> Result<String, String> {
         ));
     }
 
-    // Cold: a new blob each round, 16 clients, one instance or three.
-    let mut cold: Vec<(&str, Vec<f64>, Vec<usize>)> = vec![
-        ("16 clients on one instance", vec![], vec![]),
-        ("16 clients over three instances", vec![], vec![]),
+    // Cold: a new blob each round, 16 clients, one instance or three
+    // (waiting for publication, or streaming from the holder).
+    up.set_rate(Some(COLD_RATE));
+    // Per row: its name, and per round the time until all were done, the
+    // slowest first byte on a non-holding instance, and upstream GETs.
+    type Row<'a> = (&'a str, Vec<f64>, Vec<f64>, Vec<usize>);
+    let mut cold: Vec<Row> = vec![
+        ("16 clients on one instance", vec![], vec![], vec![]),
+        (
+            "16 clients over three instances, waiting for publication",
+            vec![],
+            vec![],
+            vec![],
+        ),
+        (
+            "16 clients over three instances, peer streaming",
+            vec![],
+            vec![],
+            vec![],
+        ),
     ];
     for i in 0..rounds {
-        for (row, instances) in [(0usize, 1usize), (1, 3)] {
-            let prefix = format!("cold{i}-{instances}");
+        for (row, instances, peers) in [(0usize, 1usize, false), (1, 3, false), (2, 3, true)] {
+            let prefix = format!("cold{i}-{row}");
             let procs: Vec<RegistryProxy> = (0..instances)
-                .map(|k| proxy(&bin, &az, &up, &prefix, &format!("c{k}")))
+                .map(|k| {
+                    let port = cache_core::testing::free_port();
+                    let storage = if peers {
+                        format!("peer_listen = \"127.0.0.1:{port}\"\npeer_advertise = \"127.0.0.1:{port}\"\npeer_secret = \"bench-peer-secret-0123\"\n")
+                    } else {
+                        String::new()
+                    };
+                    proxy_with(&bin, &az, &up, &prefix, &format!("c{k}"), &storage)
+                })
                 .collect::<Result<_, _>>()?;
             let blob = Bytes::from(
-                cache_core::testing::content(100 + (i * 2 + row) as u64, COLD_LAYER).to_vec(),
+                cache_core::testing::content(100 + (i * 3 + row) as u64, COLD_LAYER).to_vec(),
             );
             let d = up.add_blob(blob);
             let t = Instant::now();
             let reads = (0..CLIENTS).map(|c| {
                 let (client, port, d) = (client.clone(), procs[c % instances].port, d.clone());
-                async move { via_proxy(&client, port, &d).await }
+                async move { (c % instances, via_proxy(&client, port, &d).await) }
             });
-            for r in futures::future::join_all(reads).await {
-                let (_, _, n) = r?;
+            let mut ttfb = vec![0f64; instances];
+            for (k, r) in futures::future::join_all(reads).await {
+                let (first, _, n) = r?;
                 if n != COLD_LAYER {
                     return Err(format!("cold read of {n} bytes"));
                 }
+                ttfb[k] = ttfb[k].max(first);
             }
             cold[row].1.push(t.elapsed().as_secs_f64());
-            cold[row].2.push(up.requests("GET", d.as_str()));
+            // The holder is the instance that fetched: the others counted
+            // a peer fetch (streamed, or served once published).
+            let mut worst_follower = 0f64;
+            for (k, p) in procs.iter().enumerate() {
+                let m = client
+                    .get(format!("http://127.0.0.1:{}/metrics", p.port))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .text()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let followed = m.lines().any(|l| {
+                    l.starts_with("registry_proxy_peer_fetches_total{") && !l.ends_with(" 0")
+                });
+                if followed {
+                    worst_follower = worst_follower.max(ttfb[k]);
+                }
+            }
+            cold[row].2.push(worst_follower);
+            cold[row].3.push(up.requests("GET", d.as_str()));
             up.remove_blob(&d);
         }
     }
+    up.set_rate(None);
     let base = median(&mut cold[0].1.clone());
-    out.push_str("\n| cold 32 MiB blob | all clients done | vs one instance | upstream GETs per round |\n|---|---|---|---|\n");
-    for (name, secs, gets) in &cold {
+    out.push_str(&format!(
+        "\n| cold 64 MiB blob, upstream ~{} MiB/s | all clients done | vs one instance | slowest first byte on a non-holding instance | upstream GETs per round |\n|---|---|---|---|---|\n",
+        COLD_RATE >> 20
+    ));
+    for (row, (name, secs, ttfb, gets)) in cold.iter().enumerate() {
         let s = median(&mut secs.clone());
+        let t = if row == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.0} ms", median(&mut ttfb.clone()) * 1000.0)
+        };
         out.push_str(&format!(
-            "| {name} | {:.0} ms | {:.2}x | {} |\n",
+            "| {name} | {:.0} ms | {:.2}x | {t} | {} |\n",
             s * 1000.0,
             s / base,
             gets.iter()

@@ -39,6 +39,7 @@ pub struct CacheBuilder {
     default_policy: RulePolicy,
     admission: Vec<Arc<dyn Admission>>,
     events: Option<Arc<dyn EventSink>>,
+    peering: Option<crate::peer::Peering>,
 }
 
 impl PullThroughCache {
@@ -188,6 +189,17 @@ impl CacheBuilder {
         self
     }
 
+    /// Peer streaming on a shared store ([`crate::peer`]): this instance
+    /// names `peering.advertise` in the fetch leases it holds (serve the
+    /// blobs it fetches there, e.g. with `cache_core::server::PeerService`),
+    /// and streams from the instance whose lease names an address instead
+    /// of waiting for it to publish. Without it (the default), followers
+    /// wait for publication. A store that is not shared ignores it.
+    pub fn peering(mut self, peering: crate::peer::Peering) -> Self {
+        self.peering = Some(peering);
+        self
+    }
+
     /// Checks the wiring: rules, store and runtime given; every registry
     /// host valid; every rule with an upstream; every policy with a rule.
     pub fn build(mut self) -> Result<PullThroughCache> {
@@ -202,6 +214,7 @@ impl CacheBuilder {
             .ok_or_else(|| missing("clock (runtime)"))?;
         let events = self.events.take().unwrap_or_else(|| Arc::new(NoEvents));
         let opts = std::mem::take(&mut self.opts);
+        let peering = self.peering.take();
         let wiring = self.wiring(&opts, None)?;
         fn flights<T>(
             opts: &CacheOptions,
@@ -246,6 +259,7 @@ impl CacheBuilder {
                 pulls: Default::default(),
                 recent_denials: Default::default(),
                 repo_index: Default::default(),
+                peering,
                 opts,
             }),
         };

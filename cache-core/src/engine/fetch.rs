@@ -29,7 +29,7 @@ use crate::names::RepoName;
 use crate::range::ByteRange;
 use crate::runtime::timeout;
 use crate::store::{StagedBlob, StagedReader};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamBlob};
 
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -109,6 +109,9 @@ pub(crate) struct Fetch {
     entitled: Mutex<HashSet<RepoName>>,
     /// Passthrough ranges fetched from the upstream for this blob so far.
     ranges: std::sync::atomic::AtomicUsize,
+    /// Whether this instance holds the digest's lease on a shared store
+    /// and fetches it: only then does it serve the blob to its peers.
+    leading: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Fetch {
@@ -142,6 +145,7 @@ impl Fetch {
             state: Mutex::new(State::default()),
             entitled: Mutex::new(HashSet::from([repo])),
             ranges: std::sync::atomic::AtomicUsize::new(0),
+            leading: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -214,6 +218,16 @@ impl Fetch {
     /// now waits for nothing from the upstream.
     pub(crate) fn is_released(&self) -> bool {
         self.lock().released()
+    }
+
+    fn set_leading(&self, on: bool) {
+        self.leading.store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether this instance fetches the blob under the digest's lease
+    /// (and so may serve it to its peers).
+    pub(crate) fn is_leading(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Bytes staged so far.
@@ -335,6 +349,28 @@ impl Fetch {
         guards: (InUse, Interest),
         hold_back: bool,
     ) -> BoxStream<'static, Result<Bytes>> {
+        self.stream_for(inner, range, guards, hold_back, true)
+    }
+
+    /// As [`Fetch::stream`] without hold-back, for another instance (peer
+    /// streaming): what it sends is not counted as served to a client.
+    pub(crate) fn stream_to_peer(
+        self: Arc<Self>,
+        inner: Arc<Inner>,
+        range: std::ops::Range<u64>,
+        guards: (InUse, Interest),
+    ) -> BoxStream<'static, Result<Bytes>> {
+        self.stream_for(inner, range, guards, false, false)
+    }
+
+    fn stream_for(
+        self: Arc<Self>,
+        inner: Arc<Inner>,
+        range: std::ops::Range<u64>,
+        guards: (InUse, Interest),
+        hold_back: bool,
+        to_client: bool,
+    ) -> BoxStream<'static, Result<Bytes>> {
         struct St {
             fetch: Arc<Fetch>,
             inner: Arc<Inner>,
@@ -342,7 +378,15 @@ impl Fetch {
             end: u64,
             done: bool,
             hold_back: bool,
+            to_client: bool,
             _guards: (InUse, Interest),
+        }
+        impl St {
+            fn served(&self, n: usize) {
+                if self.to_client {
+                    self.inner.events.event(&Event::BytesServed(n as u64));
+                }
+            }
         }
         let st = St {
             fetch: self,
@@ -351,6 +395,7 @@ impl Fetch {
             end: range.end,
             done: false,
             hold_back,
+            to_client,
             _guards: guards,
         };
         futures::stream::unfold(st, |mut st| async move {
@@ -393,7 +438,7 @@ impl Fetch {
                 }
                 if let Some(b) = recent {
                     st.pos += b.len() as u64;
-                    st.inner.events.event(&Event::BytesServed(b.len() as u64));
+                    st.served(b.len());
                     return Some((Ok(b), st));
                 }
                 if st.pos < avail
@@ -403,7 +448,7 @@ impl Fetch {
                     match reader.read_at(st.pos, n as usize).await {
                         Ok(b) if !b.is_empty() => {
                             st.pos += b.len() as u64;
-                            st.inner.events.event(&Event::BytesServed(b.len() as u64));
+                            st.served(b.len());
                             return Some((Ok(b), st));
                         }
                         Ok(_) => {
@@ -446,8 +491,9 @@ async fn next_batch(
     stream: &mut crate::store::ByteStream,
     clock: &dyn crate::runtime::Clock,
     opts: &super::CacheOptions,
+    stall: std::time::Duration,
 ) -> Batch {
-    let first = match timeout(clock, opts.stall_timeout, stream.next()).await {
+    let first = match timeout(clock, stall, stream.next()).await {
         Some(Some(Ok(c))) => c,
         None | Some(None) | Some(Some(Err(_))) => return Batch::Stop,
     };
@@ -494,6 +540,33 @@ enum Turn {
     Deserted,
     /// Another instance holds the lease still, past `lease_wait`.
     Alone,
+    /// Another instance holds the lease and serves its peers here: stream
+    /// from it.
+    Peer(String),
+}
+
+/// Where the next bytes of a transfer come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Upstream,
+    /// The lease holder's peer endpoint.
+    Peer(String),
+    /// The store, where the lease holder published the blob.
+    Store,
+}
+
+/// A transfer so far: the staged bytes, whatever source they came from.
+#[derive(Default)]
+struct Progress {
+    staged: Option<Box<dyn StagedBlob>>,
+    total: Option<u64>,
+    written: u64,
+}
+
+impl Progress {
+    fn done(&self) -> bool {
+        self.total == Some(self.written) && self.staged.is_some()
+    }
 }
 
 /// Everything the leader needs, owned, so it can run detached.
@@ -521,6 +594,7 @@ impl Job {
                 self.fetch.digest
             ))),
         };
+        self.fetch.set_leading(false);
         let committed = matches!(outcome, Outcome::Committed);
         if let Outcome::Failed(e) = &outcome {
             if self.fetch.lock().verified {
@@ -573,21 +647,38 @@ impl Job {
 
     async fn transfer(&self) -> Result<Outcome> {
         let inner = &*self.inner;
-        let d = &self.fetch.digest;
-        if inner.store.stat(d).await?.is_some() {
+        if inner.store.stat(&self.fetch.digest).await?.is_some() {
             return Ok(Outcome::InStore);
         }
         if !inner.store.shared() {
-            return self.download().await;
+            return self.upstream_to_end(Progress::default()).await;
         }
-        let mut lease = match self.lead_or_follow().await? {
-            Turn::Lead(l) => l,
-            Turn::Published => return Ok(Outcome::InStore),
-            Turn::Deserted => return Ok(Outcome::Deserted),
-            Turn::Alone => return self.download().await,
-        };
+        match self.lead_or_follow().await? {
+            Turn::Lead(l) => self.lead(l, Progress::default()).await,
+            Turn::Published => Ok(Outcome::InStore),
+            Turn::Deserted => Ok(Outcome::Deserted),
+            Turn::Alone => self.upstream_to_end(Progress::default()).await,
+            Turn::Peer(addr) => self.follow(addr).await,
+        }
+    }
+
+    /// Fetches from the upstream (from where `p` got to) and commits.
+    async fn upstream_to_end(&self, p: Progress) -> Result<Outcome> {
+        match self.download(p).await? {
+            Some(p) => self.finish(p, false).await,
+            None => Ok(Outcome::Deserted),
+        }
+    }
+
+    /// Holding the lease: fetches from the upstream from where `p` got to,
+    /// renewing the lease, serving peers (the fetch is `leading`), and
+    /// releases it once the blob is published or the fetch failed.
+    async fn lead(&self, mut lease: lease::Lease, p: Progress) -> Result<Outcome> {
+        let inner = &*self.inner;
+        let d = &self.fetch.digest;
+        self.fetch.set_leading(true);
         let outcome = {
-            let download = std::pin::pin!(self.download());
+            let download = std::pin::pin!(self.upstream_to_end(p));
             let renew = std::pin::pin!(async {
                 loop {
                     inner.clock.sleep(lease.renew_every()).await;
@@ -609,6 +700,7 @@ impl Job {
                 futures::future::Either::Right(((), download)) => download.await,
             }
         };
+        self.fetch.set_leading(false);
         // Released once the blob is published (or the fetch failed), so a
         // waiter finds the blob, or a free lease to fetch it itself.
         if let Err(e) = lease.release(&*inner.store).await {
@@ -617,9 +709,19 @@ impl Job {
         outcome
     }
 
+    fn claim_as(&self) -> (&str, Option<&str>) {
+        let inner = &*self.inner;
+        (
+            &inner.opts.instance_name,
+            inner.peering.as_ref().map(|p| p.advertise.as_str()),
+        )
+    }
+
     /// On a shared store: takes the digest's lease, or waits while another
     /// instance holds it until the blob is published, the lease lapses
     /// (then takes it over), every reader left, or `lease_wait` passed.
+    /// With peering, a lease that names its holder's peer address is
+    /// followed at once ([`Turn::Peer`]).
     async fn lead_or_follow(&self) -> Result<Turn> {
         let inner = &*self.inner;
         let (store, clock, opts) = (&*inner.store, &*inner.clock, &inner.opts);
@@ -631,7 +733,7 @@ impl Job {
         loop {
             let now = clock.now();
             if lapses.is_none_or(|t| now >= t) {
-                match lease::claim(store, &key, &opts.instance_name, opts.lease_ttl, now).await? {
+                match lease::claim(store, &key, self.claim_as(), opts.lease_ttl, now).await? {
                     lease::Claim::Held(l) => {
                         if l.taken_over {
                             tracing::info!(digest = %d, "took over a lapsed fetch lease");
@@ -640,6 +742,10 @@ impl Job {
                         return Ok(Turn::Lead(l));
                     }
                     lease::Claim::Busy(rec) => {
+                        if let (Some(addr), Some(_)) = (&rec.peer, &inner.peering) {
+                            tracing::debug!(digest = %d, holder = %rec.holder, peer = %addr, "another instance is fetching; streaming from it");
+                            return Ok(Turn::Peer(addr.clone()));
+                        }
                         if lapses.is_none() {
                             tracing::debug!(digest = %d, holder = %rec.holder, "another instance is fetching; waiting for it");
                         }
@@ -671,9 +777,225 @@ impl Job {
         }
     }
 
-    /// Fetches from the upstream into a staged blob, releases it to the
-    /// readers once it verified, and commits it.
-    async fn download(&self) -> Result<Outcome> {
+    /// Streams the blob from the lease holder's peer endpoint at `addr`,
+    /// staging and hashing it here. When the peer stops sending before the
+    /// end (it died, stalled, or finished and published), goes on from
+    /// where this got to: from the store if the blob is published, from
+    /// the upstream if the lease lapsed (taken over) or `lease_wait`
+    /// passed, else from the peer the lease names now, after a pause.
+    async fn follow(&self, addr: String) -> Result<Outcome> {
+        let inner = &*self.inner;
+        let (store, clock, opts) = (&*inner.store, &*inner.clock, &inner.opts);
+        let peering = inner.peering.as_ref().expect("followed with peering only");
+        let d = &self.fetch.digest;
+        let key = crate::keys::blob_lease(d);
+        inner.events.event(&Event::PeerFetch(PeerFetch::Streamed));
+        let started = clock.now();
+        let mut p = Progress::default();
+        let mut src = Source::Peer(addr);
+        let mut first_refusal = true;
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            let before = p.written;
+            let read = match &src {
+                Source::Peer(a) => {
+                    match timeout(clock, peering.timeout, peering.source.blob(a, d, p.written))
+                        .await
+                    {
+                        Some(Ok(r)) => Some(r),
+                        Some(Err(e)) => {
+                            // The first refusal says so: a wrong secret or
+                            // an unreachable address should not go unseen.
+                            if std::mem::take(&mut first_refusal) {
+                                tracing::warn!(digest = %d, peer = %a, error = %e, "the lease holder's peer endpoint refused; trying again, then the store or the upstream");
+                            } else {
+                                tracing::debug!(digest = %d, peer = %a, error = %e, "peer stream refused");
+                            }
+                            None
+                        }
+                        None => None,
+                    }
+                }
+                Source::Store => {
+                    let r = store.get(d, Some(ByteRange::From(p.written))).await?;
+                    Some(UpstreamBlob {
+                        size: r.size,
+                        range: r.range,
+                        stream: r.payload.into_stream(),
+                    })
+                }
+                Source::Upstream => unreachable!("the upstream is read by download"),
+            };
+            if let Some(read) = read {
+                self.pump(&mut p, read, &src).await?;
+            }
+            if p.done() {
+                return self.finish(p, true).await;
+            }
+            if src == Source::Store {
+                return Err(Error::storage_msg(
+                    "get",
+                    format!("stored {d} ended at byte {} of {:?}", p.written, p.total),
+                ));
+            }
+            if p.written > before {
+                delay = std::time::Duration::from_millis(50);
+            }
+            // The peer stopped short: the store, the lease, or the peer again.
+            if store.stat(d).await?.is_some() {
+                tracing::debug!(digest = %d, at = p.written, "the peer published; reading on from the store");
+                src = Source::Store;
+                continue;
+            }
+            let now = clock.now();
+            match lease::claim(store, &key, self.claim_as(), opts.lease_ttl, now).await? {
+                lease::Claim::Held(l) => {
+                    tracing::info!(digest = %d, at = p.written, "took over a lapsed fetch lease; resuming from the upstream");
+                    inner.events.event(&Event::PeerFetch(PeerFetch::TakenOver));
+                    return self.lead(l, p).await;
+                }
+                lease::Claim::Busy(rec) => {
+                    if now.duration_since(started).unwrap_or_default() >= opts.lease_wait {
+                        tracing::warn!(digest = %d, waited = ?opts.lease_wait, "another instance is still fetching; fetching as well");
+                        inner
+                            .events
+                            .event(&Event::PeerFetch(PeerFetch::WaitedTooLong));
+                        return self.upstream_to_end(p).await;
+                    }
+                    if let Some(a) = rec.peer {
+                        src = Source::Peer(a);
+                    }
+                }
+            }
+            clock.sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_millis(500));
+        }
+    }
+
+    /// Sends `read`'s body into the staged blob from where `p` got to,
+    /// until it ends, fails or stalls (the source's timeout). An error
+    /// here is one of the store's, or a source that contradicts itself
+    /// (another size, a range that skips bytes).
+    async fn pump(&self, p: &mut Progress, read: UpstreamBlob, src: &Source) -> Result<()> {
+        let inner = &*self.inner;
+        let d = &self.fetch.digest;
+        let opts = &inner.opts;
+        let fault = |message: String| match src {
+            Source::Upstream => Error::upstream(&self.registry, message, false),
+            Source::Peer(a) => Error::upstream(a, format!("peer: {message}"), false),
+            Source::Store => Error::storage_msg("get", message),
+        };
+        match p.total {
+            None => p.total = Some(read.size),
+            Some(t) if t != read.size => {
+                return Err(fault(format!(
+                    "size of {d} changed from {t} to {} between requests",
+                    read.size
+                )));
+            }
+            Some(_) => {}
+        }
+        let size = read.size;
+        let written = p.written;
+        if read.range.start > written || read.range.end != size {
+            return Err(fault(format!(
+                "asked for {d} from byte {written}, got bytes {}..{} of {size}",
+                read.range.start, read.range.end
+            )));
+        }
+        if p.staged.is_none() {
+            let w = inner.store.stage(d, Some(size)).await?;
+            let reader = w.reader().await?;
+            p.staged = Some(w);
+            self.fetch.update(|s| {
+                s.total = Some(size);
+                s.reader = Some(reader);
+            });
+        }
+        let stall = match (src, &inner.peering) {
+            (Source::Peer(_), Some(peering)) => peering.timeout,
+            _ => opts.stall_timeout,
+        };
+        let w = p.staged.as_mut().expect("staged above");
+        // A source that ignores Range restarts at 0: skip what we have.
+        let mut skip = written - read.range.start;
+        let mut stream = read.stream;
+        let mut next = next_batch(&mut stream, &*inner.clock, opts, stall).await;
+        // A stall, an error or an early end all end this loop; the caller
+        // then resumes while its budget lasts.
+        while let Batch::Data {
+            chunks: batch,
+            bytes,
+            ended,
+        } = next
+        {
+            match src {
+                Source::Upstream => inner.events.event(&Event::BytesFromUpstream(bytes as u64)),
+                Source::Peer(_) => inner.events.event(&Event::BytesFromPeer(bytes as u64)),
+                Source::Store => {}
+            }
+            let mut chunks = Vec::with_capacity(batch.len());
+            for mut c in batch {
+                if skip > 0 {
+                    let n = skip.min(c.len() as u64);
+                    skip -= n;
+                    c = c.slice(n as usize..);
+                }
+                if !c.is_empty() {
+                    chunks.push(c);
+                }
+            }
+            if chunks.len() > 1 {
+                // One copy here, shared by every reader, buys large
+                // zero-copy slices for them and one write to the store.
+                let mut b = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+                for c in &chunks {
+                    b.extend_from_slice(c);
+                }
+                chunks = vec![b.freeze()];
+            }
+            // Write this batch while the next one arrives: hashing and
+            // writing on one core, receiving on the other.
+            let receive = async {
+                if ended {
+                    Batch::Stop
+                } else {
+                    next_batch(&mut stream, &*inner.clock, opts, stall).await
+                }
+            };
+            if chunks.is_empty() {
+                next = receive.await;
+                continue;
+            }
+            let (wrote, following) =
+                futures::future::join(w.write_chunks(chunks.clone()), receive).await;
+            // Overflow past the announced size fails here: the write is void.
+            wrote?;
+            let window = opts.follow_window;
+            self.fetch.update(|s| {
+                for c in chunks {
+                    let len = c.len();
+                    s.recent.push_back((s.written, c));
+                    s.written += len as u64;
+                    s.recent_bytes += len;
+                }
+                while s.recent_bytes > window {
+                    match s.recent.pop_front() {
+                        Some((_, old)) => s.recent_bytes -= old.len(),
+                        None => break,
+                    }
+                }
+            });
+            p.written = self.fetch.lock().written;
+            next = following;
+        }
+        Ok(())
+    }
+
+    /// Fetches from the upstream into the staged blob from where `p` got
+    /// to, until the whole blob is staged. `None`: every reader left
+    /// while the fetch waited for its turn (it is deserted).
+    async fn download(&self, mut p: Progress) -> Result<Option<Progress>> {
         let inner = &*self.inner;
         let d = &self.fetch.digest;
         // Wait for a turn; give the place up if every reader leaves first.
@@ -682,22 +1004,17 @@ impl Job {
             let deserted = std::pin::pin!(self.fetch.deserted());
             match futures::future::select(acquire, deserted).await {
                 futures::future::Either::Left((permit, _)) => permit,
-                futures::future::Either::Right(_) => return Ok(Outcome::Deserted),
+                futures::future::Either::Right(_) => return Ok(None),
             }
         };
         inner.events.event(&Event::FetchStarted);
         let opts = &inner.opts;
-        let upstream_error =
-            |message: String, temporary: bool| Error::upstream(&self.registry, message, temporary);
-        let mut staged: Option<Box<dyn StagedBlob>> = None;
-        let mut total: Option<u64> = None;
-        let mut written: u64 = 0;
         // One budget for retries after errors and resumptions after an
         // interrupted body: at most 1 + max_retries upstream requests.
         let mut requests = 0u32;
         loop {
             requests += 1;
-            let range = (written > 0).then_some(ByteRange::From(written));
+            let range = (p.written > 0).then_some(ByteRange::From(p.written));
             inner.events.event(&Event::UpstreamRequest {
                 call: UpstreamCall::Blob,
             });
@@ -709,126 +1026,68 @@ impl Job {
                 }
                 Err(e) => return Err(e),
             };
-            match total {
-                None => total = Some(read.size),
-                Some(t) if t != read.size => {
-                    return Err(upstream_error(
-                        format!(
-                            "size of {d} changed from {t} to {} between requests",
-                            read.size
-                        ),
-                        false,
-                    ));
-                }
-                Some(_) => {}
-            }
-            let size = read.size;
-            if read.range.start > written || read.range.end != size {
-                return Err(upstream_error(
-                    format!(
-                        "asked for {d} from byte {written}, got bytes {}..{} of {size}",
-                        read.range.start, read.range.end
-                    ),
-                    false,
-                ));
-            }
-            if staged.is_none() {
-                let w = inner.store.stage(d, Some(size)).await?;
-                let reader = w.reader().await?;
-                staged = Some(w);
-                self.fetch.update(|s| {
-                    s.total = Some(size);
-                    s.reader = Some(reader);
-                });
-            }
-            let w = staged.as_mut().expect("staged above");
-            // An upstream that ignores Range restarts at 0: skip what we have.
-            let mut skip = written - read.range.start;
-            let mut stream = read.stream;
-            let mut next = next_batch(&mut stream, &*inner.clock, opts).await;
-            // A stall, an error or an early end all end this loop; the outer
-            // loop then resumes with a Range request while the budget lasts.
-            while let Batch::Data {
-                chunks: batch,
-                bytes,
-                ended,
-            } = next
-            {
-                inner.events.event(&Event::BytesFromUpstream(bytes as u64));
-                let mut chunks = Vec::with_capacity(batch.len());
-                for mut c in batch {
-                    if skip > 0 {
-                        let n = skip.min(c.len() as u64);
-                        skip -= n;
-                        c = c.slice(n as usize..);
-                    }
-                    if !c.is_empty() {
-                        chunks.push(c);
-                    }
-                }
-                if chunks.len() > 1 {
-                    // One copy here, shared by every reader, buys large
-                    // zero-copy slices for them and one write to the store.
-                    let mut b = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-                    for c in &chunks {
-                        b.extend_from_slice(c);
-                    }
-                    chunks = vec![b.freeze()];
-                }
-                // Write this batch while the next one arrives: hashing and
-                // writing on one core, receiving on the other.
-                let receive = async {
-                    if ended {
-                        Batch::Stop
-                    } else {
-                        next_batch(&mut stream, &*inner.clock, opts).await
-                    }
-                };
-                if chunks.is_empty() {
-                    next = receive.await;
-                    continue;
-                }
-                let (wrote, following) =
-                    futures::future::join(w.write_chunks(chunks.clone()), receive).await;
-                // Overflow past the announced size fails here: the write is void.
-                wrote?;
-                let window = opts.follow_window;
-                self.fetch.update(|s| {
-                    for c in chunks {
-                        let len = c.len();
-                        s.recent.push_back((s.written, c));
-                        s.written += len as u64;
-                        s.recent_bytes += len;
-                    }
-                    while s.recent_bytes > window {
-                        match s.recent.pop_front() {
-                            Some((_, old)) => s.recent_bytes -= old.len(),
-                            None => break,
-                        }
-                    }
-                });
-                written = self.fetch.lock().written;
-                next = following;
-            }
-            if written == size {
-                break;
+            self.pump(&mut p, read, &Source::Upstream).await?;
+            if p.done() {
+                return Ok(Some(p));
             }
             if requests > opts.max_retries {
-                return Err(upstream_error(
+                return Err(Error::upstream(
+                    &self.registry,
                     format!(
-                        "transfer of {d} interrupted at byte {written} of {size} after {requests} requests",
+                        "transfer of {d} interrupted at byte {} of {} after {requests} requests",
+                        p.written,
+                        p.total.unwrap_or_default()
                     ),
                     true,
                 ));
             }
         }
-        let mut staged = staged.expect("a transfer stages before it ends");
+    }
+
+    /// Verifies the staged blob, releases it to the readers, and commits
+    /// it. A follower (`follower`) that verified first waits (bounded by
+    /// `lease_wait`) for the lease holder to publish, and commits only if
+    /// it does not: one upload per blob, not one per instance.
+    async fn finish(&self, p: Progress, follower: bool) -> Result<Outcome> {
+        let mut staged = p.staged.expect("a transfer stages before it ends");
         if staged.verify().await? {
             // The bytes are the blob: every reader gets its last byte now,
             // and durability follows without holding them.
             self.fetch.update(|s| s.verified = true);
+            if follower && self.published_by_holder().await? {
+                // Readers keep reading the staged bytes after an abort.
+                let _ = staged.abort().await;
+                return Ok(Outcome::Committed);
+            }
         }
         staged.commit().await?;
         Ok(Outcome::Committed)
+    }
+
+    /// Waits while another instance holds the digest's lease (it is
+    /// publishing), then says whether the blob is in the store.
+    async fn published_by_holder(&self) -> Result<bool> {
+        let inner = &*self.inner;
+        let (store, clock) = (&*inner.store, &*inner.clock);
+        let d = &self.fetch.digest;
+        let key = crate::keys::blob_lease(d);
+        let started = clock.now();
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            if store.stat(d).await?.is_some() {
+                return Ok(true);
+            }
+            let now = clock.now();
+            let held = store
+                .get_meta(&key)
+                .await?
+                .and_then(|v| lease::LeaseRecord::decode(&v))
+                .is_some_and(|r| r.expires > now);
+            if !held || now.duration_since(started).unwrap_or_default() >= inner.opts.lease_wait {
+                return Ok(store.stat(d).await?.is_some());
+            }
+            clock.sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_millis(250));
+        }
     }
 }

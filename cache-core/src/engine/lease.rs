@@ -14,6 +14,11 @@
 //! only save work: content is verified by whoever fetches it, so two
 //! holders at once (after a clock jump, say) cost a duplicate fetch, never
 //! wrong bytes.
+//!
+//! A holder that serves its peers (peer streaming, [`crate::peer`]) names
+//! its peer address in the holder field, `name@host:port`: an instance
+//! that does not know peers reads the field as an opaque name, so mixed
+//! versions on one store still agree on who holds what.
 
 use std::time::{Duration, SystemTime};
 
@@ -27,6 +32,8 @@ use crate::store::{BlobStore, MetaKey};
 pub(crate) struct LeaseRecord {
     /// Who holds it (an instance's name).
     pub(crate) holder: String,
+    /// Where the holder serves what it fetches to its peers, if it does.
+    pub(crate) peer: Option<String>,
     /// When it lapses unless renewed.
     pub(crate) expires: SystemTime,
 }
@@ -38,11 +45,14 @@ impl LeaseRecord {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
-        Bytes::from(format!("{} {ms} {nonce}", self.holder))
+        match &self.peer {
+            Some(p) => Bytes::from(format!("{}@{p} {ms} {nonce}", self.holder)),
+            None => Bytes::from(format!("{} {ms} {nonce}", self.holder)),
+        }
     }
 
     /// `None` for anything that is not a lease value (treated as lapsed).
-    fn decode(b: &[u8]) -> Option<LeaseRecord> {
+    pub(crate) fn decode(b: &[u8]) -> Option<LeaseRecord> {
         let s = std::str::from_utf8(b).ok()?;
         let mut it = s.split(' ');
         let (holder, ms, _nonce) = (it.next()?, it.next()?, it.next()?);
@@ -50,8 +60,18 @@ impl LeaseRecord {
             return None;
         }
         let ms: u64 = ms.parse().ok()?;
+        // An address that does not check out is no address: wait for publication.
+        let (holder, peer) = match holder.rsplit_once('@') {
+            Some((h, p))
+                if !h.is_empty() && crate::peer::PeerConfig::check_advertise(p).is_ok() =>
+            {
+                (h, Some(p.to_owned()))
+            }
+            _ => (holder, None),
+        };
         Some(LeaseRecord {
             holder: holder.to_owned(),
+            peer,
             expires: SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms))?,
         })
     }
@@ -72,22 +92,25 @@ pub(crate) struct Lease {
     key: MetaKey,
     value: Bytes,
     holder: String,
+    peer: Option<String>,
     ttl: Duration,
     /// Whether it was taken over from a lapsed holder.
     pub(crate) taken_over: bool,
 }
 
-/// Tries to take the lease `key` for `ttl` as `holder`: creates it, or
-/// takes it over if it lapsed.
+/// Tries to take the lease `key` for `ttl` as `holder` (serving peers at
+/// `peer`, if given): creates it, or takes it over if it lapsed.
 pub(crate) async fn claim(
     store: &dyn BlobStore,
     key: &MetaKey,
-    holder: &str,
+    (holder, peer): (&str, Option<&str>),
     ttl: Duration,
     now: SystemTime,
 ) -> Result<Claim> {
+    let peer = peer.map(str::to_owned);
     let value = LeaseRecord {
         holder: holder.to_owned(),
+        peer: peer.clone(),
         expires: now + ttl,
     }
     .encode(nonce());
@@ -95,6 +118,7 @@ pub(crate) async fn claim(
         key: key.clone(),
         value: value.clone(),
         holder: holder.to_owned(),
+        peer: peer.clone(),
         ttl,
         taken_over,
     };
@@ -124,6 +148,7 @@ pub(crate) async fn claim(
         Some(rec) => Ok(Claim::Busy(rec)),
         None => Ok(Claim::Busy(LeaseRecord {
             holder: "unknown".into(),
+            peer: None,
             expires: now + ttl,
         })),
     }
@@ -135,6 +160,7 @@ impl Lease {
     pub(crate) async fn renew(&mut self, store: &dyn BlobStore, now: SystemTime) -> Result<bool> {
         let value = LeaseRecord {
             holder: self.holder.clone(),
+            peer: self.peer.clone(),
             expires: now + self.ttl,
         }
         .encode(nonce());
@@ -192,11 +218,21 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_junk_is_no_lease() {
-        let r = LeaseRecord {
+        let mut r = LeaseRecord {
             holder: "pod-1/42/abcd".into(),
+            peer: None,
             expires: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
         };
-        assert_eq!(LeaseRecord::decode(&r.encode(7)), Some(r));
+        assert_eq!(LeaseRecord::decode(&r.encode(7)), Some(r.clone()));
+        r.peer = Some("10.0.0.7:5001".into());
+        let v = r.encode(7);
+        assert!(v.starts_with(b"pod-1/42/abcd@10.0.0.7:5001 "));
+        assert_eq!(LeaseRecord::decode(&v), Some(r.clone()));
+        // What is not an address stays part of the name.
+        let odd = LeaseRecord::decode(b"me@not an address 1 2");
+        assert_eq!(odd, None, "spaces split fields");
+        let odd = LeaseRecord::decode(b"me@http://x 1 2").unwrap();
+        assert_eq!((odd.holder.as_str(), odd.peer), ("me@http://x", None));
         for junk in [
             &b""[..],
             b"x",

@@ -89,7 +89,7 @@ impl PullThroughCache {
         let mut lease = match lease::claim(
             store,
             &key,
-            &opts.instance_name,
+            (&opts.instance_name, None),
             opts.lease_ttl,
             inner.clock.now(),
         )

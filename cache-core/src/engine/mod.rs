@@ -231,6 +231,7 @@ pub(crate) struct Inner {
     recent_denials: verdicts::RecentDenials,
     /// The repositories, as last listed.
     repo_index: inventory::RepoIndex,
+    pub(crate) peering: Option<crate::peer::Peering>,
 }
 
 /// Marks a digest as being read, so gc leaves it alone.
@@ -415,6 +416,53 @@ impl PullThroughCache {
     /// Upstream blob fetches in flight (running or queued).
     pub fn inflight(&self) -> usize {
         lock(&self.inner.inflight).len()
+    }
+
+    /// For a peer endpoint ([`crate::peer`]): the blob `digest` from byte
+    /// `from` to its end, as this instance receives it from the upstream,
+    /// if it fetches it under the digest's lease now; `Ok(None)` otherwise
+    /// (no fetch here, a fetch that follows another instance, one whose
+    /// lease was released, or the size not known within `wait`). The
+    /// answer is `(size, stream)`; the bytes are unverified and flow as
+    /// they arrive, the last included (the reader verifies). The stream
+    /// fails if the fetch does. `from` beyond the size is
+    /// [`Error::RangeNotSatisfiable`].
+    pub async fn peer_blob(
+        &self,
+        digest: &Digest,
+        from: u64,
+        wait: Duration,
+    ) -> Result<
+        Option<(
+            u64,
+            futures::stream::BoxStream<'static, Result<bytes::Bytes>>,
+        )>,
+    > {
+        let inner = &self.inner;
+        let (fetch, interest) = {
+            let m = lock(&inner.inflight);
+            let Some(f) = m.get(digest).filter(|f| f.is_leading()).cloned() else {
+                return Ok(None);
+            };
+            let Some(i) = f.join() else { return Ok(None) };
+            (f, i)
+        };
+        let size = match crate::runtime::timeout(&*inner.clock, wait, fetch.ready()).await {
+            Some(Ok(fetch::Ready::Size(n))) if fetch.is_leading() => n,
+            Some(Err(e)) => return Err(e),
+            _ => return Ok(None),
+        };
+        if from > size {
+            return Err(Error::RangeNotSatisfiable {
+                range: format!("bytes={from}-"),
+                size,
+            });
+        }
+        let guards = (InUse::new(inner, digest), interest);
+        Ok(Some((
+            size,
+            fetch.stream_to_peer(inner.clone(), from..size, guards),
+        )))
     }
 
     fn ctx_for(&self, name: &RepoName, caller: &crate::policy::Caller) -> Result<Ctx> {

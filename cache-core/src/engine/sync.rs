@@ -243,7 +243,15 @@ impl PullThroughCache {
         if store.shared() {
             let key = keys::sync_lease(rule);
             let now = inner.clock.now();
-            match lease::claim(store, &key, &opts.instance_name, opts.lease_ttl, now).await? {
+            match lease::claim(
+                store,
+                &key,
+                (&opts.instance_name, None),
+                opts.lease_ttl,
+                now,
+            )
+            .await?
+            {
                 lease::Claim::Held(l) => held = Some(l),
                 lease::Claim::Busy(rec) => {
                     report.skipped = Some(format!("instance {} is running it", rec.holder));

@@ -15,6 +15,9 @@
 //!   one repository as [`Caller::Scanner`](crate::Caller::Scanner), `403`
 //!   elsewhere); it mounts at the root or under any path with axum's
 //!   `nest_service`;
+//! * [`PeerService`]: the peer endpoint, from which the other instances
+//!   on a shared store stream what this one fetches under a lease
+//!   ([`crate::peer`]), behind a shared secret;
 //! * the transport: [`sendfile`] (stored blobs sent from their files,
 //!   zero-copy, on HTTP/1) and [`conn`] ([`serve_connections`]: a
 //!   connection cap, idle and send timeouts, TLS, graceful shutdown).
@@ -48,6 +51,7 @@ mod auth;
 mod auth_config;
 pub mod conn;
 mod oidc;
+mod peer;
 pub mod sendfile;
 mod service;
 mod throttle;
@@ -64,6 +68,7 @@ pub use auth::{
 pub use auth_config::AuthSpec;
 pub use conn::{ConnLimits, Tls, serve_connections};
 pub use oidc::{JwksFetch, MAX_JWKS_BYTES, MAX_TOKEN_BYTES, OidcConfig};
+pub use peer::{PEER_PATH, PeerService};
 pub use service::{AccessInfo, PullService};
 pub use throttle::ThrottleSettings;
 pub use token::{AccessEntry, MAX_SCOPES, SigningKey, TokenSettings};

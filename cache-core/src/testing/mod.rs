@@ -22,6 +22,7 @@ use crate::{BlobStore, BlobStoreExt, ByteRange, Digest, Error, MetaKey};
 mod clock;
 mod commits;
 mod fake;
+mod peers;
 
 #[cfg(feature = "trust")]
 pub mod trust;
@@ -29,6 +30,7 @@ pub mod trust;
 pub use clock::ManualClock;
 pub use commits::CommitFaults;
 pub use fake::{Calls, FakeUpstream, Fault, PanicUpstream, PushedImage};
+pub use peers::LocalPeers;
 
 /// A store under test, with what the suite needs to look behind it.
 pub struct Harness {

@@ -230,7 +230,19 @@ pub fn build_cache(
         services,
     });
     let w = wiring(cfg, parts.as_ref())?;
-    w.builder
+    let mut builder = w.builder;
+    if let Some(p) = &cfg.peer {
+        // Peer streaming: the leases this instance holds name its peer
+        // endpoint (served by `serve`), and it streams from the others'.
+        let source = cache_upstream::PeerClient::from_config(p)
+            .map_err(|e| ConfigError::new(e.to_string()))?;
+        builder = builder.peering(cache_core::peer::Peering {
+            advertise: p.advertise.clone(),
+            source: Arc::new(source),
+            timeout: p.timeout,
+        });
+    }
+    builder
         .store(store)
         .tokio()
         .events(events)

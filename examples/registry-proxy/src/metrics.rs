@@ -551,6 +551,7 @@ impl Collector for ReadOnScrape {
             (PeerFetch::Published, &c.peer_published),
             (PeerFetch::TakenOver, &c.peer_taken_over),
             (PeerFetch::WaitedTooLong, &c.peer_waited_too_long),
+            (PeerFetch::Streamed, &c.peer_streamed),
         ] {
             ConstCounter::new(Counters::get(v))
                 .encode(peers.encode_family(&[("outcome", outcome.as_str())])?)?;

@@ -17,7 +17,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower_http::timeout::TimeoutLayer;
 
-use cache_core::server::{ConnLimits, ScopedTokens, serve_connections};
+use cache_core::server::{ConnLimits, PeerService, ScopedTokens, serve_connections};
 use cache_upstream::scanner::{MetadataError, ScanImageError};
 
 use crate::config::Config;
@@ -293,6 +293,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     );
     let console_cfg = cfg.console;
     let rules = cfg.rules.len();
+    let (peer, cache_for_peers) = (cfg.peer.clone(), cache.clone());
     let limits = ConnLimits {
         idle_timeout: cfg.idle_timeout,
         send_timeout: cfg.send_timeout,
@@ -370,6 +371,40 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("registry-proxy: cannot listen on server.admin_listen {addr}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(peer) = peer {
+        // The peer endpoint: what this instance fetches under a lease, for
+        // the other instances on the store, behind the shared secret.
+        let service = PeerService::new(
+            cache_for_peers,
+            &peer.secret,
+            peer.max_connections,
+            peer.timeout,
+        );
+        let limits = ConnLimits {
+            max_connections: peer.max_connections,
+            ..limits
+        };
+        match tokio::net::TcpListener::bind(peer.listen).await {
+            Ok(l) => {
+                tracing::info!(peer_listen = %peer.listen, advertise = %peer.advertise, "peer endpoint serving");
+                let app = service.into_router();
+                tokio::spawn(serve_connections(
+                    l,
+                    app,
+                    limits,
+                    None,
+                    std::future::pending(),
+                ));
+            }
+            Err(e) => {
+                eprintln!(
+                    "registry-proxy: cannot listen on storage.peer_listen {}: {e}",
+                    peer.listen
+                );
                 return ExitCode::from(2);
             }
         }

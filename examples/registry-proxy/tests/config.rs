@@ -485,3 +485,56 @@ fn the_example_s_freshness_keys_uncommented_mean_what_they_say_and_bad_ones_are_
         "{e}"
     );
 }
+
+#[test]
+fn peer_streaming_keys_are_for_an_object_store_and_validate_themselves() {
+    let object = "[storage]\nbackend = \"object\"\nurl = \"az://c/p\"\n";
+    let peer = "peer_listen = \"127.0.0.1:5001\"\npeer_advertise = \"proxy-0.proxy:5001\"\npeer_secret = \"a-secret-of-some-length\"\n";
+    let c = parse(&format!(
+        "{object}{peer}peer_timeout = \"2s\"\n{REGISTRY}{RULE}"
+    ))
+    .unwrap();
+    let p = c.peer.as_ref().expect("peer streaming configured");
+    assert_eq!(p.listen.to_string(), "127.0.0.1:5001");
+    assert_eq!(p.advertise, "proxy-0.proxy:5001");
+    assert_eq!(p.timeout, Duration::from_secs(2));
+    assert!(
+        !format!("{c:?}").contains("a-secret-of-some-length"),
+        "the secret prints"
+    );
+    assert!(
+        parse(&format!("{object}{REGISTRY}{RULE}"))
+            .unwrap()
+            .peer
+            .is_none()
+    );
+    for (text, says) in [
+        (
+            format!("[storage]\n{peer}"),
+            "storage.peer_listen is for backend = \"object\"",
+        ),
+        (
+            format!("{object}peer_listen = \"127.0.0.1:5001\"\n"),
+            "missing peer_advertise, peer_secret",
+        ),
+        (
+            format!("{object}{}", peer.replace("127.0.0.1:5001", "localhost")),
+            "peer_listen = \"localhost\": not an IP:PORT address",
+        ),
+        (
+            format!(
+                "{object}{}",
+                peer.replace("a-secret-of-some-length", "short")
+            ),
+            "peer_secret = <redacted>: at least 16 characters",
+        ),
+        (
+            format!("{object}{peer}peer_max_connections = 0\n"),
+            "peer_max_connections = 0: at least 1",
+        ),
+    ] {
+        let e = parse(&format!("{text}{REGISTRY}{RULE}")).unwrap_err();
+        assert!(e.contains(says), "{text}: {e}");
+        assert!(!e.contains("short\""), "the secret in an error: {e}");
+    }
+}

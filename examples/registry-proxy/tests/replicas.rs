@@ -12,7 +12,7 @@ use cache_core::testing::content;
 use cache_core::{BlobStore, BlobStoreExt, Digest};
 use cache_store::ObjectBlobStore;
 use cache_store::testing::Azurite;
-use cache_upstream::testing::HostileRegistry;
+use cache_upstream::testing::{HostileRegistry, WireFault};
 use common::{Proxy, http};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -316,4 +316,332 @@ async fn gc_on_every_instance_spares_what_another_is_serving_and_keeps_the_quota
             >= 2,
         "gc ran on more than one instance"
     );
+}
+
+/// The secret the peered instances share.
+const PEER_SECRET: &str = "replicas-test-peer-secret";
+
+/// Three instances on `container` that stream from each other: each with
+/// a peer endpoint on a free loopback port, advertised as such. Returns
+/// them and their peer ports.
+fn peered(up: &HostileRegistry, az: &Azurite, container: &str) -> (Vec<Proxy>, Vec<u16>) {
+    let ports: Vec<u16> = (0..3).map(|_| cache_core::testing::free_port()).collect();
+    let proxies = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let peer = format!(
+                "peer_listen = \"127.0.0.1:{port}\"\npeer_advertise = \"127.0.0.1:{port}\"\npeer_secret = \"{PEER_SECRET}\"\npeer_timeout = \"2s\"\n"
+            );
+            Proxy::start(&config(up, az, container, &format!("p{i}"), &peer))
+        })
+        .collect();
+    (proxies, ports)
+}
+
+/// Waits for the blob's lease; the holder's index (`p<i>`) and the value.
+async fn holder_of(store: &ObjectBlobStore, d: &Digest) -> (usize, String) {
+    let lease = cache_core::keys::blob_lease(d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = store.get_meta(&lease).await.unwrap() {
+            let v = String::from_utf8_lossy(&v).into_owned();
+            let name = v.split(['@', ' ']).next().unwrap();
+            return (name.strip_prefix('p').unwrap().parse().unwrap(), v);
+        }
+        assert!(Instant::now() < deadline, "no instance took the lease");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn sum_metric(proxies: &[&Proxy], series: &str) -> u64 {
+    let mut n = 0;
+    for p in proxies {
+        n += metric(&p.metrics().await, series);
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_clients_on_three_instances_stream_from_the_lease_holder() {
+    let az = azurite("peers");
+    let up = HostileRegistry::start("127.0.0.1");
+    let layer = Bytes::from(content(21, 16 * 1024 * 1024).to_vec());
+    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    up.set_rate(Some(8 * 1024 * 1024));
+    let (proxies, _) = peered(&up, &az, "peers");
+    let (d, _) = &img.layers[0];
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            tokio::spawn(get_blob(
+                proxies[i % 3].url(&format!("/v2/library/app/blobs/{d}")),
+            ))
+        })
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        let body = c
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert!(body == layer, "client {i} got other bytes");
+    }
+    assert_eq!(up.requests("GET", d.as_str()), 1, "one upstream GET in all");
+    let all: Vec<&Proxy> = proxies.iter().collect();
+    let streamed = sum_metric(
+        &all,
+        "registry_proxy_peer_fetches_total{outcome=\"streamed\"}",
+    )
+    .await;
+    let published = sum_metric(
+        &all,
+        "registry_proxy_peer_fetches_total{outcome=\"published\"}",
+    )
+    .await;
+    assert_eq!(
+        (streamed, published),
+        (2, 0),
+        "the two other instances streamed from the holder rather than wait for publication"
+    );
+    let spool = tempfile::tempdir().unwrap();
+    let store = shared_store(&az, "peers", spool.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.stat(d).await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the holder publishes the blob");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.get_bytes(d).await.unwrap() == layer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_holder_killed_half_way_costs_the_others_no_restart_and_no_wrong_byte() {
+    let az = azurite("peerkill");
+    let up = HostileRegistry::start("127.0.0.1");
+    let size = 16 * 1024 * 1024;
+    let layer = Bytes::from(content(22, size).to_vec());
+    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    up.set_rate(Some(8 * 1024 * 1024));
+    let (mut proxies, _) = peered(&up, &az, "peerkill");
+    let (d, _) = &img.layers[0];
+    let clients: Vec<_> = (0..12)
+        .map(|i| {
+            let url = proxies[i % 3].url(&format!("/v2/library/app/blobs/{d}"));
+            (i % 3, tokio::spawn(get_blob(url)))
+        })
+        .collect();
+    let spool = tempfile::tempdir().unwrap();
+    let store = shared_store(&az, "peerkill", spool.path());
+    let (killed, lease) = holder_of(&store, d).await;
+    assert!(
+        lease.contains('@'),
+        "the holder names its peer address: {lease}"
+    );
+    // SIGKILL once the holder has half the blob.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let at_kill = loop {
+        let got = metric(
+            &proxies[killed].metrics().await,
+            "registry_proxy_upstream_bytes_total",
+        );
+        if got >= size as u64 / 2 {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "the holder gets half the blob");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    proxies[killed].child.kill().unwrap();
+    proxies[killed].child.wait().unwrap();
+
+    for (i, (proxy, c)) in clients.into_iter().enumerate() {
+        match c.await.unwrap() {
+            Ok(body) => assert!(body == layer, "client {i} got other bytes"),
+            Err(e) => assert_eq!(
+                proxy, killed,
+                "client {i} of a surviving instance failed: {e}"
+            ),
+        }
+    }
+    // The survivors went on from where they were: one took the lease over
+    // and asked the upstream for the rest only.
+    let gets: Vec<_> = up
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains(d.as_str()))
+        .collect();
+    assert_eq!(gets.len(), 2, "the holder's GET and the rest: {gets:?}");
+    let resumed_at: u64 = gets[1]
+        .range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+        .unwrap_or_else(|| panic!("the takeover asked for a range: {gets:?}"));
+    assert!(
+        resumed_at >= size as u64 * 2 / 5,
+        "resumed at byte {resumed_at}, not near where the holder died ({at_kill})"
+    );
+    let survivors: Vec<&Proxy> = proxies
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != killed)
+        .map(|(_, p)| p)
+        .collect();
+    let after = sum_metric(&survivors, "registry_proxy_upstream_bytes_total").await;
+    let total = at_kill + after;
+    eprintln!(
+        "killed at {at_kill} bytes; resumed at byte {resumed_at}; upstream bytes {total} = {:.2}x the blob",
+        total as f64 / size as f64
+    );
+    assert!(
+        total as f64 <= 1.6 * size as f64,
+        "{total} bytes from the upstream for a blob of {size} ({:.2}x)",
+        total as f64 / size as f64
+    );
+    // Answers complete at verification; the upload follows.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.stat(d).await.unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the new holder publishes the blob"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        store.get_bytes(d).await.unwrap() == layer,
+        "the published blob is whole"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flipped_byte_in_the_holders_transfer_completes_no_client_anywhere() {
+    let az = azurite("peerflip");
+    let up = HostileRegistry::start("127.0.0.1");
+    let layer = Bytes::from(content(23, 8 * 1024 * 1024).to_vec());
+    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    let (d, _) = &img.layers[0];
+    up.set_rate(Some(8 * 1024 * 1024));
+    up.fault(d.as_str(), [WireFault::FlipByte(5 * 1024 * 1024)]);
+    let (proxies, _) = peered(&up, &az, "peerflip");
+    let first = tokio::spawn(get_blob(
+        proxies[0].url(&format!("/v2/library/app/blobs/{d}")),
+    ));
+    let spool = tempfile::tempdir().unwrap();
+    let store = shared_store(&az, "peerflip", spool.path());
+    holder_of(&store, d).await;
+    let others: Vec<_> = (0..6)
+        .map(|i| {
+            tokio::spawn(get_blob(
+                proxies[1 + i % 2].url(&format!("/v2/library/app/blobs/{d}")),
+            ))
+        })
+        .collect();
+    let mut all = vec![first];
+    all.extend(others);
+    for (i, c) in all.into_iter().enumerate() {
+        if let Ok(body) = c.await.unwrap() {
+            panic!(
+                "client {i} got a complete answer of {} bytes ({})",
+                body.len(),
+                if body == layer {
+                    "right, so the fault never hit"
+                } else {
+                    "wrong"
+                }
+            );
+        }
+    }
+    assert!(store.stat(d).await.unwrap().is_none(), "nothing published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_peer_endpoint_refuses_strangers_and_digests_it_holds_no_lease_for() {
+    let az = azurite("peerauth");
+    let up = HostileRegistry::start("127.0.0.1");
+    let layer = Bytes::from(content(24, 8 * 1024 * 1024).to_vec());
+    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    let stored = Bytes::from(content(25, 1000).to_vec());
+    let d_stored = up.add_blob(stored.clone());
+    up.set_rate(Some(4 * 1024 * 1024));
+    let (proxies, ports) = peered(&up, &az, "peerauth");
+    let (d, _) = &img.layers[0];
+    // A blob the first instance stored earlier: not served to peers either.
+    let url = proxies[0].url(&format!("/v2/library/app/blobs/{d_stored}"));
+    assert!(get_blob(url).await.unwrap() == stored);
+    let fetch = tokio::spawn(get_blob(
+        proxies[0].url(&format!("/v2/library/app/blobs/{d}")),
+    ));
+    let spool = tempfile::tempdir().unwrap();
+    let store = shared_store(&az, "peerauth", spool.path());
+    let (holder, _) = holder_of(&store, d).await;
+    let follower = tokio::spawn(get_blob(
+        proxies[(holder + 1) % 3].url(&format!("/v2/library/app/blobs/{d}")),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let peer_url =
+        |i: usize, d: &Digest| format!("http://127.0.0.1:{}/peer/v1/blobs/{d}", ports[i]);
+    let status = |rb: reqwest::RequestBuilder| async move {
+        rb.header("range", "bytes=0-")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // The holder answers its peers, from any offset.
+    let ok = http()
+        .get(peer_url(holder, d))
+        .bearer_auth(PEER_SECRET)
+        .header("range", "bytes=1000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 206);
+    let expect = format!("bytes 1000-{}/{}", layer.len() - 1, layer.len());
+    assert_eq!(ok.headers()["content-range"].to_str().unwrap(), expect);
+    drop(ok);
+    // Not without the secret, nor with another one.
+    assert_eq!(status(http().get(peer_url(holder, d))).await, 401);
+    assert_eq!(
+        status(
+            http()
+                .get(peer_url(holder, d))
+                .bearer_auth("replicas-test-peer-secreT")
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        status(
+            http()
+                .get(peer_url(holder, d))
+                .basic_auth("x", Some(PEER_SECRET))
+        )
+        .await,
+        401
+    );
+    // Not what this instance holds no lease for: stored content, another
+    // instance's fetch, content nobody fetches; nor other paths.
+    let signed = |i: usize, d: &Digest| http().get(peer_url(i, d)).bearer_auth(PEER_SECRET);
+    assert_eq!(status(signed(holder, &d_stored)).await, 404);
+    for other in (0..3).filter(|i| *i != holder) {
+        assert_eq!(
+            status(signed(other, d)).await,
+            404,
+            "instance {other} holds no lease"
+        );
+    }
+    let unknown = Digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+    assert_eq!(status(signed(holder, &unknown)).await, 404);
+    let v2 = http()
+        .get(format!(
+            "http://127.0.0.1:{}/v2/library/app/blobs/{d}",
+            ports[holder]
+        ))
+        .bearer_auth(PEER_SECRET);
+    assert_eq!(
+        status(v2).await,
+        404,
+        "the peer port serves the peer API only"
+    );
+    assert!(fetch.await.unwrap().unwrap() == layer);
+    assert!(follower.await.unwrap().unwrap() == layer);
+    let log = proxies.iter().map(Proxy::log).collect::<String>();
+    assert!(!log.contains(PEER_SECRET), "the secret reached a log");
 }

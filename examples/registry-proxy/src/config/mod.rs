@@ -109,6 +109,8 @@ pub struct Config {
     pub webhooks: Vec<cache_upstream::webhook::WebhookConfig>,
     /// Where the web console is served (`[console]`).
     pub console: cache_core::console::ConsoleConfig,
+    /// Peer streaming (`[storage] peer_*`), if configured.
+    pub peer: Option<cache_core::peer::PeerConfig>,
 }
 
 /// The built-in default (`default.toml`).
@@ -203,6 +205,7 @@ impl Config {
                 .transpose()?,
             webhooks: cache_upstream::webhook::WebhookConfig::prepare(raw.webhook, base)?,
             console: raw.console,
+            peer: storage.peer,
         })
     }
 }

@@ -1,5 +1,5 @@
 //! `[storage]`: the store (`cache_store::StorageConfig`), the engine's
-//! lease and access-time settings, and the server's gc.
+//! lease and access-time settings, peer streaming (`PeerConfig`), gc.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use super::{ConfigError, Result, err, load};
 const ENGINE_KEYS: &[&str] = &["lease_ttl", "lease_wait", "instance_name", "touch_interval"];
 
 /// Keys an object store alone shares between instances.
-const SHARED_ONLY: &[&str] = &["lease_ttl", "lease_wait", "instance_name"];
+const SHARED_ONLY: &[&str] = &["lease_ttl", "lease_wait", "instance_name", "peer_listen"];
 
 /// Takes `keys` out of `table`, into a table of their own.
 pub(super) fn take(table: &mut toml::Table, keys: &[&str]) -> toml::Table {
@@ -37,15 +37,18 @@ pub(super) struct Section {
     pub(super) cache: toml::Table,
     pub(super) quota: Option<u64>,
     pub(super) gc_interval: Duration,
+    pub(super) peer: Option<cache_core::peer::PeerConfig>,
 }
 
 pub(super) fn section(mut table: toml::Table, base: &Path) -> Result<Section> {
     let cache = take(&mut table, ENGINE_KEYS);
+    let peer = take(&mut table, cache_core::peer::PeerConfig::KEYS);
+    let shared = |k: &&&str| cache.contains_key(**k) || peer.contains_key(**k);
     let gc: RawGc = load::section("storage", take(&mut table, &["quota", "gc_interval"]))?;
     let mut store: StorageConfig = load::section("storage", table)?;
     store.rebase(base);
     if !store.shared()
-        && let Some(key) = SHARED_ONLY.iter().find(|k| cache.contains_key(**k))
+        && let Some(key) = SHARED_ONLY.iter().find(shared)
     {
         return err(format!(
             "storage.{key} is for backend = \"object\", not \"{}\"",
@@ -53,13 +56,8 @@ pub(super) fn section(mut table: toml::Table, base: &Path) -> Result<Section> {
         ));
     }
     let (quota, gc_interval) = (|| {
-        let every = Duration::from_secs(600);
-        let every = at_least(
-            "gc_interval",
-            &gc.gc_interval,
-            every,
-            Duration::from_secs(1),
-        )?;
+        let s = Duration::from_secs;
+        let every = at_least("gc_interval", &gc.gc_interval, s(600), s(1))?;
         Ok((gc.quota.map(|q| bytes("quota", &q)).transpose()?, every))
     })()
     .map_err(|e: ConfigError| e.at("storage"))?;
@@ -68,5 +66,8 @@ pub(super) fn section(mut table: toml::Table, base: &Path) -> Result<Section> {
         cache,
         quota,
         gc_interval,
+        peer: (!peer.is_empty())
+            .then(|| load::section("storage", peer))
+            .transpose()?,
     })
 }
