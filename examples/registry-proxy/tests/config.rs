@@ -425,9 +425,22 @@ fn the_example_s_freshness_keys_uncommented_mean_what_they_say_and_bad_ones_are_
             dir.path().join("hub-token").display()
         ),
     );
+    // The sync table's keys are uncommented where that table is (other
+    // sections comment out keys of the same names, [[auth.grant]]'s
+    // `repositories` say).
+    let sync_at = text
+        .find("\n# [rule.sync]")
+        .expect("the example shows [rule.sync]");
+    let mut tail = text.split_off(sync_at);
+    for key in ["max_bandwidth", "serve_withdrawn"] {
+        let commented = format!("\n# {key} ");
+        assert!(
+            text.contains(&commented) || tail.contains(&commented),
+            "the example shows {key}"
+        );
+        text = text.replacen(&commented, &format!("\n{key} "), 1);
+    }
     for key in [
-        "max_bandwidth",
-        "serve_withdrawn",
         "[rule.sync]",
         "interval",
         "semver",
@@ -437,9 +450,10 @@ fn the_example_s_freshness_keys_uncommented_mean_what_they_say_and_bad_ones_are_
         "repositories",
     ] {
         let commented = format!("\n# {key} ");
-        assert!(text.contains(&commented), "the example shows {key}");
-        text = text.replacen(&commented, &format!("\n{key} "), 1);
+        assert!(tail.contains(&commented), "the example shows {key}");
+        tail = tail.replacen(&commented, &format!("\n{key} "), 1);
     }
+    text.push_str(&tail);
     let c = parse(&text).unwrap();
     assert_eq!(
         c.registries[0].bandwidth.as_ref().map(|b| b.rate()),
