@@ -1021,7 +1021,7 @@ mod tests {
             Logging {
                 log: &s.rekor,
                 integrated: now,
-                set: false,
+                set: true,
                 proof: true,
             },
         );
@@ -1032,6 +1032,32 @@ mod tests {
             ..a
         };
         v.verify(&subject, &a, now).unwrap().unwrap();
+        // Without a SET nothing signs the integrated time: refused.
+        let b = bundle(
+            &leaf,
+            &statement(
+                &d,
+                crate::signatures::COSIGN_SIGN_PREDICATE,
+                serde_json::json!({}),
+            ),
+            Logging {
+                log: &s.rekor,
+                integrated: now,
+                set: false,
+                proof: true,
+            },
+        );
+        let a = Artifact {
+            kind: ArtifactKind::Bundle,
+            bytes: b.into(),
+            annotations: BTreeMap::new(),
+            ..a
+        };
+        let e = v.verify(&subject, &a, now).unwrap().unwrap_err();
+        assert!(
+            format!("{e:?}").contains("integrated time is not signed"),
+            "a bundle whose entry has no SET: {e:?}"
+        );
     }
 
     #[test]

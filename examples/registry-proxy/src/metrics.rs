@@ -488,6 +488,11 @@ impl Collector for ReadOnScrape {
                 &c.bytes_from_upstream,
             ),
             (
+                "registry_proxy_peer_bytes",
+                "Blob bytes received from other instances on the store (peer streaming).",
+                &c.bytes_from_peers,
+            ),
+            (
                 "registry_proxy_fetches",
                 "Upstream blob fetches started.",
                 &c.fetches_started,

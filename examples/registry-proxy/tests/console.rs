@@ -224,13 +224,22 @@ async fn the_console_shows_a_served_and_a_refused_pull_explains_names_and_hides_
     let files = tempfile::tempdir().unwrap();
     let key = common::cosign_public_key(files.path());
     let users = htpasswd(files.path(), "alice", "alice-pw");
+    // carol may pull library/*; dave is a user with no grant at all.
+    let (carol, dave) = (files.path().join("carol"), files.path().join("dave"));
+    std::fs::write(&carol, "carol-pw\n").unwrap();
+    std::fs::write(&dave, "dave-pw\n").unwrap();
     let admin_port = free_port();
     let extra = format!(
         "[[rule]]\nname = \"signed\"\nsource = \"{h}/signed/*\"\ntarget = \"signed/*\"\n[rule.signatures]\ncosign_keys = [\"{k}\"]\nmode = \"enforce\"\n\n\
-         [auth]\nhtpasswd = \"{u}\"\n\n[server]\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\n[console]\nmain_listener = true\npage_size = 20\n",
+         [auth]\nhtpasswd = \"{u}\"\n\n\
+         [[auth.user]]\nname = \"carol\"\npassword_file = \"{c}\"\n\n[[auth.user]]\nname = \"dave\"\npassword_file = \"{d}\"\n\n\
+         [[auth.grant]]\nprincipals = [\"carol\"]\nrepositories = [\"library/*\"]\nactions = [\"pull\"]\n\n\
+         [server]\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\n[console]\nmain_listener = true\npage_size = 20\n",
         h = up.host(),
         k = key.display(),
         u = users.display(),
+        c = carol.display(),
+        d = dave.display(),
     );
     let proxy = Proxy::start(&common::config(&up, &extra));
     let out = tempfile::tempdir().unwrap();
@@ -446,4 +455,42 @@ async fn the_console_shows_a_served_and_a_refused_pull_explains_names_and_hides_
     );
     assert!(b.source().await.contains("signed in as alice"));
     b.shot("main-alice").await;
+    // Grants decide what a signed-in viewer sees: carol, granted
+    // library/*, sees library/app only; dave, granted nothing, neither.
+    let b = Browser::start("main-grants").await;
+    b.client
+        .goto(&format!("http://carol:carol-pw@{main}/repositories"))
+        .await
+        .unwrap();
+    let repos = b.text("#repositories").await;
+    assert!(
+        repos.contains("library/app") && !repos.contains("signed/tool"),
+        "carol: {repos}"
+    );
+    b.shot("main-carol").await;
+    let page = http()
+        .get(format!("http://{main}/repositories"))
+        .basic_auth("dave", Some("dave-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "dave signs in");
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("signed in as dave")
+            && !page.contains("library/app")
+            && !page.contains("signed/tool"),
+        "dave: {page}"
+    );
+    let r = http()
+        .get(format!("http://{main}/repository?name=library/app"))
+        .basic_auth("dave", Some("dave-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "a repository dave may not read is not there"
+    );
 }
