@@ -1,7 +1,6 @@
 //! A webhook as configured (feature `serde`): `[[webhook]]`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use cache_core::config::{ConfigError, duration, label, positive};
 use serde::Deserialize;
@@ -31,7 +30,7 @@ use crate::config::secret_source;
 ///     events = ["admission.denied", "scan.verdict_changed"]
 ///     secret_env = "WEBHOOK_SECRET"
 /// "#)?;
-/// assert_eq!(w.name, "chat");
+/// assert_eq!(w.webhook.name, "chat");
 /// let e = toml::from_str::<WebhookConfig>("name = \"x\"\nurl = \"http://10.0.0.7/in\"").unwrap_err();
 /// assert!(e.message().contains("allow_hosts"), "{e}");
 /// let e = toml::from_str::<WebhookConfig>("name = \"x\"\nurl = \"https://h.example\"\nevents = [\"pull\"]").unwrap_err();
@@ -40,34 +39,11 @@ use crate::config::secret_source;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookConfig {
-    /// Its name.
-    pub name: String,
-    /// Where notices go.
-    pub url: Url,
-    /// What it subscribes to.
-    pub events: Vec<EventType>,
-    /// How notices are written.
-    pub format: Format,
+    /// The webhook as configured, but for its secret (`None` here: it is
+    /// read by [`settings`](Self::settings)).
+    pub webhook: WebhookSettings,
     /// Where the signature's key comes from, if notices are signed.
     pub secret: Option<PasswordSource>,
-    /// The signature's header.
-    pub signature_header: String,
-    /// The CloudEvents source.
-    pub source: String,
-    /// Notices waiting at most.
-    pub queue: usize,
-    /// Deliveries at once.
-    pub concurrency: usize,
-    /// Attempts per notice.
-    pub max_attempts: u32,
-    /// One attempt's time limit.
-    pub timeout: Duration,
-    /// The first retry's wait, doubled for each next one.
-    pub backoff: Duration,
-    /// The longest wait between attempts.
-    pub max_backoff: Duration,
-    /// Hosts that may be internal addresses.
-    pub allow_hosts: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -164,19 +140,7 @@ impl<'de> Deserialize<'de> for WebhookConfig {
                     r.secret_env,
                     r.secret_file,
                 )?,
-                name: s.name,
-                url: s.url,
-                events: s.events,
-                format: s.format,
-                signature_header: s.signature_header,
-                source: s.source,
-                queue: s.queue,
-                concurrency: s.concurrency,
-                max_attempts: s.max_attempts,
-                timeout: s.timeout,
-                backoff: s.backoff,
-                max_backoff: s.max_backoff,
-                allow_hosts: s.allow_hosts,
+                webhook: s,
             })
         })()
         .map_err(|e: ConfigError| D::Error::custom(e))
@@ -197,10 +161,10 @@ impl WebhookConfig {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, w) in list.iter_mut().enumerate() {
-            if !seen.insert(w.name.clone()) {
+            if !seen.insert(w.webhook.name.clone()) {
                 return Err(ConfigError::new(format!(
                     "webhook[{i}] (name = {:?}): name appears twice",
-                    w.name
+                    w.webhook.name
                 )));
             }
             w.rebase(base);
@@ -225,20 +189,8 @@ impl WebhookConfig {
             .transpose()
             .map_err(|e| ConfigError::new(format!("secret: {e}")))?;
         Ok(WebhookSettings {
-            name: self.name.clone(),
-            url: self.url.clone(),
-            events: self.events.clone(),
-            format: self.format,
             secret,
-            signature_header: self.signature_header.clone(),
-            source: self.source.clone(),
-            queue: self.queue,
-            concurrency: self.concurrency,
-            max_attempts: self.max_attempts,
-            timeout: self.timeout,
-            backoff: self.backoff,
-            max_backoff: self.max_backoff,
-            allow_hosts: self.allow_hosts.clone(),
+            ..self.webhook.clone()
         })
     }
 }
@@ -246,6 +198,7 @@ impl WebhookConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn hook(text: &str) -> Result<WebhookConfig, String> {
         toml::from_str::<WebhookConfig>(text).map_err(|e| e.message().to_owned())
@@ -254,16 +207,26 @@ mod tests {
     #[test]
     fn defaults_and_every_key() {
         let w = hook("name = \"a\"\nurl = \"https://h.example/in\"").unwrap();
-        assert_eq!(w.events, EventType::ALL.to_vec());
-        assert_eq!(w.format, Format::CloudEvents);
-        assert_eq!((w.queue, w.concurrency, w.max_attempts), (1000, 2, 5));
+        assert_eq!(w.webhook.events, EventType::ALL.to_vec());
+        assert_eq!(w.webhook.format, Format::CloudEvents);
+        assert_eq!(
+            (
+                w.webhook.queue,
+                w.webhook.concurrency,
+                w.webhook.max_attempts
+            ),
+            (1000, 2, 5)
+        );
         let w = hook(
             "name = \"a\"\nurl = \"http://127.0.0.1:9/in\"\nevents = [\"pull.miss\", \"gc.finished\"]\nformat = \"json\"\nsecret = \"s3cret\"\nsignature_header = \"X-Hub-Signature-256\"\nsource = \"/proxy-a\"\nqueue = 10\nconcurrency = 1\nmax_attempts = 2\ntimeout = \"2s\"\nbackoff = \"100ms\"\nmax_backoff = \"1s\"\nallow_hosts = [\"127.0.0.1\"]",
         )
         .unwrap();
-        assert_eq!(w.events, vec![EventType::PullMiss, EventType::GcFinished]);
-        assert_eq!(w.format, Format::Json);
-        assert_eq!(w.timeout, Duration::from_secs(2));
+        assert_eq!(
+            w.webhook.events,
+            vec![EventType::PullMiss, EventType::GcFinished]
+        );
+        assert_eq!(w.webhook.format, Format::Json);
+        assert_eq!(w.webhook.timeout, Duration::from_secs(2));
         assert!(!format!("{w:?}").contains("s3cret"), "secret redacted");
         let s = w.settings().unwrap();
         assert_eq!(s.secret.unwrap().expose(), "s3cret");

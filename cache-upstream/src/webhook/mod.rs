@@ -182,7 +182,7 @@ pub enum Format {
 pub const CLOUDEVENTS_TYPE_PREFIX: &str = "pull-through-cache.";
 
 /// One webhook: where, what, how.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebhookSettings {
     /// Its name, in logs and metrics.
     pub name: String,

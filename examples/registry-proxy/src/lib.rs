@@ -154,7 +154,9 @@ pub fn event_sink(
     let rt = cache_core::runtime::TokioRuntime::current();
     let mut sink = cache_upstream::webhook::Webhooks::new(metrics);
     for (i, w) in cfg.webhooks.iter().enumerate() {
-        let at = |e: String| ConfigError::new(format!("webhook[{i}] (name = {:?}): {e}", w.name));
+        let at = |e: String| {
+            ConfigError::new(format!("webhook[{i}] (name = {:?}): {e}", w.webhook.name))
+        };
         let settings = w.settings().map_err(|e| at(e.to_string()))?;
         sink = sink
             .with(settings, Arc::new(rt.clone()), Arc::new(rt.clone()))

@@ -534,10 +534,10 @@ async fn failed_logins_are_throttled_per_source() {
     let r = get(
         &e.proxy,
         "/v2/ci/app/manifests/v1",
-        Auth::Basic("ci", CI_TOKEN),
+        Auth::Basic("puller", "puller-pw"),
     )
     .await;
-    assert_eq!(r.status(), 429, "throttled, right credentials or not");
+    assert_eq!(r.status(), 429, "throttled, right password or not");
     let wait: u64 = r.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -548,10 +548,27 @@ async fn failed_logins_are_throttled_per_source() {
     let r = token(
         &e.proxy,
         &["repository:ci/app:pull"],
-        Auth::Basic("ci", CI_TOKEN),
+        Auth::Basic("puller", "puller-pw"),
     )
     .await;
     assert_eq!(r.status(), 429, "at the token endpoint too");
+    // A robot's token is a generated secret checked at the cost of a hash:
+    // the right one passes from a throttled source (guessers cannot lock
+    // a robot out), a wrong one is still throttled.
+    let r = get(
+        &e.proxy,
+        "/v2/ci/app/manifests/v1",
+        Auth::Basic("ci", CI_TOKEN),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "the robot's right token");
+    let r = get(
+        &e.proxy,
+        "/v2/ci/app/manifests/v1",
+        Auth::Basic("ci", "not-the-token"),
+    )
+    .await;
+    assert_eq!(r.status(), 429, "a wrong robot token");
     // A token issued before, and anonymous reads, go on.
     assert!(
         e.proxy
