@@ -137,6 +137,16 @@ pub fn parse_verdicts(k: &MetaKey) -> Option<(RepoName, Digest)> {
     Some((RepoName::parse(repo).ok()?, parse_digest_part(tail)?))
 }
 
+/// The repository a `_pulls` or `_verdicts` record is about (what the
+/// people who run the cache look at, not content: [`repo_of`] says `None`).
+pub fn record_repo(k: &MetaKey) -> Option<RepoName> {
+    let rest = k.as_str().strip_prefix("repos/")?;
+    let (repo, _) = ["/_pulls/", "/_verdicts/"]
+        .iter()
+        .find_map(|sep| rest.split_once(sep))?;
+    RepoName::parse(repo).ok()
+}
+
 /// `manifests/<alg>/<hex>`: a stored manifest's media type.
 pub fn manifest(d: &Digest) -> MetaKey {
     key(format!("manifests/{}", digest_part(d)))

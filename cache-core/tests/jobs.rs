@@ -303,8 +303,27 @@ async fn purging_a_repository_drops_every_record_of_it_and_only_it() {
     let app = cached_image(&e, "library/app", "v1", &[shared.clone(), content(22, 700)]).await;
     cached_image(&e, "library/app", "v2", &[content(23, 700)]).await;
     let nested = cached_image(&e, "library/app/sub", "v1", std::slice::from_ref(&shared)).await;
+    // A client's pull of each is counted (a warm is not); written, each
+    // repository has its record.
+    for repo in ["library/app", "library/app/sub"] {
+        e.cache
+            .manifest(&n(repo), &r("v1"), &Accept::any())
+            .await
+            .unwrap();
+    }
+    e.cache.flush_pull_stats().await.unwrap();
+    let pulls = |r: &str| {
+        let (store, key) = (e.cache.store().clone(), cache_core::keys::repo_pulls(&n(r)));
+        async move { store.get_meta(&key).await.unwrap().is_some() }
+    };
+    assert!(pulls("library/app").await && pulls("library/app/sub").await);
     let report = e.cache.purge(&n("library/app"), None).await.unwrap();
     assert_eq!((report.tags, report.manifests), (2, 2), "{report:?}");
+    assert!(!pulls("library/app").await, "its pull counts go with it");
+    assert!(
+        pulls("library/app/sub").await,
+        "the nested repository's stay"
+    );
     let gc = e.cache.gc(None).await.unwrap();
     assert_eq!(
         gc.purged, 5,

@@ -395,6 +395,11 @@ impl PullThroughCache {
         let store = &self.inner.store;
         let mut report = PurgeReport::default();
         for key in store.list_meta(Some(&keys::repo(repo))).await? {
+            // Its pull counts and kept decisions go with it.
+            if keys::record_repo(&key).as_ref() == Some(repo) {
+                store.delete_meta(&key).await?;
+                continue;
+            }
             if keys::repo_of(&key).as_ref() != Some(repo) {
                 continue; // a nested repository's
             }
@@ -437,9 +442,10 @@ impl PullThroughCache {
             Reference::Tag(x) => t == x,
             Reference::Digest(x) => d == x,
         });
-        for (_, key, _) in &gone {
+        for (t, key, _) in &gone {
             self.inner.hot.forget_tag(key);
             store.delete_meta(key).await?;
+            store.delete_meta(&keys::tag_pulls(repo, t)).await?;
             report.tags += 1;
         }
         // What the repository may read, and what each stored manifest of it
@@ -490,6 +496,8 @@ impl PullThroughCache {
             if children.contains_key(d) {
                 report.manifests += 1;
                 store.delete_meta(&keys::referrers(repo, d)).await?;
+                store.delete_meta(&keys::verdicts(repo, d)).await?;
+                store.delete_meta(&keys::digest_pulls(repo, d)).await?;
             }
             if granted.contains(d) {
                 self.withdraw_and_mark(repo, d).await?;
