@@ -1011,49 +1011,33 @@ mod tests {
             who.starts_with("keyless https://github.com/acme/app/"),
             "{who}"
         );
-        let b = bundle(
-            &leaf,
-            &statement(
-                &d,
-                crate::signatures::COSIGN_SIGN_PREDICATE,
-                serde_json::json!({}),
-            ),
-            Logging {
-                log: &s.rekor,
-                integrated: now,
-                set: true,
-                proof: true,
-            },
-        );
-        let a = Artifact {
+        // A bundle whose log entry has an inclusion proof, and a SET or not.
+        let bundled = |set: bool| Artifact {
             kind: ArtifactKind::Bundle,
-            bytes: b.into(),
+            bytes: bundle(
+                &leaf,
+                &statement(
+                    &d,
+                    crate::signatures::COSIGN_SIGN_PREDICATE,
+                    serde_json::json!({}),
+                ),
+                Logging {
+                    log: &s.rekor,
+                    integrated: now,
+                    set,
+                    proof: true,
+                },
+            )
+            .into(),
             annotations: BTreeMap::new(),
-            ..a
+            ..a.clone()
         };
-        v.verify(&subject, &a, now).unwrap().unwrap();
+        v.verify(&subject, &bundled(true), now).unwrap().unwrap();
         // Without a SET nothing signs the integrated time: refused.
-        let b = bundle(
-            &leaf,
-            &statement(
-                &d,
-                crate::signatures::COSIGN_SIGN_PREDICATE,
-                serde_json::json!({}),
-            ),
-            Logging {
-                log: &s.rekor,
-                integrated: now,
-                set: false,
-                proof: true,
-            },
-        );
-        let a = Artifact {
-            kind: ArtifactKind::Bundle,
-            bytes: b.into(),
-            annotations: BTreeMap::new(),
-            ..a
-        };
-        let e = v.verify(&subject, &a, now).unwrap().unwrap_err();
+        let e = v
+            .verify(&subject, &bundled(false), now)
+            .unwrap()
+            .unwrap_err();
         assert!(
             format!("{e:?}").contains("integrated time is not signed"),
             "a bundle whose entry has no SET: {e:?}"
