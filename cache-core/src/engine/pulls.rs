@@ -71,9 +71,23 @@ pub(crate) struct Pending {
     inner: Mutex<PendingMap>,
 }
 
+/// What a pending count is for: a repository's tag or digest, or (`None`)
+/// the repository as a whole. Its record key is made only when it is
+/// written, so counting a pull formats nothing.
+type PullKey = (RepoName, Option<Reference>);
+
+/// The record a pending count is added to.
+fn record_key((repo, reference): &PullKey) -> MetaKey {
+    match reference {
+        Some(Reference::Tag(t)) => keys::tag_pulls(repo, t),
+        Some(Reference::Digest(d)) => keys::digest_pulls(repo, d),
+        None => keys::repo_pulls(repo),
+    }
+}
+
 #[derive(Debug, Default)]
 struct PendingMap {
-    counts: HashMap<MetaKey, PullStats>,
+    counts: HashMap<PullKey, PullStats>,
     /// Whether a write is scheduled.
     scheduled: bool,
     /// Pulls not counted because the map was full, since the last write.
@@ -82,7 +96,7 @@ struct PendingMap {
 
 impl Pending {
     /// What is pending for `key`.
-    fn get(&self, key: &MetaKey) -> PullStats {
+    fn get(&self, key: &PullKey) -> PullStats {
         lock(&self.inner)
             .counts
             .get(key)
@@ -91,14 +105,12 @@ impl Pending {
     }
 }
 
-/// The record keys one pull counts under: the tag's (or the digest's),
-/// and the repository's.
-fn keys_of(repo: &RepoName, reference: &Reference) -> [MetaKey; 2] {
-    let one = match reference {
-        Reference::Tag(t) => keys::tag_pulls(repo, t),
-        Reference::Digest(d) => keys::digest_pulls(repo, d),
-    };
-    [one, keys::repo_pulls(repo)]
+/// What one pull counts for: the tag (or the digest), and the repository.
+fn keys_of(repo: &RepoName, reference: &Reference) -> [PullKey; 2] {
+    [
+        (repo.clone(), Some(reference.clone())),
+        (repo.clone(), None),
+    ]
 }
 
 impl Inner {
@@ -157,7 +169,7 @@ impl Inner {
         let n = counts.len();
         let mut first_error = None;
         for (key, add) in counts {
-            if let Err(e) = add_to(&*self.store, &key, add).await {
+            if let Err(e) = add_to(&*self.store, &record_key(&key), add).await {
                 first_error.get_or_insert(e);
             }
         }
@@ -203,14 +215,14 @@ impl PullThroughCache {
 
     /// How often, and when last, clients pulled anything in `repo`.
     pub async fn repository_pull_stats(&self, repo: &RepoName) -> Result<PullStats> {
-        self.stats_at(&keys::repo_pulls(repo)).await
+        self.stats_at(&(repo.clone(), None)).await
     }
 
-    async fn stats_at(&self, key: &MetaKey) -> Result<PullStats> {
+    async fn stats_at(&self, key: &PullKey) -> Result<PullStats> {
         let mut stats = self
             .inner
             .store
-            .get_meta(key)
+            .get_meta(&record_key(key))
             .await?
             .and_then(|b| PullStats::decode(&b))
             .unwrap_or_default();
