@@ -92,11 +92,30 @@ async fn get(client: &reqwest::Client, url: &str) -> Result<(Duration, u64), Str
     Ok((t.elapsed(), n))
 }
 
+/// Waits (at most 20 s) until the proxy `pid` is done with a miss: the
+/// upstream's blob GETs and the proxy's CPU time both unchanged for half a
+/// second. Returns the GETs so far and the proxy's CPU seconds then.
+async fn settle(up: &TestRegistry, pid: u32) -> (usize, f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = (up.blob_gets(), cpu_seconds(pid));
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = (up.blob_gets(), cpu_seconds(pid));
+        if (now.0 == last.0 && now.1 - last.1 < 0.005) || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 #[derive(Default)]
 struct Series {
     cold: Vec<f64>,
     /// CPU seconds the proxy, the upstream and this client spent on a cold GET.
     cold_cpu: Vec<[f64; 3]>,
+    /// The proxy's CPU seconds from the cold GET until it was done with the
+    /// miss (its blob stored).
+    stored_cpu: Vec<f64>,
     warm: Vec<f64>,
     /// nginx's warm GETs, each right after one of `warm`.
     nginx: Vec<f64>,
@@ -131,9 +150,12 @@ async fn measure(
     s.cold.push(t.as_secs_f64());
     let cpu1 = cpu();
     s.cold_cpu.push(std::array::from_fn(|i| cpu1[i] - cpu0[i]));
-    // Distribution writes its cache after serving: let both settle before counting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    s.cold_gets.push((up.blob_gets() - before) as f64);
+    // Distribution stores the blob after serving it, from a second upstream
+    // GET of its own; ours commits after the last byte. Count both, and
+    // the CPU, once each proxy is done.
+    let (gets, stored_cpu) = settle(up, p.pid).await;
+    s.cold_gets.push((gets - before) as f64);
+    s.stored_cpu.push(stored_cpu - cpu0[0]);
     for _ in 0..WARM {
         let (t, n) = get(&client, &url).await?;
         if n != size {
@@ -168,8 +190,8 @@ async fn measure(
     }
     s.conc.push(t.elapsed().as_secs_f64());
     s.rss.push(vm_hwm_kib(p.pid) as f64 / 1024.0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    s.conc_gets.push((up.blob_gets() - before) as f64);
+    let (gets, _) = settle(up, p.pid).await;
+    s.conc_gets.push((gets - before) as f64);
     drop(p);
 
     // (e) skopeo copy of the whole image, cold then warm.
@@ -291,6 +313,7 @@ async fn run() -> Result<String, String> {
     let (ow, dw) = (m(&mut ours.warm), m(&mut dist.warm));
     let (o16, d16) = (m(&mut ours.conc), m(&mut dist.conc));
     let (og, dg) = (m(&mut ours.cold_gets), m(&mut dist.cold_gets));
+    let (os, ds) = (m(&mut ours.stored_cpu), m(&mut dist.stored_cpu));
     let (og16, dg16) = (m(&mut ours.conc_gets), m(&mut dist.conc_gets));
     let (orss, drss) = (m(&mut ours.rss), m(&mut dist.rss));
     let (osc, dsc) = (m(&mut ours.skopeo_cold), m(&mut dist.skopeo_cold));
@@ -303,7 +326,7 @@ async fn run() -> Result<String, String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Measured {date} on {}, loopback, by `scripts/bench-e2e.sh`: a {mib:.0} MiB layer, medians of {} runs, the two proxies alternating run by run, each cold figure on a fresh cache and process; warm figures are medians of {WARM} GETs per run, each followed by one from nginx, so ours and nginx's are measured in the same moments. CPU is user + system time of each process (all threads) read from /proc around the GET. Took {:.0} s.\n",
+        "Measured {date} on {}, loopback, by `scripts/bench-e2e.sh`: a {mib:.0} MiB layer, medians of {} runs, the two proxies alternating run by run, each cold figure on a fresh cache and process; warm figures are medians of {WARM} GETs per run, each followed by one from nginx, so ours and nginx's are measured in the same moments. CPU is user + system time of each process (all threads) read from /proc around the GET, and for the proxy also until it is done with the miss (upstream GETs and its CPU unchanged for 0.5 s), when the upstream GETs are counted too. Ours hashes and stores the bytes as they pass and sends the last one only once the blob verified; distribution streams the client's bytes from one upstream GET unchecked and stores the blob from a second GET, after the client's. Took {:.0} s.\n",
         machine(),
         ours.cold.len(),
         started.elapsed().as_secs_f64()
@@ -333,6 +356,11 @@ async fn run() -> Result<String, String> {
         out,
         "| (b) cold GET's CPU floor on {cores:.0} cores (all CPU above / cores) | {floor:.3} s ({:.2}x direct) | | |",
         floor / d
+    );
+    let _ = writeln!(
+        out,
+        "| (b) proxy CPU seconds per cold miss, until its blob is stored | {os:.2} | {ds:.2} | {:.2}x |",
+        os / ds
     );
     let _ = writeln!(
         out,

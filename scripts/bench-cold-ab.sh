@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Cold 256 MiB GETs through registry-proxy and through the distribution
+# registry's proxy mode, alternating, each on a fresh store and process,
+# with `perf stat` on the proxy during each GET (BENCHMARKS.md, "Issue 21's
+# targets"). A Debian distribution registry on loopback holds one random
+# 256 MiB blob; curl pulls it. Prints one line per GET and the medians.
+#
+#   ROUNDS=8 scripts/bench-cold-ab.sh
+#   VARIANTS="ours dist MALLOC_ARENA_MAX=1" scripts/bench-cold-ab.sh
+#
+# A variant is `ours`, `dist`, or NAME=VALUE: ours with that environment
+# variable set (a glibc tunable, say). Needs docker-registry, curl, perf and
+# python3 (Debian: docker-registry, curl, linux-perf, python3). Loopback
+# only; bounded: ROUNDS x variants GETs, each with curl's 60 s limit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for bin in docker-registry curl perf python3; do
+    command -v "$bin" >/dev/null || { echo "$bin is missing: apt-get install docker-registry curl linux-perf python3" >&2; exit 1; }
+done
+ROUNDS=${ROUNDS:-8}
+VARIANTS=${VARIANTS:-ours dist}
+[ -n "${NO_BUILD:-}" ] || cargo build --release -p registry-proxy
+BIN="${CARGO_TARGET_DIR:-target}/release/registry-proxy"
+D=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$D"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=127.0.0.1:$(port)
+mkdir -p "$D/reg"
+printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n  secret: bench-only\n' "$D/reg" "$UP" > "$D/reg.yml"
+docker-registry serve "$D/reg.yml" > "$D/reg.log" 2>&1 & PIDS+=($!)
+head -c $((256 * 1024 * 1024)) /dev/urandom > "$D/blob"
+DG=sha256:$(sha256sum "$D/blob" | cut -d' ' -f1)
+for _ in $(seq 100); do curl -sf "http://$UP/v2/" >/dev/null && break; sleep 0.1; done
+LOC=$(curl -sfi -X POST "http://$UP/v2/bench/big/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
+case "$LOC" in http*) ;; *) LOC="http://$UP$LOC" ;; esac
+SEP='?'; case "$LOC" in *\?*) SEP='&' ;; esac
+curl -sf -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$D/blob" "$LOC${SEP}digest=$DG" >/dev/null
+rm -f "$D/blob"
+# The upstream's file in the page cache before the first measured GET.
+curl -sf -o /dev/null "http://$UP/v2/bench/big/blobs/$DG"
+for i in $(seq "$ROUNDS"); do
+    for v in $VARIANTS; do
+        PX=127.0.0.1:$(port)
+        rm -rf "$D/store"
+        if [ "$v" = dist ]; then
+            printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n  secret: bench-only\nproxy:\n  remoteurl: http://%s\n' \
+                "$D/store" "$PX" "$UP" > "$D/dist.yml"
+            docker-registry serve "$D/dist.yml" > "$D/proxy.log" 2>&1 & P=$!
+        else
+            printf 'listen = "%s"\n[storage]\npath = "%s"\n[[registry]]\nhost = "%s"\nendpoint = "http://%s"\n[[rule]]\nname = "bench"\nsource = "%s/bench/*"\ntarget = "bench/*"\n' \
+                "$PX" "$D/store" "$UP" "$UP" "$UP" > "$D/proxy.toml"
+            envs=(RUST_LOG=warn); [ "$v" = ours ] || envs+=("$v")
+            env "${envs[@]}" "$BIN" --config "$D/proxy.toml" > "$D/proxy.log" 2>&1 & P=$!
+        fi
+        PIDS+=("$P")
+        for _ in $(seq 100); do curl -sf "http://$PX/v2/" >/dev/null && break; sleep 0.05; done
+        sync; sleep 0.3
+        perf stat -e task-clock,context-switches,page-faults -p "$P" -o "$D/stat" 2>/dev/null & S=$!
+        sleep 0.3
+        t=$(curl -sS --max-time 60 -o /dev/null -w '%{time_starttransfer} %{time_total} %{size_download}' "http://$PX/v2/bench/big/blobs/$DG")
+        kill -INT "$S"; wait "$S" 2>/dev/null || true
+        hwm=$(awk '/VmHWM/{print $2}' "/proc/$P/status")
+        stat=$(awk '/task-clock/{c=$1} /context-switches/{s=$1} /page-faults/{f=$1} END{gsub(",","",c); gsub(",","",s); gsub(",","",f); print c, s, f}' "$D/stat")
+        echo "$v $t $stat $hwm"
+        kill "$P"; wait "$P" 2>/dev/null || true
+    done
+done | tee "$D/lines"
+python3 - "$D/lines" <<'EOF'
+import collections, statistics, sys
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    v, ttfb, total, size, cpu_ms, cs, faults, hwm = line.split()
+    rows[v].append((float(ttfb), float(total), float(cpu_ms), float(cs), float(faults), float(hwm)))
+print("variant: medians of first byte (s), total (s), proxy CPU (ms, perf task-clock, until the GET ends), context switches, page faults, peak RSS (KiB)")
+for v, r in rows.items():
+    med = [statistics.median(x) for x in zip(*r)]
+    print(f"{v}: {med[0]:.3f} s, {med[1]:.3f} s, {med[2]:.0f} ms, {med[3]:.0f}, {med[4]:.0f}, {med[5]:.0f}")
+EOF
