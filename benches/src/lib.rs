@@ -66,6 +66,26 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
+/// [`cpu_seconds`] of a process and of its children (nginx's master and
+/// its workers, say).
+pub fn tree_cpu_seconds(pid: u32) -> f64 {
+    let children = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| parent_pid(child) == Some(pid));
+    cpu_seconds(pid) + children.map(cpu_seconds).sum::<f64>()
+}
+
+/// The parent of process `pid`, if it can be read.
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The field after the parenthesised command name and the state.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Peak resident memory (VmHWM) of a process, in KiB; 0 if unreadable.
 pub fn vm_hwm_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

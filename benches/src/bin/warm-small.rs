@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use benches::{machine, median, nginx_with};
+use benches::{cpu_seconds, machine, median, nginx_with, tree_cpu_seconds};
 use cache_upstream::testing::RegistryProxy;
 use cache_upstream::testing::{TestRegistry, require, write_image};
 
@@ -215,13 +215,31 @@ fn run() -> Result<String, String> {
             true,
         ),
     ];
+    // Whose CPU each case spends: ours, nginx's master and workers, or the
+    // distribution proxy's.
+    let (our_pid, ng_pid, dist_pid) = (running.child.id(), _ng.child.id(), dist.pid());
+    let server_cpu = |name: &str| {
+        if name.starts_with("nginx") {
+            tree_cpu_seconds(ng_pid)
+        } else if name.starts_with("distribution") {
+            cpu_seconds(dist_pid)
+        } else {
+            cpu_seconds(our_pid)
+        }
+    };
     let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); cases.len()];
+    let mut cpu_per_request: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut heads_per_sec = Vec::new();
     let started = Instant::now();
     for _ in 0..rounds {
         for (i, (name, url, head, accept)) in cases.iter().enumerate() {
             let before = up.requests("HEAD", "/manifests/");
+            let cpu0 = server_cpu(name);
             let (rps, p99) = wrk(url, *head, *accept, secs).map_err(|e| format!("{name}: {e}"))?;
+            let requests = rps * secs as f64;
+            if requests > 0.0 {
+                cpu_per_request[i].push((server_cpu(name) - cpu0) / requests * 1e6);
+            }
             if name.contains("by tag") {
                 let heads = up.requests("HEAD", "/manifests/") - before;
                 heads_per_sec.push(heads as f64 / secs as f64);
@@ -232,6 +250,10 @@ fn run() -> Result<String, String> {
     }
     let rps: Vec<f64> = results.iter().map(|r| median(&mut r.0.clone())).collect();
     let p99: Vec<f64> = results.iter().map(|r| median(&mut r.1.clone())).collect();
+    let cpu: Vec<f64> = cpu_per_request
+        .iter()
+        .map(|c| median(&mut c.clone()))
+        .collect();
     let mut t = format!(
         "Measured on {}, loopback, by `scripts/bench-warm.sh`: wrk -t2 -c64, {rounds} rounds of {secs} s per case, alternating; medians. Manifest {} B, config blob {config_size} B. Took {} s.\n\n",
         machine(),
@@ -239,7 +261,7 @@ fn run() -> Result<String, String> {
         started.elapsed().as_secs()
     );
     t.push_str(
-        "| request | requests/s | p99 | vs nginx | vs distribution |\n|---|---|---|---|---|\n",
+        "| request | requests/s | p99 | server CPU per request | vs nginx | vs distribution |\n|---|---|---|---|---|---|\n",
     );
     for (i, (name, ..)) in cases.iter().enumerate() {
         let group = i / 3;
@@ -254,8 +276,8 @@ fn run() -> Result<String, String> {
             String::new()
         };
         t.push_str(&format!(
-            "| {name} | {:.0} | {:.2} ms | {vs_nginx} | {vs_dist} |\n",
-            rps[i], p99[i]
+            "| {name} | {:.0} | {:.2} ms | {:.1} µs | {vs_nginx} | {vs_dist} |\n",
+            rps[i], p99[i], cpu[i]
         ));
     }
     t.push_str(&format!(
