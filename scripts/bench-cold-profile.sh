@@ -17,20 +17,10 @@ D=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$D"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=127.0.0.1:$(port); PX=127.0.0.1:$(port)
-mkdir -p "$D/reg"
-printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n  secret: profile-only\n' "$D/reg" "$UP" > "$D/reg.yml"
-docker-registry serve "$D/reg.yml" > "$D/reg.log" 2>&1 & PIDS+=($!)
-head -c $((256 * 1024 * 1024)) /dev/urandom > "$D/blob"
-DG=sha256:$(sha256sum "$D/blob" | cut -d' ' -f1)
-for _ in $(seq 100); do curl -sf "http://$UP/v2/" >/dev/null && break; sleep 0.1; done
-LOC=$(curl -sfi -X POST "http://$UP/v2/bench/big/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
-case "$LOC" in http*) ;; *) LOC="http://$UP$LOC" ;; esac
-SEP='?'; case "$LOC" in *\?*) SEP='&' ;; esac
-curl -sf -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$D/blob" "$LOC${SEP}digest=$DG" >/dev/null
-printf 'listen = "%s"\n[storage]\npath = "%s"\n[[registry]]\nhost = "%s"\nendpoint = "http://%s"\n[[rule]]\nname = "bench"\nsource = "%s/bench/*"\ntarget = "bench/*"\n' \
-    "$PX" "$D/store" "$UP" "$UP" "$UP" > "$D/proxy.toml"
+. "$(dirname "$0")/upstream-blob.sh"
+start_upstream_with_blob
+PX=127.0.0.1:$(port)
+write_proxy_config "$PX" "$D/store"
 RUST_LOG=warn "$BIN" --config "$D/proxy.toml" > "$D/proxy.log" 2>&1 & P=$!; PIDS+=($P)
 for _ in $(seq 100); do curl -sf "http://$PX/v2/" >/dev/null && break; sleep 0.05; done
 perf record -F 1999 -g --call-graph dwarf,16384 -p "$P" -o "$D/cold.perf" -- sleep 6 > "$D/perf.out" 2>&1 & R=$!

@@ -535,6 +535,9 @@ async fn sigterm_lets_a_transfer_in_progress_finish_then_exits_cleanly() {
     );
 }
 
+/// What the proxy has sent from files (`sendfile`), as its metrics count it.
+const SENT_FROM_FILES: &str = "registry_proxy_sendfile_bytes_total";
+
 /// Warm blobs go out from the store's file (`sendfile` on HTTP/1, in 4 MiB
 /// pieces); what arrives must be the blob, whole and in ranges across those
 /// pieces, on a kept-alive connection that then still frames a manifest
@@ -567,7 +570,7 @@ async fn warm_blobs_arrive_byte_exact_over_http1_and_http2_whole_and_in_ranges()
         let size = want.len() as u64;
         let url = proxy.url(&format!("/v2/library/demo/blobs/{d}"));
         for expect in ["miss", "hit", "hit"] {
-            let before = sent_from_files(&h1, &proxy).await;
+            let before = proxy.metric(SENT_FROM_FILES).await;
             if expect == "hit" {
                 // The fetch commits (fsync, rename) just after its last byte goes out.
                 let deadline = Instant::now() + Duration::from_secs(10);
@@ -594,7 +597,7 @@ async fn warm_blobs_arrive_byte_exact_over_http1_and_http2_whole_and_in_ranges()
             if expect == "hit" && size > 64 * 1024 {
                 // Small blobs (the config) are served from memory; a miss
                 // is streamed as it arrives.
-                let from_files = sent_from_files(&h1, &proxy).await - before;
+                let from_files = proxy.metric(SENT_FROM_FILES).await - before;
                 assert!(
                     from_files >= size,
                     "{d} ({expect}): {from_files} of {size} bytes sent from a file"
@@ -659,37 +662,8 @@ async fn warm_blobs_arrive_byte_exact_over_http1_and_http2_whole_and_in_ranges()
         );
         served += want.len() as u64;
     }
-    let metrics = h1
-        .get(proxy.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counted: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("registry_proxy_bytes_served_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no bytes-served counter in\n{metrics}"));
+    let counted = proxy.metric("registry_proxy_bytes_served_total").await;
     assert_eq!(counted, served, "bytes served, as counted");
-}
-
-/// What the proxy has sent from files so far (`sendfile`), by its metrics.
-async fn sent_from_files(client: &reqwest::Client, proxy: &Proxy) -> u64 {
-    let metrics = client
-        .get(proxy.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("registry_proxy_sendfile_bytes_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// On the object storage backend (Azurite): skopeo pulls cold, every blob

@@ -1,0 +1,29 @@
+# Sourced by the cold-path bench scripts (not run on its own): a Debian
+# distribution registry on a free loopback port holding one random 256 MiB
+# blob in bench/big, and the config of a registry-proxy in front of it.
+# Expects D (a scratch directory) and PIDS (an array the caller's cleanup
+# kills); sets UP (the upstream's host:port) and DG (the blob's digest).
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_upstream_with_blob() {
+    UP=127.0.0.1:$(port)
+    mkdir -p "$D/reg"
+    printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n  secret: bench-only\n' "$D/reg" "$UP" > "$D/reg.yml"
+    docker-registry serve "$D/reg.yml" > "$D/reg.log" 2>&1 & PIDS+=($!)
+    head -c $((256 * 1024 * 1024)) /dev/urandom > "$D/blob"
+    DG=sha256:$(sha256sum "$D/blob" | cut -d' ' -f1)
+    for _ in $(seq 100); do curl -sf "http://$UP/v2/" >/dev/null && break; sleep 0.1; done
+    local loc sep
+    loc=$(curl -sfi -X POST "http://$UP/v2/bench/big/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
+    case "$loc" in http*) ;; *) loc="http://$UP$loc" ;; esac
+    sep='?'; case "$loc" in *\?*) sep='&' ;; esac
+    curl -sf -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$D/blob" "$loc${sep}digest=$DG" >/dev/null
+    rm -f "$D/blob"
+}
+
+# Writes $D/proxy.toml: registry-proxy on $1 (host:port), store $2, the rule bench/* for $UP.
+write_proxy_config() {
+    printf 'listen = "%s"\n[storage]\npath = "%s"\n[[registry]]\nhost = "%s"\nendpoint = "http://%s"\n[[rule]]\nname = "bench"\nsource = "%s/bench/*"\ntarget = "bench/*"\n' \
+        "$1" "$2" "$UP" "$UP" "$UP" > "$D/proxy.toml"
+}
