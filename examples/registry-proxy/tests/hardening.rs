@@ -588,6 +588,17 @@ fn idle_h2c(port: u16) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .unwrap();
+    // The server's SETTINGS, read exactly and acknowledged: it has accepted
+    // this connection and serves it (however loaded the machine), so the
+    // connection counts against the cap from here on.
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).expect("the server's first frame");
+    assert_eq!(head[3], 4, "the server's first frame is SETTINGS");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    s.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).unwrap();
     s
 }
 
