@@ -76,7 +76,9 @@ pub struct PeerConfig {
     /// Where the peer endpoint listens (`IP:PORT`).
     pub listen: SocketAddr,
     /// The address other instances reach it at (`host:port`), written
-    /// into the leases this instance holds.
+    /// into the leases this instance holds. In the configuration, the
+    /// address or `{ env = "POD_IP", port = 5001 }` (the host from an
+    /// environment variable, as a pod gets its IP from the downward API).
     pub advertise: String,
     /// The secret every instance presents to the others (`Authorization:
     /// Bearer`), at least 16 characters; printed as `<redacted>`. In the
@@ -143,11 +145,64 @@ mod de {
         Env { env: String },
     }
 
+    /// The advertised address as written, or `{ env = "POD_IP", port =
+    /// 5001 }`: the host from an environment variable (a pod's IP, from
+    /// the downward API), the port given.
+    enum RawAdvertise {
+        Value(String),
+        Env { env: String, port: u16 },
+    }
+
+    impl<'de> Deserialize<'de> for RawAdvertise {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct FromEnv {
+                env: String,
+                port: u16,
+            }
+            #[derive(Deserialize)]
+            #[serde(untagged)]
+            enum Form {
+                Value(String),
+                Env(FromEnv),
+            }
+            match Form::deserialize(d) {
+                Ok(Form::Value(a)) => Ok(RawAdvertise::Value(a)),
+                Ok(Form::Env(FromEnv { env, port })) => Ok(RawAdvertise::Env { env, port }),
+                Err(_) => Err(serde::de::Error::custom(
+                    "peer_advertise: \"host:port\" or { env = \"VAR\", port = 1 to 65535 }",
+                )),
+            }
+        }
+    }
+
+    impl RawAdvertise {
+        /// `host:port`, an IPv6 host in brackets.
+        fn resolve(self) -> std::result::Result<String, ConfigError> {
+            match self {
+                RawAdvertise::Value(a) => Ok(a),
+                RawAdvertise::Env { env, port } => {
+                    let host = std::env::var(&env).map_err(|_| {
+                        ConfigError::new(format!(
+                            "peer_advertise = {{ env = {env:?} }}: the variable is not set"
+                        ))
+                    })?;
+                    let host = host.trim();
+                    Ok(match host.parse::<std::net::Ipv6Addr>() {
+                        Ok(v6) => format!("[{v6}]:{port}"),
+                        Err(_) => format!("{host}:{port}"),
+                    })
+                }
+            }
+        }
+    }
+
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Raw {
         peer_listen: Option<String>,
-        peer_advertise: Option<String>,
+        peer_advertise: Option<RawAdvertise>,
         peer_secret: Option<RawSecret>,
         peer_timeout: Option<String>,
         peer_max_connections: Option<usize>,
@@ -213,6 +268,7 @@ mod de {
             let listen: SocketAddr = listen.parse().map_err(|_| {
                 ConfigError::new(format!("peer_listen = {listen:?}: not an IP:PORT address"))
             })?;
+            let advertise = advertise.resolve()?;
             PeerConfig::check_advertise(&advertise)
                 .map_err(|e| ConfigError::new(format!("peer_advertise = {e}")))?;
             if secret.chars().count() < PeerConfig::MIN_SECRET || secret.trim() != secret {
@@ -310,6 +366,32 @@ mod tests {
         let e = parse("peer_listen = \"127.0.0.1:1\"\npeer_advertise = \"a:1\"\npeer_secret = { env = \"PTC_PEER_SURELY_UNSET\" }")
             .unwrap_err();
         assert!(e.contains("PTC_PEER_SURELY_UNSET"), "{e}");
+        let e = parse("peer_listen = \"127.0.0.1:1\"\npeer_advertise = { env = \"PTC_POD_IP_SURELY_UNSET\", port = 5001 }\npeer_secret = \"0123456789abcdef\"")
+            .unwrap_err();
+        assert!(
+            e.contains("peer_advertise = { env = \"PTC_POD_IP_SURELY_UNSET\" }"),
+            "{e}"
+        );
+        // A variable every test process has: its value is no host, so the
+        // address it makes is refused, naming what was made.
+        let e = parse("peer_listen = \"127.0.0.1:1\"\npeer_advertise = { env = \"PATH\", port = 5001 }\npeer_secret = \"0123456789abcdef\"")
+            .unwrap_err();
+        assert!(
+            e.contains("peer_advertise = ") && e.contains(":5001\""),
+            "{e}"
+        );
+        for bad in [
+            "{ env = \"POD_IP\" }",
+            "{ env = \"POD_IP\", port = 70000 }",
+            "{ env = \"POD_IP\", port = 1, host = \"x\" }",
+        ] {
+            let e = parse(&format!("peer_listen = \"127.0.0.1:1\"\npeer_advertise = {bad}\npeer_secret = \"0123456789abcdef\""))
+                .unwrap_err();
+            assert!(
+                e.contains("{ env = \"VAR\", port = 1 to 65535 }"),
+                "{bad}: {e}"
+            );
+        }
         let e = parse("peer_timeout = \"1s\"").unwrap_err();
         assert!(e.contains("need peer_listen"), "{e}");
         let e = parse("peer_secrets = \"x\"").unwrap_err();

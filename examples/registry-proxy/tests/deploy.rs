@@ -50,9 +50,59 @@ fn s<'a>(y: &'a Yaml, path: &[&str]) -> Option<&'a str> {
 
 /// `registry-proxy check` on a configuration: whether it passed, and what it said.
 fn check(config: &str) -> (bool, String) {
+    check_with(config, &[])
+}
+
+/// [`check`] with these environment variables set, as a pod would have them.
+fn check_with(config: &str, env: &[(String, String)]) -> (bool, String) {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("proxy.toml"), config).unwrap();
-    common::run(d.path(), &["check"])
+    let out = std::process::Command::new(common::bin())
+        .arg("--config")
+        .arg(d.path().join("proxy.toml"))
+        .arg("check")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The environment the Deployments in `dir` give their container, with
+/// stand-ins for what Kubernetes fills in: a pod IP for `status.podIP`, a
+/// 32-character value for each Secret key.
+fn pod_env(docs: &[(PathBuf, Yaml)], dir: &Path) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for (f, d) in docs {
+        if f.parent() != Some(dir) || s(d, &["kind"]) != Some("Deployment") {
+            continue;
+        }
+        for c in d["spec"]["template"]["spec"]["containers"]
+            .as_vec()
+            .into_iter()
+            .flatten()
+        {
+            for e in c["env"].as_vec().into_iter().flatten() {
+                let name = s(e, &["name"]).unwrap_or_else(|| panic!("{}: env name", f.display()));
+                let value = if let Some(v) = s(e, &["value"]) {
+                    v.to_owned()
+                } else if s(e, &["valueFrom", "fieldRef", "fieldPath"]) == Some("status.podIP") {
+                    "10.1.2.3".to_owned()
+                } else if s(e, &["valueFrom", "secretKeyRef", "name"]).is_some() {
+                    "stand-in-secret-0123456789abcdef".to_owned()
+                } else {
+                    panic!("{}: env {name}: no value this test knows", f.display())
+                };
+                env.push((name.to_owned(), value));
+            }
+        }
+    }
+    env
 }
 
 #[test]
@@ -104,8 +154,26 @@ fn every_manifest_parses_with_the_fields_its_kind_needs() {
             "ConfigMap" => {
                 let config = s(d, &["data", "config.toml"])
                     .unwrap_or_else(|| panic!("{f}: data.config.toml"));
-                let (ok, out) = check(config);
+                let env = pod_env(&docs, Path::new(&f.to_string()).parent().unwrap());
+                let (ok, out) = check_with(config, &env);
                 assert!(ok, "{f}: the configuration does not pass check:\n{out}");
+                // Every variable the configuration reads, its Deployment sets.
+                for read in config.split("env = \"").skip(1) {
+                    let name = read.split('"').next().unwrap();
+                    assert!(
+                        env.iter().any(|(k, _)| k == name),
+                        "{f}: the configuration reads {name}, which no Deployment beside it sets"
+                    );
+                }
+                if config.contains("peer_advertise = { env = \"POD_IP\"") {
+                    let without: Vec<_> =
+                        env.iter().filter(|(k, _)| k != "POD_IP").cloned().collect();
+                    let (ok, out) = check_with(config, &without);
+                    assert!(
+                        !ok && out.contains("POD_IP"),
+                        "{f}: without POD_IP the check should fail naming it:\n{out}"
+                    );
+                }
             }
             _ => {}
         }
