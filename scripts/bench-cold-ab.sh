@@ -19,13 +19,7 @@ for bin in docker-registry curl perf python3; do
 done
 ROUNDS=${ROUNDS:-8}
 VARIANTS=${VARIANTS:-ours dist}
-[ -n "${NO_BUILD:-}" ] || cargo build --release -p registry-proxy
-BIN="${CARGO_TARGET_DIR:-target}/release/registry-proxy"
-D=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$D"; }
-trap cleanup EXIT
-. "$(dirname "$0")/upstream-blob.sh"
+. scripts/upstream-blob.sh
 start_upstream_with_blob
 # The upstream's file in the page cache before the first measured GET.
 curl -sf -o /dev/null "http://$UP/v2/bench/big/blobs/$DG"

@@ -11,13 +11,7 @@ cd "$(dirname "$0")/.."
 for bin in docker-registry curl perf; do
     command -v "$bin" >/dev/null || { echo "$bin is missing: apt-get install docker-registry curl linux-perf" >&2; exit 1; }
 done
-[ -n "${NO_BUILD:-}" ] || cargo build --release -p registry-proxy
-BIN="${CARGO_TARGET_DIR:-target}/release/registry-proxy"
-D=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$D"; }
-trap cleanup EXIT
-. "$(dirname "$0")/upstream-blob.sh"
+. scripts/upstream-blob.sh
 start_upstream_with_blob
 PX=127.0.0.1:$(port)
 write_proxy_config "$PX" "$D/store"

@@ -1,8 +1,18 @@
-# Sourced by the cold-path bench scripts (not run on its own): a Debian
-# distribution registry on a free loopback port holding one random 256 MiB
-# blob in bench/big, and the config of a registry-proxy in front of it.
-# Expects D (a scratch directory) and PIDS (an array the caller's cleanup
-# kills); sets UP (the upstream's host:port) and DG (the blob's digest).
+# Sourced by the cold-path bench scripts from the repository's root (not
+# run on its own). Builds the release registry-proxy (unless NO_BUILD is
+# set) and sets BIN to it; makes a scratch directory D and an array PIDS of
+# processes, both cleaned up on exit. Then `start_upstream_with_blob`
+# starts a Debian distribution registry on a free loopback port holding
+# one random 256 MiB blob in bench/big (sets UP, its host:port, and DG, the
+# blob's digest), and `write_proxy_config` writes a registry-proxy config
+# in front of it.
+
+[ -n "${NO_BUILD:-}" ] || cargo build --release -p registry-proxy
+BIN="${CARGO_TARGET_DIR:-target}/release/registry-proxy"
+D=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$D"; }
+trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -57,20 +57,7 @@ fn check(config: &str) -> (bool, String) {
 fn check_with(config: &str, env: &[(String, String)]) -> (bool, String) {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("proxy.toml"), config).unwrap();
-    let out = std::process::Command::new(common::bin())
-        .arg("--config")
-        .arg(d.path().join("proxy.toml"))
-        .arg("check")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::run_with_env(d.path(), &["check"], env)
 }
 
 /// The environment the Deployments in `dir` give their container, with

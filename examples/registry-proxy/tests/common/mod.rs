@@ -40,10 +40,16 @@ pub fn write_config(dir: &Path, body: &str) -> u16 {
 /// Runs the binary with `args` (a subcommand, say) on `dir/proxy.toml`:
 /// whether it succeeded, and what it printed.
 pub fn run(dir: &Path, args: &[&str]) -> (bool, String) {
+    run_with_env(dir, args, &[])
+}
+
+/// [`run`] with these environment variables set too (as a pod's would be).
+pub fn run_with_env(dir: &Path, args: &[&str], env: &[(String, String)]) -> (bool, String) {
     let out = Command::new(bin())
         .arg("--config")
         .arg(dir.join("proxy.toml"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .output()
         .unwrap();
