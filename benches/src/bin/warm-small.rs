@@ -125,7 +125,7 @@ fn run() -> Result<String, String> {
         .to_owned();
     let config_size = m["config"]["size"].as_u64().unwrap_or(0);
     // nginx as deployed: its access log on (its default), to a file too.
-    let (_ng, ng_port) = nginx_with(&blobs, true)?;
+    let (nginx_proc, ng_port) = nginx_with(&blobs, true)?;
     let running = proxy(&bin, &up)?;
     let port = running.port;
     let dist = TestRegistry::start_proxy(&up.url())?;
@@ -217,7 +217,7 @@ fn run() -> Result<String, String> {
     ];
     // Whose CPU each case spends: ours, nginx's master and workers, or the
     // distribution proxy's.
-    let (our_pid, ng_pid, dist_pid) = (running.child.id(), _ng.child.id(), dist.pid());
+    let (our_pid, ng_pid, dist_pid) = (running.child.id(), nginx_proc.child.id(), dist.pid());
     let server_cpu = |name: &str| {
         if name.starts_with("nginx") {
             tree_cpu_seconds(ng_pid)
