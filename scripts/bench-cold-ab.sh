@@ -7,9 +7,11 @@
 #
 #   ROUNDS=8 scripts/bench-cold-ab.sh
 #   VARIANTS="ours dist MALLOC_ARENA_MAX=1" scripts/bench-cold-ab.sh
+#   VARIANTS="ours /tmp/registry-proxy-before" scripts/bench-cold-ab.sh
 #
-# A variant is `ours`, `dist`, or NAME=VALUE: ours with that environment
-# variable set (a glibc tunable, say). Needs docker-registry, curl, perf and
+# A variant is `ours`, `dist`, NAME=VALUE: ours with that environment
+# variable set (a glibc tunable, say), or a path: another build of ours
+# (an earlier commit's, to compare two versions side by side). Needs docker-registry, curl, perf and
 # python3 (Debian: docker-registry, curl, linux-perf, python3). Loopback
 # only; bounded: ROUNDS x variants GETs, each with curl's 60 s limit.
 set -euo pipefail
@@ -33,8 +35,13 @@ for i in $(seq "$ROUNDS"); do
             docker-registry serve "$D/dist.yml" > "$D/proxy.log" 2>&1 & P=$!
         else
             write_proxy_config "$PX" "$D/store"
-            envs=(RUST_LOG=warn); [ "$v" = ours ] || envs+=("$v")
-            env "${envs[@]}" "$BIN" --config "$D/proxy.toml" > "$D/proxy.log" 2>&1 & P=$!
+            envs=(RUST_LOG=warn); bin=$BIN
+            case "$v" in
+                ours) ;;
+                */*) bin=$v ;;
+                *) envs+=("$v") ;;
+            esac
+            env "${envs[@]}" "$bin" --config "$D/proxy.toml" > "$D/proxy.log" 2>&1 & P=$!
         fi
         PIDS+=("$P")
         for _ in $(seq 100); do curl -sf "http://$PX/v2/" >/dev/null && break; sleep 0.05; done

@@ -2,7 +2,10 @@
 //! ([`cache_core::server::PullService`]: pull-side auth, scanner scoping,
 //! the pull API, blobs sent from files): health endpoints, `/metrics`, the
 //! web console at `/ui/` where configured (`cache_core::console`), and
-//! the access log and request metrics as a layer around it all.
+//! the access log and request metrics around it all ([`App`]). Pull
+//! requests skip the router: a warm manifest is answered in a few tens of
+//! microseconds, and axum's routing, middleware and boxing were about a
+//! sixth of that (BENCHMARKS.md, "Warm small requests").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +15,6 @@ use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cache_core::PullThroughCache;
@@ -37,30 +39,154 @@ pub struct AppState {
     pub scoped: Arc<ScopedTokens>,
 }
 
-/// The router: `/metrics`, the health endpoints, and everything else
-/// (`/v2/...`) answered by the library's [`PullService`], with the
-/// state's auth (swapped on reload) and scoped credentials.
-pub fn router(state: AppState) -> Router {
-    router_with(state, None)
+/// The server's HTTP service over `state`: the pull API (`/v2/...`,
+/// `/token`) answered by the library's [`PullService`] with the state's
+/// auth (swapped on reload) and scoped credentials, `/metrics`, the health
+/// endpoints, and the API's `404` for any other path.
+pub fn app(state: AppState) -> App {
+    App::new(state, None)
 }
 
-/// [`router`], with the web console at `/ui/` when one is given (behind
-/// the pull side's authentication: [`console_for_clients`]).
-pub fn router_with(state: AppState, console: Option<Console>) -> Router {
-    let pull = PullService::new(state.cache.clone())
-        .auth_from(state.auth.clone())
-        .scoped(state.scoped.clone())
-        .realm("registry-proxy");
-    let mut app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
-    if let Some(c) = console {
-        app = app.nest_service("/ui", c.router());
+/// The server's HTTP service: [`app`]'s, with the web console at `/ui/`
+/// where one is given (behind the pull side's authentication:
+/// [`console_for_clients`]). Every response but the health probes' is
+/// counted and logged (one access line per request).
+///
+/// Requests under `/v2` go straight to the pull service; the rest through
+/// an axum router. Clones share everything.
+#[derive(Debug, Clone)]
+pub struct App(Arc<AppInner>);
+
+#[derive(Debug)]
+struct AppInner {
+    state: AppState,
+    pull: PullService,
+    router: Router,
+    timeout: Option<Duration>,
+}
+
+impl App {
+    /// The service over `state`, with `console` at `/ui/` if given.
+    pub fn new(state: AppState, console: Option<Console>) -> Self {
+        let pull = PullService::new(state.cache.clone())
+            .auth_from(state.auth.clone())
+            .scoped(state.scoped.clone())
+            .realm("registry-proxy");
+        let mut router = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz));
+        if let Some(c) = console {
+            router = router.nest_service("/ui", c.router());
+        }
+        let router = router
+            .fallback_service(pull.clone())
+            .with_state(state.clone());
+        App(Arc::new(AppInner {
+            state,
+            pull,
+            router,
+            timeout: None,
+        }))
     }
-    app.fallback_service(pull)
-        .layer(middleware::from_fn_with_state(state.clone(), access))
-        .with_state(state)
+
+    /// Answers `504 Gateway Timeout` to a request whose response head is
+    /// not ready within `limit` (a body already streaming is not cut).
+    pub fn timeout(self, limit: Duration) -> Self {
+        let AppInner {
+            state,
+            pull,
+            router,
+            ..
+        } = &*self.0;
+        App(Arc::new(AppInner {
+            state: state.clone(),
+            pull: pull.clone(),
+            router: router.clone(),
+            timeout: Some(limit),
+        }))
+    }
+}
+
+impl<B> tower::Service<Request<B>> for App
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let app = self.0.clone();
+        Box::pin(async move {
+            let path = req.uri().path();
+            if path == "/healthz" || path == "/readyz" {
+                return app.route(req).await;
+            }
+            let start = Instant::now();
+            let method = req.method().clone();
+            // A clone of the URI shares its bytes: no copy of the path.
+            let uri = req.uri().clone();
+            let pull = path == "/v2" || path.starts_with("/v2/") || path == "/token";
+            let answer = async {
+                match pull {
+                    true => app.pull.answer(req).await,
+                    false => app.route(req).await.unwrap_or_else(|e| match e {}),
+                }
+            };
+            let resp = match app.timeout {
+                Some(limit) => tokio::time::timeout(limit, answer)
+                    .await
+                    .unwrap_or_else(|_| StatusCode::GATEWAY_TIMEOUT.into_response()),
+                None => answer.await,
+            };
+            app.log(&method, uri.path(), &resp, start);
+            Ok(resp)
+        })
+    }
+}
+
+impl AppInner {
+    /// Through the router: metrics, health, the console, other paths.
+    async fn route<B>(&self, req: Request<B>) -> Result<Response, std::convert::Infallible>
+    where
+        B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        use tower::ServiceExt as _;
+        self.router
+            .clone()
+            .oneshot(req.map(axum::body::Body::new))
+            .await
+    }
+
+    /// Counts the response and writes its access line.
+    fn log(&self, method: &axum::http::Method, path: &str, resp: &Response, start: Instant) {
+        let status = resp.status().as_u16();
+        let metrics = &self.state.metrics;
+        metrics.request(method, status);
+        let cache = resp
+            .headers()
+            .get("x-cache")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        // Who it was for, as the pull service decided (principals by class in metrics).
+        let access = resp.extensions().get::<AccessInfo>();
+        if let Some(a) = access {
+            metrics.access(a.class, a.decision);
+        }
+        let principal = clip(access.map_or("-", |a| &a.principal));
+        tracing::info!(%method, path = %clip(path), status, cache, principal, elapsed_ms = start.elapsed().as_millis() as u64, "request");
+    }
 }
 
 /// The web console over the state's cache, its overview fed by the
@@ -101,47 +227,14 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
-/// Counts and logs every response but the health probes'.
-async fn access(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    // A clone of the URI shares its bytes: no copy of the path per request.
-    let uri = req.uri().clone();
-    let path = uri.path();
-    if path == "/healthz" || path == "/readyz" {
-        return next.run(req).await;
+/// At most the first 200 characters of `s`, for the log (a slice: no copy).
+fn clip(s: &str) -> &str {
+    if s.len() <= 200 {
+        return s;
     }
-    let resp = next.run(req).await;
-    let status = resp.status().as_u16();
-    st.metrics.request(&method, status);
-    let cache = resp
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    // Who it was for, as the pull service decided (principals by class in metrics).
-    let access = resp.extensions().get::<AccessInfo>();
-    if let Some(a) = access {
-        st.metrics.access(a.class, a.decision);
-    }
-    let principal: String = access
-        .map_or("-", |a| &a.principal)
-        .chars()
-        .take(200)
-        .collect();
-    tracing::info!(%method, path = %Truncated(path), status, cache, principal, elapsed_ms = start.elapsed().as_millis() as u64, "request");
-    resp
-}
-
-/// At most the first 200 characters of a path, for the log.
-struct Truncated<'a>(&'a str);
-
-impl std::fmt::Display for Truncated<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.char_indices().nth(200) {
-            Some((end, _)) => f.write_str(&self.0[..end]),
-            None => f.write_str(self.0),
-        }
+    match s.char_indices().nth(200) {
+        Some((end, _)) => &s[..end],
+        None => s,
     }
 }
 

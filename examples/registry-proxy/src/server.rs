@@ -15,13 +15,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use tower_http::timeout::TimeoutLayer;
 
 use cache_core::server::{ConnLimits, PeerService, ScopedTokens, serve_connections};
 use cache_upstream::scanner::{MetadataError, ScanImageError};
 
 use crate::config::Config;
-use crate::http::{AppState, healthz, readyz, router_with};
+use crate::http::{App, AppState, healthz, readyz};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::{build_cache, open_store};
@@ -413,10 +412,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     let console = console_cfg
         .main_listener
         .then(|| crate::http::console_for_clients(&state, console_cfg.page_size));
-    let app = router_with(state, console).layer(TimeoutLayer::with_status_code(
-        axum::http::StatusCode::GATEWAY_TIMEOUT,
-        request_timeout,
-    ));
+    let app = App::new(state, console).timeout(request_timeout);
     tracing::info!(%listen, scheme, rules, "registry-proxy serving");
     let shutdown = async move {
         shutdown_signal().await;

@@ -15,13 +15,13 @@ use cache_core::{PullThroughCache, RepoName, RuleSet, RuleSpec, Tag};
 use cache_store::{MemoryStore, TokioRuntime};
 use proptest::prelude::*;
 use registry_proxy::config::AuthConfig;
-use registry_proxy::http::{AppState, router};
+use registry_proxy::http::{App, AppState, app};
 use registry_proxy::metrics::Metrics;
 use tower::ServiceExt;
 
 struct World {
     rt: tokio::runtime::Runtime,
-    app: axum::Router,
+    app: App,
     metrics: Arc<Metrics>,
     layer: String,
     manifest: String,
@@ -64,7 +64,7 @@ fn world() -> &'static World {
                 scoped: Arc::default(),
             };
             (
-                router(state),
+                app(state),
                 metrics,
                 img.layers[0].0.to_string(),
                 img.manifest.to_string(),
