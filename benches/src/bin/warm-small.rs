@@ -12,6 +12,8 @@
 //! registry-proxy's access log at `info` (`WARM_RUST_LOG`), nginx's
 //! `access_log`. `WARM_HOLD=<secs>` sets everything up warm, prints the
 //! URLs and holds, for a plain `wrk` run or a profile by hand.
+//! `WARM_PROXY=<path>` measures another registry-proxy build instead of
+//! the one beside this binary (an earlier commit's, to compare two).
 //!
 //! Run with `scripts/bench-warm.sh`. Loopback only; every run is bounded.
 
@@ -104,7 +106,10 @@ fn run() -> Result<String, String> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let bin = exe.with_file_name("registry-proxy");
+    // Another build (an earlier commit's, say) to compare with this one.
+    let bin = std::env::var_os("WARM_PROXY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| exe.with_file_name("registry-proxy"));
     if !bin.is_file() {
         return Err(format!(
             "{} not found: run scripts/bench-warm.sh",

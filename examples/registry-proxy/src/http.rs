@@ -184,8 +184,14 @@ impl AppInner {
         if let Some(a) = access {
             metrics.access(a.class, a.decision);
         }
-        let principal = clip(access.map_or("-", |a| &a.principal));
-        tracing::info!(%method, path = %clip(path), status, cache, principal, elapsed_ms = start.elapsed().as_millis() as u64, "request");
+        crate::logging::access(&crate::logging::AccessLine {
+            method: method.as_str(),
+            path: clip(path),
+            status,
+            cache,
+            principal: clip(access.map_or("-", |a| &a.principal)),
+            elapsed_ms: start.elapsed().as_millis() as u64,
+        });
     }
 }
 
