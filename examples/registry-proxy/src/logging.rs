@@ -383,29 +383,14 @@ fn format_access(buf: &mut Vec<u8>, now: SystemTime, format: LogFormat, line: &A
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` in UTC for `secs` since the Unix epoch.
+/// `YYYY-MM-DDTHH:MM:SS` in UTC for `secs` since the Unix epoch (made
+/// once a second).
 fn utc_seconds(secs: u64) -> [u8; 19] {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Days to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let mut out = [0u8; 19];
-    let text = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    );
-    let n = text.len().min(19);
-    out[..n].copy_from_slice(&text.as_bytes()[..n]);
+    let text = cache_core::runtime::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+    let mut out = [b'0'; 19];
+    if let Some(head) = text.as_bytes().get(..19) {
+        out.copy_from_slice(head);
+    }
     out
 }
 

@@ -9,6 +9,7 @@
 mod common;
 
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,7 +33,10 @@ impl Browser {
         let driver_bin =
             require("chromedriver", "chromium-driver").unwrap_or_else(|e| panic!("{e}"));
         let port = free_port();
+        // A process group of its own: dropping the browser ends chromedriver
+        // and the Chromium processes it started, not chromedriver alone.
         let driver = Command::new(driver_bin)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -145,6 +149,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The whole group: a killed chromedriver leaves its Chromium behind.
+        if let Ok(pgid) = i32::try_from(self.driver.id()) {
+            // SAFETY: kill(2) with a negative pid signals the process group
+            // the driver leads (it was started with `process_group(0)`).
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
