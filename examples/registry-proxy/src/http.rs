@@ -55,14 +55,16 @@ pub fn app(state: AppState) -> App {
 /// Requests under `/v2` go straight to the pull service; the rest through
 /// an axum router. Clones share everything.
 #[derive(Debug, Clone)]
-pub struct App(Arc<AppInner>);
+pub struct App {
+    inner: Arc<AppInner>,
+    timeout: Option<Duration>,
+}
 
 #[derive(Debug)]
 struct AppInner {
     state: AppState,
     pull: PullService,
     router: Router,
-    timeout: Option<Duration>,
 }
 
 impl App {
@@ -82,29 +84,21 @@ impl App {
         let router = router
             .fallback_service(pull.clone())
             .with_state(state.clone());
-        App(Arc::new(AppInner {
-            state,
-            pull,
-            router,
+        App {
+            inner: Arc::new(AppInner {
+                state,
+                pull,
+                router,
+            }),
             timeout: None,
-        }))
+        }
     }
 
     /// Answers `504 Gateway Timeout` to a request whose response head is
     /// not ready within `limit` (a body already streaming is not cut).
-    pub fn timeout(self, limit: Duration) -> Self {
-        let AppInner {
-            state,
-            pull,
-            router,
-            ..
-        } = &*self.0;
-        App(Arc::new(AppInner {
-            state: state.clone(),
-            pull: pull.clone(),
-            router: router.clone(),
-            timeout: Some(limit),
-        }))
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
     }
 }
 
@@ -126,7 +120,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let app = self.0.clone();
+        let (app, timeout) = (self.inner.clone(), self.timeout);
         Box::pin(async move {
             let path = req.uri().path();
             if path == "/healthz" || path == "/readyz" {
@@ -143,7 +137,7 @@ where
                     false => app.route(req).await.unwrap_or_else(|e| match e {}),
                 }
             };
-            let resp = match app.timeout {
+            let resp = match timeout {
                 Some(limit) => tokio::time::timeout(limit, answer)
                     .await
                     .unwrap_or_else(|_| StatusCode::GATEWAY_TIMEOUT.into_response()),
