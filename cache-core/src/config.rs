@@ -298,6 +298,7 @@ struct RawCacheOptions {
     retry_backoff: Option<String>,
     touch_interval: Option<String>,
     read_chunk: Option<SizeText>,
+    write_batch: Option<SizeText>,
     max_concurrent_fetches: Option<usize>,
     max_queued_fetches: Option<usize>,
     max_manifest_fetches: Option<usize>,
@@ -365,6 +366,7 @@ impl TryFrom<RawCacheOptions> for CacheOptions {
                 Duration::from_secs(1),
             )?,
             read_chunk: size("read_chunk", &r.read_chunk, d.read_chunk, 1..=64 * MIB)?,
+            write_batch: size("write_batch", &r.write_batch, d.write_batch, 1..=64 * MIB)?,
             max_concurrent_fetches: count(
                 "max_concurrent_fetches",
                 r.max_concurrent_fetches,
@@ -416,7 +418,7 @@ impl TryFrom<RawCacheOptions> for CacheOptions {
 /// checked: `max_concurrent_fetches` and `max_manifest_fetches` at least 1,
 /// `max_retries` at most 10, timeouts more than 0, `lease_ttl` at least 3s,
 /// `touch_interval` at least 1s, `instance_name` 1 to 200 visible ASCII
-/// characters, `max_manifest_size` and `read_chunk` up to 64MiB,
+/// characters, `max_manifest_size`, `read_chunk` and `write_batch` up to 64MiB,
 /// `cold_range_max` up to 1GiB.
 impl<'de> Deserialize<'de> for CacheOptions {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -887,6 +889,10 @@ mod tests {
             (
                 "read_chunk = 0",
                 "read_chunk = 0: a size from 1 up to 64MiB",
+            ),
+            (
+                "write_batch = \"65MiB\"",
+                "write_batch = \"65MiB\": a size from 1 up to 64MiB",
             ),
             (
                 "cold_range_max = \"2GiB\"",

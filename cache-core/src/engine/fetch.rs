@@ -472,6 +472,10 @@ impl Fetch {
     }
 }
 
+/// Batches whose chunks average less than this are copied into one
+/// buffer; larger chunks go to readers and the store as they came.
+const COALESCE_BELOW: usize = 64 * 1024;
+
 /// What the upstream sent next.
 enum Batch {
     /// Chunks that were ready together (the first one waited for), their
@@ -486,7 +490,7 @@ enum Batch {
 }
 
 /// Waits (at most the stall timeout) for the next chunk, then takes whatever
-/// else is already there, up to `read_chunk` bytes, without waiting.
+/// else is already there, up to `write_batch` bytes, without waiting.
 async fn next_batch(
     stream: &mut crate::store::ByteStream,
     clock: &dyn crate::runtime::Clock,
@@ -504,7 +508,7 @@ async fn next_batch(
     // frame per reader, while 1 ms is nothing to a follower.
     let gather = clock.sleep(std::time::Duration::from_millis(1));
     let mut gather = std::pin::pin!(gather);
-    while bytes < opts.read_chunk {
+    while bytes < opts.write_batch {
         let next = match stream.next().now_or_never() {
             Some(item) => item,
             None => match futures::future::select(stream.next(), gather.as_mut()).await {
@@ -945,7 +949,7 @@ impl Job {
                     chunks.push(c);
                 }
             }
-            if chunks.len() > 1 {
+            if chunks.len() > 1 && bytes / chunks.len() < COALESCE_BELOW {
                 // One copy here, shared by every reader, buys large
                 // zero-copy slices for them and one write to the store.
                 let mut b = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());

@@ -87,9 +87,14 @@ pub struct CacheOptions {
     pub retry_backoff: Duration,
     /// A blob's access time is updated at most this often (default 60 s).
     pub touch_interval: Duration,
-    /// Size of the pieces a blob is streamed to readers in, and of the
-    /// batches the leader writes (default 256 KiB).
+    /// Size of the pieces a blob is read from the store in, for readers
+    /// that fell behind a fetch (default 256 KiB).
     pub read_chunk: usize,
+    /// The most a fetch gathers from its upstream into one store write,
+    /// which its readers get as one step (default 1 MiB). Each step costs
+    /// a hand-off between threads, so larger batches spend less CPU per
+    /// byte; a fetch holds about two batches in memory.
+    pub write_batch: usize,
     /// Blob transfers running at once per upstream registry (default 32).
     pub max_concurrent_fetches: usize,
     /// Blob fetches waiting for a turn per upstream registry (default 256).
@@ -156,6 +161,7 @@ impl Default for CacheOptions {
             retry_backoff: Duration::from_millis(200),
             touch_interval: Duration::from_secs(60),
             read_chunk: 256 * 1024,
+            write_batch: 1024 * 1024,
             max_concurrent_fetches: 32,
             max_queued_fetches: 256,
             max_manifest_fetches: 1024,
