@@ -125,12 +125,27 @@ use registry_proxy::logging::LogFormat;
 fn main() -> ExitCode {
     // Blob I/O runs on tokio's blocking threads; glibc would give each its
     // own malloc arena, and peak RSS would grow with the thread count rather
-    // than with anything the server holds. Two arenas keep it flat. This has
-    // to happen before the runtime starts its threads.
+    // than with anything the server holds. Two arenas keep it flat.
+    //
+    // A cold miss allocates a receive buffer of a few hundred KiB per piece
+    // of the upstream's body and frees it once the piece is written and
+    // sent. glibc's adaptive thresholds hand those to mmap or give the
+    // freed heap back, so every piece faults fresh pages in again: about
+    // 20,000 page faults per 256 MiB blob. Fixed thresholds (pieces up to
+    // 4 MiB from the heap, at most 16 MiB of free heap kept) cut that to
+    // about 3,000 and the proxy's CPU for the miss by 4 to 7%
+    // (BENCHMARKS.md). A GLIBC_TUNABLES setting of the operator's wins.
+    // This has to happen before the runtime starts its threads.
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only tunes the allocator, and no other thread exists yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        let tuned = std::env::var_os("GLIBC_TUNABLES")
+            .is_some_and(|t| t.to_string_lossy().contains("glibc.malloc."));
+        if !tuned {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+        }
     }
     let args = Args::parse();
     let cmd = match (args.cmd, args.check) {
