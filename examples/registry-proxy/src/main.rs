@@ -132,8 +132,8 @@ fn main() -> ExitCode {
     // sent. glibc's adaptive thresholds hand those to mmap or give the
     // freed heap back, so every piece faults fresh pages in again: about
     // 20,000 page faults per 256 MiB blob. Fixed thresholds (pieces up to
-    // 4 MiB from the heap, at most 16 MiB of free heap kept) cut that to
-    // about 3,000 and the proxy's CPU for the miss by 4 to 7%
+    // 4 MiB from the heap, at most 4 MiB of free heap kept per arena) cut
+    // that to about 7,000 and the proxy's CPU for the miss by about 10%
     // (BENCHMARKS.md). A GLIBC_TUNABLES setting of the operator's wins.
     // This has to happen before the runtime starts its threads.
     #[cfg(target_env = "gnu")]
@@ -144,7 +144,7 @@ fn main() -> ExitCode {
             .is_some_and(|t| t.to_string_lossy().contains("glibc.malloc."));
         if !tuned {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
         }
     }
     let args = Args::parse();
