@@ -3,7 +3,9 @@
 # registry's proxy mode, alternating, each on a fresh store and process,
 # with `perf stat` on the proxy during each GET (BENCHMARKS.md, "Issue 21's
 # targets"). A Debian distribution registry on loopback holds one random
-# 256 MiB blob; curl pulls it. Prints one line per GET and the medians.
+# 256 MiB blob; curl pulls it. Prints one line per GET and the medians,
+# including how many cores were busy during the GET (all processes, from
+# /proc/stat): what a pipeline that stalls on hand-offs leaves idle.
 #
 #   ROUNDS=8 scripts/bench-cold-ab.sh
 #   VARIANTS="ours dist MALLOC_ARENA_MAX=1" scripts/bench-cold-ab.sh
@@ -48,11 +50,15 @@ for i in $(seq "$ROUNDS"); do
         sync; sleep 0.3
         perf stat -e task-clock,context-switches,page-faults -p "$P" -o "$D/stat" 2>/dev/null & S=$!
         sleep 0.3
+        cpu0=$(awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
         t=$(curl -sS --max-time 60 -o /dev/null -w '%{time_starttransfer} %{time_total} %{size_download}' "http://$PX/v2/bench/big/blobs/$DG")
         kill -INT "$S"; wait "$S" 2>/dev/null || true
         hwm=$(awk '/VmHWM/{print $2}' "/proc/$P/status")
         stat=$(awk '/task-clock/{c=$1} /context-switches/{s=$1} /page-faults/{f=$1} END{gsub(",","",c); gsub(",","",s); gsub(",","",f); print c, s, f}' "$D/stat")
-        echo "$v $t $stat $hwm"
+        cpu1=$(awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
+        # Cores busy during the GET, whoever kept them busy (all processes).
+        busy=$(echo "$cpu0 $cpu1" | awk -v n="$(nproc)" '{t = $4 - $2; print (t > 0 ? n * (1 - ($3 - $1) / t) : 0)}')
+        echo "$v $t $stat $hwm $busy"
         kill "$P"; wait "$P" 2>/dev/null || true
     done
 done | tee "$D/lines"
@@ -60,10 +66,10 @@ python3 - "$D/lines" <<'EOF'
 import collections, statistics, sys
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
-    v, ttfb, total, size, cpu_ms, cs, faults, hwm = line.split()
-    rows[v].append((float(ttfb), float(total), float(cpu_ms), float(cs), float(faults), float(hwm)))
-print("variant: medians of first byte (s), total (s), proxy CPU (ms, perf task-clock, until the GET ends), context switches, page faults, peak RSS (KiB)")
+    v, ttfb, total, size, cpu_ms, cs, faults, hwm, busy = line.split()
+    rows[v].append((float(ttfb), float(total), float(cpu_ms), float(cs), float(faults), float(hwm), float(busy)))
+print("variant: medians of first byte (s), total (s), proxy CPU (ms, perf task-clock, until the GET ends), context switches, page faults, peak RSS (KiB), cores busy during the GET (all processes)")
 for v, r in rows.items():
     med = [statistics.median(x) for x in zip(*r)]
-    print(f"{v}: {med[0]:.3f} s, {med[1]:.3f} s, {med[2]:.0f} ms, {med[3]:.0f}, {med[4]:.0f}, {med[5]:.0f}")
+    print(f"{v}: {med[0]:.3f} s, {med[1]:.3f} s, {med[2]:.0f} ms, {med[3]:.0f}, {med[4]:.0f}, {med[5]:.0f}, {med[6]:.2f}")
 EOF
