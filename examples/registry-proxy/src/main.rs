@@ -133,8 +133,8 @@ fn main() -> ExitCode {
     // freed heap back, so every piece faults fresh pages in again: about
     // 20,000 page faults per 256 MiB blob. Fixed thresholds (pieces up to
     // 4 MiB from the heap, at most 4 MiB of free heap kept per arena) cut
-    // that to about 7,000 and the proxy's CPU for the miss by about 10%
-    // (BENCHMARKS.md). A GLIBC_TUNABLES setting of the operator's wins.
+    // that to 5,000 to 13,000 and the proxy's CPU for the miss by about
+    // 10% (BENCHMARKS.md). A GLIBC_TUNABLES setting of the operator's wins.
     // This has to happen before the runtime starts its threads.
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only tunes the allocator, and no other thread exists yet.
