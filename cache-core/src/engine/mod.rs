@@ -91,7 +91,7 @@ pub struct CacheOptions {
     /// that fell behind a fetch (default 256 KiB).
     pub read_chunk: usize,
     /// The most a fetch gathers from its upstream into one store write,
-    /// which its readers get as one step (default 1 MiB). Each step costs
+    /// which its readers get as one step (default 512 KiB). Each step costs
     /// a hand-off between threads, so larger batches spend less CPU per
     /// byte; a fetch holds about two batches in memory.
     pub write_batch: usize,
@@ -161,7 +161,7 @@ impl Default for CacheOptions {
             retry_backoff: Duration::from_millis(200),
             touch_interval: Duration::from_secs(60),
             read_chunk: 256 * 1024,
-            write_batch: 1024 * 1024,
+            write_batch: 512 * 1024,
             max_concurrent_fetches: 32,
             max_queued_fetches: 256,
             max_manifest_fetches: 1024,
