@@ -465,6 +465,91 @@ async fn followers_receive_bytes_before_the_fetch_finishes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_have_a_batch_while_the_store_still_writes_it() {
+    let store = CommitFaults::new(Arc::new(MemoryStore::new()));
+    let e = env_with(Setup {
+        real_time: true,
+        store: Some(store.clone()),
+        ..Setup::default()
+    });
+    let layer = content(9, 300_000);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    store.hold_writes();
+    let r = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
+    let mut s = r.body.into_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("the first bytes do not wait for the store's write")
+        .unwrap()
+        .unwrap();
+    assert!(!first.is_empty());
+    assert_eq!(
+        store.writes_waiting(),
+        1,
+        "the store has not written them yet"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), s.next())
+            .await
+            .is_err(),
+        "the last byte waits for the store to write and verify the blob"
+    );
+    store.release_writes();
+    let (rest, err) = drain(s).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!([first.to_vec(), rest].concat(), layer);
+    let cache = e.cache.clone();
+    wait_until(move || cache.inflight() == 0).await;
+    assert_eq!(e.store.get_bytes(&d).await.unwrap(), layer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_past_the_window_waits_for_the_store_and_is_woken_by_its_write() {
+    let store = CommitFaults::new(Arc::new(MemoryStore::new()));
+    let e = env_with(Setup {
+        real_time: true,
+        store: Some(store.clone()),
+        opts: CacheOptions {
+            // Nothing stays in the window: readers read what the store wrote.
+            follow_window: 1,
+            stall_timeout: Duration::from_secs(30),
+            ..CacheOptions::default()
+        },
+        ..Setup::default()
+    });
+    let layer = content(10, 128 * 1024);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    // Two chunks, the second long after the first: only the store's write
+    // of the first can wake the reader in between.
+    e.up.fail_next_blob(Fault::Drip {
+        chunk: 64 * 1024,
+        delay: Duration::from_secs(4),
+    });
+    store.hold_writes();
+    let r = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
+    let mut s = r.body.into_stream();
+    let held = store.clone();
+    wait_until(move || held.writes_waiting() == 1).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), s.next())
+            .await
+            .is_err(),
+        "bytes that left the window wait for the store"
+    );
+    store.release_writes();
+    let first = tokio::time::timeout(Duration::from_secs(2), s.next())
+        .await
+        .expect("the store's write wakes the reader, before the next chunk arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, layer[..first.len()]);
+    let (rest, err) = drain(s).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!([first.to_vec(), rest].concat(), layer);
+    assert_eq!(gets(&e.up), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_dropped_after_one_byte_does_not_stop_the_fetch() {
     let e = env_with(Setup {
         real_time: true,

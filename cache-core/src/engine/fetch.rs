@@ -47,8 +47,18 @@ pub(crate) enum Outcome {
 #[derive(Default)]
 struct State {
     version: u64,
+    /// Bytes received so far: the window's end. Readers may have them (all
+    /// but the last byte of their span before verification) while the store
+    /// is still writing them.
     written: u64,
-    /// The most recently written chunks (offset, bytes), at most
+    /// Bytes the store has written so far, readable through `reader`: never
+    /// past `written`.
+    staged: u64,
+    /// A reader waits for `staged` to reach bytes that already left the
+    /// window: wake it when the store catches up (readers that only wait
+    /// for new bytes are not woken then).
+    staged_wanted: bool,
+    /// The most recently received chunks (offset, bytes), at most
     /// `follow_window` bytes: readers that keep up take zero-copy slices of
     /// these; readers that fall behind read the staged file.
     recent: VecDeque<(u64, Bytes)>,
@@ -165,6 +175,23 @@ impl Fetch {
         }
     }
 
+    /// The store wrote everything up to `n`: wakes the readers that wait
+    /// for bytes that already left the window, and only those.
+    fn staged_to(&self, n: u64) {
+        let wakers = {
+            let mut s = self.lock();
+            s.staged = n;
+            if !std::mem::take(&mut s.staged_wanted) {
+                return;
+            }
+            s.version += 1;
+            std::mem::take(&mut s.wakers)
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+
     async fn changed(&self, seen: u64) {
         poll_fn(|cx| {
             let mut s = self.lock();
@@ -230,7 +257,7 @@ impl Fetch {
         self.leading.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Bytes staged so far.
+    /// Bytes received so far (readers can have them; see [`State::written`]).
     pub(crate) fn written(&self) -> u64 {
         self.lock().written
     }
@@ -404,7 +431,7 @@ impl Fetch {
             }
             loop {
                 let (seen, avail, reader, failed, released, recent) = {
-                    let s = st.fetch.lock();
+                    let mut s = st.fetch.lock();
                     let released = s.released() || (!st.hold_back && s.written >= st.end);
                     // Until the blob verified, the span's last byte stays back.
                     let avail = if released {
@@ -417,9 +444,18 @@ impl Fetch {
                     let recent = (st.pos < avail)
                         .then(|| s.recent_slice(st.pos, avail))
                         .flatten();
+                    // Past the window, the store has only what it wrote.
+                    let readable = if recent.is_some() || s.released() {
+                        avail
+                    } else {
+                        avail.min(s.staged)
+                    };
+                    if recent.is_none() && st.pos < avail && st.pos >= readable {
+                        s.staged_wanted = true;
+                    }
                     (
                         s.version,
-                        avail,
+                        readable,
                         s.reader.clone(),
                         s.failure(),
                         released,
@@ -971,26 +1007,43 @@ impl Job {
                 next = receive.await;
                 continue;
             }
-            let (wrote, following) =
-                futures::future::join(w.write_chunks(chunks.clone()), receive).await;
+            // Readers have the batch at once, while the store hashes and
+            // writes it: their sends need not wait for the disk. The last
+            // byte of a span still waits for verification, so nothing here
+            // completes a response. Past the announced size, the write
+            // below fails and voids the fetch: such bytes go to no reader.
+            let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+            let staged = p.written + len;
+            if staged <= size {
+                let window = opts.follow_window;
+                self.fetch.update(|s| {
+                    for c in chunks.iter().cloned() {
+                        let len = c.len();
+                        s.recent.push_back((s.written, c));
+                        s.written += len as u64;
+                        s.recent_bytes += len;
+                    }
+                    while s.recent_bytes > window {
+                        match s.recent.pop_front() {
+                            Some((_, old)) => s.recent_bytes -= old.len(),
+                            None => break,
+                        }
+                    }
+                });
+            }
+            let write = async {
+                let wrote = w.write_chunks(chunks).await;
+                if wrote.is_ok() {
+                    // Readers behind the window need not wait for the next
+                    // batch from a slow upstream.
+                    self.fetch.staged_to(staged);
+                }
+                wrote
+            };
+            let (wrote, following) = futures::future::join(write, receive).await;
             // Overflow past the announced size fails here: the write is void.
             wrote?;
-            let window = opts.follow_window;
-            self.fetch.update(|s| {
-                for c in chunks {
-                    let len = c.len();
-                    s.recent.push_back((s.written, c));
-                    s.written += len as u64;
-                    s.recent_bytes += len;
-                }
-                while s.recent_bytes > window {
-                    match s.recent.pop_front() {
-                        Some((_, old)) => s.recent_bytes -= old.len(),
-                        None => break,
-                    }
-                }
-            });
-            p.written = self.fetch.lock().written;
+            p.written = staged;
             next = following;
         }
         Ok(())

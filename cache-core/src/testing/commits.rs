@@ -1,6 +1,7 @@
 //! [`CommitFaults`]: a store decorator that holds or fails commits after
 //! the bytes verified, for tests of what happens between verification and
-//! durability.
+//! durability, and holds staged writes, for tests of what readers get
+//! before the store has written the bytes.
 
 use std::fmt;
 use std::future::poll_fn;
@@ -20,8 +21,10 @@ use crate::{
 #[derive(Default)]
 struct State {
     hold: bool,
+    hold_writes: bool,
     fail_next: usize,
     waiting: usize,
+    writes_waiting: usize,
     committed: usize,
     failed: usize,
     wakers: Vec<Waker>,
@@ -31,8 +34,9 @@ struct State {
 /// ([`StagedBlob::verify`] is forwarded), and their commits can be held
 /// until [`release`](Self::release)d ([`hold`](Self::hold)) or made to
 /// fail after verifying, as a full disk or an object store that stops
-/// answering would ([`fail_next`](Self::fail_next)). Everything else is
-/// forwarded. Counts what its commits did.
+/// answering would ([`fail_next`](Self::fail_next)). Staged writes can be
+/// held too, as a slow disk would ([`hold_writes`](Self::hold_writes)).
+/// Everything else is forwarded. Counts what its commits did.
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -84,9 +88,29 @@ impl CommitFaults {
 
     /// Lets held commits (and later ones) go on.
     pub fn release(&self) {
+        self.set(|s| s.hold = false);
+    }
+
+    /// Holds every staged write from now on, before it reaches the inner
+    /// store, until [`release_writes`](Self::release_writes).
+    pub fn hold_writes(&self) {
+        lock(&self.state).hold_writes = true;
+    }
+
+    /// Lets held writes (and later ones) go on.
+    pub fn release_writes(&self) {
+        self.set(|s| s.hold_writes = false);
+    }
+
+    /// Staged writes waiting to be released now.
+    pub fn writes_waiting(&self) -> usize {
+        lock(&self.state).writes_waiting
+    }
+
+    fn set(&self, f: impl FnOnce(&mut State)) {
         let wakers = {
             let mut s = lock(&self.state);
-            s.hold = false;
+            f(&mut s);
             std::mem::take(&mut s.wakers)
         };
         for w in wakers {
@@ -184,9 +208,21 @@ impl StagedBlob for Staged {
         self.inner.written()
     }
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        self.inner.write(chunk).await
+        self.write_chunks(vec![chunk]).await
     }
     async fn write_chunks(&mut self, chunks: Vec<Bytes>) -> Result<()> {
+        lock(&self.state).writes_waiting += 1;
+        poll_fn(|cx| {
+            let mut s = lock(&self.state);
+            if s.hold_writes {
+                s.wakers.push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                s.writes_waiting -= 1;
+                Poll::Ready(())
+            }
+        })
+        .await;
         self.inner.write_chunks(chunks).await
     }
     async fn reader(&self) -> Result<Arc<dyn StagedReader>> {
