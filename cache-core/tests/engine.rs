@@ -100,6 +100,19 @@ fn env_with(s: Setup) -> Env {
     }
 }
 
+/// A real-time environment over a memory store wrapped in
+/// [`CommitFaults`], with `opts`.
+fn env_with_faults(opts: CacheOptions) -> (Arc<CommitFaults>, Env) {
+    let store = CommitFaults::new(Arc::new(MemoryStore::new()));
+    let e = env_with(Setup {
+        real_time: true,
+        store: Some(store.clone()),
+        opts,
+        ..Setup::default()
+    });
+    (store, e)
+}
+
 fn env() -> Env {
     env_with(Setup::default())
 }
@@ -466,12 +479,7 @@ async fn followers_receive_bytes_before_the_fetch_finishes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_have_a_batch_while_the_store_still_writes_it() {
-    let store = CommitFaults::new(Arc::new(MemoryStore::new()));
-    let e = env_with(Setup {
-        real_time: true,
-        store: Some(store.clone()),
-        ..Setup::default()
-    });
+    let (store, e) = env_with_faults(Setup::default().opts);
     let layer = content(9, 300_000);
     let d = e.up.add_blob(&n("library/app"), layer.clone());
     store.hold_writes();
@@ -483,21 +491,20 @@ async fn readers_have_a_batch_while_the_store_still_writes_it() {
         .unwrap()
         .unwrap();
     assert!(!first.is_empty());
-    assert_eq!(
-        store.writes_waiting(),
-        1,
-        "the store has not written them yet"
-    );
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), s.next())
-            .await
-            .is_err(),
-        "the last byte waits for the store to write and verify the blob"
-    );
+    // Held since before the fetch began: the store has not written them.
+    let held = store.clone();
+    wait_until(move || held.writes_waiting() == 1).await;
+    // Whatever else the window holds, but never the last byte while the
+    // store cannot write and verify the blob.
+    let mut got = first.to_vec();
+    while let Ok(c) = tokio::time::timeout(Duration::from_millis(200), s.next()).await {
+        got.extend_from_slice(&c.expect("the stream goes on").unwrap());
+    }
+    assert!(got.len() < layer.len(), "the last byte waits for the store");
     store.release_writes();
     let (rest, err) = drain(s).await;
     assert!(err.is_none(), "{err:?}");
-    assert_eq!([first.to_vec(), rest].concat(), layer);
+    assert_eq!([got, rest].concat(), layer);
     let cache = e.cache.clone();
     wait_until(move || cache.inflight() == 0).await;
     assert_eq!(e.store.get_bytes(&d).await.unwrap(), layer);
@@ -505,17 +512,11 @@ async fn readers_have_a_batch_while_the_store_still_writes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_past_the_window_waits_for_the_store_and_is_woken_by_its_write() {
-    let store = CommitFaults::new(Arc::new(MemoryStore::new()));
-    let e = env_with(Setup {
-        real_time: true,
-        store: Some(store.clone()),
-        opts: CacheOptions {
-            // Nothing stays in the window: readers read what the store wrote.
-            follow_window: 1,
-            stall_timeout: Duration::from_secs(30),
-            ..CacheOptions::default()
-        },
-        ..Setup::default()
+    let (store, e) = env_with_faults(CacheOptions {
+        // Nothing stays in the window: readers read what the store wrote.
+        follow_window: 1,
+        stall_timeout: Duration::from_secs(30),
+        ..CacheOptions::default()
     });
     let layer = content(10, 128 * 1024);
     let d = e.up.add_blob(&n("library/app"), layer.clone());
@@ -625,12 +626,7 @@ async fn a_flipped_byte_commits_nothing_fails_every_reader_and_is_fetched_again(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_byte_goes_out_once_verified_while_the_commit_is_still_held() {
-    let store = CommitFaults::new(Arc::new(MemoryStore::new()));
-    let e = env_with(Setup {
-        real_time: true,
-        store: Some(store.clone()),
-        ..Setup::default()
-    });
+    let (store, e) = env_with_faults(Setup::default().opts);
     let layer = content(41, 700_000);
     let d = e.up.add_blob(&n("library/app"), layer.clone());
     store.hold();
@@ -713,12 +709,7 @@ async fn a_read_while_a_verified_blob_commits_is_a_hit_from_the_staged_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_failing_after_verification_fails_unfinished_readers_is_counted_and_refetched() {
-    let store = CommitFaults::new(Arc::new(MemoryStore::new()));
-    let e = env_with(Setup {
-        real_time: true,
-        store: Some(store.clone()),
-        ..Setup::default()
-    });
+    let (store, e) = env_with_faults(Setup::default().opts);
     let layer = content(42, 2 * 1024 * 1024);
     let d = e.up.add_blob(&n("library/app"), layer.clone());
     store.hold();

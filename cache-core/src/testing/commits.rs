@@ -186,6 +186,26 @@ impl BlobStore for CommitFaults {
     }
 }
 
+/// Waits while `held`, counted meanwhile in the field `waiting` returns.
+async fn gate(
+    state: &Mutex<State>,
+    held: fn(&State) -> bool,
+    waiting: fn(&mut State) -> &mut usize,
+) {
+    *waiting(&mut lock(state)) += 1;
+    poll_fn(|cx| {
+        let mut s = lock(state);
+        if held(&s) {
+            s.wakers.push(cx.waker().clone());
+            Poll::Pending
+        } else {
+            *waiting(&mut s) -= 1;
+            Poll::Ready(())
+        }
+    })
+    .await
+}
+
 struct Staged {
     inner: Box<dyn StagedBlob>,
     state: Arc<Mutex<State>>,
@@ -211,18 +231,7 @@ impl StagedBlob for Staged {
         self.write_chunks(vec![chunk]).await
     }
     async fn write_chunks(&mut self, chunks: Vec<Bytes>) -> Result<()> {
-        lock(&self.state).writes_waiting += 1;
-        poll_fn(|cx| {
-            let mut s = lock(&self.state);
-            if s.hold_writes {
-                s.wakers.push(cx.waker().clone());
-                Poll::Pending
-            } else {
-                s.writes_waiting -= 1;
-                Poll::Ready(())
-            }
-        })
-        .await;
+        gate(&self.state, |s| s.hold_writes, |s| &mut s.writes_waiting).await;
         self.inner.write_chunks(chunks).await
     }
     async fn reader(&self) -> Result<Arc<dyn StagedReader>> {
@@ -234,18 +243,7 @@ impl StagedBlob for Staged {
     async fn commit(mut self: Box<Self>) -> Result<BlobInfo> {
         // Faults come after verification: only verified bytes get this far.
         self.inner.verify().await?;
-        lock(&self.state).waiting += 1;
-        poll_fn(|cx| {
-            let mut s = lock(&self.state);
-            if s.hold {
-                s.wakers.push(cx.waker().clone());
-                Poll::Pending
-            } else {
-                s.waiting -= 1;
-                Poll::Ready(())
-            }
-        })
-        .await;
+        gate(&self.state, |s| s.hold, |s| &mut s.waiting).await;
         let fail = {
             let mut s = lock(&self.state);
             let fail = s.fail_next > 0;
