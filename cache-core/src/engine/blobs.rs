@@ -148,7 +148,7 @@ impl PullThroughCache {
                 {
                     let span_len = span.end - span.start;
                     if fetch.written() >= span.end {
-                        // Staged already: at once, without waiting for the rest.
+                        // Received already: at once, without waiting for the rest.
                         let stream =
                             fetch.stream(inner.clone(), span.clone(), (guard, interest), false);
                         return Ok(unverified(size, span, stream));
