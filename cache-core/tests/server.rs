@@ -13,7 +13,8 @@ use tokio::net::TcpStream;
 
 use cache_core::runtime::TokioRuntime;
 use cache_core::server::{
-    AuthConfig, ConnLimits, PullAuth, PullService, ScopedTokens, sendfile, serve_connections,
+    AuthConfig, ConnLimits, ConnThreads, PullAuth, PullService, ScopedTokens, sendfile,
+    serve_connections, serve_connections_on,
 };
 use cache_core::testing::{FakeUpstream, PushedImage, content};
 use cache_core::{
@@ -292,6 +293,93 @@ async fn shutdown_closes_the_listener_and_returns() {
         TcpStream::connect(addr).await.is_err(),
         "no longer listening"
     );
+}
+
+/// A request on an open connection: the body of its `200` (a thread's
+/// name, `conn-N`), or `None` if the server closed the connection unanswered.
+async fn ask(s: &mut TcpStream) -> Option<String> {
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let mut text = String::new();
+    let mut buf = [0u8; 1024];
+    while !(text.contains("\r\n\r\n") && text.ends_with(|c: char| c.is_ascii_digit())) {
+        let got = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered or closed, not left hanging")
+            .unwrap_or(0);
+        if got == 0 {
+            assert!(text.is_empty(), "closed mid-response: {text:?}");
+            return None;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..got]));
+    }
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.rsplit("\r\n").next().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn on_conn_threads_a_connection_stays_on_the_least_busy_thread_under_the_same_limits() {
+    // Answers with the name of the thread that serves it.
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(|| async { std::thread::current().name().unwrap_or("?").to_owned() }),
+    );
+    let limits = ConnLimits {
+        max_connections: 2,
+        ..ConnLimits::default()
+    };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let threads = ConnThreads::new(2).unwrap();
+    assert_eq!(threads.len(), 2);
+    let served = tokio::spawn(serve_connections_on(
+        threads,
+        l,
+        app,
+        limits,
+        None,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    let on_a = ask(&mut a).await.unwrap();
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    let on_b = ask(&mut b).await.unwrap();
+    let mut names = [on_a.as_str(), on_b.as_str()];
+    names.sort();
+    assert_eq!(names, ["conn-0", "conn-1"], "one connection on each thread");
+    // Keep-alive requests stay where their connection is.
+    for _ in 0..3 {
+        assert_eq!(ask(&mut a).await.as_ref(), Some(&on_a));
+        assert_eq!(ask(&mut b).await.as_ref(), Some(&on_b));
+    }
+    // The cap counts the connections on every thread.
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(ask(&mut c).await, None, "over the cap");
+    // Once b is gone, its thread is the least busy one again.
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let on_next = loop {
+        let mut next = TcpStream::connect(addr).await.unwrap();
+        if let Some(name) = ask(&mut next).await {
+            break name;
+        }
+        assert!(Instant::now() < deadline, "b's place was never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(on_next, on_b);
+    // Shutdown closes the connections on the threads and returns.
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("returned after shutdown")
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), a.read(&mut [0u8; 64]))
+        .await
+        .expect("a closed at shutdown")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
 }
 
 #[tokio::test]

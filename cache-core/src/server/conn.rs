@@ -14,6 +14,12 @@
 //!   HTTP/1 connections send stored blobs with `sendfile(2)`
 //!   ([`sendfile`](super::sendfile)), TLS ones stream them.
 //!
+//! Connections are served as tasks on the runtime that serves them, or,
+//! with [`serve_connections_on`], each on one of a set of
+//! [`ConnThreads`]: threads with a single-threaded runtime each, as
+//! nginx's workers, so that a connection's requests are read, answered and
+//! written on one thread, without waking another.
+//!
 //! ```no_run
 //! # async fn run(cache: cache_core::PullThroughCache) -> std::io::Result<()> {
 //! use cache_core::server::{ConnLimits, PullService, serve_connections};
@@ -269,6 +275,149 @@ pub async fn serve_connections<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve(listener, service, limits, tls, shutdown, None).await
+}
+
+/// [`serve_connections`], with each connection served on one of `threads`
+/// (the one with the fewest open connections when it arrives) from its
+/// first byte to its last, instead of on the runtime this is awaited on.
+/// Everything else is the same: the limits, TLS, the graceful shutdown.
+/// The threads stop when this returns.
+///
+/// What a request spawns runs on its connection's thread too (a
+/// `tokio::spawn`, a `spawn_blocking`); work that should not hold up the
+/// other connections there (a long fetch, a large computation) belongs on
+/// a runtime of its own, such as the engine's spawner.
+///
+/// ```no_run
+/// # async fn run(cache: cache_core::PullThroughCache) -> std::io::Result<()> {
+/// use cache_core::server::{ConnLimits, ConnThreads, PullService, serve_connections_on};
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
+/// let threads = ConnThreads::new(std::thread::available_parallelism()?.get())?;
+/// let app = PullService::new(cache).into_router();
+/// let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
+/// serve_connections_on(threads, listener, app, ConnLimits::default(), None, shutdown).await;
+/// # Ok(()) }
+/// ```
+pub async fn serve_connections_on<S, B>(
+    threads: ConnThreads,
+    listener: tokio::net::TcpListener,
+    service: S,
+    limits: ConnLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: tower::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve(listener, service, limits, tls, shutdown, Some(&threads)).await
+}
+
+/// Threads that serve connections, each with a single-threaded tokio
+/// runtime of its own (timers and I/O included; its blocking pool holds at
+/// most 512 threads split between them, at least 8 each). For
+/// [`serve_connections_on`]; dropping the set stops the threads, and the
+/// connections still on them are closed.
+///
+/// On a small machine under many small requests this is what makes a
+/// warm request cheap: with a work-stealing runtime, readiness found by one
+/// worker wakes another, and the wake-ups cost as much as the answer
+/// (BENCHMARKS.md, "Warm small requests").
+#[derive(Debug)]
+pub struct ConnThreads {
+    threads: Vec<ConnThread>,
+}
+
+#[derive(Debug)]
+struct ConnThread {
+    handle: tokio::runtime::Handle,
+    /// Connections on this thread now.
+    open: Arc<AtomicUsize>,
+    /// Dropped (with the set) to end the thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ConnThreads {
+    /// `n` threads (at least one), named `conn-0`, `conn-1`, ...
+    pub fn new(n: usize) -> io::Result<Self> {
+        let n = n.max(1);
+        let blocking = (512 / n).max(8);
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(blocking)
+                .thread_name(format!("conn-{i}-blocking"))
+                .build()?;
+            let handle = rt.handle().clone();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("conn-{i}"))
+                .spawn(move || {
+                    rt.block_on(async {
+                        let _ = stopped.await;
+                    });
+                    // Files being read for a response may still be open
+                    // on the blocking pool: not waited for long.
+                    rt.shutdown_timeout(Duration::from_secs(1));
+                })?;
+            threads.push(ConnThread {
+                handle,
+                open: Arc::new(AtomicUsize::new(0)),
+                _stop: stop,
+            });
+        }
+        Ok(ConnThreads { threads })
+    }
+
+    /// How many threads there are.
+    pub fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Always false: there is at least one thread.
+    pub fn is_empty(&self) -> bool {
+        self.threads.is_empty()
+    }
+
+    /// The thread with the fewest connections open.
+    fn least_busy(&self) -> &ConnThread {
+        let mut best = &self.threads[0];
+        for t in &self.threads[1..] {
+            if t.open.load(Ordering::Relaxed) < best.open.load(Ordering::Relaxed) {
+                best = t;
+            }
+        }
+        best
+    }
+}
+
+async fn serve<S, B>(
+    listener: tokio::net::TcpListener,
+    service: S,
+    limits: ConnLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+    threads: Option<&ConnThreads>,
+) where
+    S: tower::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -302,16 +451,35 @@ pub async fn serve_connections<S, B>(
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                let conn = Connection {
+                let mut conn = Connection {
                     builder: builder.clone(),
                     app: service.clone(),
                     limits,
                     tls: tls.clone(),
                     stop: stop_rx.clone(),
                     open: open.clone(),
+                    on_thread: None,
                     peer,
                 };
-                tokio::spawn(conn.run(stream));
+                let Some(threads) = threads else {
+                    tokio::spawn(conn.run(stream));
+                    continue;
+                };
+                let thread = threads.least_busy();
+                thread.open.fetch_add(1, Ordering::Relaxed);
+                conn.on_thread = Some(thread.open.clone());
+                // Off this runtime's reactor, onto the thread's.
+                match stream.into_std() {
+                    Ok(stream) => {
+                        thread.handle.spawn(async move {
+                            match tokio::net::TcpStream::from_std(stream) {
+                                Ok(stream) => conn.run(stream).await,
+                                Err(e) => tracing::debug!(error = %e, "cannot serve a connection on its thread"),
+                            }
+                        });
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot hand a connection to its thread"),
+                }
             }
             _ = &mut shutdown => break,
         }
@@ -336,8 +504,22 @@ struct Connection<S> {
     limits: ConnLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: tokio::sync::watch::Receiver<bool>,
+    /// Connections open (counted down when this is dropped).
     open: Arc<AtomicUsize>,
+    /// Connections open on the [`ConnThreads`] thread this is served on.
+    on_thread: Option<Arc<AtomicUsize>>,
     peer: std::net::SocketAddr,
+}
+
+impl<S> Drop for Connection<S> {
+    fn drop(&mut self) {
+        // The thread's count first: a connection admitted in this one's
+        // place sees its thread as free again.
+        if let Some(n) = &self.on_thread {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// In the extensions of a request [`serve_connections`] received over
@@ -370,7 +552,6 @@ where
         ) {
             self.serve(stream).await;
         }
-        self.open.fetch_sub(1, Ordering::AcqRel);
     }
 
     async fn serve(&mut self, stream: tokio::net::TcpStream) {

@@ -16,7 +16,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
-use cache_core::server::{ConnLimits, PeerService, ScopedTokens, serve_connections};
+use cache_core::server::{
+    ConnLimits, ConnThreads, PeerService, ScopedTokens, serve_connections, serve_connections_on,
+};
 use cache_upstream::scanner::{MetadataError, ScanImageError};
 
 use crate::config::Config;
@@ -284,11 +286,12 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     };
     // What serving needs of the configuration, before the reloader owns it
     // (holding a copy here would keep the first rule set alive after a reload).
-    let (listen, admin_listen, request_timeout, drain_delay) = (
+    let (listen, admin_listen, request_timeout, drain_delay, connection_threads) = (
         cfg.listen,
         cfg.admin_listen,
         cfg.request_timeout,
         cfg.drain_delay,
+        cfg.connection_threads,
     );
     let console_cfg = cfg.console;
     let rules = cfg.rules.len();
@@ -413,7 +416,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         .main_listener
         .then(|| crate::http::console_for_clients(&state, console_cfg.page_size));
     let app = App::new(state, console).timeout(request_timeout);
-    tracing::info!(%listen, scheme, rules, "registry-proxy serving");
+    tracing::info!(%listen, scheme, rules, connection_threads, "registry-proxy serving");
     let shutdown = async move {
         shutdown_signal().await;
         draining.store(true, Ordering::Release);
@@ -422,6 +425,17 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
             tokio::time::sleep(drain_delay).await;
         }
     };
-    serve_connections(listener, app, limits, tls, shutdown).await;
+    if connection_threads == 0 {
+        serve_connections(listener, app, limits, tls, shutdown).await;
+        return ExitCode::SUCCESS;
+    }
+    let threads = match ConnThreads::new(connection_threads) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("registry-proxy: cannot start {connection_threads} connection threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    serve_connections_on(threads, listener, app, limits, tls, shutdown).await;
     ExitCode::SUCCESS
 }

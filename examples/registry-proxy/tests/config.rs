@@ -319,6 +319,10 @@ fn errors_name_the_key_and_the_value() {
             "server.max_connections = 0: must be at least 1",
         ),
         (
+            "[server]\nconnection_threads = 1000\n",
+            "server.connection_threads = 1000: at most 256",
+        ),
+        (
             "[server]\nadmin_listen = \"0.0.0.0:9000\"\n",
             "must be a loopback address",
         ),

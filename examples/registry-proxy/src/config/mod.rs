@@ -85,6 +85,9 @@ pub struct Config {
     pub send_timeout: Duration,
     /// Connection cap.
     pub max_connections: usize,
+    /// Threads serving client connections, each with a single-threaded
+    /// runtime (`0`: the shared runtime's workers serve them).
+    pub connection_threads: usize,
     /// Shutdown grace.
     pub shutdown_grace: Duration,
     /// Serving on after SIGTERM, not ready.
@@ -187,6 +190,7 @@ impl Config {
             idle_timeout: server.idle_timeout,
             send_timeout: server.send_timeout,
             max_connections: server.max_connections,
+            connection_threads: server.connection_threads,
             shutdown_grace: server.shutdown_grace,
             drain_delay: server.drain_delay,
             admin_listen: server.admin_listen,

@@ -17,6 +17,7 @@ struct RawServer {
     idle_timeout: Option<String>,
     send_timeout: Option<String>,
     max_connections: Option<usize>,
+    connection_threads: Option<usize>,
     shutdown_grace: Option<String>,
     drain_delay: Option<String>,
     admin_listen: Option<String>,
@@ -30,6 +31,7 @@ pub(super) struct Settings {
     pub(super) idle_timeout: Duration,
     pub(super) send_timeout: Duration,
     pub(super) max_connections: usize,
+    pub(super) connection_threads: usize,
     pub(super) shutdown_grace: Duration,
     pub(super) drain_delay: Duration,
     pub(super) admin_listen: Option<SocketAddr>,
@@ -59,10 +61,26 @@ pub(super) fn settings(mut table: toml::Table) -> Result<(Settings, toml::Table)
             idle_timeout: positive("idle_timeout", &r.idle_timeout, s(60))?,
             send_timeout: positive("send_timeout", &r.send_timeout, s(60))?,
             max_connections: count_at_least("max_connections", r.max_connections, 1024, 1)?,
+            connection_threads: connection_threads(r.connection_threads)?,
             shutdown_grace: duration("shutdown_grace", &r.shutdown_grace, s(30))?,
             drain_delay: duration("drain_delay", &r.drain_delay, s(0))?,
             admin_listen,
         })
     })();
     Ok((settings.map_err(|e: ConfigError| e.at("server"))?, engine))
+}
+
+/// Threads serving client connections, at most this many.
+const MAX_CONNECTION_THREADS: usize = 256;
+
+/// `connection_threads`: by default one per CPU this process may use; `0`
+/// serves connections on the shared runtime's workers instead.
+fn connection_threads(set: Option<usize>) -> Result<usize> {
+    match set {
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        Some(n) if n <= MAX_CONNECTION_THREADS => Ok(n),
+        Some(n) => err(format!(
+            "connection_threads = {n}: at most {MAX_CONNECTION_THREADS} (0 serves on the shared runtime)"
+        )),
+    }
 }
