@@ -1306,16 +1306,32 @@ async fn gc_keeps_the_quota_by_least_recent_use_and_spares_blobs_in_use() {
     assert!(e.store.stat(&ds[0]).await.unwrap().is_none());
     assert!(e.store.stat(&ds[1]).await.unwrap().is_none());
     assert!(e.store.stat(&ds[2]).await.unwrap().is_some());
-    // A blob being read survives even a quota of zero.
-    let reading = e.cache.blob(&n("library/app"), &ds[3], None).await.unwrap();
-    let report = e.cache.gc(Some(0)).await.unwrap();
-    assert_eq!((report.evicted, report.skipped_in_use), (1, 1));
-    assert!(e.store.stat(&ds[2]).await.unwrap().is_none());
+    // A blob being read from its file survives even a quota of zero.
+    let big = e.up.add_blob(&n("library/app"), content(40, 100_000));
+    pull(&e, "library/app", &big).await;
+    let reading = e.cache.blob(&n("library/app"), &big, None).await.unwrap();
     assert!(
-        e.store.stat(&ds[3]).await.unwrap().is_some(),
+        !matches!(reading.body, BlobBody::Bytes(_)),
+        "above hot_max_item"
+    );
+    // Small content is sent from memory: it holds no file, and gc may
+    // remove the stored blob under it without changing what it sends.
+    let small = e.cache.blob(&n("library/app"), &ds[3], None).await.unwrap();
+    assert!(matches!(small.body, BlobBody::Bytes(_)));
+    let report = e.cache.gc(Some(0)).await.unwrap();
+    assert_eq!((report.evicted, report.skipped_in_use), (2, 1));
+    assert!(e.store.stat(&ds[2]).await.unwrap().is_none());
+    assert!(e.store.stat(&ds[3]).await.unwrap().is_none());
+    assert!(
+        e.store.stat(&big).await.unwrap().is_some(),
         "in-use blob spared"
     );
-    assert_eq!(drain(reading.body.into_stream()).await.0.len(), 10_000);
+    assert_eq!(
+        drain(small.body.into_stream()).await.0,
+        content(33, 10_000),
+        "sent whole from memory"
+    );
+    assert_eq!(drain(reading.body.into_stream()).await.0.len(), 100_000);
     // Evicted content is fetched again on demand.
     pull(&e, "library/app", &ds[1]).await;
     assert!(e.store.stat(&ds[1]).await.unwrap().is_some());

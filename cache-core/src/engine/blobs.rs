@@ -344,7 +344,7 @@ impl PullThroughCache {
         };
         if let Some((bytes, _)) = inner.hot.content(digest) {
             hit();
-            return Self::small_response(bytes, range, &*inner.events, InUse::new(inner, digest));
+            return Self::small_response(bytes, range, &*inner.events);
         }
         let guard = InUse::new(inner, digest);
         let events = inner.events.clone();
@@ -366,7 +366,7 @@ impl PullThroughCache {
             // Small and whole: keep it in memory for the next request.
             let bytes = collect_small(read.payload.into_stream(), digest, read.size).await?;
             inner.hot.keep_content(digest, bytes.clone(), None);
-            return Self::small_response(bytes, range, &*inner.events, InUse::new(inner, digest));
+            return Self::small_response(bytes, range, &*inner.events);
         }
         let body = match read.payload {
             BlobPayload::Stream(s) => BlobBody::Stream(counted(s)),
@@ -392,7 +392,6 @@ impl PullThroughCache {
         bytes: bytes::Bytes,
         range: Option<ByteRange>,
         events: &dyn crate::events::EventSink,
-        in_use: InUse,
     ) -> Result<BlobResponse> {
         let size = bytes.len() as u64;
         let span = match range {
@@ -406,10 +405,7 @@ impl PullThroughCache {
             range: span,
             status: CacheStatus::Hit,
             verified: true,
-            body: BlobBody::Bytes(super::MemoryBody {
-                bytes: part,
-                _in_use: in_use,
-            }),
+            body: BlobBody::Bytes(super::MemoryBody { bytes: part }),
         })
     }
 

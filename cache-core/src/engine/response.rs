@@ -75,12 +75,7 @@ impl BlobBody {
         match self {
             BlobBody::Stream(s) => s,
             BlobBody::File(f) => f.stream,
-            BlobBody::Bytes(b) => futures::stream::once(async move {
-                // The blob stays in use until the stream is consumed.
-                let MemoryBody { bytes, _in_use } = b;
-                Ok(bytes)
-            })
-            .boxed(),
+            BlobBody::Bytes(b) => futures::stream::once(async move { Ok(b.bytes) }).boxed(),
         }
     }
 }
@@ -97,11 +92,10 @@ impl std::fmt::Debug for BlobBody {
 
 /// Small verified content held in memory, already counted as served.
 ///
-/// While it lives, garbage collection leaves the blob alone, as it does
-/// for a stream being read: a server keeps it until the body is sent.
+/// It holds no file, so unlike a [`FileBody`] or a stream it does not keep
+/// garbage collection from the blob: what it sends is already in memory.
 pub struct MemoryBody {
     pub(crate) bytes: Bytes,
-    pub(crate) _in_use: InUse,
 }
 
 impl MemoryBody {
@@ -110,7 +104,7 @@ impl MemoryBody {
         &self.bytes
     }
 
-    /// The content, letting go of the blob (gc may then remove it).
+    /// The content.
     pub fn into_bytes(self) -> Bytes {
         self.bytes
     }
