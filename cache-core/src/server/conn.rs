@@ -327,10 +327,13 @@ pub async fn serve_connections_on<S, B>(
 /// [`serve_connections_on`]; dropping the set stops the threads, and the
 /// connections still on them are closed.
 ///
-/// On a small machine under many small requests this is what makes a
-/// warm request cheap: with a work-stealing runtime, readiness found by one
-/// worker wakes another, and the wake-ups cost as much as the answer
-/// (BENCHMARKS.md, "Warm small requests").
+/// On a small machine under many small requests this makes a warm
+/// request cheaper: with a work-stealing runtime, readiness found by one
+/// worker wakes another, a seventh of a small request's CPU here
+/// (BENCHMARKS.md, "Warm small requests"). The other side: a response
+/// fed by a task on another runtime (a fetch many clients share) has its
+/// connection's task woken across threads for each piece, which costs
+/// more than on one work-stealing runtime.
 #[derive(Debug)]
 pub struct ConnThreads {
     threads: Vec<ConnThread>,

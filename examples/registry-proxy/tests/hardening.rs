@@ -680,6 +680,72 @@ fn idle_http2_connections_are_closed_and_connections_are_capped() {
 }
 
 #[test]
+fn on_connection_threads_blobs_come_whole_cold_and_warm_under_the_same_cap() {
+    let up = HostileRegistry::start("127.0.0.1");
+    let size = 3 << 20;
+    let d = up.add_blob(content(71, size));
+    // Slow enough that both clients read the one fetch as it goes.
+    up.set_rate(Some(8 << 20));
+    let proxy = proxy_for(
+        &up,
+        "\n[server]\nconnection_threads = 2\nmax_connections = 3\nidle_timeout = \"3s\"\n",
+    );
+    let (port, path) = (proxy.port, format!("/v2/library/app/blobs/{d}"));
+    let get = move |path: String| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&all[..split]).into_owned();
+        assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+        (head, all[split + 4..].to_vec())
+    };
+    // Cold (streamed from the fetch on the shared runtime), then warm
+    // (sent from the file), by clients on both threads at once.
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || get(path))
+        })
+        .collect();
+    for h in both {
+        let (_, body) = h.join().unwrap();
+        assert!(body == content(71, size), "cold: whole and right");
+    }
+    assert_eq!(
+        up.requests("GET", &format!("/blobs/{d}")),
+        1,
+        "one fetch for both"
+    );
+    let (head, body) = get(path);
+    assert!(head.contains("x-cache: hit"), "{head}");
+    assert!(body == content(71, size), "warm: whole and right");
+    // The cap counts connections on every thread.
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+            s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 12];
+            s.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"HTTP/1.1 200");
+            s
+        })
+        .collect();
+    let mut fourth = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    let _ = fourth.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = fourth.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "over the cap: closed without an answer");
+    drop(idle);
+}
+
+#[test]
 fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
     let up = HostileRegistry::start("127.0.0.1");
     let size = 48 << 20;
