@@ -355,16 +355,23 @@ impl ConnThreads {
         let blocking = (512 / n).max(8);
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .max_blocking_threads(blocking)
-                .thread_name(format!("conn-{i}-blocking"))
-                .build()?;
-            let handle = rt.handle().clone();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            // The runtime is made and dropped on its thread: a runtime
+            // must not be dropped where this may be called, in async code.
+            let (started, start) = std::sync::mpsc::channel();
             std::thread::Builder::new()
                 .name(format!("conn-{i}"))
                 .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .max_blocking_threads(blocking)
+                        .thread_name(format!("conn-{i}-blocking"))
+                        .build();
+                    let rt = match rt {
+                        Ok(rt) => rt,
+                        Err(e) => return drop(started.send(Err(e))),
+                    };
+                    let _ = started.send(Ok(rt.handle().clone()));
                     rt.block_on(async {
                         let _ = stopped.await;
                     });
@@ -372,6 +379,9 @@ impl ConnThreads {
                     // on the blocking pool: not waited for long.
                     rt.shutdown_timeout(Duration::from_secs(1));
                 })?;
+            let handle = start
+                .recv()
+                .map_err(|_| io::Error::other("a connection thread ended as it started"))??;
             threads.push(ConnThread {
                 handle,
                 open: Arc::new(AtomicUsize::new(0)),

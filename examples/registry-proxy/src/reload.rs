@@ -57,6 +57,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             t,
             c.shutdown_grace,
             c.max_connections,
+            c.connection_threads,
             c.drain_delay,
             c.admin_listen,
         )

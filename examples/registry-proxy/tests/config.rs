@@ -556,3 +556,19 @@ fn peer_streaming_keys_are_for_an_object_store_and_validate_themselves() {
         assert!(!e.contains("short\""), "the secret in an error: {e}");
     }
 }
+
+#[test]
+fn connection_threads_default_to_the_shared_runtime_and_change_only_on_a_restart() {
+    let shared = parse(&format!("{REGISTRY}{RULE}")).unwrap();
+    assert_eq!(shared.connection_threads, 0, "off by default");
+    let threads = parse(&format!(
+        "[server]\nconnection_threads = 2\n{REGISTRY}{RULE}"
+    ))
+    .unwrap();
+    assert_eq!(threads.connection_threads, 2);
+    assert_eq!(
+        registry_proxy::reload::restart_only_changes(&shared, &threads),
+        vec!["[server]"]
+    );
+    assert!(registry_proxy::reload::restart_only_changes(&shared, &shared).is_empty());
+}
