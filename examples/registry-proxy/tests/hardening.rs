@@ -722,18 +722,28 @@ fn on_connection_threads_blobs_come_whole_cold_and_warm_under_the_same_cap() {
     let (head, body) = get(path);
     assert!(head.contains("x-cache: hit"), "{head}");
     assert!(body == content(71, size), "warm: whole and right");
-    // The cap counts connections on every thread.
-    let idle: Vec<TcpStream> = (0..3)
-        .map(|_| {
-            let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-            s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
-            let mut buf = [0u8; 12];
-            s.read_exact(&mut buf).unwrap();
-            assert_eq!(&buf, b"HTTP/1.1 200");
-            s
-        })
-        .collect();
+    // The cap counts connections on every thread. The server counts a
+    // connection out a moment after closing it: until the three before
+    // are counted out, one of these may be refused, so try again.
+    let open = || {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).ok()?;
+        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).ok()?;
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        Some(s)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let idle: Vec<TcpStream> = loop {
+        if let Some(all) = (0..3).map(|_| open()).collect::<Option<Vec<_>>>() {
+            break all;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "three connections under a cap of three"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let mut fourth = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
     let _ = fourth.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
     fourth
