@@ -10,10 +10,15 @@
 #   ROUNDS=8 scripts/bench-cold-ab.sh
 #   VARIANTS="ours dist MALLOC_ARENA_MAX=1" scripts/bench-cold-ab.sh
 #   VARIANTS="ours /tmp/registry-proxy-before" scripts/bench-cold-ab.sh
+#   CLIENTS=16 VARIANTS="ours server.connection_threads=2 dist" scripts/bench-cold-ab.sh
 #
 # A variant is `ours`, `dist`, NAME=VALUE: ours with that environment
-# variable set (a glibc tunable, say), or a path: another build of ours
-# (an earlier commit's, to compare two versions side by side). Needs docker-registry, curl, perf and
+# variable set (a glibc tunable, say), server.KEY=VALUE: ours with that
+# line in its config's [server] table, or a path: another build of ours
+# (an earlier commit's, to compare two versions side by side). CLIENTS=N
+# runs N curls at once for each cold blob (BENCHMARKS' 16 concurrent cold
+# GETs): first byte is then the earliest, total the latest, and peak RSS
+# the proxy's during all of them. Needs docker-registry, curl, perf and
 # python3 (Debian: docker-registry, curl, linux-perf, python3). Loopback
 # only; bounded: ROUNDS x variants GETs, each with curl's 60 s limit.
 set -euo pipefail
@@ -22,6 +27,7 @@ for bin in docker-registry curl perf python3; do
     command -v "$bin" >/dev/null || { echo "$bin is missing: apt-get install docker-registry curl linux-perf python3" >&2; exit 1; }
 done
 ROUNDS=${ROUNDS:-8}
+CLIENTS=${CLIENTS:-1}
 VARIANTS=${VARIANTS:-ours dist}
 . scripts/upstream-blob.sh
 start_upstream_with_blob
@@ -40,6 +46,7 @@ for i in $(seq "$ROUNDS"); do
             envs=(RUST_LOG=warn); bin=$BIN
             case "$v" in
                 ours) ;;
+                server.*=*) printf '[server]\n%s = %s\n' "${v%%=*}" "${v#*=}" | sed 's/^server\.//' >> "$D/proxy.toml" ;;
                 */*) bin=$v ;;
                 *) envs+=("$v") ;;
             esac
@@ -51,7 +58,13 @@ for i in $(seq "$ROUNDS"); do
         perf stat -e task-clock,context-switches,page-faults -p "$P" -o "$D/stat" 2>/dev/null & S=$!
         sleep 0.3
         cpu0=$(awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
-        t=$(curl -sS --max-time 60 -o /dev/null -w '%{time_starttransfer} %{time_total} %{size_download}' "http://$PX/v2/bench/big/blobs/$DG")
+        CURLS=()
+        for c in $(seq "$CLIENTS"); do
+            curl -sS --max-time 60 -o /dev/null -w '%{time_starttransfer} %{time_total} %{size_download}\n' "http://$PX/v2/bench/big/blobs/$DG" > "$D/curl.$c" & CURLS+=($!)
+        done
+        wait "${CURLS[@]}"
+        t=$(cat "$D"/curl.* | awk 'NR == 1 || $1 < f {f = $1} NR == 1 || $2 > l {l = $2} NR == 1 || $3 < s {s = $3} END {print f, l, s}')
+        rm -f "$D"/curl.*
         kill -INT "$S"; wait "$S" 2>/dev/null || true
         hwm=$(awk '/VmHWM/{print $2}' "/proc/$P/status")
         stat=$(awk '/task-clock/{c=$1} /context-switches/{s=$1} /page-faults/{f=$1} END{gsub(",","",c); gsub(",","",s); gsub(",","",f); print c, s, f}' "$D/stat")

@@ -21,6 +21,17 @@ pub use flights::{Aborted, Busy, Flight, Flights};
 pub trait Spawner: Send + Sync + fmt::Debug {
     /// Starts `fut`; it must run to completion even when nobody awaits it.
     fn spawn(&self, fut: BoxFuture<'static, ()>);
+
+    /// Starts `fut` as [`Spawner::spawn`] does, but where the caller runs
+    /// if the runtime has such a place (the caller's own thread or
+    /// runtime), so that a fetch runs beside the request that started it
+    /// and the readers on that thread take turns with it. The engine uses
+    /// it for a fetch a request starts and nothing else. `fut` may be
+    /// dropped unfinished if that place shuts down first; the engine then
+    /// fails the fetch's readers. The default is [`Spawner::spawn`].
+    fn spawn_near(&self, fut: BoxFuture<'static, ()>) {
+        self.spawn(fut)
+    }
 }
 
 /// Tells the time and sleeps.
@@ -35,6 +46,10 @@ pub trait Clock: Send + Sync + fmt::Debug {
 impl<T: Spawner + ?Sized> Spawner for std::sync::Arc<T> {
     fn spawn(&self, fut: BoxFuture<'static, ()>) {
         (**self).spawn(fut)
+    }
+
+    fn spawn_near(&self, fut: BoxFuture<'static, ()>) {
+        (**self).spawn_near(fut)
     }
 }
 
@@ -92,6 +107,17 @@ impl Spawner for TokioRuntime {
             None => {
                 tokio::spawn(fut);
             }
+        }
+    }
+
+    /// On the runtime the caller runs on (a connection thread's, say:
+    /// `server::ConnThreads`), else as [`Spawner::spawn`].
+    fn spawn_near(&self, fut: BoxFuture<'static, ()>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(fut);
+            }
+            Err(_) => self.spawn(fut),
         }
     }
 }

@@ -13,7 +13,7 @@ use cache_core::testing::{CommitFaults, FakeUpstream, Fault, ManualClock, PanicU
 use cache_core::{
     Accept, BlobBody, BlobStore, BlobStoreExt, ByteRange, CacheOptions, CacheStatus, Clock,
     ColdRanges, Digest, Error, ErrorCode, MaxImageSize, PlatformAllowList, PullThroughCache,
-    Reference, RepoName, RulePolicy, RuleSet, RuleSpec, Tag, TagFreshness, TagPage,
+    Reference, RepoName, RulePolicy, RuleSet, RuleSpec, Spawner, Tag, TagFreshness, TagPage,
 };
 use cache_store::{FsStore, MemoryStore, TokioRuntime};
 use futures::StreamExt;
@@ -41,6 +41,8 @@ struct Setup {
     real_time: bool,
     store: Option<Arc<dyn BlobStore>>,
     admission: Vec<Arc<dyn cache_core::Admission>>,
+    /// Tokio's on the test's runtime unless set.
+    spawner: Option<Arc<dyn Spawner>>,
 }
 
 impl Default for Setup {
@@ -56,6 +58,7 @@ impl Default for Setup {
             real_time: false,
             store: None,
             admission: Vec::new(),
+            spawner: None,
         }
     }
 }
@@ -79,7 +82,10 @@ fn env_with(s: Setup) -> Env {
     let mut b = PullThroughCache::builder()
         .rules(rules)
         .store(store.clone())
-        .spawner(TokioRuntime::current())
+        .spawner(
+            s.spawner
+                .unwrap_or_else(|| Arc::new(TokioRuntime::current())),
+        )
         .clock(clock)
         .upstream("up.example", up.clone())
         .upstream("private.example", private.clone())
@@ -576,6 +582,84 @@ async fn a_reader_dropped_after_one_byte_does_not_stop_the_fetch() {
         "the blob landed, verified"
     );
     assert_eq!(gets(&e.up), 1);
+}
+
+/// Spawns as tokio does, but a request's fetch (`spawn_near`) onto the
+/// runtime it holds, which the test shuts down; once it holds none, as
+/// tokio does.
+#[derive(Debug)]
+struct NearOn(std::sync::Mutex<Option<tokio::runtime::Handle>>);
+
+impl Spawner for NearOn {
+    fn spawn(&self, fut: futures::future::BoxFuture<'static, ()>) {
+        tokio::spawn(fut);
+    }
+
+    fn spawn_near(&self, fut: futures::future::BoxFuture<'static, ()>) {
+        match &*self.0.lock().unwrap() {
+            Some(h) => drop(h.spawn(fut)),
+            None => drop(tokio::spawn(fut)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_whose_runtime_shuts_down_fails_its_readers_and_the_next_request_fetches_again() {
+    let near = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let spawner = Arc::new(NearOn(std::sync::Mutex::new(Some(near.handle().clone()))));
+    let e = env_with(Setup {
+        real_time: true,
+        spawner: Some(spawner.clone()),
+        ..Setup::default()
+    });
+    let layer = content(10, 2 * 1024 * 1024);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    e.up.fail_next_blob(Fault::Drip {
+        chunk: 64 * 1024,
+        delay: Duration::from_millis(20),
+    });
+    let r = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
+    let mut s = r.body.into_stream();
+    let first = s.next().await.unwrap().unwrap();
+    assert!(!first.is_empty() && first.len() < layer.len());
+    // The fetch's runtime goes away mid-transfer, its task with it.
+    near.shutdown_background();
+    let (_, err) = tokio::time::timeout(Duration::from_secs(5), drain(s))
+        .await
+        .expect("the reader is told, not left waiting");
+    let err = err.expect("an unfinished fetch never completes a response");
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+    assert_eq!(
+        e.cache.inflight(),
+        0,
+        "nobody joins a fetch that no longer runs"
+    );
+    // A fetch spawned onto the dead runtime is dropped before it ever
+    // runs: its reader is told too.
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        e.cache.blob(&n("library/app"), &d, None),
+    )
+    .await
+    .expect("the reader is told, not left waiting")
+    .expect_err("a fetch that never ran serves nothing");
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+    assert_eq!(e.cache.inflight(), 0);
+    assert!(
+        e.store.stat(&d).await.unwrap().is_none(),
+        "nothing is stored"
+    );
+    assert_eq!(gets(&e.up), 1, "the fetch that never ran asked no upstream");
+    // On a live runtime the next request fetches the blob whole.
+    *spawner.0.lock().unwrap() = None;
+    let (got, err) = pull(&e, "library/app", &d).await;
+    assert!(err.is_none(), "{err:?}");
+    assert!(got == layer, "the blob, whole");
+    assert_eq!(gets(&e.up), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

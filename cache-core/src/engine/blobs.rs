@@ -111,7 +111,7 @@ impl PullThroughCache {
                 registry: Arc::from(ctx.rule.registry().as_str()),
                 slot,
             };
-            inner.spawner.spawn(job.run().boxed());
+            inner.spawner.spawn_near(job.run().boxed());
         } else if !entitled && !fetch.is_entitled(name) {
             // Another repository started this fetch: ours must vouch too.
             self.vouch(&ctx, digest, ungranted).await?;

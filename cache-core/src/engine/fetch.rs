@@ -610,6 +610,28 @@ impl Progress {
 }
 
 /// Everything the leader needs, owned, so it can run detached.
+/// Fails a fetch whose job was dropped before it published an outcome.
+struct Unfinished(Arc<Fetch>, Arc<Inner>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Unfinished(fetch, inner) = self;
+        if fetch.lock().outcome.is_some() {
+            return;
+        }
+        // Out of the in-flight set before its readers hear of it.
+        inner.finish_fetch(fetch);
+        fetch.update(|s| {
+            s.outcome.get_or_insert_with(|| {
+                Outcome::Failed(Error::unavailable(
+                    format!("the fetch of {} stopped unfinished; retry", fetch.digest),
+                    None,
+                ))
+            });
+        });
+    }
+}
+
 pub(crate) struct Job {
     pub(crate) inner: Arc<Inner>,
     pub(crate) fetch: Arc<Fetch>,
@@ -622,8 +644,19 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    /// Runs the fetch to its end and publishes the outcome.
-    pub(crate) async fn run(self) {
+    /// Runs the fetch to its end and publishes the outcome. Dropped
+    /// unfinished, even before its first poll (its runtime shut down), it
+    /// fails its readers and leaves the in-flight set, so no later request
+    /// joins a fetch nobody runs.
+    pub(crate) fn run(self) -> impl Future<Output = ()> + Send + 'static {
+        let unfinished = Unfinished(self.fetch.clone(), self.inner.clone());
+        async move {
+            self.run_to_end().await;
+            drop(unfinished);
+        }
+    }
+
+    async fn run_to_end(self) {
         let inner = self.inner.clone();
         let limit = inner.opts.fetch_timeout;
         let outcome = match timeout(&*inner.clock, limit, self.transfer()).await {
