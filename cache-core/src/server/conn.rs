@@ -330,10 +330,13 @@ pub async fn serve_connections_on<S, B>(
 /// On a small machine under many small requests this makes a warm
 /// request cheaper: with a work-stealing runtime, readiness found by one
 /// worker wakes another, a seventh of a small request's CPU here
-/// (BENCHMARKS.md, "Warm small requests"). The other side: a response
-/// fed by a task on another runtime (a fetch many clients share) has its
-/// connection's task woken across threads for each piece, which costs
-/// more than on one work-stealing runtime.
+/// (BENCHMARKS.md, "Warm small requests"). A fetch a request starts runs
+/// on that request's thread too (the engine spawns it with
+/// [`Spawner::spawn_near`](crate::Spawner::spawn_near), which
+/// `TokioRuntime` does on the caller's runtime), so the readers there take
+/// turns with it; had it run on another runtime, it would run ahead of
+/// readers slowed by their sends, and push them out of its window onto
+/// reading the staged file (BENCHMARKS.md, "Issue 21's targets").
 #[derive(Debug)]
 pub struct ConnThreads {
     threads: Vec<ConnThread>,

@@ -558,17 +558,18 @@ fn peer_streaming_keys_are_for_an_object_store_and_validate_themselves() {
 }
 
 #[test]
-fn connection_threads_default_to_the_shared_runtime_and_change_only_on_a_restart() {
-    let shared = parse(&format!("{REGISTRY}{RULE}")).unwrap();
-    assert_eq!(shared.connection_threads, 0, "off by default");
-    let threads = parse(&format!(
-        "[server]\nconnection_threads = 2\n{REGISTRY}{RULE}"
+fn connection_threads_default_to_one_per_core_and_change_only_on_a_restart() {
+    let default = parse(&format!("{REGISTRY}{RULE}")).unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(default.connection_threads, cores.min(256), "one per core");
+    let shared = parse(&format!(
+        "[server]\nconnection_threads = 0\n{REGISTRY}{RULE}"
     ))
     .unwrap();
-    assert_eq!(threads.connection_threads, 2);
+    assert_eq!(shared.connection_threads, 0, "0: the shared runtime");
     assert_eq!(
-        registry_proxy::reload::restart_only_changes(&shared, &threads),
+        registry_proxy::reload::restart_only_changes(&shared, &default),
         vec!["[server]"]
     );
-    assert!(registry_proxy::reload::restart_only_changes(&shared, &shared).is_empty());
+    assert!(registry_proxy::reload::restart_only_changes(&default, &default).is_empty());
 }

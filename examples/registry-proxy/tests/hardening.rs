@@ -680,15 +680,25 @@ fn idle_http2_connections_are_closed_and_connections_are_capped() {
 }
 
 #[test]
-fn on_connection_threads_blobs_come_whole_cold_and_warm_under_the_same_cap() {
+fn on_connection_threads_and_on_the_shared_runtime_blobs_come_whole_cold_and_warm_under_the_same_cap()
+ {
+    // Two threads of their own (the default on two cores) and 0: the shared runtime.
+    for (threads, seed) in [(2, 71), (0, 72)] {
+        blobs_come_whole_cold_and_warm_under_the_same_cap(threads, seed);
+    }
+}
+
+fn blobs_come_whole_cold_and_warm_under_the_same_cap(threads: usize, seed: u64) {
     let up = HostileRegistry::start("127.0.0.1");
     let size = 3 << 20;
-    let d = up.add_blob(content(71, size));
+    let d = up.add_blob(content(seed, size));
     // Slow enough that both clients read the one fetch as it goes.
     up.set_rate(Some(8 << 20));
     let proxy = proxy_for(
         &up,
-        "\n[server]\nconnection_threads = 2\nmax_connections = 3\nidle_timeout = \"3s\"\n",
+        &format!(
+            "\n[server]\nconnection_threads = {threads}\nmax_connections = 3\nidle_timeout = \"3s\"\n"
+        ),
     );
     let (port, path) = (proxy.port, format!("/v2/library/app/blobs/{d}"));
     let get = move |path: String| {
@@ -702,8 +712,9 @@ fn on_connection_threads_blobs_come_whole_cold_and_warm_under_the_same_cap() {
         assert!(head.starts_with("HTTP/1.0 200"), "{head}");
         (head, all[split + 4..].to_vec())
     };
-    // Cold (streamed from the fetch on the shared runtime), then warm
-    // (sent from the file), by clients on both threads at once.
+    // Cold (streamed from the fetch, which runs beside the request that
+    // started it), then warm (sent from the file), by two clients at once:
+    // on both threads, when connections have threads of their own.
     let both: Vec<_> = (0..2)
         .map(|_| {
             let path = path.clone();
@@ -712,7 +723,10 @@ fn on_connection_threads_blobs_come_whole_cold_and_warm_under_the_same_cap() {
         .collect();
     for h in both {
         let (_, body) = h.join().unwrap();
-        assert!(body == content(71, size), "cold: whole and right");
+        assert!(
+            body == content(seed, size),
+            "cold, {threads} threads: whole and right"
+        );
     }
     assert_eq!(
         up.requests("GET", &format!("/blobs/{d}")),
@@ -721,7 +735,10 @@ fn on_connection_threads_blobs_come_whole_cold_and_warm_under_the_same_cap() {
     );
     let (head, body) = get(path);
     assert!(head.contains("x-cache: hit"), "{head}");
-    assert!(body == content(71, size), "warm: whole and right");
+    assert!(
+        body == content(seed, size),
+        "warm, {threads} threads: whole and right"
+    );
     // The cap counts connections on every thread. The server counts a
     // connection out a moment after closing it: until the three before
     // are counted out, one of these may be refused, so try again.
@@ -740,7 +757,7 @@ fn on_connection_threads_blobs_come_whole_cold_and_warm_under_the_same_cap() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "three connections under a cap of three"
+            "three connections under a cap of three ({threads} threads)"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -751,7 +768,10 @@ fn on_connection_threads_blobs_come_whole_cold_and_warm_under_the_same_cap() {
         .unwrap();
     let mut answer = Vec::new();
     let _ = fourth.read_to_end(&mut answer);
-    assert!(answer.is_empty(), "over the cap: closed without an answer");
+    assert!(
+        answer.is_empty(),
+        "over the cap, {threads} threads: closed without an answer"
+    );
     drop(idle);
 }
 

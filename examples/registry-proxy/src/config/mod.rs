@@ -86,7 +86,8 @@ pub struct Config {
     /// Connection cap.
     pub max_connections: usize,
     /// Threads serving client connections, each with a single-threaded
-    /// runtime (`0`, the default: the shared runtime's workers serve them).
+    /// runtime (one per core by default; `0`: the shared runtime's
+    /// workers serve them).
     pub connection_threads: usize,
     /// Shutdown grace.
     pub shutdown_grace: Duration,

@@ -73,15 +73,17 @@ pub(super) fn settings(mut table: toml::Table) -> Result<(Settings, toml::Table)
 /// Threads serving client connections, at most this many.
 const MAX_CONNECTION_THREADS: usize = 256;
 
-/// `connection_threads`: by default `0`, connections on the shared
-/// runtime's workers; `N` serves them on `N` threads of their own
-/// (`cache_core::server::ConnThreads`). Threads serve small requests for
-/// less CPU, but many clients of one cold blob are slower on them (their
-/// readers are woken across threads, by the fetch on the shared runtime):
-/// BENCHMARKS.md, "Warm small requests".
+/// `connection_threads`: by default one per core (at most
+/// [`MAX_CONNECTION_THREADS`]), each serving its connections on a runtime
+/// of its own (`cache_core::server::ConnThreads`), with the fetches their
+/// requests start; `0` serves connections on the shared runtime's
+/// workers. Threads serve small requests for less CPU, and a cold blob's
+/// fetch runs beside its readers: BENCHMARKS.md, "Warm small requests".
 fn connection_threads(set: Option<usize>) -> Result<usize> {
     match set {
-        None => Ok(0),
+        None => Ok(std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_CONNECTION_THREADS)),
         Some(n) if n <= MAX_CONNECTION_THREADS => Ok(n),
         Some(n) => err(format!(
             "connection_threads = {n}: at most {MAX_CONNECTION_THREADS} (0 serves on the shared runtime)"
