@@ -70,21 +70,29 @@ impl<T: Clock + ?Sized> Clock for std::sync::Arc<T> {
 pub struct TokioRuntime {
     /// `None`: the runtime each spawn is called from.
     handle: Option<tokio::runtime::Handle>,
+    /// Whether [`Spawner::spawn_near`] also goes to `handle`, rather than
+    /// to the runtime it is called from.
+    pinned: bool,
 }
 
 #[cfg(feature = "tokio")]
 impl TokioRuntime {
     /// The runtime this is called from. Panics outside a tokio runtime.
+    /// [`Spawner::spawn_near`] spawns on the runtime *it* is called from
+    /// (a connection thread's, with `server::ConnThreads`), falling back
+    /// to this one.
     pub fn current() -> Self {
         TokioRuntime {
             handle: Some(tokio::runtime::Handle::current()),
+            pinned: false,
         }
     }
 
-    /// A specific runtime.
+    /// A specific runtime, for every spawn ([`Spawner::spawn_near`] too).
     pub fn with_handle(handle: tokio::runtime::Handle) -> Self {
         TokioRuntime {
             handle: Some(handle),
+            pinned: true,
         }
     }
 
@@ -92,7 +100,10 @@ impl TokioRuntime {
     /// panics outside one): a value that can be made before any runtime
     /// exists, for a default that is only used on one.
     pub fn ambient() -> Self {
-        TokioRuntime { handle: None }
+        TokioRuntime {
+            handle: None,
+            pinned: false,
+        }
     }
 }
 
@@ -111,13 +122,14 @@ impl Spawner for TokioRuntime {
     }
 
     /// On the runtime the caller runs on (a connection thread's, say:
-    /// `server::ConnThreads`), else as [`Spawner::spawn`].
+    /// `server::ConnThreads`), else as [`Spawner::spawn`]; made with
+    /// [`TokioRuntime::with_handle`], always as [`Spawner::spawn`].
     fn spawn_near(&self, fut: BoxFuture<'static, ()>) {
         match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
+            Ok(h) if !self.pinned => {
                 h.spawn(fut);
             }
-            Err(_) => self.spawn(fut),
+            _ => self.spawn(fut),
         }
     }
 }
@@ -175,6 +187,44 @@ pub async fn timeout<F: Future>(clock: &dyn Clock, d: Duration, fut: F) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where `rt` runs a future given to `spawn_near` from a task on a
+    /// runtime whose threads are named `caller`: the thread's name.
+    #[cfg(feature = "tokio")]
+    fn spawned_near_on(rt: TokioRuntime) -> String {
+        use futures::FutureExt;
+        let caller = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("caller")
+            .build()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        caller.spawn(async move {
+            rt.spawn_near(
+                async move {
+                    let name = std::thread::current().name().map(str::to_owned);
+                    let _ = tx.send(name.unwrap_or_default());
+                }
+                .boxed(),
+            );
+        });
+        rx.recv_timeout(Duration::from_secs(5)).unwrap()
+    }
+
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn spawn_near_runs_on_the_callers_runtime_unless_pinned_to_one() {
+        let own = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("own")
+            .build()
+            .unwrap();
+        let current = own.block_on(async { TokioRuntime::current() });
+        assert_eq!(spawned_near_on(current), "caller");
+        assert_eq!(spawned_near_on(TokioRuntime::ambient()), "caller");
+        let pinned = TokioRuntime::with_handle(own.handle().clone());
+        assert_eq!(spawned_near_on(pinned), "own", "with_handle: there");
+    }
 
     #[test]
     fn times_are_rfc3339_in_utc() {
