@@ -609,7 +609,6 @@ impl Progress {
     }
 }
 
-/// Everything the leader needs, owned, so it can run detached.
 /// Fails a fetch whose job was dropped before it published an outcome.
 struct Unfinished(Arc<Fetch>, Arc<Inner>);
 
@@ -632,6 +631,7 @@ impl Drop for Unfinished {
     }
 }
 
+/// Everything the leader needs, owned, so it can run detached.
 pub(crate) struct Job {
     pub(crate) inner: Arc<Inner>,
     pub(crate) fetch: Arc<Fetch>,
