@@ -285,9 +285,11 @@ pub async fn serve_connections<S, B>(
 /// The threads stop when this returns.
 ///
 /// What a request spawns runs on its connection's thread too (a
-/// `tokio::spawn`, a `spawn_blocking`); work that should not hold up the
-/// other connections there (a long fetch, a large computation) belongs on
-/// a runtime of its own, such as the engine's spawner.
+/// `tokio::spawn`, a `spawn_blocking`, and the engine's fetches, which
+/// it starts with [`Spawner::spawn_near`](crate::Spawner::spawn_near)):
+/// async work takes turns with the other connections there, so work that
+/// would hold the thread (a large computation) belongs on a blocking
+/// thread or a runtime of its own.
 ///
 /// ```no_run
 /// # async fn run(cache: cache_core::PullThroughCache) -> std::io::Result<()> {

@@ -317,7 +317,6 @@ impl EventSink for Metrics {
     }
 }
 
-/// The method label: one of a fixed few, whatever the client sent.
 /// Handles on the first [`HOT_SLOTS`] series of a family a request
 /// counts in, so that counting one of them is an atomic add: every
 /// request counts in two families, and their lock and hash were a visible
@@ -358,6 +357,7 @@ where
     }
 }
 
+/// The method label: one of a fixed few, whatever the client sent.
 fn method_label(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
