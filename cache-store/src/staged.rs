@@ -75,6 +75,33 @@ pub(crate) fn void(digest: &Digest) -> Error {
     )
 }
 
+/// How far ahead of a spool's writes its file is allocated.
+const RESERVE_AHEAD: u64 = 32 * 1024 * 1024;
+
+/// Allocates bytes `from..to` of `file` without changing its length, so
+/// the writes that fill them find their blocks allocated: on ext4, about
+/// a third less CPU per byte written than allocating block by block
+/// (BENCHMARKS.md, Issue 21's ninth stop).
+/// Only an optimisation: a filesystem that cannot, or a full disk, leaves
+/// the writes to allocate (and fail) as they would have.
+fn reserve(file: &File, from: u64, to: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        if let (Ok(off), Ok(len)) = (
+            libc::off_t::try_from(from),
+            libc::off_t::try_from(to - from),
+        ) {
+            // SAFETY: fallocate only reads its integer arguments; the
+            // descriptor is the open file's, borrowed for the call.
+            let _ =
+                unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, off, len) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, from, to);
+}
+
 /// The file a staged write spools to: the staging file itself, or a
 /// wrapper that also counts it.
 pub(crate) trait SpoolFile: Send + Sync + 'static {
@@ -103,6 +130,9 @@ pub(crate) struct HashingSpool<S> {
     /// or once the spool was verified.
     hasher: Option<Hasher>,
     written: u64,
+    /// Bytes of the file allocated ahead of the writes so far (see
+    /// [`reserve`]): never past the announced size.
+    reserved: u64,
     /// The bytes written hashed to the digest and had the announced size;
     /// nothing may be written since.
     verified: bool,
@@ -118,6 +148,7 @@ impl<S: SpoolFile> HashingSpool<S> {
             what,
             hasher: Some(digest.algorithm().hasher()),
             written: 0,
+            reserved: 0,
             verified: false,
         }
     }
@@ -153,7 +184,22 @@ impl<S: SpoolFile> HashingSpool<S> {
         }
         let mut hasher = self.hasher.take().ok_or_else(|| void(&self.digest))?;
         let (file, what) = (self.file.clone(), self.what.clone());
+        // Allocate the announced size a step ahead of the writes, never
+        // past it: an upstream that claims a huge blob reserves no more
+        // disk than it has sent plus one step.
+        let ahead = match self.size {
+            Some(size) if new_len > self.reserved => {
+                let to = size.min(new_len.saturating_add(RESERVE_AHEAD));
+                let from = self.reserved;
+                self.reserved = to;
+                Some((from, to))
+            }
+            _ => None,
+        };
         let hasher = blocking(move || {
+            if let Some((from, to)) = ahead {
+                reserve(file.file(), from, to);
+            }
             let mut f = file.file();
             for c in &chunks {
                 f.write_all(c).map_err(|e| io_err("write", &what, e))?;
@@ -179,5 +225,59 @@ impl<S: SpoolFile> HashingSpool<S> {
         verify(&self.digest, self.size, self.written, hasher)?;
         self.verified = true;
         Ok(())
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    /// Bytes the file has allocated on disk.
+    fn allocated(f: &File) -> u64 {
+        f.metadata().unwrap().blocks() * 512
+    }
+
+    async fn spool_of(size: u64) -> (tempfile::TempDir, Arc<File>, HashingSpool<File>) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(File::create(dir.path().join("spool")).unwrap());
+        let d = Digest::sha256_of(b"never verified here");
+        let spool = HashingSpool::new(&d, Some(size), file.clone(), "spool".into());
+        (dir, file, spool)
+    }
+
+    #[tokio::test]
+    async fn a_spool_allocates_one_step_ahead_of_its_writes_and_never_past_the_announced_size() {
+        // An upstream that announces 10 GiB and has sent 1 MiB reserves
+        // that and one step, not 10 GiB.
+        let (_dir, file, mut spool) = spool_of(10 * 1024 * MIB).await;
+        spool
+            .write_chunks(vec![Bytes::from(vec![7u8; MIB as usize])])
+            .await
+            .unwrap();
+        assert_eq!(
+            file.metadata().unwrap().len(),
+            MIB,
+            "the length is what was written"
+        );
+        let held = allocated(&file);
+        assert!(
+            (MIB + RESERVE_AHEAD..=2 * MIB + RESERVE_AHEAD).contains(&held),
+            "{held} bytes allocated after 1 MiB written of 10 GiB announced"
+        );
+        // A small blob: its announced size, no more.
+        let (_dir, file, mut spool) = spool_of(3 * MIB).await;
+        spool
+            .write_chunks(vec![Bytes::from(vec![7u8; MIB as usize])])
+            .await
+            .unwrap();
+        let held = allocated(&file);
+        assert!(
+            (3 * MIB..3 * MIB + 64 * 1024).contains(&held),
+            "{held} bytes allocated for a 3 MiB blob"
+        );
     }
 }
