@@ -517,6 +517,51 @@ async fn readers_have_a_batch_while_the_store_still_writes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiving_runs_ahead_of_a_held_store_write_by_about_the_window_and_no_further() {
+    let (window, batch) = (1024 * 1024, 64 * 1024);
+    let (store, e) = env_with_faults(CacheOptions {
+        follow_window: window,
+        write_batch: batch,
+        stall_timeout: Duration::from_secs(30),
+        ..CacheOptions::default()
+    });
+    let layer = content(11, 8 * 1024 * 1024);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    store.hold_writes();
+    let r = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
+    let mut s = r.body.into_stream();
+    let held = store.clone();
+    wait_until(move || held.writes_waiting() == 1).await;
+    let mut got = Vec::new();
+    while let Ok(c) = tokio::time::timeout(Duration::from_millis(300), s.next()).await {
+        got.extend_from_slice(&c.expect("the stream goes on").unwrap());
+    }
+    // The store writes nothing, yet readers have far more than the batch
+    // it holds: receiving does not wait for each write.
+    assert!(
+        got.len() >= window / 2,
+        "only {} bytes reached the reader while the store held one write",
+        got.len()
+    );
+    // Nor does it run further ahead than the window: memory stays bounded
+    // however slow the store.
+    assert!(
+        got.len() <= window + batch,
+        "{} bytes received past a held write of a {window}-byte window",
+        got.len()
+    );
+    assert_eq!(store.writes_waiting(), 1, "one write at a time");
+    store.release_writes();
+    let (rest, err) = drain(s).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!([got, rest].concat(), layer);
+    let cache = e.cache.clone();
+    wait_until(move || cache.inflight() == 0).await;
+    assert_eq!(e.store.get_bytes(&d).await.unwrap(), layer);
+    assert_eq!(gets(&e.up), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_past_the_window_waits_for_the_store_and_is_woken_by_its_write() {
     let (store, e) = env_with_faults(CacheOptions {
         // Nothing stays in the window: readers read what the store wrote.

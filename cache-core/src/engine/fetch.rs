@@ -990,95 +990,120 @@ impl Job {
             _ => opts.stall_timeout,
         };
         let w = p.staged.as_mut().expect("staged above");
-        // A source that ignores Range restarts at 0: skip what we have.
-        let mut skip = written - read.range.start;
-        let mut stream = read.stream;
-        let mut next = next_batch(&mut stream, &*inner.clock, opts, stall).await;
-        // A stall, an error or an early end all end this loop; the caller
-        // then resumes while its budget lasts.
-        while let Batch::Data {
-            chunks: batch,
-            bytes,
-            ended,
-        } = next
-        {
-            match src {
-                Source::Upstream => inner.events.event(&Event::BytesFromUpstream(bytes as u64)),
-                Source::Peer(_) => inner.events.event(&Event::BytesFromPeer(bytes as u64)),
-                Source::Store => {}
-            }
-            let mut chunks = Vec::with_capacity(batch.len());
-            for mut c in batch {
-                if skip > 0 {
-                    let n = skip.min(c.len() as u64);
-                    skip -= n;
-                    c = c.slice(n as usize..);
+        // Two loops joined: one receives, hands each batch to the readers
+        // at once and queues it for the store; the other writes whatever
+        // is queued. The store's writer need not wait for this task to
+        // come round to receiving the next batch. Receiving runs ahead of
+        // the store by about the window, bytes the window holds anyway:
+        // half of it in one write, the rest queued (the channel's slots,
+        // its sender's own slot, and the batch waiting to go in).
+        let batch = opts.write_batch.max(1);
+        let half = (opts.follow_window / 2).max(batch);
+        let depth = (half / batch).saturating_sub(2).max(1);
+        let (mut queue, mut queued) = futures::channel::mpsc::channel::<Vec<Bytes>>(depth);
+        let start = written;
+        let receive = async move {
+            // A source that ignores Range restarts at 0: skip what we have.
+            let mut skip = written - read.range.start;
+            let mut stream = read.stream;
+            let mut received = start;
+            // A stall, an error or an early end all end this loop; the
+            // caller then resumes while its budget lasts.
+            while let Batch::Data {
+                chunks: batch,
+                bytes,
+                ended,
+            } = next_batch(&mut stream, &*inner.clock, opts, stall).await
+            {
+                match src {
+                    Source::Upstream => inner.events.event(&Event::BytesFromUpstream(bytes as u64)),
+                    Source::Peer(_) => inner.events.event(&Event::BytesFromPeer(bytes as u64)),
+                    Source::Store => {}
                 }
-                if !c.is_empty() {
-                    chunks.push(c);
+                let mut chunks = Vec::with_capacity(batch.len());
+                for mut c in batch {
+                    if skip > 0 {
+                        let n = skip.min(c.len() as u64);
+                        skip -= n;
+                        c = c.slice(n as usize..);
+                    }
+                    if !c.is_empty() {
+                        chunks.push(c);
+                    }
                 }
-            }
-            if chunks.len() > 1 && bytes / chunks.len() < COALESCE_BELOW {
-                // One copy here, shared by every reader, buys large
-                // zero-copy slices for them and one write to the store.
-                let mut b = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-                for c in &chunks {
-                    b.extend_from_slice(c);
+                if chunks.len() > 1 && bytes / chunks.len() < COALESCE_BELOW {
+                    // One copy here, shared by every reader, buys large
+                    // zero-copy slices for them and one write to the store.
+                    let mut b = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+                    for c in &chunks {
+                        b.extend_from_slice(c);
+                    }
+                    chunks = vec![b.freeze()];
                 }
-                chunks = vec![b.freeze()];
-            }
-            // Write this batch while the next one arrives: hashing and
-            // writing on one core, receiving on the other.
-            let receive = async {
+                if !chunks.is_empty() {
+                    // Readers have the batch at once, before the store
+                    // hashes and writes it: their sends need not wait for
+                    // the disk. The last byte of a span still waits for
+                    // verification, so nothing here completes a response.
+                    let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                    received += len;
+                    let within = received <= size;
+                    if within {
+                        let window = opts.follow_window;
+                        self.fetch.update(|s| {
+                            for c in chunks.iter().cloned() {
+                                let len = c.len();
+                                s.recent.push_back((s.written, c));
+                                s.written += len as u64;
+                                s.recent_bytes += len;
+                            }
+                            while s.recent_bytes > window {
+                                match s.recent.pop_front() {
+                                    Some((_, old)) => s.recent_bytes -= old.len(),
+                                    None => break,
+                                }
+                            }
+                        });
+                    }
+                    // Past the announced size the store's write fails and
+                    // voids the fetch: such bytes went to no reader. A
+                    // closed queue: the store failed, and says why below.
+                    if futures::SinkExt::send(&mut queue, chunks).await.is_err() || !within {
+                        break;
+                    }
+                }
                 if ended {
-                    Batch::Stop
-                } else {
-                    next_batch(&mut stream, &*inner.clock, opts, stall).await
+                    break;
                 }
-            };
-            if chunks.is_empty() {
-                next = receive.await;
-                continue;
             }
-            // Readers have the batch at once, while the store hashes and
-            // writes it: their sends need not wait for the disk. The last
-            // byte of a span still waits for verification, so nothing here
-            // completes a response. Past the announced size, the write
-            // below fails and voids the fetch: such bytes go to no reader.
-            let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-            let staged = p.written + len;
-            if staged <= size {
-                let window = opts.follow_window;
-                self.fetch.update(|s| {
-                    for c in chunks.iter().cloned() {
-                        let len = c.len();
-                        s.recent.push_back((s.written, c));
-                        s.written += len as u64;
-                        s.recent_bytes += len;
-                    }
-                    while s.recent_bytes > window {
-                        match s.recent.pop_front() {
-                            Some((_, old)) => s.recent_bytes -= old.len(),
-                            None => break,
+        };
+        let write = async {
+            let mut stored = start;
+            while let Some(mut chunks) = queued.next().await {
+                // Whatever else is queued goes in the same write, up to
+                // half the window: a writer that fell behind catches up in
+                // fewer, larger steps.
+                let mut bytes: usize = chunks.iter().map(Bytes::len).sum();
+                while bytes < half {
+                    match queued.try_recv() {
+                        Ok(more) => {
+                            bytes += more.iter().map(Bytes::len).sum::<usize>();
+                            chunks.extend(more);
                         }
+                        _ => break,
                     }
-                });
-            }
-            let write = async {
-                let wrote = w.write_chunks(chunks).await;
-                if wrote.is_ok() {
-                    // Readers behind the window need not wait for the next
-                    // batch from a slow upstream.
-                    self.fetch.staged_to(staged);
                 }
-                wrote
-            };
-            let (wrote, following) = futures::future::join(write, receive).await;
-            // Overflow past the announced size fails here: the write is void.
-            wrote?;
-            p.written = staged;
-            next = following;
-        }
+                // Overflow past the announced size fails here: the write is void.
+                w.write_chunks(chunks).await?;
+                stored += bytes as u64;
+                // Readers behind the window need not wait for the next
+                // batch from a slow upstream.
+                self.fetch.staged_to(stored);
+            }
+            Ok::<_, Error>(stored)
+        };
+        let ((), stored) = futures::future::try_join(receive.map(Ok), write).await?;
+        p.written = stored;
         Ok(())
     }
 

@@ -90,10 +90,11 @@ pub struct CacheOptions {
     /// Size of the pieces a blob is read from the store in, for readers
     /// that fell behind a fetch (default 256 KiB).
     pub read_chunk: usize,
-    /// The most a fetch gathers from its upstream into one store write,
-    /// which its readers get as one step (default 512 KiB). Each step costs
-    /// a hand-off between threads, so larger batches spend less CPU per
-    /// byte; a fetch holds about two batches in memory.
+    /// The most a fetch gathers from its upstream at a time, which its
+    /// readers get as one step and the store writes (default 512 KiB; a
+    /// store that fell behind writes several at once, up to half of
+    /// `follow_window`). Each step costs a hand-off between threads, so
+    /// larger batches spend less CPU per byte.
     pub write_batch: usize,
     /// Blob transfers running at once per upstream registry (default 32).
     pub max_concurrent_fetches: usize,
@@ -113,7 +114,8 @@ pub struct CacheOptions {
     pub revalidate_window: Duration,
     /// Bytes of the latest upstream chunks each fetch keeps in memory for
     /// its readers to share without copying (default 4 MiB); readers that
-    /// fall further behind read the staged file.
+    /// fall further behind read the staged file. Receiving runs ahead of
+    /// the store's writes by at most about this much (the same bytes).
     pub follow_window: usize,
     /// Memory for small stored content (manifests, config blobs) served
     /// without asking the store (default 32 MiB; 0 turns the warm-path
