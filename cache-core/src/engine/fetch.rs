@@ -997,9 +997,9 @@ impl Job {
         // the store by about the window, bytes the window holds anyway:
         // half of it in one write, the rest queued (the channel's slots,
         // its sender's own slot, and the batch waiting to go in).
-        let batch = opts.write_batch.max(1);
-        let half = (opts.follow_window / 2).max(batch);
-        let depth = (half / batch).saturating_sub(2).max(1);
+        let step = opts.write_batch.max(1);
+        let half = (opts.follow_window / 2).max(step);
+        let depth = (half / step).saturating_sub(2).max(1);
         let (mut queue, mut queued) = futures::channel::mpsc::channel::<Vec<Bytes>>(depth);
         let start = written;
         let receive = async move {
