@@ -562,39 +562,44 @@ async fn receiving_runs_ahead_of_a_held_store_write_by_about_the_window_and_no_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_past_the_window_waits_for_the_store_and_is_woken_by_its_write() {
+async fn bytes_leave_the_window_only_once_the_store_wrote_them_so_no_reader_waits_for_it() {
     let (store, e) = env_with_faults(CacheOptions {
-        // Nothing stays in the window: readers read what the store wrote.
+        // The window keeps nothing for its own sake: only what the store
+        // has not written yet stays in memory.
         follow_window: 1,
         stall_timeout: Duration::from_secs(30),
         ..CacheOptions::default()
     });
-    let layer = content(10, 128 * 1024);
+    let layer = content(10, 192 * 1024);
     let d = e.up.add_blob(&n("library/app"), layer.clone());
-    // Two chunks, the second long after the first: only the store's write
-    // of the first can wake the reader in between.
+    // Three chunks, long apart, so each is its own write.
     e.up.fail_next_blob(Fault::Drip {
         chunk: 64 * 1024,
-        delay: Duration::from_secs(4),
+        delay: Duration::from_secs(2),
     });
     store.hold_writes();
     let r = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
     let mut s = r.body.into_stream();
     let held = store.clone();
     wait_until(move || held.writes_waiting() == 1).await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), s.next())
-            .await
-            .is_err(),
-        "bytes that left the window wait for the store"
-    );
-    store.release_writes();
-    let first = tokio::time::timeout(Duration::from_secs(2), s.next())
+    // Past the one-byte window, and not in the file: still in memory.
+    let first = tokio::time::timeout(Duration::from_millis(500), s.next())
         .await
-        .expect("the store's write wakes the reader, before the next chunk arrives")
+        .expect("a chunk the store has not written is still in the window")
         .unwrap()
         .unwrap();
     assert_eq!(first, layer[..first.len()]);
+    // Written, the chunk leaves memory: a reader that starts now reads
+    // it from the file, at once, while the next chunk is on its way.
+    store.release_writes();
+    let cache = e.cache.clone();
+    let late = tokio::time::timeout(Duration::from_millis(1500), async move {
+        let r = cache.blob(&n("library/app"), &d, None).await.unwrap();
+        r.body.into_stream().next().await.unwrap().unwrap()
+    })
+    .await
+    .expect("a late reader has the first chunk before the next arrives");
+    assert_eq!(late, layer[..64 * 1024]);
     let (rest, err) = drain(s).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!([first.to_vec(), rest].concat(), layer);

@@ -54,13 +54,11 @@ struct State {
     /// Bytes the store has written so far, readable through `reader`: never
     /// past `written`.
     staged: u64,
-    /// A reader waits for `staged` to reach bytes that already left the
-    /// window: wake it when the store catches up (readers that only wait
-    /// for new bytes are not woken then).
-    staged_wanted: bool,
-    /// The most recently received chunks (offset, bytes), at most
-    /// `follow_window` bytes: readers that keep up take zero-copy slices of
-    /// these; readers that fall behind read the staged file.
+    /// The most recently received chunks (offset, bytes): the last
+    /// `follow_window` bytes, and any before them the store has not written
+    /// yet (which its write queue holds anyway). Readers that keep up take
+    /// zero-copy slices of these; readers that fall behind read the staged
+    /// file, which always has what left the window.
     recent: VecDeque<(u64, Bytes)>,
     recent_bytes: usize,
     total: Option<u64>,
@@ -87,6 +85,20 @@ impl State {
         let from = (pos - off) as usize;
         let to = ((end - off) as usize).min(b.len());
         (from < to).then(|| b.slice(from..to))
+    }
+
+    /// Drops the oldest chunks past `window` bytes that the store has
+    /// written: a chunk leaves memory only once the file has it.
+    fn trim(&mut self, window: usize) {
+        while self.recent_bytes > window {
+            match self.recent.front() {
+                Some((off, old)) if off + old.len() as u64 <= self.staged => {
+                    self.recent_bytes -= old.len();
+                    self.recent.pop_front();
+                }
+                _ => break,
+            }
+        }
     }
 
     fn finished(&self) -> bool {
@@ -175,21 +187,13 @@ impl Fetch {
         }
     }
 
-    /// The store wrote everything up to `n`: wakes the readers that wait
-    /// for bytes that already left the window, and only those.
-    fn staged_to(&self, n: u64) {
-        let wakers = {
-            let mut s = self.lock();
-            s.staged = n;
-            if !std::mem::take(&mut s.staged_wanted) {
-                return;
-            }
-            s.version += 1;
-            std::mem::take(&mut s.wakers)
-        };
-        for w in wakers {
-            w.wake();
-        }
+    /// The store wrote everything up to `n`: chunks past the window that
+    /// it wrote may leave memory. Nobody waits for this (a reader behind
+    /// the window finds its bytes in the file), so nobody is woken.
+    fn staged_to(&self, n: u64, window: usize) {
+        let mut s = self.lock();
+        s.staged = n;
+        s.trim(window);
     }
 
     async fn changed(&self, seen: u64) {
@@ -431,7 +435,7 @@ impl Fetch {
             }
             loop {
                 let (seen, avail, reader, failed, released, recent) = {
-                    let mut s = st.fetch.lock();
+                    let s = st.fetch.lock();
                     let released = s.released() || (!st.hold_back && s.written >= st.end);
                     // Until the blob verified, the span's last byte stays back.
                     let avail = if released {
@@ -444,15 +448,13 @@ impl Fetch {
                     let recent = (st.pos < avail)
                         .then(|| s.recent_slice(st.pos, avail))
                         .flatten();
-                    // Past the window, the store has only what it wrote.
+                    // Behind the window, the file: chunks leave the window
+                    // only once the store wrote them, so it has them.
                     let readable = if recent.is_some() || s.released() {
                         avail
                     } else {
                         avail.min(s.staged)
                     };
-                    if recent.is_none() && st.pos < avail && st.pos >= readable {
-                        s.staged_wanted = true;
-                    }
                     (
                         s.version,
                         readable,
@@ -1057,12 +1059,7 @@ impl Job {
                                 s.written += len as u64;
                                 s.recent_bytes += len;
                             }
-                            while s.recent_bytes > window {
-                                match s.recent.pop_front() {
-                                    Some((_, old)) => s.recent_bytes -= old.len(),
-                                    None => break,
-                                }
-                            }
+                            s.trim(window);
                         });
                     }
                     // Past the announced size the store's write fails and
@@ -1098,7 +1095,7 @@ impl Job {
                 stored += bytes as u64;
                 // Readers behind the window need not wait for the next
                 // batch from a slow upstream.
-                self.fetch.staged_to(stored);
+                self.fetch.staged_to(stored, opts.follow_window);
             }
             Ok::<_, Error>(stored)
         };

@@ -115,7 +115,9 @@ pub struct CacheOptions {
     /// Bytes of the latest upstream chunks each fetch keeps in memory for
     /// its readers to share without copying (default 4 MiB); readers that
     /// fall further behind read the staged file. Receiving runs ahead of
-    /// the store's writes by at most about this much (the same bytes).
+    /// the store's writes by at most about this much, and a chunk stays
+    /// in memory until the store wrote it, so a fetch holds about this
+    /// much whatever the blob's size.
     pub follow_window: usize,
     /// Memory for small stored content (manifests, config blobs) served
     /// without asking the store (default 32 MiB; 0 turns the warm-path
