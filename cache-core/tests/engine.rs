@@ -517,7 +517,7 @@ async fn readers_have_a_batch_while_the_store_still_writes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receiving_runs_ahead_of_a_held_store_write_by_about_the_window_and_no_further() {
+async fn receiving_runs_ahead_of_a_held_store_write_by_about_half_the_window_and_no_further() {
     let (window, batch) = (1024 * 1024, 64 * 1024);
     let (store, e) = env_with_faults(CacheOptions {
         follow_window: window,
@@ -536,17 +536,17 @@ async fn receiving_runs_ahead_of_a_held_store_write_by_about_the_window_and_no_f
     while let Ok(c) = tokio::time::timeout(Duration::from_millis(300), s.next()).await {
         got.extend_from_slice(&c.expect("the stream goes on").unwrap());
     }
-    // The store writes nothing, yet readers have far more than the batch
+    // The store writes nothing, yet readers have several times the batch
     // it holds: receiving does not wait for each write.
     assert!(
-        got.len() >= window / 2,
+        got.len() >= window / 4 + batch,
         "only {} bytes reached the reader while the store held one write",
         got.len()
     );
-    // Nor does it run further ahead than the window: memory stays bounded
-    // however slow the store.
+    // Nor does it run further ahead than half the window: memory stays
+    // bounded however slow the store.
     assert!(
-        got.len() <= window + batch,
+        got.len() <= window / 2 + batch,
         "{} bytes received past a held write of a {window}-byte window",
         got.len()
     );

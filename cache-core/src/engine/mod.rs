@@ -92,7 +92,7 @@ pub struct CacheOptions {
     pub read_chunk: usize,
     /// The most a fetch gathers from its upstream at a time, which its
     /// readers get as one step and the store writes (default 512 KiB; a
-    /// store that fell behind writes several at once, up to half of
+    /// store that fell behind writes several at once, up to a quarter of
     /// `follow_window`). Each step costs a hand-off between threads, so
     /// larger batches spend less CPU per byte.
     pub write_batch: usize,
@@ -115,9 +115,9 @@ pub struct CacheOptions {
     /// Bytes of the latest upstream chunks each fetch keeps in memory for
     /// its readers to share without copying (default 4 MiB); readers that
     /// fall further behind read the staged file. Receiving runs ahead of
-    /// the store's writes by at most about this much, and a chunk stays
-    /// in memory until the store wrote it, so a fetch holds about this
-    /// much whatever the blob's size.
+    /// the store's writes by at most about half this much, and a chunk
+    /// stays in memory until the store wrote it, so a fetch holds about
+    /// this much whatever the blob's size.
     pub follow_window: usize,
     /// Memory for small stored content (manifests, config blobs) served
     /// without asking the store (default 32 MiB; 0 turns the warm-path
