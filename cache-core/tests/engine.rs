@@ -507,13 +507,27 @@ async fn readers_have_a_batch_while_the_store_still_writes_it() {
         got.extend_from_slice(&c.expect("the stream goes on").unwrap());
     }
     assert!(got.len() < layer.len(), "the last byte waits for the store");
+    release_and_finish(&store, &e, s, got, &layer, &d).await;
+}
+
+/// Releases the store's held writes, then checks that the reader of `s`,
+/// which had `got` so far, gets the rest of `layer` and that the store
+/// commits it.
+async fn release_and_finish(
+    store: &CommitFaults,
+    e: &Env,
+    s: futures::stream::BoxStream<'static, cache_core::Result<Bytes>>,
+    got: Vec<u8>,
+    layer: &[u8],
+    d: &Digest,
+) {
     store.release_writes();
     let (rest, err) = drain(s).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!([got, rest].concat(), layer);
     let cache = e.cache.clone();
     wait_until(move || cache.inflight() == 0).await;
-    assert_eq!(e.store.get_bytes(&d).await.unwrap(), layer);
+    assert_eq!(e.store.get_bytes(d).await.unwrap(), layer);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,13 +565,7 @@ async fn receiving_runs_ahead_of_a_held_store_write_by_about_half_the_window_and
         got.len()
     );
     assert_eq!(store.writes_waiting(), 1, "one write at a time");
-    store.release_writes();
-    let (rest, err) = drain(s).await;
-    assert!(err.is_none(), "{err:?}");
-    assert_eq!([got, rest].concat(), layer);
-    let cache = e.cache.clone();
-    wait_until(move || cache.inflight() == 0).await;
-    assert_eq!(e.store.get_bytes(&d).await.unwrap(), layer);
+    release_and_finish(&store, &e, s, got, &layer, &d).await;
     assert_eq!(gets(&e.up), 1);
 }
 
