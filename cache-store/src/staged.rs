@@ -241,7 +241,7 @@ mod tests {
         f.metadata().unwrap().blocks() * 512
     }
 
-    async fn spool_of(size: u64) -> (tempfile::TempDir, Arc<File>, HashingSpool<File>) {
+    fn spool_of(size: u64) -> (tempfile::TempDir, Arc<File>, HashingSpool<File>) {
         let dir = tempfile::tempdir().unwrap();
         let file = Arc::new(File::create(dir.path().join("spool")).unwrap());
         let d = Digest::sha256_of(b"never verified here");
@@ -253,7 +253,7 @@ mod tests {
     async fn a_spool_allocates_one_step_ahead_of_its_writes_and_never_past_the_announced_size() {
         // An upstream that announces 10 GiB and has sent 1 MiB reserves
         // that and one step, not 10 GiB.
-        let (_dir, file, mut spool) = spool_of(10 * 1024 * MIB).await;
+        let (_dir, file, mut spool) = spool_of(10 * 1024 * MIB);
         spool
             .write_chunks(vec![Bytes::from(vec![7u8; MIB as usize])])
             .await
@@ -269,7 +269,7 @@ mod tests {
             "{held} bytes allocated after 1 MiB written of 10 GiB announced"
         );
         // A small blob: its announced size, no more.
-        let (_dir, file, mut spool) = spool_of(3 * MIB).await;
+        let (_dir, file, mut spool) = spool_of(3 * MIB);
         spool
             .write_chunks(vec![Bytes::from(vec![7u8; MIB as usize])])
             .await
