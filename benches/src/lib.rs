@@ -16,6 +16,8 @@ use bytes::Bytes;
 use cache_core::RuleSpec;
 use cache_upstream::testing::{free_port, require, wait_http};
 
+pub mod floor;
+
 /// `n` rules shaped like a large organisation's configuration: half exact
 /// repositories, half namespace wildcards, spread over several registries.
 pub fn rule_specs(n: usize) -> Vec<RuleSpec> {

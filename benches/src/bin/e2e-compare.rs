@@ -1,18 +1,22 @@
 //! End-to-end comparison on loopback: our `registry-proxy` (release build,
 //! filesystem store) against the CNCF distribution registry in proxy mode,
 //! both in front of the same upstream (the Debian distribution registry),
-//! with nginx serving the same blob file as the ceiling for a warm read.
+//! with nginx serving the same blob file as the ceiling for a warm read,
+//! and [`benches::floor`] doing the least work a verifying, storing proxy
+//! must do for a cold GET (in a child process: this binary with `--floor`)
+//! as the floor for the proxy's CPU.
 //!
 //! Run with `scripts/bench-e2e.sh` (builds, installs what is missing, runs).
 //! Every server listens on 127.0.0.1; every loop is bounded; every process
 //! started here is stopped on exit, also on failure.
 
 use std::fmt::Write as _;
-
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use benches::floor::{FloorRun, serve_one};
 use benches::{cpu_seconds, machine, median, nginx, vm_hwm_kib};
 use cache_upstream::testing::RegistryProxy;
 use cache_upstream::testing::{TestRegistry, skopeo, write_image};
@@ -220,6 +224,56 @@ async fn measure(
     Ok(())
 }
 
+/// One cold GET through the floor ([`benches::floor`]), in a child
+/// process of its own (this binary again, with `--floor`), so that its CPU
+/// is only the floor's. Returns what the child measured.
+async fn floor_get(
+    client: &reqwest::Client,
+    up: &TestRegistry,
+    path: &str,
+    size: u64,
+) -> Result<FloorRun, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(["--floor", &format!("127.0.0.1:{}", up.port()), path])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let result = async {
+        let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line).map_err(|e| e.to_string())?;
+        let port: u16 = line
+            .trim()
+            .parse()
+            .map_err(|_| format!("floor: expected a port, got {line:?}"))?;
+        let (_, n) = get(client, &format!("http://127.0.0.1:{port}{path}")).await?;
+        if n != size {
+            return Err(format!("floor GET returned {n} of {size} bytes"));
+        }
+        line.clear();
+        // The child exits once its file is durable; its sockets time out
+        // after 30 s, so this read ends.
+        out.read_line(&mut line).map_err(|e| e.to_string())?;
+        FloorRun::from_line(line.trim())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// The child side of [`floor_get`]: `--floor <upstream host:port> <path>`.
+fn floor_child(upstream: &str, path: &str) -> Result<(), String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    println!("{port}");
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let run = serve_one(&listener, upstream, path, dir.path())?;
+    println!("{}", run.to_line());
+    Ok(())
+}
+
 async fn run() -> Result<String, String> {
     let started = Instant::now();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -247,6 +301,7 @@ async fn run() -> Result<String, String> {
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/{}", blob.hex());
     let mut direct = Vec::new();
     let mut direct_cpu = Vec::new();
+    let mut floors = Vec::new();
     let mut ours = Series::default();
     let mut dist = Series::default();
     for i in 0..runs() {
@@ -265,6 +320,9 @@ async fn run() -> Result<String, String> {
         }
         direct.push(t.as_secs_f64());
         direct_cpu.push([cpu_seconds(up.pid()) - cpu0[0], cpu_seconds(me) - cpu0[1]]);
+        // The floor's GET, just before the proxies' cold GETs.
+        let path = format!("/v2/{REPO}/blobs/{blob}");
+        floors.push(floor_get(&client, &up, &path, size).await?);
         // Alternate which proxy goes first.
         let order = if i % 2 == 0 {
             [Which::Ours, Which::Distribution]
@@ -289,6 +347,8 @@ async fn run() -> Result<String, String> {
     }
     let mib = size as f64 / (1024.0 * 1024.0);
     let d = median(&mut direct);
+    let fl = |f: fn(&FloorRun) -> f64| median(&mut floors.iter().map(f).collect::<Vec<_>>());
+    let (f_wall, f_served, f_stored) = (fl(|r| r.wall), fl(|r| r.served_cpu), fl(|r| r.stored_cpu));
     // nginx's figure is taken from the GETs interleaved with ours.
     let ng = median(&mut ours.nginx);
     let col = |v: &[[f64; 3]], i: usize| median(&mut v.iter().map(|c| c[i]).collect::<Vec<_>>());
@@ -374,6 +434,18 @@ async fn run() -> Result<String, String> {
     );
     let _ = writeln!(
         out,
+        "| (b) the floor, measured: one thread receiving, hashing, writing the file, sending, then fsync and rename (`benches::floor`) | {f_stored:.2} CPU seconds ({f_served:.2} until the last byte), its GET {f_wall:.3} s (our cold GET took {:.2}x it) | | |",
+        oc / f_wall
+    );
+    let _ = writeln!(
+        out,
+        "| (b) proxy CPU per cold miss / the measured floor's | {:.2}x until stored, {:.2}x until the last byte | {:.2}x until stored | |",
+        os / f_stored,
+        oc_proxy / f_served,
+        ds / f_stored
+    );
+    let _ = writeln!(
+        out,
         "| (b) upstream blob GETs per cold miss | {og:.0} | {dg:.0} | |"
     );
     let _ = writeln!(
@@ -424,8 +496,9 @@ async fn run() -> Result<String, String> {
     );
     let _ = writeln!(
         out,
-        "\nTargets: 1 upstream GET per cold miss ({og:.0}) and for {READERS} clients ({og16:.0}); cold <= 1.0x distribution ({:.2}x) and within 1.2x of the CPU floor ({:.2}x); {READERS}-concurrent <= 0.4x distribution ({:.2}x); warm >= 1.2x distribution ({:.2}x) and >= 0.9x nginx ({:.2}x); peak RSS <= 32 MiB ({orss:.1} MiB).",
+        "\nTargets: 1 upstream GET per cold miss ({og:.0}) and for {READERS} clients ({og16:.0}); cold <= 1.0x distribution ({:.2}x) and within 1.2x of the CPU floor (the proxy's CPU per miss {:.2}x the measured floor's; the GET's time {:.2}x all CPU over {cores:.0} cores); {READERS}-concurrent <= 0.4x distribution ({:.2}x); warm >= 1.2x distribution ({:.2}x) and >= 0.9x nginx ({:.2}x); peak RSS <= 32 MiB ({orss:.1} MiB).",
         oc / dc,
+        os / f_stored,
         oc / floor,
         o16 / d16,
         dw / ow,
@@ -436,6 +509,18 @@ async fn run() -> Result<String, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, upstream, path] = &args[..]
+        && flag == "--floor"
+    {
+        return match floor_child(upstream, path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("e2e-compare --floor: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let table = match run().await {
         Ok(t) => t,
         Err(e) => {
