@@ -124,6 +124,8 @@ struct Series {
     /// nginx's warm GETs, each right after one of `warm`.
     nginx: Vec<f64>,
     conc: Vec<f64>,
+    /// CPU seconds the proxy, the upstream and this client spent on (d).
+    conc_cpu: Vec<[f64; 3]>,
     conc_gets: Vec<f64>,
     cold_gets: Vec<f64>,
     rss: Vec<f64>,
@@ -178,6 +180,8 @@ async fn measure(
     let p = start(which, up, bin)?;
     let url = format!("http://127.0.0.1:{}/v2/{REPO}/blobs/{blob}", p.port);
     let before = up.blob_gets();
+    let cpu = || [cpu_seconds(p.pid), cpu_seconds(up.pid()), cpu_seconds(me)];
+    let cpu0 = cpu();
     let t = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..READERS {
@@ -193,6 +197,8 @@ async fn measure(
         }
     }
     s.conc.push(t.elapsed().as_secs_f64());
+    let cpu1 = cpu();
+    s.conc_cpu.push(std::array::from_fn(|i| cpu1[i] - cpu0[i]));
     s.rss.push(vm_hwm_kib(p.pid) as f64 / 1024.0);
     let (gets, _) = settle(up, p.pid).await;
     s.conc_gets.push((gets - before) as f64);
@@ -372,6 +378,8 @@ async fn run() -> Result<String, String> {
     let (oc, dc) = (m(&mut ours.cold), m(&mut dist.cold));
     let (ow, dw) = (m(&mut ours.warm), m(&mut dist.warm));
     let (o16, d16) = (m(&mut ours.conc), m(&mut dist.conc));
+    let o16c: [f64; 3] = std::array::from_fn(|i| col(&ours.conc_cpu, i));
+    let d16c: [f64; 3] = std::array::from_fn(|i| col(&dist.conc_cpu, i));
     let (og, dg) = (m(&mut ours.cold_gets), m(&mut dist.cold_gets));
     let (os, ds) = (m(&mut ours.stored_cpu), m(&mut dist.stored_cpu));
     let (og16, dg16) = (m(&mut ours.conc_gets), m(&mut dist.conc_gets));
@@ -459,6 +467,17 @@ async fn run() -> Result<String, String> {
         out,
         "| (d) {READERS} concurrent cold GETs, wall time | {o16:.3} s | {d16:.3} s | {:.2}x time |",
         o16 / d16
+    );
+    let _ = writeln!(
+        out,
+        "| (d) CPU seconds during them: proxy + upstream + clients | {:.2} + {:.2} + {:.2} | {:.2} + {:.2} + {:.2} | {:.2}x proxy CPU |",
+        o16c[0],
+        o16c[1],
+        o16c[2],
+        d16c[0],
+        d16c[1],
+        d16c[2],
+        o16c[0] / d16c[0]
     );
     let _ = writeln!(
         out,
