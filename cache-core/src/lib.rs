@@ -92,9 +92,10 @@ pub mod trust;
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{
     AdmissionRecord, BlobBody, BlobResponse, CacheBuilder, CacheOptions, Catalog, Denial, FileBody,
-    GcReport, ImagePlan, ImageView, LayerView, ManifestResponse, ManifestView, MemoryBody,
-    PlatformView, PullReport, PullStats, PullThroughCache, PurgeReport, Referrers, RepoPage,
-    RepoSummary, ScrubReport, StoreUsage, SyncReport, TagList, TagRow, TagRows, WeakCache,
+    FollowBody, GcReport, ImagePlan, ImageView, LayerView, ManifestResponse, ManifestView,
+    MemoryBody, Piece, PlatformView, PullReport, PullStats, PullThroughCache, PurgeReport,
+    Referrers, RepoPage, RepoSummary, ScrubReport, StagedSpan, StoreUsage, SyncReport, TagList,
+    TagRow, TagRows, WeakCache,
 };
 pub use error::{BoxError, Error, ErrorCode, InvalidKind, Result, SharedError};
 pub use events::{AdmissionOutcome, CacheStatus, Event, EventSink, PeerFetch, UpstreamCall};

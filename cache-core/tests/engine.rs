@@ -1587,10 +1587,10 @@ async fn a_hit_on_the_filesystem_store_offers_its_file_span_and_keeps_the_blob_i
     let blob = content(61, 100_000);
     let d = e.up.add_blob(&n("library/app"), blob.clone());
     let miss = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
-    let BlobBody::Stream(miss) = miss.body else {
+    let BlobBody::Follow(miss) = miss.body else {
         panic!("a miss streams from the fetch");
     };
-    drain(miss).await;
+    drain(miss.into_stream()).await;
     wait_until(|| e.cache.inflight() == 0).await;
     let range = ByteRange::parse_http("bytes=10-20009").unwrap();
     let hit = e

@@ -16,7 +16,7 @@ use cache_core::server::{
     AuthConfig, ConnLimits, ConnThreads, PullAuth, PullService, ScopedTokens, sendfile,
     serve_connections, serve_connections_on,
 };
-use cache_core::testing::{FakeUpstream, PushedImage, content};
+use cache_core::testing::{FakeUpstream, Fault, PushedImage, content};
 use cache_core::{
     Admission, AdmissionRequest, BlobStore, PullCredentials, PullThroughCache, RepoName, RuleSpec,
     Secret, Tag, Verdict,
@@ -230,6 +230,128 @@ async fn warm_blobs_go_out_from_their_files_through_serve_connections() {
             sendfile::bytes_sent() - before >= bytes.len() as u64,
             "the warm blob went out with sendfile"
         );
+    }
+}
+
+/// The size of the largest file under `dir`, at any depth.
+fn largest_file(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => largest_file(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// A client that reads a miss of a 16 MiB blob slowly, behind a 64 KiB
+/// window: a little at first, then nothing until the store has 8 MiB of
+/// it (or the fetch is done), then the rest as fast as it comes. With
+/// `fault`, the upstream drips the blob (256 KiB every 10 ms) and
+/// applies the fault. Returns the response's head, its body as far as it
+/// came, the blob, and the bytes sent from files meanwhile.
+async fn read_behind(fault: Option<Fault>) -> (String, Vec<u8>, Bytes, u64) {
+    let up = Arc::new(FakeUpstream::new(
+        "up.example",
+        Arc::new(TokioRuntime::current()),
+    ));
+    let blob = content(23, 16 << 20);
+    let d = up.add_blob(&RepoName::parse("library/big").unwrap(), blob.clone());
+    if let Some(f) = fault {
+        up.set_drip(Some((256 * 1024, Duration::from_millis(10))));
+        up.fail_next_blob(f);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn BlobStore> = Arc::new(cache_store::FsStore::open(dir.path()).await.unwrap());
+    let cache = PullThroughCache::builder()
+        .rule(RuleSpec::new("lib", "up.example/library/*", "library/*"))
+        .store(store)
+        .tokio()
+        .upstream("up.example", up)
+        .options(cache_core::CacheOptions {
+            follow_window: 64 * 1024,
+            write_batch: 32 * 1024,
+            max_retries: 0,
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let router = PullService::new(cache.clone()).into_router();
+    let (addr, _stop) = serve(router, ConnLimits::default()).await;
+
+    let before = sendfile::bytes_sent();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /v2/library/big/blobs/{d} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 64 * 1024];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(n > 0, "the response began");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cache.inflight() > 0 && largest_file(dir.path()) < 8 << 20 {
+        assert!(Instant::now() < deadline, "the fetch got on");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut raw = first[..n].to_vec();
+    // A failed response ends with the connection cut: keep what came.
+    let mut buf = vec![0u8; 1 << 20];
+    while let Ok(n) = s.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw[split + 4..].to_vec();
+    (head, body, blob, sendfile::bytes_sent() - before)
+}
+
+/// What a reader behind a miss's window reads goes out from the staged
+/// file with `sendfile`, after the window's bytes, byte-exact. (Before,
+/// those bytes were read from the file into memory and copied out.)
+#[tokio::test]
+async fn a_reader_behind_a_miss_gets_the_staged_file_sent_byte_exact() {
+    let (head, body, blob, sent) = read_behind(None).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        body == blob[..],
+        "byte-exact ({} of {} bytes)",
+        body.len(),
+        blob.len()
+    );
+    if sendfile::AVAILABLE {
+        assert!(
+            sent >= 4 << 20,
+            "what fell behind went out from the staged file: {sent} bytes"
+        );
+    }
+}
+
+/// The same with the upstream's last byte flipped: the file's bytes go
+/// out up to the held-back last byte, and the response never completes.
+#[tokio::test]
+async fn a_reader_behind_a_miss_that_fails_verification_never_gets_a_complete_response() {
+    let (head, body, blob, sent) = read_behind(Some(Fault::FlipByte((16 << 20) - 1))).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        body.len() < blob.len(),
+        "an incomplete response: {} of {} bytes",
+        body.len(),
+        blob.len()
+    );
+    assert!(
+        body[..] == blob[..body.len()],
+        "what came is the blob's prefix"
+    );
+    if sendfile::AVAILABLE {
+        assert!(sent >= 4 << 20, "from the staged file: {sent} bytes");
     }
 }
 

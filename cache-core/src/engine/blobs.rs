@@ -165,19 +165,24 @@ impl PullThroughCache {
                 let file = (status == CacheStatus::Hit)
                     .then(|| fetch.verified_file())
                     .flatten();
-                let stream =
-                    fetch
-                        .clone()
-                        .stream(inner.clone(), span.clone(), (guard, interest), true);
                 let body = match file {
                     Some(file) => BlobBody::File(FileBody {
                         file,
                         range: span.clone(),
                         events: inner.events.clone(),
-                        stream,
+                        stream: fetch.clone().stream(
+                            inner.clone(),
+                            span.clone(),
+                            (guard, interest),
+                            true,
+                        ),
                         _in_use: InUse::new(inner, digest),
                     }),
-                    None => BlobBody::Stream(stream),
+                    None => BlobBody::Follow(fetch.clone().follow(
+                        inner.clone(),
+                        span.clone(),
+                        (guard, interest),
+                    )),
                 };
                 Ok(BlobResponse {
                     size,

@@ -21,7 +21,8 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 
 use super::queue::{QueueSlot, UpstreamCall};
-use super::{InUse, Inner, lease};
+use super::response::bytes_only;
+use super::{InUse, Inner, Piece, StagedSpan, lease};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::events::{Event, PeerFetch};
@@ -380,7 +381,21 @@ impl Fetch {
         guards: (InUse, Interest),
         hold_back: bool,
     ) -> BoxStream<'static, Result<Bytes>> {
-        self.stream_for(inner, range, guards, hold_back, true)
+        bytes_only(self.stream_for(inner, range, guards, hold_back, true, false))
+    }
+
+    /// [`Fetch::stream`] with hold-back, as a body a server may take as
+    /// pieces: with files, what a reader that fell behind the window
+    /// reads comes as spans of the staged file, not copied into memory.
+    pub(crate) fn follow(
+        self: Arc<Self>,
+        inner: Arc<Inner>,
+        range: std::ops::Range<u64>,
+        guards: (InUse, Interest),
+    ) -> super::FollowBody {
+        super::FollowBody {
+            make: Box::new(move |files| self.stream_for(inner, range, guards, true, true, files)),
+        }
     }
 
     /// As [`Fetch::stream`] without hold-back, for another instance (peer
@@ -391,9 +406,12 @@ impl Fetch {
         range: std::ops::Range<u64>,
         guards: (InUse, Interest),
     ) -> BoxStream<'static, Result<Bytes>> {
-        self.stream_for(inner, range, guards, false, false)
+        bytes_only(self.stream_for(inner, range, guards, false, false, false))
     }
 
+    /// The reader behind [`Fetch::stream`], [`Fetch::follow`] and
+    /// [`Fetch::stream_to_peer`]: with `files`, bytes behind the window
+    /// come as spans of the staged file when the store stages into one.
     fn stream_for(
         self: Arc<Self>,
         inner: Arc<Inner>,
@@ -401,7 +419,8 @@ impl Fetch {
         guards: (InUse, Interest),
         hold_back: bool,
         to_client: bool,
-    ) -> BoxStream<'static, Result<Bytes>> {
+        files: bool,
+    ) -> BoxStream<'static, Result<Piece>> {
         struct St {
             fetch: Arc<Fetch>,
             inner: Arc<Inner>,
@@ -410,6 +429,7 @@ impl Fetch {
             done: bool,
             hold_back: bool,
             to_client: bool,
+            files: bool,
             _guards: (InUse, Interest),
         }
         impl St {
@@ -427,6 +447,7 @@ impl Fetch {
             done: false,
             hold_back,
             to_client,
+            files,
             _guards: guards,
         };
         futures::stream::unfold(st, |mut st| async move {
@@ -477,17 +498,33 @@ impl Fetch {
                 if let Some(b) = recent {
                     st.pos += b.len() as u64;
                     st.served(b.len());
-                    return Some((Ok(b), st));
+                    return Some((Ok(Piece::Bytes(b)), st));
                 }
                 if st.pos < avail
                     && let Some(reader) = reader
                 {
+                    // Behind the window: the store wrote these bytes, and a
+                    // staged file never changes what it holds, so a server
+                    // that sends from files takes them as they lie there.
+                    if st.files
+                        && let Some(file) = reader.file()
+                    {
+                        let len = (avail - st.pos).min(FILE_SPAN_MAX) as usize;
+                        let span = StagedSpan {
+                            file,
+                            offset: st.pos,
+                            len,
+                        };
+                        st.pos += len as u64;
+                        st.served(len);
+                        return Some((Ok(Piece::File(span)), st));
+                    }
                     let n = (avail - st.pos).min(st.inner.opts.read_chunk as u64);
                     match reader.read_at(st.pos, n as usize).await {
                         Ok(b) if !b.is_empty() => {
                             st.pos += b.len() as u64;
                             st.served(b.len());
-                            return Some((Ok(b), st));
+                            return Some((Ok(Piece::Bytes(b)), st));
                         }
                         Ok(_) => {
                             st.done = true;
@@ -509,6 +546,10 @@ impl Fetch {
         .boxed()
     }
 }
+
+/// The most one file span of a following body covers: what a reader
+/// that fell behind gets at once (a server sends it in pieces of its own).
+const FILE_SPAN_MAX: u64 = 4 << 20;
 
 /// Batches whose chunks average less than this are copied into one
 /// buffer; larger chunks go to readers and the store as they came.

@@ -67,6 +67,13 @@ pub enum BlobBody {
     /// Small verified content held in memory (a config blob, say): a
     /// server sends it as one piece; see [`MemoryBody`].
     Bytes(MemoryBody),
+    /// A miss following the fetch, which a server able to send from files
+    /// may take as [`Piece`]s: what a reader that fell behind the fetch's
+    /// in-memory window reads comes as spans of the staged file, for
+    /// `sendfile(2)`, instead of being copied into memory first. Same
+    /// bytes, same hold-back and failure as [`BlobBody::Stream`]; see
+    /// [`FollowBody`].
+    Follow(FollowBody),
 }
 
 impl BlobBody {
@@ -76,6 +83,7 @@ impl BlobBody {
             BlobBody::Stream(s) => s,
             BlobBody::File(f) => f.stream,
             BlobBody::Bytes(b) => futures::stream::once(async move { Ok(b.bytes) }).boxed(),
+            BlobBody::Follow(f) => f.into_stream(),
         }
     }
 }
@@ -86,8 +94,81 @@ impl std::fmt::Debug for BlobBody {
             BlobBody::Stream(_) => f.write_str("Stream"),
             BlobBody::File(b) => f.debug_tuple("File").field(b).finish(),
             BlobBody::Bytes(b) => f.debug_tuple("Bytes").field(&b.bytes.len()).finish(),
+            BlobBody::Follow(_) => f.write_str("Follow"),
         }
     }
+}
+
+/// A body following a fetch in progress. Read it as bytes
+/// ([`into_stream`](Self::into_stream)), or, to send from files, as
+/// [`Piece`]s ([`into_pieces`](Self::into_pieces)). Either way the span's
+/// last byte comes only once the blob verified, and a failure ends the
+/// stream with the error, so a response built from it never completes
+/// with bytes of a blob that failed.
+pub struct FollowBody {
+    pub(crate) make: Box<dyn FnOnce(bool) -> BoxStream<'static, Result<Piece>> + Send>,
+}
+
+impl FollowBody {
+    /// The bytes as a stream: what falls behind the fetch's window is read
+    /// from the store into memory.
+    pub fn into_stream(self) -> BoxStream<'static, Result<Bytes>> {
+        bytes_only((self.make)(false))
+    }
+
+    /// The body as pieces: bytes from the fetch's window, and spans of the
+    /// staged file for what fell behind it, when the store stages into a
+    /// local file ([`StagedReader::file`](crate::StagedReader::file)).
+    /// Each piece is counted as served when it is yielded, so a server
+    /// sends every piece it takes.
+    pub fn into_pieces(self) -> BoxStream<'static, Result<Piece>> {
+        (self.make)(true)
+    }
+}
+
+impl std::fmt::Debug for FollowBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FollowBody")
+    }
+}
+
+/// Pieces made without files, as bytes.
+pub(crate) fn bytes_only(
+    pieces: BoxStream<'static, Result<Piece>>,
+) -> BoxStream<'static, Result<Bytes>> {
+    pieces
+        .map(|p| match p? {
+            Piece::Bytes(b) => Ok(b),
+            // Never made without files; refuse rather than send nothing.
+            Piece::File(f) => Err(crate::Error::storage_msg(
+                "follow",
+                format!("a file span ({} bytes) where bytes were asked for", f.len),
+            )),
+        })
+        .boxed()
+}
+
+/// One piece of a [`FollowBody`].
+#[derive(Debug)]
+pub enum Piece {
+    /// Bytes in memory.
+    Bytes(Bytes),
+    /// The next bytes of the body, in a local file.
+    File(StagedSpan),
+}
+
+/// Bytes `offset..offset + len` of a local file: the store wrote them
+/// before this span was made, and nothing writes them again (a staged
+/// file only grows, and keeps its bytes after commit or abort). A file
+/// found shorter than that must fail the transfer, not pad it.
+#[derive(Debug, Clone)]
+pub struct StagedSpan {
+    /// The file.
+    pub file: Arc<std::fs::File>,
+    /// Where the span starts in it.
+    pub offset: u64,
+    /// How many bytes it has.
+    pub len: usize,
 }
 
 /// Small verified content held in memory, already counted as served.

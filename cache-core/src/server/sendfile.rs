@@ -68,7 +68,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll, ready};
 
-use crate::{BlobBody, FileBody};
+use crate::{BlobBody, FileBody, FollowBody, Piece, StagedSpan};
 use axum::body::Body;
 use bytes::Bytes;
 use futures::Stream;
@@ -132,6 +132,7 @@ pub fn prepare(builder: &mut Builder<TokioExecutor>, tcp: TcpStream) -> (Sendfil
 pub fn blob_body(body: BlobBody, extensions: &http::Extensions) -> Body {
     match (body, extensions.get::<Spans>()) {
         (BlobBody::File(f), Some(spans)) => Body::from_stream(self::body(f, spans.clone())),
+        (BlobBody::Follow(f), Some(spans)) => Body::from_stream(follow_body(f, spans.clone())),
         (BlobBody::Bytes(b), _) => Body::new(InMemory(b)),
         (other, _) => Body::from_stream(other.into_stream()),
     }
@@ -477,6 +478,68 @@ pub fn body(file: FileBody, spans: Spans) -> impl Stream<Item = io::Result<Bytes
         end: range.end,
         file,
         spans,
+    }
+}
+
+/// A miss's body following its fetch, through the connection's
+/// [`Spans`]: bytes from the fetch's window go out as they are, and what a
+/// reader that fell behind the window reads goes out from the staged file
+/// (placeholder chunks, as in [`body`]). A failure ends the stream with
+/// the error, as the body's would, so the response never completes.
+///
+/// ```no_run
+/// # fn f(follow: cache_core::FollowBody, spans: cache_core::server::sendfile::Spans) {
+/// let body = axum::body::Body::from_stream(cache_core::server::sendfile::follow_body(follow, spans));
+/// # let _ = body;
+/// # }
+/// ```
+pub fn follow_body(
+    body: FollowBody,
+    spans: Spans,
+) -> impl Stream<Item = crate::Result<Bytes>> + Send {
+    FollowChunks {
+        pieces: body.into_pieces(),
+        file: None,
+        spans,
+    }
+}
+
+struct FollowChunks {
+    pieces: futures::stream::BoxStream<'static, crate::Result<Piece>>,
+    /// The rest of a file span that did not fit one placeholder chunk.
+    file: Option<StagedSpan>,
+    spans: Spans,
+}
+
+impl Stream for FollowChunks {
+    type Item = crate::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let me = self.get_mut();
+        let mut f = match me.file.take() {
+            Some(f) => f,
+            None => match ready!(me.pieces.as_mut().poll_next(cx)) {
+                Some(Ok(Piece::File(f))) if f.len > 0 => f,
+                Some(Ok(Piece::File(_))) => return Poll::Ready(Some(Ok(Bytes::new()))),
+                Some(Ok(Piece::Bytes(b))) => return Poll::Ready(Some(Ok(b))),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(None),
+            },
+        };
+        // One queued span per placeholder chunk, queued as it is yielded.
+        let n = f.len.min(CHUNK);
+        me.spans.lock().push_back(Span {
+            file: f.file.clone(),
+            offset: f.offset,
+            len: n,
+            sent: 0,
+        });
+        if n < f.len {
+            f.offset += n as u64;
+            f.len -= n;
+            me.file = Some(f);
+        }
+        Poll::Ready(Some(Ok(Bytes::from_static(&PLACEHOLDER[..n]))))
     }
 }
 
