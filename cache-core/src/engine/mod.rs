@@ -89,7 +89,8 @@ pub struct CacheOptions {
     /// A blob's access time is updated at most this often (default 60 s).
     pub touch_interval: Duration,
     /// Size of the pieces a blob is read from the store in, for readers
-    /// that fell behind a fetch (default 256 KiB).
+    /// that fell behind a fetch and whose server does not send them the
+    /// staged file itself (default 256 KiB; see [`FollowBody`]).
     pub read_chunk: usize,
     /// The most a fetch gathers from its upstream at a time, which its
     /// readers get as one step and the store writes (default 512 KiB; a
