@@ -123,19 +123,8 @@ pub fn serve_one(
     )
     .map_err(|e| e.to_string())?;
     let (head, first) = read_head(&mut up)?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!(
-            "upstream answered {:?}",
-            head.lines().next().unwrap_or("")
-        ));
-    }
-    let size: u64 = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
+    let size = crate::ok_length(&head)
+        .map_err(|e| format!("upstream {e}"))?
         .ok_or("upstream sent no Content-Length")?;
 
     let staged = dir.join(format!("{hex}.partial"));

@@ -18,6 +18,20 @@ use cache_upstream::testing::{free_port, require, wait_http};
 
 pub mod floor;
 
+/// The `Content-Length` of an HTTP/1.1 response head, if it has one; an
+/// error naming the status line unless the status is 2xx.
+pub(crate) fn ok_length(head: &str) -> Result<Option<u64>, String> {
+    let status = head.lines().next().unwrap_or("");
+    if !status.starts_with("HTTP/1.1 2") {
+        return Err(format!("answered {status:?}"));
+    }
+    Ok(head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().ok())?
+    }))
+}
+
 /// `n` rules shaped like a large organisation's configuration: half exact
 /// repositories, half namespace wildcards, spread over several registries.
 pub fn rule_specs(n: usize) -> Vec<RuleSpec> {
@@ -442,19 +456,8 @@ pub fn load(url: &str, method: &str, conns: usize, secs: u64) -> Result<(f64, f6
                         continue;
                     }
                     retried = false;
-                    let head_text =
-                        String::from_utf8_lossy(&got[..body_start]).to_ascii_lowercase();
-                    if !head_text.starts_with("http/1.1 2") {
-                        return Err(format!(
-                            "answer: {}",
-                            head_text.lines().next().unwrap_or("")
-                        ));
-                    }
-                    let len: usize = head_text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
+                    let head_text = String::from_utf8_lossy(&got[..body_start]);
+                    let len = ok_length(&head_text)?.unwrap_or(0) as usize;
                     let mut have = got.len() - body_start;
                     while !head && have < len {
                         let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
@@ -481,4 +484,18 @@ pub fn load(url: &str, method: &str, conns: usize, secs: u64) -> Result<(f64, f6
     lat.sort();
     let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)].as_secs_f64() * 1000.0;
     Ok((lat.len() as f64 / secs as f64, p99))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ok_length;
+
+    #[test]
+    fn a_response_head_gives_its_length_or_its_status_line() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-type: x\r\nContent-Length: 42";
+        assert_eq!(ok_length(ok), Ok(Some(42)));
+        assert_eq!(ok_length("HTTP/1.1 204 No Content"), Ok(None));
+        let err = ok_length("HTTP/1.1 404 Not Found\r\nContent-Length: 3").unwrap_err();
+        assert!(err.contains("404 Not Found"), "{err}");
+    }
 }
