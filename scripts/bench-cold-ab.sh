@@ -11,6 +11,7 @@
 #   VARIANTS="ours dist MALLOC_ARENA_MAX=1" scripts/bench-cold-ab.sh
 #   VARIANTS="ours /tmp/registry-proxy-before" scripts/bench-cold-ab.sh
 #   CLIENTS=16 VARIANTS="ours server.connection_threads=2 dist" scripts/bench-cold-ab.sh
+#   CLIENT=reqwest CLIENTS=16 VARIANTS="ours /tmp/registry-proxy-before" scripts/bench-cold-ab.sh
 #
 # A variant is `ours`, `dist`, NAME=VALUE: ours with that environment
 # variable set (a glibc tunable, say), server.KEY=VALUE: ours with that
@@ -18,7 +19,10 @@
 # (an earlier commit's, to compare two versions side by side). CLIENTS=N
 # runs N curls at once for each cold blob (BENCHMARKS' 16 concurrent cold
 # GETs): first byte is then the earliest, total the latest, and peak RSS
-# the proxy's during all of them. Needs docker-registry, curl, perf and
+# the proxy's during all of them. CLIENT=reqwest makes the N GETs from one
+# process (benches' get-many, reqwest on one tokio worker per core), as
+# the end-to-end harness's clients are, instead of N curls. Needs
+# docker-registry, curl, perf and
 # python3 (Debian: docker-registry, curl, linux-perf, python3). Loopback
 # only; bounded: ROUNDS x variants GETs, each with curl's 60 s limit.
 set -euo pipefail
@@ -28,9 +32,15 @@ for bin in docker-registry curl perf python3; do
 done
 ROUNDS=${ROUNDS:-8}
 CLIENTS=${CLIENTS:-1}
+CLIENT=${CLIENT:-curl}
 VARIANTS=${VARIANTS:-ours dist}
 . scripts/upstream-blob.sh
 start_upstream_with_blob
+GET_MANY="${CARGO_TARGET_DIR:-target}/release/get-many"
+if [ "$CLIENT" = reqwest ]; then
+    [ -n "${NO_BUILD:-}" ] || cargo build --release -p benches --bin get-many
+    [ -x "$GET_MANY" ] || { echo "$GET_MANY is missing: cargo build --release -p benches --bin get-many" >&2; exit 1; }
+fi
 # The upstream's file in the page cache before the first measured GET.
 curl -sf -o /dev/null "http://$UP/v2/bench/big/blobs/$DG"
 for i in $(seq "$ROUNDS"); do
@@ -58,11 +68,15 @@ for i in $(seq "$ROUNDS"); do
         perf stat -e task-clock,context-switches,page-faults -p "$P" -o "$D/stat" 2>/dev/null & S=$!
         sleep 0.3
         cpu0=$(awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
-        CURLS=()
-        for c in $(seq "$CLIENTS"); do
-            curl -sS --max-time 60 -o /dev/null -w '%{time_starttransfer} %{time_total} %{size_download}\n' "http://$PX/v2/bench/big/blobs/$DG" > "$D/curl.$c" & CURLS+=($!)
-        done
-        wait "${CURLS[@]}"
+        if [ "$CLIENT" = reqwest ]; then
+            "$GET_MANY" "$CLIENTS" "http://$PX/v2/bench/big/blobs/$DG" > "$D/curl.all"
+        else
+            CURLS=()
+            for c in $(seq "$CLIENTS"); do
+                curl -sS --max-time 60 -o /dev/null -w '%{time_starttransfer} %{time_total} %{size_download}\n' "http://$PX/v2/bench/big/blobs/$DG" > "$D/curl.$c" & CURLS+=($!)
+            done
+            wait "${CURLS[@]}"
+        fi
         t=$(cat "$D"/curl.* | awk 'NR == 1 || $1 < f {f = $1} NR == 1 || $2 > l {l = $2} NR == 1 || $3 < s {s = $3} END {print f, l, s}')
         rm -f "$D"/curl.*
         kill -INT "$S"; wait "$S" 2>/dev/null || true

@@ -7,7 +7,10 @@
 # storing it. curl pulls; prints one line per GET and the medians.
 #
 #   ROUNDS=10 scripts/bench-warm-ab.sh
+#   CLIENT=reqwest ROUNDS=15 scripts/bench-warm-ab.sh
 #
+# CLIENT=reqwest makes each GET with benches' get-many (reqwest, as the
+# end-to-end harness's client) instead of curl.
 # Needs docker-registry, nginx, curl and python3 (Debian: docker-registry,
 # nginx-light, curl, python3). Loopback only; bounded: 3 x ROUNDS GETs,
 # each with curl's 60 s limit.
@@ -19,8 +22,14 @@ done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "nginx is missing: apt-get install nginx-light" >&2; exit 1; }
 ROUNDS=${ROUNDS:-10}
+CLIENT=${CLIENT:-curl}
 . scripts/upstream-blob.sh
 start_upstream_with_blob
+GET_MANY="${CARGO_TARGET_DIR:-target}/release/get-many"
+if [ "$CLIENT" = reqwest ]; then
+    [ -n "${NO_BUILD:-}" ] || cargo build --release -p benches --bin get-many
+    [ -x "$GET_MANY" ] || { echo "$GET_MANY is missing: cargo build --release -p benches --bin get-many" >&2; exit 1; }
+fi
 hex=${DG#sha256:}
 
 OURS=127.0.0.1:$(port)
@@ -56,7 +65,11 @@ sleep 1
 for i in $(seq "$ROUNDS"); do
     for v in ours dist nginx; do
         case $v in ours) u=$ours_url ;; dist) u=$dist_url ;; nginx) u=$ng_url ;; esac
-        t=$(curl -sS --max-time 60 -o /dev/null -w '%{time_total} %{size_download}' "$u")
+        if [ "$CLIENT" = reqwest ]; then
+            t=$("$GET_MANY" 1 "$u" | awk '{print $2, $3}')
+        else
+            t=$(curl -sS --max-time 60 -o /dev/null -w '%{time_total} %{size_download}' "$u")
+        fi
         echo "$v $t"
     done
 done | tee "$D/lines"
