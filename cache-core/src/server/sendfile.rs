@@ -23,7 +23,10 @@
 //! place that sets that up for a connection: it turns `writev` on, wraps
 //! the socket and makes the span queue; [`Spans::attach`] gives the queue to
 //! HTTP/1 requests only (HTTP/2 copies data into frames, so its bodies are
-//! streamed), and [`blob_body`] picks the file path when it can. A tripwire
+//! streamed), and [`blob_body`] picks the file path when it can: a stored
+//! blob's whole body ([`body`]), or the part of a miss a reader reads from
+//! the staged file after falling behind its fetch ([`follow_body`]; the
+//! rest of that body is ordinary bytes, queued in order). A tripwire
 //! guards the scheme: ordinary bytes written while a file span waits (which
 //! is what a copying writer would produce: the placeholder's zeros) fail
 //! the connection instead of going out. [`bytes_sent`] counts what went out
