@@ -258,22 +258,14 @@ async fn idle(activity: &Activity, idle: Duration) {
 /// serve_connections(listener, app, ConnLimits::default(), None, std::future::pending()).await;
 /// # Ok(()) }
 /// ```
-pub async fn serve_connections<S, B>(
+pub async fn serve_connections<S>(
     listener: tokio::net::TcpListener,
     service: S,
     limits: ConnLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: tower::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService,
 {
     serve(listener, service, limits, tls, shutdown, None).await
 }
@@ -302,7 +294,7 @@ pub async fn serve_connections<S, B>(
 /// serve_connections_on(threads, listener, app, ConnLimits::default(), None, shutdown).await;
 /// # Ok(()) }
 /// ```
-pub async fn serve_connections_on<S, B>(
+pub async fn serve_connections_on<S>(
     threads: ConnThreads,
     listener: tokio::net::TcpListener,
     service: S,
@@ -310,15 +302,7 @@ pub async fn serve_connections_on<S, B>(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: tower::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService,
 {
     serve(listener, service, limits, tls, shutdown, Some(&threads)).await
 }
@@ -418,7 +402,7 @@ impl ConnThreads {
     }
 }
 
-async fn serve<S, B>(
+async fn serve<S>(
     listener: tokio::net::TcpListener,
     service: S,
     limits: ConnLimits,
@@ -426,15 +410,7 @@ async fn serve<S, B>(
     shutdown: impl Future<Output = ()>,
     threads: Option<&ConnThreads>,
 ) where
-    S: tower::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService,
 {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -540,23 +516,64 @@ impl<S> Drop for Connection<S> {
     }
 }
 
-/// In the extensions of a request [`serve_connections`] received over
-/// TLS (beside axum's `ConnectInfo<SocketAddr>`, the client's address,
-/// which every request it serves carries).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tls;
+/// What [`serve_connections`] serves: a cloneable tower service answering
+/// hyper requests with responses whose bodies are [`ConnBody`], its future
+/// sendable to another thread. Every such service has it (an axum
+/// `Router`, a [`PullService`](super::PullService) and the services built
+/// from them); there is nothing to implement.
+pub trait ConnService:
+    tower::Service<
+        hyper::Request<Incoming>,
+        Response = hyper::Response<Self::Body>,
+        Future: Send + 'static,
+        Error: Into<crate::BoxError>,
+    > + Clone
+    + Send
+    + 'static
+{
+    /// The responses' body.
+    type Body: ConnBody;
+}
 
-impl<S, B> Connection<S>
+impl<S, B> ConnService for S
 where
     S: tower::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<crate::BoxError>,
+    B: ConnBody,
+{
+    type Body = B;
+}
+
+/// A response body [`serve_connections`] can send: hyper's `Body`, movable
+/// to another thread with its data, its errors convertible to a
+/// [`BoxError`](crate::BoxError). Every such body has it (axum's `Body`,
+/// `http_body_util`'s); there is nothing to implement.
+pub trait ConnBody:
+    hyper::body::Body<Data: Send, Error: Into<crate::BoxError>> + Send + 'static
+{
+}
+
+impl<B> ConnBody for B
+where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<crate::BoxError>,
+{
+}
+
+/// In the extensions of a request [`serve_connections`] received over
+/// TLS (beside axum's `ConnectInfo<SocketAddr>`, the client's address,
+/// which every request it serves carries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tls;
+
+impl<S> Connection<S>
+where
+    S: ConnService,
 {
     async fn run(mut self, stream: tokio::net::TcpStream) {
         let idle_limit = self.limits.idle_timeout;

@@ -66,7 +66,9 @@ pub use auth::{
 };
 #[cfg(feature = "serde")]
 pub use auth_config::AuthSpec;
-pub use conn::{ConnLimits, ConnThreads, Tls, serve_connections, serve_connections_on};
+pub use conn::{
+    ConnBody, ConnLimits, ConnService, ConnThreads, Tls, serve_connections, serve_connections_on,
+};
 pub use oidc::{JwksFetch, MAX_JWKS_BYTES, MAX_TOKEN_BYTES, OidcConfig};
 pub use peer::{PEER_PATH, PeerService};
 pub use service::{AccessInfo, PullService};
