@@ -166,7 +166,7 @@ impl Default for CacheOptions {
             max_retries: 3,
             retry_backoff: Duration::from_millis(200),
             touch_interval: Duration::from_secs(60),
-            read_chunk: 128 * 1024,
+            read_chunk: 256 * 1024,
             write_batch: 512 * 1024,
             max_concurrent_fetches: 32,
             max_queued_fetches: 256,
