@@ -36,11 +36,7 @@ CLIENT=${CLIENT:-curl}
 VARIANTS=${VARIANTS:-ours dist}
 . scripts/upstream-blob.sh
 start_upstream_with_blob
-GET_MANY="${CARGO_TARGET_DIR:-target}/release/get-many"
-if [ "$CLIENT" = reqwest ]; then
-    [ -n "${NO_BUILD:-}" ] || cargo build --release -p benches --bin get-many
-    [ -x "$GET_MANY" ] || { echo "$GET_MANY is missing: cargo build --release -p benches --bin get-many" >&2; exit 1; }
-fi
+[ "$CLIENT" = reqwest ] && need_get_many
 # The upstream's file in the page cache before the first measured GET.
 curl -sf -o /dev/null "http://$UP/v2/bench/big/blobs/$DG"
 for i in $(seq "$ROUNDS"); do

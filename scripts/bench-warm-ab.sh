@@ -25,11 +25,7 @@ ROUNDS=${ROUNDS:-10}
 CLIENT=${CLIENT:-curl}
 . scripts/upstream-blob.sh
 start_upstream_with_blob
-GET_MANY="${CARGO_TARGET_DIR:-target}/release/get-many"
-if [ "$CLIENT" = reqwest ]; then
-    [ -n "${NO_BUILD:-}" ] || cargo build --release -p benches --bin get-many
-    [ -x "$GET_MANY" ] || { echo "$GET_MANY is missing: cargo build --release -p benches --bin get-many" >&2; exit 1; }
-fi
+[ "$CLIENT" = reqwest ] && need_get_many
 hex=${DG#sha256:}
 
 OURS=127.0.0.1:$(port)

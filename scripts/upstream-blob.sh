@@ -5,7 +5,8 @@
 # starts a Debian distribution registry on a free loopback port holding
 # one random 256 MiB blob in bench/big (sets UP, its host:port, and DG, the
 # blob's digest), and `write_proxy_config` writes a registry-proxy config
-# in front of it.
+# in front of it. `need_get_many` builds benches' get-many (unless
+# NO_BUILD) and sets GET_MANY to it, for CLIENT=reqwest.
 
 [ -n "${NO_BUILD:-}" ] || cargo build --release -p registry-proxy
 BIN="${CARGO_TARGET_DIR:-target}/release/registry-proxy"
@@ -13,6 +14,12 @@ D=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$D"; }
 trap cleanup EXIT
+
+need_get_many() {
+    GET_MANY="${CARGO_TARGET_DIR:-target}/release/get-many"
+    [ -n "${NO_BUILD:-}" ] || cargo build --release -p benches --bin get-many
+    [ -x "$GET_MANY" ] || { echo "$GET_MANY is missing: cargo build --release -p benches --bin get-many" >&2; exit 1; }
+}
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
