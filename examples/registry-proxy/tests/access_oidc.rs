@@ -186,7 +186,11 @@ async fn workload_tokens_pull_by_their_grants_and_forged_ones_are_refused() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(proxy.log().contains("principal=\"gh:acme/app\""));
+    assert!(
+        proxy
+            .logs(|l| l.contains("principal=\"gh:acme/app\""))
+            .await
+    );
     let evil = rs256(&k.k3, "k3", &workflow("evil"));
     assert_eq!(status(&proxy, &evil).await, 403);
     // The same URL for a provider that does not list 127.0.0.1: not fetched.
@@ -194,7 +198,9 @@ async fn workload_tokens_pull_by_their_grants_and_forged_ones_are_refused() {
     blocked["iss"] = "https://blocked.example".into();
     assert_eq!(status(&proxy, &rs256(&k.k3, "k3", &blocked)).await, 401);
     assert!(
-        proxy.log().contains("refused to connect to 127.0.0.1"),
+        proxy
+            .logs(|l| l.contains("refused to connect to 127.0.0.1"))
+            .await,
         "{}",
         proxy.log()
     );

@@ -35,15 +35,6 @@ async fn eventually(limit: Duration, mut done: impl AsyncFnMut() -> bool) -> boo
     done().await
 }
 
-/// Whether the proxy logs a line that `line` accepts within ten seconds
-/// (the log is written by a background thread).
-async fn logs(proxy: &Proxy, line: impl Fn(&str) -> bool) -> bool {
-    eventually(Duration::from_secs(10), async || {
-        proxy.log().lines().any(&line)
-    })
-    .await
-}
-
 /// Pushes a one-layer image as `repo:tag` (seed `seed`).
 fn push(up: &TestRegistry, repo: &str, tag: &str, seed: u64) -> cache_upstream::testing::TestImage {
     let dir = tempfile::tempdir().unwrap();
@@ -154,10 +145,11 @@ async fn after_a_purge_the_next_pull_is_a_miss_and_gc_takes_only_the_orphans() {
     assert!(ok, "{out}");
     assert!(out.contains("2 tag(s), 2 manifest(s)"), "{out}");
     assert!(
-        logs(&proxy, |l| l.contains("audit")
-            && l.contains("purge")
-            && l.contains("repository=library/app"))
-        .await,
+        proxy
+            .logs(|l| l.contains("audit")
+                && l.contains("purge")
+                && l.contains("repository=library/app"))
+            .await,
         "audited:\n{}",
         proxy.log()
     );
@@ -449,7 +441,7 @@ async fn a_sync_every_2s_caches_exactly_the_range_then_a_new_release_which_pulls
     .await;
     assert!(cached, "v1.2.0 cached by a sync:\n{}", proxy.log());
     assert!(
-        logs(&proxy, |l| l.contains("sync cached a tag")).await,
+        proxy.logs(|l| l.contains("sync cached a tag")).await,
         "audited"
     );
     assert_eq!(
@@ -673,7 +665,9 @@ async fn a_sync_under_a_signature_policy_caches_the_signed_tag_and_not_the_unsig
         1
     );
     assert!(
-        logs(&proxy, |l| l.contains("audit") && l.contains("refused")).await,
+        proxy
+            .logs(|l| l.contains("audit") && l.contains("refused"))
+            .await,
         "{}",
         proxy.log()
     );
@@ -805,10 +799,11 @@ async fn a_tag_deleted_upstream_is_served_stale_and_audited_under_serve_withdraw
             .all(|(d, _)| dest.path().join(d.hex()).exists())
     );
     assert!(
-        logs(&proxy, |l| l.contains("audit")
-            && l.contains("served a tag the upstream withdrew")
-            && l.contains("repository=library/app"))
-        .await,
+        proxy
+            .logs(|l| l.contains("audit")
+                && l.contains("served a tag the upstream withdrew")
+                && l.contains("repository=library/app"))
+            .await,
         "audited:\n{}",
         proxy.log()
     );
@@ -1016,7 +1011,7 @@ async fn a_sync_spends_the_pull_budget_down_to_the_reserve_and_stops_there() {
         assert_eq!(up.requests("GET", &part) + up.requests("HEAD", &part), 0);
     }
     assert!(
-        logs(&proxy, |l| l.contains("the run stops")).await,
+        proxy.logs(|l| l.contains("the run stops")).await,
         "{}",
         proxy.log()
     );
@@ -1069,10 +1064,9 @@ async fn a_withdrawn_tag_the_rule_s_policy_now_refuses_is_not_served_stale() {
     assert_eq!(proxy.metric(served).await, before, "nothing served");
     let digest = unsigned.digest.to_string();
     assert!(
-        logs(&proxy, |l| l.contains("audit")
-            && l.contains("refused")
-            && l.contains(&digest))
-        .await,
+        proxy
+            .logs(|l| l.contains("audit") && l.contains("refused") && l.contains(&digest))
+            .await,
         "the refusal is audited:\n{}",
         proxy.log()
     );
@@ -1099,13 +1093,14 @@ async fn a_tag_re_permissioned_upstream_is_served_stale_under_serve_withdrawn_an
         get_manifest(&proxy, "library/app", "v1").await,
         (200, "stale".to_owned())
     );
-    let audited = logs(&proxy, |l| {
-        l.contains("audit")
-            && l.contains("served a tag the upstream withdrew")
-            && l.contains("repository=library/app")
-            && l.contains("requires credentials")
-    })
-    .await;
+    let audited = proxy
+        .logs(|l| {
+            l.contains("audit")
+                && l.contains("served a tag the upstream withdrew")
+                && l.contains("repository=library/app")
+                && l.contains("requires credentials")
+        })
+        .await;
     assert!(
         audited,
         "audited, with what the upstream said:\n{}",

@@ -406,7 +406,9 @@ async fn a_failing_first_endpoint_falls_back_to_the_next_and_is_then_skipped() {
             );
         }
         assert!(
-            proxy.log().contains("answered by a fallback endpoint"),
+            proxy
+                .logs(|l| l.contains("answered by a fallback endpoint"))
+                .await,
             "{case}: logged"
         );
         if case != "refuses connections" {
@@ -480,7 +482,12 @@ async fn the_pull_budget_stops_at_the_reserve_cached_tags_go_stale_and_cold_miss
         gets,
         "no manifest GET spent past the reserve"
     );
-    assert!(proxy.log().contains("pull budget at its reserve"), "logged");
+    assert!(
+        proxy
+            .logs(|l| l.contains("pull budget at its reserve"))
+            .await,
+        "logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

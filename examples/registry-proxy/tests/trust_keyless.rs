@@ -314,7 +314,7 @@ async fn a_keyless_index_signature_covers_its_platforms_and_audit_mode_serves_an
             .await
             >= 1
     );
-    assert!(proxy.log().contains("outcome=\"audit_only\""));
+    assert!(proxy.logs(|l| l.contains("outcome=\"audit_only\"")).await);
 }
 
 #[test]

@@ -397,7 +397,7 @@ async fn notices_go_to_internal_addresses_only_when_listed() {
     );
     assert!(receiver.received().is_empty());
     assert!(
-        proxy.log().contains("allow_hosts"),
+        proxy.logs(|l| l.contains("allow_hosts")).await,
         "the log says why: {}",
         proxy.log()
     );

@@ -82,6 +82,22 @@ impl Proxy {
         self.0.log()
     }
 
+    /// Whether it logs a line that `line` accepts within ten seconds: the
+    /// log is written by a background thread, so a line about a request
+    /// may land after its response.
+    pub async fn logs(&self, line: impl Fn(&str) -> bool) -> bool {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if self.log().lines().any(&line) {
+                return true;
+            }
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
