@@ -122,8 +122,8 @@ fn podman_logs_in_with_a_robot_token_and_pulls_what_its_grant_covers() {
         text(&listed)
     );
     assert!(
-        proxy.log().contains("path=/token status=200")
-            && proxy.log().contains("principal=\"builder\""),
+        proxy.logs_blocking(|l| l.contains("path=/token status=200"))
+            && proxy.logs_blocking(|l| l.contains("principal=\"builder\"")),
         "{}",
         proxy.log()
     );

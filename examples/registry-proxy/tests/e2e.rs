@@ -50,7 +50,11 @@ fn skopeo_pulls_cold_then_warm_with_the_upstreams_layer_digests() {
             std::fs::read(warm.path().join(d.hex())).unwrap()
         );
     }
-    assert!(proxy.log().contains("cache=\"hit\""), "{}", proxy.log());
+    assert!(
+        proxy.logs_blocking(|l| l.contains("cache=\"hit\"")),
+        "{}",
+        proxy.log()
+    );
 }
 
 #[test]
@@ -732,7 +736,11 @@ fn two_proxies_on_one_azurite_container_share_what_either_fetched() {
                 == std::fs::read(warm.path().join(d.hex())).unwrap()
         );
     }
-    assert!(second.log().contains("cache=\"hit\""), "{}", second.log());
+    assert!(
+        second.logs_blocking(|l| l.contains("cache=\"hit\"")),
+        "{}",
+        second.log()
+    );
 }
 
 /// Sends `req` (several requests) in one write and reads `n` responses off

@@ -61,6 +61,9 @@ pub fn run_with_env(dir: &Path, args: &[&str], env: &[(String, String)]) -> (boo
     (out.status.success(), text)
 }
 
+/// How long [`Proxy::logs`] waits for a line.
+const LOG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Proxy {
     /// Starts a server on `body` in a directory of its own.
     pub fn start(body: &str) -> Proxy {
@@ -86,16 +89,27 @@ impl Proxy {
     /// log is written by a background thread, so a line about a request
     /// may land after its response.
     pub async fn logs(&self, line: impl Fn(&str) -> bool) -> bool {
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            if self.log().lines().any(&line) {
-                return true;
-            }
+        let end = std::time::Instant::now() + LOG_WAIT;
+        while !self.log().lines().any(&line) {
             if std::time::Instant::now() >= end {
                 return false;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        true
+    }
+
+    /// [`Proxy::logs`] for a synchronous test. The server is another
+    /// process, so blocking this thread holds nothing of it up.
+    pub fn logs_blocking(&self, line: impl Fn(&str) -> bool) -> bool {
+        let end = std::time::Instant::now() + LOG_WAIT;
+        while !self.log().lines().any(&line) {
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        true
     }
 
     pub fn url(&self, path: &str) -> String {
