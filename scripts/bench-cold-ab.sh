@@ -5,7 +5,8 @@
 # targets"). A Debian distribution registry on loopback holds one random
 # 256 MiB blob; curl pulls it. Prints one line per GET and the medians,
 # including how many cores were busy during the GET (all processes, from
-# /proc/stat): what a pipeline that stalls on hand-offs leaves idle.
+# /proc/stat): what a pipeline that stalls on hand-offs leaves idle; and
+# the clients' CPU (user + system of the curls or get-many).
 #
 #   ROUNDS=8 scripts/bench-cold-ab.sh
 #   VARIANTS="ours dist MALLOC_ARENA_MAX=1" scripts/bench-cold-ab.sh
@@ -35,6 +36,12 @@ CLIENTS=${CLIENTS:-1}
 CLIENT=${CLIENT:-curl}
 VARIANTS=${VARIANTS:-ours dist}
 . scripts/upstream-blob.sh
+# CPU (ms) the clients used between two `times` outputs ($1, $2), each
+# taken in the loop's own shell: its reaped children's user + system.
+clients_cpu_ms() {
+    awk 'FNR == 2 { for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t[FILENAME] += a[1] * 60 + a[2] } }
+        END { printf "%d\n", (t[ARGV[2]] - t[ARGV[1]]) * 1000 }' "$1" "$2"
+}
 start_upstream_with_blob
 [ "$CLIENT" = reqwest ] && need_get_many
 # The upstream's file in the page cache before the first measured GET.
@@ -64,6 +71,7 @@ for i in $(seq "$ROUNDS"); do
         perf stat -e task-clock,context-switches,page-faults -p "$P" -o "$D/stat" 2>/dev/null & S=$!
         sleep 0.3
         cpu0=$(awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
+        times > "$D/times0"
         if [ "$CLIENT" = reqwest ]; then
             "$GET_MANY" "$CLIENTS" "http://$PX/v2/bench/big/blobs/$DG" > "$D/curl.all"
         else
@@ -73,6 +81,7 @@ for i in $(seq "$ROUNDS"); do
             done
             wait "${CURLS[@]}"
         fi
+        times > "$D/times1"
         t=$(cat "$D"/curl.* | awk 'NR == 1 || $1 < f {f = $1} NR == 1 || $2 > l {l = $2} NR == 1 || $3 < s {s = $3} END {print f, l, s}')
         rm -f "$D"/curl.*
         kill -INT "$S"; wait "$S" 2>/dev/null || true
@@ -81,7 +90,8 @@ for i in $(seq "$ROUNDS"); do
         cpu1=$(awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
         # Cores busy during the GET, whoever kept them busy (all processes).
         busy=$(echo "$cpu0 $cpu1" | awk -v n="$(nproc)" '{t = $4 - $2; print (t > 0 ? n * (1 - ($3 - $1) / t) : 0)}')
-        echo "$v $t $stat $hwm $busy"
+        # Between the two, the shell reaped the clients and nothing else.
+        echo "$v $t $stat $hwm $busy $(clients_cpu_ms "$D/times0" "$D/times1")"
         kill "$P"; wait "$P" 2>/dev/null || true
     done
 done | tee "$D/lines"
@@ -89,10 +99,10 @@ python3 - "$D/lines" <<'EOF'
 import collections, statistics, sys
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
-    v, ttfb, total, size, cpu_ms, cs, faults, hwm, busy = line.split()
-    rows[v].append((float(ttfb), float(total), float(cpu_ms), float(cs), float(faults), float(hwm), float(busy)))
-print("variant: medians of first byte (s), total (s), proxy CPU (ms, perf task-clock, until the GET ends), context switches, page faults, peak RSS (KiB), cores busy during the GET (all processes)")
+    v, ttfb, total, size, cpu_ms, cs, faults, hwm, busy, kids = line.split()
+    rows[v].append((float(ttfb), float(total), float(cpu_ms), float(cs), float(faults), float(hwm), float(busy), float(kids)))
+print("variant: medians of first byte (s), total (s), proxy CPU (ms, perf task-clock, until the GET ends), context switches, page faults, peak RSS (KiB), cores busy during the GET (all processes), clients' CPU (ms)")
 for v, r in rows.items():
     med = [statistics.median(x) for x in zip(*r)]
-    print(f"{v}: {med[0]:.3f} s, {med[1]:.3f} s, {med[2]:.0f} ms, {med[3]:.0f}, {med[4]:.0f}, {med[5]:.0f}, {med[6]:.2f}")
+    print(f"{v}: {med[0]:.3f} s, {med[1]:.3f} s, {med[2]:.0f} ms, {med[3]:.0f}, {med[4]:.0f}, {med[5]:.0f}, {med[6]:.2f}, {med[7]:.0f}")
 EOF

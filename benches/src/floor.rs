@@ -61,13 +61,7 @@ impl FloorRun {
 
 /// This process's CPU seconds so far (user + system, all threads).
 fn own_cpu() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return 0.0;
-    }
-    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    s(u.ru_utime) + s(u.ru_stime)
+    crate::rusage_cpu(libc::RUSAGE_SELF)
 }
 
 /// Reads an HTTP head (at most 16 KiB) from `s`; returns it and whatever

@@ -60,6 +60,19 @@ pub fn rule_specs(n: usize) -> Vec<RuleSpec> {
         .collect()
 }
 
+/// CPU seconds (user + system) that `getrusage(2)` reports for `who`:
+/// `libc::RUSAGE_SELF` for this process, `libc::RUSAGE_THREAD` for the
+/// calling thread. NaN if the call fails.
+pub fn rusage_cpu(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut u) } != 0 {
+        return f64::NAN;
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(u.ru_utime) + s(u.ru_stime)
+}
+
 /// CPU time (user + system, all threads) a process has used so far, in
 /// seconds; 0 if unreadable. Read before and after a measurement to get the
 /// CPU it cost that process.
