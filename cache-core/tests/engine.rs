@@ -165,6 +165,42 @@ async fn wait_until(mut f: impl FnMut() -> bool) {
     panic!("condition not reached within 5 s");
 }
 
+/// Pushes `layer` as the one layer of `repo:v1`, pulls the manifest, and
+/// has the upstream drip the next blob it sends (256 KiB every `delay`),
+/// so that readers arrive while its fetch runs. Returns the layer's digest.
+async fn dripping_layer(e: &Env, repo: &str, layer: &Bytes, delay: Duration) -> Digest {
+    let img =
+        e.up.push_image(&n(repo), &t("v1"), std::slice::from_ref(layer));
+    e.cache
+        .manifest(&n(repo), &Reference::Tag(t("v1")), &Accept::any())
+        .await
+        .unwrap();
+    e.up.fail_next_blob(Fault::Drip {
+        chunk: 256 * 1024,
+        delay,
+    });
+    img.layers[0].0.clone()
+}
+
+/// `readers` GETs of blob `d` of `repo` at once, each read to its end;
+/// asserts that every one got exactly `want`.
+async fn concurrent_readers(e: &Env, repo: &str, d: &Digest, readers: usize, want: &Bytes) {
+    let tasks: Vec<_> = (0..readers)
+        .map(|_| {
+            let (c, repo, d) = (e.cache.clone(), n(repo), d.clone());
+            tokio::spawn(async move {
+                let r = c.blob(&repo, &d, None).await.unwrap();
+                drain(r.body.into_stream()).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (bytes, err) = task.await.unwrap();
+        assert!(err.is_none(), "{err:?}");
+        assert!(bytes == want[..], "every reader gets the exact bytes");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_name_is_name_unknown_and_contacts_no_upstream() {
     let rules = RuleSet::new(&[RuleSpec::new("lib", "up.example/library/*", "library/*")]).unwrap();
@@ -420,32 +456,9 @@ async fn thirty_two_concurrent_cold_readers_share_one_upstream_fetch() {
         ..Setup::default()
     });
     let layer = content(7, 3 * 1024 * 1024 + 17);
-    let img =
-        e.up.push_image(&n("library/big"), &t("v1"), std::slice::from_ref(&layer));
-    e.cache
-        .manifest(&n("library/big"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
     // Slow the upstream so every reader arrives while the fetch runs.
-    e.up.fail_next_blob(Fault::Drip {
-        chunk: 256 * 1024,
-        delay: Duration::from_millis(5),
-    });
-    let d = img.layers[0].0.clone();
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let c = e.cache.clone();
-        let d = d.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = c.blob(&n("library/big"), &d, None).await.unwrap();
-            drain(r.body.into_stream()).await
-        }));
-    }
-    for task in tasks {
-        let (bytes, err) = task.await.unwrap();
-        assert!(err.is_none(), "{err:?}");
-        assert!(bytes == layer, "every reader gets the exact bytes");
-    }
+    let d = dripping_layer(&e, "library/big", &layer, Duration::from_millis(5)).await;
+    concurrent_readers(&e, "library/big", &d, 32, &layer).await;
     assert_eq!(gets(&e.up), 1, "exactly one upstream blob GET");
     // Answers complete at verification; the commit follows.
     let cache = e.cache.clone();
@@ -1540,35 +1553,8 @@ async fn the_engine_works_on_the_filesystem_store() {
         ..Setup::default()
     });
     let layer = content(60, 2 * 1024 * 1024 + 3);
-    let img =
-        e.up.push_image(&n("library/app"), &t("v1"), std::slice::from_ref(&layer));
-    e.cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
-    e.up.fail_next_blob(Fault::Drip {
-        chunk: 256 * 1024,
-        delay: Duration::from_millis(2),
-    });
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let c = e.cache.clone();
-        let d = img.layers[0].0.clone();
-        tasks.push(tokio::spawn(async move {
-            drain(
-                c.blob(&n("library/app"), &d, None)
-                    .await
-                    .unwrap()
-                    .body
-                    .into_stream(),
-            )
-            .await
-        }));
-    }
-    for task in tasks {
-        let (bytes, err) = task.await.unwrap();
-        assert!(err.is_none() && bytes == layer);
-    }
+    let d = dripping_layer(&e, "library/app", &layer, Duration::from_millis(2)).await;
+    concurrent_readers(&e, "library/app", &d, 8, &layer).await;
     assert_eq!(gets(&e.up), 1);
     assert_eq!(e.up.calls.blob_heads.load(Ordering::SeqCst), 0);
 }
