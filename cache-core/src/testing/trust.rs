@@ -377,6 +377,36 @@ impl TestSigstore {
     }
 }
 
+/// RFC 9162's Merkle tree hash of `leaves` (leaf hashes, at least one),
+/// computed the way the RFC defines it, as a reference for verifiers.
+pub fn merkle_root(leaves: &[Vec<u8>]) -> Vec<u8> {
+    if let [one] = leaves {
+        return one.clone();
+    }
+    let k = leaves.len().next_power_of_two() / 2;
+    let mut h = Sha256::new();
+    h.update([1u8]);
+    h.update(merkle_root(&leaves[..k]));
+    h.update(merkle_root(&leaves[k..]));
+    h.finalize().to_vec()
+}
+
+/// RFC 9162's inclusion path of leaf `m` in the tree of `leaves`: the
+/// sibling subtrees' hashes from the leaf up.
+pub fn inclusion_path(m: usize, leaves: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    if leaves.len() == 1 {
+        return vec![];
+    }
+    let k = leaves.len().next_power_of_two() / 2;
+    let (mut p, sibling) = if m < k {
+        (inclusion_path(m, &leaves[..k]), &leaves[k..])
+    } else {
+        (inclusion_path(m - k, &leaves[k..]), &leaves[..k])
+    };
+    p.push(merkle_root(sibling));
+    p
+}
+
 /// A Merkle tree head and the inclusion proof of one leaf, for a tree of
 /// `size` leaves where `body` is at `index` (the others are filler).
 fn merkle(body: &[u8], index: usize, size: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
@@ -385,35 +415,6 @@ fn merkle(body: &[u8], index: usize, size: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
         h.update([0u8]);
         h.update(b);
         h.finalize().to_vec()
-    }
-    fn node(l: &[u8], r: &[u8]) -> Vec<u8> {
-        let mut h = Sha256::new();
-        h.update([1u8]);
-        h.update(l);
-        h.update(r);
-        h.finalize().to_vec()
-    }
-    fn mth(l: &[Vec<u8>]) -> Vec<u8> {
-        if l.len() == 1 {
-            return l[0].clone();
-        }
-        let k = l.len().next_power_of_two() / 2;
-        node(&mth(&l[..k]), &mth(&l[k..]))
-    }
-    fn path(m: usize, l: &[Vec<u8>]) -> Vec<Vec<u8>> {
-        if l.len() == 1 {
-            return vec![];
-        }
-        let k = l.len().next_power_of_two() / 2;
-        if m < k {
-            let mut p = path(m, &l[..k]);
-            p.push(mth(&l[k..]));
-            p
-        } else {
-            let mut p = path(m - k, &l[k..]);
-            p.push(mth(&l[..k]));
-            p
-        }
     }
     let leaves: Vec<Vec<u8>> = (0..size)
         .map(|i| {
@@ -424,7 +425,7 @@ fn merkle(body: &[u8], index: usize, size: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
             }
         })
         .collect();
-    (mth(&leaves), path(index, &leaves))
+    (merkle_root(&leaves), inclusion_path(index, &leaves))
 }
 
 /// A logged entry: its index, signed entry timestamp and inclusion proof.

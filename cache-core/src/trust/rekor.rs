@@ -375,29 +375,8 @@ mod tests {
     /// proof of every size leads to the root of that size.
     #[test]
     fn inclusion_proofs_lead_to_the_root_of_every_tree_size() {
+        use crate::testing::trust::{inclusion_path as path, merkle_root as mth};
         let leaves: Vec<Vec<u8>> = (0..7u8).map(|i| leaf_hash(&[i])).collect();
-        fn mth(l: &[Vec<u8>]) -> Vec<u8> {
-            if l.len() == 1 {
-                return l[0].clone();
-            }
-            let k = l.len().next_power_of_two() / 2;
-            node(&mth(&l[..k]), &mth(&l[k..]))
-        }
-        fn path(m: usize, l: &[Vec<u8>]) -> Vec<Vec<u8>> {
-            if l.len() == 1 {
-                return vec![];
-            }
-            let k = l.len().next_power_of_two() / 2;
-            if m < k {
-                let mut p = path(m, &l[..k]);
-                p.push(mth(&l[k..]));
-                p
-            } else {
-                let mut p = path(m - k, &l[k..]);
-                p.push(mth(&l[..k]));
-                p
-            }
-        }
         for n in 1..=leaves.len() {
             let root = mth(&leaves[..n]);
             for m in 0..n {
