@@ -69,8 +69,9 @@ pub struct Peering {
 
 /// `[storage] peer_*`: peer streaming between instances on one object
 /// store. With the `serde` feature it deserialises from the keys
-/// `peer_listen`, `peer_advertise`, `peer_secret`, `peer_timeout` and
-/// `peer_max_connections` and validates itself.
+/// `peer_listen`, `peer_advertise`, `peer_secret`, `peer_timeout`,
+/// `peer_max_connections` and, for mutual TLS, `peer_certificate`,
+/// `peer_key`, `peer_ca` and `peer_server_name`, and validates itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     /// Where the peer endpoint listens (`IP:PORT`).
@@ -90,6 +91,46 @@ pub struct PeerConfig {
     /// Peer connections served at once (default 64); peer streams at
     /// once are bounded by the same number.
     pub max_connections: usize,
+    /// Mutual TLS between the instances (`peer_certificate`, `peer_key`,
+    /// `peer_ca`, `peer_server_name`); `None` for plain HTTP.
+    pub tls: Option<PeerTls>,
+}
+
+/// Mutual TLS for peer traffic: every instance serves its peer endpoint
+/// with `certificate` and presents the same certificate to the others,
+/// and accepts only certificates that chain to `ca`, in both directions.
+/// Instances are reached at addresses that change (pod IPs), so a peer's
+/// certificate is checked against `server_name`, not against the address
+/// it was reached at. The certificate needs both the `serverAuth` and the
+/// `clientAuth` extended key usage (or none). The files are PEM; reading
+/// them is the server's and the client's business (this crate reads no
+/// files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTls {
+    /// This instance's certificate chain, leaf first.
+    pub certificate: std::path::PathBuf,
+    /// Its private key.
+    pub key: std::path::PathBuf,
+    /// The CA certificates every instance's certificate chains to.
+    pub ca: std::path::PathBuf,
+    /// The name every instance's certificate is valid for (default
+    /// [`PeerTls::DEFAULT_SERVER_NAME`]).
+    pub server_name: String,
+}
+
+impl PeerTls {
+    /// The default `server_name`.
+    pub const DEFAULT_SERVER_NAME: &'static str = "registry-proxy-peer";
+
+    /// Makes relative paths relative to `base` (the configuration file's
+    /// directory).
+    pub fn rebase(&mut self, base: &std::path::Path) {
+        for p in [&mut self.certificate, &mut self.key, &mut self.ca] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
 }
 
 impl PeerConfig {
@@ -106,6 +147,10 @@ impl PeerConfig {
         "peer_secret",
         "peer_timeout",
         "peer_max_connections",
+        "peer_certificate",
+        "peer_key",
+        "peer_ca",
+        "peer_server_name",
     ];
 
     /// Checks an advertised address: `host:port`, the host a DNS name or
@@ -206,11 +251,17 @@ mod de {
         peer_secret: Option<RawSecret>,
         peer_timeout: Option<String>,
         peer_max_connections: Option<usize>,
+        peer_certificate: Option<std::path::PathBuf>,
+        peer_key: Option<std::path::PathBuf>,
+        peer_ca: Option<std::path::PathBuf>,
+        peer_server_name: Option<String>,
     }
 
     /// The keys of [`PeerConfig::KEYS`]: `peer_listen`, `peer_advertise`
     /// and `peer_secret` all required, `peer_timeout` at least 100ms,
-    /// `peer_max_connections` at least 1, unknown keys refused. Errors
+    /// `peer_max_connections` at least 1, `peer_certificate`, `peer_key`
+    /// and `peer_ca` all or none, `peer_server_name` (a DNS name) only
+    /// with them, unknown keys refused. Errors
     /// name the key and value (the secret's value never). Read it only
     /// when one of the keys is given: peer streaming is off otherwise.
     impl<'de> Deserialize<'de> for PeerConfig {
@@ -226,6 +277,18 @@ mod de {
         }
     }
 
+    /// A DNS name: dot-separated labels of letters, digits and inner
+    /// hyphens, 1 to 63 characters each, 253 at most in all.
+    fn valid_server_name(name: &str) -> bool {
+        name.len() <= 253
+            && name.split('.').all(|l| {
+                (1..=63).contains(&l.len())
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            })
+    }
+
     impl Raw {
         fn check(self) -> std::result::Result<Option<PeerConfig>, ConfigError> {
             let (listen, advertise, secret) = match (
@@ -234,10 +297,18 @@ mod de {
                 self.peer_secret,
             ) {
                 (None, None, None) => {
-                    if self.peer_timeout.is_some() || self.peer_max_connections.is_some() {
-                        return Err(ConfigError::new(
-                            "peer_timeout and peer_max_connections need peer_listen, peer_advertise and peer_secret",
-                        ));
+                    let others = [
+                        ("peer_timeout", self.peer_timeout.is_some()),
+                        ("peer_max_connections", self.peer_max_connections.is_some()),
+                        ("peer_certificate", self.peer_certificate.is_some()),
+                        ("peer_key", self.peer_key.is_some()),
+                        ("peer_ca", self.peer_ca.is_some()),
+                        ("peer_server_name", self.peer_server_name.is_some()),
+                    ];
+                    if let Some((key, _)) = others.iter().find(|(_, given)| *given) {
+                        return Err(ConfigError::new(format!(
+                            "{key} needs peer_listen, peer_advertise and peer_secret"
+                        )));
                     }
                     return Ok(None);
                 }
@@ -289,12 +360,53 @@ mod de {
             if max_connections == 0 {
                 return Err(ConfigError::new("peer_max_connections = 0: at least 1"));
             }
+            let tls = match (self.peer_certificate, self.peer_key, self.peer_ca) {
+                (None, None, None) => {
+                    if self.peer_server_name.is_some() {
+                        return Err(ConfigError::new(
+                            "peer_server_name needs peer_certificate, peer_key and peer_ca",
+                        ));
+                    }
+                    None
+                }
+                (Some(certificate), Some(key), Some(ca)) => {
+                    let server_name = self
+                        .peer_server_name
+                        .unwrap_or_else(|| PeerTls::DEFAULT_SERVER_NAME.to_owned());
+                    if !valid_server_name(&server_name) {
+                        return Err(ConfigError::new(format!(
+                            "peer_server_name = {server_name:?}: a DNS name"
+                        )));
+                    }
+                    Some(PeerTls {
+                        certificate,
+                        key,
+                        ca,
+                        server_name,
+                    })
+                }
+                (c, k, a) => {
+                    let missing: Vec<&str> = [
+                        ("peer_certificate", c.is_none()),
+                        ("peer_key", k.is_none()),
+                        ("peer_ca", a.is_none()),
+                    ]
+                    .into_iter()
+                    .filter_map(|(k, m)| m.then_some(k))
+                    .collect();
+                    return Err(ConfigError::new(format!(
+                        "peer TLS needs peer_certificate, peer_key and peer_ca together; missing {}",
+                        missing.join(", ")
+                    )));
+                }
+            };
             Ok(Some(PeerConfig {
                 listen,
                 advertise,
                 secret: Secret::new(secret),
                 timeout,
                 max_connections,
+                tls,
             }))
         }
     }
@@ -393,8 +505,40 @@ mod tests {
             );
         }
         let e = parse("peer_timeout = \"1s\"").unwrap_err();
-        assert!(e.contains("need peer_listen"), "{e}");
+        assert!(e.contains("peer_timeout needs peer_listen"), "{e}");
+        let e = parse("peer_ca = \"ca.pem\"").unwrap_err();
+        assert!(e.contains("peer_ca needs peer_listen"), "{e}");
         let e = parse("peer_secrets = \"x\"").unwrap_err();
         assert!(e.contains("peer_secrets"), "{e}");
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn peer_tls_takes_its_three_files_together_and_a_dns_name() {
+        let base = "peer_listen = \"127.0.0.1:5001\"\npeer_advertise = \"a:5001\"\npeer_secret = \"0123456789abcdef\"\n";
+        let parse = |extra: &str| -> std::result::Result<PeerConfig, String> {
+            let table: toml::Table = toml::from_str(&format!("{base}{extra}")).unwrap();
+            PeerConfig::deserialize(toml::Value::Table(table)).map_err(|e| e.to_string())
+        };
+        assert_eq!(parse("").unwrap().tls, None);
+        let files =
+            "peer_certificate = \"peer.pem\"\npeer_key = \"peer-key.pem\"\npeer_ca = \"ca.pem\"\n";
+        let mut tls = parse(files).unwrap().tls.unwrap();
+        assert_eq!(tls.server_name, PeerTls::DEFAULT_SERVER_NAME);
+        tls.rebase(std::path::Path::new("/etc/proxy"));
+        assert_eq!(tls.key, std::path::Path::new("/etc/proxy/peer-key.pem"));
+        let named = parse(&format!("{files}peer_server_name = \"peers.cache.svc\"\n")).unwrap();
+        assert_eq!(named.tls.unwrap().server_name, "peers.cache.svc");
+        let e = parse("peer_certificate = \"peer.pem\"\n").unwrap_err();
+        assert!(e.contains("missing peer_key, peer_ca"), "{e}");
+        let e = parse("peer_server_name = \"x\"\n").unwrap_err();
+        assert!(e.contains("peer_server_name needs peer_certificate"), "{e}");
+        for bad in ["", "a..b", "-a", "a b", "10.0.0.1:5001", &"x".repeat(64)] {
+            let e = parse(&format!("{files}peer_server_name = {bad:?}\n")).unwrap_err();
+            assert!(
+                e.contains("peer_server_name = ") && e.contains("a DNS name"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

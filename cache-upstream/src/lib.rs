@@ -64,5 +64,5 @@ pub use config::{CredentialSet, PreparedRegistry, RegistryConfig};
 #[cfg(feature = "jwks")]
 pub use jwks::JwksClient;
 pub use layout::OciLayout;
-pub use peer::PeerClient;
+pub use peer::{PeerClient, peer_client_tls};
 pub use policy::{AddressPolicy, Refused, is_public};

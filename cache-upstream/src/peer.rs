@@ -2,51 +2,194 @@
 //! holds its fetch lease (`cache_core::peer`), at the address the lease
 //! names, from its peer endpoint (`cache_core::server::PeerService`).
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cache_core::peer::{PeerConfig, PeerSource};
+use cache_core::peer::{PeerConfig, PeerSource, PeerTls};
 use cache_core::{Digest, Error, Result, Secret, UpstreamBlob};
 use futures::StreamExt;
 use reqwest::{StatusCode, header};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 /// A [`PeerSource`] over HTTP: `GET http://<peer>/peer/v1/blobs/<digest>`
 /// with `Range: bytes=N-` and the shared secret as a bearer token. No
 /// redirects, no proxy, no retries (the engine resumes), a connect and
-/// answer timeout, idle connections kept per peer (at most 8).
+/// answer timeout, idle connections kept per peer (at most 8). With
+/// [`PeerTls`], HTTPS with mutual TLS instead (see [`peer_client_tls`]).
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
     secret: Secret,
+    scheme: &'static str,
 }
 
 impl std::fmt::Debug for PeerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerClient")
             .field("secret", &self.secret)
+            .field("scheme", &self.scheme)
             .finish_non_exhaustive()
     }
 }
 
 impl PeerClient {
     /// A client presenting `secret`, giving up on a peer that does not
-    /// connect or answer within `timeout`.
+    /// connect or answer within `timeout`, over plain HTTP.
     pub fn new(secret: Secret, timeout: Duration) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        Self::build(secret, timeout, None)
+    }
+
+    /// The same over HTTPS with `tls` (from [`peer_client_tls`]).
+    pub fn with_tls(secret: Secret, timeout: Duration, tls: rustls::ClientConfig) -> Result<Self> {
+        Self::build(secret, timeout, Some(tls))
+    }
+
+    fn build(secret: Secret, timeout: Duration, tls: Option<rustls::ClientConfig>) -> Result<Self> {
+        let mut http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(timeout)
             .read_timeout(timeout)
             .pool_max_idle_per_host(8)
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        let scheme = match tls {
+            Some(tls) => {
+                http = http.use_preconfigured_tls(tls).https_only(true);
+                "https"
+            }
+            None => "http",
+        };
+        let http = http
             .build()
             .map_err(|e| Error::misconfigured(format!("peer client: {e}")))?;
-        Ok(PeerClient { http, secret })
+        Ok(PeerClient {
+            http,
+            secret,
+            scheme,
+        })
     }
 
-    /// The client for `config` (its secret and timeout).
+    /// The client for `config`: its secret and timeout, and its TLS files
+    /// read now if it has them (an error names the file).
     pub fn from_config(config: &PeerConfig) -> Result<Self> {
-        Self::new(config.secret.clone(), config.timeout)
+        match &config.tls {
+            None => Self::new(config.secret.clone(), config.timeout),
+            Some(tls) => {
+                Self::with_tls(config.secret.clone(), config.timeout, peer_client_tls(tls)?)
+            }
+        }
+    }
+}
+
+/// The client side of mutual TLS between peers: trusts only the
+/// certificates that chain to `tls.ca`, checks a peer's certificate
+/// against `tls.server_name` whatever address the peer was reached at,
+/// and presents `tls.certificate`. The files are read now; an error names
+/// the file and the key it came from.
+pub fn peer_client_tls(tls: &PeerTls) -> Result<rustls::ClientConfig> {
+    let bad = |key: &str, path: &Path, why: String| {
+        Error::misconfigured(format!(
+            "storage.{key} = {:?}: {why}",
+            path.display().to_string()
+        ))
+    };
+    let read =
+        |key: &str, path: &Path| std::fs::read(path).map_err(|e| bad(key, path, e.to_string()));
+    let certificates = |key: &str, path: &Path| -> Result<Vec<CertificateDer<'static>>> {
+        let pem = read(key, path)?;
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| bad(key, path, format!("not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad(key, path, "no certificate in it".into()));
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certificates("peer_ca", &tls.ca)? {
+        roots
+            .add(c)
+            .map_err(|e| bad("peer_ca", &tls.ca, e.to_string()))?;
+    }
+    let chain = certificates("peer_certificate", &tls.certificate)?;
+    let key = PrivateKeyDer::from_pem_slice(&read("peer_key", &tls.key)?)
+        .map_err(|e| bad("peer_key", &tls.key, format!("no usable private key: {e}")))?;
+    let name = ServerName::try_from(tls.server_name.clone()).map_err(|e| {
+        Error::misconfigured(format!(
+            "storage.peer_server_name = {:?}: {e}",
+            tls.server_name
+        ))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| bad("peer_ca", &tls.ca, e.to_string()))?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::misconfigured(format!("peer TLS: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NamedPeer { inner, name }))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| {
+            bad(
+                "peer_certificate",
+                &tls.certificate,
+                format!("with {}: {e}", tls.key.display()),
+            )
+        })?;
+    Ok(config)
+}
+
+/// Checks a peer's certificate chain with webpki against the peer CA and
+/// for the configured name, in place of the name of the address the peer
+/// was reached at (which its certificate cannot know: pod IPs change).
+/// Everything else, signatures included, is webpki's.
+#[derive(Debug)]
+struct NamedPeer {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for NamedPeer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _reached_at: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -55,7 +198,11 @@ impl PeerSource for PeerClient {
     async fn blob(&self, peer: &str, digest: &Digest, from: u64) -> Result<UpstreamBlob> {
         PeerConfig::check_advertise(peer)
             .map_err(|e| Error::upstream(peer, format!("peer address {e}"), false))?;
-        let url = format!("http://{peer}{}{digest}", cache_core::peer::PEER_PATH);
+        let url = format!(
+            "{}://{peer}{}{digest}",
+            self.scheme,
+            cache_core::peer::PEER_PATH
+        );
         let fail = |m: String| Error::upstream(peer, format!("peer: {m}"), true);
         let resp = self
             .http

@@ -73,6 +73,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("[server]", server(old) == server(new)),
         ("[[webhook]]", old.webhooks == new.webhooks),
+        ("storage.peer_*", old.peer == new.peer),
         (
             "[upstream] / storage lease and touch settings / server.max_manifest_size",
             (&old.cache, &old.client) == (&new.cache, &new.client),

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::http::{App, AppState, healthz, readyz};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
+use crate::tls::Certificates;
 use crate::{build_cache, open_store};
 
 /// Completes on SIGTERM or SIGINT.
@@ -302,32 +303,30 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         max_connections: cfg.max_connections,
         shutdown_grace: cfg.shutdown_grace,
     };
-    let certificates = match cfg
-        .tls
-        .clone()
-        .map(crate::tls::Certificates::new)
-        .transpose()
-    {
-        Ok(c) => c,
+    // Files that change are re-read (and on SIGHUP): new handshakes get
+    // the new certificate.
+    let (certificates, tls) = match cfg.tls.clone().map(Certificates::serve).transpose() {
+        Ok(served) => served.unzip(),
         Err(e) => {
             eprintln!("registry-proxy: tls: {e}");
             return ExitCode::from(2);
         }
     };
-    let tls = match &certificates {
+    // Mutual TLS between instances: the peer certificate served, and
+    // peers' certificates required to chain to the peer CA.
+    let peer_tls = match peer.as_ref().and_then(|p| p.tls.as_ref()).map(|t| {
+        Certificates::serve(crate::tls::TlsFiles {
+            certificate: t.certificate.clone(),
+            key: t.key.clone(),
+            client_ca: Some(t.ca.clone()),
+        })
+    }) {
         None => None,
-        Some(c) => match c.server_config() {
-            Ok(sc) => {
-                // Files that change are re-read (and on SIGHUP): new
-                // handshakes get the new certificate.
-                c.watch(std::time::Duration::from_secs(2));
-                Some(tokio_rustls::TlsAcceptor::from(sc))
-            }
-            Err(e) => {
-                eprintln!("registry-proxy: tls: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        Some(Ok((_, acceptor))) => Some(acceptor),
+        Some(Err(e)) => {
+            eprintln!("registry-proxy: storage.peer_certificate: {e}");
+            return ExitCode::from(2);
+        }
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let reloader = Arc::new(
@@ -392,13 +391,13 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         };
         match tokio::net::TcpListener::bind(peer.listen).await {
             Ok(l) => {
-                tracing::info!(peer_listen = %peer.listen, advertise = %peer.advertise, "peer endpoint serving");
+                tracing::info!(peer_listen = %peer.listen, advertise = %peer.advertise, mutual_tls = peer.tls.is_some(), "peer endpoint serving");
                 let app = service.into_router();
                 tokio::spawn(serve_connections(
                     l,
                     app,
                     limits,
-                    None,
+                    peer_tls,
                     std::future::pending(),
                 ));
             }

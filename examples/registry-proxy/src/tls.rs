@@ -166,6 +166,16 @@ impl Certificates {
         });
     }
 
+    /// Loads `files` and makes the acceptor that serves them; the files
+    /// are re-read whenever they change (checked every 2 s), so new
+    /// handshakes get a rotated certificate.
+    pub fn serve(files: TlsFiles) -> Result<(Arc<Self>, tokio_rustls::TlsAcceptor), String> {
+        let certificates = Self::new(files)?;
+        let config = certificates.server_config()?;
+        certificates.watch(Duration::from_secs(2));
+        Ok((certificates, tokio_rustls::TlsAcceptor::from(config)))
+    }
+
     /// The rustls configuration: HTTP/2 and HTTP/1.1 by ALPN, client
     /// certificates required when a client CA is configured.
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, String> {

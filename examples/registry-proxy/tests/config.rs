@@ -3,6 +3,8 @@
 //! batched parse of huge rule files. Each library type's own validation is
 //! tested with the type.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -555,6 +557,41 @@ fn peer_streaming_keys_are_for_an_object_store_and_validate_themselves() {
         assert!(e.contains(says), "{text}: {e}");
         assert!(!e.contains("short\""), "the secret in an error: {e}");
     }
+}
+
+/// Peer TLS files are found relative to the configuration's directory
+/// and read when it loads: one that is missing, or a key that is not the
+/// certificate's, is an error naming the file.
+#[test]
+fn peer_tls_files_load_with_the_configuration_and_errors_name_them() {
+    let ca = common::TestCa::new("peer CA");
+    let dir = ca.dir.path();
+    ca.write_to(dir, "ca.pem");
+    ca.issue_peer_files(dir, "peer", &["registry-proxy-peer"]);
+    ca.issue_peer_files(dir, "other", &["registry-proxy-peer"]);
+    let text = |cert: &str, key: &str| {
+        format!(
+            "[storage]\nbackend = \"object\"\nurl = \"az://c/p\"\npeer_listen = \"127.0.0.1:5001\"\npeer_advertise = \"p:5001\"\npeer_secret = \"a-secret-of-some-length\"\npeer_certificate = \"{cert}\"\npeer_key = \"{key}\"\npeer_ca = \"ca.pem\"\n{REGISTRY}{RULE}"
+        )
+    };
+    let c = Config::parse(&text("peer.pem", "peer-key.pem"), dir).unwrap();
+    let other = Config::parse(&text("other.pem", "other-key.pem"), dir).unwrap();
+    assert_eq!(
+        registry_proxy::reload::restart_only_changes(&c, &other),
+        vec!["storage.peer_*"],
+        "the peer listener and client are set up at start"
+    );
+    let tls = c.peer.unwrap().tls.unwrap();
+    assert_eq!(tls.ca, dir.join("ca.pem"));
+    assert_eq!(tls.server_name, "registry-proxy-peer");
+    let e = Config::parse(&text("missing.pem", "peer-key.pem"), dir)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.pem"), "{e}");
+    let e = Config::parse(&text("peer.pem", "other-key.pem"), dir)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("peer.pem") && e.contains("other-key.pem"), "{e}");
 }
 
 #[test]

@@ -325,13 +325,23 @@ const PEER_SECRET: &str = "replicas-test-peer-secret";
 /// a peer endpoint on a free loopback port, advertised as such. Returns
 /// them and their peer ports.
 fn peered(up: &HostileRegistry, az: &Azurite, container: &str) -> (Vec<Proxy>, Vec<u16>) {
+    peered_with(up, az, container, "")
+}
+
+/// As [`peered`], with `extra` added to each instance's peer keys.
+fn peered_with(
+    up: &HostileRegistry,
+    az: &Azurite,
+    container: &str,
+    extra: &str,
+) -> (Vec<Proxy>, Vec<u16>) {
     let ports: Vec<u16> = (0..3).map(|_| cache_core::testing::free_port()).collect();
     let proxies = ports
         .iter()
         .enumerate()
         .map(|(i, port)| {
             let peer = format!(
-                "peer_listen = \"127.0.0.1:{port}\"\npeer_advertise = \"127.0.0.1:{port}\"\npeer_secret = \"{PEER_SECRET}\"\npeer_timeout = \"2s\"\n"
+                "peer_listen = \"127.0.0.1:{port}\"\npeer_advertise = \"127.0.0.1:{port}\"\npeer_secret = \"{PEER_SECRET}\"\npeer_timeout = \"2s\"\n{extra}"
             );
             Proxy::start(&config(up, az, container, &format!("p{i}"), &peer))
         })
@@ -354,6 +364,24 @@ async fn holder_of(store: &ObjectBlobStore, d: &Digest) -> (usize, String) {
     }
 }
 
+/// `clients` GETs at once of blob `d` in library/app, spread over
+/// `proxies` in turn; asserts that each got exactly `want`.
+async fn all_get(proxies: &[Proxy], d: &Digest, clients: usize, want: &Bytes) {
+    let clients: Vec<_> = (0..clients)
+        .map(|i| {
+            let url = proxies[i % proxies.len()].url(&format!("/v2/library/app/blobs/{d}"));
+            tokio::spawn(get_blob(url))
+        })
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        let body = c
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert!(body == want, "client {i} got other bytes");
+    }
+}
+
 async fn sum_metric(proxies: &[&Proxy], series: &str) -> u64 {
     let mut n = 0;
     for p in proxies {
@@ -371,20 +399,7 @@ async fn sixteen_clients_on_three_instances_stream_from_the_lease_holder() {
     up.set_rate(Some(8 * 1024 * 1024));
     let (proxies, _) = peered(&up, &az, "peers");
     let (d, _) = &img.layers[0];
-    let clients: Vec<_> = (0..16)
-        .map(|i| {
-            tokio::spawn(get_blob(
-                proxies[i % 3].url(&format!("/v2/library/app/blobs/{d}")),
-            ))
-        })
-        .collect();
-    for (i, c) in clients.into_iter().enumerate() {
-        let body = c
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("client {i}: {e}"));
-        assert!(body == layer, "client {i} got other bytes");
-    }
+    all_get(&proxies, d, 16, &layer).await;
     assert_eq!(up.requests("GET", d.as_str()), 1, "one upstream GET in all");
     let all: Vec<&Proxy> = proxies.iter().collect();
     let streamed = sum_metric(
@@ -644,4 +659,113 @@ async fn the_peer_endpoint_refuses_strangers_and_digests_it_holds_no_lease_for()
     assert!(follower.await.unwrap().unwrap() == layer);
     let log = proxies.iter().map(Proxy::log).collect::<String>();
     assert!(!log.contains(PEER_SECRET), "the secret reached a log");
+}
+
+/// Mutual TLS between the instances: with one certificate from the peer
+/// CA (named `registry-proxy-peer`, reached at any address), the three
+/// instances stream a blob to each other over HTTPS; the peer endpoint
+/// refuses plain HTTP, a client with no certificate and one from another
+/// CA; and a follower refuses an endpoint whose certificate does not name
+/// the configured `peer_server_name`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_with_mutual_tls_stream_to_each_other_and_refuse_everyone_else() {
+    use cache_core::peer::{PeerSource, PeerTls};
+    use cache_upstream::{PeerClient, peer_client_tls};
+    let az = azurite("peertls");
+    let up = HostileRegistry::start("127.0.0.1");
+    let layer = Bytes::from(content(24, 8 * 1024 * 1024).to_vec());
+    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    up.set_rate(Some(8 * 1024 * 1024));
+    let ca = common::TestCa::new("peer CA");
+    let files = tempfile::tempdir().unwrap();
+    let ca_pem = ca.write_to(files.path(), "peer-ca.pem");
+    let (cert, key) = ca.issue_peer_files(
+        files.path(),
+        "peer",
+        &[PeerTls::DEFAULT_SERVER_NAME, "127.0.0.1"],
+    );
+    let tls_keys = format!(
+        "peer_certificate = \"{}\"\npeer_key = \"{}\"\npeer_ca = \"{}\"\n",
+        cert.display(),
+        key.display(),
+        ca_pem.display()
+    );
+    let (proxies, ports) = peered_with(&up, &az, "peertls", &tls_keys);
+    let (d, _) = &img.layers[0];
+    all_get(&proxies, d, 6, &layer).await;
+    assert_eq!(up.requests("GET", d.as_str()), 1, "one upstream GET in all");
+    let all: Vec<&Proxy> = proxies.iter().collect();
+    assert_eq!(
+        sum_metric(
+            &all,
+            "registry_proxy_peer_fetches_total{outcome=\"streamed\"}"
+        )
+        .await,
+        2,
+        "the two followers streamed from the holder over TLS"
+    );
+    assert!(sum_metric(&all, "registry_proxy_peer_bytes_total").await >= layer.len() as u64);
+
+    // Straight at a peer endpoint, for a digest it holds no lease for: a
+    // client it accepts gets its 404, any other no answer at all.
+    let secret = cache_core::Secret::new(PEER_SECRET.to_owned());
+    let peer = format!("127.0.0.1:{}", ports[0]);
+    let nothing = Digest::sha256_of(b"no lease on this");
+    let tls = PeerTls {
+        certificate: cert.clone(),
+        key: key.clone(),
+        ca: ca_pem.clone(),
+        server_name: PeerTls::DEFAULT_SERVER_NAME.to_owned(),
+    };
+    let ask = |client: PeerClient| {
+        let (peer, nothing) = (peer.clone(), nothing.clone());
+        async move {
+            match client.blob(&peer, &nothing, 0).await {
+                Ok(_) => "an answer".to_owned(),
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    let t = Duration::from_secs(2);
+    let mine = PeerClient::with_tls(secret.clone(), t, peer_client_tls(&tls).unwrap()).unwrap();
+    let e = ask(mine).await;
+    assert!(e.contains("answered 404"), "accepted: {e}");
+    let plain = PeerClient::new(secret.clone(), t).unwrap();
+    let e = ask(plain).await;
+    assert!(e.contains("request failed"), "plain HTTP: {e}");
+    let strangers = common::TestCa::new("stranger CA");
+    let (scert, skey) =
+        strangers.issue_peer_files(files.path(), "stranger", &[PeerTls::DEFAULT_SERVER_NAME]);
+    let stranger = PeerTls {
+        certificate: scert,
+        key: skey,
+        ..tls.clone()
+    };
+    let e =
+        ask(PeerClient::with_tls(secret.clone(), t, peer_client_tls(&stranger).unwrap()).unwrap())
+            .await;
+    assert!(
+        e.contains("request failed"),
+        "a certificate from another CA: {e}"
+    );
+    let other_name = PeerTls {
+        server_name: "someone-else".to_owned(),
+        ..tls.clone()
+    };
+    let e =
+        ask(PeerClient::with_tls(secret, t, peer_client_tls(&other_name).unwrap()).unwrap()).await;
+    assert!(e.contains("request failed"), "a peer not named so: {e}");
+    // No client certificate at all, the server's checked as usual.
+    let anonymous = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&ca_pem).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let r = anonymous
+        .get(format!("https://{peer}/peer/v1/blobs/{nothing}"))
+        .bearer_auth(PEER_SECRET)
+        .send()
+        .await;
+    assert!(r.is_err(), "no client certificate: {r:?}");
 }

@@ -324,17 +324,29 @@ impl TestCa {
     /// Issues a certificate named `cn` for `names` (a server's, or with
     /// `client` a client's): its PEM and its key's PEM.
     pub fn issue(&self, cn: &str, names: &[&str], client: bool) -> (String, String) {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        self.issue_for(
+            cn,
+            names,
+            vec![if client { ClientAuth } else { ServerAuth }],
+        )
+    }
+
+    /// A certificate named `cn` for `names` with the extended key usages
+    /// `usages`: its PEM and its key's PEM.
+    fn issue_for(
+        &self,
+        cn: &str,
+        names: &[&str],
+        usages: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    ) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = rcgen::CertificateParams::new(names).unwrap();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
-        params.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
+        params.extended_key_usages = usages;
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         (cert.pem(), key.serialize_pem())
     }
@@ -348,7 +360,22 @@ impl TestCa {
         names: &[&str],
         client: bool,
     ) -> (PathBuf, PathBuf) {
-        let (cert, key) = self.issue(stem, names, client);
+        Self::write_pair(dir, stem, self.issue(stem, names, client))
+    }
+
+    /// A certificate for both ends of a connection (server and client
+    /// authentication), as instances present to each other, written as
+    /// [`issue_files`](Self::issue_files) writes.
+    pub fn issue_peer_files(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        Self::write_pair(
+            dir,
+            stem,
+            self.issue_for(stem, names, vec![ServerAuth, ClientAuth]),
+        )
+    }
+
+    fn write_pair(dir: &Path, stem: &str, (cert, key): (String, String)) -> (PathBuf, PathBuf) {
         let (c, k) = (
             dir.join(format!("{stem}.pem")),
             dir.join(format!("{stem}-key.pem")),
