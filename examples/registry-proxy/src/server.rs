@@ -314,13 +314,11 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     };
     // Mutual TLS between instances: the peer certificate served, and
     // peers' certificates required to chain to the peer CA.
-    let peer_tls = match peer.as_ref().and_then(|p| p.tls.as_ref()).map(|t| {
-        Certificates::serve(crate::tls::TlsFiles {
-            certificate: t.certificate.clone(),
-            key: t.key.clone(),
-            client_ca: Some(t.ca.clone()),
-        })
-    }) {
+    let peer_tls = match peer
+        .as_ref()
+        .and_then(|p| p.tls.as_ref())
+        .map(|t| Certificates::serve(crate::tls::TlsFiles::for_peers(t)))
+    {
         None => None,
         Some(Ok((_, acceptor))) => Some(acceptor),
         Some(Err(e)) => {

@@ -65,6 +65,16 @@ impl TlsFiles {
         Ok(Arc::new(ck))
     }
 
+    /// The peer endpoint's files: its certificate, and the peer CA that
+    /// every connecting instance's certificate must chain to.
+    pub fn for_peers(tls: &cache_core::peer::PeerTls) -> Self {
+        TlsFiles {
+            certificate: tls.certificate.clone(),
+            key: tls.key.clone(),
+            client_ca: Some(tls.ca.clone()),
+        }
+    }
+
     /// Makes relative paths relative to `base`.
     pub fn rebase(&mut self, base: &Path) {
         let files = [&mut self.certificate, &mut self.key];

@@ -67,13 +67,9 @@ pub(super) fn section(mut table: toml::Table, base: &Path) -> Result<Section> {
     if let Some(tls) = peer.as_mut().and_then(|p| p.tls.as_mut()) {
         tls.rebase(base);
         // Both sides now, so a file that does not load is refused here.
-        crate::tls::TlsFiles {
-            certificate: tls.certificate.clone(),
-            key: tls.key.clone(),
-            client_ca: Some(tls.ca.clone()),
-        }
-        .check()
-        .map_err(|e| ConfigError::new(format!("storage.peer_certificate: {e}")))?;
+        crate::tls::TlsFiles::for_peers(tls)
+            .check()
+            .map_err(|e| ConfigError::new(format!("storage.peer_certificate: {e}")))?;
         cache_upstream::peer_client_tls(tls).map_err(|e| ConfigError::new(e.to_string()))?;
     }
     Ok(Section {
