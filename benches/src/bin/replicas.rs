@@ -8,9 +8,10 @@
 //! * **Cold**: 16 clients asking for a 64 MiB blob nobody has, from an
 //!   upstream sending ~32 MiB/s per request, over three instances sharing
 //!   the container (waiting for publication, and streaming from the lease
-//!   holder: peer streaming) against all on one instance: time until every
-//!   client has the whole blob, the slowest time to first byte of a client
-//!   on an instance that does not hold the lease, and upstream GETs.
+//!   holder: peer streaming, over plain HTTP and over mutual TLS) against
+//!   all on one instance: time until every client has the whole blob, the
+//!   slowest time to first byte of a client on an instance that does not
+//!   hold the lease, and upstream GETs.
 //!
 //! Run with `scripts/bench-replicas.sh` (builds, installs Azurite if
 //! missing). `REPLICA_ROUNDS` (default 5) runs per figure; medians are
@@ -34,6 +35,39 @@ const COLD_LAYER: usize = 64 * 1024 * 1024;
 /// The cold upstream's pace per request, bytes a second.
 const COLD_RATE: u64 = 32 * 1024 * 1024;
 const CLIENTS: usize = 16;
+
+/// A peer CA and one certificate from it for every instance (named
+/// `registry-proxy-peer`, for server and client authentication), written
+/// to `dir`; the `[storage]` keys that use them.
+fn peer_tls_keys(dir: &std::path::Path) -> Result<String, String> {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let e = |e: rcgen::Error| e.to_string();
+    let ca_key = KeyPair::generate().map_err(e)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).map_err(e)?;
+    let key = KeyPair::generate().map_err(e)?;
+    let mut leaf = CertificateParams::new(vec![
+        cache_core::peer::PeerTls::DEFAULT_SERVER_NAME.to_owned(),
+    ])
+    .map_err(e)?;
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).map_err(e)?;
+    let mut keys = String::new();
+    for (name, key_name, pem) in [
+        ("ca.pem", "peer_ca", ca.pem()),
+        ("peer.pem", "peer_certificate", leaf.pem()),
+        ("peer-key.pem", "peer_key", key.serialize_pem()),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).map_err(|e| e.to_string())?;
+        keys.push_str(&format!("{key_name} = \"{}\"\n", path.display()));
+    }
+    Ok(keys)
+}
 
 fn rounds() -> usize {
     std::env::var("REPLICA_ROUNDS")
@@ -267,23 +301,37 @@ async fn run() -> Result<String, String> {
             vec![],
             vec![],
         ),
+        (
+            "16 clients over three instances, peer streaming over mutual TLS",
+            vec![],
+            vec![],
+            vec![],
+        ),
     ];
+    // A new blob (content) per round and row, so no two share a digest.
+    let rows = cold.len();
+    let certs = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let peer_tls = peer_tls_keys(certs.path())?;
     for i in 0..rounds {
-        for (row, instances, peers) in [(0usize, 1usize, false), (1, 3, false), (2, 3, true)] {
+        for (row, instances, peers) in [
+            (0usize, 1usize, None),
+            (1, 3, None),
+            (2, 3, Some("")),
+            (3, 3, Some(peer_tls.as_str())),
+        ] {
             let prefix = format!("cold{i}-{row}");
             let procs: Vec<RegistryProxy> = (0..instances)
                 .map(|k| {
                     let port = cache_core::testing::free_port();
-                    let storage = if peers {
-                        format!("peer_listen = \"127.0.0.1:{port}\"\npeer_advertise = \"127.0.0.1:{port}\"\npeer_secret = \"bench-peer-secret-0123\"\n")
-                    } else {
-                        String::new()
+                    let storage = match peers {
+                        Some(tls) => format!("peer_listen = \"127.0.0.1:{port}\"\npeer_advertise = \"127.0.0.1:{port}\"\npeer_secret = \"bench-peer-secret-0123\"\n{tls}"),
+                        None => String::new(),
                     };
                     proxy_with(&bin, &az, &up, &prefix, &format!("c{k}"), &storage)
                 })
                 .collect::<Result<_, _>>()?;
             let blob = Bytes::from(
-                cache_core::testing::content(100 + (i * 3 + row) as u64, COLD_LAYER).to_vec(),
+                cache_core::testing::content(100 + (i * rows + row) as u64, COLD_LAYER).to_vec(),
             );
             let d = up.add_blob(blob);
             let t = Instant::now();
