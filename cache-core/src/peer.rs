@@ -124,11 +124,10 @@ impl PeerTls {
 
     /// Makes relative paths relative to `base` (the configuration file's
     /// directory).
+    #[cfg(feature = "serde")]
     pub fn rebase(&mut self, base: &std::path::Path) {
         for p in [&mut self.certificate, &mut self.key, &mut self.ca] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
+            crate::config::rebase(p, base);
         }
     }
 }
