@@ -90,7 +90,7 @@ for i in $(seq "$ROUNDS"); do
         cpu1=$(awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
         # Cores busy during the GET, whoever kept them busy (all processes).
         busy=$(echo "$cpu0 $cpu1" | awk -v n="$(nproc)" '{t = $4 - $2; print (t > 0 ? n * (1 - ($3 - $1) / t) : 0)}')
-        # Between the two, the shell reaped the clients and nothing else.
+        # Between the two, the shell reaped the clients (and for curls one `seq`).
         echo "$v $t $stat $hwm $busy $(clients_cpu_ms "$D/times0" "$D/times1")"
         kill "$P"; wait "$P" 2>/dev/null || true
     done
