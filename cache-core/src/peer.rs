@@ -276,6 +276,23 @@ mod de {
         }
     }
 
+    /// "`what` needs a, b and c together; missing ...": for keys given
+    /// only in part (`keys`: each key and whether it was given).
+    fn together(what: &str, keys: [(&str, bool); 3]) -> ConfigError {
+        let names = keys.map(|(k, _)| k);
+        let missing: Vec<&str> = keys
+            .into_iter()
+            .filter_map(|(k, given)| (!given).then_some(k))
+            .collect();
+        ConfigError::new(format!(
+            "{what} needs {}, {} and {} together; missing {}",
+            names[0],
+            names[1],
+            names[2],
+            missing.join(", ")
+        ))
+    }
+
     /// A DNS name: dot-separated labels of letters, digits and inner
     /// hyphens, 1 to 63 characters each, 253 at most in all.
     fn valid_server_name(name: &str) -> bool {
@@ -290,43 +307,36 @@ mod de {
 
     impl Raw {
         fn check(self) -> std::result::Result<Option<PeerConfig>, ConfigError> {
-            let (listen, advertise, secret) = match (
-                self.peer_listen,
-                self.peer_advertise,
-                self.peer_secret,
-            ) {
-                (None, None, None) => {
-                    let others = [
-                        ("peer_timeout", self.peer_timeout.is_some()),
-                        ("peer_max_connections", self.peer_max_connections.is_some()),
-                        ("peer_certificate", self.peer_certificate.is_some()),
-                        ("peer_key", self.peer_key.is_some()),
-                        ("peer_ca", self.peer_ca.is_some()),
-                        ("peer_server_name", self.peer_server_name.is_some()),
-                    ];
-                    if let Some((key, _)) = others.iter().find(|(_, given)| *given) {
-                        return Err(ConfigError::new(format!(
-                            "{key} needs peer_listen, peer_advertise and peer_secret"
-                        )));
+            let (listen, advertise, secret) =
+                match (self.peer_listen, self.peer_advertise, self.peer_secret) {
+                    (None, None, None) => {
+                        let others = [
+                            ("peer_timeout", self.peer_timeout.is_some()),
+                            ("peer_max_connections", self.peer_max_connections.is_some()),
+                            ("peer_certificate", self.peer_certificate.is_some()),
+                            ("peer_key", self.peer_key.is_some()),
+                            ("peer_ca", self.peer_ca.is_some()),
+                            ("peer_server_name", self.peer_server_name.is_some()),
+                        ];
+                        if let Some((key, _)) = others.iter().find(|(_, given)| *given) {
+                            return Err(ConfigError::new(format!(
+                                "{key} needs peer_listen, peer_advertise and peer_secret"
+                            )));
+                        }
+                        return Ok(None);
                     }
-                    return Ok(None);
-                }
-                (Some(l), Some(a), Some(s)) => (l, a, s),
-                (l, a, s) => {
-                    let missing: Vec<&str> = [
-                        ("peer_listen", l.is_none()),
-                        ("peer_advertise", a.is_none()),
-                        ("peer_secret", s.is_none()),
-                    ]
-                    .into_iter()
-                    .filter_map(|(k, m)| m.then_some(k))
-                    .collect();
-                    return Err(ConfigError::new(format!(
-                        "peer streaming needs peer_listen, peer_advertise and peer_secret together; missing {}",
-                        missing.join(", ")
-                    )));
-                }
-            };
+                    (Some(l), Some(a), Some(s)) => (l, a, s),
+                    (l, a, s) => {
+                        return Err(together(
+                            "peer streaming",
+                            [
+                                ("peer_listen", l.is_some()),
+                                ("peer_advertise", a.is_some()),
+                                ("peer_secret", s.is_some()),
+                            ],
+                        ));
+                    }
+                };
             let secret = match secret {
                 RawSecret::Value(s) => s,
                 RawSecret::Env { env } => std::env::var(&env).map_err(|_| {
@@ -385,18 +395,14 @@ mod de {
                     })
                 }
                 (c, k, a) => {
-                    let missing: Vec<&str> = [
-                        ("peer_certificate", c.is_none()),
-                        ("peer_key", k.is_none()),
-                        ("peer_ca", a.is_none()),
-                    ]
-                    .into_iter()
-                    .filter_map(|(k, m)| m.then_some(k))
-                    .collect();
-                    return Err(ConfigError::new(format!(
-                        "peer TLS needs peer_certificate, peer_key and peer_ca together; missing {}",
-                        missing.join(", ")
-                    )));
+                    return Err(together(
+                        "peer TLS",
+                        [
+                            ("peer_certificate", c.is_some()),
+                            ("peer_key", k.is_some()),
+                            ("peer_ca", a.is_some()),
+                        ],
+                    ));
                 }
             };
             Ok(Some(PeerConfig {
