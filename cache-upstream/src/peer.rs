@@ -11,9 +11,11 @@ use cache_core::peer::{PeerConfig, PeerSource, PeerTls};
 use cache_core::{Digest, Error, Result, Secret, UpstreamBlob};
 use futures::StreamExt;
 use reqwest::{StatusCode, header};
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 
 /// A [`PeerSource`] over HTTP: `GET http://<peer>/peer/v1/blobs/<digest>`
 /// with `Range: bytes=N-` and the shared secret as a bearer token. No
@@ -89,35 +91,21 @@ impl PeerClient {
 /// certificates that chain to `tls.ca`, checks a peer's certificate
 /// against `tls.server_name` whatever address the peer was reached at,
 /// and presents `tls.certificate`. The files are read now; an error names
-/// the file and the key it came from.
+/// the file and the key it came from. The certificate and key are read
+/// again when they change (checked at each new connection's handshake),
+/// so a rotated certificate is presented without a restart; `tls.ca` is
+/// read only now.
 pub fn peer_client_tls(tls: &PeerTls) -> Result<rustls::ClientConfig> {
-    let bad = |key: &str, path: &Path, why: String| {
-        Error::misconfigured(format!(
-            "storage.{key} = {:?}: {why}",
-            path.display().to_string()
-        ))
-    };
-    let read =
-        |key: &str, path: &Path| std::fs::read(path).map_err(|e| bad(key, path, e.to_string()));
-    let certificates = |key: &str, path: &Path| -> Result<Vec<CertificateDer<'static>>> {
-        let pem = read(key, path)?;
-        let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| bad(key, path, format!("not PEM certificates: {e}")))?;
-        if certs.is_empty() {
-            return Err(bad(key, path, "no certificate in it".into()));
-        }
-        Ok(certs)
-    };
     let mut roots = rustls::RootCertStore::empty();
     for c in certificates("peer_ca", &tls.ca)? {
         roots
             .add(c)
             .map_err(|e| bad("peer_ca", &tls.ca, e.to_string()))?;
     }
-    let chain = certificates("peer_certificate", &tls.certificate)?;
-    let key = PrivateKeyDer::from_pem_slice(&read("peer_key", &tls.key)?)
-        .map_err(|e| bad("peer_key", &tls.key, format!("no usable private key: {e}")))?;
+    let presented = Presented {
+        current: std::sync::Mutex::new((stamp(tls), presented(tls)?)),
+        tls: tls.clone(),
+    };
     let name = ServerName::try_from(tls.server_name.clone()).map_err(|e| {
         Error::misconfigured(format!(
             "storage.peer_server_name = {:?}: {e}",
@@ -136,15 +124,94 @@ pub fn peer_client_tls(tls: &PeerTls) -> Result<rustls::ClientConfig> {
         .map_err(|e| Error::misconfigured(format!("peer TLS: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NamedPeer { inner, name }))
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| {
-            bad(
-                "peer_certificate",
-                &tls.certificate,
-                format!("with {}: {e}", tls.key.display()),
-            )
-        })?;
+        .with_client_cert_resolver(Arc::new(presented));
     Ok(config)
+}
+
+/// A configuration error about `path`, given as `storage.<key>`.
+fn bad(key: &str, path: &Path, why: String) -> Error {
+    Error::misconfigured(format!(
+        "storage.{key} = {:?}: {why}",
+        path.display().to_string()
+    ))
+}
+
+fn read(key: &str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| bad(key, path, e.to_string()))
+}
+
+/// The certificates in the PEM file `path` (at least one).
+fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = read(key, path)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| bad(key, path, format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(key, path, "no certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+/// The certificate chain and key this instance presents, checked to be a pair.
+fn presented(tls: &PeerTls) -> Result<Arc<CertifiedKey>> {
+    let chain = certificates("peer_certificate", &tls.certificate)?;
+    let key = PrivateKeyDer::from_pem_slice(&read("peer_key", &tls.key)?)
+        .map_err(|e| bad("peer_key", &tls.key, format!("no usable private key: {e}")))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let ck = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        bad(
+            "peer_certificate",
+            &tls.certificate,
+            format!("with {}: {e}", tls.key.display()),
+        )
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// When the presented certificate's and key's files last changed, as far
+/// as their metadata tells (modification time and length; `None` for a
+/// file not there).
+type Stamp = [Option<(std::time::SystemTime, u64)>; 2];
+
+fn stamp(tls: &PeerTls) -> Stamp {
+    [&tls.certificate, &tls.key].map(|p| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    })
+}
+
+/// The certificate this instance presents to its peers: the one its files
+/// held when last read, read again when their stamp changes. A pair that
+/// does not load then is reported and the one in use stays.
+#[derive(Debug)]
+struct Presented {
+    tls: PeerTls,
+    current: std::sync::Mutex<(Stamp, Arc<CertifiedKey>)>,
+}
+
+impl ResolvesClientCert for Presented {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        let now = stamp(&self.tls);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != now {
+            current.0 = now;
+            match presented(&self.tls) {
+                Ok(ck) => {
+                    current.1 = ck;
+                    tracing::info!(certificate = %self.tls.certificate.display(), "peer certificate loaded");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer certificate not reloaded; presenting the previous one");
+                }
+            }
+        }
+        Some(current.1.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// Checks a peer's certificate chain with webpki against the peer CA and

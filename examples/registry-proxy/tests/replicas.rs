@@ -665,8 +665,9 @@ async fn the_peer_endpoint_refuses_strangers_and_digests_it_holds_no_lease_for()
 /// CA (named `registry-proxy-peer`, reached at any address), the three
 /// instances stream a blob to each other over HTTPS; the peer endpoint
 /// refuses plain HTTP, a client with no certificate and one from another
-/// CA; and a follower refuses an endpoint whose certificate does not name
-/// the configured `peer_server_name`.
+/// CA; a follower refuses an endpoint whose certificate does not name the
+/// configured `peer_server_name`; and a client presents a rotated
+/// certificate once its files change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn peers_with_mutual_tls_stream_to_each_other_and_refuse_everyone_else() {
     use cache_core::peer::{PeerSource, PeerTls};
@@ -748,6 +749,24 @@ async fn peers_with_mutual_tls_stream_to_each_other_and_refuse_everyone_else() {
         e.contains("request failed"),
         "a certificate from another CA: {e}"
     );
+    // The presented certificate is read again when its files change: the
+    // same client, refused with the stranger's, is accepted once the
+    // files hold the peer CA's.
+    let rotating = PeerTls {
+        certificate: files.path().join("rotating.pem"),
+        key: files.path().join("rotating-key.pem"),
+        ..tls.clone()
+    };
+    std::fs::copy(&stranger.certificate, &rotating.certificate).unwrap();
+    std::fs::copy(&stranger.key, &rotating.key).unwrap();
+    let client =
+        PeerClient::with_tls(secret.clone(), t, peer_client_tls(&rotating).unwrap()).unwrap();
+    let e = ask(client.clone()).await;
+    assert!(e.contains("request failed"), "before the rotation: {e}");
+    std::fs::copy(&cert, &rotating.certificate).unwrap();
+    std::fs::copy(&key, &rotating.key).unwrap();
+    let e = ask(client).await;
+    assert!(e.contains("answered 404"), "after the rotation: {e}");
     let other_name = PeerTls {
         server_name: "someone-else".to_owned(),
         ..tls.clone()
