@@ -330,8 +330,7 @@ impl<'de> Deserialize<'de> for RegistryConfig {
 }
 
 fn read(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path)
-        .map_err(|e| ConfigError::new(format!("{key} = {:?}: {e}", path.display().to_string())))
+    crate::pem::read(key, path).map_err(ConfigError::new)
 }
 
 impl RegistryConfig {
@@ -364,25 +363,14 @@ impl RegistryConfig {
     /// certificate files are read and checked now, so a file that does not
     /// parse (or a key that is not the certificate's) is an error naming it.
     pub fn options(&self, base: &ClientOptions) -> Result<ClientOptions, ConfigError> {
+        use rustls::pki_types::PrivateKeyDer;
         use rustls::pki_types::pem::PemObject as _;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let mut tls = TlsOptions {
             system_roots: self.system_roots,
             ..TlsOptions::default()
         };
-        let certificates = |key: &str, path: &Path| {
-            let pem = read(key, path)?;
-            let bad = |why: String| {
-                ConfigError::new(format!("{key} = {:?}: {why}", path.display().to_string()))
-            };
-            let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<_, _>>()
-                .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
-            if certs.is_empty() {
-                return Err(bad("no certificate in it".into()));
-            }
-            Ok((pem, certs))
-        };
+        let certificates =
+            |key: &str, path: &Path| crate::pem::certificates(key, path).map_err(ConfigError::new);
         if let Some(ca) = &self.ca_file {
             let (pem, _) = certificates("ca_file", ca)?;
             tls.ca_pem.push(String::from_utf8_lossy(&pem).into_owned());

@@ -49,6 +49,7 @@ mod config;
 mod jwks;
 mod layout;
 mod peer;
+mod pem;
 mod policy;
 pub mod scanner;
 pub mod webhook;

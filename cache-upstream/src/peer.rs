@@ -98,9 +98,7 @@ impl PeerClient {
 pub fn peer_client_tls(tls: &PeerTls) -> Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in certificates("peer_ca", &tls.ca)? {
-        roots
-            .add(c)
-            .map_err(|e| bad("peer_ca", &tls.ca, e.to_string()))?;
+        roots.add(c).map_err(|e| bad("peer_ca", &tls.ca, e))?;
     }
     let presented = Presented {
         current: std::sync::Mutex::new((stamp(tls), presented(tls)?)),
@@ -118,7 +116,7 @@ pub fn peer_client_tls(tls: &PeerTls) -> Result<rustls::ClientConfig> {
         provider.clone(),
     )
     .build()
-    .map_err(|e| bad("peer_ca", &tls.ca, e.to_string()))?;
+    .map_err(|e| bad("peer_ca", &tls.ca, e))?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::misconfigured(format!("peer TLS: {e}")))?
@@ -129,33 +127,22 @@ pub fn peer_client_tls(tls: &PeerTls) -> Result<rustls::ClientConfig> {
 }
 
 /// A configuration error about `path`, given as `storage.<key>`.
-fn bad(key: &str, path: &Path, why: String) -> Error {
-    Error::misconfigured(format!(
-        "storage.{key} = {:?}: {why}",
-        path.display().to_string()
-    ))
-}
-
-fn read(key: &str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| bad(key, path, e.to_string()))
+fn bad(key: &str, path: &Path, why: impl std::fmt::Display) -> Error {
+    Error::misconfigured(crate::pem::file_error(&format!("storage.{key}"), path, why))
 }
 
 /// The certificates in the PEM file `path` (at least one).
 fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = read(key, path)?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| bad(key, path, format!("not PEM certificates: {e}")))?;
-    if certs.is_empty() {
-        return Err(bad(key, path, "no certificate in it".into()));
-    }
-    Ok(certs)
+    crate::pem::certificates(&format!("storage.{key}"), path)
+        .map(|(_, certs)| certs)
+        .map_err(Error::misconfigured)
 }
 
 /// The certificate chain and key this instance presents, checked to be a pair.
 fn presented(tls: &PeerTls) -> Result<Arc<CertifiedKey>> {
     let chain = certificates("peer_certificate", &tls.certificate)?;
-    let key = PrivateKeyDer::from_pem_slice(&read("peer_key", &tls.key)?)
+    let pem = crate::pem::read("storage.peer_key", &tls.key).map_err(Error::misconfigured)?;
+    let key = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| bad("peer_key", &tls.key, format!("no usable private key: {e}")))?;
     let provider = rustls::crypto::ring::default_provider();
     let ck = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {

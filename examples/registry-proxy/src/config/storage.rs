@@ -66,10 +66,9 @@ pub(super) fn section(mut table: toml::Table, base: &Path) -> Result<Section> {
         .transpose()?;
     if let Some(tls) = peer.as_mut().and_then(|p| p.tls.as_mut()) {
         tls.rebase(base);
-        // Both sides now, so a file that does not load is refused here.
-        crate::tls::TlsFiles::for_peers(tls)
-            .check()
-            .map_err(|e| ConfigError::new(format!("storage.peer_certificate: {e}")))?;
+        // The client's configuration reads all three files (the CA, and
+        // the certificate and key as a pair), which the listener serves
+        // too: a file that does not load is refused here, naming it.
         cache_upstream::peer_client_tls(tls).map_err(|e| ConfigError::new(e.to_string()))?;
     }
     Ok(Section {
