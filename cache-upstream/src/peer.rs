@@ -91,39 +91,38 @@ impl PeerClient {
 /// certificates that chain to `tls.ca`, checks a peer's certificate
 /// against `tls.server_name` whatever address the peer was reached at,
 /// and presents `tls.certificate`. The files are read now; an error names
-/// the file and the key it came from. The certificate and key are read
-/// again when they change (checked at each new connection's handshake),
-/// so a rotated certificate is presented without a restart; `tls.ca` is
-/// read only now.
+/// the file and the key it came from. They are read again when they
+/// change (checked at each new connection's handshake), so a rotated
+/// certificate is presented, and a changed CA trusted, without a restart.
 pub fn peer_client_tls(tls: &PeerTls) -> Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certificates("peer_ca", &tls.ca)? {
-        roots.add(c).map_err(|e| bad("peer_ca", &tls.ca, e))?;
-    }
-    let presented = Presented {
-        current: std::sync::Mutex::new((stamp(tls), presented(tls)?)),
-        tls: tls.clone(),
-    };
     let name = ServerName::try_from(tls.server_name.clone()).map_err(|e| {
         Error::misconfigured(format!(
             "storage.peer_server_name = {:?}: {e}",
             tls.server_name
         ))
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| bad("peer_ca", &tls.ca, e))?;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let verifier = NamedPeer {
+        roots: Reread::new(tls.clone(), vec![tls.ca.clone()], "peer CA", peer_roots)?,
+        name,
+        algorithms: provider().signature_verification_algorithms,
+    };
+    let presented = Presented(Reread::new(
+        tls.clone(),
+        vec![tls.certificate.clone(), tls.key.clone()],
+        "peer certificate",
+        presented,
+    )?);
+    let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::misconfigured(format!("peer TLS: {e}")))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NamedPeer { inner, name }))
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(presented));
     Ok(config)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// A configuration error about `path`, given as `storage.<key>`.
@@ -138,14 +137,24 @@ fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> 
         .map_err(Error::misconfigured)
 }
 
+/// webpki's verifier for certificates that chain to the peer CA.
+fn peer_roots(tls: &PeerTls) -> Result<Arc<rustls::client::WebPkiServerVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certificates("peer_ca", &tls.ca)? {
+        roots.add(c).map_err(|e| bad("peer_ca", &tls.ca, e))?;
+    }
+    rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| bad("peer_ca", &tls.ca, e))
+}
+
 /// The certificate chain and key this instance presents, checked to be a pair.
 fn presented(tls: &PeerTls) -> Result<Arc<CertifiedKey>> {
     let chain = certificates("peer_certificate", &tls.certificate)?;
     let pem = crate::pem::read("storage.peer_key", &tls.key).map_err(Error::misconfigured)?;
     let key = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| bad("peer_key", &tls.key, format!("no usable private key: {e}")))?;
-    let provider = rustls::crypto::ring::default_provider();
-    let ck = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+    let ck = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
         bad(
             "peer_certificate",
             &tls.certificate,
@@ -155,45 +164,86 @@ fn presented(tls: &PeerTls) -> Result<Arc<CertifiedKey>> {
     Ok(Arc::new(ck))
 }
 
-/// When the presented certificate's and key's files last changed, as far
-/// as their metadata tells (modification time and length; `None` for a
-/// file not there).
-type Stamp = [Option<(std::time::SystemTime, u64)>; 2];
+/// When files last changed, as far as their metadata tells (modification
+/// time and length; `None` for a file not there).
+type Stamp = Vec<Option<(std::time::SystemTime, u64)>>;
 
-fn stamp(tls: &PeerTls) -> Stamp {
-    [&tls.certificate, &tls.key].map(|p| {
-        std::fs::metadata(p)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())))
-    })
+fn stamp(paths: &[std::path::PathBuf]) -> Stamp {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
 }
 
-/// The certificate this instance presents to its peers: the one its files
-/// held when last read, read again when their stamp changes. A pair that
-/// does not load then is reported and the one in use stays.
-#[derive(Debug)]
-struct Presented {
+/// What `load` made of `paths` when they were last read, read again by
+/// [`Reread::get`] when their stamp has changed since. A read that fails
+/// then is reported and the previous value stays.
+struct Reread<T> {
     tls: PeerTls,
-    current: std::sync::Mutex<(Stamp, Arc<CertifiedKey>)>,
+    paths: Vec<std::path::PathBuf>,
+    what: &'static str,
+    load: fn(&PeerTls) -> Result<T>,
+    current: std::sync::Mutex<(Stamp, T)>,
 }
 
-impl ResolvesClientCert for Presented {
-    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        let now = stamp(&self.tls);
+impl<T> std::fmt::Debug for Reread<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reread")
+            .field("what", &self.what)
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Clone> Reread<T> {
+    /// Reads the files now: an error here is the configuration's.
+    fn new(
+        tls: PeerTls,
+        paths: Vec<std::path::PathBuf>,
+        what: &'static str,
+        load: fn(&PeerTls) -> Result<T>,
+    ) -> Result<Self> {
+        let current = std::sync::Mutex::new((stamp(&paths), load(&tls)?));
+        Ok(Reread {
+            tls,
+            paths,
+            what,
+            load,
+            current,
+        })
+    }
+
+    /// The value, read again first if the files changed.
+    fn get(&self) -> T {
+        let now = stamp(&self.paths);
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if current.0 != now {
             current.0 = now;
-            match presented(&self.tls) {
-                Ok(ck) => {
-                    current.1 = ck;
-                    tracing::info!(certificate = %self.tls.certificate.display(), "peer certificate loaded");
+            match (self.load)(&self.tls) {
+                Ok(v) => {
+                    current.1 = v;
+                    tracing::info!(file = %self.paths[0].display(), "{} loaded", self.what);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "peer certificate not reloaded; presenting the previous one");
+                    tracing::warn!(error = %e, "{} not reloaded; the previous one stays", self.what);
                 }
             }
         }
-        Some(current.1.clone())
+        current.1.clone()
+    }
+}
+
+/// The certificate this instance presents to its peers.
+#[derive(Debug)]
+struct Presented(Reread<Arc<CertifiedKey>>);
+
+impl ResolvesClientCert for Presented {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.get())
     }
 
     fn has_certs(&self) -> bool {
@@ -207,8 +257,10 @@ impl ResolvesClientCert for Presented {
 /// Everything else, signatures included, is webpki's.
 #[derive(Debug)]
 struct NamedPeer {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    roots: Reread<Arc<rustls::client::WebPkiServerVerifier>>,
     name: ServerName<'static>,
+    /// The signature algorithms webpki's verifier uses too.
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
 }
 
 impl ServerCertVerifier for NamedPeer {
@@ -220,8 +272,13 @@ impl ServerCertVerifier for NamedPeer {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+        self.roots.get().verify_server_cert(
+            end_entity,
+            intermediates,
+            &self.name,
+            ocsp_response,
+            now,
+        )
     }
 
     fn verify_tls12_signature(
@@ -230,7 +287,7 @@ impl ServerCertVerifier for NamedPeer {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -239,11 +296,11 @@ impl ServerCertVerifier for NamedPeer {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 

@@ -1,17 +1,21 @@
 //! Serving HTTPS: the certificate and key from PEM files (rustls, HTTP/2
 //! through ALPN), optionally requiring client certificates from a CA
 //! (mutual TLS), and re-read when the files change or on SIGHUP, without
-//! dropping connections: new handshakes get the new certificate.
+//! dropping connections: new handshakes get the new certificate and are
+//! checked against the new client CA.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 /// `[tls]`: where the PEM files are (checked by [`TlsFiles::check`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -88,14 +92,15 @@ impl TlsFiles {
     pub fn check(&self) -> Result<(), String> {
         self.load()?;
         if let Some(ca) = &self.client_ca {
-            client_roots(ca)?;
+            client_verifier(ca)?;
         }
         Ok(())
     }
 
     fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
         [&self.certificate, &self.key]
-            .iter()
+            .into_iter()
+            .chain(&self.client_ca)
             .map(|p| {
                 std::fs::metadata(p)
                     .ok()
@@ -115,11 +120,74 @@ fn client_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-/// The certificate being served, replaced when the files change.
+/// webpki's verifier for client certificates that chain to the CAs in `path`.
+fn client_verifier(path: &Path) -> Result<Verifier, String> {
+    WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots(path)?), provider())
+        .build()
+        .map(Verifier)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[derive(Debug)]
+struct Verifier(Arc<dyn ClientCertVerifier>);
+
+/// Client certificates checked with webpki against the client CA file as
+/// last read ([`Certificates::reload`] reads it again). Handshakes name no
+/// acceptable CAs (`certificate_authorities`), since the list would go
+/// stale when the file changes; a client then sends the certificate it has.
+#[derive(Debug)]
+struct ClientCa {
+    current: ArcSwap<Verifier>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for ClientCa {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current
+            .load()
+            .0
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The certificate being served and the client CA, replaced when the
+/// files change.
 #[derive(Debug)]
 pub struct Certificates {
     files: TlsFiles,
     current: ArcSwap<CertifiedKey>,
+    client_ca: Option<Arc<ClientCa>>,
     stamp: Mutex<Vec<Option<(SystemTime, u64)>>>,
 }
 
@@ -134,24 +202,48 @@ impl Certificates {
     pub fn new(files: TlsFiles) -> Result<Arc<Self>, String> {
         let stamp = files.stamp();
         let current = files.load()?;
+        let client_ca = match &files.client_ca {
+            Some(ca) => Some(Arc::new(ClientCa {
+                current: ArcSwap::from_pointee(client_verifier(ca)?),
+                algorithms: provider().signature_verification_algorithms,
+            })),
+            None => None,
+        };
         Ok(Arc::new(Certificates {
             files,
             current: ArcSwap::new(current),
+            client_ca,
             stamp: Mutex::new(stamp),
         }))
     }
 
-    /// Re-reads the certificate and key. A pair that does not load is
-    /// reported and the one in use stays.
+    /// Re-reads the certificate and key, and the client CA. A pair (or a
+    /// CA file) that does not load is reported and the one in use stays.
     pub fn reload(&self) -> Result<(), String> {
         let stamp = self.files.stamp();
         let loaded = self.files.load();
+        let ca = match (&self.client_ca, &self.files.client_ca) {
+            (Some(now), Some(path)) => Some((now, path, client_verifier(path))),
+            _ => None,
+        };
         *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+        let ca = match ca {
+            None => Ok(()),
+            Some((now, path, Ok(verifier))) => {
+                now.current.store(Arc::new(verifier));
+                tracing::info!(client_ca = %path.display(), "TLS client CA loaded");
+                Ok(())
+            }
+            Some((_, _, Err(e))) => {
+                tracing::warn!(error = %e, "TLS client CA not reloaded; the previous one stays");
+                Err(e)
+            }
+        };
         match loaded {
             Ok(ck) => {
                 self.current.store(ck);
                 tracing::info!(certificate = %self.files.certificate.display(), "TLS certificate loaded");
-                Ok(())
+                ca
             }
             Err(e) => {
                 tracing::warn!(error = %e, "TLS certificate not reloaded; serving the previous one");
@@ -178,7 +270,7 @@ impl Certificates {
 
     /// Loads `files` and makes the acceptor that serves them; the files
     /// are re-read whenever they change (checked every 2 s), so new
-    /// handshakes get a rotated certificate.
+    /// handshakes get a rotated certificate and a changed client CA.
     pub fn serve(files: TlsFiles) -> Result<(Arc<Self>, tokio_rustls::TlsAcceptor), String> {
         let certificates = Self::new(files)?;
         let config = certificates.server_config()?;
@@ -192,16 +284,8 @@ impl Certificates {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
-        let builder = match &self.files.client_ca {
-            Some(ca) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(client_roots(ca)?),
-                    provider(),
-                )
-                .build()
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
-                builder.with_client_cert_verifier(verifier)
-            }
+        let builder = match &self.client_ca {
+            Some(ca) => builder.with_client_cert_verifier(ca.clone()),
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(self.clone());

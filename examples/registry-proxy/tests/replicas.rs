@@ -667,7 +667,7 @@ async fn the_peer_endpoint_refuses_strangers_and_digests_it_holds_no_lease_for()
 /// refuses plain HTTP, a client with no certificate and one from another
 /// CA; a follower refuses an endpoint whose certificate does not name the
 /// configured `peer_server_name`; and a client presents a rotated
-/// certificate once its files change.
+/// certificate, and trusts a changed peer CA, once their files change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn peers_with_mutual_tls_stream_to_each_other_and_refuse_everyone_else() {
     use cache_core::peer::{PeerSource, PeerTls};
@@ -767,6 +767,20 @@ async fn peers_with_mutual_tls_stream_to_each_other_and_refuse_everyone_else() {
     std::fs::copy(&key, &rotating.key).unwrap();
     let e = ask(client).await;
     assert!(e.contains("answered 404"), "after the rotation: {e}");
+    // So is the peer CA: a client trusting only the strangers' CA refuses
+    // the endpoint, then, once its file holds the peer CA, accepts it.
+    let changing = PeerTls {
+        ca: files.path().join("changing-ca.pem"),
+        ..tls.clone()
+    };
+    std::fs::write(&changing.ca, strangers.pem()).unwrap();
+    let client =
+        PeerClient::with_tls(secret.clone(), t, peer_client_tls(&changing).unwrap()).unwrap();
+    let e = ask(client.clone()).await;
+    assert!(e.contains("request failed"), "before the CA changed: {e}");
+    std::fs::copy(&ca_pem, &changing.ca).unwrap();
+    let e = ask(client).await;
+    assert!(e.contains("answered 404"), "after the CA changed: {e}");
     let other_name = PeerTls {
         server_name: "someone-else".to_owned(),
         ..tls.clone()

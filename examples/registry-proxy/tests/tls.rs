@@ -2,7 +2,7 @@
 //! pulls over HTTPS verifying the proxy against its CA, a wrong CA fails,
 //! HTTP/2 by ALPN, a rotated certificate is served after SIGHUP (and after
 //! the files change) without dropping connections, client certificates
-//! (mutual TLS); upstream, the Debian distribution registry serving HTTPS
+//! (mutual TLS) from a client CA that may change; upstream, the Debian distribution registry serving HTTPS
 //! behind a private CA through `ca_file`, and requiring a client
 //! certificate through `client_certificate`.
 
@@ -266,11 +266,44 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
         none.is_err() || none.as_ref().is_ok_and(|r| r.is_empty()),
         "{none:?}"
     );
-    let stranger = attempt(Some(strangers.issue("x", &["x"], true))).await;
+    let refused = |r: &Result<String, String>| r.is_err() || r.as_ref().is_ok_and(|r| r.is_empty());
+    let stranger = strangers.issue("x", &["x"], true);
+    let r = attempt(Some(stranger.clone())).await;
+    assert!(refused(&r), "{r:?}");
+
+    // The client CA file changes to the strangers' CA: without a signal,
+    // new handshakes are checked against it.
+    let member = clients.issue("team-b", &["team-b"], true);
+    replace(&client_ca, &strangers.pem());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = attempt(Some(stranger.clone())).await;
+        if r.as_ref().is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the changed client CA is not in force: {r:?}\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = attempt(Some(member.clone())).await;
     assert!(
-        stranger.is_err() || stranger.as_ref().is_ok_and(|r| r.is_empty()),
-        "{stranger:?}"
+        refused(&r),
+        "the previous CA's client, after the change: {r:?}"
     );
+    // A file that does not load leaves the CA in force as it was.
+    replace(&client_ca, "not a certificate\n");
+    assert!(
+        proxy
+            .logs(|log| log.contains("TLS client CA not reloaded"))
+            .await,
+        "{}",
+        proxy.log()
+    );
+    let r = attempt(Some(stranger)).await;
+    assert!(r.is_ok_and(|r| r.starts_with("HTTP/1.1 200")));
 }
 
 /// A proxy (plain HTTP) in front of `up` (HTTPS), with `registry_extra`
