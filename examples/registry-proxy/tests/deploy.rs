@@ -1,7 +1,9 @@
 //! The Kubernetes manifests under `deploy/kubernetes/` and the image's
 //! default configuration: every manifest parses as YAML with the fields
 //! its kind needs, Deployments are wired to what they mount and probe,
-//! and every configuration they carry passes `registry-proxy check`.
+//! and every configuration they carry passes `registry-proxy check`, with
+//! the files of the certificates cert-manager issues where they are
+//! mounted.
 
 mod common;
 
@@ -92,6 +94,91 @@ fn pod_env(docs: &[(PathBuf, Yaml)], dir: &Path) -> Vec<(String, String)> {
     env
 }
 
+/// For each cert-manager `Certificate` in `dir` whose Secret a Deployment
+/// there mounts: the mount path, and a directory holding what the Secret
+/// will (`tls.crt` and `tls.key` issued for the Certificate's `dnsNames`,
+/// `ca.crt`). A Certificate for the peers must be for both ends of a
+/// connection (`server auth` and `client auth`) and name the default
+/// `peer_server_name`.
+fn certificate_secrets(docs: &[(PathBuf, Yaml)], dir: &Path) -> Vec<(String, tempfile::TempDir)> {
+    let here = |f: &PathBuf| f.parent() == Some(dir);
+    let mut out = Vec::new();
+    for (f, d) in docs
+        .iter()
+        .filter(|(f, d)| here(f) && s(d, &["kind"]) == Some("Certificate"))
+    {
+        let (Some(secret), false) = (
+            s(d, &["spec", "secretName"]),
+            d["spec"]["isCA"].as_bool() == Some(true),
+        ) else {
+            continue;
+        };
+        let list = |k: &str| -> Vec<&str> {
+            d["spec"][k]
+                .as_vec()
+                .into_iter()
+                .flatten()
+                .filter_map(Yaml::as_str)
+                .collect()
+        };
+        let (names, usages) = (list("dnsNames"), list("usages"));
+        let mounts: Vec<String> = docs
+            .iter()
+            .filter(|(g, d)| here(g) && s(d, &["kind"]) == Some("Deployment"))
+            .flat_map(|(_, d)| {
+                let pod = &d["spec"]["template"]["spec"];
+                let volume = pod["volumes"]
+                    .as_vec()
+                    .into_iter()
+                    .flatten()
+                    .find(|v| s(v, &["secret", "secretName"]) == Some(secret));
+                let volume = volume.and_then(|v| s(v, &["name"])).map(str::to_owned);
+                pod["containers"]
+                    .as_vec()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(move |c| {
+                        let volume = volume.clone();
+                        c["volumeMounts"]
+                            .as_vec()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(move |m| {
+                                (s(m, &["name"]) == volume.as_deref())
+                                    .then(|| s(m, &["mountPath"]).unwrap().to_owned())
+                            })
+                    })
+            })
+            .collect();
+        if mounts.is_empty() {
+            continue;
+        }
+        if secret.contains("peer") {
+            assert!(
+                usages.contains(&"server auth") && usages.contains(&"client auth"),
+                "{}: the peers' certificate is for both ends: {usages:?}",
+                f.display()
+            );
+            assert!(
+                names.contains(&cache_core::peer::PeerTls::DEFAULT_SERVER_NAME),
+                "{}: the peers' certificate names {}: {names:?}",
+                f.display(),
+                cache_core::peer::PeerTls::DEFAULT_SERVER_NAME
+            );
+        }
+        let ca = common::TestCa::new("stand-in CA");
+        for mount in mounts {
+            let files = tempfile::tempdir().unwrap();
+            let (cert, key) = ca.issue_peer_files(files.path(), "issued", &names);
+            std::fs::rename(cert, files.path().join("tls.crt")).unwrap();
+            std::fs::rename(key, files.path().join("tls.key")).unwrap();
+            ca.write_to(files.path(), "ca.crt");
+            out.push((mount, files));
+        }
+    }
+    out
+}
+
 #[test]
 fn every_manifest_parses_with_the_fields_its_kind_needs() {
     let docs = manifests();
@@ -139,9 +226,21 @@ fn every_manifest_parses_with_the_fields_its_kind_needs() {
                 )
             }
             "ConfigMap" => {
-                let config = s(d, &["data", "config.toml"])
+                let text = s(d, &["data", "config.toml"])
                     .unwrap_or_else(|| panic!("{f}: data.config.toml"));
-                let env = pod_env(&docs, Path::new(&f.to_string()).parent().unwrap());
+                let dir = Path::new(&f.to_string()).parent().unwrap().to_owned();
+                let env = pod_env(&docs, &dir);
+                // The files of the certificates' Secrets, where the
+                // Deployment mounts them: stand-ins in a directory here.
+                let secrets = certificate_secrets(&docs, &dir);
+                let mut config = text.to_owned();
+                for (mount, files) in &secrets {
+                    config = config.replace(
+                        &format!("\"{mount}/"),
+                        &format!("\"{}/", files.path().display()),
+                    );
+                }
+                let config = config.as_str();
                 let (ok, out) = check_with(config, &env);
                 assert!(ok, "{f}: the configuration does not pass check:\n{out}");
                 // Every variable the configuration reads, its Deployment sets.
