@@ -122,34 +122,27 @@ fn certificate_secrets(docs: &[(PathBuf, Yaml)], dir: &Path) -> Vec<(String, tem
                 .collect()
         };
         let (names, usages) = (list("dnsNames"), list("usages"));
-        let mounts: Vec<String> = docs
+        let mut mounts = Vec::new();
+        for (_, d) in docs
             .iter()
             .filter(|(g, d)| here(g) && s(d, &["kind"]) == Some("Deployment"))
-            .flat_map(|(_, d)| {
-                let pod = &d["spec"]["template"]["spec"];
-                let volume = pod["volumes"]
-                    .as_vec()
-                    .into_iter()
-                    .flatten()
-                    .find(|v| s(v, &["secret", "secretName"]) == Some(secret));
-                let volume = volume.and_then(|v| s(v, &["name"])).map(str::to_owned);
-                pod["containers"]
-                    .as_vec()
-                    .into_iter()
-                    .flatten()
-                    .flat_map(move |c| {
-                        let volume = volume.clone();
-                        c["volumeMounts"]
-                            .as_vec()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(move |m| {
-                                (s(m, &["name"]) == volume.as_deref())
-                                    .then(|| s(m, &["mountPath"]).unwrap().to_owned())
-                            })
-                    })
-            })
-            .collect();
+        {
+            let pod = &d["spec"]["template"]["spec"];
+            let volumes = pod["volumes"].as_vec().into_iter().flatten();
+            let Some(volume) = volumes
+                .filter(|v| s(v, &["secret", "secretName"]) == Some(secret))
+                .find_map(|v| s(v, &["name"]))
+            else {
+                continue;
+            };
+            for c in pod["containers"].as_vec().into_iter().flatten() {
+                for m in c["volumeMounts"].as_vec().into_iter().flatten() {
+                    if s(m, &["name"]) == Some(volume) {
+                        mounts.push(s(m, &["mountPath"]).unwrap().to_owned());
+                    }
+                }
+            }
+        }
         if mounts.is_empty() {
             continue;
         }
