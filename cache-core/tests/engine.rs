@@ -123,6 +123,22 @@ fn env() -> Env {
     env_with(Setup::default())
 }
 
+/// A real-time environment over a memory store.
+fn live_env() -> Env {
+    env_with(Setup {
+        real_time: true,
+        ..Setup::default()
+    })
+}
+
+/// `len` bytes of content `seed`, a blob of `library/app` upstream: the
+/// bytes and their digest.
+fn app_blob(e: &Env, seed: u64, len: usize) -> (Bytes, Digest) {
+    let layer = content(seed, len);
+    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    (layer, d)
+}
+
 async fn drain(
     mut s: futures::stream::BoxStream<'static, cache_core::Result<Bytes>>,
 ) -> (Vec<u8>, Option<Error>) {
@@ -451,10 +467,7 @@ async fn concurrent_cold_manifest_requests_make_one_upstream_get() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_concurrent_cold_readers_share_one_upstream_fetch() {
-    let e = env_with(Setup {
-        real_time: true,
-        ..Setup::default()
-    });
+    let e = live_env();
     let layer = content(7, 3 * 1024 * 1024 + 17);
     // Slow the upstream so every reader arrives while the fetch runs.
     let d = dripping_layer(&e, "library/big", &layer, Duration::from_millis(5)).await;
@@ -471,12 +484,8 @@ async fn thirty_two_concurrent_cold_readers_share_one_upstream_fetch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_receive_bytes_before_the_fetch_finishes() {
-    let e = env_with(Setup {
-        real_time: true,
-        ..Setup::default()
-    });
-    let layer = content(8, 1024 * 1024);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let e = live_env();
+    let (layer, d) = app_blob(&e, 8, 1024 * 1024);
     e.up.fail_next_blob(Fault::Drip {
         chunk: 64 * 1024,
         delay: Duration::from_millis(20),
@@ -499,8 +508,7 @@ async fn followers_receive_bytes_before_the_fetch_finishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_have_a_batch_while_the_store_still_writes_it() {
     let (store, e) = env_with_faults(Setup::default().opts);
-    let layer = content(9, 300_000);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let (layer, d) = app_blob(&e, 9, 300_000);
     store.hold_writes();
     let r = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
     let mut s = r.body.into_stream();
@@ -552,8 +560,7 @@ async fn receiving_runs_ahead_of_a_held_store_write_by_about_half_the_window_and
         stall_timeout: Duration::from_secs(30),
         ..CacheOptions::default()
     });
-    let layer = content(11, 8 * 1024 * 1024);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let (layer, d) = app_blob(&e, 11, 8 * 1024 * 1024);
     store.hold_writes();
     let r = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
     let mut s = r.body.into_stream();
@@ -591,8 +598,7 @@ async fn bytes_leave_the_window_only_once_the_store_wrote_them_so_no_reader_wait
         stall_timeout: Duration::from_secs(30),
         ..CacheOptions::default()
     });
-    let layer = content(10, 192 * 1024);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let (layer, d) = app_blob(&e, 10, 192 * 1024);
     // Three chunks, long apart, so each is its own write.
     e.up.fail_next_blob(Fault::Drip {
         chunk: 64 * 1024,
@@ -629,12 +635,8 @@ async fn bytes_leave_the_window_only_once_the_store_wrote_them_so_no_reader_wait
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_dropped_after_one_byte_does_not_stop_the_fetch() {
-    let e = env_with(Setup {
-        real_time: true,
-        ..Setup::default()
-    });
-    let layer = content(9, 2 * 1024 * 1024);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let e = live_env();
+    let (layer, d) = app_blob(&e, 9, 2 * 1024 * 1024);
     e.up.fail_next_blob(Fault::Drip {
         chunk: 128 * 1024,
         delay: Duration::from_millis(5),
@@ -687,8 +689,7 @@ async fn a_fetch_whose_runtime_shuts_down_fails_its_readers_and_the_next_request
         spawner: Some(spawner.clone()),
         ..Setup::default()
     });
-    let layer = content(10, 2 * 1024 * 1024);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let (layer, d) = app_blob(&e, 10, 2 * 1024 * 1024);
     e.up.fail_next_blob(Fault::Drip {
         chunk: 64 * 1024,
         delay: Duration::from_millis(20),
@@ -735,12 +736,8 @@ async fn a_fetch_whose_runtime_shuts_down_fails_its_readers_and_the_next_request
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_commits_nothing_fails_every_reader_and_is_fetched_again() {
-    let e = env_with(Setup {
-        real_time: true,
-        ..Setup::default()
-    });
-    let layer = content(10, 512 * 1024);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let e = live_env();
+    let (layer, d) = app_blob(&e, 10, 512 * 1024);
     // Slow enough that all four readers join the one failing fetch.
     e.up.set_drip(Some((64 * 1024, Duration::from_millis(20))));
     e.up.fail_next_blob(Fault::FlipByte(1000));
@@ -782,8 +779,7 @@ async fn a_flipped_byte_commits_nothing_fails_every_reader_and_is_fetched_again(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_byte_goes_out_once_verified_while_the_commit_is_still_held() {
     let (store, e) = env_with_faults(Setup::default().opts);
-    let layer = content(41, 700_000);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let (layer, d) = app_blob(&e, 41, 700_000);
     store.hold();
     let ranges = [
         None,
@@ -835,8 +831,7 @@ async fn a_read_while_a_verified_blob_commits_is_a_hit_from_the_staged_file() {
         store: Some(store.clone()),
         ..Setup::default()
     });
-    let layer = content(43, 300_000);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let (layer, d) = app_blob(&e, 43, 300_000);
     store.hold();
     let (bytes, err) = read_blob(&e.cache, "library/app", &d, None).await;
     assert!(err.is_none() && bytes == layer);
@@ -865,8 +860,7 @@ async fn a_read_while_a_verified_blob_commits_is_a_hit_from_the_staged_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_failing_after_verification_fails_unfinished_readers_is_counted_and_refetched() {
     let (store, e) = env_with_faults(Setup::default().opts);
-    let layer = content(42, 2 * 1024 * 1024);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let (layer, d) = app_blob(&e, 42, 2 * 1024 * 1024);
     store.hold();
     store.fail_next(1);
     // A slow reader: it takes one piece, then waits.
@@ -944,8 +938,7 @@ fn trickle(e: &Env) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passthrough_range_beyond_the_fetch_is_served_at_once_by_a_ranged_get_of_its_own() {
     let e = passthrough_env(Setup::default().opts);
-    let layer = content(44, 3 * 1024 * 1024);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let (layer, d) = app_blob(&e, 44, 3 * 1024 * 1024);
     trickle(&e);
     let started = std::time::Instant::now();
     let r = e
@@ -1001,12 +994,8 @@ async fn a_passthrough_range_beyond_the_fetch_is_served_at_once_by_a_ranged_get_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_range_under_the_default_rule_waits_for_the_whole_verified_blob() {
-    let e = env_with(Setup {
-        real_time: true,
-        ..Setup::default()
-    });
-    let layer = content(45, 3 * 1024 * 1024);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let e = live_env();
+    let (layer, d) = app_blob(&e, 45, 3 * 1024 * 1024);
     trickle(&e);
     let r = e
         .cache
@@ -1030,8 +1019,7 @@ async fn passthrough_ranges_are_bounded_in_size_and_count_and_then_wait() {
         cold_ranges_per_blob: 1,
         ..Setup::default().opts
     });
-    let layer = content(46, 3 * 1024 * 1024);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let (layer, d) = app_blob(&e, 46, 3 * 1024 * 1024);
     trickle(&e);
     let big = e
         .cache
@@ -1067,8 +1055,7 @@ async fn passthrough_ranges_are_bounded_in_size_and_count_and_then_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_transfer_is_resumed_with_range() {
     let e = env();
-    let layer = content(11, 700_000);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let (layer, d) = app_blob(&e, 11, 700_000);
     e.up.fail_next_blob(Fault::Truncate(300_000));
     let (bytes, err) = pull(&e, "library/app", &d).await;
     assert!(err.is_none(), "{err:?}");
@@ -1083,12 +1070,8 @@ async fn a_truncated_transfer_is_resumed_with_range() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_transfer_is_resumed_after_the_idle_timeout() {
-    let e = env_with(Setup {
-        real_time: true,
-        ..Setup::default()
-    });
-    let layer = content(12, 400_000);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let e = live_env();
+    let (layer, d) = app_blob(&e, 12, 400_000);
     e.up.fail_next_blob(Fault::Stall(100_000));
     let (bytes, err) = pull(&e, "library/app", &d).await;
     assert!(err.is_none(), "{err:?}");
@@ -1118,12 +1101,8 @@ async fn endless_truncation_gives_up_after_the_resume_limit_and_commits_nothing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_and_404_and_429_are_not() {
     // Back-off sleeps on the engine's clock: real time here, 1 ms units.
-    let e = env_with(Setup {
-        real_time: true,
-        ..Setup::default()
-    });
-    let layer = content(14, 1000);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let e = live_env();
+    let (layer, d) = app_blob(&e, 14, 1000);
     e.up.fail_next_blob(Fault::ServerError);
     let (bytes, err) = pull(&e, "library/app", &d).await;
     assert!(err.is_none() && bytes == layer);
@@ -1152,8 +1131,7 @@ async fn server_errors_are_retried_and_404_and_429_are_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ranged_request_on_a_miss_makes_one_whole_blob_fetch() {
     let e = env();
-    let layer = content(16, 500_000);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let (layer, d) = app_blob(&e, 16, 500_000);
     let r = e
         .cache
         .blob(
@@ -1690,12 +1668,8 @@ async fn read_blob(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_reader_of_content_that_fails_verification_gets_its_whole_span() {
-    let e = env_with(Setup {
-        real_time: true,
-        ..Setup::default()
-    });
-    let layer = content(40, 300_000);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let e = live_env();
+    let (layer, d) = app_blob(&e, 40, 300_000);
     e.up.set_drip(Some((32 * 1024, Duration::from_millis(10))));
     // The very last byte is wrong: only the digest can tell.
     e.up.fail_next_blob(Fault::FlipByte(layer.len() as u64 - 1));
@@ -1967,12 +1941,8 @@ async fn gc_drops_the_records_of_blobs_it_evicts_so_metadata_stays_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconfigure_swaps_rules_at_once_and_a_fetch_in_progress_finishes_under_the_old_ones() {
-    let e = env_with(Setup {
-        real_time: true,
-        ..Setup::default()
-    });
-    let layer = content(110, 200_000);
-    let d = e.up.add_blob(&n("library/app"), layer.clone());
+    let e = live_env();
+    let (layer, d) = app_blob(&e, 110, 200_000);
     e.up.set_drip(Some((20_000, Duration::from_millis(20))));
     let r = e.cache.blob(&n("library/app"), &d, None).await.unwrap();
     // New wiring: `library/*` is gone, `lib2/*` maps the same upstream.
