@@ -93,7 +93,9 @@ impl PeerClient {
 /// and presents `tls.certificate`. The files are read now; an error names
 /// the file and the key it came from. They are read again when they
 /// change (checked at each new connection's handshake), so a rotated
-/// certificate is presented, and a changed CA trusted, without a restart.
+/// certificate is presented, and a changed CA trusted, without a restart;
+/// sessions are not resumed, so every new connection is checked against
+/// the CA as it is then. Connections already open carry on.
 pub fn peer_client_tls(tls: &PeerTls) -> Result<rustls::ClientConfig> {
     let name = ServerName::try_from(tls.server_name.clone()).map_err(|e| {
         Error::misconfigured(format!(
@@ -112,12 +114,16 @@ pub fn peer_client_tls(tls: &PeerTls) -> Result<rustls::ClientConfig> {
         "peer certificate",
         presented,
     )?);
-    let config = rustls::ClientConfig::builder_with_provider(provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::misconfigured(format!("peer TLS: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(presented));
+    // A resumed handshake checks no certificate: a peer would keep the
+    // trust of the CA it was first checked against after the file changed.
+    // Connections are kept and reused, so full handshakes are few.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
@@ -164,17 +170,25 @@ fn presented(tls: &PeerTls) -> Result<Arc<CertifiedKey>> {
     Ok(Arc::new(ck))
 }
 
-/// When files last changed, as far as their metadata tells (modification
-/// time and length; `None` for a file not there).
-type Stamp = Vec<Option<(std::time::SystemTime, u64)>>;
+/// What tells the versions of files apart, as far as their metadata
+/// does: each one's inode (a rename or a Kubernetes Secret's symlink swap
+/// gives a new one), length, and modification and change times (a copy
+/// can keep the first, not the second); `None` for a file not there.
+type Stamp = Vec<Option<(u64, u64, std::time::SystemTime, i64, i64)>>;
 
 fn stamp(paths: &[std::path::PathBuf]) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
     paths
         .iter()
         .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
+            let m = std::fs::metadata(p).ok()?;
+            Some((
+                m.ino(),
+                m.len(),
+                m.modified().ok()?,
+                m.ctime(),
+                m.ctime_nsec(),
+            ))
         })
         .collect()
 }

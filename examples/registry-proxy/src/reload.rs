@@ -33,7 +33,7 @@ pub struct Reloader {
     cache: PullThroughCache,
     auth: Arc<ArcSwapOption<PullAuth>>,
     metrics: Arc<Metrics>,
-    certificates: Option<Arc<crate::tls::Certificates>>,
+    certificates: Vec<Arc<crate::tls::Certificates>>,
     services: crate::GateServices,
     gate: ArcSwapOption<ScanGate>,
 }
@@ -100,7 +100,7 @@ impl Reloader {
             cache,
             auth,
             metrics,
-            certificates: None,
+            certificates: Vec::new(),
             services: crate::GateServices::default(),
             gate: ArcSwapOption::empty(),
         }
@@ -120,9 +120,13 @@ impl Reloader {
         self.gate.load_full()
     }
 
-    /// Re-reads the served TLS certificate on each reload too.
-    pub fn with_certificates(mut self, c: Option<Arc<crate::tls::Certificates>>) -> Self {
-        self.certificates = c;
+    /// Re-reads these TLS files on each reload too (the listener's, the
+    /// peer endpoint's).
+    pub fn with_certificates(
+        mut self,
+        c: impl IntoIterator<Item = Arc<crate::tls::Certificates>>,
+    ) -> Self {
+        self.certificates = c.into_iter().collect();
         self
     }
 
@@ -184,8 +188,10 @@ impl Reloader {
         running.scanners = new.scanners;
         running.scan_policies = new.scan_policies;
         let mut msg = format!("{rules} rules in force");
-        if let Some(c) = &self.certificates {
+        for c in &self.certificates {
             c.reload()?;
+        }
+        if !self.certificates.is_empty() {
             msg.push_str("; TLS certificate re-read");
         }
         if !restart.is_empty() {

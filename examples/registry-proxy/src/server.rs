@@ -314,14 +314,14 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     };
     // Mutual TLS between instances: the peer certificate served, and
     // peers' certificates required to chain to the peer CA.
-    let peer_tls = match peer
+    let (peer_certificates, peer_tls) = match peer
         .as_ref()
         .and_then(|p| p.tls.as_ref())
         .map(|t| Certificates::serve(crate::tls::TlsFiles::for_peers(t)))
+        .transpose()
     {
-        None => None,
-        Some(Ok((_, acceptor))) => Some(acceptor),
-        Some(Err(e)) => {
+        Ok(served) => served.unzip(),
+        Err(e) => {
             eprintln!("registry-proxy: storage.peer_certificate: {e}");
             return ExitCode::from(2);
         }
@@ -329,7 +329,7 @@ pub async fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let reloader = Arc::new(
         Reloader::new(path, cfg, cache, state.auth.clone(), metrics)
-            .with_certificates(certificates)
+            .with_certificates(certificates.into_iter().chain(peer_certificates))
             .with_gate(gate, services),
     );
     crate::release_freed_memory();

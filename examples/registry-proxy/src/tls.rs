@@ -97,17 +97,32 @@ impl TlsFiles {
         Ok(())
     }
 
-    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+    fn stamp(&self) -> Vec<Option<FileStamp>> {
         [&self.certificate, &self.key]
             .into_iter()
             .chain(&self.client_ca)
-            .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
-            })
+            .map(|p| file_stamp(p))
             .collect()
     }
+}
+
+/// What tells a file's versions apart: its inode (a rename or a
+/// Kubernetes Secret's symlink swap gives a new one), its length, and its
+/// modification and change times (a copy can keep the first, not the
+/// second).
+type FileStamp = (u64, u64, SystemTime, i64, i64);
+
+/// `None` for a file not there.
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.ino(),
+        m.len(),
+        m.modified().ok()?,
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
 }
 
 fn client_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
@@ -188,7 +203,7 @@ pub struct Certificates {
     files: TlsFiles,
     current: ArcSwap<CertifiedKey>,
     client_ca: Option<Arc<ClientCa>>,
-    stamp: Mutex<Vec<Option<(SystemTime, u64)>>>,
+    stamp: Mutex<Vec<Option<FileStamp>>>,
 }
 
 impl ResolvesServerCert for Certificates {
@@ -290,6 +305,13 @@ impl Certificates {
         };
         let mut config = builder.with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if self.client_ca.is_some() {
+            // A resumed handshake checks no certificate: a client would
+            // keep the trust of the CA it first came under after the file
+            // changed. Every new connection is a full handshake instead.
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         Ok(Arc::new(config))
     }
 }

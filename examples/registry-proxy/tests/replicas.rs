@@ -781,6 +781,23 @@ async fn peers_with_mutual_tls_stream_to_each_other_and_refuse_everyone_else() {
     std::fs::copy(&ca_pem, &changing.ca).unwrap();
     let e = ask(client).await;
     assert!(e.contains("answered 404"), "after the CA changed: {e}");
+    // And the other way: a peer it trusted is refused once the CA file
+    // no longer holds its CA, by a new connection that could have resumed
+    // the trusted one's session (two clients, one TLS configuration).
+    let config = peer_client_tls(&changing).unwrap();
+    let first = PeerClient::with_tls(secret.clone(), t, config.clone()).unwrap();
+    let e = ask(first).await;
+    assert!(
+        e.contains("answered 404"),
+        "before the CA changed back: {e}"
+    );
+    std::fs::write(&changing.ca, strangers.pem()).unwrap();
+    let second = PeerClient::with_tls(secret.clone(), t, config).unwrap();
+    let e = ask(second).await;
+    assert!(
+        e.contains("request failed"),
+        "after the CA changed back: {e}"
+    );
     let other_name = PeerTls {
         server_name: "someone-else".to_owned(),
         ..tls.clone()

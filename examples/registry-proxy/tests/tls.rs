@@ -233,17 +233,20 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
             &format!("client_ca = \"{}\"\n", client_ca.display()),
         ),
     ));
-    let attempt = |identity: Option<(String, String)>| {
-        let ca_pem = ca.pem();
+    // A client's configuration, kept across connections as a real
+    // client's is: it resumes sessions where the server lets it.
+    let client = |identity: Option<(String, String)>| {
+        rustls_client(
+            &ca.pem(),
+            identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+        )
+    };
+    let attempt = |config: Arc<rustls::ClientConfig>| {
         let port = proxy.port;
         async move {
             let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .unwrap();
-            let config = rustls_client(
-                &ca_pem,
-                identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
-            );
             let mut s = tokio_rustls::TlsConnector::from(config)
                 .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
                 .await
@@ -257,28 +260,29 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
             Ok::<_, String>(String::from_utf8_lossy(&buf[..n]).into_owned())
         }
     };
-    let ok = attempt(Some(clients.issue("team-a", &["team-a"], true)))
-        .await
-        .unwrap();
-    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
-    let none = attempt(None).await;
-    assert!(
-        none.is_err() || none.as_ref().is_ok_and(|r| r.is_empty()),
-        "{none:?}"
-    );
+    let served =
+        |r: &Result<String, String>| r.as_ref().is_ok_and(|r| r.starts_with("HTTP/1.1 200"));
     let refused = |r: &Result<String, String>| r.is_err() || r.as_ref().is_ok_and(|r| r.is_empty());
-    let stranger = strangers.issue("x", &["x"], true);
-    let r = attempt(Some(stranger.clone())).await;
+    // A member connects twice: the second time it would resume.
+    let member = client(Some(clients.issue("team-a", &["team-a"], true)));
+    for _ in 0..2 {
+        let r = attempt(member.clone()).await;
+        assert!(served(&r), "{r:?}");
+    }
+    let r = attempt(client(None)).await;
+    assert!(refused(&r), "{r:?}");
+    let stranger = client(Some(strangers.issue("x", &["x"], true)));
+    let r = attempt(stranger.clone()).await;
     assert!(refused(&r), "{r:?}");
 
     // The client CA file changes to the strangers' CA: without a signal,
-    // new handshakes are checked against it.
-    let member = clients.issue("team-b", &["team-b"], true);
+    // new handshakes are checked against it, those of a client that has
+    // been served before included.
     replace(&client_ca, &strangers.pem());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = attempt(Some(stranger.clone())).await;
-        if r.as_ref().is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
+        let r = attempt(stranger.clone()).await;
+        if served(&r) {
             break;
         }
         assert!(
@@ -288,7 +292,7 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let r = attempt(Some(member.clone())).await;
+    let r = attempt(member.clone()).await;
     assert!(
         refused(&r),
         "the previous CA's client, after the change: {r:?}"
@@ -302,8 +306,8 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
         "{}",
         proxy.log()
     );
-    let r = attempt(Some(stranger)).await;
-    assert!(r.is_ok_and(|r| r.starts_with("HTTP/1.1 200")));
+    let r = attempt(stranger).await;
+    assert!(served(&r), "{r:?}");
 }
 
 /// A proxy (plain HTTP) in front of `up` (HTTPS), with `registry_extra`
@@ -473,4 +477,76 @@ fn unreadable_or_mismatched_tls_files_are_configuration_errors_naming_them() {
     assert!(!ok && out.contains("go together"), "{out}");
     let (ok, out) = check(format!("{rule}{}", tls_table(&cert, &key, "")));
     assert!(ok, "{out}");
+}
+
+/// The peer client checks every new connection against the peer CA as
+/// its file is then: it resumes no session, even with an endpoint that
+/// offers one (an instance of another version, say). A plain rustls
+/// server here gives tickets; after the CA file changes to a stranger's,
+/// the client's next connection to it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_client_resumes_no_session_past_a_changed_peer_ca() {
+    use cache_core::peer::PeerTls;
+    let ca = TestCa::new("peer CA");
+    let strangers = TestCa::new("stranger CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.issue_peer_files(dir.path(), "peer", &[PeerTls::DEFAULT_SERVER_NAME]);
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect(),
+        rustls_pki_types::PrivateKeyDer::from_pem_file(&key).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        server.send_tls13_tickets > 0,
+        "this server offers resumption"
+    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(mut s) = acceptor.accept(tcp).await {
+                let _ = s.write_all(b"ok").await;
+                let _ = s.shutdown().await;
+            }
+        }
+    });
+    let tls = PeerTls {
+        certificate: cert.clone(),
+        key: key.clone(),
+        ca: ca.write_to(dir.path(), "peer-ca.pem"),
+        server_name: PeerTls::DEFAULT_SERVER_NAME.to_owned(),
+    };
+    let config = Arc::new(cache_upstream::peer_client_tls(&tls).unwrap());
+    let connect = || {
+        let config = config.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let mut s = tokio_rustls::TlsConnector::from(config)
+                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Reading to the end takes in the server's session tickets.
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(got)
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(connect().await.unwrap(), b"ok");
+    }
+    strangers.write_to(dir.path(), "peer-ca.pem");
+    let r = connect().await;
+    assert!(r.is_err(), "trusted past the CA's change: {r:?}");
 }
