@@ -52,6 +52,7 @@ mod peer;
 mod pem;
 mod policy;
 pub mod scanner;
+pub mod stamp;
 pub mod webhook;
 
 #[cfg(feature = "testing")]

@@ -170,26 +170,13 @@ fn presented(tls: &PeerTls) -> Result<Arc<CertifiedKey>> {
     Ok(Arc::new(ck))
 }
 
-/// What tells the versions of files apart, as far as their metadata
-/// does: each one's inode (a rename or a Kubernetes Secret's symlink swap
-/// gives a new one), length, and modification and change times (a copy
-/// can keep the first, not the second); `None` for a file not there.
-type Stamp = Vec<Option<(u64, u64, std::time::SystemTime, i64, i64)>>;
+/// The versions of files ([`FileStamp`](crate::stamp::FileStamp); `None` for a file not there).
+type Stamp = Vec<Option<crate::stamp::FileStamp>>;
 
 fn stamp(paths: &[std::path::PathBuf]) -> Stamp {
-    use std::os::unix::fs::MetadataExt;
     paths
         .iter()
-        .map(|p| {
-            let m = std::fs::metadata(p).ok()?;
-            Some((
-                m.ino(),
-                m.len(),
-                m.modified().ok()?,
-                m.ctime(),
-                m.ctime_nsec(),
-            ))
-        })
+        .map(|p| crate::stamp::FileStamp::of(p))
         .collect()
 }
 

@@ -6,9 +6,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use cache_upstream::stamp::FileStamp;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -101,28 +102,9 @@ impl TlsFiles {
         [&self.certificate, &self.key]
             .into_iter()
             .chain(&self.client_ca)
-            .map(|p| file_stamp(p))
+            .map(|p| FileStamp::of(p))
             .collect()
     }
-}
-
-/// What tells a file's versions apart: its inode (a rename or a
-/// Kubernetes Secret's symlink swap gives a new one), its length, and its
-/// modification and change times (a copy can keep the first, not the
-/// second).
-type FileStamp = (u64, u64, SystemTime, i64, i64);
-
-/// `None` for a file not there.
-fn file_stamp(path: &Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((
-        m.ino(),
-        m.len(),
-        m.modified().ok()?,
-        m.ctime(),
-        m.ctime_nsec(),
-    ))
 }
 
 fn client_roots(path: &Path) -> Result<rustls::RootCertStore, String> {

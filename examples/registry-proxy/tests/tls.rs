@@ -78,18 +78,26 @@ fn rustls_client(ca_pem: &str, identity: Option<(&str, &str)>) -> Arc<rustls::Cl
     Arc::new(c)
 }
 
+/// A TLS handshake with `config` with the server on 127.0.0.1:`port`.
+async fn handshake(
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// A TLS connection to the proxy, verified against `ca_pem`.
 async fn connect(
     port: u16,
     ca_pem: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tokio_rustls::TlsConnector::from(rustls_client(ca_pem, None))
-        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-        .await
-        .unwrap()
+    handshake(port, rustls_client(ca_pem, None)).await.unwrap()
 }
 
 /// The leaf certificate the proxy presents to a new connection, as PEM
@@ -244,13 +252,7 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
     let attempt = |config: Arc<rustls::ClientConfig>| {
         let port = proxy.port;
         async move {
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap();
-            let mut s = tokio_rustls::TlsConnector::from(config)
-                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut s = handshake(port, config).await?;
             // TLS 1.3 reports a refused client certificate on first use.
             s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 .await
@@ -530,13 +532,7 @@ async fn the_peer_client_resumes_no_session_past_a_changed_peer_ca() {
     let connect = || {
         let config = config.clone();
         async move {
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap();
-            let mut s = tokio_rustls::TlsConnector::from(config)
-                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut s = handshake(port, config).await?;
             // Reading to the end takes in the server's session tickets.
             let mut got = Vec::new();
             s.read_to_end(&mut got).await.map_err(|e| e.to_string())?;
