@@ -188,9 +188,9 @@ impl Reloader {
         running.scanners = new.scanners;
         running.scan_policies = new.scan_policies;
         let mut msg = format!("{rules} rules in force");
-        for c in &self.certificates {
-            c.reload()?;
-        }
+        // Each set of files is re-read, whether or not another loads.
+        let reloaded: Vec<_> = self.certificates.iter().map(|c| c.reload()).collect();
+        reloaded.into_iter().collect::<Result<(), _>>()?;
         if !self.certificates.is_empty() {
             msg.push_str("; TLS certificate re-read");
         }
