@@ -10,6 +10,22 @@ use std::time::{Duration, Instant};
 use cache_upstream::testing::{TestRegistry, write_image};
 use common::{Proxy, config, http};
 
+/// skopeo pulls `reference` through `proxy` (every platform with `all`),
+/// and each of `layers` arrives.
+fn pull_has_layers<T>(
+    proxy: &Proxy,
+    reference: &str,
+    all: bool,
+    layers: &[(cache_core::Digest, T)],
+) {
+    let dest = tempfile::tempdir().unwrap();
+    tokio::task::block_in_place(|| common::pull(proxy, reference, dest.path(), all))
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    for (d, _) in layers {
+        assert!(dest.path().join(d.hex()).exists(), "{d} pulled");
+    }
+}
+
 /// A configuration like [`config`]'s with a loopback admin endpoint on
 /// `admin` and `storage` added to `[storage]`.
 fn config_with_admin(up: &TestRegistry, admin: u16, storage: &str, rule: &str) -> String {
@@ -261,28 +277,8 @@ async fn prefetch_image_makes_both_platforms_of_an_index_pullable_after_only_its
         .await
     );
     up.stop();
-    let dest = tempfile::tempdir().unwrap();
     let reference = format!("library/multi@{}", img.digest);
-    let pulled = tokio::task::spawn_blocking({
-        let dest = dest.path().to_owned();
-        let host = proxy.host();
-        move || {
-            cache_upstream::testing::skopeo(&[
-                "copy".into(),
-                "--insecure-policy".into(),
-                "--src-tls-verify=false".into(),
-                "--all".into(),
-                format!("docker://{host}/{reference}"),
-                format!("dir:{}", dest.display()),
-            ])
-        }
-    })
-    .await
-    .unwrap();
-    pulled.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
-    for (d, _) in &img.layers {
-        assert!(dest.path().join(d.hex()).exists(), "{d} pulled");
-    }
+    pull_has_layers(&proxy, &reference, true, &img.layers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,25 +312,7 @@ async fn prefetch_platform_caches_an_image_s_layers_after_only_its_manifest_was_
         assert_eq!(up.requests("GET", &format!("/blobs/{d}")), 1, "{d} once");
     }
     up.stop();
-    let dest = tempfile::tempdir().unwrap();
-    let pulled = tokio::task::spawn_blocking({
-        let (host, out) = (proxy.host(), dest.path().to_owned());
-        move || {
-            cache_upstream::testing::skopeo(&[
-                "copy".into(),
-                "--insecure-policy".into(),
-                "--src-tls-verify=false".into(),
-                format!("docker://{host}/library/app:v1"),
-                format!("dir:{}", out.display()),
-            ])
-        }
-    })
-    .await
-    .unwrap();
-    pulled.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
-    for (d, _) in &img.layers {
-        assert!(dest.path().join(d.hex()).exists(), "{d} pulled");
-    }
+    pull_has_layers(&proxy, "library/app:v1", false, &img.layers);
 }
 
 /// The `[rule.sync]` table of a rule syncing `library/app` every `interval`.
@@ -450,23 +428,7 @@ async fn a_sync_every_2s_caches_exactly_the_range_then_a_new_release_which_pulls
     );
     // No client pulled anything so far; now one does, with the upstream gone.
     up.stop();
-    let dest = tempfile::tempdir().unwrap();
-    let (host, out) = (proxy.host(), dest.path().to_owned());
-    let pulled = tokio::task::spawn_blocking(move || {
-        cache_upstream::testing::skopeo(&[
-            "copy".into(),
-            "--insecure-policy".into(),
-            "--src-tls-verify=false".into(),
-            format!("docker://{host}/library/app:v1.2.0"),
-            format!("dir:{}", out.display()),
-        ])
-    })
-    .await
-    .unwrap();
-    pulled.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
-    for (d, _) in &v12.layers {
-        assert!(dest.path().join(d.hex()).exists());
-    }
+    pull_has_layers(&proxy, "library/app:v1.2.0", false, &v12.layers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
