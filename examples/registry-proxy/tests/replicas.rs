@@ -75,18 +75,7 @@ async fn twelve_cold_clients_on_three_instances_cost_one_upstream_get() {
         .map(|i| Proxy::start(&config(&up, &az, "one", &format!("p{i}"), "")))
         .collect();
     let (d, _) = &img.layers[0];
-    let clients = (0..12).map(|i| {
-        let url = proxies[i % 3].url(&format!("/v2/library/app/blobs/{d}"));
-        tokio::spawn(get_blob(url))
-    });
-    for (i, r) in futures::future::join_all(clients)
-        .await
-        .into_iter()
-        .enumerate()
-    {
-        let body = r.unwrap().unwrap_or_else(|e| panic!("client {i}: {e}"));
-        assert!(body == layer, "client {i} got other bytes");
-    }
+    all_get(&proxies, d, 12, &layer).await;
     assert_eq!(
         up.requests("GET", d.as_str()),
         1,
@@ -116,12 +105,7 @@ async fn a_lease_holder_killed_mid_fetch_is_replaced_and_nothing_partial_is_publ
         .map(|i| Proxy::start(&config(&up, &az, "kill", &format!("p{i}"), "")))
         .collect();
     let (d, _) = &img.layers[0];
-    let clients: Vec<_> = (0..6)
-        .map(|i| {
-            let url = proxies[i % 3].url(&format!("/v2/library/app/blobs/{d}"));
-            (i % 3, tokio::spawn(get_blob(url)))
-        })
-        .collect();
+    let clients = start_gets(&proxies, d, 6);
 
     // Find the holder in the lease object, and kill it mid-fetch.
     let spool = tempfile::tempdir().unwrap();
@@ -144,15 +128,7 @@ async fn a_lease_holder_killed_mid_fetch_is_replaced_and_nothing_partial_is_publ
     proxies[killed].child.kill().unwrap();
     proxies[killed].child.wait().unwrap();
 
-    for (i, (proxy, c)) in clients.into_iter().enumerate() {
-        match c.await.unwrap() {
-            Ok(body) => assert!(body == layer, "client {i} got other bytes"),
-            Err(e) => assert_eq!(
-                proxy, killed,
-                "client {i} of a surviving instance failed: {e}"
-            ),
-        }
-    }
+    survivors_get(clients, killed, &layer).await;
     assert_eq!(
         up.requests("GET", d.as_str()),
         2,
@@ -364,21 +340,42 @@ async fn holder_of(store: &ObjectBlobStore, d: &Digest) -> (usize, String) {
     }
 }
 
+type Get = tokio::task::JoinHandle<Result<Bytes, String>>;
+
 /// `clients` GETs at once of blob `d` in library/app, spread over
-/// `proxies` in turn; asserts that each got exactly `want`.
-async fn all_get(proxies: &[Proxy], d: &Digest, clients: usize, want: &Bytes) {
-    let clients: Vec<_> = (0..clients)
+/// `proxies` in turn: each with the index of the instance it went to.
+fn start_gets(proxies: &[Proxy], d: &Digest, clients: usize) -> Vec<(usize, Get)> {
+    (0..clients)
         .map(|i| {
-            let url = proxies[i % proxies.len()].url(&format!("/v2/library/app/blobs/{d}"));
-            tokio::spawn(get_blob(url))
+            let at = i % proxies.len();
+            let url = proxies[at].url(&format!("/v2/library/app/blobs/{d}"));
+            (at, tokio::spawn(get_blob(url)))
         })
-        .collect();
-    for (i, c) in clients.into_iter().enumerate() {
+        .collect()
+}
+
+/// [`start_gets`], then asserts that each got exactly `want`.
+async fn all_get(proxies: &[Proxy], d: &Digest, clients: usize, want: &Bytes) {
+    for (i, (_, c)) in start_gets(proxies, d, clients).into_iter().enumerate() {
         let body = c
             .await
             .unwrap()
             .unwrap_or_else(|e| panic!("client {i}: {e}"));
         assert!(body == want, "client {i} got other bytes");
+    }
+}
+
+/// Asserts that every client of an instance other than `killed` got
+/// exactly `want` (the killed one's may fail, never with wrong bytes).
+async fn survivors_get(clients: Vec<(usize, Get)>, killed: usize, want: &Bytes) {
+    for (i, (proxy, c)) in clients.into_iter().enumerate() {
+        match c.await.unwrap() {
+            Ok(body) => assert!(body == want, "client {i} got other bytes"),
+            Err(e) => assert_eq!(
+                proxy, killed,
+                "client {i} of a surviving instance failed: {e}"
+            ),
+        }
     }
 }
 
@@ -437,12 +434,7 @@ async fn the_holder_killed_half_way_costs_the_others_no_restart_and_no_wrong_byt
     up.set_rate(Some(8 * 1024 * 1024));
     let (mut proxies, _) = peered(&up, &az, "peerkill");
     let (d, _) = &img.layers[0];
-    let clients: Vec<_> = (0..12)
-        .map(|i| {
-            let url = proxies[i % 3].url(&format!("/v2/library/app/blobs/{d}"));
-            (i % 3, tokio::spawn(get_blob(url)))
-        })
-        .collect();
+    let clients = start_gets(&proxies, d, 12);
     let spool = tempfile::tempdir().unwrap();
     let store = shared_store(&az, "peerkill", spool.path());
     let (killed, lease) = holder_of(&store, d).await;
@@ -466,15 +458,7 @@ async fn the_holder_killed_half_way_costs_the_others_no_restart_and_no_wrong_byt
     proxies[killed].child.kill().unwrap();
     proxies[killed].child.wait().unwrap();
 
-    for (i, (proxy, c)) in clients.into_iter().enumerate() {
-        match c.await.unwrap() {
-            Ok(body) => assert!(body == layer, "client {i} got other bytes"),
-            Err(e) => assert_eq!(
-                proxy, killed,
-                "client {i} of a surviving instance failed: {e}"
-            ),
-        }
-    }
+    survivors_get(clients, killed, &layer).await;
     // The survivors went on from where they were: one took the lease over
     // and asked the upstream for the rest only.
     let gets: Vec<_> = up
