@@ -12,8 +12,9 @@ use cache_core::media_types as mt;
 use cache_core::testing::{CommitFaults, FakeUpstream, Fault, ManualClock, PanicUpstream, content};
 use cache_core::{
     Accept, BlobBody, BlobStore, BlobStoreExt, ByteRange, CacheOptions, CacheStatus, Clock,
-    ColdRanges, Digest, Error, ErrorCode, MaxImageSize, PlatformAllowList, PullThroughCache,
-    Reference, RepoName, RulePolicy, RuleSet, RuleSpec, Spawner, Tag, TagFreshness, TagPage,
+    ColdRanges, Digest, Error, ErrorCode, ManifestResponse, MaxImageSize, PlatformAllowList,
+    PullThroughCache, Reference, RepoName, RulePolicy, RuleSet, RuleSpec, Spawner, Tag,
+    TagFreshness, TagPage,
 };
 use cache_store::{FsStore, MemoryStore, TokioRuntime};
 use futures::StreamExt;
@@ -121,6 +122,20 @@ fn env_with_faults(opts: CacheOptions) -> (Arc<CommitFaults>, Env) {
 
 fn env() -> Env {
     env_with(Setup::default())
+}
+
+/// The manifest `repo:tag`, any media type accepted.
+async fn by_tag(e: &Env, repo: &str, tag: &str) -> Result<ManifestResponse, Error> {
+    e.cache
+        .manifest(&n(repo), &Reference::Tag(t(tag)), &Accept::any())
+        .await
+}
+
+/// The manifest `repo@d`, any media type accepted.
+async fn by_digest(e: &Env, repo: &str, d: &Digest) -> Result<ManifestResponse, Error> {
+    e.cache
+        .manifest(&n(repo), &Reference::Digest(d.clone()), &Accept::any())
+        .await
 }
 
 /// A real-time environment over a memory store.
@@ -288,22 +303,14 @@ async fn manifest_by_tag_is_fetched_once_then_revalidated_with_head() {
     let e = env();
     let img =
         e.up.push_image(&n("library/app"), &t("v1"), &[content(1, 1000)]);
-    let r = e
-        .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
+    let r = by_tag(&e, "library/app", "v1").await.unwrap();
     assert_eq!(
         (r.status, &r.digest, &r.bytes),
         (CacheStatus::Miss, &img.manifest, &img.manifest_bytes)
     );
     assert_eq!(r.media_type, mt::OCI_MANIFEST);
     e.clock.advance(Duration::from_secs(2));
-    let r = e
-        .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
+    let r = by_tag(&e, "library/app", "v1").await.unwrap();
     assert_eq!(r.status, CacheStatus::Revalidated);
     assert_eq!(e.up.calls.manifest_gets.load(Ordering::SeqCst), 1);
     assert_eq!(e.up.calls.manifest_heads.load(Ordering::SeqCst), 1);
@@ -311,23 +318,11 @@ async fn manifest_by_tag_is_fetched_once_then_revalidated_with_head() {
     let img2 =
         e.up.push_image(&n("library/app"), &t("v1"), &[content(2, 1000)]);
     e.clock.advance(Duration::from_secs(2));
-    let r = e
-        .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
+    let r = by_tag(&e, "library/app", "v1").await.unwrap();
     assert_eq!((r.status, &r.digest), (CacheStatus::Miss, &img2.manifest));
     // By digest: immutable, served without asking.
     let before = e.up.calls.total();
-    let r = e
-        .cache
-        .manifest(
-            &n("library/app"),
-            &Reference::Digest(img.manifest.clone()),
-            &Accept::any(),
-        )
-        .await
-        .unwrap();
+    let r = by_digest(&e, "library/app", &img.manifest).await.unwrap();
     assert_eq!((r.status, r.bytes), (CacheStatus::Hit, img.manifest_bytes));
     assert_eq!(e.up.calls.total(), before);
 }
@@ -342,18 +337,10 @@ async fn pinned_tags_never_refresh_and_ttl_tags_refresh_after_their_ttl() {
         ..Setup::default()
     });
     e.up.push_image(&n("library/app"), &t("v1"), &[content(1, 10)]);
-    let first = e
-        .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
+    let first = by_tag(&e, "library/app", "v1").await.unwrap();
     e.up.push_image(&n("library/app"), &t("v1"), &[content(2, 10)]);
     e.clock.advance(Duration::from_secs(365 * 86_400));
-    let r = e
-        .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
+    let r = by_tag(&e, "library/app", "v1").await.unwrap();
     assert_eq!((r.status, r.digest), (CacheStatus::Hit, first.digest));
     assert_eq!(e.up.calls.total(), 1);
 
@@ -365,24 +352,13 @@ async fn pinned_tags_never_refresh_and_ttl_tags_refresh_after_their_ttl() {
         ..Setup::default()
     });
     e.up.push_image(&n("library/app"), &t("v1"), &[content(1, 10)]);
-    e.cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
+    by_tag(&e, "library/app", "v1").await.unwrap();
     e.clock.advance(Duration::from_secs(599));
-    let r = e
-        .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
+    let r = by_tag(&e, "library/app", "v1").await.unwrap();
     assert_eq!(r.status, CacheStatus::Hit);
     assert_eq!(e.up.calls.total(), 1);
     e.clock.advance(Duration::from_secs(2));
-    let r = e
-        .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
+    let r = by_tag(&e, "library/app", "v1").await.unwrap();
     assert_eq!(r.status, CacheStatus::Revalidated);
     assert_eq!(e.up.calls.manifest_heads.load(Ordering::SeqCst), 1);
 }
@@ -398,25 +374,14 @@ async fn upstream_down_serves_cached_tag_within_stale_if_error_then_errors() {
     });
     let img =
         e.up.push_image(&n("library/app"), &t("v1"), &[content(1, 10)]);
-    e.cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
+    by_tag(&e, "library/app", "v1").await.unwrap();
     e.up.set_down(true);
     e.clock.advance(Duration::from_secs(3000));
-    let r = e
-        .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
+    let r = by_tag(&e, "library/app", "v1").await.unwrap();
     assert_eq!((r.status, r.digest), (CacheStatus::Stale, img.manifest));
     assert_eq!(Counters::get(&e.counters.stale), 1);
     e.clock.advance(Duration::from_secs(601));
-    let err = e
-        .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap_err();
+    let err = by_tag(&e, "library/app", "v1").await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -433,15 +398,7 @@ async fn upstream_down_serves_cached_tag_within_stale_if_error_then_errors() {
         "an outage is not hidden behind a 404"
     );
     // An uncached tag is an explicit upstream error too.
-    let err = e
-        .cache
-        .manifest(
-            &n("library/other"),
-            &Reference::Tag(t("v1")),
-            &Accept::any(),
-        )
-        .await
-        .unwrap_err();
+    let err = by_tag(&e, "library/other", "v1").await.unwrap_err();
     assert_eq!(err.code().http_status(), 503);
 }
 
@@ -1191,19 +1148,8 @@ async fn a_digest_cached_through_another_rule_is_blob_unknown() {
     let m = e
         .private
         .push_image(&n("team/secret"), &t("v1"), &[content(18, 10)]);
-    e.cache
-        .manifest(&n("team/secret"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
-    let err = e
-        .cache
-        .manifest(
-            &n("library/app"),
-            &Reference::Digest(m.manifest),
-            &Accept::any(),
-        )
-        .await
-        .unwrap_err();
+    by_tag(&e, "team/secret", "v1").await.unwrap();
+    let err = by_digest(&e, "library/app", &m.manifest).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::ManifestUnknown);
 }
 
@@ -1212,10 +1158,7 @@ async fn blobs_named_by_a_pulled_manifest_need_no_extra_upstream_check() {
     let e = env();
     let img =
         e.up.push_image(&n("library/app"), &t("v1"), &[content(19, 20_000)]);
-    e.cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
+    by_tag(&e, "library/app", "v1").await.unwrap();
     let d = &img.layers[0].0;
     pull(&e, "library/app", d).await;
     let r = e.cache.blob(&n("library/app"), d, None).await.unwrap();
@@ -1250,15 +1193,7 @@ async fn an_index_is_stored_byte_exact_and_platform_manifests_when_requested() {
         index.clone(),
         mt::OCI_INDEX,
     );
-    let r = e
-        .cache
-        .manifest(
-            &n("library/multi"),
-            &Reference::Tag(t("latest")),
-            &Accept::any(),
-        )
-        .await
-        .unwrap();
+    let r = by_tag(&e, "library/multi", "latest").await.unwrap();
     assert_eq!(
         (r.digest, r.bytes, r.media_type.as_str()),
         (id, index, mt::OCI_INDEX)
@@ -1267,15 +1202,7 @@ async fn an_index_is_stored_byte_exact_and_platform_manifests_when_requested() {
         e.store.stat(&a.manifest).await.unwrap().is_none(),
         "children are cached when requested"
     );
-    let r = e
-        .cache
-        .manifest(
-            &n("library/multi"),
-            &Reference::Digest(b.manifest.clone()),
-            &Accept::any(),
-        )
-        .await
-        .unwrap();
+    let r = by_digest(&e, "library/multi", &b.manifest).await.unwrap();
     assert_eq!((r.status, r.bytes), (CacheStatus::Miss, b.manifest_bytes));
     assert!(e.store.stat(&b.manifest).await.unwrap().is_some());
     // A client that does not accept indexes is told so, as distribution does.
@@ -1302,11 +1229,7 @@ async fn oversized_manifests_are_an_upstream_error_and_not_cached() {
     });
     let img =
         e.up.push_image(&n("library/app"), &t("v1"), &[content(22, 10)]);
-    let err = e
-        .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap_err();
+    let err = by_tag(&e, "library/app", "v1").await.unwrap_err();
     assert_eq!(
         err.code(),
         ErrorCode::UpstreamError,
@@ -1329,11 +1252,7 @@ async fn admission_hooks_refuse_with_denied_and_nothing_is_cached() {
     });
     let big =
         e.up.push_image(&n("library/big"), &t("v1"), &[content(23, 5000)]);
-    let err = e
-        .cache
-        .manifest(&n("library/big"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap_err();
+    let err = by_tag(&e, "library/big", "v1").await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Denied);
     assert!(err.to_string().contains("exceeds"), "{err}");
     assert!(e.store.stat(&big.manifest).await.unwrap().is_none());
@@ -1355,29 +1274,9 @@ async fn admission_hooks_refuse_with_denied_and_nothing_is_cached() {
         index,
         mt::OCI_INDEX,
     );
-    e.cache
-        .manifest(
-            &n("library/multi"),
-            &Reference::Tag(t("latest")),
-            &Accept::any(),
-        )
-        .await
-        .unwrap();
-    e.cache
-        .manifest(
-            &n("library/multi"),
-            &Reference::Digest(amd.manifest),
-            &Accept::any(),
-        )
-        .await
-        .unwrap();
-    let err = e
-        .cache
-        .manifest(
-            &n("library/multi"),
-            &Reference::Digest(arm.manifest.clone()),
-            &Accept::any(),
-        )
+    by_tag(&e, "library/multi", "latest").await.unwrap();
+    by_digest(&e, "library/multi", &amd.manifest).await.unwrap();
+    let err = by_digest(&e, "library/multi", &arm.manifest)
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Denied);
@@ -1749,10 +1648,7 @@ async fn a_manifest_subject_or_foreign_layer_entitles_nothing() {
         Bytes::from(m),
         mt::OCI_MANIFEST,
     );
-    e.cache
-        .manifest(&n("library/pub"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap();
+    by_tag(&e, "library/pub", "v1").await.unwrap();
     let (got, err) = read_blob(&e.cache, "library/pub", &secret, None).await;
     assert!(got.is_empty());
     assert_eq!(err.map(|e| e.code()), Some(ErrorCode::BlobUnknown));
@@ -1867,9 +1763,7 @@ async fn an_abandoned_manifest_fetch_ends_within_its_timeout_and_is_not_reused()
     .await;
     assert!(gave_up.is_err(), "the caller gave up first");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let m = e
-        .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
+    let m = by_tag(&e, "library/app", "v1")
         .await
         .expect("a new flight, not the stalled one");
     assert_eq!(m.digest, img.manifest);
@@ -1886,13 +1780,7 @@ async fn one_retry_budget_bounds_the_upstream_requests_of_every_operation() {
     let (_, err) = read_blob(&e.cache, "library/app", &img.layers[0].0, None).await;
     assert_eq!(err.map(|e| e.code()), Some(ErrorCode::Unavailable));
     assert_eq!(gets(&e.up), budget, "one request and max_retries retries");
-    let err = e
-        .cache
-        .manifest(
-            &n("library/app"),
-            &Reference::Digest(img.manifest.clone()),
-            &Accept::any(),
-        )
+    let err = by_digest(&e, "library/app", &img.manifest)
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Unavailable);
@@ -1958,11 +1846,7 @@ async fn reconfigure_swaps_rules_at_once_and_a_fetch_in_progress_finishes_under_
         err.is_none() && got == layer,
         "the transfer in progress finished"
     );
-    let err = e
-        .cache
-        .manifest(&n("library/app"), &Reference::Tag(t("v1")), &Accept::any())
-        .await
-        .unwrap_err();
+    let err = by_tag(&e, "library/app", "v1").await.unwrap_err();
     assert_eq!(
         err.code(),
         ErrorCode::NameUnknown,
