@@ -188,11 +188,22 @@ impl Reloader {
         running.scanners = new.scanners;
         running.scan_policies = new.scan_policies;
         let mut msg = format!("{rules} rules in force");
-        // Each set of files is re-read, whether or not another loads.
-        let reloaded: Vec<_> = self.certificates.iter().map(|c| c.reload()).collect();
-        reloaded.into_iter().collect::<Result<(), _>>()?;
-        if !self.certificates.is_empty() {
-            msg.push_str("; TLS certificate re-read");
+        // Each set of TLS files is re-read. They were checked with the
+        // configuration above, so one that fails now changed since: it
+        // keeps what it served and is reported here, and the configuration
+        // is in force all the same.
+        let failed: Vec<String> = self
+            .certificates
+            .iter()
+            .filter_map(|c| c.reload().err())
+            .collect();
+        match (self.certificates.is_empty(), failed.is_empty()) {
+            (true, _) => {}
+            (false, true) => msg.push_str("; TLS certificate re-read"),
+            (false, false) => msg.push_str(&format!(
+                "; TLS files not re-read, the ones in use stay: {}",
+                failed.join("; ")
+            )),
         }
         if !restart.is_empty() {
             tracing::warn!(

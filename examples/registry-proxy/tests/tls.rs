@@ -223,6 +223,21 @@ async fn a_rotated_certificate_is_served_after_sighup_and_open_connections_stay(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A certificate file that does not load: the reload is refused and
+    // says which file; the certificate in use stays.
+    replace(&cert, "not a certificate\n");
+    // SAFETY: kill(2) on our own child process.
+    unsafe { libc::kill(proxy.child.id() as i32, libc::SIGHUP) };
+    assert!(
+        proxy
+            .logs(|log| log.contains("configuration not reloaded")
+                && log.contains(&format!("{}: no certificate in it", cert.display())))
+            .await,
+        "{}",
+        proxy.log()
+    );
+    assert_eq!(presented(proxy.port, &ca.pem()).await, der(&third));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
