@@ -289,20 +289,10 @@ impl Registry {
                 _ => return Err(invalid("port must be 1 to 65535")),
             }
         }
-        if !host.starts_with('[') {
-            let label_ok = |l: &str| {
-                let b = l.as_bytes();
-                !b.is_empty()
-                    && b.len() <= 63
-                    && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-                    && b[0] != b'-'
-                    && b[b.len() - 1] != b'-'
-            };
-            if !host.split('.').all(label_ok) {
-                return Err(invalid(
-                    "host must be dot-separated labels of letters, digits and inner dashes",
-                ));
-            }
+        if !host.starts_with('[') && !dns_labels(host) {
+            return Err(invalid(
+                "host must be dot-separated labels of letters, digits and inner dashes",
+            ));
         }
         let lower = s.to_ascii_lowercase();
         let canonical = match lower.as_str() {
@@ -530,6 +520,19 @@ impl FromStr for LocalRef {
     fn from_str(s: &str) -> Result<Self> {
         LocalRef::parse(s)
     }
+}
+
+/// Whether `host` is dot-separated DNS labels: letters, digits and inner
+/// dashes, 1 to 63 characters each.
+pub(crate) fn dns_labels(host: &str) -> bool {
+    host.split('.').all(|l| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.len() <= 63
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+    })
 }
 
 #[cfg(test)]

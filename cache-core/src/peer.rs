@@ -296,13 +296,7 @@ mod de {
     /// A DNS name: dot-separated labels of letters, digits and inner
     /// hyphens, 1 to 63 characters each, 253 at most in all.
     fn valid_server_name(name: &str) -> bool {
-        name.len() <= 253
-            && name.split('.').all(|l| {
-                (1..=63).contains(&l.len())
-                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-            })
+        name.len() <= 253 && crate::names::dns_labels(name)
     }
 
     impl Raw {
