@@ -48,6 +48,17 @@ fn shared_store(az: &Azurite, container: &str, spool: &std::path::Path) -> Objec
     ObjectBlobStore::from_url(&format!("az://{container}/cache"), az.options(), spool).unwrap()
 }
 
+/// `library/app:v1` on `up`, of one layer: `len` bytes of content `seed`.
+fn app_image(
+    up: &HostileRegistry,
+    seed: u64,
+    len: usize,
+) -> (Bytes, cache_upstream::testing::HostileImage) {
+    let layer = Bytes::from(content(seed, len).to_vec());
+    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    (layer, img)
+}
+
 /// GETs a blob through `proxy`: the body, or the error that ended it.
 async fn get_blob(url: String) -> Result<Bytes, String> {
     let r = http().get(url).send().await.map_err(|e| e.to_string())?;
@@ -67,8 +78,7 @@ fn metric(text: &str, series: &str) -> u64 {
 async fn twelve_cold_clients_on_three_instances_cost_one_upstream_get() {
     let az = azurite("one");
     let up = HostileRegistry::start("127.0.0.1");
-    let layer = Bytes::from(content(1, 8 * 1024 * 1024).to_vec());
-    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    let (layer, img) = app_image(&up, 1, 8 * 1024 * 1024);
     // About two seconds per blob body, so every client arrives mid-fetch.
     up.set_drip(Some((64 * 1024, Duration::from_millis(15))));
     let proxies: Vec<Proxy> = (0..3)
@@ -98,8 +108,7 @@ async fn twelve_cold_clients_on_three_instances_cost_one_upstream_get() {
 async fn a_lease_holder_killed_mid_fetch_is_replaced_and_nothing_partial_is_published() {
     let az = azurite("kill");
     let up = HostileRegistry::start("127.0.0.1");
-    let layer = Bytes::from(content(2, 8 * 1024 * 1024).to_vec());
-    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    let (layer, img) = app_image(&up, 2, 8 * 1024 * 1024);
     up.set_drip(Some((64 * 1024, Duration::from_millis(15))));
     let mut proxies: Vec<Proxy> = (0..3)
         .map(|i| Proxy::start(&config(&up, &az, "kill", &format!("p{i}"), "")))
@@ -391,8 +400,7 @@ async fn sum_metric(proxies: &[&Proxy], series: &str) -> u64 {
 async fn sixteen_clients_on_three_instances_stream_from_the_lease_holder() {
     let az = azurite("peers");
     let up = HostileRegistry::start("127.0.0.1");
-    let layer = Bytes::from(content(21, 16 * 1024 * 1024).to_vec());
-    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    let (layer, img) = app_image(&up, 21, 16 * 1024 * 1024);
     up.set_rate(Some(8 * 1024 * 1024));
     let (proxies, _) = peered(&up, &az, "peers");
     let (d, _) = &img.layers[0];
@@ -429,8 +437,7 @@ async fn the_holder_killed_half_way_costs_the_others_no_restart_and_no_wrong_byt
     let az = azurite("peerkill");
     let up = HostileRegistry::start("127.0.0.1");
     let size = 16 * 1024 * 1024;
-    let layer = Bytes::from(content(22, size).to_vec());
-    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    let (layer, img) = app_image(&up, 22, size);
     up.set_rate(Some(8 * 1024 * 1024));
     let (mut proxies, _) = peered(&up, &az, "peerkill");
     let (d, _) = &img.layers[0];
@@ -512,8 +519,7 @@ async fn the_holder_killed_half_way_costs_the_others_no_restart_and_no_wrong_byt
 async fn a_flipped_byte_in_the_holders_transfer_completes_no_client_anywhere() {
     let az = azurite("peerflip");
     let up = HostileRegistry::start("127.0.0.1");
-    let layer = Bytes::from(content(23, 8 * 1024 * 1024).to_vec());
-    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    let (layer, img) = app_image(&up, 23, 8 * 1024 * 1024);
     let (d, _) = &img.layers[0];
     up.set_rate(Some(8 * 1024 * 1024));
     up.fault(d.as_str(), [WireFault::FlipByte(5 * 1024 * 1024)]);
@@ -553,8 +559,7 @@ async fn a_flipped_byte_in_the_holders_transfer_completes_no_client_anywhere() {
 async fn the_peer_endpoint_refuses_strangers_and_digests_it_holds_no_lease_for() {
     let az = azurite("peerauth");
     let up = HostileRegistry::start("127.0.0.1");
-    let layer = Bytes::from(content(24, 8 * 1024 * 1024).to_vec());
-    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    let (layer, img) = app_image(&up, 24, 8 * 1024 * 1024);
     let stored = Bytes::from(content(25, 1000).to_vec());
     let d_stored = up.add_blob(stored.clone());
     up.set_rate(Some(4 * 1024 * 1024));
@@ -658,8 +663,7 @@ async fn peers_with_mutual_tls_stream_to_each_other_and_refuse_everyone_else() {
     use cache_upstream::{PeerClient, peer_client_tls};
     let az = azurite("peertls");
     let up = HostileRegistry::start("127.0.0.1");
-    let layer = Bytes::from(content(24, 8 * 1024 * 1024).to_vec());
-    let img = up.push_image("library/app", "v1", std::slice::from_ref(&layer));
+    let (layer, img) = app_image(&up, 24, 8 * 1024 * 1024);
     up.set_rate(Some(8 * 1024 * 1024));
     let ca = common::TestCa::new("peer CA");
     let files = tempfile::tempdir().unwrap();
